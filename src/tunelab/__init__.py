@@ -1,0 +1,25 @@
+"""tunelab: should I fine-tune this LLM or prompt it with a few examples? Measure it.
+
+The public API is a handful of verbs; each is imported on first use so `import tunelab` stays
+fast and the CLI's `--help` does not load torch.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_VERBS = {
+    "train": ("tunelab.train.loop", "train"),
+    "evaluate": ("tunelab.evaluate.runner", "evaluate"),
+    "load_model": ("tunelab.models.loading", "load_model"),
+    "load_data": ("tunelab.data.load", "load_conversations"),
+}
+__all__ = ["__version__", *_VERBS]
+
+
+def __getattr__(name: str):
+    if name in _VERBS:
+        module, attr = _VERBS[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'tunelab' has no attribute {name!r}")

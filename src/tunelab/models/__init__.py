@@ -1,0 +1,1 @@
+"""Model registry, GGUF -> safetensors cache, loading with adapters, export."""

@@ -1,0 +1,27 @@
+"""Where tunelab keeps things, and the names of the artifacts it writes (one place for both)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home() -> Path:
+    """$TUNELAB_HOME, default ~/.cache/tunelab: the model cache and the request cache live here."""
+    return Path(os.environ.get("TUNELAB_HOME", Path.home() / ".cache" / "tunelab")).expanduser()
+
+
+def models_dir() -> Path:
+    return home() / "models"
+
+
+# Run folder (DESIGN 2.3)
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+CHECKPOINTS_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"
+MODEL_DIR = "model"
+REPORT_FILE = "report.html"
+# Evaluation output (DESIGN 2.2)
+RESULTS_FILE = "results.json"
+PREDICTIONS_FILE = "predictions.jsonl"

@@ -1,0 +1,40 @@
+"""Shared fixtures: tiny random models with a real BPE tokenizer, and the shared data folder."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data folder not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """(model, tokenizer): a 2-layer Llama with a 512-token BPE and a ChatML template."""
+    from tunelab.models.tiny import tiny_model_and_tokenizer
+
+    return tiny_model_and_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny model saved as a normal Hugging Face folder."""
+    from tunelab.models.tiny import save_tiny
+
+    return save_tiny(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """Each test gets its own TUNELAB_HOME unless it asks for the real cache (slow tests)."""
+    import os
+
+    if os.environ.get("TUNELAB_TEST_REAL_HOME") != "1":
+        monkeypatch.setenv("TUNELAB_HOME", str(tmp_path / "tunelab-home"))
