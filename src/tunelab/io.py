@@ -13,6 +13,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+# mkstemp/mkdtemp create 0600/0700 entries; artifacts should get the usual permissions.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
@@ -23,6 +27,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -53,6 +58,7 @@ def atomic_dir(final: str | os.PathLike, *, replace: bool = True) -> Iterator[Pa
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
         if final.exists():

@@ -1,1 +1,1 @@
-
+"""Data: readers (jsonl/json/csv/parquet), formats -> conversations, field maps, built-in tasks."""

@@ -1,0 +1,114 @@
+"""Read .jsonl, .json (array or object with one list), .csv and .parquet files into Rows.
+
+Errors name the file and line (or row) and say what to do; with skip_bad=True an unreadable
+record is skipped and counted instead.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from pathlib import Path
+
+from tunelab.data.records import Row
+from tunelab.errors import TunelabError
+
+SKIP_HINT = "fix it, or pass --skip-bad (data.skip_bad: true) to skip bad records"
+SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
+
+
+def read_rows(path: str | Path, *, skip_bad: bool = False) -> list[Row]:
+    """All records of a data file, in file order. An empty file is an error."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise TunelabError(f"{path}: data file not found; check the path (relative paths are from the current folder)")
+    if path.is_dir():
+        raise TunelabError(f"{path}: is a folder; give a {', '.join(SUFFIXES)} file")
+    suffix = path.suffix.lower()
+    readers = {".jsonl": _jsonl, ".ndjson": _jsonl, ".json": _json, ".csv": _csv, ".parquet": _parquet}
+    if suffix not in readers:
+        raise TunelabError(f"{path}: unknown data file type '{suffix}'; use one of {', '.join(SUFFIXES)}")
+    bad: list[str] = []
+    rows = readers[suffix](path, skip_bad, bad)
+    if bad:
+        warnings.warn(f"{path}: skipped {len(bad)} bad record(s) (first: {bad[0]})", stacklevel=2)
+    if not rows:
+        raise TunelabError(f"{path}: no records in the file; it is empty or every record was skipped")
+    return rows
+
+
+def _bad(msg: str, skip_bad: bool, bad: list[str]) -> None:
+    if not skip_bad:
+        raise TunelabError(f"{msg}; {SKIP_HINT}")
+    bad.append(msg)
+
+
+def _jsonl(path: Path, skip_bad: bool, bad: list[str]) -> list[Row]:
+    rows = []
+    with path.open(encoding="utf-8-sig") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as e:
+                _bad(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})", skip_bad, bad)
+                continue
+            if not isinstance(data, dict):
+                _bad(f"{path}:{lineno}: expected a JSON object, got {type(data).__name__}", skip_bad, bad)
+                continue
+            rows.append(Row(lineno, data, f"{path}:{lineno}"))
+    return rows
+
+
+def _json(path: Path, skip_bad: bool, bad: list[str]) -> list[Row]:
+    text = path.read_text(encoding="utf-8-sig")
+    if not text.strip():
+        return []
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        if text.lstrip().startswith("{") and "\n{" in text:
+            return _jsonl(path, skip_bad, bad)  # a .json file that is really JSON Lines
+        raise TunelabError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno}); fix the file") from None
+    if isinstance(data, dict):
+        lists = [k for k, v in data.items() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise TunelabError(f"{path}: expected a JSON array of records (or an object holding one list); found keys {list(data)}")
+        data = data[lists[0]]
+    if not isinstance(data, list):
+        raise TunelabError(f"{path}: expected a JSON array of records, got {type(data).__name__}")
+    rows = []
+    for i, item in enumerate(data, start=1):
+        if not isinstance(item, dict):
+            _bad(f"{path}: record {i}: expected a JSON object, got {type(item).__name__}", skip_bad, bad)
+            continue
+        rows.append(Row(i, item, f"{path}: record {i}"))
+    return rows
+
+
+def _csv(path: Path, skip_bad: bool, bad: list[str]) -> list[Row]:
+    rows = []
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None:
+            return []
+        for item in reader:
+            line = reader.line_num
+            if None in item:  # more cells than header columns
+                _bad(f"{path}:{line}: {len(item[None]) + len(reader.fieldnames)} cells but {len(reader.fieldnames)} header columns", skip_bad, bad)
+                continue
+            rows.append(Row(line, dict(item), f"{path}:{line}"))
+    return rows
+
+
+def _parquet(path: Path, skip_bad: bool, bad: list[str]) -> list[Row]:
+    try:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+    except ImportError:
+        raise TunelabError("reading .parquet needs pyarrow: pip install pyarrow") from None
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise TunelabError(f"{path}: not a readable parquet file ({e}); check the file") from None
+    return [Row(i, item, f"{path}: row {i}") for i, item in enumerate(table.to_pylist(), start=1)]

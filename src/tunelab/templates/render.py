@@ -1,0 +1,170 @@
+"""Render conversations with the tokenizer's chat template and mark the trained tokens.
+
+The mask comes from the template itself, never from searching for a marker string: for each
+assistant turn i we render the conversation up to the turn with `add_generation_prompt=True`
+(exactly what inference feeds the model) and up to the end of the turn; the characters between
+the two renderings are the assistant's, everything else is prompt. Each span is tokenized on its
+own and the pieces are concatenated, so the prompt tokens of every turn are the tokens inference
+produces for that prompt (tests/templates checks this token by token for three template styles).
+
+Models without a chat template get PLAIN_TEMPLATE:
+
+    <system text>\n\n            (if any)
+    ### Prompt:\n<user text>\n\n
+    ### Response:\n<assistant text><eos>\n\n
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+from tunelab.data.records import Conversation
+from tunelab.errors import TunelabError
+
+log = logging.getLogger("tunelab.templates")
+IGNORE = -100  # label of a position that is not trained (PyTorch's cross-entropy ignore_index)
+
+PLAIN_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
+    "{% elif m['role'] == 'user' %}### Prompt:\n{{ m['content'] }}\n\n"
+    "{% elif m['role'] == 'assistant' %}### Response:\n{{ m['content'] }}{{ eos_token }}\n\n"
+    "{% else %}{{ raise_exception('the plain template has no role ' + m['role']) }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}### Response:\n{% endif %}"
+)
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE where not trained
+    truncated: bool = False
+    id: str = ""
+
+    @property
+    def n_trained(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE)
+
+
+def template_of(tokenizer) -> str:
+    return tokenizer.chat_template or PLAIN_TEMPLATE
+
+
+def template_sha256(tokenizer) -> str:
+    return hashlib.sha256(template_of(tokenizer).encode("utf-8")).hexdigest()
+
+
+def render(tokenizer, messages: list[dict], *, add_generation_prompt: bool = False, where: str = "") -> str:
+    """The template's text for these messages; a template error names the record and role."""
+    try:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+            chat_template=template_of(tokenizer),
+        )
+    except Exception as e:  # jinja2 TemplateError, or raise_exception() inside the template
+        roles = sorted({m["role"] for m in messages})
+        name = getattr(tokenizer, "name_or_path", "") or "this model"
+        raise TunelabError(
+            f"{where or 'a record'}: the chat template of {name} cannot render roles {roles} ({e}); "
+            "drop or merge those turns (e.g. put the system text into the first user turn), or use another model"
+        ) from None
+
+
+def render_prompt(tokenizer, messages: list[dict]) -> str:
+    """What inference feeds the model: the conversation so far plus the assistant header."""
+    return render(tokenizer, messages, add_generation_prompt=True)
+
+
+def _tok(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of render_prompt(); the same ids training uses for this prompt."""
+    return _tok(tokenizer, render_prompt(tokenizer, messages))
+
+
+def _spans(tokenizer, conv: Conversation) -> tuple[str, list[tuple[int, int]]]:
+    """The full rendering and the character spans [start, end) of each assistant turn."""
+    msgs = conv.messages
+    full = render(tokenizer, msgs, where=conv.source)
+    for m in msgs:
+        if m["content"].strip() and m["content"] not in full:
+            raise TunelabError(
+                f"{conv.source}: the chat template does not render the '{m['role']}' turn (its text is missing "
+                "from the output); drop or merge those turns, or use another model"
+            )
+    spans = []
+    for i, m in enumerate(msgs):
+        if m["role"] != "assistant":
+            continue
+        start_text = render(tokenizer, msgs[:i], add_generation_prompt=True, where=conv.source)
+        end_text = render(tokenizer, msgs[: i + 1], where=conv.source)
+        # A template that rewrites earlier turns later (e.g. drops past reasoning) has no
+        # single rendering with a clean assistant span; say so rather than mis-mask.
+        if not (end_text.startswith(start_text) and full.startswith(end_text)):
+            raise TunelabError(
+                f"{conv.source}: the chat template renders earlier turns differently as the conversation grows, "
+                "so trained tokens cannot be taken from it; train on single-turn records or use train_on: all"
+            )
+        spans.append((len(start_text), len(end_text)))
+    return full, spans
+
+
+def encode(tokenizer, conv: Conversation, *, train_on: str = "completion",
+           max_length: int | None = None, truncate: bool = True) -> Encoded | None:
+    """Token ids and labels of one conversation; None when dropped for length (truncate=False)."""
+    if conv.is_text:
+        ids = _tok(tokenizer, conv.text)
+        if tokenizer.eos_token_id is not None:
+            ids.append(tokenizer.eos_token_id)
+        labels = list(ids)
+    else:
+        full, spans = _spans(tokenizer, conv)
+        ids, labels, pos = [], [], 0
+        for start, end in spans:
+            prompt_ids, answer_ids = _tok(tokenizer, full[pos:start]), _tok(tokenizer, full[start:end])
+            ids += prompt_ids + answer_ids
+            labels += (list(prompt_ids) if train_on == "all" else [IGNORE] * len(prompt_ids)) + answer_ids
+            pos = end
+        tail = _tok(tokenizer, full[pos:])
+        ids += tail
+        labels += list(tail) if train_on == "all" else [IGNORE] * len(tail)
+    truncated = False
+    if max_length is not None and len(ids) > max_length:
+        if not truncate:
+            return None
+        ids, labels, truncated = ids[:max_length], labels[:max_length], True
+    return Encoded(ids, labels, truncated, conv.id)
+
+
+def encode_all(tokenizer, convs: list[Conversation], *, train_on: str = "completion",
+               max_length: int | None = None, truncate: bool = True, notes: list[str] | None = None) -> list[Encoded]:
+    """Encode many; warn once with the count of truncated or dropped rows."""
+    out, n_trunc, n_drop, n_empty = [], 0, 0, 0
+    for conv in convs:
+        enc = encode(tokenizer, conv, train_on=train_on, max_length=max_length, truncate=truncate)
+        if enc is None:
+            n_drop += 1
+            continue
+        if enc.n_trained == 0:
+            n_empty += 1  # truncation cut away every trained token: nothing to learn from
+            continue
+        n_trunc += enc.truncated
+        out.append(enc)
+    msgs = []
+    if n_trunc:
+        msgs.append(f"{n_trunc} of {len(convs)} rows were longer than max_length={max_length} and were truncated")
+    if n_drop:
+        msgs.append(f"{n_drop} of {len(convs)} rows were longer than max_length={max_length} and were dropped (truncate: false)")
+    if n_empty:
+        msgs.append(f"{n_empty} rows had no trained token left after truncation and were dropped; raise data.max_length")
+    for m in msgs:
+        log.warning(m)
+        if notes is not None:
+            notes.append(m)
+    if not out:
+        raise TunelabError(f"no trainable rows left ({'; '.join(msgs) or 'no assistant tokens'}); raise data.max_length or check the data")
+    return out
