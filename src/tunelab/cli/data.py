@@ -1,0 +1,92 @@
+"""`tunelab data inspect|tasks` (and `filter`, added by cli/data_filter.py)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+data_app = typer.Typer(help="Look at training data: formats, rendering, trained tokens, built-in tasks.",
+                       no_args_is_help=True)
+
+
+def parse_fields(items: list[str]) -> dict[str, str]:
+    from tunelab.errors import TunelabError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise TunelabError(f"--field '{item}' must be canonical=yours, e.g. --field prompt=question")
+        out[key.strip()] = value.strip()
+    return out
+
+
+@data_app.command("inspect")
+def inspect_cmd(
+    file: str = typer.Argument(..., help="Data file (.jsonl .json .csv .parquet) or builtin:<task>."),
+    model: str = typer.Option("default", "--model", "-m", help="Model whose tokenizer and chat template render the data."),
+    format: str = typer.Option("auto", "--format", "-f", help="auto | text | prompt_completion | alpaca | messages | sharegpt"),
+    n: int = typer.Option(2, "-n", help="How many records to show rendered.", min=0),
+    max_length: int = typer.Option(1024, "--max-length", help="Rows longer than this are counted."),
+    train_on: str = typer.Option("completion", "--train-on", help="completion (assistant turns) | all"),
+    field: list[str] = typer.Option([], "--field", help="Rename map entry canonical=yours, e.g. prompt=question (repeatable)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip bad records and count them instead of stopping."),
+):
+    """Show how records render with the model's chat template; trained tokens are highlighted.
+
+    Example: tunelab data inspect ../shared/data/alpaca_small/alpaca_small.json --model default -n 2
+    """
+    from tunelab.cli import console
+    from tunelab.errors import TunelabError
+    from tunelab.models.loading import load_tokenizer, resolve
+    from tunelab.templates.inspect import inspect_data, segments
+
+    if train_on not in ("completion", "all"):
+        raise TunelabError(f"--train-on must be completion or all, got '{train_on}'")
+    _, folder = resolve(model)
+    tokenizer = load_tokenizer(folder)
+    rep = inspect_data(file, tokenizer, format=format, fields=parse_fields(field), n=n,
+                       max_length=max_length, train_on=train_on, skip_bad=skip_bad)
+    for note in rep.format_notes:
+        console.print(f"[cyan]{note}[/]", highlight=False)
+    for enc in rep.examples:
+        console.rule(f"record {enc.id}  ([bold green]trained[/] / [dim]not trained[/])")
+        text = Text()
+        for piece, trained in segments(tokenizer, enc):
+            text.append(piece, style="bold green" if trained else "dim")
+        console.print(text)
+    stats = rep.length_stats()
+    table = Table(title=f"{file} with {model}'s template")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("records", str(rep.records))
+    table.add_row("tokens min / median / p95 / max",
+                  f"{stats['min']} / {stats['median']:.0f} / {stats['p95']:.0f} / {stats['max']}")
+    table.add_row("tokens total", str(rep.total))
+    table.add_row("trained-token share", f"{rep.trained_share:.1%}")
+    table.add_row(f"rows over max_length={rep.max_length}", str(rep.over_max))
+    console.print(table)
+
+
+@data_app.command("tasks")
+def tasks_cmd():
+    """List the built-in tasks (use as builtin:<name>?n=512&seed=1&split=train|test).
+
+    Example: tunelab data tasks
+    """
+    from tunelab.cli import console
+    from tunelab.data.builtin import TASKS, load_builtin_rows
+
+    table = Table(title="built-in tasks")
+    for col in ("name", "checks", "metrics", "description", "example prompt", "example answer"):
+        table.add_column(col)
+    for name, t in TASKS.items():
+        row = load_builtin_rows(f"builtin:{name}?n=1&split=test")[0].data
+        table.add_row(name, t.kind, ", ".join(t.metrics), t.description, row["prompt"][:70], row["completion"])
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(data_app, name="data")
