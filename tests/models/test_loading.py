@@ -1,0 +1,43 @@
+"""Loading by folder / registry name / bad path; tiny models behave like real checkpoints."""
+from __future__ import annotations
+
+import pytest
+
+from tunelab.errors import TunelabError
+from tunelab.models import registry
+from tunelab.models.loading import load_model, resolve
+
+
+def test_load_hf_folder(tiny_dir):
+    lm = load_model(tiny_dir, device="cpu")
+    assert lm.name == "tiny-llama" and lm.path == tiny_dir and len(lm.sha256) == 64
+    assert lm.tokenizer.chat_template and lm.tokenizer.pad_token is not None
+    assert lm.tokenizer.model_max_length == 1024  # taken from the config, not HF's "unset"
+    assert load_model(tiny_dir, device="cpu").sha256 == lm.sha256  # cached hash, same answer
+
+
+def test_bad_model_paths(tmp_path):
+    with pytest.raises(TunelabError, match="model 'no/such/model' not found: not a registry name"):
+        resolve("no/such/model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TunelabError, match="not a model folder \\(no config.json\\)"):
+        resolve(tmp_path / "empty")
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(TunelabError, match="not a model; give a Hugging Face model folder"):
+        resolve(tmp_path / "weights.bin")
+    ad = tmp_path / "adapter"
+    ad.mkdir()
+    (ad / "adapter_config.json").write_text("{}")
+    with pytest.raises(TunelabError, match="looks like an adapter"):
+        resolve(ad)
+
+
+def test_registry_aliases():
+    assert registry.canonical("default") == "smollm2-135m-instruct"
+    assert registry.canonical("SmolLM2-135M-Instruct") == "smollm2-135m-instruct"
+    assert registry.canonical("gpt-17") is None
+
+
+def test_adapter_that_is_not_an_adapter(tiny_dir, tmp_path):
+    with pytest.raises(TunelabError, match="not an adapter folder"):
+        load_model(tiny_dir, adapter=tmp_path, device="cpu")
