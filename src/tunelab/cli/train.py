@@ -1,0 +1,72 @@
+"""`tunelab train CONFIG [key=value ...]` and `tunelab export MODEL --adapter DIR --out DIR`."""
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+
+def train_cmd(
+    config: str = typer.Argument(..., help="Training config YAML (DESIGN §2.3); see examples/train_lora.yaml."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides, e.g. train.lr=1e-4 lora.r=8"),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint of the run."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over in an existing run folder."),
+):
+    """Fine-tune a model (full | lora | dora | qlora) and write a run folder.
+
+    Examples:
+
+      tunelab train examples/train_lora.yaml
+
+      tunelab train examples/train_lora.yaml train.lr=1e-4 lora.r=8 out=runs/r8
+
+      tunelab train examples/train_lora.yaml --resume
+
+      accelerate launch --num_processes 2 --cpu -m tunelab train examples/train_lora.yaml
+    """
+    from tunelab.cli import console, err_console
+    from tunelab.train.loop import TrainingInterrupted, train
+
+    try:
+        result = train(config, overrides or [], resume=resume, overwrite=overwrite)
+    except TrainingInterrupted as e:
+        err_console.print(f"[yellow]{e}[/]", highlight=False, soft_wrap=True)
+        sys.exit(130)
+    if not result.summary:  # not the main process of a multi-process run
+        return
+    from rich.table import Table
+
+    s = result.summary
+    table = Table(title=f"run {result.run_dir}", show_header=False)
+    for key in ("steps", "final_loss", "final_eval_loss", "best_checkpoint", "tokens_seen", "tokens_per_s",
+                "train_s", "peak_mem_mib", "mfu", "energy_wh"):
+        v = s.get(key)
+        table.add_row(key, f"{v:.4g}" if isinstance(v, float) else str(v))
+    table.add_row("weights", str(result.weights_dir))
+    console.print(table)
+
+
+def export_cmd(
+    model: str = typer.Argument(..., help="Base model: registry name, HF folder or .gguf file."),
+    adapter: str = typer.Option(..., "--adapter", help="Adapter folder of a run (runs/NAME/adapter)."),
+    out: str = typer.Option(..., "--out", help="Output folder for the merged model."),
+    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 for QLoRA adapters, else the base's) | fp32 | bf16"),
+):
+    """Merge a LoRA/DoRA adapter into its base and write a plain HF model folder.
+
+    The folder holds safetensors weights, the tokenizer and the chat template, and loads with
+    AutoModelForCausalLM.from_pretrained. QLoRA adapters merge into a de-quantised bf16 base.
+
+    Example: tunelab export default --adapter runs/dates/adapter --out models/dates-merged
+    """
+    from tunelab.cli import console
+    from tunelab.models.export import export_merged
+
+    folder = export_merged(model, adapter, out, dtype=dtype)
+    console.print(f"merged model written to [bold]{folder}[/]")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train", context_settings={"allow_extra_args": False})(train_cmd)
+    app.command("export")(export_cmd)

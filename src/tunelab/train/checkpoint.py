@@ -1,0 +1,199 @@
+"""Checkpoints that a resumed run continues from bit for bit.
+
+`checkpoints/step-N/` holds everything the next optimizer step depends on, and explains itself:
+
+    adapter/ or model/      trainable weights (PEFT / transformers format, loadable on their own)
+    optimizer.pt            AdamW state            (torch.save; loaded with weights_only=True)
+    scheduler.pt            LR scheduler state
+    rng.pt                  python / numpy / torch / cuda RNG state of every process
+    trainer_state.json      ResumeState: step, epoch and position in it, counters, best eval
+    config.yaml             the resolved run config
+    chat_template.jinja     the template the data was rendered with
+
+The folder is written under a temporary name and renamed when complete (tunelab.io.atomic_dir),
+so a kill or a full disk in the middle of a save leaves the previous checkpoint as it was and
+no half-written `step-N` ever exists. Resume takes the newest `step-N`.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from tunelab import paths
+from tunelab.errors import TunelabError
+from tunelab.io import atomic_dir, atomic_write_json, atomic_write_text
+
+STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+SCHEDULER_FILE = "scheduler.pt"
+RNG_FILE = "rng.pt"
+TEMPLATE_FILE = "chat_template.jinja"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class ResumeState:
+    """What the loop needs besides weights and optimizer to continue exactly where it stopped."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # epoch of the next step
+    step_in_epoch: int = 0  # optimizer steps done inside that epoch: the data position
+    tokens_seen: int = 0  # real (non-pad) tokens through the model, all processes
+    tokens_trained: int = 0  # supervised tokens
+    flops: float = 0.0
+    train_s: float = 0.0  # seconds inside the loop so far
+    wall_s: float = 0.0  # seconds of the whole run so far (setup and saves included)
+    best_eval_loss: Optional[float] = None
+    best_step: Optional[int] = None
+    evals_without_improvement: int = 0
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ResumeState":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# ---------------------------------------------------------------- RNG
+def rng_state() -> dict:
+    """This process's RNG states as plain lists and tensors (loadable with weights_only=True)."""
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(mt), gauss],
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------- find
+def step_dirs(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first. Temporary folders (.step-N.*.tmp) are not listed."""
+    root = Path(run_dir) / paths.CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = []
+    for d in root.iterdir():
+        m = _STEP_DIR.match(d.name)
+        if m and d.is_dir() and (d / STATE_FILE).is_file():
+            found.append((int(m.group(1)), d))
+    return sorted(found)
+
+
+def latest(run_dir: Path) -> Optional[Path]:
+    dirs = step_dirs(run_dir)
+    return dirs[-1][1] if dirs else None
+
+
+def remove_partial(run_dir: Path) -> None:
+    """Delete leftovers of saves that were killed half-way (temporary folders)."""
+    root = Path(run_dir) / paths.CHECKPOINTS_DIR
+    if root.is_dir():
+        for d in root.iterdir():
+            if d.name.startswith(".") and d.name.endswith(".tmp"):
+                shutil.rmtree(d, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- save / load
+def save_weights(model, folder: Path, *, adapter: bool) -> None:
+    """The trainable weights in their library's own format (loadable without tunelab)."""
+    target = folder / (paths.ADAPTER_DIR if adapter else paths.MODEL_DIR)
+    model.save_pretrained(target)
+
+
+def load_weights(model, folder: Path, *, adapter: bool) -> None:
+    from safetensors.torch import load_file
+
+    if adapter:
+        from peft import set_peft_model_state_dict
+
+        sd = {}
+        for f in sorted((folder / paths.ADAPTER_DIR).glob("*.safetensors")):
+            sd.update(load_file(f))
+        result = set_peft_model_state_dict(model, sd)
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise TunelabError(f"{folder}: adapter does not match this run's model ({unexpected[0]}); "
+                               "resume with the config the run was started with")
+        return
+    sd = {}
+    for f in sorted((folder / paths.MODEL_DIR).glob("*.safetensors")):
+        sd.update(load_file(f))
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    tied = {k for k in missing if "lm_head" in k or "embed" in k}  # tied weights are saved once
+    if unexpected or set(missing) - tied:
+        raise TunelabError(f"{folder}: weights do not match this run's model "
+                           f"({(unexpected or sorted(set(missing) - tied))[0]}); resume with the original config")
+
+
+def save_checkpoint(
+    run_dir: Path,
+    *,
+    model,
+    optimizer,
+    scheduler,
+    state: ResumeState,
+    rng: list[dict],
+    config_yaml: str,
+    template: str,
+    adapter: bool,
+) -> Path:
+    """Write checkpoints/step-N atomically and return its path. Call on the main process only.
+
+    `rng` holds one rng_state() per process, in rank order.
+    """
+    final = Path(run_dir) / paths.CHECKPOINTS_DIR / f"step-{state.step}"
+    with atomic_dir(final) as tmp:
+        save_weights(model, tmp, adapter=adapter)
+        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
+        torch.save(rng, tmp / RNG_FILE)
+        atomic_write_text(tmp / paths.CONFIG_FILE, config_yaml)
+        atomic_write_text(tmp / TEMPLATE_FILE, template)
+        # written last: a step-N folder with this file is complete by construction
+        atomic_write_json(tmp / STATE_FILE, asdict(state))
+    return final
+
+
+def load_checkpoint(folder: Path, *, model, optimizer, scheduler, rank: int, adapter: bool) -> ResumeState:
+    """Restore weights, optimizer, scheduler and this process's RNG; return the ResumeState."""
+    try:
+        state = ResumeState.from_json(json.loads((folder / STATE_FILE).read_text()))
+        load_weights(model, folder, adapter=adapter)
+        optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, weights_only=True, map_location="cpu"))
+        scheduler.load_state_dict(torch.load(folder / SCHEDULER_FILE, weights_only=True))
+        rng = torch.load(folder / RNG_FILE, weights_only=True)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise TunelabError(f"{folder}: checkpoint cannot be loaded ({str(e).splitlines()[0][:160]}); "
+                           "delete this step folder to resume from the one before") from None
+    if rank >= len(rng):
+        raise TunelabError(f"{folder}: saved by {len(rng)} process(es), resumed with more; "
+                           f"resume with --num_processes {len(rng)}")
+    set_rng_state(rng[rank])
+    return state
+
+
+def prune(run_dir: Path, *, keep: int, best_step: Optional[int]) -> None:
+    """Keep the newest `keep` checkpoints and the best one; delete the rest."""
+    dirs = step_dirs(run_dir)
+    for step, d in dirs[:-keep] if keep > 0 else dirs:
+        if step != best_step:
+            shutil.rmtree(d, ignore_errors=True)

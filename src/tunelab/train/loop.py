@@ -1,0 +1,578 @@
+"""The fine-tuning recipe, read top to bottom (torchtune's shape).
+
+    Recipe(cfg)     fail fast: everything checkable before loading a model
+    .setup()        accelerator → model (+ method) → data → optimizer and schedule → resume
+    .train()        epoch → optimizer step → micro-batches (accumulation) → log / eval / save
+    .cleanup()      final weights, summary.json, report.html
+
+`train(config)` is the public verb (`tunelab.train`). Multi-process runs come from Accelerate:
+`accelerate launch --num_processes 2 --cpu -m tunelab train cfg.yaml` gives DDP over gloo.
+
+How one optimizer step is counted: the epoch's micro-batches (token-budget packs, see packing.py)
+are taken `processes × grad_accum` at a time; process r takes every processes-th one of them.
+The loss of each micro-batch is its token-loss SUM divided by the supervised-token count of the
+whole step, summed over all processes, so any split into micro-batches and processes gives the
+same loss and gradients (tests/train/test_loss.py, test_ddp.py).
+
+Test hook: TUNELAB_FAULT=kind@step injects a fault at an optimizer step, so the reliability
+paths are tested through the real code: `kill@N` SIGKILLs the process after step N,
+`sigint@N` sends it SIGINT during step N, `nan@N` makes the loss of step N NaN.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from tunelab import paths
+from tunelab.config import TrainConfig, load_train_config, to_yaml
+from tunelab.errors import TunelabError
+from tunelab.io import atomic_dir, atomic_write_json, atomic_write_text
+from tunelab.models.export import ADAPTER_META_FILE  # base model name, path, weights hash, method
+from tunelab.train import checkpoint as ckpt
+from tunelab.train import cost
+from tunelab.train.loss import PackedCausalLM, base_causal_lm
+from tunelab.train.methods import ADAPTER_METHODS, apply_method, check_method_available, count_parameters
+from tunelab.train.packing import check_budget, collate, model_inputs, plan_batches
+
+log = logging.getLogger("tunelab.train")
+
+FAULT_ENV = "TUNELAB_FAULT"
+SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    weights_dir: Path  # adapter/ (adapter methods) or model/ (full)
+    summary: dict = field(default_factory=dict)
+    stopped: str = "completed"  # completed | early_stopping
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: a checkpoint was saved; the message says how to resume."""
+
+
+def oom_message(step: int, batch_tokens: int, grad_accum: int, grad_checkpointing: bool) -> str:
+    """The one-line fix for CUDA out-of-memory: halve the budget, keep the batch, or recompute."""
+    half = max(batch_tokens // 2, 16)
+    fixes = [f"set train.batch_tokens={half} with train.grad_accum={grad_accum * 2} (same effective batch)"]
+    if not grad_checkpointing:
+        fixes.append("set train.grad_checkpointing=true")
+    return (f"CUDA ran out of memory at step {step} with train.batch_tokens={batch_tokens}; "
+            + " or ".join(fixes))
+
+
+def _fault() -> tuple[str, int]:
+    raw = os.environ.get(FAULT_ENV, "")
+    kind, _, step = raw.partition("@")
+    return (kind, int(step)) if kind and step.isdigit() else ("", -1)
+
+
+class Recipe:
+    def __init__(self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
+                 base_dir: str | Path | None = None, config_path: str | None = None):
+        # ---- fail fast: nothing below loads a model or data
+        self.t0 = time.perf_counter()
+        self.cfg, self.resume, self.base_dir = cfg, resume, base_dir
+        self.config_path = config_path or "CONFIG"
+        self.run_dir = Path(cfg.out.format(name=cfg.name))
+        self.adapter = cfg.method in ADAPTER_METHODS
+        cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true")
+        check_method_available(cfg.method, "cuda" if cuda else "cpu")
+        precision = cfg.train.precision
+        if precision == "auto":
+            precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+        if precision == "fp16" and not cuda:
+            raise TunelabError("train.precision=fp16 needs a CUDA GPU; use train.precision=fp32 (or auto) on CPU")
+        self.precision = precision
+        if resume and ckpt.latest(self.run_dir) is None:
+            raise TunelabError(f"{self.run_dir}: no complete checkpoint to resume from; run without --resume")
+        started = (self.run_dir / paths.CONFIG_FILE).exists() or (self.run_dir / paths.CHECKPOINTS_DIR).exists()
+        if started and not resume and not overwrite:
+            raise TunelabError(f"{self.run_dir}: run folder already exists; pass --resume to continue it, "
+                               "--overwrite to start over, or set out=<another folder>")
+        for flag, package in (("tensorboard", "tensorboard"), ("mlflow", "mlflow")):
+            if getattr(cfg.log, flag):
+                try:
+                    __import__(package)
+                except ImportError:
+                    raise TunelabError(f"log.{flag}: true needs {package}; run: pip install {package}") from None
+        self.fault = _fault()
+        self.stop_requested = False
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        cfg = self.cfg
+        trackers = [t for t in ("tensorboard", "mlflow") if getattr(cfg.log, t)]
+        self.accelerator = Accelerator(
+            mixed_precision={"fp32": "no"}.get(self.precision, self.precision),
+            log_with=trackers or None,
+            project_dir=str(self.run_dir),
+        )
+        acc = self.accelerator
+        self.world, self.rank, self.main = acc.num_processes, acc.process_index, acc.is_main_process
+        # one seed for weight init (LoRA), dropout and everything else; data order has its own
+        set_seed(cfg.train.seed)
+        if trackers:
+            acc.init_trackers(cfg.name or "run")
+
+        # ---- model: load, pick attention, apply the method (before the optimizer sees params)
+        self._setup_model()
+        # ---- data: conversations → token ids + labels → seeded per-epoch batch plans
+        self._setup_data()
+        # ---- optimizer and schedule (the schedule needs the step count from the data)
+        self._setup_optimizer()
+        self.model, self.optimizer = acc.prepare(self.lm, self.optimizer)
+
+        self.state = ckpt.ResumeState()
+        self.config_yaml = to_yaml(cfg)
+        self.metrics_path = self.run_dir / paths.METRICS_FILE
+        if self.resume:
+            # after prepare: weights and optimizer state load into the device-placed objects;
+            # RNG last, so nothing above consumes the restored random streams
+            folder = ckpt.latest(self.run_dir)
+            self.state = ckpt.load_checkpoint(folder, model=self._inner(), optimizer=self.optimizer,
+                                              scheduler=self.scheduler, rank=self.rank, adapter=self.adapter)
+            self._say(f"resuming from {folder} (step {self.state.step} of {self.total_steps})")
+        self.wall_before = self.state.wall_s  # wall time of earlier invocations of a resumed run
+        if self.main:
+            ckpt.remove_partial(self.run_dir)
+            atomic_write_text(self.run_dir / paths.CONFIG_FILE, self.config_yaml)
+            self._rewind_metrics(self.state.step)
+        acc.wait_for_everyone()
+        self.energy = cost.EnergyMeter(str(self.run_dir)) if self.main else None
+
+    def _setup_model(self) -> None:
+        from tunelab.models.loading import load_model, load_tokenizer, resolve
+
+        cfg, device = self.cfg, self.accelerator.device
+        # flex_attention computes only the diagonal blocks of packed documents on CUDA; it has
+        # no CPU backward, where sdpa takes the 4D block-diagonal mask (DESIGN §7)
+        default_attn = "flex_attention" if device.type == "cuda" else "sdpa"
+        self.attn = os.environ.get("TUNELAB_ATTN", default_attn)
+        if cfg.method == "qlora":
+            from transformers import AutoModelForCausalLM
+
+            from tunelab.train.methods import quantization_config
+
+            name, folder = resolve(cfg.model)
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, quantization_config=quantization_config(), dtype=torch.bfloat16,
+                device_map={"": device}, attn_implementation=self.attn)
+            self.tokenizer, self.base_name, self.base_path, self.base_sha = load_tokenizer(folder), name, folder, None
+        else:
+            # adapters on CUDA: the frozen base can sit in bf16 (half the memory, nothing to
+            # update); full fine-tuning keeps fp32 master weights and trains under autocast
+            dtype = torch.bfloat16 if (self.adapter and self.precision == "bf16") else torch.float32
+            loaded = load_model(cfg.model, device=str(device), dtype=dtype, attn_implementation=self.attn,
+                                trust_remote_code=cfg.trust_remote_code)
+            model, self.tokenizer = loaded.model, loaded.tokenizer
+            self.base_name, self.base_path, self.base_sha = loaded.name, loaded.path, loaded.sha256
+        model.config.use_cache = False  # no KV cache while training
+        if cfg.train.grad_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = apply_method(model, cfg)
+        model.train()  # from_pretrained returns eval mode: dropout would be off
+        self.n_params, self.n_trainable = count_parameters(model)
+        emb = cost.embedding_params(base_causal_lm(model))
+        self.flops_per_token = cost.flops_per_token(self.n_params, self.n_trainable, emb, adapter=self.adapter)
+        self.peak_flops = cost.device_peak_flops(device, self.precision)
+        self.lm = PackedCausalLM(model)
+        if cfg.train.compile:
+            self.lm = torch.compile(self.lm, dynamic=True)
+
+    def _setup_data(self) -> None:
+        from tunelab.data.load import load_conversations
+        from tunelab.templates import encode_all
+
+        cfg, d = self.cfg, self.cfg.data
+        kw = dict(format=d.format, fields=d.fields or None, skip_bad=d.skip_bad, system=d.system)
+        train_convs = load_conversations(self._data_path(d.train), **kw)
+        eval_convs = []
+        if isinstance(d.eval, str):
+            eval_convs = load_conversations(self._data_path(d.eval), **kw)
+        elif d.eval and len(train_convs) > 1:
+            # seeded hold-out so every process (and a resumed run) holds out the same rows
+            order = list(range(len(train_convs)))
+            random.Random(cfg.train.seed).shuffle(order)
+            n_eval = max(1, round(d.eval * len(train_convs)))
+            held = set(order[:n_eval])
+            eval_convs = [c for i, c in enumerate(train_convs) if i in held]
+            train_convs = [c for i, c in enumerate(train_convs) if i not in held]
+        enc = dict(train_on=d.train_on, max_length=d.max_length, truncate=d.truncate)
+        self.train_ex = encode_all(self.tokenizer, train_convs, **enc)
+        self.eval_ex = encode_all(self.tokenizer, eval_convs, **enc) if eval_convs else []
+        self.lengths = [len(e.input_ids) for e in self.train_ex]
+        check_budget(self.lengths, cfg.train.batch_tokens)
+        check_budget([len(e.input_ids) for e in self.eval_ex], cfg.train.batch_tokens)
+        self.eval_plan = plan_batches([len(e.input_ids) for e in self.eval_ex], cfg.train.batch_tokens,
+                                      seed=cfg.train.seed, packing=d.packing) if self.eval_ex else []
+
+        # steps: every epoch's plan is deterministic, so the total is known before training
+        self.per_step = self.world * cfg.train.grad_accum  # micro-batches per optimizer step
+        self._plans: dict[int, list[list[int]]] = {}
+        if cfg.train.max_steps:
+            self.total_steps = cfg.train.max_steps
+        else:
+            whole, frac = int(cfg.train.epochs), cfg.train.epochs - int(cfg.train.epochs)
+            self.total_steps = sum(self.steps_in_epoch(e) for e in range(whole))
+            self.total_steps += math.ceil(frac * self.steps_in_epoch(whole)) if frac else 0
+        self._say(f"{len(self.train_ex)} training rows ({sum(self.lengths)} tokens), {len(self.eval_ex)} eval rows; "
+                  f"{self.total_steps} optimizer steps of {self.per_step} micro-batch(es) ≤ {cfg.train.batch_tokens} tokens")
+
+    def _data_path(self, spec: str) -> str:
+        """A relative data path is looked up next to the config file first, then in the cwd."""
+        p = Path(spec)
+        if spec.startswith("builtin:") or p.is_absolute() or self.base_dir is None:
+            return spec
+        beside = Path(self.base_dir) / p
+        return str(beside) if beside.exists() or not p.exists() else spec
+
+    def plan(self, epoch: int) -> list[list[int]]:
+        if epoch not in self._plans:
+            self._plans[epoch] = plan_batches(self.lengths, self.cfg.train.batch_tokens, seed=self.cfg.train.seed,
+                                              epoch=epoch, packing=self.cfg.data.packing)
+        return self._plans[epoch]
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        return math.ceil(len(self.plan(epoch)) / self.per_step)
+
+    def _setup_optimizer(self) -> None:
+        from transformers import get_scheduler
+
+        t = self.cfg.train
+        params = [p for p in self.lm.parameters() if p.requires_grad]
+        # no weight decay on vectors (norms, biases, DoRA magnitudes): the usual AdamW practice
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": t.weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        fused = self.accelerator.device.type == "cuda"  # one kernel for all params; CUDA only
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=t.lr, fused=fused or None)
+        warmup = int(round(t.warmup * self.total_steps)) if t.warmup < 1 else int(t.warmup)
+        self.scheduler = get_scheduler(SCHEDULES[t.schedule], self.optimizer, num_warmup_steps=warmup,
+                                       num_training_steps=self.total_steps)
+
+    # ------------------------------------------------------------------ train
+    def train(self) -> RunResult:
+        cfg, acc, state = self.cfg, self.accelerator, self.state
+        stopped = "completed"
+        progress = self._progress()
+        old_handler = self._install_sigint()
+        loop_start = time.perf_counter() - state.train_s
+        try:
+            while state.step < self.total_steps:
+                plan = self.plan(state.epoch)
+                first = state.step_in_epoch * self.per_step
+                step_batches = plan[first:first + self.per_step]
+                if not step_batches:  # epoch exhausted (max_steps beyond the epochs)
+                    state.epoch, state.step_in_epoch = state.epoch + 1, 0
+                    continue
+                t_step = time.perf_counter()
+                loss, n_sup, n_tok, grad_norm = self._optimizer_step(step_batches, state.step + 1)
+                state.step += 1
+                state.step_in_epoch += 1
+                if state.step_in_epoch >= self.steps_in_epoch(state.epoch):
+                    state.epoch, state.step_in_epoch = state.epoch + 1, 0
+                dt = time.perf_counter() - t_step
+                state.tokens_seen += n_tok
+                state.tokens_trained += n_sup
+                state.flops += self.flops_per_token * n_tok
+                state.train_s = time.perf_counter() - loop_start
+
+                row = {"step": state.step, "epoch": round(state.epoch + state.step_in_epoch / max(self.steps_in_epoch(state.epoch), 1), 4),
+                       "loss": loss, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                       "tokens": n_tok, "tokens_per_s": n_tok / dt if dt > 0 else None,
+                       "mfu": cost.mfu(self.flops_per_token * n_tok, dt, self.peak_flops, self.world),
+                       "mem_mib": round(cost.current_memory_mib(acc.device), 1)}
+                best_now = False
+                if self.eval_ex and (state.step % cfg.train.eval_every == 0 or state.step == self.total_steps):
+                    row["eval_loss"] = self._evaluate()
+                    best_now, stop = self._early_stopping(row["eval_loss"])
+                    if stop:
+                        stopped = "early_stopping"
+                self._log(row)
+                progress.update(state.step, loss, row["tokens_per_s"])
+
+                interrupted = self._agree(self.stop_requested)
+                if state.step % cfg.train.save_every == 0 or best_now or interrupted:
+                    self._save()
+                if self.fault == ("kill", state.step):
+                    os.kill(os.getpid(), signal.SIGKILL)
+                if interrupted:
+                    folder = self.run_dir / paths.CHECKPOINTS_DIR / f"step-{state.step}"
+                    raise TrainingInterrupted(
+                        f"interrupted at step {state.step}; checkpoint saved to {folder}; resume with: "
+                        f"tunelab train {self.config_path} --resume")
+                if stopped == "early_stopping":
+                    self._say(f"early stopping at step {state.step}: eval loss did not improve for "
+                              f"{cfg.train.early_stopping.patience} evaluations; best step {state.best_step}")
+                    break
+        finally:
+            progress.close()
+            if old_handler is not None:
+                signal.signal(signal.SIGINT, old_handler)
+        state.train_s = time.perf_counter() - loop_start
+        return self.cleanup(stopped)
+
+    def _optimizer_step(self, step_batches: list[list[int]], step: int):
+        """One optimizer step over this process's share of the step's micro-batches."""
+        acc, cfg = self.accelerator, self.cfg
+        mine = step_batches[self.rank::self.world]
+        weights = [1.0] * len(mine)
+        if not mine:
+            # a short last step left this process without a micro-batch: it still runs one (with
+            # weight 0) so its DDP gradient all-reduce matches the other processes'
+            mine, weights = step_batches[:1], [0.0]
+        batches = [collate([self.train_ex[i] for i in b], packing=cfg.data.packing,
+                           pad_id=self.tokenizer.pad_token_id or 0) for b in mine]
+        counts = torch.tensor([sum(b.n_supervised * w for b, w in zip(batches, weights)),
+                               sum(b.n_tokens * w for b, w in zip(batches, weights))], dtype=torch.float64)
+        n_sup, n_tok = (int(x) for x in self._sum(counts))  # global, all processes
+        loss_sum = torch.zeros((), dtype=torch.float32, device=acc.device)
+        try:
+            for i, (batch, w) in enumerate(zip(batches, weights)):
+                batch = batch.to(acc.device)
+                last = i == len(batches) - 1
+                # gradients are all-reduced once per step, on the last micro-batch only
+                with contextlib.nullcontext() if last else acc.no_sync(self.model):
+                    ce_sum, _ = self.model(**model_inputs(batch, self.attn), targets=batch.targets)
+                    if self.fault == ("nan", step):
+                        ce_sum = ce_sum * float("nan")
+                    if self.fault == ("sigint", step) and i == 0:
+                        os.kill(os.getpid(), signal.SIGINT)
+                    # × world: DDP averages gradients over processes; the global count already did
+                    acc.backward(ce_sum * (w * self.world / max(n_sup, 1)))
+                loss_sum += ce_sum.detach() * w
+        except torch.OutOfMemoryError:
+            raise TunelabError(oom_message(step, cfg.train.batch_tokens, cfg.train.grad_accum,
+                                           cfg.train.grad_checkpointing)) from None
+        loss = float(self._sum(loss_sum.reshape(1).double())[0]) / max(n_sup, 1)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if cfg.train.max_grad_norm:
+            grad_norm = float(acc.clip_grad_norm_(params, cfg.train.max_grad_norm))
+        else:
+            grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            last = ckpt.latest(self.run_dir)
+            what = "loss" if not math.isfinite(loss) else "gradient norm"
+            raise TunelabError(
+                f"{what} became {loss if what == 'loss' else grad_norm} at step {step}; stopped without applying it; "
+                f"last good checkpoint: {last if last else 'none yet (lower train.save_every)'}; "
+                "lower train.lr or check the data, then continue with --resume")
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, n_sup, n_tok, grad_norm
+
+    @torch.no_grad()
+    def _evaluate(self) -> float:
+        """Mean token loss on the held-out rows; each process takes every world-th batch."""
+        self.model.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=self.accelerator.device)
+        for b in self.eval_plan[self.rank::self.world]:
+            batch = collate([self.eval_ex[i] for i in b], packing=self.cfg.data.packing,
+                            pad_id=self.tokenizer.pad_token_id or 0).to(self.accelerator.device)
+            ce_sum, n = self.model(**model_inputs(batch, self.attn), targets=batch.targets)
+            total += torch.tensor([float(ce_sum), n], dtype=torch.float64, device=total.device)
+        self.model.train()
+        s, n = self._sum(total).tolist()
+        return s / max(n, 1)
+
+    def _early_stopping(self, eval_loss: float) -> tuple[bool, bool]:
+        """(is this the best eval so far, should training stop)."""
+        st, patience = self.state, self.cfg.train.early_stopping.patience
+        if st.best_eval_loss is None or eval_loss < st.best_eval_loss:
+            st.best_eval_loss, st.best_step, st.evals_without_improvement = eval_loss, st.step, 0
+            return True, False
+        st.evals_without_improvement += 1
+        return False, patience is not None and st.evals_without_improvement >= patience
+
+    # ------------------------------------------------------------------ saving and logging
+    def _inner(self):
+        """The PEFT or plain model without DDP / compile wrappers."""
+        return self.accelerator.unwrap_model(self.model).model
+
+    def _save(self) -> None:
+        from accelerate.utils import gather_object
+
+        self.state.wall_s = time.perf_counter() - self.t0 + self.wall_before
+        rngs = gather_object([ckpt.rng_state()])  # every process's streams, in rank order
+        if self.main:
+            try:
+                ckpt.save_checkpoint(self.run_dir, model=self._inner(), optimizer=self.optimizer,
+                                     scheduler=self.scheduler, state=self.state, rng=rngs,
+                                     config_yaml=self.config_yaml, template=self.tokenizer.chat_template or "",
+                                     adapter=self.adapter)
+            except OSError as e:
+                prev = ckpt.latest(self.run_dir)
+                raise TunelabError(
+                    f"could not save checkpoint step-{self.state.step} ({e.strerror or e}); "
+                    f"the previous checkpoint {prev or '(none)'} is intact; free disk space and resume with --resume"
+                ) from None
+            ckpt.prune(self.run_dir, keep=self.cfg.train.keep_checkpoints, best_step=self.state.best_step)
+        self.accelerator.wait_for_everyone()
+
+    def _rewind_metrics(self, step: int) -> None:
+        """Keep only complete lines up to `step`: a killed run may have logged past its checkpoint."""
+        keep = []
+        if self.metrics_path.is_file():
+            for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if json.loads(line)["step"] <= step:
+                        keep.append(line + "\n")
+                except (ValueError, KeyError):
+                    pass  # torn last line
+        atomic_write_text(self.metrics_path, "".join(keep))
+
+    def _log(self, row: dict) -> None:
+        if not self.main:
+            return
+        # appended, not rewritten: one line per step; readers skip a torn last line, and a
+        # resumed run rewinds the file to its checkpoint (_rewind_metrics)
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.accelerator.trackers:
+            self.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=row["step"])
+
+    def _sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum a small tensor over processes (identity with one process)."""
+        if self.world == 1:
+            return t
+        return self.accelerator.reduce(t.to(self.accelerator.device), reduction="sum").cpu()
+
+    def _agree(self, flag: bool) -> bool:
+        """True on every process if it is True on any (so all save and stop together)."""
+        return bool(self._sum(torch.tensor([float(flag)]))[0] > 0)
+
+    def _install_sigint(self):
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            if self.stop_requested:  # a second Ctrl-C: stop now, without a checkpoint
+                raise KeyboardInterrupt
+            self.stop_requested = True
+            self._say("Ctrl-C: finishing this step and saving a checkpoint (press again to abort)")
+
+        return signal.signal(signal.SIGINT, handler)
+
+    def _say(self, msg: str) -> None:
+        if getattr(self, "main", True):
+            log.info(msg)
+            if os.environ.get("TUNELAB_QUIET") != "1":
+                print(msg, file=sys.stderr, flush=True)
+
+    def _progress(self) -> "_Progress":
+        quiet = os.environ.get("TUNELAB_QUIET") == "1" or not sys.stderr.isatty() or not self.main
+        return _Progress(self.total_steps, self.state.step, enabled=not quiet)
+
+    # ------------------------------------------------------------------ cleanup
+    def cleanup(self, stopped: str) -> RunResult:
+        acc, st = self.accelerator, self.state
+        weights_dir = self.run_dir / (paths.ADAPTER_DIR if self.adapter else paths.MODEL_DIR)
+        energy = self.energy.stop_wh() if self.energy else None
+        peak = max(self._sum(torch.tensor([cost.peak_memory_mib(acc.device)])).tolist()[0] / self.world, 0)
+        if self.main:
+            with atomic_dir(weights_dir) as tmp:
+                self._inner().save_pretrained(tmp)
+                self.tokenizer.save_pretrained(tmp)
+                if self.adapter:
+                    atomic_write_json(tmp / ADAPTER_META_FILE, {
+                        "base_model": self.base_name, "base_path": str(self.base_path),
+                        "base_sha256": self.base_sha, "method": self.cfg.method})
+            rows = [json.loads(x) for x in self.metrics_path.read_text().splitlines() if x.strip()]
+            last_eval = next((r["eval_loss"] for r in reversed(rows) if "eval_loss" in r), None)
+            summary = {
+                "wall_s": round(time.perf_counter() - self.t0 + self.wall_before, 3),
+                "train_s": round(st.train_s, 3),
+                "tokens_seen": st.tokens_seen,
+                "tokens_trained": st.tokens_trained,
+                "tokens_per_s": st.tokens_seen / st.train_s if st.train_s > 0 else None,
+                "flops": st.flops,
+                "mfu": cost.mfu(st.flops, st.train_s, self.peak_flops, self.world),
+                "peak_mem_mib": round(peak, 1),  # per process (mean over processes)
+                "energy_wh": energy,
+                "best_checkpoint": (f"{paths.CHECKPOINTS_DIR}/step-{st.best_step}" if st.best_step else None),
+                "best_eval_loss": st.best_eval_loss,
+                "final_loss": rows[-1]["loss"] if rows else None,
+                "final_eval_loss": last_eval,
+                "steps": st.step,
+                "stopped": stopped,
+                "method": self.cfg.method,
+                "model": self.base_name,
+                "trainable_params": self.n_trainable,
+                "total_params": self.n_params,
+                "train_rows": len(self.train_ex),
+                "eval_rows": len(self.eval_ex),
+                "device": str(acc.device),
+                "processes": self.world,
+                "precision": self.precision,
+            }
+            atomic_write_json(self.run_dir / paths.SUMMARY_FILE, summary)
+            from tunelab.train.report import write_report
+
+            write_report(self.run_dir, summary, self.config_yaml)
+        else:
+            summary = {}
+        acc.wait_for_everyone()
+        acc.end_training()
+        return RunResult(self.run_dir, weights_dir, summary, stopped)
+
+
+class _Progress:
+    """Rich progress bar with step, loss, tokens/s and ETA; a no-op when quiet or not a TTY."""
+
+    def __init__(self, total: int, done: int, *, enabled: bool):
+        self.bar = None
+        if not enabled:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
+                            TimeRemainingColumn(), console=Console(stderr=True))
+        self.task = self.bar.add_task("train", total=total, completed=done, loss="-", tps="-")
+        self.bar.start()
+
+    def update(self, step: int, loss: float, tps: Optional[float]) -> None:
+        if self.bar:
+            self.bar.update(self.task, completed=step, loss=f"{loss:.4f}", tps=f"{tps:,.0f}" if tps else "-")
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.stop()
+
+
+def train(config, overrides: list[str] | None = None, *, resume: bool = False, overwrite: bool = False,
+          base_dir: str | Path | None = None) -> RunResult:
+    """Fine-tune per a TrainConfig, a config dict or a YAML path (DESIGN §2.3); returns the RunResult."""
+    path = None
+    if not isinstance(config, TrainConfig):
+        path = None if isinstance(config, dict) else str(config)
+        if base_dir is None and path is not None:
+            base_dir = Path(path).resolve().parent
+        config = load_train_config(config, overrides)
+    recipe = Recipe(config, resume=resume, overwrite=overwrite, base_dir=base_dir, config_path=path)
+    recipe.setup()
+    return recipe.train()
+
+
+__all__ = ["train", "RunResult", "TrainingInterrupted", "Recipe", "oom_message"]
