@@ -1,0 +1,219 @@
+"""Log-likelihood scoring: multiple choice from a shared KV cache, and rolling-window perplexity.
+
+Tokenisation follows lm-evaluation-harness 0.4 (HFLM) so scores are comparable:
+- `encode_pair`: trailing spaces of the context move to the continuation; context + continuation
+  are encoded together and split at the context's own token length; no special tokens; an empty
+  context becomes the prefix token (BOS, else EOS).
+- inputs longer than the model's context are cut from the left (lm-eval keeps the last
+  max_length + 1 tokens).
+
+The speed-up over lm-eval: lm-eval runs the whole context once per choice. Here the contexts of a
+batch of items run once (left padded), the KV cache is expanded to one row per choice, and only
+the continuation tokens run on top of it. The continuation's first token is scored from the
+context's last logit; the rest from the choices' own forward pass. `score_reference` is the plain
+one-sequence-per-choice computation, used for items whose context must be truncated and by the
+parity tests.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from tunelab.evaluate.generate import cache_kwarg
+
+Pair = tuple[list[int], list[int]]  # (context token ids, continuation token ids)
+
+
+def max_length(model, tokenizer) -> int:
+    """The model's context size, found the way lm-eval's HFLM finds it (default 2048)."""
+    cfg = getattr(model, "config", None)
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        v = getattr(cfg, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    v = getattr(tokenizer, "model_max_length", None)
+    return v if isinstance(v, int) and v < 1_000_000 else 2048
+
+
+def prefix_token_id(tokenizer) -> int:
+    return tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> Pair:
+    """lm-eval's `_encode_pair`: split context+continuation at the context's token length."""
+    if context == "":
+        return [prefix_token_id(tokenizer)], _encode(tokenizer, continuation)
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces > 0:
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = _encode(tokenizer, context + continuation)
+    ctx = _encode(tokenizer, context)
+    return ctx, whole[len(ctx):]
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+# ---------------------------------------------------------------- reference (one sequence per pair)
+@torch.inference_mode()
+def score_pairs(model, pairs: Sequence[Pair], *, max_len: int, batch_size: int = 1) -> list[tuple[float, bool]]:
+    """(summed log-likelihood, is_greedy) of each continuation given its context, lm-eval style.
+
+    Each pair runs as its own sequence `(ctx + cont)[-(max_len + 1):][:-1]`; rows are right padded,
+    which a causal model cannot see, so results do not depend on the batch.
+    """
+    dev = _device(model)
+    out: list[tuple[float, bool]] = []
+    for s in range(0, len(pairs), batch_size):
+        chunk = pairs[s : s + batch_size]
+        inputs = [(c + k)[-(max_len + 1):][:-1] for c, k in chunk]
+        width = max(len(x) for x in inputs)
+        ids = torch.zeros((len(chunk), width), dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for r, x in enumerate(inputs):
+            ids[r, : len(x)] = torch.tensor(x)
+            mask[r, : len(x)] = 1
+        logp = F.log_softmax(model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits.float(), dim=-1)
+        for r, ((_, cont), x) in enumerate(zip(chunk, inputs)):
+            n = len(cont)
+            lp = logp[r, len(x) - n : len(x)]  # (n, V): the positions that predict the continuation
+            target = torch.tensor(cont, device=lp.device)
+            ll = lp.gather(-1, target[:, None]).sum().item()
+            out.append((ll, bool((lp.argmax(-1) == target).all())))
+    return out
+
+
+def score_reference(model, tokenizer, context: str, continuations: Sequence[str]) -> list[tuple[float, bool]]:
+    pairs = [encode_pair(tokenizer, context, c) for c in continuations]
+    return score_pairs(model, pairs, max_len=max_length(model, tokenizer))
+
+
+# ---------------------------------------------------------------- multiple choice from a shared cache
+@torch.inference_mode()
+def score_choices(
+    model,
+    tokenizer,
+    requests: Sequence[tuple[str, Sequence[str]]],
+    *,
+    batch_size: int = 16,
+    on_batch: Optional[Callable[[int], None]] = None,
+) -> list[list[tuple[float, bool]]]:
+    """For each (context, continuations) request: [(loglik, is_greedy) per continuation].
+
+    `batch_size` counts items (each with all of its choices). Longest contexts run first.
+    """
+    max_len = max_length(model, tokenizer)
+    encoded: list[tuple[list[int], list[list[int]]]] = []
+    for ctx, conts in requests:
+        pairs = [encode_pair(tokenizer, ctx, c) for c in conts]
+        encoded.append((pairs[0][0], [k for _, k in pairs]))
+    results: list[Optional[list[tuple[float, bool]]]] = [None] * len(requests)
+    cached = []
+    for i, (ctx, conts) in enumerate(encoded):
+        if len(ctx) + max(len(k) for k in conts) > max_len + 1 or min(len(k) for k in conts) == 0:
+            # Truncation cuts each choice's context differently: no shared prefix to cache.
+            results[i] = score_pairs(model, [(ctx, k) for k in conts], max_len=max_len)
+        else:
+            cached.append(i)
+    cached.sort(key=lambda i: (-len(encoded[i][0]), i))
+    for s in range(0, len(cached), batch_size):
+        idx = cached[s : s + batch_size]
+        for i, r in zip(idx, _score_batch(model, [encoded[i] for i in idx])):
+            results[i] = r
+        if on_batch:
+            on_batch(len(idx))
+    if on_batch and len(cached) < len(requests):
+        on_batch(len(requests) - len(cached))
+    return results  # type: ignore[return-value]
+
+
+def _score_batch(model, items: list[tuple[list[int], list[list[int]]]]) -> list[list[tuple[float, bool]]]:
+    from transformers import DynamicCache
+
+    dev = _device(model)
+    b, width = len(items), max(len(c) for c, _ in items)
+    ids = torch.zeros((b, width), dtype=torch.long)
+    mask = torch.zeros((b, width), dtype=torch.long)
+    for r, (ctx, _) in enumerate(items):  # left padding: every context ends at column width-1
+        ids[r, width - len(ctx):] = torch.tensor(ctx)
+        mask[r, width - len(ctx):] = 1
+    ids, mask = ids.to(dev), mask.to(dev)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)  # real-token positions, as if each row ran alone
+    cache = DynamicCache()
+    ckw = {cache_kwarg(model): cache}
+    first = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1, **ckw).logits
+    first = F.log_softmax(first[:, -1, :].float(), dim=-1)  # (b, V): predicts each continuation's 1st token
+
+    rows = [(r, k) for r, (_, conts) in enumerate(items) for k in conts]  # one row per choice
+    tail = max(len(k) - 1 for _, k in rows)  # continuation tokens that must run through the model
+    rest = None
+    if tail > 0:
+        sel = torch.tensor([r for r, _ in rows], device=dev)
+        cache.reorder_cache(sel)  # (b, ...) -> (R, ...): each item's cache repeated per choice
+        cid = torch.zeros((len(rows), tail), dtype=torch.long)
+        cmask = torch.zeros((len(rows), tail), dtype=torch.long)
+        for j, (_, k) in enumerate(rows):  # right padding after the real continuation tokens
+            cid[j, : len(k) - 1] = torch.tensor(k[:-1])
+            cmask[j, : len(k) - 1] = 1
+        cpos = pos[sel, -1:] + 1 + torch.arange(tail, device=dev)  # (R, tail)
+        full_mask = torch.cat([mask[sel], cmask.to(dev)], dim=1)
+        logits = model(input_ids=cid.to(dev), attention_mask=full_mask, position_ids=cpos, use_cache=True, **ckw).logits
+        rest = F.log_softmax(logits.float(), dim=-1)  # (R, tail, V)
+
+    out: list[list[tuple[float, bool]]] = [[] for _ in items]
+    for j, (r, k) in enumerate(rows):
+        ll = first[r, k[0]].item()
+        greedy = int(first[r].argmax()) == k[0]
+        if len(k) > 1:
+            target = torch.tensor(k[1:], device=dev)
+            lp = rest[j, : len(k) - 1]  # (n-1, V)
+            ll += lp.gather(-1, target[:, None]).sum().item()
+            greedy = greedy and bool((lp.argmax(-1) == target).all())
+        out[r].append((ll, greedy))
+    return out
+
+
+# ---------------------------------------------------------------- perplexity (rolling windows)
+def rolling_windows(tokens: list[int], prefix: int, max_seq_len: int) -> list[Pair]:
+    """lm-eval's get_rolling_token_windows(context_len=1) + make_disjoint_window.
+
+    Every token is predicted exactly once; each window after the first is conditioned on as many
+    preceding tokens as fit in the model's context.
+    """
+    if not tokens:
+        return []
+    first = min(max_seq_len, len(tokens))
+    windows = [([prefix] + tokens[: first - 1], tokens[:first])]
+    done = first
+    while done < len(tokens):
+        n = min(len(tokens) - done, max_seq_len)
+        end = done + n
+        ctx = tokens[max(0, end - max_seq_len - 1) : end - 1]
+        windows.append((ctx, tokens[end - n : end]))
+        done = end
+    # disjoint: drop from the context the tokens the continuation already feeds in
+    return [(c[: len(c) - (len(k) - 1)], k) for c, k in windows]
+
+
+def rolling_loglik(model, tokenizer, texts: Sequence[str], *, batch_size: int = 4,
+                   max_seq_len: Optional[int] = None,
+                   on_batch: Optional[Callable[[int], None]] = None) -> list[tuple[float, int]]:
+    """(summed log-likelihood, token count) of each whole text."""
+    max_len = max_seq_len or max_length(model, tokenizer)
+    out = []
+    for t in texts:
+        toks = _encode(tokenizer, t)
+        windows = rolling_windows(toks, prefix_token_id(tokenizer), max_len)
+        scores = score_pairs(model, windows, max_len=max_len, batch_size=batch_size)
+        out.append((sum(s for s, _ in scores), len(toks)))
+        if on_batch:
+            on_batch(1)
+    return out

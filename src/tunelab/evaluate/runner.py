@@ -1,0 +1,382 @@
+"""`evaluate(model, task, ...)`: run one task on one model and write results.json + predictions.jsonl.
+
+    res = evaluate("default", "examples/tasks/bbq.yaml", limit=200, out="runs/bbq")
+    res.metrics["acc"]["value"], res.signature
+
+The flow, top to bottom: resolve the task -> load rows (split, limit, this process's shard) ->
+render prompts and demonstrations -> run the task type (generate | multiple_choice | perplexity;
+retrieval has its own module) through the optional request cache -> gather shards -> score every
+metric with stderr and a bootstrap CI -> write the two artifacts atomically (DESIGN §2.2).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+from tunelab import __version__, paths
+from tunelab.errors import TunelabError
+from tunelab.evaluate import shard as shard_mod
+from tunelab.evaluate.cache import RequestCache, cached_call
+from tunelab.evaluate.prompts import TaskTemplates
+
+DEFAULT_BATCH = {"multiple_choice": 16, "generate": 8, "perplexity": 4}  # CPU; x4 on CUDA
+
+
+@dataclass
+class Results:
+    """What results.json holds, plus the prediction lines and where they were written."""
+
+    task: str
+    model: dict
+    n: int
+    shots: int
+    metrics: dict
+    cost: dict
+    signature: str
+    predictions: list[dict] = field(default_factory=list, repr=False)
+    out: Optional[Path] = None
+
+    def to_json(self) -> dict:
+        return {"task": self.task, "model": self.model, "n": self.n, "shots": self.shots,
+                "metrics": self.metrics, "cost": self.cost, "signature": self.signature}
+
+
+# ---------------------------------------------------------------- inputs
+def resolve_task(task):
+    """A TaskConfig from a TaskConfig, a YAML path or `builtin:<name>`."""
+    from tunelab.config import TaskConfig, load_task
+
+    if isinstance(task, TaskConfig):
+        return task.model_copy(deep=True)
+    text = str(task)
+    if text.startswith("builtin:"):
+        from tunelab.data.builtin import builtin_task
+
+        return builtin_task(text)
+    return load_task(text)
+
+
+def _task_source(task) -> str:
+    return f"{task.base_dir}/<{task.name}>" if task.base_dir else f"task '{task.name}'"
+
+
+def load_task_rows(task, spec: Optional[str] = None) -> list:
+    """The task's records (or another file's, e.g. the demo pool), after `split`."""
+    from tunelab.data.load import load_rows
+
+    spec = spec if spec is not None else task.data
+    if not spec:
+        raise TunelabError(f"task '{task.name}': no 'data' file given; add data: path/to/file.jsonl")
+    rows = load_rows(spec, base_dir=task.base_dir)
+    if spec == task.data and task.split:
+        a, b = (int(x) if x.strip() else None for x in task.split.split(":"))
+        rows = rows[a:b]
+        if not rows:
+            raise TunelabError(f"task '{task.name}': split '{task.split}' selects no records of {spec}")
+    return rows
+
+
+def _load_model(model, adapter, device):
+    if hasattr(model, "model") and hasattr(model, "tokenizer"):  # a LoadedModel
+        if adapter is not None and getattr(model, "adapter", None) is None:
+            from tunelab.models.loading import attach_adapter
+
+            attach_adapter(model, adapter)
+        return model
+    from tunelab.models.loading import load_model
+
+    return load_model(model, adapter=adapter, device=device)
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _file_sha(path: Optional[Path]) -> str:
+    if path is None or not path.is_file():
+        return ""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _item_seed(seed: int, line: int) -> int:
+    return int(_sha(f"{seed}:{line}")[:8], 16)
+
+
+def _batch(batch_size, kind: str, device) -> int:
+    if batch_size in (None, "auto"):
+        on_gpu = device is not None and getattr(device, "type", str(device)) != "cpu"
+        return DEFAULT_BATCH[kind] * (4 if on_gpu else 1)
+    b = int(batch_size)
+    if b < 1:
+        raise TunelabError(f"--batch-size must be >= 1 or 'auto', got {batch_size}")
+    return b
+
+
+# ---------------------------------------------------------------- the three model-side task types
+def _run_multiple_choice(lm, task, rows, contexts, rendered, bs, cache, progress):
+    from tunelab.evaluate.loglik import score_choices
+
+    td = "" if task.chat else task.target_delimiter  # a chat prompt already ends its turn header
+    reqs = [[ctx.text, [td + c for c in r.choices]] for ctx, r in zip(contexts, rendered)]
+
+    def compute(todo):
+        scored = score_choices(lm.model, lm.tokenizer, [(c, k) for c, k in todo], batch_size=bs, on_batch=progress)
+        return [[[ll, g] for ll, g in s] for s in scored]
+
+    scores = cached_call(cache, "loglik", reqs, compute)
+    items, tokens = [], 0
+    for row, ctx, r, s in zip(rows, contexts, rendered, scores):
+        lls = [x[0] for x in s]
+        items.append({"prompt": ctx.text, "choices": r.choices, "choice_logliks": lls,
+                      "is_greedy": [bool(x[1]) for x in s], "gold": r.gold})
+        tokens += len(lm.tokenizer(ctx.text + td + max(r.choices, key=len), add_special_tokens=False)["input_ids"])
+    return items, tokens
+
+
+def _run_generate(lm, task, rows, contexts, rendered, bs, cache, progress):
+    from tunelab.evaluate.generate import generate
+
+    g = task.generation
+    settings = {"max_new_tokens": g.max_new_tokens, "stop": list(g.stop), "temperature": g.temperature, "top_p": g.top_p}
+    seeds = [_item_seed(g.seed, row.line) if g.temperature > 0 else None for row in rows]
+    reqs = [[ctx.text, settings, s] for ctx, s in zip(contexts, seeds)]
+
+    def compute(todo):
+        gens = generate(lm.model, lm.tokenizer, [t[0] for t in todo], seeds=[t[2] for t in todo],
+                        batch_size=bs, on_batch=progress, **settings)
+        return [{"text": x.text, "prompt_tokens": x.prompt_tokens, "new_tokens": x.new_tokens,
+                 "latency_s": x.latency_s, "finish": x.finish} for x in gens]
+
+    outs = cached_call(cache, "generate", reqs, compute)
+    items = []
+    for ctx, r, o in zip(contexts, rendered, outs):
+        refs = r.gold if isinstance(r.gold, list) else ([] if r.gold is None else [r.gold])
+        items.append({"prompt": ctx.text, "output": o["text"], "gold": refs, "finish": o["finish"],
+                      "new_tokens": o["new_tokens"], "latency_s": o["latency_s"]})
+    return items, sum(o["prompt_tokens"] + o["new_tokens"] for o in outs)
+
+
+def _run_perplexity(lm, task, rows, texts, bs, cache, progress):
+    from tunelab.evaluate.loglik import max_length, rolling_loglik
+    from tunelab.evaluate.metrics.perplexity import count_units
+
+    max_len = max_length(lm.model, lm.tokenizer)
+
+    def compute(todo):
+        return [list(x) for x in rolling_loglik(lm.model, lm.tokenizer, [t[0] for t in todo], batch_size=bs, on_batch=progress)]
+
+    scored = cached_call(cache, "rolling", [[t, max_len] for t in texts], compute)
+    items = []
+    for text, (ll, n_tok) in zip(texts, scored):
+        if n_tok == 0:
+            raise TunelabError(f"task '{task.name}': a document renders to empty text; perplexity needs text")
+        items.append({"prompt": text[:200], "loglik": ll, "n_tokens": n_tok, **count_units(text)})
+    return items, sum(i["n_tokens"] for i in items)
+
+
+# ---------------------------------------------------------------- the verb
+def evaluate(
+    model,
+    task,
+    *,
+    adapter: Optional[str] = None,
+    shots: Optional[int] = None,
+    sampler: Optional[str] = None,
+    limit: Optional[int] = None,
+    batch_size: Union[int, str] = "auto",
+    out: Optional[Union[str, Path]] = None,
+    cache: Union[bool, str, Path] = False,
+    device: Optional[str] = None,
+    response_metrics: bool = True,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> Optional[Results]:
+    """Evaluate `model` (name, folder or LoadedModel) on `task` (TaskConfig, YAML path, builtin:<name>).
+
+    `cache=True` uses $TUNELAB_HOME/cache.sqlite (a path picks another file). `progress(done, total)`
+    is called as items finish. Under `accelerate launch` items are sharded; rank 0 returns the
+    Results and writes the files, other ranks return None.
+    """
+    from tunelab.evaluate.metrics import get_metrics
+
+    t0 = time.perf_counter()
+    task = resolve_task(task)
+    if limit is not None and limit < 1:
+        raise TunelabError(f"--limit must be at least 1 (got {limit}); leave it out to evaluate every item")
+    if shots is not None:
+        if shots < 0:
+            raise TunelabError(f"--shots must be >= 0, got {shots}")
+        task.fewshot.k = shots
+    if sampler is not None:
+        task.fewshot.sampler = sampler.partition(":")[0]  # validated by the config model
+    if task.type == "retrieval":  # no language model: a retriever and trec_eval measures
+        from tunelab.evaluate.retrieval_task import run_retrieval
+
+        return run_retrieval(task, metrics_spec=task.metrics, limit=limit, out=out, t0=t0)
+    metrics = get_metrics(task.metrics)  # an unknown metric fails before any model is loaded
+
+    rows = load_task_rows(task)
+    if limit is not None:
+        rows = rows[:limit]
+    templates = TaskTemplates(task, _task_source(task))
+    sh = shard_mod.current()
+    lm = _load_model(model, adapter, device or sh.device())
+    dev = next(lm.model.parameters()).device
+    mine = sh.take(rows)
+    my_rows = [rows[i] for i in mine]
+
+    from tunelab.fewshot import ContextBuilder
+
+    k = task.fewshot.k
+    pool_rows, pool_is_eval = [], True
+    if k > 0:
+        if task.fewshot.pool:
+            pool_rows, pool_is_eval = load_task_rows(task, task.fewshot.pool), False
+        else:  # the whole file, not just the split; the item itself is excluded per item
+            pool_rows = load_rows_full(task)
+    builder = ContextBuilder(task, templates, pool_rows, k=k, sampler=sampler or task.fewshot.sampler,
+                             seed=task.fewshot.seed, pool_is_eval=pool_is_eval, tokenizer=lm.tokenizer)
+
+    rcache = None
+    if cache:
+        rcache = RequestCache(lm.sha256, getattr(lm, "adapter_sha256", None) or getattr(lm, "adapter", None),
+                              None if cache is True else cache)
+    done = [0]
+
+    def tick(n: int) -> None:
+        done[0] += n
+        if progress:
+            progress(done[0], len(my_rows))
+
+    bs = _batch(batch_size, task.type if task.type in DEFAULT_BATCH else "generate", dev)
+    if task.type == "perplexity":
+        text_t = TaskTemplates(task.model_copy(update={"prompt": task.text or task.prompt, "answer": None}), _task_source(task))
+        items, tokens = _run_perplexity(lm, task, my_rows, [text_t.prompt(r) for r in my_rows], bs, rcache, tick)
+        demos = [[] for _ in my_rows]
+    else:
+        rendered = [templates.render(r) for r in my_rows]
+        contexts = [builder.build(r, x.prompt) for r, x in zip(my_rows, rendered)]
+        demos = [c.demos for c in contexts]
+        run = _run_multiple_choice if task.type == "multiple_choice" else _run_generate
+        items, tokens = run(lm, task, my_rows, contexts, rendered, bs, rcache, tick)
+        if task.type == "generate":
+            for it, x in zip(items, rendered):
+                it["question"] = x.prompt  # the item's own prompt, for answer relevance
+    if rcache is not None:
+        rcache.close()
+    for i, row, it, d in zip(mine, my_rows, items, demos):
+        it["index"], it["id"] = i, str(row.data.get("id", row.line))
+        if k > 0:
+            it["demos"] = d
+
+    # ---- gather the shards; rank 0 scores and writes
+    items = sh.gather(items)
+    tokens = sh.sum(tokens)
+    if not sh.is_main:
+        return None
+    items.sort(key=lambda it: it["index"])
+    return _finish(task, lm, metrics, items, tokens, t0, out, response_metrics, sampler, dev)
+
+
+def load_rows_full(task) -> list:
+    """The whole data file (the demo pool when `split` selects only part of it for evaluation)."""
+    from tunelab.data.load import load_rows
+
+    return load_rows(task.data, base_dir=task.base_dir)
+
+
+def _finish(task, lm, metrics, items, tokens, t0, out, with_response, sampler, dev) -> Results:
+    from tunelab.evaluate.metrics import assistant
+
+    preds = [it.get("output", "") for it in items]
+    refs = [it.get("gold", []) if task.type == "generate" else [] for it in items]
+    scored = {}
+    for m in metrics:
+        scored[m.name] = m.compute(preds, refs, items, n_resamples=1000, seed=task.fewshot.seed)
+    resp = None
+    if task.type == "generate" and with_response:
+        resp = assistant.response_metrics(preds, [it["question"] for it in items],
+                                          n_tokens=[it["new_tokens"] for it in items],
+                                          latencies_s=[it["latency_s"] for it in items])
+    lines = []
+    for j, it in enumerate(items):
+        line = {"id": it["id"], "prompt": it["prompt"]}
+        if task.type == "multiple_choice":
+            from tunelab.evaluate.metrics.choice import choice_prediction
+
+            line.update(choices=it["choices"], choice_logliks=it["choice_logliks"], is_greedy=it["is_greedy"],
+                        pred=choice_prediction(it, "none"), pred_norm=choice_prediction(it, "chars"), gold=it["gold"])
+        elif task.type == "generate":
+            line.update(output=it["output"], gold=it["gold"], finish=it["finish"])
+        else:
+            line.update({key: it[key] for key in ("loglik", "n_tokens", "n_words", "n_bytes")})
+        if "demos" in it:
+            line["demos"] = it["demos"]
+        line["metrics"] = {name: r.item_values[j] for name, r in scored.items()}
+        if resp is not None:
+            line.update(resp[j])
+        lines.append(line)
+
+    wall = time.perf_counter() - t0
+    cost = {"wall_s": round(wall, 3), "tokens": int(tokens), "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
+            "peak_mem_mib": _peak_mem_mib(dev)}
+    adapter = getattr(lm, "adapter", None)
+    results = Results(
+        task=task.name,
+        model={"name": getattr(lm, "name", "model"), "sha256": getattr(lm, "sha256", None), "adapter": adapter},
+        n=len(items), shots=task.fewshot.k,
+        metrics={name: r.to_json() for name, r in scored.items()},
+        cost=cost, signature=signature(task, lm, metrics, sampler), predictions=lines,
+    )
+    if out is not None:
+        write_results(results, out)
+    return results
+
+
+def _peak_mem_mib(dev) -> Optional[float]:
+    import torch
+
+    if getattr(dev, "type", "cpu") == "cuda":
+        return round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
+    try:
+        import resource
+
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+    except ImportError:
+        return None
+
+
+def signature(task, lm, metrics, sampler=None) -> str:
+    """tunelab VERSION|task sha256:..|template sha256:..|shots K|sampler S|seed N|metric ...
+
+    The task hash covers the task file's settings and the data file's bytes; the template hash is
+    the model's chat template (or the plain format when it has none).
+    """
+    from tunelab.templates import template_sha256
+
+    cfg = task.model_dump(mode="json", exclude={"base_dir"})
+    data_path = task.resolve(task.data) if task.data else None
+    task_hash = _sha(json.dumps(cfg, sort_keys=True) + _file_sha(data_path if data_path and data_path.exists() else None))
+    parts = [f"tunelab {__version__}", f"task sha256:{task_hash[:16]}",
+             f"template sha256:{template_sha256(lm.tokenizer)[:16]}", f"shots {task.fewshot.k}",
+             f"sampler {sampler or task.fewshot.sampler}", f"seed {task.fewshot.seed}"]
+    parts.append("metric " + ";".join(m.signature() for m in metrics))
+    return "|".join(parts)
+
+
+def write_results(results: Results, out) -> Path:
+    from tunelab.io import atomic_write_json, atomic_write_jsonl
+
+    out = Path(out)
+    # predictions first: a reader that finds results.json can trust the predictions beside it
+    atomic_write_jsonl(out / paths.PREDICTIONS_FILE, results.predictions)
+    atomic_write_json(out / paths.RESULTS_FILE, results.to_json())
+    results.out = out
+    return out

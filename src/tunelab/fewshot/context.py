@@ -1,0 +1,75 @@
+"""Assemble each item's model input from its demonstrations, in plain or multi-turn chat form.
+
+Plain form follows lm-evaluation-harness: `prompt + target_delimiter + answer` per demonstration,
+joined by the few-shot delimiter ("\\n\\n" by default) and followed by it, then the item's prompt.
+Chat form (task `chat: true`) makes each demonstration a user turn and an assistant turn, then the
+item as the last user turn, rendered with the model's own chat template and its generation prompt.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from tunelab.errors import TunelabError
+from tunelab.fewshot.samplers import make_sampler
+
+
+@dataclass
+class Context:
+    text: str  # exactly what the model is conditioned on
+    demos: list[int]  # pool indices of the demonstrations, in order
+    messages: Optional[list[dict]] = None  # chat form only
+
+
+def render_chat(tokenizer, messages: list[dict]) -> str:
+    """The lead's templates.render_prompt when present; the tokenizer's chat template otherwise."""
+    try:
+        from tunelab.templates import render_prompt
+    except ImportError:
+        render_prompt = None
+    if render_prompt is not None:
+        return render_prompt(tokenizer, messages)
+    if not getattr(tokenizer, "chat_template", None):
+        raise TunelabError("this task sets chat: true but the model has no chat template; set chat: false")
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+class ContextBuilder:
+    """Builds contexts for one task: the pool is rendered once; demos are picked per item."""
+
+    def __init__(self, task, templates, pool_rows, *, k: int, sampler: str, seed: int,
+                 pool_is_eval: bool, tokenizer=None):
+        self.task, self.k, self.tokenizer = task, k, tokenizer
+        self.delimiter = task.fewshot.delimiter
+        self.pool_is_eval = pool_is_eval
+        self.pool_prompts: list[str] = []
+        self.pool_answers: list[str] = []
+        self._index_of: dict[str, int] = {}
+        if k > 0:
+            if not pool_rows:
+                raise TunelabError(f"{task.name}: {k}-shot needs a demonstration pool, but it is empty")
+            for i, row in enumerate(pool_rows):
+                self.pool_prompts.append(templates.prompt(row))
+                self.pool_answers.append(templates.answer_text(row))
+                self._index_of[row.source] = i
+            room = len(pool_rows) - (1 if pool_is_eval else 0)
+            if room < k:
+                raise TunelabError(f"{task.name}: {k}-shot needs {k} demonstrations but the pool has {room}; lower --shots or give fewshot.pool")
+            self.sampler = make_sampler(sampler, self.pool_prompts, self.pool_answers, seed)
+
+    def build(self, row, prompt: str) -> Context:
+        demos: list[int] = []
+        if self.k > 0:
+            exclude = self._index_of.get(row.source) if self.pool_is_eval else None
+            demos = self.sampler.pick(self.k, row.line, exclude, query=prompt)
+        if self.task.chat:
+            messages = [{"role": "system", "content": self.task.system}] if self.task.system else []
+            for d in demos:
+                messages += [{"role": "user", "content": self.pool_prompts[d]},
+                             {"role": "assistant", "content": self.pool_answers[d]}]
+            messages.append({"role": "user", "content": prompt})
+            return Context(render_chat(self.tokenizer, messages), demos, messages)
+        parts = [self.task.system + self.delimiter] if self.task.system else []
+        td = self.task.target_delimiter
+        parts += [self.pool_prompts[d] + td + self.pool_answers[d] + self.delimiter for d in demos]
+        return Context("".join(parts) + prompt, demos)
