@@ -90,6 +90,7 @@ class Recipe:
         self.run_dir = Path(cfg.out.format(name=cfg.name))
         self.adapter = cfg.method in ADAPTER_METHODS
         cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true")
+        self.cuda = cuda
         check_method_available(cfg.method, "cuda" if cuda else "cpu")
         precision = cfg.train.precision
         if precision == "auto":
@@ -120,6 +121,9 @@ class Recipe:
         cfg = self.cfg
         trackers = [t for t in ("tensorboard", "mlflow") if getattr(cfg.log, t)]
         self.accelerator = Accelerator(
+            # cpu=True on a machine without CUDA makes a torchrun-style launch (`accelerate launch
+            # --multi_gpu`, `torchrun`) run DDP over gloo instead of silently running alone
+            cpu=not self.cuda,
             mixed_precision={"fp32": "no"}.get(self.precision, self.precision),
             log_with=trackers or None,
             project_dir=str(self.run_dir),

@@ -1,0 +1,36 @@
+"""Two processes (DDP over gloo) train like one process with twice the batch.
+
+Accelerate 1.15's `--cpu` launcher starts a single process unless MPI is installed, so the test
+launches with its torchrun-based launcher (`--multi_gpu`); on a machine without CUDA tunelab
+builds its Accelerator with cpu=True, which turns that into DDP over gloo on the CPU.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tunelab.train.loop import train
+
+from .conftest import metrics, subprocess_env, write_config
+
+
+def test_two_processes_match_one_process_with_twice_the_batch(make_config, tmp_path):
+    lora = {"dropout": 0.0}  # dropout masks differ per process, so turn it off here
+    loop = {"max_steps": 4, "batch_tokens": 120, "eval_every": 2, "save_every": 100}
+    one = train(make_config("one", lora=lora, train={**loop, "grad_accum": 2}))
+    path = write_config(make_config("two", lora=lora, train=loop), tmp_path / "two.yaml")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", "29517", "-m", "tunelab", "train", str(path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(OMP_NUM_THREADS="1"), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = metrics(tmp_path / "two")
+    ref = metrics(one.run_dir)
+    assert [m["step"] for m in two] == [m["step"] for m in ref] == [1, 2, 3, 4]
+    for a, b in zip(ref, two):
+        assert abs(a["loss"] - b["loss"]) < 1e-4, (a, b)
+        assert abs(a["grad_norm"] - b["grad_norm"]) < 1e-4
+        if "eval_loss" in a:
+            assert abs(a["eval_loss"] - b["eval_loss"]) < 1e-4
+    assert (tmp_path / "two" / "adapter" / "adapter_config.json").is_file()
+    assert "processes" in (tmp_path / "two" / "summary.json").read_text()
