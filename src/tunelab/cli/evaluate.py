@@ -64,6 +64,10 @@ def _with_progress(run):
         return run(lambda done, total: bar.update(tid, completed=done, total=total))
 
 
+def _num(v: float) -> str:
+    return f"{v:.4f}" if abs(v) < 1e4 else f"{v:.4g}"  # word perplexity of a weak model is huge
+
+
 def print_results(res) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -76,9 +80,9 @@ def print_results(res) -> None:
     for col, justify in (("metric", "left"), ("value", "right"), ("± stderr", "right"), ("95% CI", "right")):
         table.add_column(col, justify=justify)
     for name, r in res.metrics.items():
-        se = "-" if r.get("stderr") is None else f"{r['stderr']:.4f}"
-        ci = "-" if not r.get("ci95") else f"[{r['ci95'][0]:.4f}, {r['ci95'][1]:.4f}]"
-        table.add_row(name, f"{r['value']:.4f}", se, ci)
+        se = "-" if r.get("stderr") is None else _num(r["stderr"])
+        ci = "-" if not r.get("ci95") else f"[{_num(r['ci95'][0])}, {_num(r['ci95'][1])}]"
+        table.add_row(name, _num(r["value"]), se, ci)
     console.print(table)
     c = res.cost
     tps = f"{c['tokens_per_s']:.0f} tokens/s" if c.get("tokens_per_s") else ""

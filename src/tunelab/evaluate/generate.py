@@ -62,17 +62,21 @@ def generate(
     top_p: float = 1.0,
     seeds: Optional[Sequence[int]] = None,
     batch_size: int = 8,
+    max_prompt_tokens: Optional[int] = None,
     on_batch: Optional[Callable[[int], None]] = None,
 ) -> list[Generation]:
     """Generate a continuation for every prompt; results come back in prompt order.
 
-    `seeds[i]` seeds item i's sampling (temperature > 0); greedy ignores it.
+    `seeds[i]` seeds item i's sampling (temperature > 0); greedy ignores it. A prompt longer than
+    `max_prompt_tokens` keeps its last tokens (lm-eval cuts to max_length - max_new_tokens).
     """
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids(model, tokenizer)), 0)
     eos = eos_ids(model, tokenizer)
     # lm-eval encodes prompts without special tokens; chat prompts already carry theirs.
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    if max_prompt_tokens is not None:
+        encoded = [e[-max(1, max_prompt_tokens):] for e in encoded]
     # Longest first: the slowest batch runs first (an OOM shows at once) and rows in a batch have
     # similar lengths, so little compute goes to padding.
     order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))

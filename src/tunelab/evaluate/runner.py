@@ -143,6 +143,7 @@ def _run_multiple_choice(lm, task, rows, contexts, rendered, bs, cache, progress
 
 def _run_generate(lm, task, rows, contexts, rendered, bs, cache, progress):
     from tunelab.evaluate.generate import generate
+    from tunelab.evaluate.loglik import max_length
 
     g = task.generation
     settings = {"max_new_tokens": g.max_new_tokens, "stop": list(g.stop), "temperature": g.temperature, "top_p": g.top_p}
@@ -150,8 +151,8 @@ def _run_generate(lm, task, rows, contexts, rendered, bs, cache, progress):
     reqs = [[ctx.text, settings, s] for ctx, s in zip(contexts, seeds)]
 
     def compute(todo):
-        gens = generate(lm.model, lm.tokenizer, [t[0] for t in todo], seeds=[t[2] for t in todo],
-                        batch_size=bs, on_batch=progress, **settings)
+        gens = generate(lm.model, lm.tokenizer, [t[0] for t in todo], seeds=[t[2] for t in todo], batch_size=bs,
+                        max_prompt_tokens=max_length(lm.model, lm.tokenizer) - g.max_new_tokens, on_batch=progress, **settings)
         return [{"text": x.text, "prompt_tokens": x.prompt_tokens, "new_tokens": x.new_tokens,
                  "latency_s": x.latency_s, "finish": x.finish} for x in gens]
 
