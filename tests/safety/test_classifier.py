@@ -118,3 +118,11 @@ def test_cli_scan_end_to_end(tmp_path, capsys):
     assert "expected_max_toxicity" in capsys.readouterr().out
     rows = [json.loads(l) for l in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(0 <= r["toxicity"] <= 1 for r in rows)
+
+
+@pytest.mark.parametrize("backend", ["ngram", pytest.param("minilm", marks=needs_minilm)])
+def test_everyday_text_is_not_flagged(backend):
+    # guards the background negatives: without them ordinary text scored about 0.5-0.7
+    texts = ["Thank you, have a nice day!", "The train to Boston leaves at nine tomorrow morning.",
+             "Please summarise the attached quarterly sales report in three bullet points."]
+    assert max(tox.ToxicityClassifier(backend).score(texts)) < 0.5
