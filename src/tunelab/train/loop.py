@@ -162,13 +162,30 @@ class Recipe:
         self.energy = cost.EnergyMeter(str(self.run_dir)) if self.main else None
 
     def _setup_model(self) -> None:
-        from tunelab.models.loading import load_model, load_tokenizer, resolve
-
         cfg, device = self.cfg, self.accelerator.device
         # flex_attention computes only the diagonal blocks of packed documents on CUDA; it has
         # no CPU backward, where sdpa takes the 4D block-diagonal mask (DESIGN §7)
         default_attn = "flex_attention" if device.type == "cuda" else "sdpa"
         self.attn = os.environ.get("TUNELAB_ATTN", default_attn)
+        model = self._load_base(device)
+        model.config.use_cache = False  # no KV cache while training
+        if cfg.train.grad_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = apply_method(model, cfg)
+        model.train()  # from_pretrained returns eval mode: dropout would be off
+        self.n_params, self.n_trainable = count_parameters(model)
+        emb = cost.embedding_params(base_causal_lm(model))
+        self.flops_per_token = cost.flops_per_token(self.n_params, self.n_trainable, emb, adapter=self.adapter)
+        self.peak_flops = cost.device_peak_flops(device, self.precision)
+        self.lm = PackedCausalLM(model)
+        if cfg.train.compile:
+            self.lm = torch.compile(self.lm, dynamic=True)
+
+    def _load_base(self, device):
+        """The base model and tokenizer (sets tokenizer and base_* attributes); a hook for benchmarks."""
+        from tunelab.models.loading import load_model, load_tokenizer, resolve
+
+        cfg = self.cfg
         if cfg.method == "qlora":
             from transformers import AutoModelForCausalLM
 
@@ -187,20 +204,31 @@ class Recipe:
                                 trust_remote_code=cfg.trust_remote_code)
             model, self.tokenizer = loaded.model, loaded.tokenizer
             self.base_name, self.base_path, self.base_sha = loaded.name, loaded.path, loaded.sha256
-        model.config.use_cache = False  # no KV cache while training
-        if cfg.train.grad_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model = apply_method(model, cfg)
-        model.train()  # from_pretrained returns eval mode: dropout would be off
-        self.n_params, self.n_trainable = count_parameters(model)
-        emb = cost.embedding_params(base_causal_lm(model))
-        self.flops_per_token = cost.flops_per_token(self.n_params, self.n_trainable, emb, adapter=self.adapter)
-        self.peak_flops = cost.device_peak_flops(device, self.precision)
-        self.lm = PackedCausalLM(model)
-        if cfg.train.compile:
-            self.lm = torch.compile(self.lm, dynamic=True)
+        return model
 
     def _setup_data(self) -> None:
+        cfg = self.cfg
+        self.train_ex, self.eval_ex = self._load_examples()
+        self.lengths = [len(e.input_ids) for e in self.train_ex]
+        check_budget(self.lengths, cfg.train.batch_tokens)
+        check_budget([len(e.input_ids) for e in self.eval_ex], cfg.train.batch_tokens)
+        self.eval_plan = plan_batches([len(e.input_ids) for e in self.eval_ex], cfg.train.batch_tokens,
+                                      seed=cfg.train.seed, packing=cfg.data.packing) if self.eval_ex else []
+
+        # steps: every epoch's plan is deterministic, so the total is known before training
+        self.per_step = self.world * cfg.train.grad_accum  # micro-batches per optimizer step
+        self._plans: dict[int, list[list[int]]] = {}
+        if cfg.train.max_steps:
+            self.total_steps = cfg.train.max_steps
+        else:
+            whole, frac = int(cfg.train.epochs), cfg.train.epochs - int(cfg.train.epochs)
+            self.total_steps = sum(self.steps_in_epoch(e) for e in range(whole))
+            self.total_steps += math.ceil(frac * self.steps_in_epoch(whole)) if frac else 0
+        self._say(f"{len(self.train_ex)} training rows ({sum(self.lengths)} tokens), {len(self.eval_ex)} eval rows; "
+                  f"{self.total_steps} optimizer steps of {self.per_step} micro-batch(es) ≤ {cfg.train.batch_tokens} tokens")
+
+    def _load_examples(self):
+        """(train, eval) encoded examples: conversations → token ids + labels; a hook for benchmarks."""
         from tunelab.data.load import load_conversations
         from tunelab.templates import encode_all
 
@@ -219,25 +247,9 @@ class Recipe:
             eval_convs = [c for i, c in enumerate(train_convs) if i in held]
             train_convs = [c for i, c in enumerate(train_convs) if i not in held]
         enc = dict(train_on=d.train_on, max_length=d.max_length, truncate=d.truncate)
-        self.train_ex = encode_all(self.tokenizer, train_convs, **enc)
-        self.eval_ex = encode_all(self.tokenizer, eval_convs, **enc) if eval_convs else []
-        self.lengths = [len(e.input_ids) for e in self.train_ex]
-        check_budget(self.lengths, cfg.train.batch_tokens)
-        check_budget([len(e.input_ids) for e in self.eval_ex], cfg.train.batch_tokens)
-        self.eval_plan = plan_batches([len(e.input_ids) for e in self.eval_ex], cfg.train.batch_tokens,
-                                      seed=cfg.train.seed, packing=d.packing) if self.eval_ex else []
-
-        # steps: every epoch's plan is deterministic, so the total is known before training
-        self.per_step = self.world * cfg.train.grad_accum  # micro-batches per optimizer step
-        self._plans: dict[int, list[list[int]]] = {}
-        if cfg.train.max_steps:
-            self.total_steps = cfg.train.max_steps
-        else:
-            whole, frac = int(cfg.train.epochs), cfg.train.epochs - int(cfg.train.epochs)
-            self.total_steps = sum(self.steps_in_epoch(e) for e in range(whole))
-            self.total_steps += math.ceil(frac * self.steps_in_epoch(whole)) if frac else 0
-        self._say(f"{len(self.train_ex)} training rows ({sum(self.lengths)} tokens), {len(self.eval_ex)} eval rows; "
-                  f"{self.total_steps} optimizer steps of {self.per_step} micro-batch(es) ≤ {cfg.train.batch_tokens} tokens")
+        train_ex = encode_all(self.tokenizer, train_convs, **enc)
+        eval_ex = encode_all(self.tokenizer, eval_convs, **enc) if eval_convs else []
+        return train_ex, eval_ex
 
     def _data_path(self, spec: str) -> str:
         """A relative data path is looked up next to the config file first, then in the cwd."""
