@@ -23,6 +23,19 @@ def parse_fields(items: list[str]) -> dict[str, str]:
     return out
 
 
+def print_rendered(tokenizer, examples, label: str = "record") -> None:
+    """Each encoded example as text, trained tokens bold green, prompt tokens dim."""
+    from tunelab.cli import console
+    from tunelab.templates.inspect import segments
+
+    for enc in examples:
+        console.rule(f"{label} {enc.id}  ([bold green]trained[/] / [dim]not trained[/])")
+        text = Text()
+        for piece, trained in segments(tokenizer, enc):
+            text.append(piece, style="bold green" if trained else "dim")
+        console.print(text)
+
+
 @data_app.command("inspect")
 def inspect_cmd(
     file: str = typer.Argument(..., help="Data file (.jsonl .json .csv .parquet) or builtin:<task>."),
@@ -41,7 +54,7 @@ def inspect_cmd(
     from tunelab.cli import console
     from tunelab.errors import TunelabError
     from tunelab.models.loading import load_tokenizer, resolve
-    from tunelab.templates.inspect import inspect_data, segments
+    from tunelab.templates.inspect import inspect_data
 
     if train_on not in ("completion", "all"):
         raise TunelabError(f"--train-on must be completion or all, got '{train_on}'")
@@ -51,12 +64,7 @@ def inspect_cmd(
                        max_length=max_length, train_on=train_on, skip_bad=skip_bad)
     for note in rep.format_notes:
         console.print(f"[cyan]{note}[/]", highlight=False)
-    for enc in rep.examples:
-        console.rule(f"record {enc.id}  ([bold green]trained[/] / [dim]not trained[/])")
-        text = Text()
-        for piece, trained in segments(tokenizer, enc):
-            text.append(piece, style="bold green" if trained else "dim")
-        console.print(text)
+    print_rendered(tokenizer, rep.examples)
     stats = rep.length_stats()
     table = Table(title=f"{file} with {model}'s template")
     table.add_column("measure")

@@ -17,22 +17,13 @@ def quickstart(
     Example: tunelab quickstart --task dates --n-test 20
     """
     from rich.table import Table
-    from rich.text import Text
 
     from tunelab.cli import console
+    from tunelab.cli.data import print_rendered
     from tunelab.compare.quickstart import run_quickstart
-    from tunelab.templates.inspect import segments
 
-    def show(report):
-        from tunelab.models.loading import load_tokenizer, resolve
-
-        tok = load_tokenizer(resolve("default")[1])
-        for enc in report.examples:
-            console.rule(f"example {enc.id} ([bold green]trained[/] / [dim]prompt[/])")
-            text = Text()
-            for piece, trained in segments(tok, enc):
-                text.append(piece, style="bold green" if trained else "dim")
-            console.print(text)
+    def show(report, tokenizer):
+        print_rendered(tokenizer, report.examples, label="example")
 
     res = run_quickstart(task=task, n_test=n_test, n_train=n_train, epochs=epochs, train=not no_train,
                          out=out, say=lambda m: console.print(f"[bold cyan]{m}[/]", highlight=False), show=show)

@@ -37,7 +37,7 @@ def quickstart_config(task: str, n_train: int, out: Path, *, epochs: float, mode
 
 def run_quickstart(*, task: str = "dates", model: str = "default", n_test: int = 20, n_train: int = 256,
                    epochs: float = 1.0, train: bool = True, out: str | Path = "runs/quickstart",
-                   say: Callable[[str], None] = print, show: Optional[Callable[[object], None]] = None) -> QuickstartResult:
+                   say: Callable[[str], None] = print, show: Optional[Callable[[object, object], None]] = None) -> QuickstartResult:
     from tunelab.data.builtin import builtin_task
     from tunelab.evaluate.runner import evaluate
     from tunelab.models.loading import load_model, pull
@@ -52,7 +52,7 @@ def run_quickstart(*, task: str = "dates", model: str = "default", n_test: int =
     if show is not None:
         from tunelab.templates.inspect import inspect_data
 
-        show(inspect_data(f"builtin:{task}?n=2&seed=1", lm.tokenizer, n=2))
+        show(inspect_data(f"builtin:{task}?n=2&seed=1", lm.tokenizer, n=2), lm.tokenizer)
 
     result = QuickstartResult(task, n_test, out=out)
     say(f"3/4 zero-shot on {n_test} test items ...")
