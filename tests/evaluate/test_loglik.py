@@ -37,19 +37,21 @@ def test_encode_pair_follows_lm_eval(tiny):
     assert encode_pair(tok, "", " a")[0] == [prefix_token_id(tok)]
 
 
-def test_cached_scores_match_the_plain_computation(tiny):
+@pytest.mark.parametrize("method", ["shared", "cache"])
+def test_shared_context_scores_match_the_plain_computation(tiny, method):
     model, tok = tiny
-    got = score_choices(model, tok, REQUESTS, batch_size=16)
+    got = score_choices(model, tok, REQUESTS, batch_size=16, method=method)
     for (context, conts), scores in zip(REQUESTS, got):
         ref = [_reference(model, tok, context, c) for c in conts]
         assert [s for s, _ in scores] == pytest.approx(ref, abs=1e-4)
         assert max(range(len(ref)), key=ref.__getitem__) == max(range(len(ref)), key=lambda i: scores[i][0])
 
 
-def test_batch_1_and_16_agree_to_1e5_with_identical_choices(tiny):
+@pytest.mark.parametrize("method", ["shared", "cache"])
+def test_batch_1_and_16_agree_to_1e5_with_identical_choices(tiny, method):
     model, tok = tiny
-    a = score_choices(model, tok, REQUESTS, batch_size=1)
-    b = score_choices(model, tok, REQUESTS, batch_size=16)
+    a = score_choices(model, tok, REQUESTS, batch_size=1, method=method)
+    b = score_choices(model, tok, REQUESTS, batch_size=16, method=method)
     for ra, rb in zip(a, b):
         assert [x for x, _ in ra] == pytest.approx([x for x, _ in rb], abs=1e-5)
         assert [g for _, g in ra] == [g for _, g in rb]

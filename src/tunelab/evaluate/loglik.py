@@ -104,12 +104,16 @@ def score_choices(
     requests: Sequence[tuple[str, Sequence[str]]],
     *,
     batch_size: int = 16,
+    method: str = "shared",
     on_batch: Optional[Callable[[int], None]] = None,
 ) -> list[list[tuple[float, bool]]]:
     """For each (context, continuations) request: [(loglik, is_greedy) per continuation].
 
     `batch_size` counts items (each with all of its choices). Longest contexts run first.
+    `method`: "shared" (one pass, a 4D mask shares the context; default, fastest on CPU) or
+    "cache" (context into a KV cache, expanded per choice). Both encode each context once.
     """
+    score_batch = {"shared": _score_batch_shared, "cache": _score_batch_cached}[method]
     max_len = max_length(model, tokenizer)
     encoded: list[tuple[list[int], list[list[int]]]] = []
     for ctx, conts in requests:
@@ -126,7 +130,7 @@ def score_choices(
     cached.sort(key=lambda i: (-len(encoded[i][0]), i))
     for s in range(0, len(cached), batch_size):
         idx = cached[s : s + batch_size]
-        for i, r in zip(idx, _score_batch(model, [encoded[i] for i in idx])):
+        for i, r in zip(idx, score_batch(model, [encoded[i] for i in idx])):
             results[i] = r
         if on_batch:
             on_batch(len(idx))
@@ -135,7 +139,79 @@ def score_choices(
     return results  # type: ignore[return-value]
 
 
-def _score_batch(model, items: list[tuple[list[int], list[list[int]]]]) -> list[list[tuple[float, bool]]]:
+def _score_batch_shared(model, items: list[tuple[list[int], list[list[int]]]]) -> list[list[tuple[float, bool]]]:
+    """One forward per batch: each row is [context | choice 0 | choice 1 | ...] under a 4D mask.
+
+    Every choice token attends to the whole context and causally to its own choice, never to the
+    other choices, with positions continuing from the context's end: the same attention each
+    choice gets after the context in its own sequence, with the context computed once. Logits are
+    projected only where a continuation token is predicted.
+    """
+    dev = _device(model)
+    layouts = []
+    for ctx, conts in items:
+        seq, pos, owner = list(ctx), list(range(len(ctx))), [-1] * len(ctx)  # owner -1: context
+        for j, k in enumerate(conts):
+            inp = k[:-1]  # the last continuation token is predicted, never fed
+            seq += inp
+            pos += range(len(ctx), len(ctx) + len(inp))
+            owner += [j] * len(inp)
+        layouts.append((seq, pos, owner))
+    b, width = len(items), max(len(s) for s, _, _ in layouts)
+    ids = torch.zeros((b, width), dtype=torch.long)
+    positions = torch.zeros((b, width), dtype=torch.long)
+    mask = torch.zeros((b, 1, width, width), dtype=torch.bool)
+    keep = torch.zeros((b, width), dtype=torch.bool)
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    for r, ((ctx, _), (seq, pos, owner)) in enumerate(zip(items, layouts)):
+        n = len(seq)
+        ids[r, :n] = torch.tensor(seq)
+        positions[r, :n] = torch.tensor(pos)
+        own = torch.tensor(owner)
+        visible = (own[None, :] == -1) | (own[None, :] == own[:, None])  # (n, n): context or same choice
+        mask[r, 0, :n, :n] = causal[:n, :n] & visible
+        pad = torch.arange(n, width)
+        mask[r, 0, pad, pad] = True  # padding attends to itself: a fully masked row would be NaN
+        keep[r, len(ctx) - 1 : n] = True  # last context token and every fed choice token
+    if getattr(model.config, "_attn_implementation", "sdpa") == "eager":
+        mask = torch.zeros(mask.shape, dtype=model.dtype).masked_fill(~mask, torch.finfo(model.dtype).min)
+    logits = _logits_at(model, ids.to(dev), mask.to(dev), positions.to(dev), keep.to(dev))
+    logp = F.log_softmax(logits.float(), dim=-1)  # (kept positions, V), row-major over (b, width)
+
+    out: list[list[tuple[float, bool]]] = []
+    offset = 0
+    for (ctx, conts), (seq, _, owner) in zip(items, layouts):
+        first = logp[offset]  # predicts each continuation's first token
+        start = offset + 1  # rows of this item's choice tokens, choice by choice
+        scores = []
+        for k in conts:
+            target = torch.tensor(k, device=logp.device)
+            lp = torch.cat([first[None], logp[start : start + len(k) - 1]])  # (len(k), V)
+            ll = lp.gather(-1, target[:, None]).sum().item()
+            scores.append((ll, bool((lp.argmax(-1) == target).all())))
+            start += len(k) - 1
+        out.append(scores)
+        offset += len(seq) - len(ctx) + 1
+    return out
+
+
+def _logits_at(model, ids, mask, positions, keep):
+    """Logits at the `keep` positions only, flattened to (n_kept, V).
+
+    transformers >= 5 takes a boolean (B, T) `logits_to_keep` and skips the vocabulary projection
+    elsewhere (most of the positions are context); older versions get full logits, then indexing.
+    """
+    try:
+        from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401  (the feature's marker)
+
+        return model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+    except ImportError:
+        return model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[keep]
+
+
+def _score_batch_cached(model, items: list[tuple[list[int], list[list[int]]]]) -> list[list[tuple[float, bool]]]:
+    """Two forwards per batch: the contexts (left padded) into a KV cache, then the cache expanded
+    to one row per choice and the continuation tokens run on top of it."""
     from transformers import DynamicCache
 
     dev = _device(model)
