@@ -23,7 +23,7 @@ def train_cmd(
 
       tunelab train examples/train_lora.yaml --resume
 
-      accelerate launch --num_processes 2 --cpu -m tunelab train examples/train_lora.yaml
+      accelerate launch --multi_gpu --num_processes 2 -m tunelab train examples/train_lora.yaml  (DDP; gloo on CPU)
     """
     from tunelab.cli import console, err_console
     from tunelab.train.loop import TrainingInterrupted, train

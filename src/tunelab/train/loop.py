@@ -6,7 +6,8 @@
     .cleanup()      final weights, summary.json, report.html
 
 `train(config)` is the public verb (`tunelab.train`). Multi-process runs come from Accelerate:
-`accelerate launch --num_processes 2 --cpu -m tunelab train cfg.yaml` gives DDP over gloo.
+`accelerate launch --multi_gpu --num_processes 2 -m tunelab train cfg.yaml` gives DDP (gloo on a CPU-only box;
+accelerate 1.15's `--cpu` launcher starts a single process unless MPI is installed).
 
 How one optimizer step is counted: the epoch's micro-batches (token-budget packs, see packing.py)
 are taken `processes × grad_accum` at a time; process r takes every processes-th one of them.
