@@ -216,7 +216,11 @@ def evaluate(
             raise TunelabError(f"--shots must be >= 0, got {shots}")
         task.fewshot.k = shots
     if sampler is not None:
-        task.fewshot.sampler = sampler.partition(":")[0]  # validated by the config model
+        from tunelab.fewshot.samplers import SAMPLERS
+
+        if sampler.partition(":")[0] not in SAMPLERS or sampler.count(":") > 1:
+            raise TunelabError(f"--sampler: unknown sampler '{sampler}'; use one of {', '.join(SAMPLERS)} (or similar:embedding)")
+        task.fewshot.sampler = sampler.partition(":")[0]
     if task.type == "retrieval":  # no language model: a retriever and trec_eval measures
         from tunelab.evaluate.retrieval_task import run_retrieval
 
