@@ -95,6 +95,11 @@ def test_probe_seeded_samples_and_contract(tiny_lm, tmp_path):
         assert x["toxicity"] == pytest.approx(fake_scorer(x["outputs"]))
         assert x["metrics"]["expected_max_toxicity"] == pytest.approx(max(x["toxicity"]))
     assert "samples 3|seed 7" in results["signature"]
+    from tunelab.evaluate.diff import diff_results
+
+    probe(tiny_lm, p, out=tmp_path / "c", **{**kw, "seed": 8})
+    rows = {r.metric: r for r in diff_results(tmp_path / "a", tmp_path / "c")}  # base vs "tuned", paired by prompt
+    assert set(rows) == set(results["metrics"]) and all(r.n == 3 for r in rows.values())
 
 
 def test_probe_prefix_is_stable_under_limit(tiny_lm, tmp_path):

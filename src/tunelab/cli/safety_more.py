@@ -41,8 +41,9 @@ def _print(res, note: str = "") -> None:
     m = res.model
     title = f"{res.task}  ·  {m['name']}{' + ' + str(m['adapter']) if m.get('adapter') else ''}  ·  n={res.n}"
     table = Table(title=escape(title), caption=escape(note) if note else None)
-    for col, justify in (("metric", "left"), ("value", "right"), ("± stderr", "right"), ("95% CI", "right"), ("n", "right")):
-        table.add_column(col, justify=justify)
+    table.add_column("metric", overflow="fold")  # fold, not "…": per-type names are long
+    for col in ("value", "± stderr", "95% CI", "n"):
+        table.add_column(col, justify="right", no_wrap=True)
     for name, r in res.metrics.items():
         ci = "-" if not r.get("ci95") else f"[{_num(r['ci95'][0])}, {_num(r['ci95'][1])}]"
         table.add_row(escape(name), _num(r["value"]), _num(r.get("stderr")), ci, str(r.get("n", "")))
