@@ -228,6 +228,18 @@ class Recipe:
         self._say(f"{len(self.train_ex)} training rows ({sum(self.lengths)} tokens), {len(self.eval_ex)} eval rows; "
                   f"{self.total_steps} optimizer steps of {self.per_step} micro-batch(es) ≤ {cfg.train.batch_tokens} tokens")
 
+    def _drop_toxic(self, convs, max_toxicity: float):
+        """data.max_toxicity: drop training records the safety classifier scores above it, by id."""
+        from tunelab.safety.filter import toxic_record_indices
+
+        texts = [c.text if c.is_text else "\n".join(m["content"] for m in c.messages) for c in convs]
+        bad = set(toxic_record_indices(texts, max_toxicity))
+        if bad:
+            ids = [convs[i].id for i in sorted(bad)]
+            shown = ", ".join(ids[:20]) + (f" … (+{len(ids) - 20})" if len(ids) > 20 else "")
+            self._say(f"data.max_toxicity={max_toxicity}: dropped {len(bad)} of {len(convs)} training records: {shown}")
+        return [c for i, c in enumerate(convs) if i not in bad]
+
     def _load_examples(self):
         """(train, eval) encoded examples: conversations → token ids + labels; a hook for benchmarks."""
         from tunelab.data.load import load_conversations
@@ -236,6 +248,8 @@ class Recipe:
         cfg, d = self.cfg, self.cfg.data
         kw = dict(format=d.format, fields=d.fields or None, skip_bad=d.skip_bad, system=d.system)
         train_convs = load_conversations(self._data_path(d.train), **kw)
+        if d.max_toxicity is not None:
+            train_convs = self._drop_toxic(train_convs, d.max_toxicity)
         eval_convs = []
         if isinstance(d.eval, str):
             eval_convs = load_conversations(self._data_path(d.eval), **kw)
