@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from tunelab.train.loss import PackedCausalLM, supervised_ce_sum
+from tunelab.train.loss import KEEP_LOGITS_BYTES, PackedCausalLM, supervised_ce_sum
 from tunelab.train.packing import collate, model_inputs
 
 from .helpers import random_examples
@@ -14,14 +15,17 @@ from .helpers import random_examples
 torch.set_num_threads(2)
 
 
-def test_chunked_loss_equals_plain_cross_entropy():
+# 0: every chunk is recomputed in the backward (checkpointed); the default keeps these small logits
+@pytest.mark.parametrize("keep_logits_bytes", [0, KEEP_LOGITS_BYTES])
+def test_chunked_loss_equals_plain_cross_entropy(keep_logits_bytes):
     g = torch.Generator().manual_seed(0)
     H, V, B, T = 16, 97, 2, 50
     head = torch.nn.Linear(H, V, bias=False)
     hidden = torch.randn(B, T, H, generator=g, requires_grad=True)
     targets = torch.randint(0, V, (B, T), generator=g)
     targets[torch.rand(B, T, generator=g) < 0.4] = -100
-    total, n = supervised_ce_sum(hidden, targets, head, chunk=7)  # 7: chunks do not divide S
+    total, n = supervised_ce_sum(hidden, targets, head, chunk=7,  # 7: chunks do not divide S
+                                 keep_logits_bytes=keep_logits_bytes)
     ref = F.cross_entropy(head(hidden).reshape(-1, V), targets.reshape(-1), ignore_index=-100, reduction="mean")
     assert n == int((targets != -100).sum())
     assert torch.allclose(total / n, ref, atol=1e-5, rtol=0)

@@ -43,6 +43,8 @@ from tunelab.io import atomic_dir, atomic_write_json, atomic_write_text
 from tunelab.models.export import ADAPTER_META_FILE  # base model name, path, weights hash, method
 from tunelab.train import checkpoint as ckpt
 from tunelab.train import cost
+from tunelab.train.attention import DOC_ATTN
+from tunelab.train.attention import register as register_doc_attention
 from tunelab.train.loss import PackedCausalLM, base_causal_lm
 from tunelab.train.methods import ADAPTER_METHODS, apply_method, check_method_available, count_parameters
 from tunelab.train.packing import check_budget, collate, model_inputs, plan_batches
@@ -165,10 +167,21 @@ class Recipe:
     def _setup_model(self) -> None:
         cfg, device = self.cfg, self.accelerator.device
         # flex_attention computes only the diagonal blocks of packed documents on CUDA; it has
-        # no CPU backward, where sdpa takes the 4D block-diagonal mask (DESIGN §7)
-        default_attn = "flex_attention" if device.type == "cuda" else "sdpa"
+        # no CPU backward (DESIGN §7). On CPU each packed document gets its own causal sdpa call
+        # (attention.py), which skips the O(T²) block-diagonal mask; under torch.compile the
+        # per-row document lengths would force a recompile every step, so compile keeps the mask.
+        default_attn = "flex_attention" if device.type == "cuda" else ("sdpa" if cfg.train.compile else DOC_ATTN)
         self.attn = os.environ.get("TUNELAB_ATTN", default_attn)
+        load_attn = self.attn
+        if self.attn == DOC_ATTN:
+            # the model loads with plain sdpa (what its saved config will say) and switches to the
+            # registered per-document function for training only
+            load_attn = "sdpa"
+            register_doc_attention()
+        self.load_attn = load_attn
         model = self._load_base(device)
+        if self.attn != load_attn:
+            model.set_attn_implementation(self.attn)
         model.config.use_cache = False  # no KV cache while training
         if cfg.train.grad_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -195,13 +208,13 @@ class Recipe:
             name, folder = resolve(cfg.model)
             model = AutoModelForCausalLM.from_pretrained(
                 folder, quantization_config=quantization_config(), dtype=torch.bfloat16,
-                device_map={"": device}, attn_implementation=self.attn)
+                device_map={"": device}, attn_implementation=self.load_attn)
             self.tokenizer, self.base_name, self.base_path, self.base_sha = load_tokenizer(folder), name, folder, None
         else:
             # adapters on CUDA: the frozen base can sit in bf16 (half the memory, nothing to
             # update); full fine-tuning keeps fp32 master weights and trains under autocast
             dtype = torch.bfloat16 if (self.adapter and self.precision == "bf16") else torch.float32
-            loaded = load_model(cfg.model, device=str(device), dtype=dtype, attn_implementation=self.attn,
+            loaded = load_model(cfg.model, device=str(device), dtype=dtype, attn_implementation=self.load_attn,
                                 trust_remote_code=cfg.trust_remote_code)
             model, self.tokenizer = loaded.model, loaded.tokenizer
             self.base_name, self.base_path, self.base_sha = loaded.name, loaded.path, loaded.sha256

@@ -7,6 +7,8 @@ position ids alone do NOT isolate documents in transformers (DESIGN §7), hence 
 - CPU / sdpa: a 4D boolean mask [B, 1, T, T] (True = may attend), passed as `attention_mask`;
   transformers hands a 4D mask to the attention kernel unchanged. Its cost is O(T²), so on CPU a
   budget of 1-4k tokens is the sweet spot.
+- CPU default (attention.DOC_ATTN): no mask at all; the document lengths go to a registered
+  attention function that runs causal sdpa on each document's slice, O(Σ Lᵢ²) (attention.py).
 - CUDA: flex_attention with a document BlockMask; only the blocks on the diagonal are computed,
   so attention costs O(Σ Lᵢ²) instead of O(T²).
 
@@ -192,10 +194,26 @@ def attention_mask(doc_ids: torch.Tensor, impl: str):
     return mask
 
 
+def doc_lengths(doc_ids: torch.Tensor) -> tuple[int, ...] | None:
+    """Lengths of the documents of one packed row (B == 1, no padding), else None."""
+    if doc_ids.shape[0] != 1 or bool((doc_ids < 0).any()):
+        return None
+    _, counts = torch.unique_consecutive(doc_ids[0], return_counts=True)  # (n_docs,)
+    return tuple(counts.tolist())
+
+
 def model_inputs(batch: Batch, impl: str) -> dict:
-    """Keyword arguments for the decoder: ids, restarting positions, document mask."""
-    return {
-        "input_ids": batch.input_ids,
-        "position_ids": batch.position_ids,
-        "attention_mask": attention_mask(batch.doc_ids, impl),
-    }
+    """Keyword arguments for the decoder: ids, restarting positions, document mask.
+
+    With the per-document implementation a packed row gets its document lengths instead of a
+    mask (no O(T²) tensor is ever built); a padded batch still gets the 4D sdpa mask.
+    """
+    from tunelab.train.attention import DOC_ATTN
+
+    inputs = {"input_ids": batch.input_ids, "position_ids": batch.position_ids}
+    if impl == DOC_ATTN:
+        lengths = doc_lengths(batch.doc_ids)
+        if lengths is not None:
+            return {**inputs, "attention_mask": None, "doc_lengths": lengths}
+        impl = "sdpa"  # DOC_ATTN defers to sdpa whenever a mask is present
+    return {**inputs, "attention_mask": attention_mask(batch.doc_ids, impl)}

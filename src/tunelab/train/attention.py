@@ -1,0 +1,68 @@
+"""Per-document attention for packed rows on CPU, as a transformers attention implementation.
+
+A packed row holds several documents end to end. The 4D block-diagonal mask (packing.py) isolates
+them with sdpa, but PyTorch's CPU flash kernel still visits all T × T score blocks and only then
+applies the mask, so attention costs O(T²) for a row of ~8 documents that need O(Σ Lᵢ²/2). Here
+each document runs its own `scaled_dot_product_attention(is_causal=True)` on its slice of the
+row: the kernel skips the blocks above the diagonal and never sees another document, so the
+result is the masked one (same kernel, same arithmetic per row of scores; tests/train/
+test_packing.py checks both) at a fraction of the work (~4x less attention time on a 860-token
+row of 8 alpaca documents, measured on this CPU).
+
+Registered under DOC_ATTN with `AttentionInterface`; transformers builds no mask for an
+implementation it has no mask function for, and a 4D mask handed in is passed through unchanged,
+so padded (unpacked) batches still work: with a mask present this defers to plain sdpa.
+The document lengths travel as the `doc_lengths` keyword of the decoder's forward, which
+transformers hands through every layer to the attention function.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+DOC_ATTN = "tunelab_docs"
+
+
+def doc_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: Optional[torch.Tensor],
+    dropout: float = 0.0,
+    scaling: Optional[float] = None,
+    doc_lengths: Optional[Sequence[int]] = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """query (B, H, T, D), key/value (B, Hkv, T, D) -> ((B, T, H, D), None), like transformers' sdpa."""
+    if attention_mask is not None or doc_lengths is None:
+        # a padded batch (4D mask) or a caller outside the packed path: the ordinary sdpa route
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, **kwargs)
+    B, _, T, _ = query.shape
+    if B != 1 or sum(doc_lengths) != T:
+        raise ValueError(f"per-document attention expects one packed row of {sum(doc_lengths)} tokens, "
+                         f"got a batch of {B} × {T}")
+    # grouped-query attention runs in the kernel (no repeat_kv copies of key/value)
+    gqa = query.shape[1] != key.shape[1]
+    outs, start = [], 0
+    for n in doc_lengths:
+        piece = slice(start, start + n)
+        start += n
+        o = F.scaled_dot_product_attention(
+            query[:, :, piece], key[:, :, piece], value[:, :, piece],  # (1, H, n, D), (1, Hkv, n, D)
+            dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa)  # (1, H, n, D)
+        outs.append(o.transpose(1, 2))  # (1, n, H, D)
+    return torch.cat(outs, dim=1), None  # (1, T, H, D), contiguous
+
+
+def register() -> str:
+    """Make DOC_ATTN a valid `attn_implementation` (idempotent); returns its name."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(DOC_ATTN, doc_attention_forward)
+    return DOC_ATTN
