@@ -10,6 +10,12 @@ same number of real tokens. Prints real (non-pad) tokens/s, peak memory, final l
     pip install trl            # the peer; not a tunelab dependency
     python benchmarks/train_throughput.py                  # ~5-8 min on a quiet 2-core CPU
     python benchmarks/train_throughput.py --trl-steps 12   # longer, less noisy
+    python benchmarks/train_throughput.py --threads 1      # both arms single-threaded (busy box)
+
+On a box shared with other jobs (load average above the core count) two OpenMP threads per
+arm spend most of each small op waiting for a descheduled partner thread (~11 ms per op instead
+of ~0.4 ms, measured); `--threads N` pins BOTH arms to N threads so the comparison stays fair.
+The load average is printed before and after, since it moves every number.
 
 GPU: `--device cuda --model-config llama-1b` trains a random-initialised Llama (16 layers,
 hidden 2048, vocab 128256) on random token rows of uniform length 128..2048, bf16, against HF
@@ -110,10 +116,12 @@ def arm_trl(args) -> dict:
     return {"arm": "TRL SFTTrainer + PEFT LoRA", "tokens": counts["real"], "padded_tokens": counts["padded"],
             "trained_tokens": counts["trained"], "train_s": train_s, "tokens_per_s": counts["real"] / train_s,
             "peak_mem_mib": peak_mib(args.device), "losses": losses, "steps": args.trl_steps,
-            "gradient_checkpointing": cfg.gradient_checkpointing}
+            "gradient_checkpointing": cfg.gradient_checkpointing, "threads": torch.get_num_threads()}
 
 
 def arm_tunelab(args) -> dict:
+    import torch
+
     from tunelab.train.loop import train
 
     work = Path(tempfile.mkdtemp())
@@ -130,10 +138,10 @@ def arm_tunelab(args) -> dict:
     res = train(cfg)
     s = res.summary
     losses = [json.loads(x)["loss"] for x in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {"arm": "tunelab (packing + chunked supervised loss)", "tokens": s["tokens_seen"],
+    return {"arm": "tunelab (packing, per-doc attn, supervised loss)", "tokens": s["tokens_seen"],
             "padded_tokens": s["tokens_seen"], "trained_tokens": s["tokens_trained"], "train_s": s["train_s"],
             "tokens_per_s": s["tokens_per_s"], "peak_mem_mib": peak_mib(args.device), "losses": losses,
-            "steps": s["steps"]}
+            "steps": s["steps"], "threads": torch.get_num_threads()}
 
 
 def tunelab_budget(args) -> tuple[int, float]:
@@ -261,6 +269,8 @@ def run_arm(name: str, argv: list[str], timeout: int) -> dict:
     out = Path(tempfile.mkdtemp()) / "arm.json"
     cmd = [sys.executable, __file__, "--arm", name, "--result", str(out), *argv]
     env = dict(os.environ, TUNELAB_QUIET="1", TUNELAB_NO_ENERGY="1", TOKENIZERS_PARALLELISM="false")
+    if THREADS:  # the same for every arm: torch reads these at start-up
+        env.update(OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS))
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, timeout=timeout, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -268,6 +278,16 @@ def run_arm(name: str, argv: list[str], timeout: int) -> dict:
     res = json.loads(out.read_text())
     res["process_s"] = time.perf_counter() - t0
     return res
+
+
+THREADS: int | None = None  # --threads, set by main() before any arm starts
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
 
 
 def tail_loss(losses: list[float], k: int = 3) -> float:
@@ -285,6 +305,8 @@ def main() -> None:
     p.add_argument("--gpu-rows", type=int, default=256)
     p.add_argument("--gpu-batch", type=int, default=8)
     p.add_argument("--gpu-steps", type=int, default=12)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch/OpenMP threads for both arms (default: torch's own choice)")
     p.add_argument("--arm", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     p.add_argument("--batch-tokens", type=int, default=None, help=argparse.SUPPRESS)
@@ -296,6 +318,9 @@ def main() -> None:
         Path(args.result).write_text(json.dumps(fn(args)))
         return
 
+    global THREADS
+    THREADS = args.threads
+    load_before = loadavg()
     if args.device == "cuda":
         if args.model_config != "llama-1b":
             sys.exit("--device cuda runs --model-config llama-1b")
@@ -314,7 +339,10 @@ def main() -> None:
         ours = run_arm("tunelab", ["--rows", str(args.rows), "--batch-tokens", str(budget),
                                    "--tunelab-steps", str(steps)], 1800)
 
-    print(f"\n{'arm':48s} {'steps':>5s} {'real tok':>9s} {'tok/s':>9s} {'peak MiB':>9s} {'loss(last3)':>11s}")
+    load_after = loadavg()
+    print(f"\nload average (1/5/15 min): before {load_before}, after {load_after}; "
+          f"threads per arm: {peer.get('threads', '-')} / {ours.get('threads', '-')} (peer / tunelab)")
+    print(f"{'arm':48s} {'steps':>5s} {'real tok':>9s} {'tok/s':>9s} {'peak MiB':>9s} {'loss(last3)':>11s}")
     for r in (peer, ours):
         print(f"{r['arm']:48s} {r['steps']:5d} {r['tokens']:9d} {r['tokens_per_s']:9.1f} "
               f"{r['peak_mem_mib']:9.0f} {tail_loss(r['losses']):11.4f}")
