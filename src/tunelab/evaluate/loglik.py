@@ -81,7 +81,7 @@ def score_pairs(model, pairs: Sequence[Pair], *, max_len: int, batch_size: int =
         for r, x in enumerate(inputs):
             ids[r, : len(x)] = torch.tensor(x)
             mask[r, : len(x)] = 1
-        logp = F.log_softmax(model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits.float(), dim=-1)
+        logp = F.log_softmax(model(input_ids=ids.to(dev), attention_mask=mask.to(dev), use_cache=False).logits.float(), dim=-1)
         for r, ((_, cont), x) in enumerate(zip(chunk, inputs)):
             n = len(cont)
             lp = logp[r, len(x) - n : len(x)]  # (n, V): the positions that predict the continuation
@@ -204,9 +204,10 @@ def _logits_at(model, ids, mask, positions, keep):
     try:
         from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401  (the feature's marker)
 
-        return model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep).logits
+        # use_cache=False: nothing is decoded after this pass, so building a KV cache is wasted copying
+        return model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep, use_cache=False).logits
     except ImportError:
-        return model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[keep]
+        return model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits[keep]
 
 
 def _score_batch_cached(model, items: list[tuple[list[int], list[list[int]]]]) -> list[list[tuple[float, bool]]]:
