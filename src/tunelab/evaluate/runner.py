@@ -80,7 +80,8 @@ def load_task_rows(task, spec: Optional[str] = None) -> list:
     return rows
 
 
-def _load_model(model, adapter, device):
+def load_for_eval(model, adapter, device):
+    """A LoadedModel from a name/folder, or the given LoadedModel with `adapter` attached."""
     if hasattr(model, "model") and hasattr(model, "tokenizer"):  # a LoadedModel
         if adapter is not None and getattr(model, "adapter", None) is None:
             from tunelab.models.loading import attach_adapter
@@ -232,7 +233,7 @@ def evaluate(
         rows = rows[:limit]
     templates = TaskTemplates(task, _task_source(task))
     sh = shard_mod.current()
-    lm = _load_model(model, adapter, device or sh.device())
+    lm = load_for_eval(model, adapter, device or sh.device())
     dev = next(lm.model.parameters()).device
     mine = sh.take(rows)
     my_rows = [rows[i] for i in mine]
@@ -331,7 +332,7 @@ def _finish(task, lm, metrics, items, tokens, t0, out, with_response, sampler, d
 
     wall = time.perf_counter() - t0
     cost = {"wall_s": round(wall, 3), "tokens": int(tokens), "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
-            "peak_mem_mib": _peak_mem_mib(dev)}
+            "peak_mem_mib": peak_mem_mib(dev)}
     adapter = getattr(lm, "adapter", None)
     results = Results(
         task=task.name,
@@ -345,17 +346,11 @@ def _finish(task, lm, metrics, items, tokens, t0, out, with_response, sampler, d
     return results
 
 
-def _peak_mem_mib(dev) -> Optional[float]:
-    import torch
+def peak_mem_mib(dev) -> Optional[float]:
+    """Peak memory for the results' cost block, rounded (see tunelab.memory)."""
+    from tunelab.memory import peak_memory_mib
 
-    if getattr(dev, "type", "cpu") == "cuda":
-        return round(torch.cuda.max_memory_allocated(dev) / 2**20, 1)
-    try:
-        import resource
-
-        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
-    except ImportError:
-        return None
+    return round(peak_memory_mib(dev), 1)
 
 
 def signature(task, lm, metrics, sampler=None) -> str:

@@ -396,7 +396,7 @@ def bias(model, benchmark: str, data, *, adapter: Optional[str] = None, limit: O
     `data`: the CrowS-Pairs CSV; for BBQ a .jsonl file, a folder of them, or a list. `limit`: the
     first N pairs (CrowS-Pairs) or the first N items of each BBQ file.
     """
-    from tunelab.evaluate.runner import Results, _load_model, _peak_mem_mib, write_results
+    from tunelab.evaluate.runner import Results, load_for_eval, peak_mem_mib, write_results
     from tunelab.templates import template_sha256
 
     t0 = time.perf_counter()
@@ -417,7 +417,7 @@ def bias(model, benchmark: str, data, *, adapter: Optional[str] = None, limit: O
     else:
         files = bbq_files(data)
         rows = [r for f in files for r in read_bbq(f)[:limit]]
-    lm = _load_model(model, adapter, device)
+    lm = load_for_eval(model, adapter, device)
     run = _run_crows if benchmark == "crows_pairs" else _run_bbq
     items, metrics, tokens = run(lm, rows, batch_size, progress)
 
@@ -435,7 +435,7 @@ def bias(model, benchmark: str, data, *, adapter: Optional[str] = None, limit: O
                          "adapter": getattr(lm, "adapter", None)},
                   n=len(items), shots=0, metrics=metrics,
                   cost={"wall_s": round(wall, 3), "tokens": int(tokens),
-                        "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None, "peak_mem_mib": _peak_mem_mib(dev)},
+                        "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None, "peak_mem_mib": peak_mem_mib(dev)},
                   signature=sig, predictions=items)
     if out is not None:
         write_results(res, out)

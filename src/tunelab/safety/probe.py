@@ -146,7 +146,7 @@ def probe(model, prompts_file, *, adapter: Optional[str] = None, samples: int = 
     from tunelab.evaluate.generate import generate
     from tunelab.evaluate.loglik import max_length
     from tunelab.evaluate.metrics.assistant import REFUSAL_PATTERNS, is_refusal
-    from tunelab.evaluate.runner import Results, _load_model, _peak_mem_mib, write_results
+    from tunelab.evaluate.runner import Results, load_for_eval, peak_mem_mib, write_results
 
     t0 = time.perf_counter()
     problems = []  # every bad setting at once, each naming its flag
@@ -172,7 +172,7 @@ def probe(model, prompts_file, *, adapter: Optional[str] = None, samples: int = 
     else:
         tox_sig = f"toxicity|scorer:{getattr(scorer, '__name__', 'custom')}"
 
-    lm = _load_model(model, adapter, device)
+    lm = load_for_eval(model, adapter, device)
     texts = [p for _, p in prompts]
     if chat:
         from tunelab.templates import render_prompt
@@ -222,7 +222,7 @@ def probe(model, prompts_file, *, adapter: Optional[str] = None, samples: int = 
                   n=len(prompts), shots=0, metrics=aggregate(per_prompt),
                   cost={"wall_s": round(wall, 3), "tokens": int(tokens),
                         "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
-                        "peak_mem_mib": _peak_mem_mib(next(lm.model.parameters()).device)},
+                        "peak_mem_mib": peak_mem_mib(next(lm.model.parameters()).device)},
                   signature=sig, predictions=lines)
     if out is not None:
         write_results(res, out)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import os
-import resource
-import sys
 from typing import Optional
+
+from tunelab.memory import current_memory_mib, peak_memory_mib  # noqa: F401  (the loop reads them here)
 
 log = logging.getLogger("tunelab.train")
 
@@ -60,27 +60,6 @@ def mfu(flops: float, seconds: float, peak: Optional[float], n_devices: int = 1)
     return flops / seconds / (peak * n_devices)
 
 
-def peak_memory_mib(device) -> float:
-    """CUDA: max allocated by torch on this device. CPU: the process's peak resident set size."""
-    if getattr(device, "type", str(device)) == "cuda":
-        import torch
-
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
-
-
-def current_memory_mib(device) -> float:
-    if getattr(device, "type", str(device)) == "cuda":
-        import torch
-
-        return torch.cuda.memory_allocated(device) / 2**20
-    try:
-        import psutil
-
-        return psutil.Process().memory_info().rss / 2**20
-    except Exception:  # psutil missing or restricted /proc: memory is a nice-to-have
-        return peak_memory_mib(device)
 
 
 class EnergyMeter:

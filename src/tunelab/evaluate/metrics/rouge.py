@@ -12,9 +12,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import rouge_score
-from rouge_score import rouge_scorer
-
 from tunelab.errors import TunelabError
 from tunelab.evaluate.metrics.base import Metric
 from tunelab.evaluate.metrics.registry import register
@@ -24,7 +21,7 @@ try:
 
     _VERSION = _dist_version("rouge-score")
 except Exception:  # pragma: no cover - metadata missing in odd installs
-    _VERSION = getattr(rouge_score, "__version__", "unknown")
+    _VERSION = "unknown"
 
 
 class _Rouge(Metric):
@@ -41,6 +38,9 @@ class _Rouge(Metric):
             except ImportError:
                 raise TunelabError(f"metric '{self.name}': split_summaries needs nltk; pip install nltk "
                                    f"or separate sentences with newlines") from None
+        # imported here: rouge_score pulls in nltk (seconds), which only ROUGE tasks should pay for
+        from rouge_score import rouge_scorer
+
         self._scorer = rouge_scorer.RougeScorer([self.rouge_type], use_stemmer=self.options["use_stemmer"],
                                                 split_summaries=self.options["split_summaries"])
 
