@@ -125,3 +125,12 @@ def test_shared_sharegpt_and_alpaca_files_load(shared_data):
     assert len(convs) == 500 and all(c.messages[-1]["role"] == "assistant" for c in convs)
     convs = load_conversations(shared_data / "alpaca_small" / "alpaca_small.json")
     assert len(convs) == 2000
+
+
+def test_callers_without_skip_bad_give_their_own_hint(tmp_path):
+    p = write(tmp_path / "preds.jsonl", '{"id": 1}\n{"id": \n')
+    with pytest.raises(TunelabError, match=r"preds.jsonl:2: not valid JSON .*; fix that line$"):
+        read_rows(p, hint="fix that line")
+    p.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(TunelabError, match="cannot read the file"):
+        read_rows(p)

@@ -17,8 +17,11 @@ SKIP_HINT = "fix it, or pass --skip-bad (data.skip_bad: true) to skip bad record
 SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
 
 
-def read_rows(path: str | Path, *, skip_bad: bool = False) -> list[Row]:
-    """All records of a data file, in file order. An empty file is an error."""
+def read_rows(path: str | Path, *, skip_bad: bool = False, hint: str = SKIP_HINT) -> list[Row]:
+    """All records of a data file, in file order. An empty file is an error.
+
+    `hint` ends the message of a bad record: callers without --skip-bad say what to do instead.
+    """
     path = Path(path).expanduser()
     if not path.exists():
         raise TunelabError(f"{path}: data file not found; check the path (relative paths are from the current folder)")
@@ -29,7 +32,15 @@ def read_rows(path: str | Path, *, skip_bad: bool = False) -> list[Row]:
     if suffix not in readers:
         raise TunelabError(f"{path}: unknown data file type '{suffix}'; use one of {', '.join(SUFFIXES)}")
     bad: list[str] = []
-    rows = readers[suffix](path, skip_bad, bad)
+    try:
+        rows = readers[suffix](path, skip_bad, bad)
+    except TunelabError as e:
+        if hint is SKIP_HINT or not str(e).endswith(SKIP_HINT):
+            raise
+        raise TunelabError(str(e)[: -len(SKIP_HINT)] + hint) from None
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        raise TunelabError(f"{path}: cannot read the file ({why}); check it is a readable UTF-8 text file") from None
     if bad:
         warnings.warn(f"{path}: skipped {len(bad)} bad record(s) (first: {bad[0]})", stacklevel=2)
     if not rows:

@@ -59,31 +59,27 @@ def _read_predictions(folder: Path) -> dict[str, dict[str, float | None]]:
     path = folder / PREDICTIONS_FILE
     if not path.is_file():
         raise TunelabError(f"{path}: not found; is {folder} an evaluation output (--out DIR)?")
+    from tunelab.data.readers import read_rows
+
     items: dict[str, dict[str, float | None]] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as e:
-                raise TunelabError(f"{where(path, lineno)}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict) or "id" not in row:
-                raise TunelabError(f"{where(path, lineno, 'id')}: each line needs an 'id'")
-            metrics = row.get("metrics")
-            if not isinstance(metrics, dict):
-                raise TunelabError(f"{where(path, lineno, 'metrics')}: each line needs a 'metrics' mapping "
-                                   f"{{name: value}}")
-            key = str(row["id"])
-            if key in items:
-                raise TunelabError(f"{where(path, lineno, 'id')}: id {key!r} appears twice")
-            clean: dict[str, float | None] = {}
-            for name, value in metrics.items():
-                if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-                    clean[name] = None  # dicts / nulls / flags are not paired-testable numbers
-                else:
-                    clean[name] = float(value)
-            items[key] = clean
+    for r in read_rows(path, hint="each line must be one JSON object"):
+        lineno, row = r.line, r.data
+        if not isinstance(row, dict) or "id" not in row:
+            raise TunelabError(f"{where(path, lineno, 'id')}: each line needs an 'id'")
+        metrics = row.get("metrics")
+        if not isinstance(metrics, dict):
+            raise TunelabError(f"{where(path, lineno, 'metrics')}: each line needs a 'metrics' mapping "
+                               f"{{name: value}}")
+        key = str(row["id"])
+        if key in items:
+            raise TunelabError(f"{where(path, lineno, 'id')}: id {key!r} appears twice")
+        clean: dict[str, float | None] = {}
+        for name, value in metrics.items():
+            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+                clean[name] = None  # dicts / nulls / flags are not paired-testable numbers
+            else:
+                clean[name] = float(value)
+        items[key] = clean
     if not items:
         raise TunelabError(f"{path}: no items")
     return items

@@ -58,7 +58,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import re
 import time
 from pathlib import Path
@@ -67,6 +66,7 @@ from typing import Callable, Optional, Sequence, Union
 import numpy as np
 
 from tunelab import __version__
+from tunelab.data.readers import read_rows
 from tunelab.errors import TunelabError
 from tunelab.evaluate import stats
 
@@ -165,15 +165,8 @@ def read_bbq(data) -> list[dict]:
     """All records of the BBQ file(s), each checked; ids are '<category>-<example_id>'."""
     rows, seen = [], set()
     for path in bbq_files(data):
-        for line, text in enumerate(_read_text(path, "BBQ .jsonl").splitlines(), start=1):
-            if not text.strip():
-                continue
-            try:
-                rec = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise TunelabError(f"{path}:{line} is not valid JSON ({e.msg}); BBQ files hold one object a line") from None
-            if not isinstance(rec, dict):
-                raise TunelabError(f"{path}:{line} is a JSON {type(rec).__name__}, expected an object")
+        for row in read_rows(path, hint="BBQ files hold one JSON object a line"):
+            line, rec = row.line, row.data
             _check_bbq(path, line, rec)
             rid = f"{rec['category']}-{rec.get('example_id', line)}"
             if rid in seen:

@@ -33,41 +33,14 @@ HELM_TOXIC = 0.5  # HELM / RealToxicityPrompts count a sample as toxic at >= 0.5
 
 
 def read_records(path: str | os.PathLike) -> list[tuple[int, dict]]:
-    """(line number, record) pairs from .jsonl, .json (a list of objects) or .csv.
+    """(line number, record) pairs from .jsonl, .json (a list of objects), .csv or .parquet.
 
     Line numbers are 1-based file lines for JSONL and CSV (the header is line 1), and 1-based
-    positions in the list for JSON.
+    positions in the list for JSON. Parsing and its errors are tunelab.data.readers'.
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        why = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
-        raise TunelabError(f"cannot read {path} ({why})") from None
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        reader = csv.DictReader(io.StringIO(text))
-        return [(reader.line_num, dict(row)) for row in reader]
-    if suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise TunelabError(f"{path}:{e.lineno} is not valid JSON ({e.msg})") from None
-        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-            raise TunelabError(f"{path} must hold a JSON list of objects (or use .jsonl, one object a line)")
-        return list(enumerate(data, start=1))
-    rows = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TunelabError(f"{path}:{n} is not valid JSON ({e.msg}); each line must be one JSON object") from None
-        if not isinstance(rec, dict):
-            raise TunelabError(f"{path}:{n} is a JSON {type(rec).__name__}, expected an object")
-        rows.append((n, rec))
-    return rows
+    from tunelab.data.readers import read_rows
+
+    return [(r.line, r.data) for r in read_rows(path, hint="fix that line")]
 
 
 def write_records(path: str | os.PathLike, records: Iterable[dict]) -> Path:
