@@ -56,6 +56,10 @@ _register_all()
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and `python -m tunelab`."""
     args = sys.argv[1:] if argv is None else argv
+    import warnings
+
+    # a deprecation inside PEFT/transformers that users cannot act on
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     debug = "--debug" in args or os.environ.get("TUNELAB_DEBUG") == "1"
     try:
         app(args=args, standalone_mode=False)
