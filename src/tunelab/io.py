@@ -6,6 +6,7 @@ previous version in place.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -16,6 +17,15 @@ from typing import Any, Iterable, Iterator
 # mkstemp/mkdtemp create 0600/0700 entries; artifacts should get the usual permissions.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """sha256 of a file, read in chunks (model weights are hundreds of MB)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -98,13 +98,9 @@ def _sha(text: str) -> str:
 
 
 def _file_sha(path: Optional[Path]) -> str:
-    if path is None or not path.is_file():
-        return ""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from tunelab.io import file_sha256
+
+    return file_sha256(path) if path is not None and path.is_file() else ""
 
 
 def _item_seed(seed: int, line: int) -> int:

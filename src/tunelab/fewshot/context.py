@@ -22,16 +22,10 @@ class Context:
 
 
 def render_chat(tokenizer, messages: list[dict]) -> str:
-    """The lead's templates.render_prompt when present; the tokenizer's chat template otherwise."""
-    try:
-        from tunelab.templates import render_prompt
-    except ImportError:
-        render_prompt = None
-    if render_prompt is not None:
-        return render_prompt(tokenizer, messages)
-    if not getattr(tokenizer, "chat_template", None):
-        raise TunelabError("this task sets chat: true but the model has no chat template; set chat: false")
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    """The chat prompt exactly as training renders it (plain format when the model has no template)."""
+    from tunelab.templates import render_prompt
+
+    return render_prompt(tokenizer, messages)
 
 
 class ContextBuilder:

@@ -12,17 +12,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from tunelab.io import atomic_dir, atomic_write_json
+from tunelab.io import atomic_dir, atomic_write_json, file_sha256
 
 SOURCE_FILE = "tunelab_source.json"  # provenance + weight hash, written next to config.json
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path, *, name: str | None = None) -> Path:

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 from tunelab import paths
 from tunelab.errors import TunelabError
+from tunelab.io import file_sha256
 from tunelab.models import gguf, registry
 
 log = logging.getLogger("tunelab.models")
@@ -59,7 +60,7 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[str, Path]:
     if path.is_file():
         if path.suffix.lower() != ".gguf":
             raise TunelabError(f"{path}: not a model; give a Hugging Face model folder, a .gguf file or a registry name")
-        digest = gguf.file_sha256(path)[:16]
+        digest = file_sha256(path)[:16]
         out = paths.models_dir() / f"gguf-{path.stem}-{digest}"
         if not (out / "config.json").is_file():
             gguf.convert_gguf(path, out, name=path.stem)
@@ -89,7 +90,7 @@ def weights_sha256(folder: Path) -> str:
         st = f.stat()
         key = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
         if key not in cache:
-            cache[key] = gguf.file_sha256(f)
+            cache[key] = file_sha256(f)
             changed = True
         h.update(cache[key].encode())
     if changed:
@@ -180,5 +181,5 @@ def attach_adapter(lm: LoadedModel, adapter: str | os.PathLike) -> LoadedModel:
     lm.model.eval()
     lm.adapter = str(adapter)
     weights = sorted(adapter.glob("*.safetensors"))
-    lm.adapter_sha256 = gguf.file_sha256(weights[0]) if weights else None
+    lm.adapter_sha256 = file_sha256(weights[0]) if weights else None
     return lm
