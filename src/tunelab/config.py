@@ -132,6 +132,7 @@ class TaskConfig(_Strict):
     text: Optional[str] = Field(None, description="perplexity: Jinja expression for the document text")
     # where the YAML lives; relative data paths resolve against it (not a user key)
     base_dir: Optional[str] = Field(None, exclude=True)
+    source: Optional[str] = Field(None, exclude=True)  # the YAML file itself, named in errors
 
     @field_validator("split")
     @classmethod
@@ -269,6 +270,7 @@ def load_config(model_cls, path: str | Path | dict, overrides: list[str] | None 
 def load_task(path: str | Path, overrides: list[str] | None = None) -> TaskConfig:
     task = load_config(TaskConfig, path, overrides)
     task.base_dir = str(Path(path).resolve().parent)
+    task.source = str(path)
     return task
 
 
