@@ -26,18 +26,20 @@ DEFAULT_BATCH = {"multiple_choice": 16, "generate": 8, "perplexity": 4}  # CPU; 
 
 
 # ---------------------------------------------------------------- inputs
-def resolve_task(task):
-    """A TaskConfig from a TaskConfig, a YAML path or `builtin:<name>`."""
+def resolve_task(task, overrides: Optional[list[str]] = None):
+    """A TaskConfig from a TaskConfig, a YAML path or `builtin:<name>`, with `key=value` overrides."""
     from tunelab.config import TaskConfig, load_task
 
-    if isinstance(task, TaskConfig):
-        return task.model_copy(deep=True)
     text = str(task)
-    if text.startswith("builtin:"):
-        from tunelab.data.builtin import builtin_task
+    if isinstance(task, TaskConfig) or text.startswith("builtin:"):
+        if not isinstance(task, TaskConfig):
+            from tunelab.data.builtin import builtin_task
 
-        return builtin_task(text)
-    return load_task(text)
+            task = builtin_task(text)
+        if not overrides:
+            return task.model_copy(deep=True)
+        return load_task(task.model_dump(mode="json"), overrides, base_dir=task.base_dir)
+    return load_task(text, overrides)
 
 
 def _task_source(task) -> str:
