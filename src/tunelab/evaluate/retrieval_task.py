@@ -11,6 +11,7 @@ trec_eval measure names; each gets the mean over queries, stderr and a bootstrap
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 from typing import Optional
@@ -64,7 +65,8 @@ def _qrels(task):
 def run_retrieval(task, *, metrics_spec, limit: Optional[int] = None, out=None, t0: Optional[float] = None):
     from tunelab.evaluate import stats
     from tunelab.evaluate.retrieval import BM25Retriever, canonical, evaluate_run
-    from tunelab.evaluate.runner import Results, _file_sha, _sha, write_results
+    from tunelab.evaluate.runner import Results, write_results
+    from tunelab.io import file_sha256
 
     t0 = time.perf_counter() if t0 is None else t0
     measures = [canonical(m if isinstance(m, str) else next(iter(m))) for m in metrics_spec]
@@ -96,7 +98,9 @@ def run_retrieval(task, *, metrics_spec, limit: Optional[int] = None, out=None, 
         lines.append({"id": q, "prompt": queries[q], "output": [d for d, _ in top], "gold": sorted(
             d for d, r in qrels[q].items() if r > 0), "metrics": dict(res.per_query[q])})
     wall = time.perf_counter() - t0
-    task_hash = _sha(repr(task.model_dump(mode="json", exclude={"base_dir"})) + _file_sha(task.resolve(task.corpus)))
+    corpus = task.resolve(task.corpus)
+    task_hash = hashlib.sha256((repr(task.model_dump(mode="json", exclude={"base_dir"}))
+                                + (file_sha256(corpus) if corpus is not None and corpus.is_file() else "")).encode()).hexdigest()
     sig = (f"tunelab {__version__}|task sha256:{task_hash[:16]}|template sha256:none|shots 0|sampler none|"
            f"seed {task.fewshot.seed}|metric " + ";".join(metrics[m]["signature"] for m in res.measures))
     results = Results(task=task.name, model={"name": task.retriever, "sha256": None, "adapter": None},

@@ -15,13 +15,14 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 from tunelab import __version__, paths
 from tunelab.errors import TunelabError
 from tunelab.evaluate import shard as shard_mod
 from tunelab.evaluate.cache import RequestCache, cached_call
 from tunelab.evaluate.prompts import TaskTemplates
+from tunelab.evaluate.tasks import resolve_task
 
 DEFAULT_BATCH = {"multiple_choice": 16, "generate": 8, "perplexity": 4}  # CPU; x4 on CUDA
 
@@ -46,22 +47,6 @@ class Results:
 
 
 # ---------------------------------------------------------------- inputs
-def resolve_task(task, overrides: Optional[list[str]] = None):
-    """A TaskConfig from a TaskConfig, a YAML path or `builtin:<name>`, with `key=value` overrides."""
-    from tunelab.config import TaskConfig, load_task
-
-    text = str(task)
-    if isinstance(task, TaskConfig) or text.startswith("builtin:"):
-        if not isinstance(task, TaskConfig):
-            from tunelab.data.builtin import builtin_task
-
-            task = builtin_task(text)
-        if not overrides:
-            return task.model_copy(deep=True)
-        return load_task(task.model_dump(mode="json"), overrides, base_dir=task.base_dir)
-    return load_task(text, overrides)
-
-
 def _task_source(task) -> str:
     return f"{task.base_dir}/<{task.name}>" if task.base_dir else f"task '{task.name}'"
 
@@ -196,12 +181,14 @@ def evaluate(
     cache: Union[bool, str, Path] = False,
     device: Optional[str] = None,
     response_metrics: bool = True,
+    toxicity: Optional[Callable[[list[str]], Sequence[float]]] = None,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> Optional[Results]:
     """Evaluate `model` (name, folder or LoadedModel) on `task` (TaskConfig, YAML path, builtin:<name>).
 
     `cache=True` uses $TUNELAB_HOME/cache.sqlite (a path picks another file). `progress(done, total)`
-    is called as items finish. Under `accelerate launch` items are sharded; rank 0 returns the
+    is called as items finish. `toxicity(texts) -> scores` fills each generated output's toxicity
+    (e.g. tunelab.safety.toxicity.toxicity_scores; None leaves it empty). Under `accelerate launch` items are sharded; rank 0 returns the
     Results and writes the files, other ranks return None.
     """
     from tunelab.evaluate.metrics import get_metrics
@@ -286,7 +273,7 @@ def evaluate(
     if not sh.is_main:
         return None
     items.sort(key=lambda it: it["index"])
-    return _finish(task, lm, metrics, items, tokens, t0, out, response_metrics, sampler, dev)
+    return _finish(task, lm, metrics, items, tokens, t0, out, response_metrics, sampler, dev, toxicity)
 
 
 def load_rows_full(task) -> list:
@@ -296,7 +283,7 @@ def load_rows_full(task) -> list:
     return load_rows(task.data, base_dir=task.base_dir)
 
 
-def _finish(task, lm, metrics, items, tokens, t0, out, with_response, sampler, dev) -> Results:
+def _finish(task, lm, metrics, items, tokens, t0, out, with_response, sampler, dev, toxicity=None) -> Results:
     from tunelab.evaluate.metrics import assistant
 
     preds = [it.get("output", "") for it in items]
@@ -308,7 +295,7 @@ def _finish(task, lm, metrics, items, tokens, t0, out, with_response, sampler, d
     if task.type == "generate" and with_response:
         resp = assistant.response_metrics(preds, [it["question"] for it in items],
                                           n_tokens=[it["new_tokens"] for it in items],
-                                          latencies_s=[it["latency_s"] for it in items])
+                                          latencies_s=[it["latency_s"] for it in items], toxicity=toxicity)
     lines = []
     for j, it in enumerate(items):
         line = {"id": it["id"], "prompt": it["prompt"]}
