@@ -40,7 +40,8 @@ def print_results(res, note: str = "") -> None:
     console.print(table)
     c = res.cost
     tps = f"  {c['tokens_per_s']:.0f} tokens/s" if c.get("tokens_per_s") else ""
-    console.print(f"cost: {c['wall_s']:.1f} s  {c['tokens']} tokens{tps}  peak {c.get('peak_mem_mib')} MiB",
+    split = f" ({c['prompt_tokens']} prompt + {c['generated_tokens']} generated)" if c.get("prompt_tokens") is not None else ""
+    console.print(f"cost: {c['wall_s']:.1f} s  {c['tokens']} tokens{split}{tps}  peak {c.get('peak_mem_mib')} MiB",
                   highlight=False)
     console.print(escape(res.signature), highlight=False, soft_wrap=True)
     if res.out is not None:

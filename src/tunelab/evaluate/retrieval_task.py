@@ -11,12 +11,10 @@ trec_eval measure names; each gets the mean over queries, stderr and a bootstrap
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Optional
 
-from tunelab import __version__
 from tunelab.errors import TunelabError
 
 DOC_ID = ("id", "_id", "docid", "doc_id")
@@ -65,8 +63,7 @@ def _qrels(task):
 def run_retrieval(task, *, metrics_spec, limit: Optional[int] = None, out=None, t0: Optional[float] = None):
     from tunelab.evaluate import stats
     from tunelab.evaluate.retrieval import BM25Retriever, canonical, evaluate_run
-    from tunelab.evaluate.runner import Results, write_results
-    from tunelab.io import file_sha256
+    from tunelab.evaluate.results import build_results, make_cost, signature, task_sha256, write_results
 
     t0 = time.perf_counter() if t0 is None else t0
     measures = [canonical(m if isinstance(m, str) else next(iter(m))) for m in metrics_spec]
@@ -97,16 +94,11 @@ def run_retrieval(task, *, metrics_spec, limit: Optional[int] = None, out=None, 
         top = sorted(run.get(q, {}).items(), key=lambda kv: (-kv[1], kv[0]))[:10]
         lines.append({"id": q, "prompt": queries[q], "output": [d for d, _ in top], "gold": sorted(
             d for d, r in qrels[q].items() if r > 0), "metrics": dict(res.per_query[q])})
-    wall = time.perf_counter() - t0
-    corpus = task.resolve(task.corpus)
-    task_hash = hashlib.sha256((repr(task.model_dump(mode="json", exclude={"base_dir"}))
-                                + (file_sha256(corpus) if corpus is not None and corpus.is_file() else "")).encode()).hexdigest()
-    sig = (f"tunelab {__version__}|task sha256:{task_hash[:16]}|template sha256:none|shots 0|sampler none|"
-           f"seed {task.fewshot.seed}|metric " + ";".join(metrics[m]["signature"] for m in res.measures))
-    results = Results(task=task.name, model={"name": task.retriever, "sha256": None, "adapter": None},
-                      n=len(qids), shots=0, metrics=metrics,
-                      cost={"wall_s": round(wall, 3), "tokens": 0, "tokens_per_s": None, "peak_mem_mib": None},
-                      signature=sig, predictions=lines)
+    model = {"name": task.retriever, "sha256": None, "adapter": None}  # a retriever, no language model
+    sig = signature(model, task_sha256(task), template="none", shots=0, sampler="none", seed=task.fewshot.seed,
+                    metric=";".join(metrics[m]["signature"] for m in res.measures))
+    results = build_results(task=task.name, model=model, n=len(qids), shots=0, metrics=metrics,
+                            cost=make_cost(time.perf_counter() - t0), signature=sig, predictions=lines)
     if out is not None:
         write_results(results, out)
     return results
