@@ -22,13 +22,15 @@ from tunelab.evaluate.cache import RequestCache, cached_call
 from tunelab.evaluate.prompts import TaskTemplates
 from tunelab.evaluate.results import Results, write_results  # noqa: F401  (re-exported: older imports)
 from tunelab.evaluate.tasks import resolve_task
+from tunelab.io import check_writable
 
 DEFAULT_BATCH = {"multiple_choice": 16, "generate": 8, "perplexity": 4}  # CPU; x4 on CUDA
 
 
 # ---------------------------------------------------------------- inputs
 def _task_source(task) -> str:
-    return f"{task.base_dir}/<{task.name}>" if task.base_dir else f"task '{task.name}'"
+    """The task file the user edits (or `task 'name'` for one built in code)."""
+    return task.source or f"task '{task.name}'"
 
 
 def load_task_rows(task, spec: Optional[str] = None) -> list:
@@ -38,7 +40,7 @@ def load_task_rows(task, spec: Optional[str] = None) -> list:
     spec = spec if spec is not None else task.data
     if not spec:
         raise TunelabError(f"task '{task.name}': no 'data' file given; add data: path/to/file.jsonl")
-    rows = load_rows(spec, base_dir=task.base_dir)
+    rows = load_rows(spec, base_dir=task.base_dir, hint=f"fix that record of the data of {_task_source(task)}")
     if spec == task.data and task.split:
         a, b = (int(x) if x.strip() else None for x in task.split.split(":"))
         rows = rows[a:b]
@@ -170,6 +172,8 @@ def evaluate(
 
     t0 = time.perf_counter()
     task = resolve_task(task)
+    if out is not None:
+        check_writable(out, setting="--out")  # before the model loads, not after the work
     if limit is not None and limit < 1:
         raise TunelabError(f"--limit must be at least 1 (got {limit}); leave it out to evaluate every item")
     if shots is not None:
@@ -255,7 +259,7 @@ def load_rows_full(task) -> list:
     """The whole data file (the demo pool when `split` selects only part of it for evaluation)."""
     from tunelab.data.load import load_rows
 
-    return load_rows(task.data, base_dir=task.base_dir)
+    return load_rows(task.data, base_dir=task.base_dir, hint=f"fix that record of the data of {_task_source(task)}")
 
 
 def _finish(task, lm, metrics, items, tokens, t0, out, with_response, sampler, dev, toxicity=None) -> Results:

@@ -42,7 +42,9 @@ def resolve_task(task, overrides: Optional[list[str]] = None) -> TaskConfig:
             task = builtin_task(text)
         if not overrides:
             return task.model_copy(deep=True)
-        return load_task(task.model_dump(mode="json"), overrides, base_dir=task.base_dir)
+        merged = load_task(task.model_dump(mode="json"), overrides, base_dir=task.base_dir)
+        merged.source = task.source  # errors keep naming the file the user edits
+        return merged
     return load_task(text, overrides)
 
 

@@ -39,7 +39,7 @@ import torch
 from tunelab import paths
 from tunelab.config import TrainConfig, load_train_config, to_yaml
 from tunelab.errors import TunelabError
-from tunelab.io import atomic_dir, atomic_write_json, atomic_write_text
+from tunelab.io import atomic_dir, atomic_write_json, atomic_write_text, check_writable
 from tunelab.progress import Progress
 from tunelab.progress import quiet as progress_quiet
 from tunelab.models.export import ADAPTER_META_FILE  # base model name, path, weights hash, method
@@ -107,6 +107,7 @@ class Recipe:
         if precision == "fp16" and not cuda:
             raise TunelabError("train.precision=fp16 needs a CUDA GPU; use train.precision=fp32 (or auto) on CPU")
         self.precision = precision
+        check_writable(self.run_dir, setting="out")  # before any model or data loads
         if resume and ckpt.latest(self.run_dir) is None:
             raise TunelabError(f"{self.run_dir}: no complete checkpoint to resume from; run without --resume")
         started = (self.run_dir / paths.CONFIG_FILE).exists() or (self.run_dir / paths.CHECKPOINTS_DIR).exists()
@@ -253,7 +254,8 @@ class Recipe:
         from tunelab.templates import encode_all
 
         cfg, d = self.cfg, self.cfg.data
-        kw = dict(format=d.format, fields=d.fields or None, skip_bad=d.skip_bad, system=d.system)
+        kw = dict(format=d.format, fields=d.fields or None, skip_bad=d.skip_bad, system=d.system,
+                  skip_setting="data.skip_bad=true")
         train_convs = load_conversations(self._data_path(d.train), **kw)
         if d.max_toxicity is not None:  # screened in the data stage, before anything is encoded
             from tunelab.data.screen import drop_above
