@@ -117,5 +117,7 @@ def parse(cls, data) -> BaseModel:
         param = _param(err["loc"]) or None
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "missing":
-            msg = "a required field is missing"
+            msg = "is required"
+        elif err.get("input", ...) is None:
+            msg = f"is required (got null; {msg[0].lower() + msg[1:]})"
         raise ApiError(400, f"{param}: {msg}" if param else msg, param=param, code="invalid_value") from None
