@@ -1,7 +1,8 @@
 """The `tunelab` command: a thin Typer shell over the library API.
 
-Each module in this package owns one group of commands and exposes `register(app)`; they are
-found by name so adding a command group never edits this file. Errors the user can fix
+Each module in this package owns one group of commands and exposes `register(app)`; COMMAND_GROUPS
+lists them in the order they appear in `tunelab --help` (a new group: add its module name here).
+Shared rendering lives in cli/tables.py (results tables); progress display is tunelab.progress. Errors the user can fix
 (TunelabError, bad YAML, bad overrides) print as one red line and exit 2; `--debug` shows the
 traceback instead.
 """
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import pkgutil
 import sys
 
 import typer
@@ -40,14 +40,23 @@ def _root(
         os.environ["TUNELAB_QUIET"] = "1"
 
 
+# one module per command group, each with `register(app)`; listed, not discovered, so the
+# command set is visible here and a stray module cannot add commands
+COMMAND_GROUPS = (
+    "train",       # train, export
+    "evaluate",    # eval
+    "diff",        # diff
+    "quickstart",  # quickstart
+    "data",        # data inspect|tasks|filter
+    "models",      # models pull|list
+    "metrics",     # metrics retrieval|list
+    "safety",      # safety scan|train-classifier|probe|bias
+)
+
+
 def _register_all() -> None:
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        if info.name.startswith("_"):
-            continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        register = getattr(module, "register", None)
-        if register is not None:
-            register(app)
+    for name in COMMAND_GROUPS:
+        importlib.import_module(f"{__name__}.{name}").register(app)
 
 
 _register_all()

@@ -8,7 +8,7 @@ import typer
 
 
 def train_cmd(
-    config: str = typer.Argument(..., help="Training config YAML (DESIGN §2.3); see examples/train_lora.yaml."),
+    config: str = typer.Argument(..., help="Training config YAML (every key: docs/train-config.md); see examples/train_lora.yaml."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides, e.g. train.lr=1e-4 lora.r=8"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint of the run."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over in an existing run folder."),

@@ -40,6 +40,8 @@ from tunelab import paths
 from tunelab.config import TrainConfig, load_train_config, to_yaml
 from tunelab.errors import TunelabError
 from tunelab.io import atomic_dir, atomic_write_json, atomic_write_text
+from tunelab.progress import Progress
+from tunelab.progress import quiet as progress_quiet
 from tunelab.models.export import ADAPTER_META_FILE  # base model name, path, weights hash, method
 from tunelab.train import checkpoint as ckpt
 from tunelab.train import cost
@@ -349,7 +351,8 @@ class Recipe:
                     if stop:
                         stopped = "early_stopping"
                 self._log(row)
-                progress.update(state.step, loss, row["tokens_per_s"])
+                tps = row["tokens_per_s"]
+                progress.update(state.step, loss=f"{loss:.4f}", **{"tok/s": f"{tps:,.0f}" if tps else "-"})
 
                 interrupted = self._agree(self.stop_requested)
                 if state.step % cfg.train.save_every == 0 or best_now or interrupted:
@@ -523,9 +526,10 @@ class Recipe:
             if os.environ.get("TUNELAB_QUIET") != "1":
                 print(msg, file=sys.stderr, flush=True)
 
-    def _progress(self) -> "_Progress":
-        quiet = os.environ.get("TUNELAB_QUIET") == "1" or not sys.stderr.isatty() or not self.main
-        return _Progress(self.total_steps, self.state.step, enabled=not quiet)
+    def _progress(self) -> Progress:
+        """A bar on a terminal, a line per ~10% or 30 s in a log; silent when quiet or not rank 0."""
+        return Progress("train", self.total_steps, unit="steps", done=self.state.step,
+                        enabled=self.main and not progress_quiet())
 
     # ------------------------------------------------------------------ cleanup
     def cleanup(self, stopped: str) -> RunResult:
@@ -578,31 +582,6 @@ class Recipe:
         acc.wait_for_everyone()
         acc.end_training()
         return RunResult(self.run_dir, weights_dir, summary, stopped)
-
-
-class _Progress:
-    """Rich progress bar with step, loss, tokens/s and ETA; a no-op when quiet or not a TTY."""
-
-    def __init__(self, total: int, done: int, *, enabled: bool):
-        self.bar = None
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
-                            TimeRemainingColumn(), console=Console(stderr=True))
-        self.task = self.bar.add_task("train", total=total, completed=done, loss="-", tps="-")
-        self.bar.start()
-
-    def update(self, step: int, loss: float, tps: Optional[float]) -> None:
-        if self.bar:
-            self.bar.update(self.task, completed=step, loss=f"{loss:.4f}", tps=f"{tps:,.0f}" if tps else "-")
-
-    def close(self) -> None:
-        if self.bar:
-            self.bar.stop()
 
 
 def train(config, overrides: list[str] | None = None, *, resume: bool = False, overwrite: bool = False,
