@@ -132,6 +132,7 @@ class TaskConfig(_Strict):
     text: Optional[str] = Field(None, description="perplexity: Jinja expression for the document text")
     # where the YAML lives; relative data paths resolve against it (not a user key)
     base_dir: Optional[str] = Field(None, exclude=True)
+    source: Optional[str] = Field(None, exclude=True)  # the YAML file itself, named in errors
 
     @field_validator("split")
     @classmethod
@@ -275,6 +276,7 @@ def load_task(path: str | Path | dict, overrides: list[str] | None = None, *,
         task.base_dir = str(base_dir) if base_dir is not None else None
     else:
         task.base_dir = str(Path(path).resolve().parent)
+        task.source = str(path)
     return task
 
 

@@ -26,10 +26,11 @@ def train_cmd(
       accelerate launch --multi_gpu --num_processes 2 -m tunelab train examples/train_lora.yaml  (DDP; gloo on CPU)
     """
     from tunelab.cli import console, err_console
+    from tunelab.safety.toxicity import toxicity_scores
     from tunelab.train.loop import TrainingInterrupted, train
 
     try:
-        result = train(config, overrides or [], resume=resume, overwrite=overwrite)
+        result = train(config, overrides or [], resume=resume, overwrite=overwrite, toxicity=toxicity_scores)
     except TrainingInterrupted as e:
         err_console.print(f"[yellow]{e}[/]", highlight=False, soft_wrap=True)
         sys.exit(130)

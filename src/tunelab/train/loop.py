@@ -32,14 +32,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
 from tunelab import paths
 from tunelab.config import TrainConfig, load_train_config, to_yaml
 from tunelab.errors import TunelabError
-from tunelab.io import atomic_dir, atomic_write_json, atomic_write_text
+from tunelab.io import atomic_dir, atomic_write_json, atomic_write_text, check_writable
 from tunelab.progress import Progress
 from tunelab.progress import quiet as progress_quiet
 from tunelab.models.export import ADAPTER_META_FILE  # base model name, path, weights hash, method
@@ -87,10 +87,14 @@ def _fault() -> tuple[str, int]:
 
 class Recipe:
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-                 base_dir: str | Path | None = None, config_path: str | None = None):
+                 base_dir: str | Path | None = None, config_path: str | None = None,
+                 toxicity: Optional[Callable[[list[str]], Sequence[float]]] = None):
         # ---- fail fast: nothing below loads a model or data
         self.t0 = time.perf_counter()
-        self.cfg, self.resume, self.base_dir = cfg, resume, base_dir
+        self.cfg, self.resume, self.base_dir, self.toxicity = cfg, resume, base_dir, toxicity
+        if cfg.data.max_toxicity is not None and toxicity is None:
+            raise TunelabError("data.max_toxicity needs a toxicity scorer: pass toxicity="
+                               "tunelab.safety.toxicity.toxicity_scores to train() (the tunelab CLI does)")
         self.config_path = config_path or "CONFIG"
         self.run_dir = Path(cfg.out.format(name=cfg.name))
         self.adapter = cfg.method in ADAPTER_METHODS
@@ -103,6 +107,7 @@ class Recipe:
         if precision == "fp16" and not cuda:
             raise TunelabError("train.precision=fp16 needs a CUDA GPU; use train.precision=fp32 (or auto) on CPU")
         self.precision = precision
+        check_writable(self.run_dir, setting="out")  # before any model or data loads
         if resume and ckpt.latest(self.run_dir) is None:
             raise TunelabError(f"{self.run_dir}: no complete checkpoint to resume from; run without --resume")
         started = (self.run_dir / paths.CONFIG_FILE).exists() or (self.run_dir / paths.CHECKPOINTS_DIR).exists()
@@ -243,28 +248,21 @@ class Recipe:
         self._say(f"{len(self.train_ex)} training rows ({sum(self.lengths)} tokens), {len(self.eval_ex)} eval rows; "
                   f"{self.total_steps} optimizer steps of {self.per_step} micro-batch(es) ≤ {cfg.train.batch_tokens} tokens")
 
-    def _drop_toxic(self, convs, max_toxicity: float):
-        """data.max_toxicity: drop training records the safety classifier scores above it, by id."""
-        from tunelab.safety.filter import toxic_record_indices
-
-        texts = [c.text if c.is_text else "\n".join(m["content"] for m in c.messages) for c in convs]
-        bad = set(toxic_record_indices(texts, max_toxicity))
-        if bad:
-            ids = [convs[i].id for i in sorted(bad)]
-            shown = ", ".join(ids[:20]) + (f" … (+{len(ids) - 20})" if len(ids) > 20 else "")
-            self._say(f"data.max_toxicity={max_toxicity}: dropped {len(bad)} of {len(convs)} training records: {shown}")
-        return [c for i, c in enumerate(convs) if i not in bad]
-
     def _load_examples(self):
         """(train, eval) encoded examples: conversations → token ids + labels; a hook for benchmarks."""
         from tunelab.data.load import load_conversations
         from tunelab.templates import encode_all
 
         cfg, d = self.cfg, self.cfg.data
-        kw = dict(format=d.format, fields=d.fields or None, skip_bad=d.skip_bad, system=d.system)
+        kw = dict(format=d.format, fields=d.fields or None, skip_bad=d.skip_bad, system=d.system,
+                  skip_setting="data.skip_bad=true")
         train_convs = load_conversations(self._data_path(d.train), **kw)
-        if d.max_toxicity is not None:
-            train_convs = self._drop_toxic(train_convs, d.max_toxicity)
+        if d.max_toxicity is not None:  # screened in the data stage, before anything is encoded
+            from tunelab.data.screen import drop_above
+
+            train_convs, note = drop_above(train_convs, self.toxicity, d.max_toxicity)
+            if note:
+                self._say(note)
         eval_convs = []
         if isinstance(d.eval, str):
             eval_convs = load_conversations(self._data_path(d.eval), **kw)
@@ -585,15 +583,21 @@ class Recipe:
 
 
 def train(config, overrides: list[str] | None = None, *, resume: bool = False, overwrite: bool = False,
-          base_dir: str | Path | None = None) -> RunResult:
-    """Fine-tune per a TrainConfig, a config dict or a YAML path (DESIGN §2.3); returns the RunResult."""
+          base_dir: str | Path | None = None,
+          toxicity: Optional[Callable[[list[str]], Sequence[float]]] = None) -> RunResult:
+    """Fine-tune per a TrainConfig, a config dict or a YAML path (keys: docs/train-config.md).
+
+    `toxicity(texts) -> scores` screens the training records when data.max_toxicity is set (e.g.
+    tunelab.safety.toxicity.toxicity_scores). Returns the RunResult (the run folder: docs/run-folder.md).
+    """
     path = None
     if not isinstance(config, TrainConfig):
         path = None if isinstance(config, dict) else str(config)
         if base_dir is None and path is not None:
             base_dir = Path(path).resolve().parent
         config = load_train_config(config, overrides)
-    recipe = Recipe(config, resume=resume, overwrite=overwrite, base_dir=base_dir, config_path=path)
+    recipe = Recipe(config, resume=resume, overwrite=overwrite, base_dir=base_dir, config_path=path,
+                    toxicity=toxicity)
     recipe.setup()
     return recipe.train()
 
