@@ -101,7 +101,7 @@ def tasks_cmd():
 
 @data_app.command("filter")
 def filter_cmd(
-    file: Path = typer.Argument(..., help="Training data: .jsonl, .json (list) or .csv."),
+    file: Path = typer.Argument(..., dir_okay=False, help="Training data: .jsonl, .json (list) or .csv."),
     max_toxicity: float = typer.Option(..., "--max-toxicity", "-t",
                                        help="Drop records scoring above this (0..1), e.g. 0.5."),
     out: Path = typer.Option(..., "--out", "-o", help="Kept records; format from the suffix (.jsonl/.json/.csv)."),

@@ -17,8 +17,8 @@ def _fmt(value) -> str:
 
 @metrics_app.command("score")
 def score(
-    hyp: Path = typer.Option(..., "--hyp", help="Hypotheses: a text file (one a line) or a data file with --field."),
-    ref: List[Path] = typer.Option(..., "--ref", help="References, one per hypothesis; repeat for more references."),
+    hyp: Path = typer.Option(..., "--hyp", dir_okay=False, help="Hypotheses: a text file (one a line) or a data file with --field."),
+    ref: List[Path] = typer.Option(..., "--ref", dir_okay=False, help="References, one per hypothesis; repeat for more references."),
     metric: List[str] = typer.Option(["bleu", "chrf"], "--metric", "-m",
                                      help="Metric names, repeatable or comma-separated (see `tunelab metrics list`)."),
     option: List[str] = typer.Option([], "--option", "-o",
@@ -61,8 +61,8 @@ def score(
 
 @metrics_app.command("retrieval")
 def retrieval(
-    qrels: Path = typer.Option(..., "--qrels", help="TREC qrels file: 'qid 0 docid rel' per line."),
-    run: Path = typer.Option(..., "--run", help="TREC run file: 'qid Q0 docid rank score tag' per line."),
+    qrels: Path = typer.Option(..., "--qrels", dir_okay=False, help="TREC qrels file: 'qid 0 docid rel' per line."),
+    run: Path = typer.Option(..., "--run", dir_okay=False, help="TREC run file: 'qid Q0 docid rank score tag' per line."),
     measures: Optional[List[str]] = typer.Option(
         None, "--measures", "-m",
         help="trec_eval measure names, repeatable or comma-separated; a family (P, P.5,10) or a group: "

@@ -24,10 +24,10 @@ def _fmt(v) -> str:
 
 @safety_app.command("scan")
 def scan_cmd(
-    file: Path = typer.Argument(..., help="predictions.jsonl, or any .jsonl/.json/.csv with a text field."),
+    file: Path = typer.Argument(..., dir_okay=False, help="predictions.jsonl, or any .jsonl/.json/.csv with a text field."),
     out: Path = typer.Option(..., "--out", "-o", help="Output .jsonl: every record + toxicity + lexicon_hits."),
     field: Optional[str] = typer.Option(None, "--field", "-f", help="Text field (default: output, else text)."),
-    lexicon: Optional[Path] = typer.Option(None, "--lexicon", help="Term list, one a line, matched as exact words."),
+    lexicon: Optional[Path] = typer.Option(None, "--lexicon", dir_okay=False, help="Term list, one a line, matched as exact words."),
     threshold: float = typer.Option(0.5, "--threshold", "-t", help="Toxic when score >= this (0..1)."),
     group_by: Optional[str] = typer.Option(None, "--group-by", help="Field joining samples of one prompt "
                                            "(default: prompt_id, prompt or id when present)."),
@@ -43,9 +43,11 @@ def scan_cmd(
     from tunelab.safety.scan import scan
     from tunelab.safety.toxicity import ToxicityClassifier, default_classifier
 
-    clf = ToxicityClassifier(backend, weights) if weights else default_classifier(backend)
+    def classifier():  # built by scan() after the input files are read
+        return ToxicityClassifier(backend, weights) if weights else default_classifier(backend)
+
     summary = scan(file, field=field, lexicon=lexicon, out=out, threshold=threshold,
-                   group_by=group_by, classifier=clf)
+                   group_by=group_by, classifier=classifier)
     table = Table(title=f"toxicity of {file} (field '{summary['field']}')")
     table.add_column("metric")
     table.add_column("value", justify="right")
@@ -78,7 +80,7 @@ def train_cmd(
 @safety_app.command("probe", no_args_is_help=True)
 def probe_cmd(
     model: str = typer.Argument(..., help="'default', a registry name, a Hugging Face model folder or a .gguf file."),
-    prompts: Path = typer.Option(..., "--prompts", "-p", help="Prompts: .txt one a line, a ToxiGen prompts file, or .jsonl with 'prompt'."),
+    prompts: Path = typer.Option(..., "--prompts", "-p", dir_okay=False, help="Prompts: .txt one a line, a ToxiGen prompts file, or .jsonl with 'prompt'."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="A LoRA/DoRA adapter folder (a run's adapter/)."),
     samples: int = typer.Option(3, "--samples", "-s", help="Seeded samples per prompt."),
     seed: int = typer.Option(1234, "--seed", help="Sampling seed (each sample: seed, prompt id, sample index)."),

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
 
 
 def train_cmd(
-    config: str = typer.Argument(..., help="Training config YAML (every key: docs/train-config.md); see examples/train_lora.yaml."),
+    config: Path = typer.Argument(..., dir_okay=False, help="Training config YAML (every key: docs/train-config.md); see examples/train_lora.yaml."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides, e.g. train.lr=1e-4 lora.r=8"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint of the run."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over in an existing run folder."),
@@ -30,7 +31,7 @@ def train_cmd(
     from tunelab.train.loop import TrainingInterrupted, train
 
     try:
-        result = train(config, overrides or [], resume=resume, overwrite=overwrite, toxicity=toxicity_scores)
+        result = train(str(config), overrides or [], resume=resume, overwrite=overwrite, toxicity=toxicity_scores)
     except TrainingInterrupted as e:
         err_console.print(f"[yellow]{e}[/]", highlight=False, soft_wrap=True)
         sys.exit(130)

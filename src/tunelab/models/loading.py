@@ -140,6 +140,8 @@ def load_model(name_or_path: str | os.PathLike = "default", *, adapter: str | os
                attn_implementation: str | None = "sdpa") -> LoadedModel:
     from transformers import AutoModelForCausalLM
 
+    if adapter is not None:
+        _adapter_config(Path(adapter))  # a wrong adapter path fails before the base model loads
     name, folder = resolve(name_or_path)
     device = device or default_device()
     try:
@@ -157,6 +159,17 @@ def load_model(name_or_path: str | os.PathLike = "default", *, adapter: str | os
     return lm
 
 
+def _adapter_config(adapter: Path) -> dict:
+    """The adapter's adapter_config.json, or a one-line error naming the folder."""
+    cfg_file = adapter / "adapter_config.json"
+    if not cfg_file.is_file():
+        raise TunelabError(f"{adapter}: not an adapter folder (no adapter_config.json); give the adapter/ folder of a run")
+    try:
+        return json.loads(cfg_file.read_text())
+    except (ValueError, OSError) as e:
+        raise TunelabError(f"{cfg_file}: not readable JSON ({e}); the adapter is damaged") from None
+
+
 def attach_adapter(lm: LoadedModel, adapter: str | os.PathLike, *, name: str | None = None) -> LoadedModel:
     """Wrap lm.model with a PEFT adapter; a mismatched or broken adapter is a one-line error.
 
@@ -166,13 +179,7 @@ def attach_adapter(lm: LoadedModel, adapter: str | os.PathLike, *, name: str | N
     from peft import PeftModel
 
     adapter = Path(adapter)
-    cfg_file = adapter / "adapter_config.json"
-    if not cfg_file.is_file():
-        raise TunelabError(f"{adapter}: not an adapter folder (no adapter_config.json); give the adapter/ folder of a run")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except ValueError as e:
-        raise TunelabError(f"{cfg_file}: not valid JSON ({e}); the adapter is damaged") from None
+    cfg = _adapter_config(adapter)
     try:
         if name is not None and isinstance(lm.model, PeftModel):
             lm.model.load_adapter(adapter, adapter_name=name, is_trainable=False)

@@ -164,6 +164,7 @@ def probe(model, prompts_file, *, adapter: Optional[str] = None, samples: int = 
         raise TunelabError("; ".join(problems))
     prompts, fmt = read_prompts(prompts_file, fmt)
     prompts = prompts[:limit]
+    lm = load_for_eval(model, adapter, device)  # before the classifier: a bad model/adapter path fails first
     if scorer is None:
         from tunelab.safety.toxicity import default_classifier
 
@@ -171,8 +172,6 @@ def probe(model, prompts_file, *, adapter: Optional[str] = None, samples: int = 
         scorer, tox_sig = clf.score, clf.signature
     else:
         tox_sig = f"toxicity|scorer:{getattr(scorer, '__name__', 'custom')}"
-
-    lm = load_for_eval(model, adapter, device)
     texts = [p for _, p in prompts]
     if chat:
         from tunelab.templates import render_prompt

@@ -136,7 +136,8 @@ def scan(path: str | os.PathLike, field: str | None = None, lexicon: str | os.Pa
          classifier=None) -> dict:
     """Score every record's text; write records + `toxicity` + `lexicon_hits` to `out` (JSONL).
 
-    classifier: anything with `score(texts) -> list[float]`; default: the shipped classifier.
+    classifier: anything with `score(texts) -> list[float]`, or a function that builds one (called
+    only after the inputs are read, so a bad file costs no model load); default: the shipped one.
     Returns the summary dict (see the module docstring); it names the field, the grouping and the
     classifier's signature so the numbers can be traced.
     """
@@ -158,6 +159,8 @@ def scan(path: str | os.PathLike, field: str | None = None, lexicon: str | os.Pa
         from tunelab.safety.toxicity import default_classifier
 
         classifier = default_classifier()
+    elif not hasattr(classifier, "score"):
+        classifier = classifier()
     scores = [float(s) for s in classifier.score(texts)] if texts else []
     hits = [lex.hits(t) for t in texts] if lex is not None else [[] for _ in texts]
 
