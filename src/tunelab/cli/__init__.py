@@ -47,6 +47,7 @@ COMMAND_GROUPS = (
     "evaluate",    # eval
     "diff",        # diff
     "quickstart",  # quickstart
+    "compare",     # compare
     "data",        # data inspect|tasks|filter
     "models",      # models pull|list
     "metrics",     # metrics retrieval|list
