@@ -52,6 +52,8 @@ COMMAND_GROUPS = (
     "models",      # models pull|list
     "metrics",     # metrics retrieval|list
     "safety",      # safety scan|train-classifier|probe|bias
+    "chat",        # chat
+    "serve",       # serve
 )
 
 

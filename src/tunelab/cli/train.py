@@ -36,6 +36,10 @@ def train_cmd(
         sys.exit(130)
     if not result.summary:  # not the main process of a multi-process run
         return
+    if result.stopped == "already_finished":
+        err_console.print(f"{result.run_dir}: run already finished at step {result.summary.get('steps')}; nothing to do "
+                          "(summary.json unchanged); to train longer, resume with a larger train.max_steps",
+                          highlight=False, soft_wrap=True)
     from rich.table import Table
 
     s = result.summary

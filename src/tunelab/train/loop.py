@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import random
+import shlex
 import signal
 import sys
 import time
@@ -65,6 +66,11 @@ class RunResult:
     stopped: str = "completed"  # completed | early_stopping
 
 
+def _add(before: Optional[float], now: Optional[float]) -> Optional[float]:
+    """Earlier launches' energy plus this launch's; None when this machine cannot measure it."""
+    return None if now is None else (before or 0.0) + now
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training: a checkpoint was saved; the message says how to resume."""
 
@@ -88,6 +94,7 @@ def _fault() -> tuple[str, int]:
 class Recipe:
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                  base_dir: str | Path | None = None, config_path: str | None = None,
+                 overrides: list[str] | None = None,
                  toxicity: Optional[Callable[[list[str]], Sequence[float]]] = None):
         # ---- fail fast: nothing below loads a model or data
         self.t0 = time.perf_counter()
@@ -96,6 +103,7 @@ class Recipe:
             raise TunelabError("data.max_toxicity needs a toxicity scorer: pass toxicity="
                                "tunelab.safety.toxicity.toxicity_scores to train() (the tunelab CLI does)")
         self.config_path = config_path or "CONFIG"
+        self.overrides = list(overrides or [])  # repeated in the printed resume command
         self.run_dir = Path(cfg.out.format(name=cfg.name))
         self.adapter = cfg.method in ADAPTER_METHODS
         cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true")
@@ -110,6 +118,10 @@ class Recipe:
         check_writable(self.run_dir, setting="out")  # before any model or data loads
         if resume and ckpt.latest(self.run_dir) is None:
             raise ParameterError(f"{self.run_dir}: no complete checkpoint to resume from; start without {{resume}}", "resume")
+        # resume: refuse settings that would make config.yaml lie about the checkpoints
+        self.resume_changes = ckpt.config_changes(ckpt.latest(self.run_dir), to_yaml(cfg)) if resume else {}
+        self.finished = ckpt.finished_summary(self.run_dir, ckpt.latest(self.run_dir), self.resume_changes) \
+            if resume else None
         started = (self.run_dir / paths.CONFIG_FILE).exists() or (self.run_dir / paths.CHECKPOINTS_DIR).exists()
         if started and not resume and not overwrite:
             raise ParameterError(f"{self.run_dir}: run folder already exists; pass {{resume}} to continue it, "
@@ -163,9 +175,13 @@ class Recipe:
             self.state = ckpt.load_checkpoint(folder, model=self._inner(), optimizer=self.optimizer,
                                               scheduler=self.scheduler, rank=self.rank, adapter=self.adapter)
             self._say(f"resuming from {folder} (step {self.state.step} of {self.total_steps})")
-        self.wall_before = self.state.wall_s  # wall time of earlier invocations of a resumed run
+        # totals of earlier launches of a resumed run; summary.json covers the whole run
+        self.wall_before, self.energy_before, self.peak_before = \
+            self.state.wall_s, self.state.energy_wh, self.state.peak_mem_mib
         if self.main:
             ckpt.remove_partial(self.run_dir)
+            if self.resume:
+                ckpt.record_resume(self.run_dir, self.state.step, self.resume_changes)
             atomic_write_text(self.run_dir / paths.CONFIG_FILE, self.config_yaml)
             self._rewind_metrics(self.state.step)
         acc.wait_for_everyone()
@@ -326,6 +342,7 @@ class Recipe:
                     state.epoch, state.step_in_epoch = state.epoch + 1, 0
                     continue
                 t_step = time.perf_counter()
+                lr = self.scheduler.get_last_lr()[0]  # the rate this step uses (step() moves to the next)
                 loss, n_sup, n_tok, grad_norm = self._optimizer_step(step_batches, state.step + 1)
                 state.step += 1
                 state.step_in_epoch += 1
@@ -338,7 +355,7 @@ class Recipe:
                 state.train_s = time.perf_counter() - loop_start
 
                 row = {"step": state.step, "epoch": round(state.epoch + state.step_in_epoch / max(self.steps_in_epoch(state.epoch), 1), 4),
-                       "loss": loss, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                       "loss": loss, "lr": lr, "grad_norm": grad_norm,
                        "tokens": n_tok, "tokens_per_s": n_tok / dt if dt > 0 else None,
                        "mfu": cost.mfu(self.flops_per_token * n_tok, dt, self.peak_flops, self.world),
                        "mem_mib": round(cost.current_memory_mib(acc.device), 1)}
@@ -361,7 +378,7 @@ class Recipe:
                     folder = self.run_dir / paths.CHECKPOINTS_DIR / f"step-{state.step}"
                     raise TrainingInterrupted(
                         f"interrupted at step {state.step}; checkpoint saved to {folder}; resume with: "
-                        f"tunelab train {self.config_path} --resume")
+                        + shlex.join(["tunelab", "train", self.config_path, *self.overrides, "--resume"]))
                 if stopped == "early_stopping":
                     self._say(f"early stopping at step {state.step}: eval loss did not improve for "
                               f"{cfg.train.early_stopping.patience} evaluations; best step {state.best_step}")
@@ -456,6 +473,8 @@ class Recipe:
         from accelerate.utils import gather_object
 
         self.state.wall_s = time.perf_counter() - self.t0 + self.wall_before
+        self.state.peak_mem_mib = self._peak_mib()
+        self.state.energy_wh = _add(self.energy_before, self.energy.so_far_wh() if self.energy else None)
         rngs = gather_object([ckpt.rng_state()])  # every process's streams, in rank order
         if self.main:
             try:
@@ -493,6 +512,11 @@ class Recipe:
             f.write(json.dumps(row) + "\n")
         if self.accelerator.trackers:
             self.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=row["step"])
+
+    def _peak_mib(self) -> float:
+        """Peak memory of the whole run: per process (mean over processes), max over launches."""
+        now = self._sum(torch.tensor([cost.peak_memory_mib(self.accelerator.device)])).tolist()[0] / self.world
+        return max(now, self.peak_before or 0.0)
 
     def _sum(self, t: torch.Tensor) -> torch.Tensor:
         """Sum a small tensor over processes (identity with one process)."""
@@ -533,8 +557,8 @@ class Recipe:
     def cleanup(self, stopped: str) -> RunResult:
         acc, st = self.accelerator, self.state
         weights_dir = self.run_dir / (paths.ADAPTER_DIR if self.adapter else paths.MODEL_DIR)
-        energy = self.energy.stop_wh() if self.energy else None
-        peak = max(self._sum(torch.tensor([cost.peak_memory_mib(acc.device)])).tolist()[0] / self.world, 0)
+        energy = _add(self.energy_before, self.energy.stop_wh() if self.energy else None)
+        peak = self._peak_mib()
         if self.main:
             with atomic_dir(weights_dir) as tmp:
                 self._inner().save_pretrained(tmp)
@@ -597,7 +621,10 @@ def train(config, overrides: list[str] | None = None, *, resume: bool = False, o
             base_dir = Path(path).resolve().parent
         config = load_train_config(config, overrides)
     recipe = Recipe(config, resume=resume, overwrite=overwrite, base_dir=base_dir, config_path=path,
-                    toxicity=toxicity)
+                    overrides=overrides, toxicity=toxicity)
+    if recipe.finished is not None:  # --resume of a finished run: nothing to do, nothing rewritten
+        weights = recipe.run_dir / (paths.ADAPTER_DIR if recipe.adapter else paths.MODEL_DIR)
+        return RunResult(recipe.run_dir, weights, recipe.finished, stopped="already_finished")
     recipe.setup()
     return recipe.train()
 
