@@ -25,7 +25,7 @@ def test_eval_prints_table_and_writes_results(tiny_dir, tmp_path):
     r = _run("eval", str(tiny_dir), "--task", str(_task(tmp_path)), "--out", str(tmp_path / "o"), "--batch-size", "2",
              "generation.max_new_tokens=3")
     assert r.returncode == 0, r.stderr
-    assert "exact_match" in r.stdout and "95% CI" in r.stdout and "tunelab 0.1.0|task sha256:" in r.stdout
+    assert "exact_match" in r.stdout and "95% CI" in r.stdout and "tunelab 0.1.0|model tiny-llama sha256:" in r.stdout and "|task sha256:" in r.stdout
     results = json.loads((tmp_path / "o" / "results.json").read_text())
     assert results["n"] == 4 and "exact_match" in results["metrics"]
     lines = (tmp_path / "o" / "predictions.jsonl").read_text().splitlines()
@@ -39,7 +39,7 @@ def test_limit_zero_is_a_one_line_error(tiny_dir, tmp_path):
 
 def test_unknown_sampler_and_bad_batch_size(tiny_dir, tmp_path):
     r = _run("eval", str(tiny_dir), "--task", str(_task(tmp_path)), "--batch-size", "many")
-    assert r.returncode == 2 and "--batch-size must be a positive integer or 'auto'" in r.stderr
+    assert r.returncode == 2 and "--batch-size must be a whole number >= 1 or 'auto', got 'many'" in r.stderr
     r = _run("eval", str(tiny_dir), "--task", str(_task(tmp_path)), "--shots", "1", "--sampler", "best")
     assert r.returncode == 2 and "unknown sampler 'best'; use one of random, first_n, stratified, similar" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

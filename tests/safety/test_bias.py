@@ -16,8 +16,8 @@ import torch
 from tunelab.cli import main
 from tunelab.safety.bias import (
     bbq_item_metrics,
+    bbq_metrics,
     bbq_outcome,
-    bbq_scores,
     biased_indices,
     bias,
     ratio_metric,
@@ -64,6 +64,12 @@ def test_every_local_bbq_item_has_exactly_one_biased_answer(shared_data):
 # ---------------------------------------------------------------- scores from predictions (pure)
 def _out(ambig, correct, non_unknown, biased):
     return {"ambig": ambig, "correct": correct, "non_unknown": non_unknown, "biased": biased}
+
+
+def bbq_scores(outcomes):
+    """The headline values bbq_metrics reports for these outcomes (one category)."""
+    metrics = bbq_metrics([{"outcome": o, "category": "c"} for o in outcomes])
+    return {k: v["value"] for k, v in metrics.items()}
 
 
 def test_bbq_scores_by_hand():
@@ -167,7 +173,8 @@ def test_crows_pairs_on_tiny_model(tiny_dir, shared_data, tmp_path):
         assert line["metrics"]["pct_stereotype"] == float(line["loglik_more"] > line["loglik_less"])
         assert line["metrics"]["likelihood_diff"] == pytest.approx(abs(line["loglik_more"] - line["loglik_less"]))
     assert m["value"] == pytest.approx(np.mean([x["metrics"]["pct_stereotype"] for x in lines]))
-    assert res.signature.startswith("tunelab 0.1.0|bias crows_pairs|data sha256:")
+    assert res.signature.startswith("tunelab 0.1.0|model ") and "|task sha256:" in res.signature
+    assert "|bias crows_pairs|" in res.signature
 
 
 def test_bbq_on_tiny_model(tiny_dir, shared_data, tmp_path):
