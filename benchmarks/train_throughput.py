@@ -19,9 +19,18 @@ The load average is printed before and after, since it moves every number.
 
 GPU: `--device cuda --model-config llama-1b` trains a random-initialised Llama (16 layers,
 hidden 2048, vocab 128256) on random token rows of uniform length 128..2048, bf16, against HF
-Trainer + PEFT with default (pad-to-longest) batches; `--method full` for full fine-tuning.
+Trainer + PEFT with default (pad-to-longest) batches, 60 optimizer steps per arm by default;
+`--method full` for full fine-tuning. tunelab runs with its defaults there (flex_attention, fixed
+row shapes, compiled layers) at the same real tokens per step as the peer's 8 rows.
 
     python benchmarks/train_throughput.py --device cuda --model-config llama-1b [--method full]
+    bash benchmarks/device_run.sh      # smoke test + both methods, with timeouts, logs to $OUT
+
+Printed per arm: steps, real tokens, tokens/s over the whole run (compilation included) and in
+steady state (tunelab: after its last compiling step; the peers: after step 1), peak memory, the
+final loss (and the mean of the last 3); then the ratios. `--model-config tiny` runs the same
+random-model arms on a 2-layer model on any device (tests/train/test_bench_plumbing.py drives
+them on CPU so the arms cannot break unseen).
 
 Each arm runs in its own subprocess so peak memory (RSS on CPU, CUDA max allocated on GPU) is
 the arm's own. Nothing is downloaded: the default model must be cached (`tunelab models pull`).

@@ -210,7 +210,10 @@ def attention_mask(doc_ids: torch.Tensor, impl: str):
         def same_doc_causal(b, h, q, k):
             return (doc_ids[b, q] == doc_ids[b, k]) & (q >= k)
 
-        return create_block_mask(same_doc_causal, B, None, T, T, device=doc_ids.device)
+        # compiled on CUDA (as transformers does): the eager builder evaluates all T × T pairs at
+        # once; with fixed row shapes it compiles once per run, the closure's doc_ids being an input
+        return create_block_mask(same_doc_causal, B, None, T, T, device=doc_ids.device,
+                                 _compile=doc_ids.device.type == "cuda")
     same = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)
     causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()  # (T, T)
     mask = (same & causal).unsqueeze(1)  # (B, 1, T, T)
