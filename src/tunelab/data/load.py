@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tunelab.data.formats import detect_format, to_conversation
-from tunelab.data.readers import finish, iter_rows, read_rows
+from tunelab.data.readers import SKIP_HINT, finish, iter_rows, read_rows, skip_hint
 from tunelab.data.records import Conversation, Row
 from tunelab.errors import TunelabError
 
@@ -28,17 +28,21 @@ def resolve_spec(spec: str | Path, base_dir: str | Path | None = None) -> str | 
     return path
 
 
-def load_rows(spec: str | Path, *, skip_bad: bool = False, base_dir: str | Path | None = None) -> list[Row]:
-    """Rows of a file, or of a built-in task when spec is builtin:<task>?n=..&seed=..&split=.."""
+def load_rows(spec: str | Path, *, skip_bad: bool = False, base_dir: str | Path | None = None,
+              hint: str = SKIP_HINT) -> list[Row]:
+    """Rows of a file, or of a built-in task when spec is builtin:<task>?n=..&seed=..&split=..
+
+    `hint` ends the message of a bad record (see readers.read_rows).
+    """
     where = resolve_spec(spec, base_dir)
     if isinstance(where, str):
         from tunelab.data.builtin import load_builtin_rows
 
         return load_builtin_rows(where)
-    return read_rows(where, skip_bad=skip_bad)
+    return read_rows(where, skip_bad=skip_bad, hint=hint)
 
 
-def _iter_rows(spec: str | Path, skip_bad: bool, base_dir) -> Iterator[Row]:
+def _iter_rows(spec: str | Path, skip_bad: bool, base_dir, hint: str) -> Iterator[Row]:
     where = resolve_spec(spec, base_dir)
     if isinstance(where, str):
         from tunelab.data.builtin import load_builtin_rows
@@ -47,7 +51,7 @@ def _iter_rows(spec: str | Path, skip_bad: bool, base_dir) -> Iterator[Row]:
         return
     bad: list[str] = []
     n = 0
-    for row in iter_rows(where, skip_bad=skip_bad, bad=bad):
+    for row in iter_rows(where, skip_bad=skip_bad, hint=hint, bad=bad):
         n += 1
         yield row
     finish(where, n, bad)
@@ -62,14 +66,16 @@ def iter_conversations(
     system: str | None = None,
     base_dir: str | Path | None = None,
     report: list[str] | None = None,
+    skip_setting: str = "--skip-bad",
 ) -> Iterator[Conversation]:
     """Read and convert record by record; bad records stop the load unless skip_bad.
 
     `report`, when given, receives human-readable notes (detected format, skipped records);
     the note on skipped records arrives after the last conversation.
+    `skip_setting` is how the caller's user turns skip_bad on (a flag, or data.skip_bad=true).
     """
     skipped, n_ok = [], 0
-    for row in _iter_rows(spec, skip_bad, base_dir):
+    for row in _iter_rows(spec, skip_bad, base_dir, skip_hint(skip_setting)):
         if format == "auto":
             format, why = detect_format(row, fields)
             note = f"{spec}: detected format '{format}' because {why}"
@@ -80,7 +86,7 @@ def iter_conversations(
             conv = to_conversation(row, format, fields, system)
         except TunelabError as e:
             if not skip_bad:
-                raise TunelabError(f"{e}; or pass --skip-bad to skip bad records") from None
+                raise TunelabError(f"{e}; {skip_hint(skip_setting)}") from None
             skipped.append(str(e))
             continue
         n_ok += 1

@@ -17,7 +17,12 @@ from typing import Iterator
 from tunelab.data.records import Row
 from tunelab.errors import TunelabError
 
-SKIP_HINT = "fix it, or pass --skip-bad (data.skip_bad: true) to skip bad records"
+def skip_hint(setting: str) -> str:
+    """The advice that ends a bad-record error, naming the real switch of the caller."""
+    return f"fix it, or {'pass' if setting.startswith('--') else 'set'} {setting} to skip bad records"
+
+
+SKIP_HINT = skip_hint("--skip-bad")  # commands with that flag; train says data.skip_bad=true
 SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
 PARQUET_BATCH = 4096  # rows per record batch read from a parquet file
 
@@ -78,10 +83,20 @@ def _bad(msg: str, skip_bad: bool, bad: list[str]) -> None:
     bad.append(msg)
 
 
+def _decode(raw: bytes, path: Path, lineno: int, skip_bad: bool, bad: list[str]) -> str | None:
+    """One line as text; invalid UTF-8 is a bad record at that line (None when skipped)."""
+    try:
+        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+    except UnicodeDecodeError as e:
+        _bad(f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})", skip_bad, bad)
+        return None
+
+
 def _jsonl(path: Path, skip_bad: bool, bad: list[str]) -> Iterator[Row]:
-    with path.open(encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
+    with path.open("rb") as f:  # decoded line by line, so a bad byte costs one line, not the file
+        for lineno, raw in enumerate(f, start=1):
+            line = _decode(raw, path, lineno, skip_bad, bad)
+            if line is None or not line.strip():
                 continue
             try:
                 data = json.loads(line)
@@ -96,8 +111,19 @@ def _jsonl(path: Path, skip_bad: bool, bad: list[str]) -> Iterator[Row]:
 
 def _json(path: Path, skip_bad: bool, bad: list[str]) -> Iterator[Row]:
     # A JSON array is parsed whole (json.loads): memory grows with the file. Files too big for
-    # that should be JSON Lines, which stream; the docs (docs/data.md) say so.
-    text = path.read_text(encoding="utf-8-sig")
+    # that should be JSON Lines, which stream (docs/data.md says so).
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        if raw.lstrip().startswith(b"{") and b"\n{" in raw:
+            del raw
+            yield from _jsonl(path, skip_bad, bad)  # JSON Lines: one bad line can be skipped
+            return
+        line = raw[:e.start].count(b"\n") + 1
+        raise TunelabError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x}); "
+                           "save the file as UTF-8") from None
+    del raw
     if not text.strip():
         return
     try:
@@ -123,7 +149,16 @@ def _json(path: Path, skip_bad: bool, bad: list[str]) -> Iterator[Row]:
 
 
 def _csv(path: Path, skip_bad: bool, bad: list[str]) -> Iterator[Row]:
-    with path.open(encoding="utf-8-sig", newline="") as f:
+    with path.open("rb") as raw_lines:
+        def lines():
+            for n, raw in enumerate(raw_lines, start=1):
+                text = _decode(raw, path, n, skip_bad, bad)
+                if text is None and n == 1:
+                    raise TunelabError(f"{path}:1: the header line is not valid UTF-8; save the file as UTF-8")
+                # a skipped line becomes an empty one, which DictReader passes over: line numbers stay true
+                yield "\n" if text is None else text
+
+        f = lines()
         reader = csv.DictReader(f)
         if reader.fieldnames is None:
             return
