@@ -8,7 +8,8 @@ problem that prompted the fragment negatives: model continuations in `safety pro
 import pytest
 
 from tunelab.safety import toxicity as tox
-from tunelab.safety.train_classifier import load_background, load_toxigen
+from tunelab.safety.toxicity_data import load_background, load_toxigen
+from tunelab.safety.train_classifier import N_BACKGROUND, SEED
 
 needs_minilm = pytest.mark.skipif(not tox.minilm_available(), reason="embeddings extra not installed")
 
@@ -30,7 +31,7 @@ HATE = [
 
 
 def test_sentences_are_not_training_data(shared_data):
-    seen = set(load_toxigen(shared_data / "toxigen").texts) | set(load_background(shared_data))
+    seen = set(load_toxigen(shared_data / "toxigen").texts) | set(load_background(shared_data, N_BACKGROUND, SEED))
     assert not seen & {t.strip() for t in NEUTRAL_FRAGMENTS + HATE}
 
 
