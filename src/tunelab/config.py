@@ -132,6 +132,7 @@ class TaskConfig(_Strict):
     text: Optional[str] = Field(None, description="perplexity: Jinja expression for the document text")
     # where the YAML lives; relative data paths resolve against it (not a user key)
     base_dir: Optional[str] = Field(None, exclude=True)
+    source: Optional[str] = Field(None, exclude=True)  # the YAML file itself, named in errors
 
     @field_validator("split")
     @classmethod
@@ -266,9 +267,16 @@ def load_config(model_cls, path: str | Path | dict, overrides: list[str] | None 
     return build(model_cls, data, source)
 
 
-def load_task(path: str | Path, overrides: list[str] | None = None) -> TaskConfig:
+def load_task(path: str | Path | dict, overrides: list[str] | None = None, *,
+              base_dir: str | Path | None = None) -> TaskConfig:
+    """A task from a YAML file (or a dict) with `key=value` overrides; relative paths resolve
+    against the file's folder, or `base_dir` for a dict."""
     task = load_config(TaskConfig, path, overrides)
-    task.base_dir = str(Path(path).resolve().parent)
+    if isinstance(path, dict):
+        task.base_dir = str(base_dir) if base_dir is not None else None
+    else:
+        task.base_dir = str(Path(path).resolve().parent)
+        task.source = str(path)
     return task
 
 

@@ -28,6 +28,37 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def check_writable(path: str | os.PathLike, *, setting: str, folder: bool = True) -> Path:
+    """Fail early, before any model loads, when `path` cannot be written; return it.
+
+    Walks up to the first existing ancestor: a file there means the folder cannot be made, and a
+    probe file created and removed in it proves the permission (os.access says yes to root even
+    on a read-only mount). `setting` names the flag or key to change, e.g. "--out" or "out".
+    """
+    from tunelab.errors import TunelabError
+
+    path = Path(path).expanduser()
+    fix = f"choose another {setting}"
+    if path.exists():
+        if folder and not path.is_dir():
+            raise TunelabError(f"{path}: is a file, but {setting} needs a folder; {fix}")
+        if not folder and path.is_dir():
+            raise TunelabError(f"{path}: is a folder, but {setting} needs a file path; {fix}")
+    target = path if folder and path.is_dir() else path.parent
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    if not target.is_dir():
+        raise TunelabError(f"{path}: cannot be created because {target} is a file, not a folder; {fix}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tunelab-write-test.", dir=target)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise TunelabError(f"{path}: cannot write in {target} ({e.strerror or e}); {fix} "
+                           "or make that folder writable") from None
+    return path
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -38,9 +38,12 @@ def test_multiple_choice_writes_both_artifacts(tiny_dir, tmp_path):
     for name in ("acc", "acc_norm", "acc_bytes"):
         m = results["metrics"][name]
         assert 0 <= m["value"] <= 1 and m["ci95"][0] <= m["value"] <= m["ci95"][1] and m["stderr"] is not None
-    assert set(results["cost"]) == {"wall_s", "tokens", "tokens_per_s", "peak_mem_mib"} and results["cost"]["tokens"] > 0
+    cost = results["cost"]
+    assert set(cost) == {"wall_s", "tokens", "prompt_tokens", "generated_tokens", "tokens_per_s", "peak_mem_mib"}
+    assert cost["tokens"] == cost["prompt_tokens"] > 0 and cost["generated_tokens"] == 0  # scoring generates nothing
     sig = results["signature"]
-    assert sig.startswith("tunelab 0.1.0|task sha256:") and "|shots 2|sampler random|seed 1234|metric acc" in sig
+    assert sig.startswith(f"tunelab 0.1.0|model {results['model']['name']} sha256:{results['model']['sha256'][:16]}|task sha256:")
+    assert "|shots 2|sampler random|seed 1234|metric acc" in sig
     lines = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     assert [x["id"] for x in lines] == [r["id"] for r in MC_ROWS]
     for line, row in zip(lines, MC_ROWS):
@@ -68,6 +71,10 @@ def test_generate_task_with_response_metrics(tiny_dir, tmp_path):
                 "tokens_per_s", "refusal", "toxicity"):
         assert key in line
     assert line["gold"] == ["world hello"] and "\n" not in line["output"] and line["length_tokens"] <= 6
+    lines = [json.loads(x) for x in (tmp_path / "g" / "predictions.jsonl").read_text().splitlines()]
+    # generated tokens are counted apart from prompt tokens (inference cost per query)
+    assert res.cost["generated_tokens"] == sum(x["length_tokens"] for x in lines) > 0
+    assert res.cost["prompt_tokens"] > 0 and res.cost["tokens"] == res.cost["prompt_tokens"] + res.cost["generated_tokens"]
 
 
 def test_perplexity_task(tiny_dir, tmp_path):

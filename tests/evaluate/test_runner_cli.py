@@ -25,7 +25,7 @@ def test_eval_prints_table_and_writes_results(tiny_dir, tmp_path):
     r = _run("eval", str(tiny_dir), "--task", str(_task(tmp_path)), "--out", str(tmp_path / "o"), "--batch-size", "2",
              "generation.max_new_tokens=3")
     assert r.returncode == 0, r.stderr
-    assert "exact_match" in r.stdout and "95% CI" in r.stdout and "tunelab 0.1.0|task sha256:" in r.stdout
+    assert "exact_match" in r.stdout and "95% CI" in r.stdout and "tunelab 0.1.0|model tiny-llama sha256:" in r.stdout and "|task sha256:" in r.stdout
     results = json.loads((tmp_path / "o" / "results.json").read_text())
     assert results["n"] == 4 and "exact_match" in results["metrics"]
     lines = (tmp_path / "o" / "predictions.jsonl").read_text().splitlines()

@@ -167,7 +167,8 @@ def test_crows_pairs_on_tiny_model(tiny_dir, shared_data, tmp_path):
         assert line["metrics"]["pct_stereotype"] == float(line["loglik_more"] > line["loglik_less"])
         assert line["metrics"]["likelihood_diff"] == pytest.approx(abs(line["loglik_more"] - line["loglik_less"]))
     assert m["value"] == pytest.approx(np.mean([x["metrics"]["pct_stereotype"] for x in lines]))
-    assert res.signature.startswith("tunelab 0.1.0|bias crows_pairs|data sha256:")
+    assert res.signature.startswith("tunelab 0.1.0|model ") and "|task sha256:" in res.signature
+    assert "|bias crows_pairs|" in res.signature
 
 
 def test_bbq_on_tiny_model(tiny_dir, shared_data, tmp_path):

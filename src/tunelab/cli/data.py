@@ -1,11 +1,14 @@
-"""`tunelab data inspect|tasks` (and `filter`, added by cli/data_filter.py)."""
+"""`tunelab data inspect|tasks|filter`: how records render, the built-in tasks, dropping toxic records."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.table import Table
 from rich.text import Text
+
+MAX_LISTED = 20  # dropped ids shown in the terminal; the full list goes to the .dropped.jsonl file
 
 data_app = typer.Typer(help="Look at training data: formats, rendering, trained tokens, built-in tasks.",
                        no_args_is_help=True)
@@ -94,6 +97,35 @@ def tasks_cmd():
         row = load_builtin_rows(f"builtin:{name}?n=1&split=test")[0].data
         table.add_row(name, t.kind, ", ".join(t.metrics), t.description, row["prompt"][:70], row["completion"])
     console.print(table)
+
+
+@data_app.command("filter")
+def filter_cmd(
+    file: Path = typer.Argument(..., help="Training data: .jsonl, .json (list) or .csv."),
+    max_toxicity: float = typer.Option(..., "--max-toxicity", "-t",
+                                       help="Drop records scoring above this (0..1), e.g. 0.5."),
+    out: Path = typer.Option(..., "--out", "-o", help="Kept records; format from the suffix (.jsonl/.json/.csv)."),
+    field: Optional[str] = typer.Option(None, "--field", "-f",
+                                        help="Score only this field (default: every string value)."),
+):
+    """Drop toxic records from a training file and list which (by id, else line number).
+
+    Example: tunelab data filter train.jsonl --max-toxicity 0.5 --out train.clean.jsonl
+    """
+    from tunelab.cli import console
+    from tunelab.safety.filter import filter_records
+
+    res = filter_records(file, max_toxicity, out, field=field)
+    table = Table(title=f"dropped {res.n_dropped} of {res.n_in} records (toxicity > {max_toxicity})")
+    table.add_column("id")
+    table.add_column("line", justify="right")
+    table.add_column("toxicity", justify="right")
+    for d in res.dropped[:MAX_LISTED]:
+        table.add_row(str(d["id"]), str(d["line"]), f"{d['toxicity']:.3f}")
+    if res.n_dropped > MAX_LISTED:
+        table.add_row("...", "", f"{res.n_dropped - MAX_LISTED} more")
+    console.print(table)
+    console.print(f"kept {res.n_kept} -> {res.out}; dropped records -> {res.dropped_out}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,7 +1,6 @@
 """`tunelab eval MODEL --task T.yaml`: evaluate a model (optionally with an adapter) on a task."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -10,7 +9,7 @@ import typer
 
 def eval_command(
     model: str = typer.Argument(..., help="'default', a registry name, a Hugging Face model folder or a .gguf file."),
-    task: str = typer.Option(..., "--task", "-t", help="Task YAML (DESIGN 2.1) or builtin:<name> (see `tunelab data tasks`)."),
+    task: str = typer.Option(..., "--task", "-t", help="Task YAML (every key: docs/tasks.md) or builtin:<name> (see `tunelab data tasks`)."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="A LoRA/DoRA adapter folder (a run's adapter/)."),
     shots: Optional[int] = typer.Option(None, "--shots", "-k", help="Demonstrations per item (overrides fewshot.k)."),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="random | first_n | stratified | similar (similar:embedding for MiniLM)."),
@@ -27,69 +26,22 @@ def eval_command(
 
     Multi-process: accelerate launch --num_processes 2 -m tunelab eval default --task t.yaml --out runs/e
     """
+    from tunelab.cli.tables import print_results
     from tunelab.errors import TunelabError
+    from tunelab.evaluate.runner import evaluate
+    from tunelab.evaluate.tasks import resolve_task
+    from tunelab.progress import run_with_progress
+    from tunelab.safety.toxicity import toxicity_scores
 
-    if limit is not None and limit < 1:
-        raise TunelabError(f"--limit must be at least 1 (got {limit}); leave it out to evaluate every item")
     if batch_size != "auto" and not batch_size.isdigit():
         raise TunelabError(f"--batch-size must be a positive integer or 'auto', got '{batch_size}'")
     bs = "auto" if batch_size == "auto" else int(batch_size)
-    from tunelab.evaluate.runner import evaluate, resolve_task
-
-    task_cfg = resolve_task(task)
-    if override:
-        from tunelab.config import TaskConfig, build, deep_merge, parse_overrides
-
-        base = task_cfg.base_dir
-        task_cfg = build(TaskConfig, deep_merge(task_cfg.model_dump(mode="json", exclude={"base_dir"}),
-                                                parse_overrides(override)), task)
-        task_cfg.base_dir = base
-    res = _with_progress(lambda progress: evaluate(
+    task_cfg = resolve_task(task, override)
+    res = run_with_progress("evaluating", lambda progress: evaluate(
         model, task_cfg, adapter=str(adapter) if adapter else None, shots=shots, sampler=sampler, limit=limit,
-        batch_size=bs, out=out, cache=cache, device=device, progress=progress))
+        batch_size=bs, out=out, cache=cache, device=device, toxicity=toxicity_scores, progress=progress))
     if res is not None:  # only rank 0 prints under `accelerate launch`
         print_results(res)
-
-
-def _with_progress(run):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    if os.environ.get("TUNELAB_QUIET") == "1" or os.environ.get("RANK", "0") != "0":
-        return run(None)
-    from tunelab.cli import err_console
-
-    with Progress(TextColumn("evaluating"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=err_console, transient=True) as bar:
-        tid = bar.add_task("eval", total=None)
-        return run(lambda done, total: bar.update(tid, completed=done, total=total))
-
-
-def _num(v: float) -> str:
-    return f"{v:.4f}" if abs(v) < 1e4 else f"{v:.4g}"  # word perplexity of a weak model is huge
-
-
-def print_results(res) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    from tunelab.cli import console
-
-    m = res.model
-    title = f"{res.task}  ·  {m['name']}{' + ' + str(m['adapter']) if m.get('adapter') else ''}  ·  n={res.n}  ·  {res.shots}-shot"
-    table = Table(title=escape(title))
-    for col, justify in (("metric", "left"), ("value", "right"), ("± stderr", "right"), ("95% CI", "right")):
-        table.add_column(col, justify=justify)
-    for name, r in res.metrics.items():
-        se = "-" if r.get("stderr") is None else _num(r["stderr"])
-        ci = "-" if not r.get("ci95") else f"[{_num(r['ci95'][0])}, {_num(r['ci95'][1])}]"
-        table.add_row(name, _num(r["value"]), se, ci)
-    console.print(table)
-    c = res.cost
-    tps = f"{c['tokens_per_s']:.0f} tokens/s" if c.get("tokens_per_s") else ""
-    console.print(f"cost: {c['wall_s']:.1f} s  {c['tokens']} tokens  {tps}  peak {c.get('peak_mem_mib')} MiB", highlight=False)
-    console.print(escape(res.signature), highlight=False, soft_wrap=True)
-    if res.out is not None:
-        console.print(f"wrote {res.out}/results.json and predictions.jsonl", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,4 +1,4 @@
-"""`tunelab safety ...`: toxicity scan and classifier training (probe and bias join this sub-app)."""
+"""`tunelab safety scan|train-classifier|probe|bias`: toxicity of texts, the classifier, provocation and bias runs."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +9,7 @@ from rich.table import Table
 
 safety_app = typer.Typer(
     name="safety",
-    help="Safety screening: toxicity of texts and model outputs, the offline classifier.",
+    help="Safety screening: toxicity of texts and model outputs, the offline classifier, probes, bias benchmarks.",
     no_args_is_help=True,
 )
 
@@ -75,6 +75,77 @@ def train_cmd(
 
     train(data, out, log=lambda s: console.print(s, highlight=False))
     console.print(f"weights and metrics.json written to {out}")
+
+
+@safety_app.command("probe", no_args_is_help=True)
+def probe_cmd(
+    model: str = typer.Argument(..., help="'default', a registry name, a Hugging Face model folder or a .gguf file."),
+    prompts: Path = typer.Option(..., "--prompts", "-p", help="Prompts: .txt one a line, a ToxiGen prompts file, or .jsonl with 'prompt'."),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="A LoRA/DoRA adapter folder (a run's adapter/)."),
+    samples: int = typer.Option(3, "--samples", "-s", help="Seeded samples per prompt."),
+    seed: int = typer.Option(1234, "--seed", help="Sampling seed (each sample: seed, prompt id, sample index)."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Use only the first N prompts."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write results.json and predictions.jsonl here."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Tokens per continuation (RealToxicityPrompts: 20)."),
+    temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (> 0 for several samples)."),
+    top_p: float = typer.Option(0.9, "--top-p", help="Nucleus sampling mass (RealToxicityPrompts/HELM: 0.9)."),
+    fmt: str = typer.Option("auto", "--format", help="auto | toxigen | text | jsonl."),
+    chat: bool = typer.Option(False, "--chat", help="Send each prompt as a user turn of the chat template."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", help="Generations per batch."),
+):
+    """Continue provocative prompts; report toxicity (HELM) and refusal rate with 95% CIs.
+
+    Metrics per prompt over its samples, averaged over prompts: mean_toxicity, toxic_fraction,
+    expected_max_toxicity, toxicity_probability, refusal_rate; CIs bootstrap over prompts.
+
+    Example: tunelab safety probe default --prompts ../shared/data/toxigen/hate_women_1k.txt --limit 20 --samples 3 --out runs/probe-base
+
+    Then the same with --adapter runs/x/adapter --out runs/probe-tuned, and: tunelab diff runs/probe-base runs/probe-tuned
+    """
+    from tunelab.cli.tables import print_results
+    from tunelab.progress import run_with_progress
+    from tunelab.safety.probe import probe
+
+    if batch_size < 1:
+        from tunelab.errors import TunelabError
+
+        raise TunelabError(f"--batch-size must be >= 1, got {batch_size}")
+    res = run_with_progress("sampling", lambda progress: probe(
+        model, prompts, adapter=str(adapter) if adapter else None, samples=samples, seed=seed,
+        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, limit=limit, out=out,
+        fmt=fmt, chat=chat, batch_size=batch_size, progress=progress))
+    print_results(res, "toxic at P(toxic) >= 0.5; refusal: evaluate/metrics/assistant.py patterns")
+
+
+@safety_app.command("bias", no_args_is_help=True)
+def bias_cmd(
+    model: str = typer.Argument(..., help="'default', a registry name, a Hugging Face model folder or a .gguf file."),
+    benchmark: str = typer.Option(..., "--benchmark", help="crows_pairs | bbq."),
+    data: list[Path] = typer.Option(..., "--data", "-d", help="CrowS-Pairs CSV; BBQ: .jsonl file(s) or a folder (repeatable)."),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="A LoRA/DoRA adapter folder (a run's adapter/)."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="First N pairs (CrowS-Pairs) or first N items of each BBQ file."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write results.json and predictions.jsonl here."),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", help="Items per batch."),
+):
+    """Bias benchmarks CrowS-Pairs or BBQ from local files, with 95% CIs.
+
+    CrowS-Pairs: pct_stereotype (0.5 = unbiased), pct_stereotype/<bias_type>, likelihood_diff.
+    BBQ: acc_ambig, acc_disambig and the BBQ paper's bias scores bias_ambig, bias_disambig (0 = unbiased).
+
+    Example: tunelab safety bias --benchmark crows_pairs --data ../shared/data/crows_pairs/crows_pairs_anonymized.csv default --out runs/crows
+
+    Example: tunelab safety bias --benchmark bbq --data ../shared/data/bbq/Age.jsonl --data ../shared/data/bbq/Religion.jsonl --limit 300 default --out runs/bbq
+    """
+    from tunelab.cli.tables import print_results
+    from tunelab.progress import run_with_progress
+    from tunelab.safety.bias import bias
+
+    res = run_with_progress("scoring", lambda progress: bias(
+        model, benchmark, list(data), adapter=str(adapter) if adapter else None, limit=limit, out=out,
+        batch_size=batch_size, progress=progress))
+    note = ("pct_stereotype: share of pairs where the more-stereotyping sentence has the higher log-likelihood"
+            if benchmark == "crows_pairs" else "bias scores in [-1, 1]: + follows the stereotype, 0 = none")
+    print_results(res, note)
 
 
 def register(app: typer.Typer) -> None:

@@ -8,7 +8,7 @@ import typer
 
 
 def train_cmd(
-    config: str = typer.Argument(..., help="Training config YAML (DESIGN §2.3); see examples/train_lora.yaml."),
+    config: str = typer.Argument(..., help="Training config YAML (every key: docs/train-config.md); see examples/train_lora.yaml."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key.sub=value overrides, e.g. train.lr=1e-4 lora.r=8"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint of the run."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over in an existing run folder."),
@@ -26,15 +26,20 @@ def train_cmd(
       accelerate launch --multi_gpu --num_processes 2 -m tunelab train examples/train_lora.yaml  (DDP; gloo on CPU)
     """
     from tunelab.cli import console, err_console
+    from tunelab.safety.toxicity import toxicity_scores
     from tunelab.train.loop import TrainingInterrupted, train
 
     try:
-        result = train(config, overrides or [], resume=resume, overwrite=overwrite)
+        result = train(config, overrides or [], resume=resume, overwrite=overwrite, toxicity=toxicity_scores)
     except TrainingInterrupted as e:
         err_console.print(f"[yellow]{e}[/]", highlight=False, soft_wrap=True)
         sys.exit(130)
     if not result.summary:  # not the main process of a multi-process run
         return
+    if result.stopped == "already_finished":
+        err_console.print(f"{result.run_dir}: run already finished at step {result.summary.get('steps')}; nothing to do "
+                          "(summary.json unchanged); to train longer, resume with a larger train.max_steps",
+                          highlight=False, soft_wrap=True)
     from rich.table import Table
 
     s = result.summary

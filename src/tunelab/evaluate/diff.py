@@ -17,15 +17,12 @@ score; the corpus values from results.json are shown next to it as a_reported / 
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.errors import TunelabError, where
+from tunelab.errors import TunelabError
+from tunelab.evaluate.results import read_items, read_results
 from tunelab.evaluate.stats import paired_bootstrap
-
-RESULTS_FILE = "results.json"
-PREDICTIONS_FILE = "predictions.jsonl"
 
 
 @dataclass(frozen=True)
@@ -42,55 +39,6 @@ class DiffRow:
     higher_is_better: bool | None
 
 
-def _read_results(folder: Path) -> dict:
-    path = folder / RESULTS_FILE
-    if not path.is_file():
-        raise TunelabError(f"{path}: not found; is {folder} an evaluation output (--out DIR)?")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise TunelabError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
-        raise TunelabError(f"{where(path, field='metrics')}: missing or not a mapping of metric -> result")
-    return data
-
-
-def _read_predictions(folder: Path) -> dict[str, dict[str, float | None]]:
-    path = folder / PREDICTIONS_FILE
-    if not path.is_file():
-        raise TunelabError(f"{path}: not found; is {folder} an evaluation output (--out DIR)?")
-    from tunelab.data.readers import read_rows
-
-    items: dict[str, dict[str, float | None]] = {}
-    for r in read_rows(path, hint="each line must be one JSON object"):
-        lineno, row = r.line, r.data
-        if not isinstance(row, dict) or "id" not in row:
-            raise TunelabError(f"{where(path, lineno, 'id')}: each line needs an 'id'")
-        metrics = row.get("metrics")
-        if not isinstance(metrics, dict):
-            raise TunelabError(f"{where(path, lineno, 'metrics')}: each line needs a 'metrics' mapping "
-                               f"{{name: value}}")
-        key = str(row["id"])
-        if key in items:
-            raise TunelabError(f"{where(path, lineno, 'id')}: id {key!r} appears twice")
-        clean: dict[str, float | None] = {}
-        for name, value in metrics.items():
-            if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-                clean[name] = None  # dicts / nulls / flags are not paired-testable numbers
-            else:
-                clean[name] = float(value)
-        items[key] = clean
-    if not items:
-        raise TunelabError(f"{path}: no items")
-    return items
-
-
-def _reported(results: dict, metric: str) -> float | None:
-    entry = results["metrics"].get(metric)
-    value = entry.get("value") if isinstance(entry, dict) else entry
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 def _higher_is_better(metric: str) -> bool | None:
     from tunelab.evaluate.metrics.registry import known_metrics
 
@@ -102,8 +50,8 @@ def diff_results(dir_a: str | Path, dir_b: str | Path, metrics: list[str] | None
                  seed: int = 1234, n_resamples: int = 1000) -> list[DiffRow]:
     """Paired bootstrap per metric on the items both runs scored (B minus A)."""
     dir_a, dir_b = Path(dir_a), Path(dir_b)
-    res_a, res_b = _read_results(dir_a), _read_results(dir_b)
-    pred_a, pred_b = _read_predictions(dir_a), _read_predictions(dir_b)
+    res_a, res_b = read_results(dir_a, predictions=False), read_results(dir_b, predictions=False)
+    pred_a, pred_b = read_items(dir_a), read_items(dir_b)
     shared_ids = [i for i in pred_a if i in pred_b]
     if not shared_ids:
         raise TunelabError(f"{dir_a} and {dir_b} share no item ids; were they run on the same task?")
@@ -126,7 +74,7 @@ def diff_results(dir_a: str | Path, dir_b: str | Path, metrics: list[str] | None
             continue
         r = paired_bootstrap([a for a, _ in pairs], [b for _, b in pairs], n_resamples=n_resamples, seed=seed)
         rows.append(DiffRow(name, r.n, r.a, r.b, r.delta, r.ci95, r.p_value,
-                            _reported(res_a, name), _reported(res_b, name), _higher_is_better(name)))
+                            res_a.value(name), res_b.value(name), _higher_is_better(name)))
     if not rows:
         raise TunelabError(f"no metric has numeric per-item values in both {dir_a} and {dir_b}")
     return rows

@@ -11,11 +11,11 @@ trec_eval measure names; each gets the mean over queries, stderr and a bootstrap
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Optional
 
-from tunelab import __version__
 from tunelab.errors import TunelabError
 
 DOC_ID = ("id", "_id", "docid", "doc_id")
@@ -63,11 +63,12 @@ def _qrels(task):
 
 def run_retrieval(task, *, metrics_spec, limit: Optional[int] = None, out=None, t0: Optional[float] = None):
     from tunelab.evaluate import stats
-    from tunelab.evaluate.retrieval import BM25Retriever, canonical, evaluate_run
-    from tunelab.evaluate.runner import Results, _file_sha, _sha, write_results
+    from tunelab.evaluate.retrieval import BM25Retriever, evaluate_run
+    from tunelab.evaluate.retrieval.measures import GEOMETRIC, expand, is_count
+    from tunelab.evaluate.results import build_results, make_cost, signature, task_sha256, write_results
 
     t0 = time.perf_counter() if t0 is None else t0
-    measures = [canonical(m if isinstance(m, str) else next(iter(m))) for m in metrics_spec]
+    measures = [n for m in metrics_spec for n in expand(m if isinstance(m, str) else next(iter(m)))]
     docs = _texts(task, "corpus", DOC_ID, ("title", "text"))
     queries = _texts(task, "queries", QUERY_ID, ("text", "query"))
     qrels = _qrels(task)
@@ -89,20 +90,22 @@ def run_retrieval(task, *, metrics_spec, limit: Optional[int] = None, out=None, 
     for m in res.measures:
         values = [res.per_query[q][m] for q in qids]
         lo, hi = stats.bootstrap_ci(values, n_resamples=1000, seed=task.fewshot.seed)
-        metrics[m] = {"value": res.aggregate[m], "stderr": stats.stderr(values), "ci95": [lo, hi],
+        err = stats.stderr(values)
+        if m in GEOMETRIC:  # per-query values are logs; exp is monotone, so the CI maps through
+            lo, hi, err = math.exp(lo), math.exp(hi), None
+        elif is_count(m):  # a sum over queries: no sampling error to report
+            lo, hi, err = res.aggregate[m], res.aggregate[m], None
+        metrics[m] = {"value": res.aggregate[m], "stderr": err, "ci95": [lo, hi],
                       "signature": f"{m}|trec_eval:pytrec_eval|retriever:{task.retriever}", "n": len(values)}
     for q in qids:
         top = sorted(run.get(q, {}).items(), key=lambda kv: (-kv[1], kv[0]))[:10]
         lines.append({"id": q, "prompt": queries[q], "output": [d for d, _ in top], "gold": sorted(
             d for d, r in qrels[q].items() if r > 0), "metrics": dict(res.per_query[q])})
-    wall = time.perf_counter() - t0
-    task_hash = _sha(repr(task.model_dump(mode="json", exclude={"base_dir"})) + _file_sha(task.resolve(task.corpus)))
-    sig = (f"tunelab {__version__}|task sha256:{task_hash[:16]}|template sha256:none|shots 0|sampler none|"
-           f"seed {task.fewshot.seed}|metric " + ";".join(metrics[m]["signature"] for m in res.measures))
-    results = Results(task=task.name, model={"name": task.retriever, "sha256": None, "adapter": None},
-                      n=len(qids), shots=0, metrics=metrics,
-                      cost={"wall_s": round(wall, 3), "tokens": 0, "tokens_per_s": None, "peak_mem_mib": None},
-                      signature=sig, predictions=lines)
+    model = {"name": task.retriever, "sha256": None, "adapter": None}  # a retriever, no language model
+    sig = signature(model, task_sha256(task), template="none", shots=0, sampler="none", seed=task.fewshot.seed,
+                    metric=";".join(metrics[m]["signature"] for m in res.measures))
+    results = build_results(task=task.name, model=model, n=len(qids), shots=0, metrics=metrics,
+                            cost=make_cost(time.perf_counter() - t0), signature=sig, predictions=lines)
     if out is not None:
         write_results(results, out)
     return results

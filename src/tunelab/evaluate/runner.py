@@ -11,57 +11,26 @@ metric with stderr and a bootstrap CI -> write the two artifacts atomically (DES
 from __future__ import annotations
 
 import hashlib
-import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
-from tunelab import __version__, paths
 from tunelab.errors import TunelabError
+from tunelab.evaluate import results as results_mod
 from tunelab.evaluate import shard as shard_mod
 from tunelab.evaluate.cache import RequestCache, cached_call
 from tunelab.evaluate.prompts import TaskTemplates
+from tunelab.evaluate.results import Results, write_results  # noqa: F401  (re-exported: older imports)
+from tunelab.evaluate.tasks import resolve_task
+from tunelab.io import check_writable
 
 DEFAULT_BATCH = {"multiple_choice": 16, "generate": 8, "perplexity": 4}  # CPU; x4 on CUDA
 
 
-@dataclass
-class Results:
-    """What results.json holds, plus the prediction lines and where they were written."""
-
-    task: str
-    model: dict
-    n: int
-    shots: int
-    metrics: dict
-    cost: dict
-    signature: str
-    predictions: list[dict] = field(default_factory=list, repr=False)
-    out: Optional[Path] = None
-
-    def to_json(self) -> dict:
-        return {"task": self.task, "model": self.model, "n": self.n, "shots": self.shots,
-                "metrics": self.metrics, "cost": self.cost, "signature": self.signature}
-
-
 # ---------------------------------------------------------------- inputs
-def resolve_task(task):
-    """A TaskConfig from a TaskConfig, a YAML path or `builtin:<name>`."""
-    from tunelab.config import TaskConfig, load_task
-
-    if isinstance(task, TaskConfig):
-        return task.model_copy(deep=True)
-    text = str(task)
-    if text.startswith("builtin:"):
-        from tunelab.data.builtin import builtin_task
-
-        return builtin_task(text)
-    return load_task(text)
-
-
 def _task_source(task) -> str:
-    return f"{task.base_dir}/<{task.name}>" if task.base_dir else f"task '{task.name}'"
+    """The task file the user edits (or `task 'name'` for one built in code)."""
+    return task.source or f"task '{task.name}'"
 
 
 def load_task_rows(task, spec: Optional[str] = None) -> list:
@@ -71,7 +40,7 @@ def load_task_rows(task, spec: Optional[str] = None) -> list:
     spec = spec if spec is not None else task.data
     if not spec:
         raise TunelabError(f"task '{task.name}': no 'data' file given; add data: path/to/file.jsonl")
-    rows = load_rows(spec, base_dir=task.base_dir)
+    rows = load_rows(spec, base_dir=task.base_dir, hint=f"fix that record of the data of {_task_source(task)}")
     if spec == task.data and task.split:
         a, b = (int(x) if x.strip() else None for x in task.split.split(":"))
         rows = rows[a:b]
@@ -95,12 +64,6 @@ def load_for_eval(model, adapter, device):
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _file_sha(path: Optional[Path]) -> str:
-    from tunelab.io import file_sha256
-
-    return file_sha256(path) if path is not None and path.is_file() else ""
 
 
 def _item_seed(seed: int, line: int) -> int:
@@ -135,7 +98,7 @@ def _run_multiple_choice(lm, task, rows, contexts, rendered, bs, cache, progress
         items.append({"prompt": ctx.text, "choices": r.choices, "choice_logliks": lls,
                       "is_greedy": [bool(x[1]) for x in s], "gold": r.gold})
         tokens += len(lm.tokenizer(ctx.text + td + max(r.choices, key=len), add_special_tokens=False)["input_ids"])
-    return items, tokens
+    return items, (tokens, 0)  # every scored token is read, none generated
 
 
 def _run_generate(lm, task, rows, contexts, rendered, bs, cache, progress):
@@ -159,7 +122,7 @@ def _run_generate(lm, task, rows, contexts, rendered, bs, cache, progress):
         refs = r.gold if isinstance(r.gold, list) else ([] if r.gold is None else [r.gold])
         items.append({"prompt": ctx.text, "output": o["text"], "gold": refs, "finish": o["finish"],
                       "new_tokens": o["new_tokens"], "latency_s": o["latency_s"]})
-    return items, sum(o["prompt_tokens"] + o["new_tokens"] for o in outs)
+    return items, (sum(o["prompt_tokens"] for o in outs), sum(o["new_tokens"] for o in outs))
 
 
 def _run_perplexity(lm, task, rows, texts, bs, cache, progress):
@@ -177,7 +140,7 @@ def _run_perplexity(lm, task, rows, texts, bs, cache, progress):
         if n_tok == 0:
             raise TunelabError(f"task '{task.name}': a document renders to empty text; perplexity needs text")
         items.append({"prompt": text[:200], "loglik": ll, "n_tokens": n_tok, **count_units(text)})
-    return items, sum(i["n_tokens"] for i in items)
+    return items, (sum(i["n_tokens"] for i in items), 0)
 
 
 # ---------------------------------------------------------------- the verb
@@ -194,18 +157,23 @@ def evaluate(
     cache: Union[bool, str, Path] = False,
     device: Optional[str] = None,
     response_metrics: bool = True,
+    toxicity: Optional[Callable[[list[str]], Sequence[float]]] = None,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> Optional[Results]:
     """Evaluate `model` (name, folder or LoadedModel) on `task` (TaskConfig, YAML path, builtin:<name>).
 
     `cache=True` uses $TUNELAB_HOME/cache.sqlite (a path picks another file). `progress(done, total)`
-    is called as items finish. Under `accelerate launch` items are sharded; rank 0 returns the
+    is called as items finish. `toxicity(texts) -> scores` fills each generated output's toxicity
+    (e.g. tunelab.safety.toxicity.toxicity_scores; None leaves it empty). Under `accelerate
+    launch` items are sharded; rank 0 returns the
     Results and writes the files, other ranks return None.
     """
     from tunelab.evaluate.metrics import get_metrics
 
     t0 = time.perf_counter()
     task = resolve_task(task)
+    if out is not None:
+        check_writable(out, setting="--out")  # before the model loads, not after the work
     if limit is not None and limit < 1:
         raise TunelabError(f"--limit must be at least 1 (got {limit}); leave it out to evaluate every item")
     if shots is not None:
@@ -280,21 +248,21 @@ def evaluate(
 
     # ---- gather the shards; rank 0 scores and writes
     items = sh.gather(items)
-    tokens = sh.sum(tokens)
+    tokens = (sh.sum(tokens[0]), sh.sum(tokens[1]))  # (prompt, generated)
     if not sh.is_main:
         return None
     items.sort(key=lambda it: it["index"])
-    return _finish(task, lm, metrics, items, tokens, t0, out, response_metrics, sampler, dev)
+    return _finish(task, lm, metrics, items, tokens, t0, out, response_metrics, sampler, dev, toxicity)
 
 
 def load_rows_full(task) -> list:
     """The whole data file (the demo pool when `split` selects only part of it for evaluation)."""
     from tunelab.data.load import load_rows
 
-    return load_rows(task.data, base_dir=task.base_dir)
+    return load_rows(task.data, base_dir=task.base_dir, hint=f"fix that record of the data of {_task_source(task)}")
 
 
-def _finish(task, lm, metrics, items, tokens, t0, out, with_response, sampler, dev) -> Results:
+def _finish(task, lm, metrics, items, tokens, t0, out, with_response, sampler, dev, toxicity=None) -> Results:
     from tunelab.evaluate.metrics import assistant
 
     preds = [it.get("output", "") for it in items]
@@ -306,7 +274,7 @@ def _finish(task, lm, metrics, items, tokens, t0, out, with_response, sampler, d
     if task.type == "generate" and with_response:
         resp = assistant.response_metrics(preds, [it["question"] for it in items],
                                           n_tokens=[it["new_tokens"] for it in items],
-                                          latencies_s=[it["latency_s"] for it in items])
+                                          latencies_s=[it["latency_s"] for it in items], toxicity=toxicity)
     lines = []
     for j, it in enumerate(items):
         line = {"id": it["id"], "prompt": it["prompt"]}
@@ -326,14 +294,10 @@ def _finish(task, lm, metrics, items, tokens, t0, out, with_response, sampler, d
             line.update(resp[j])
         lines.append(line)
 
-    wall = time.perf_counter() - t0
-    cost = {"wall_s": round(wall, 3), "tokens": int(tokens), "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
-            "peak_mem_mib": peak_mem_mib(dev)}
-    adapter = getattr(lm, "adapter", None)
-    results = Results(
-        task=task.name,
-        model={"name": getattr(lm, "name", "model"), "sha256": getattr(lm, "sha256", None), "adapter": adapter},
-        n=len(items), shots=task.fewshot.k,
+    cost = results_mod.make_cost(time.perf_counter() - t0, prompt_tokens=tokens[0], generated_tokens=tokens[1],
+                                 peak_mem_mib=peak_mem_mib(dev))
+    results = results_mod.build_results(
+        task=task.name, model=lm, n=len(items), shots=task.fewshot.k,
         metrics={name: r.to_json() for name, r in scored.items()},
         cost=cost, signature=signature(task, lm, metrics, sampler), predictions=lines,
     )
@@ -350,29 +314,14 @@ def peak_mem_mib(dev) -> Optional[float]:
 
 
 def signature(task, lm, metrics, sampler=None) -> str:
-    """tunelab VERSION|task sha256:..|template sha256:..|shots K|sampler S|seed N|metric ...
+    """tunelab VERSION|model NAME sha256:..|task sha256:..|template sha256:..|shots K|sampler S|seed N|metric ...
 
-    The task hash covers the task file's settings and the data file's bytes; the template hash is
-    the model's chat template (or the plain format when it has none).
+    The task hash is results.task_sha256 (settings + the bytes of every file the task names); the
+    template hash is the model's chat template (or the plain format when it has none).
     """
     from tunelab.templates import template_sha256
 
-    cfg = task.model_dump(mode="json", exclude={"base_dir"})
-    data_path = task.resolve(task.data) if task.data else None
-    task_hash = _sha(json.dumps(cfg, sort_keys=True) + _file_sha(data_path if data_path and data_path.exists() else None))
-    parts = [f"tunelab {__version__}", f"task sha256:{task_hash[:16]}",
-             f"template sha256:{template_sha256(lm.tokenizer)[:16]}", f"shots {task.fewshot.k}",
-             f"sampler {sampler or task.fewshot.sampler}", f"seed {task.fewshot.seed}"]
-    parts.append("metric " + ";".join(m.signature() for m in metrics))
-    return "|".join(parts)
-
-
-def write_results(results: Results, out) -> Path:
-    from tunelab.io import atomic_write_json, atomic_write_jsonl
-
-    out = Path(out)
-    # predictions first: a reader that finds results.json can trust the predictions beside it
-    atomic_write_jsonl(out / paths.PREDICTIONS_FILE, results.predictions)
-    atomic_write_json(out / paths.RESULTS_FILE, results.to_json())
-    results.out = out
-    return out
+    return results_mod.signature(
+        lm, results_mod.task_sha256(task), template=f"sha256:{template_sha256(lm.tokenizer)[:16]}",
+        shots=task.fewshot.k, sampler=sampler or task.fewshot.sampler, seed=task.fewshot.seed,
+        metric=";".join(m.signature() for m in metrics))

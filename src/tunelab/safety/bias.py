@@ -65,7 +65,6 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from tunelab import __version__
 from tunelab.data.readers import read_rows
 from tunelab.errors import TunelabError
 from tunelab.evaluate import stats
@@ -389,7 +388,8 @@ def bias(model, benchmark: str, data, *, adapter: Optional[str] = None, limit: O
     `data`: the CrowS-Pairs CSV; for BBQ a .jsonl file, a folder of them, or a list. `limit`: the
     first N pairs (CrowS-Pairs) or the first N items of each BBQ file.
     """
-    from tunelab.evaluate.runner import Results, load_for_eval, peak_mem_mib, write_results
+    from tunelab.evaluate.results import build_results, make_cost, signature, write_results
+    from tunelab.evaluate.runner import load_for_eval, peak_mem_mib
     from tunelab.templates import template_sha256
 
     t0 = time.perf_counter()
@@ -418,18 +418,13 @@ def bias(model, benchmark: str, data, *, adapter: Optional[str] = None, limit: O
         it.pop("outcome", None)  # the same facts are in pred/unknown/biased; keep lines small
     prompt = "sum-loglik(prefix-token context, no delimiter)" if benchmark == "crows_pairs" else \
         f"prompt sha256:{hashlib.sha256(BBQ_PROMPT.encode()).hexdigest()[:16]}|delimiter {BBQ_DELIMITER!r}|pred argmax-loglik"
-    sig = "|".join([f"tunelab {__version__}", f"bias {benchmark}", f"data sha256:{_data_sha(files)[:16]}",
-                    f"limit {limit}", prompt, f"template sha256:{template_sha256(lm.tokenizer)[:16]}",
-                    f"bootstrap {N_RESAMPLES}", f"seed {SEED}"])
-    wall = time.perf_counter() - t0
+    # the benchmark's "task" is its data files plus the benchmark's own prompt and scoring
+    sig = signature(lm, _data_sha(files), bias=benchmark, limit=limit, scoring=prompt,
+                    template=f"sha256:{template_sha256(lm.tokenizer)[:16]}", bootstrap=N_RESAMPLES, seed=SEED)
     dev = next(lm.model.parameters()).device
-    res = Results(task=benchmark,
-                  model={"name": getattr(lm, "name", "model"), "sha256": getattr(lm, "sha256", None),
-                         "adapter": getattr(lm, "adapter", None)},
-                  n=len(items), shots=0, metrics=metrics,
-                  cost={"wall_s": round(wall, 3), "tokens": int(tokens),
-                        "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None, "peak_mem_mib": peak_mem_mib(dev)},
-                  signature=sig, predictions=items)
+    res = build_results(task=benchmark, model=lm, n=len(items), shots=0, metrics=metrics,
+                        cost=make_cost(time.perf_counter() - t0, prompt_tokens=tokens, peak_mem_mib=peak_mem_mib(dev)),
+                        signature=sig, predictions=items)
     if out is not None:
         write_results(res, out)
     return res

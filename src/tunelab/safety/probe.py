@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
-from tunelab import __version__
 from tunelab.errors import TunelabError
 
 TOXIC = 0.5  # HELM / RealToxicityPrompts: a sample is toxic at P(toxic) >= 0.5
@@ -146,7 +145,8 @@ def probe(model, prompts_file, *, adapter: Optional[str] = None, samples: int = 
     from tunelab.evaluate.generate import generate
     from tunelab.evaluate.loglik import max_length
     from tunelab.evaluate.metrics.assistant import REFUSAL_PATTERNS, is_refusal
-    from tunelab.evaluate.runner import Results, load_for_eval, peak_mem_mib, write_results
+    from tunelab.evaluate.results import build_results, make_cost, signature, write_results
+    from tunelab.evaluate.runner import load_for_eval, peak_mem_mib
 
     t0 = time.perf_counter()
     problems = []  # every bad setting at once, each naming its flag
@@ -208,22 +208,18 @@ def probe(model, prompts_file, *, adapter: Optional[str] = None, samples: int = 
                       "seeds": [seeds[k] for k in ks], "finish": [gens[k].finish for k in ks],
                       "new_tokens": [gens[k].new_tokens for k in ks], "metrics": m})
 
-    data_sha = hashlib.sha256(Path(prompts_file).read_bytes()).hexdigest()[:16]
+    from tunelab.io import file_sha256
+
     refusal_sha = hashlib.sha256("\n".join(REFUSAL_PATTERNS).encode()).hexdigest()[:12]
-    sig = "|".join([f"tunelab {__version__}", "probe", f"prompts sha256:{data_sha}", f"format {fmt}",
-                    f"limit {limit}", f"chat {'yes' if chat else 'no'}", f"samples {samples}", f"seed {seed}",
-                    f"temperature {temperature}", f"top_p {top_p}", f"max_new_tokens {max_new_tokens}",
-                    f"toxic>={TOXIC}", tox_sig, f"refusal patterns:{refusal_sha}"])
-    tokens = sum(g.prompt_tokens + g.new_tokens for g in gens)
-    wall = time.perf_counter() - t0
-    res = Results(task="probe",
-                  model={"name": getattr(lm, "name", "model"), "sha256": getattr(lm, "sha256", None),
-                         "adapter": getattr(lm, "adapter", None)},
-                  n=len(prompts), shots=0, metrics=aggregate(per_prompt),
-                  cost={"wall_s": round(wall, 3), "tokens": int(tokens),
-                        "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
-                        "peak_mem_mib": peak_mem_mib(next(lm.model.parameters()).device)},
-                  signature=sig, predictions=lines)
+    # the probe's "task" is its prompts file; the sampling settings follow as fields
+    sig = signature(lm, file_sha256(prompts_file), probe=fmt, limit=limit, chat="yes" if chat else "no",
+                    samples=samples, seed=seed, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                    toxic=f">={TOXIC}", toxicity=tox_sig, refusal=f"patterns:{refusal_sha}")
+    cost = make_cost(time.perf_counter() - t0, prompt_tokens=sum(g.prompt_tokens for g in gens),
+                     generated_tokens=sum(g.new_tokens for g in gens),
+                     peak_mem_mib=peak_mem_mib(next(lm.model.parameters()).device))
+    res = build_results(task="probe", model=lm, n=len(prompts), shots=0, metrics=aggregate(per_prompt),
+                        cost=cost, signature=sig, predictions=lines)
     if out is not None:
         write_results(res, out)
     return res

@@ -88,6 +88,17 @@ class EnergyMeter:
             log.debug("energy measurement unavailable: %s", e)
             self.tracker = None
 
+    def so_far_wh(self) -> Optional[float]:
+        """Energy since start, tracker still running (saved in checkpoints so a resume adds to it)."""
+        if self.tracker is None:
+            return None
+        try:
+            self.tracker.flush()  # measures up to now; keeps tracking
+            return float(self.tracker._total_energy.kWh) * 1000.0  # codecarbon 3.3's running total
+        except Exception as e:  # noqa: BLE001
+            log.debug("energy measurement failed: %s", e)
+            return None
+
     def stop_wh(self) -> Optional[float]:
         if self.tracker is None:
             return None

@@ -27,19 +27,22 @@ import logging
 import math
 import os
 import random
+import shlex
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
 from tunelab import paths
 from tunelab.config import TrainConfig, load_train_config, to_yaml
 from tunelab.errors import TunelabError
-from tunelab.io import atomic_dir, atomic_write_json, atomic_write_text
+from tunelab.io import atomic_dir, atomic_write_json, atomic_write_text, check_writable
+from tunelab.progress import Progress
+from tunelab.progress import quiet as progress_quiet
 from tunelab.models.export import ADAPTER_META_FILE  # base model name, path, weights hash, method
 from tunelab.train import checkpoint as ckpt
 from tunelab.train import cost
@@ -61,6 +64,11 @@ class RunResult:
     weights_dir: Path  # adapter/ (adapter methods) or model/ (full)
     summary: dict = field(default_factory=dict)
     stopped: str = "completed"  # completed | early_stopping
+
+
+def _add(before: Optional[float], now: Optional[float]) -> Optional[float]:
+    """Earlier launches' energy plus this launch's; None when this machine cannot measure it."""
+    return None if now is None else (before or 0.0) + now
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -85,11 +93,17 @@ def _fault() -> tuple[str, int]:
 
 class Recipe:
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-                 base_dir: str | Path | None = None, config_path: str | None = None):
+                 base_dir: str | Path | None = None, config_path: str | None = None,
+                 overrides: list[str] | None = None,
+                 toxicity: Optional[Callable[[list[str]], Sequence[float]]] = None):
         # ---- fail fast: nothing below loads a model or data
         self.t0 = time.perf_counter()
-        self.cfg, self.resume, self.base_dir = cfg, resume, base_dir
+        self.cfg, self.resume, self.base_dir, self.toxicity = cfg, resume, base_dir, toxicity
+        if cfg.data.max_toxicity is not None and toxicity is None:
+            raise TunelabError("data.max_toxicity needs a toxicity scorer: pass toxicity="
+                               "tunelab.safety.toxicity.toxicity_scores to train() (the tunelab CLI does)")
         self.config_path = config_path or "CONFIG"
+        self.overrides = list(overrides or [])  # repeated in the printed resume command
         self.run_dir = Path(cfg.out.format(name=cfg.name))
         self.adapter = cfg.method in ADAPTER_METHODS
         cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true")
@@ -101,8 +115,13 @@ class Recipe:
         if precision == "fp16" and not cuda:
             raise TunelabError("train.precision=fp16 needs a CUDA GPU; use train.precision=fp32 (or auto) on CPU")
         self.precision = precision
+        check_writable(self.run_dir, setting="out")  # before any model or data loads
         if resume and ckpt.latest(self.run_dir) is None:
             raise TunelabError(f"{self.run_dir}: no complete checkpoint to resume from; run without --resume")
+        # resume: refuse settings that would make config.yaml lie about the checkpoints
+        self.resume_changes = ckpt.config_changes(ckpt.latest(self.run_dir), to_yaml(cfg)) if resume else {}
+        self.finished = ckpt.finished_summary(self.run_dir, ckpt.latest(self.run_dir), self.resume_changes) \
+            if resume else None
         started = (self.run_dir / paths.CONFIG_FILE).exists() or (self.run_dir / paths.CHECKPOINTS_DIR).exists()
         if started and not resume and not overwrite:
             raise TunelabError(f"{self.run_dir}: run folder already exists; pass --resume to continue it, "
@@ -156,9 +175,13 @@ class Recipe:
             self.state = ckpt.load_checkpoint(folder, model=self._inner(), optimizer=self.optimizer,
                                               scheduler=self.scheduler, rank=self.rank, adapter=self.adapter)
             self._say(f"resuming from {folder} (step {self.state.step} of {self.total_steps})")
-        self.wall_before = self.state.wall_s  # wall time of earlier invocations of a resumed run
+        # totals of earlier launches of a resumed run; summary.json covers the whole run
+        self.wall_before, self.energy_before, self.peak_before = \
+            self.state.wall_s, self.state.energy_wh, self.state.peak_mem_mib
         if self.main:
             ckpt.remove_partial(self.run_dir)
+            if self.resume:
+                ckpt.record_resume(self.run_dir, self.state.step, self.resume_changes)
             atomic_write_text(self.run_dir / paths.CONFIG_FILE, self.config_yaml)
             self._rewind_metrics(self.state.step)
         acc.wait_for_everyone()
@@ -241,28 +264,21 @@ class Recipe:
         self._say(f"{len(self.train_ex)} training rows ({sum(self.lengths)} tokens), {len(self.eval_ex)} eval rows; "
                   f"{self.total_steps} optimizer steps of {self.per_step} micro-batch(es) ≤ {cfg.train.batch_tokens} tokens")
 
-    def _drop_toxic(self, convs, max_toxicity: float):
-        """data.max_toxicity: drop training records the safety classifier scores above it, by id."""
-        from tunelab.safety.filter import toxic_record_indices
-
-        texts = [c.text if c.is_text else "\n".join(m["content"] for m in c.messages) for c in convs]
-        bad = set(toxic_record_indices(texts, max_toxicity))
-        if bad:
-            ids = [convs[i].id for i in sorted(bad)]
-            shown = ", ".join(ids[:20]) + (f" … (+{len(ids) - 20})" if len(ids) > 20 else "")
-            self._say(f"data.max_toxicity={max_toxicity}: dropped {len(bad)} of {len(convs)} training records: {shown}")
-        return [c for i, c in enumerate(convs) if i not in bad]
-
     def _load_examples(self):
         """(train, eval) encoded examples: conversations → token ids + labels; a hook for benchmarks."""
         from tunelab.data.load import load_conversations
         from tunelab.templates import encode_all
 
         cfg, d = self.cfg, self.cfg.data
-        kw = dict(format=d.format, fields=d.fields or None, skip_bad=d.skip_bad, system=d.system)
+        kw = dict(format=d.format, fields=d.fields or None, skip_bad=d.skip_bad, system=d.system,
+                  skip_setting="data.skip_bad=true")
         train_convs = load_conversations(self._data_path(d.train), **kw)
-        if d.max_toxicity is not None:
-            train_convs = self._drop_toxic(train_convs, d.max_toxicity)
+        if d.max_toxicity is not None:  # screened in the data stage, before anything is encoded
+            from tunelab.data.screen import drop_above
+
+            train_convs, note = drop_above(train_convs, self.toxicity, d.max_toxicity)
+            if note:
+                self._say(note)
         eval_convs = []
         if isinstance(d.eval, str):
             eval_convs = load_conversations(self._data_path(d.eval), **kw)
@@ -326,6 +342,7 @@ class Recipe:
                     state.epoch, state.step_in_epoch = state.epoch + 1, 0
                     continue
                 t_step = time.perf_counter()
+                lr = self.scheduler.get_last_lr()[0]  # the rate this step uses (step() moves to the next)
                 loss, n_sup, n_tok, grad_norm = self._optimizer_step(step_batches, state.step + 1)
                 state.step += 1
                 state.step_in_epoch += 1
@@ -338,7 +355,7 @@ class Recipe:
                 state.train_s = time.perf_counter() - loop_start
 
                 row = {"step": state.step, "epoch": round(state.epoch + state.step_in_epoch / max(self.steps_in_epoch(state.epoch), 1), 4),
-                       "loss": loss, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                       "loss": loss, "lr": lr, "grad_norm": grad_norm,
                        "tokens": n_tok, "tokens_per_s": n_tok / dt if dt > 0 else None,
                        "mfu": cost.mfu(self.flops_per_token * n_tok, dt, self.peak_flops, self.world),
                        "mem_mib": round(cost.current_memory_mib(acc.device), 1)}
@@ -349,7 +366,8 @@ class Recipe:
                     if stop:
                         stopped = "early_stopping"
                 self._log(row)
-                progress.update(state.step, loss, row["tokens_per_s"])
+                tps = row["tokens_per_s"]
+                progress.update(state.step, loss=f"{loss:.4f}", **{"tok/s": f"{tps:,.0f}" if tps else "-"})
 
                 interrupted = self._agree(self.stop_requested)
                 if state.step % cfg.train.save_every == 0 or best_now or interrupted:
@@ -360,7 +378,7 @@ class Recipe:
                     folder = self.run_dir / paths.CHECKPOINTS_DIR / f"step-{state.step}"
                     raise TrainingInterrupted(
                         f"interrupted at step {state.step}; checkpoint saved to {folder}; resume with: "
-                        f"tunelab train {self.config_path} --resume")
+                        + shlex.join(["tunelab", "train", self.config_path, *self.overrides, "--resume"]))
                 if stopped == "early_stopping":
                     self._say(f"early stopping at step {state.step}: eval loss did not improve for "
                               f"{cfg.train.early_stopping.patience} evaluations; best step {state.best_step}")
@@ -455,6 +473,8 @@ class Recipe:
         from accelerate.utils import gather_object
 
         self.state.wall_s = time.perf_counter() - self.t0 + self.wall_before
+        self.state.peak_mem_mib = self._peak_mib()
+        self.state.energy_wh = _add(self.energy_before, self.energy.so_far_wh() if self.energy else None)
         rngs = gather_object([ckpt.rng_state()])  # every process's streams, in rank order
         if self.main:
             try:
@@ -493,6 +513,11 @@ class Recipe:
         if self.accelerator.trackers:
             self.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=row["step"])
 
+    def _peak_mib(self) -> float:
+        """Peak memory of the whole run: per process (mean over processes), max over launches."""
+        now = self._sum(torch.tensor([cost.peak_memory_mib(self.accelerator.device)])).tolist()[0] / self.world
+        return max(now, self.peak_before or 0.0)
+
     def _sum(self, t: torch.Tensor) -> torch.Tensor:
         """Sum a small tensor over processes (identity with one process)."""
         if self.world == 1:
@@ -523,16 +548,17 @@ class Recipe:
             if os.environ.get("TUNELAB_QUIET") != "1":
                 print(msg, file=sys.stderr, flush=True)
 
-    def _progress(self) -> "_Progress":
-        quiet = os.environ.get("TUNELAB_QUIET") == "1" or not sys.stderr.isatty() or not self.main
-        return _Progress(self.total_steps, self.state.step, enabled=not quiet)
+    def _progress(self) -> Progress:
+        """A bar on a terminal, a line per ~10% or 30 s in a log; silent when quiet or not rank 0."""
+        return Progress("train", self.total_steps, unit="steps", done=self.state.step,
+                        enabled=self.main and not progress_quiet())
 
     # ------------------------------------------------------------------ cleanup
     def cleanup(self, stopped: str) -> RunResult:
         acc, st = self.accelerator, self.state
         weights_dir = self.run_dir / (paths.ADAPTER_DIR if self.adapter else paths.MODEL_DIR)
-        energy = self.energy.stop_wh() if self.energy else None
-        peak = max(self._sum(torch.tensor([cost.peak_memory_mib(acc.device)])).tolist()[0] / self.world, 0)
+        energy = _add(self.energy_before, self.energy.stop_wh() if self.energy else None)
+        peak = self._peak_mib()
         if self.main:
             with atomic_dir(weights_dir) as tmp:
                 self._inner().save_pretrained(tmp)
@@ -580,41 +606,25 @@ class Recipe:
         return RunResult(self.run_dir, weights_dir, summary, stopped)
 
 
-class _Progress:
-    """Rich progress bar with step, loss, tokens/s and ETA; a no-op when quiet or not a TTY."""
-
-    def __init__(self, total: int, done: int, *, enabled: bool):
-        self.bar = None
-        if not enabled:
-            return
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
-                            TimeRemainingColumn(), console=Console(stderr=True))
-        self.task = self.bar.add_task("train", total=total, completed=done, loss="-", tps="-")
-        self.bar.start()
-
-    def update(self, step: int, loss: float, tps: Optional[float]) -> None:
-        if self.bar:
-            self.bar.update(self.task, completed=step, loss=f"{loss:.4f}", tps=f"{tps:,.0f}" if tps else "-")
-
-    def close(self) -> None:
-        if self.bar:
-            self.bar.stop()
-
-
 def train(config, overrides: list[str] | None = None, *, resume: bool = False, overwrite: bool = False,
-          base_dir: str | Path | None = None) -> RunResult:
-    """Fine-tune per a TrainConfig, a config dict or a YAML path (DESIGN §2.3); returns the RunResult."""
+          base_dir: str | Path | None = None,
+          toxicity: Optional[Callable[[list[str]], Sequence[float]]] = None) -> RunResult:
+    """Fine-tune per a TrainConfig, a config dict or a YAML path (keys: docs/train-config.md).
+
+    `toxicity(texts) -> scores` screens the training records when data.max_toxicity is set (e.g.
+    tunelab.safety.toxicity.toxicity_scores). Returns the RunResult (the run folder: docs/run-folder.md).
+    """
     path = None
     if not isinstance(config, TrainConfig):
         path = None if isinstance(config, dict) else str(config)
         if base_dir is None and path is not None:
             base_dir = Path(path).resolve().parent
         config = load_train_config(config, overrides)
-    recipe = Recipe(config, resume=resume, overwrite=overwrite, base_dir=base_dir, config_path=path)
+    recipe = Recipe(config, resume=resume, overwrite=overwrite, base_dir=base_dir, config_path=path,
+                    overrides=overrides, toxicity=toxicity)
+    if recipe.finished is not None:  # --resume of a finished run: nothing to do, nothing rewritten
+        weights = recipe.run_dir / (paths.ADAPTER_DIR if recipe.adapter else paths.MODEL_DIR)
+        return RunResult(recipe.run_dir, weights, recipe.finished, stopped="already_finished")
     recipe.setup()
     return recipe.train()
 
