@@ -1,4 +1,5 @@
-"""Calibration of the shipped MiniLM classifier at the 0.5 threshold on text it never trained on.
+"""The shipped MiniLM and ensemble classifiers at their own calibrated default threshold (v3 ships
+one per model, chosen on validation data; v2 used 0.5) on text they never trained on.
 
 The sentences below are written for this test (none is a ToxiGen statement or a background
 text; test_sentences_are_not_training_data checks that). Short neutral fragments guard the
@@ -36,12 +37,16 @@ def test_sentences_are_not_training_data(shared_data):
 
 
 @needs_minilm
-def test_short_neutral_fragments_below_threshold():
-    scores = tox.ToxicityClassifier("minilm").score(NEUTRAL_FRAGMENTS)
-    assert max(scores) < 0.5, dict(zip(NEUTRAL_FRAGMENTS, scores))
+@pytest.mark.parametrize("backend", ["minilm", "ensemble"])
+def test_short_neutral_fragments_below_threshold(backend):
+    clf = tox.ToxicityClassifier(backend)
+    scores = clf.score(NEUTRAL_FRAGMENTS)
+    assert max(scores) < clf.threshold, dict(zip(NEUTRAL_FRAGMENTS, scores))
 
 
 @needs_minilm
-def test_clear_hate_above_threshold():
-    scores = tox.ToxicityClassifier("minilm").score(HATE)
-    assert min(scores) > 0.5, dict(zip(HATE, scores))
+@pytest.mark.parametrize("backend", ["minilm", "ensemble"])
+def test_clear_hate_above_threshold(backend):
+    clf = tox.ToxicityClassifier(backend)
+    scores = clf.score(HATE)
+    assert min(scores) >= clf.threshold, dict(zip(HATE, scores))

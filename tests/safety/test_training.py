@@ -150,3 +150,18 @@ def test_auto_backend_is_ensemble_with_minilm():
 def test_unknown_backend_one_line():
     with pytest.raises(TunelabError, match="unknown toxicity backend 'bert'; use auto, ensemble"):
         tox.ToxicityClassifier("bert")
+
+
+def test_scan_defaults_to_the_classifier_threshold(tmp_path):
+    from tunelab.safety.scan import scan
+
+    class Fixed:
+        threshold = 0.8
+
+        def score(self, texts):
+            return [float(t) for t in texts]
+
+    src = tmp_path / "p.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("0.7", "0.85", "0.9", "0.1")))
+    assert scan(src, classifier=Fixed())["toxic_fraction"] == pytest.approx(0.5)  # 0.85, 0.9
+    assert scan(src, classifier=Fixed(), threshold=0.5)["toxic_fraction"] == pytest.approx(0.75)
