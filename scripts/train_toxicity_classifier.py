@@ -122,6 +122,14 @@ def render_results(m: dict) -> str:
     d = next(iter(m["models"].values()))["davidson"]
     lines += ["", f"Davidson test split: {d['n']} distinct tweets ({d['n_hate']} hate, {d['n_offensive']} "
               "offensive, " f"{d['n_neither']} neither)."]
+    data = m["data"]
+    lines += ["", "### Data hashes (sha256 of the input files; the splits' texts hashed per split)", "",
+              "| file | sha256 |", "|---|---|"]
+    lines += [f"| `{k}` | `{v}` |" for k, v in data["file_sha256"].items()]
+    lines += [f"| split `{k}` (sorted texts, JSON) | `{v}` |" for k, v in data["split_sha256"].items()]
+    lines += ["", "Rows per pool and split: " + "; ".join(
+        f"{p} {c['train']} / {c['val']} / {c['test']}" for p, c in data["rows_by_pool_and_split"].items())
+        + " (train / val / test)."]
     return "\n".join(lines) + "\n"
 
 
@@ -139,7 +147,12 @@ if __name__ == "__main__":
     ap.add_argument("--cache", default=None, help="folder for cached MiniLM embeddings (development)")
     ap.add_argument("--no-peer", action="store_true", help="skip alt-profanity-check")
     ap.add_argument("--no-logo", action="store_true", help="skip leave-one-group-out (quick iterations)")
+    ap.add_argument("--card-only", action="store_true",
+                    help="only rewrite the model card's results from --out/metrics.json")
     args = ap.parse_args()
+    if args.card_only:
+        update_card(json.loads((Path(args.out) / "metrics.json").read_text(encoding="utf-8")))
+        raise SystemExit(0)
     import torch
 
     torch.manual_seed(0)
