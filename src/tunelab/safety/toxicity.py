@@ -85,15 +85,6 @@ def ngram_features(text: str, n_buckets: int) -> tuple[np.ndarray, np.ndarray]:
     return idx, val / np.linalg.norm(val)
 
 
-def ngram_matrix(texts: Sequence[str], n_buckets: int) -> np.ndarray:
-    """Dense (N, n_buckets) feature matrix, for training on a few hundred texts."""
-    X = np.zeros((len(texts), n_buckets), dtype=np.float32)
-    for i, t in enumerate(texts):
-        idx, val = ngram_features(t, n_buckets)
-        np.add.at(X[i], idx, val)
-    return X
-
-
 def windows(text: str) -> list[str]:
     """Split a long text into overlapping word windows; short texts come back whole."""
     words = text.split()
