@@ -38,7 +38,7 @@ def test_toxigen_dedup_folds_case_and_space(tmp_path):
 
 
 def test_missing_toxigen_file_one_line_error(tmp_path):
-    with pytest.raises(TunelabError, match="hate_women_1k.txt not found; point --data"):
+    with pytest.raises(TunelabError, match="hate_women_1k.txt not found; point data_dir at"):
         td.load_toxigen(tmp_path, groups=("women",))
 
 

@@ -29,7 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
-from tunelab.errors import TunelabError
+from tunelab.errors import ParameterError, TunelabError
 
 TOXIGEN_GROUPS = ("asian", "bisexual", "black", "chinese", "immigrant", "latino", "mental_disability",
                   "middle_east", "native_american", "physical_disability", "trans", "women")
@@ -116,8 +116,8 @@ def toxigen_files(data_dir: Path, groups: Sequence[str]) -> list[tuple[Path, str
             if path.is_file():
                 out.append((path, group, label))
             elif name == "hate":
-                raise TunelabError(f"ToxiGen file {path} not found; point --data at the folder "
-                                   "holding hate_/neutral_<group>_1k.txt")
+                raise ParameterError(f"ToxiGen file {path} not found; point "
+                                     "{data_dir} at the folder holding hate_/neutral_<group>_1k.txt", "data_dir")
     return out
 
 
@@ -130,8 +130,8 @@ def load_toxigen(data_dir: str | Path, groups: Sequence[str] = TOXIGEN_GROUPS) -
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as e:
-            raise TunelabError(f"cannot read ToxiGen file {path} ({e}); point --data at the folder "
-                               "holding hate_/neutral_<group>_1k.txt") from None
+            raise ParameterError(f"cannot read ToxiGen file {path} ({e}); point "
+                                 "{data_dir} at the folder holding hate_/neutral_<group>_1k.txt", "data_dir") from None
         for line in lines:
             for s in split_statements(line):
                 key = norm_key(s)

@@ -39,7 +39,7 @@ import torch
 
 from tunelab import paths
 from tunelab.config import TrainConfig, load_train_config, to_yaml
-from tunelab.errors import TunelabError
+from tunelab.errors import ParameterError, TunelabError
 from tunelab.io import atomic_dir, atomic_write_json, atomic_write_text, check_writable
 from tunelab.progress import Progress
 from tunelab.progress import quiet as progress_quiet
@@ -117,15 +117,15 @@ class Recipe:
         self.precision = precision
         check_writable(self.run_dir, setting="out")  # before any model or data loads
         if resume and ckpt.latest(self.run_dir) is None:
-            raise TunelabError(f"{self.run_dir}: no complete checkpoint to resume from; run without --resume")
+            raise ParameterError(f"{self.run_dir}: no complete checkpoint to resume from; start without {{resume}}", "resume")
         # resume: refuse settings that would make config.yaml lie about the checkpoints
         self.resume_changes = ckpt.config_changes(ckpt.latest(self.run_dir), to_yaml(cfg)) if resume else {}
         self.finished = ckpt.finished_summary(self.run_dir, ckpt.latest(self.run_dir), self.resume_changes) \
             if resume else None
         started = (self.run_dir / paths.CONFIG_FILE).exists() or (self.run_dir / paths.CHECKPOINTS_DIR).exists()
         if started and not resume and not overwrite:
-            raise TunelabError(f"{self.run_dir}: run folder already exists; pass --resume to continue it, "
-                               "--overwrite to start over, or set out=<another folder>")
+            raise ParameterError(f"{self.run_dir}: run folder already exists; pass {{resume}} to continue it, "
+                                 "{overwrite} to start over, or set out=<another folder>", "resume", "overwrite")
         for flag, package in (("tensorboard", "tensorboard"), ("mlflow", "mlflow")):
             if getattr(cfg.log, flag):
                 try:
