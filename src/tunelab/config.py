@@ -57,7 +57,9 @@ class EarlyStopping(_Strict):
 class TrainLoopConfig(_Strict):
     epochs: float = Field(1, gt=0, le=1000)
     max_steps: Optional[int] = Field(None, ge=1)
-    batch_tokens: int = Field(8192, ge=16, description="token budget of one micro-batch (packed)")
+    batch_tokens: Optional[int] = Field(
+        None, ge=16, description="token budget of one micro-batch (packed); unset: sized from free memory "
+        "on a GPU, 8192 on CPU (docs/training.md)")
     grad_accum: int = Field(1, ge=1, le=4096)
     lr: float = Field(2.0e-4, gt=0, lt=1.0, description="LoRA: 1e-4..5e-4; full: 1e-5..5e-5")
     schedule: Literal["constant", "linear", "cosine"] = "cosine"
@@ -67,7 +69,8 @@ class TrainLoopConfig(_Strict):
     seed: int = 42
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     grad_checkpointing: bool = False
-    compile: bool = False
+    compile: Union[bool, Literal["auto"]] = Field(
+        "auto", description="torch.compile each decoder layer; auto: on CUDA, off on CPU")
     eval_every: int = Field(100, ge=1)
     save_every: int = Field(200, ge=1)
     keep_checkpoints: int = Field(2, ge=1)

