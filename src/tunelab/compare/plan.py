@@ -229,7 +229,7 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
     """Read, resolve and check a compare config; nothing is trained or evaluated."""
     from tunelab.data.load import load_rows
     from tunelab.evaluate.results import task_sha256
-    from tunelab.evaluate.runner import resolve_task
+    from tunelab.evaluate.tasks import resolve_task
 
     cfg, source, base_dir = load_compare_config(config, overrides)
     task_spec = _resolve_path(cfg.task, base_dir)
