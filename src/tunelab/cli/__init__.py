@@ -51,6 +51,8 @@ COMMAND_GROUPS = (
     "models",      # models pull|list
     "metrics",     # metrics retrieval|list
     "safety",      # safety scan|train-classifier|probe|bias
+    "runs",        # runs list|show
+    "report",      # report
 )
 
 

@@ -35,6 +35,9 @@ def train_cmd(
         sys.exit(130)
     if not result.summary:  # not the main process of a multi-process run
         return
+    from tunelab.report import build
+
+    report = build(result.run_dir)  # the run knows nothing of reports; the CLI adds one
     from rich.table import Table
 
     s = result.summary
@@ -44,6 +47,7 @@ def train_cmd(
         v = s.get(key)
         table.add_row(key, f"{v:.4g}" if isinstance(v, float) else str(v))
     table.add_row("weights", str(result.weights_dir))
+    table.add_row("report", str(report))
     console.print(table)
 
 

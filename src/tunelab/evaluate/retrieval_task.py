@@ -63,7 +63,7 @@ def _qrels(task):
 def run_retrieval(task, *, metrics_spec, limit: Optional[int] = None, out=None, t0: Optional[float] = None):
     from tunelab.evaluate import stats
     from tunelab.evaluate.retrieval import BM25Retriever, canonical, evaluate_run
-    from tunelab.evaluate.results import build_results, make_cost, signature, task_sha256, write_results
+    from tunelab.evaluate.results import build_results, make_cost, record_run, signature, task_sha256, write_results
 
     t0 = time.perf_counter() if t0 is None else t0
     measures = [canonical(m if isinstance(m, str) else next(iter(m))) for m in metrics_spec]
@@ -101,4 +101,5 @@ def run_retrieval(task, *, metrics_spec, limit: Optional[int] = None, out=None, 
                             cost=make_cost(time.perf_counter() - t0), signature=sig, predictions=lines)
     if out is not None:
         write_results(results, out)
+    record_run(results, "eval")
     return results
