@@ -57,7 +57,9 @@ class EarlyStopping(_Strict):
 class TrainLoopConfig(_Strict):
     epochs: float = Field(1, gt=0, le=1000)
     max_steps: Optional[int] = Field(None, ge=1)
-    batch_tokens: int = Field(8192, ge=16, description="token budget of one micro-batch (packed)")
+    batch_tokens: Optional[int] = Field(
+        None, ge=16, description="token budget of one micro-batch (packed); unset: sized from free memory "
+        "on a GPU, 8192 on CPU (docs/training.md)")
     grad_accum: int = Field(1, ge=1, le=4096)
     lr: float = Field(2.0e-4, gt=0, lt=1.0, description="LoRA: 1e-4..5e-4; full: 1e-5..5e-5")
     schedule: Literal["constant", "linear", "cosine"] = "cosine"
@@ -67,7 +69,8 @@ class TrainLoopConfig(_Strict):
     seed: int = 42
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     grad_checkpointing: bool = False
-    compile: bool = False
+    compile: Union[bool, Literal["auto"]] = Field(
+        "auto", description="torch.compile each decoder layer; auto: on CUDA, off on CPU")
     eval_every: int = Field(100, ge=1)
     save_every: int = Field(200, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
@@ -132,6 +135,7 @@ class TaskConfig(_Strict):
     text: Optional[str] = Field(None, description="perplexity: Jinja expression for the document text")
     # where the YAML lives; relative data paths resolve against it (not a user key)
     base_dir: Optional[str] = Field(None, exclude=True)
+    source: Optional[str] = Field(None, exclude=True)  # the YAML file itself, named in errors
 
     @field_validator("split")
     @classmethod
@@ -275,6 +279,7 @@ def load_task(path: str | Path | dict, overrides: list[str] | None = None, *,
         task.base_dir = str(base_dir) if base_dir is not None else None
     else:
         task.base_dir = str(Path(path).resolve().parent)
+        task.source = str(path)
     return task
 
 

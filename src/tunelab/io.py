@@ -28,6 +28,38 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def check_writable(path: str | os.PathLike, *, setting: str, folder: bool = True) -> Path:
+    """Fail early, before any model loads, when `path` cannot be written; return it.
+
+    Walks up to the first existing ancestor: a file there means the folder cannot be made, and a
+    probe file created and removed in it proves the permission (os.access says yes to root even
+    on a read-only mount). `setting` names the parameter or key to change, e.g. "out"; the CLI shows its flag instead.
+    """
+    from tunelab.errors import ParameterError
+
+    path = Path(path).expanduser()
+    name = "{" + setting + "}"  # a ParameterError placeholder: the CLI shows its flag there
+    fix = f"choose another {name}"
+    if path.exists():
+        if folder and not path.is_dir():
+            raise ParameterError(f"{path}: is a file, but {name} needs a folder; {fix}", setting)
+        if not folder and path.is_dir():
+            raise ParameterError(f"{path}: is a folder, but {name} needs a file path; {fix}", setting)
+    target = path if folder and path.is_dir() else path.parent
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    if not target.is_dir():
+        raise ParameterError(f"{path}: cannot be created because {target} is a file, not a folder; {fix}", setting)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tunelab-write-test.", dir=target)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ParameterError(f"{path}: cannot write in {target} ({e.strerror or e}); {fix} "
+                             "or make that folder writable", setting) from None
+    return path
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

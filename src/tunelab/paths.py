@@ -22,6 +22,7 @@ CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
 REPORT_FILE = "report.html"
+RESUME_LOG_FILE = "resume_log.jsonl"  # one line per --resume: from which step, which settings changed
 # Evaluation output (DESIGN 2.2)
 RESULTS_FILE = "results.json"
 PREDICTIONS_FILE = "predictions.jsonl"

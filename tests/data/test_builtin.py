@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from tunelab.data.builtin import TASKS, builtin_task, load_builtin_rows
+from tunelab.data.builtin import TASKS, load_builtin_rows
+from tunelab.evaluate.tasks import builtin_task
 from tunelab.data.load import load_conversations
 from tunelab.errors import TunelabError
 

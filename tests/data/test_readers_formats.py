@@ -132,5 +132,5 @@ def test_callers_without_skip_bad_give_their_own_hint(tmp_path):
     with pytest.raises(TunelabError, match=r"preds.jsonl:2: not valid JSON .*; fix that line$"):
         read_rows(p, hint="fix that line")
     p.write_bytes(b"\xff\xfe\x00bad")
-    with pytest.raises(TunelabError, match="cannot read the file"):
+    with pytest.raises(TunelabError, match=r"preds.jsonl:1: not valid UTF-8 \(byte 0xff at column 1\)"):
         read_rows(p)

@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 from tunelab.evaluate.metrics import assistant
-from tunelab.evaluate.metrics.assistant import is_refusal, response_metrics, set_toxicity_scorer
+from tunelab.evaluate.metrics.assistant import is_refusal, response_metrics
 
 
 @pytest.mark.parametrize("text", [
@@ -40,13 +40,9 @@ def test_not_refusals(text):
     assert not is_refusal(text)
 
 
-def test_response_metrics_lengths_speed_and_hook():
-    set_toxicity_scorer(lambda texts: [0.9 if "idiot" in t else 0.1 for t in texts])
-    try:
-        rows = response_metrics(["Hello there", "you idiot"], n_tokens=[3, 2], latencies_s=[0.5, 0.0],
-                                relevance=False)
-    finally:
-        set_toxicity_scorer(None)
+def test_response_metrics_lengths_speed_and_scorer():
+    rows = response_metrics(["Hello there", "you idiot"], n_tokens=[3, 2], latencies_s=[0.5, 0.0],
+                            relevance=False, toxicity=lambda texts: [0.9 if "idiot" in t else 0.1 for t in texts])
     assert rows[0]["length_chars"] == 11 and rows[0]["length_tokens"] == 3
     assert rows[0]["tokens_per_s"] == pytest.approx(6.0)
     assert rows[1]["tokens_per_s"] is None                   # zero latency: undefined, not inf
@@ -54,19 +50,7 @@ def test_response_metrics_lengths_speed_and_hook():
     assert rows[0]["refusal"] == 0.0 and rows[0]["answer_relevance"] is None
 
 
-def test_toxicity_default_is_none_when_safety_module_missing(monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def fake_import(name, *args, **kwargs):
-        if name == "tunelab.safety.toxicity":
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", fake_import)
-    set_toxicity_scorer(None)
-    assert assistant.get_toxicity_scorer() is None
+def test_toxicity_is_none_without_a_scorer():
     assert response_metrics(["hi"], relevance=False)[0]["toxicity"] is None
 
 

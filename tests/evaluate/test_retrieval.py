@@ -91,8 +91,49 @@ def test_measure_names(alias, name):
 
 
 def test_unknown_measure_lists_names():
-    with pytest.raises(TunelabError, match=r"unknown retrieval measure 'mapp'.*ndcg_cut_k"):
+    with pytest.raises(TunelabError, match=r"unknown retrieval measure 'mapp'.*ndcg_cut_10.*docs/retrieval.md"):
         canonical("mapp")
+    with pytest.raises(TunelabError, match=r"unknown retrieval measure 'iprec_at_recall_0.55'"):
+        canonical("iprec_at_recall_0.55")          # trec_eval has only the eleven levels
+    with pytest.raises(TunelabError, match=r"'P' names 9 measures"):
+        canonical("P")
+
+
+@pytest.mark.parametrize("request_,names", [
+    ("P", ["P_5", "P_10", "P_15", "P_20", "P_30", "P_100", "P_200", "P_500", "P_1000"]),   # trec_eval -m P
+    ("P.5,10", ["P_5", "P_10"]),                                                          # trec_eval -m P.5,10
+    ("success", ["success_1", "success_5", "success_10"]),
+    ("iprec_at_recall_0.50", ["iprec_at_recall_0.50"]),
+    ("gm_map", ["gm_map"]),
+])
+def test_families_expand_like_trec_eval(request_, names):
+    from tunelab.evaluate.retrieval.measures import expand
+
+    assert expand(request_) == names
+
+
+def test_counts_are_integers_and_gm_map_is_geometric(files):
+    res = evaluate_run(read_qrels(files[0]), read_run(files[1]), ["num_q", "num_ret", "num_rel", "num_rel_ret",
+                                                                  "map", "gm_map"])
+    agg = res.aggregate
+    assert (agg["num_q"], agg["num_ret"], agg["num_rel"], agg["num_rel_ret"]) == (2, 5, 2, 2)
+    assert all(isinstance(agg[m], int) for m in ("num_q", "num_ret", "num_rel", "num_rel_ret"))
+    # AP: q1 0.5, q2 0 (floored at 1e-5 before the log, as trec_eval does)
+    assert agg["gm_map"] == pytest.approx(math.exp((math.log(0.5) + math.log(1e-5)) / 2))
+    # -c adds q3 (in the qrels, not the run): num_rel counts its relevant document
+    complete = evaluate_run(read_qrels(files[0]), read_run(files[1]), ["num_rel", "num_ret"], complete=True)
+    assert (complete.aggregate["num_rel"], complete.aggregate["num_ret"]) == (3, 5)
+
+
+def test_interpolated_precision_by_hand():
+    from tunelab.evaluate.retrieval.measures import interpolated_precision
+
+    # ranks: R N R N N, 4 relevant judged (2 never retrieved). Precision at the relevant ranks: 1/1, 2/3.
+    # Recall level r needs lround(r * 4) relevant docs: 0.0-0.1 -> 0, 0.2-0.3 -> 1, 0.4-0.6 -> 2
+    # (0.5 * 4 = 2, 0.6 * 4 = 2.4 -> 2), 0.7+ -> 3 or 4: never reached, 0.
+    docs = {"a": 5.0, "b": 4.0, "c": 3.0, "d": 2.0, "e": 1.0}
+    judged = {"a": 1, "c": 1, "x": 1, "y": 1, "b": 0}
+    assert interpolated_precision(docs, judged) == pytest.approx([1, 1, 1, 1, 2 / 3, 2 / 3, 2 / 3, 0, 0, 0, 0])
 
 
 @pytest.mark.parametrize("kind,text,match", [

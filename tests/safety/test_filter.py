@@ -4,7 +4,7 @@ import json
 import pytest
 
 from tunelab.errors import TunelabError
-from tunelab.safety.filter import filter_records, string_values, toxic_record_indices
+from tunelab.safety.filter import filter_records, string_values
 
 
 class FakeClassifier:
@@ -50,11 +50,11 @@ def test_filter_line_numbers_without_ids_and_field(tmp_path):
     assert json.loads(out.read_text()) == [{"q": "ok", "a": "BAD"}, {"q": "ok", "a": "ok"}]
 
 
-def test_threshold_is_strict_and_checked(tmp_path):
-    assert toxic_record_indices(["BAD", "ok", "BAD"], 0.5, classifier=FakeClassifier()) == [0, 2]
-    assert toxic_record_indices(["BAD"], 0.9, classifier=FakeClassifier()) == []  # 0.9 is not above 0.9
+def test_threshold_is_checked(tmp_path):
+    src = tmp_path / "d.jsonl"
+    src.write_text(json.dumps({"q": "x"}) + "\n")
     with pytest.raises(TunelabError, match="outside"):
-        toxic_record_indices(["x"], 1.5, classifier=FakeClassifier())
+        filter_records(src, 1.5, tmp_path / "o.jsonl", classifier=FakeClassifier())
 
 
 def test_filter_missing_field_error(tmp_path):

@@ -141,7 +141,7 @@ def test_budget_smaller_than_longest_row(make_config):
 def test_existing_run_folder_needs_resume_or_overwrite(make_config):
     cfg = make_config("twice", train={"max_steps": 2})
     train(cfg)
-    with pytest.raises(TunelabError, match="--resume"):
+    with pytest.raises(TunelabError, match="pass resume to continue it, overwrite to start over"):
         train(cfg)
     assert train(cfg, overwrite=True).summary["steps"] == 2
 

@@ -2,7 +2,8 @@
 
 Each module in this package owns one group of commands and exposes `register(app)`; COMMAND_GROUPS
 lists them in the order they appear in `tunelab --help` (a new group: add its module name here).
-Shared rendering lives in cli/tables.py (results tables); progress display is tunelab.progress. Errors the user can fix
+Shared rendering lives in cli/tables.py (results tables); progress display is tunelab.progress;
+cli/flags.py re-words the library's parameter names as flags. Errors the user can fix
 (TunelabError, bad YAML, bad overrides) print as one red line and exit 2; `--debug` shows the
 traceback instead.
 """
@@ -51,46 +52,58 @@ COMMAND_GROUPS = (
     "models",      # models pull|list
     "metrics",     # metrics retrieval|list
     "safety",      # safety scan|train-classifier|probe|bias
+    "chat",        # chat
+    "serve",       # serve
     "runs",        # runs list|show
     "report",      # report
 )
 
 
 def _register_all() -> None:
+    from tunelab.cli.flags import speak_flags
+
     for name in COMMAND_GROUPS:
         importlib.import_module(f"{__name__}.{name}").register(app)
+    speak_flags(app)  # library errors name parameters (`limit`); users see their flags (`--limit`)
 
 
 _register_all()
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the console script and `python -m tunelab`."""
+    """Entry point of the console script and `python -m tunelab`.
+
+    Exit codes: 0 done, 2 a problem the user can fix (one line on stderr: bad input, usage error,
+    unwritable output), 130 interrupted; anything else is a bug and shows its traceback.
+    """
     args = sys.argv[1:] if argv is None else argv
     import warnings
+
+    from tunelab.cli import usage
 
     # a deprecation inside PEFT/transformers that users cannot act on
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     debug = "--debug" in args or os.environ.get("TUNELAB_DEBUG") == "1"
+    command = typer.main.get_command(app)
+    usage.check_outputs(command)
     try:
-        app(args=args, standalone_mode=False)
+        command.main(args=args, prog_name="tunelab", standalone_mode=False)
     except TunelabError as e:
         if debug:
             raise
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         err_console.print("[yellow]interrupted[/]")
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as e:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
-        if isinstance(e, click.ClickException):
-            e.show()
+    except Exception as e:
+        if not usage.is_usage_error(e) or debug:
+            raise
+        if usage.is_help_request(e):  # `tunelab eval` alone: the help is the answer
+            typer.echo(e.ctx.get_help() if getattr(e, "ctx", None) else "")
             sys.exit(2)
-        raise
+        err_console.print(f"[bold red]error:[/] {usage.usage_message(e)}", highlight=False, soft_wrap=True)
+        sys.exit(2)
     sys.exit(0)

@@ -55,12 +55,9 @@ def inspect_cmd(
     Example: tunelab data inspect ../shared/data/alpaca_small/alpaca_small.json --model default -n 2
     """
     from tunelab.cli import console
-    from tunelab.errors import TunelabError
     from tunelab.models.loading import load_tokenizer, resolve
     from tunelab.templates.inspect import inspect_data
 
-    if train_on not in ("completion", "all"):
-        raise TunelabError(f"--train-on must be completion or all, got '{train_on}'")
     _, folder = resolve(model)
     tokenizer = load_tokenizer(folder)
     rep = inspect_data(file, tokenizer, format=format, fields=parse_fields(field), n=n,

@@ -59,7 +59,7 @@ def scan_cmd(
 
 @safety_app.command("train-classifier")
 def train_cmd(
-    data: Path = typer.Option(Path("../shared/data/toxigen"), "--data",
+    data_dir: Path = typer.Option(Path("../shared/data/toxigen"), "--data",
                               help="Folder with hate_/neutral_{women,asian}_1k.txt (ToxiGen prompts)."),
     out: Path = typer.Option(Path("toxicity-classifier"), "--out",
                              help="Where weights + metrics.json go; use with `safety scan --weights`."),
@@ -71,7 +71,7 @@ def train_cmd(
     from tunelab.cli import console
     from tunelab.safety.train_classifier import train
 
-    train(data, out, log=lambda s: console.print(s, highlight=False))
+    train(data_dir, out, log=lambda s: console.print(s, highlight=False))
     console.print(f"weights and metrics.json written to {out}")
 
 
@@ -104,10 +104,6 @@ def probe_cmd(
     from tunelab.progress import run_with_progress
     from tunelab.safety.probe import probe
 
-    if batch_size < 1:
-        from tunelab.errors import TunelabError
-
-        raise TunelabError(f"--batch-size must be >= 1, got {batch_size}")
     res = run_with_progress("sampling", lambda progress: probe(
         model, prompts, adapter=str(adapter) if adapter else None, samples=samples, seed=seed,
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, limit=limit, out=out,

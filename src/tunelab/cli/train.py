@@ -26,15 +26,20 @@ def train_cmd(
       accelerate launch --multi_gpu --num_processes 2 -m tunelab train examples/train_lora.yaml  (DDP; gloo on CPU)
     """
     from tunelab.cli import console, err_console
+    from tunelab.safety.toxicity import toxicity_scores
     from tunelab.train.loop import TrainingInterrupted, train
 
     try:
-        result = train(config, overrides or [], resume=resume, overwrite=overwrite)
+        result = train(config, overrides or [], resume=resume, overwrite=overwrite, toxicity=toxicity_scores)
     except TrainingInterrupted as e:
         err_console.print(f"[yellow]{e}[/]", highlight=False, soft_wrap=True)
         sys.exit(130)
     if not result.summary:  # not the main process of a multi-process run
         return
+    if result.stopped == "already_finished":
+        err_console.print(f"{result.run_dir}: run already finished at step {result.summary.get('steps')}; nothing to do "
+                          "(summary.json unchanged); to train longer, resume with a larger train.max_steps",
+                          highlight=False, soft_wrap=True)
     from tunelab.report import build
 
     report = build(result.run_dir)  # the run knows nothing of reports; the CLI adds one

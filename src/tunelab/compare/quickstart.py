@@ -38,9 +38,10 @@ def quickstart_config(task: str, n_train: int, out: Path, *, epochs: float, mode
 def run_quickstart(*, task: str = "dates", model: str = "default", n_test: int = 20, n_train: int = 256,
                    epochs: float = 1.0, train: bool = True, out: str | Path = "runs/quickstart",
                    say: Callable[[str], None] = print, show: Optional[Callable[[object, object], None]] = None) -> QuickstartResult:
-    from tunelab.data.builtin import builtin_task
+    from tunelab.evaluate.tasks import builtin_task
     from tunelab.evaluate.runner import evaluate
     from tunelab.models.loading import load_model, pull
+    from tunelab.safety.toxicity import toxicity_scores
 
     out = Path(out)
     say(f"1/4 default model: {pull(model) if model == 'default' else model}")
@@ -56,7 +57,7 @@ def run_quickstart(*, task: str = "dates", model: str = "default", n_test: int =
 
     result = QuickstartResult(task, n_test, out=out)
     say(f"3/4 zero-shot on {n_test} test items ...")
-    base = evaluate(lm, spec, out=out / "zero_shot")
+    base = evaluate(lm, spec, out=out / "zero_shot", toxicity=toxicity_scores)
     result.rows.append(_row("zero-shot", metric, base))
 
     if train:
@@ -64,7 +65,7 @@ def run_quickstart(*, task: str = "dates", model: str = "default", n_test: int =
 
         say(f"4/4 LoRA fine-tune on {n_train} examples ({epochs:g} epochs; a few minutes on a CPU) ...")
         run = train_run(quickstart_config(task, n_train, out, epochs=epochs, model=model), overwrite=True)
-        tuned = evaluate(lm, spec, adapter=str(run.weights_dir), out=out / "lora_eval")
+        tuned = evaluate(lm, spec, adapter=str(run.weights_dir), out=out / "lora_eval", toxicity=toxicity_scores)
         row = _row("LoRA fine-tuned", metric, tuned)
         row["train_s"] = run.summary.get("train_s")
         row["tokens_trained"] = run.summary.get("tokens_trained")

@@ -5,15 +5,19 @@ import logging
 from pathlib import Path
 
 from tunelab.data.formats import detect_format, to_conversation
-from tunelab.data.readers import read_rows
+from tunelab.data.readers import SKIP_HINT, read_rows, skip_hint
 from tunelab.data.records import Conversation, Row
 from tunelab.errors import TunelabError
 
 log = logging.getLogger("tunelab.data")
 
 
-def load_rows(spec: str | Path, *, skip_bad: bool = False, base_dir: str | Path | None = None) -> list[Row]:
-    """Rows of a file, or of a built-in task when spec is builtin:<task>?n=..&seed=..&split=.."""
+def load_rows(spec: str | Path, *, skip_bad: bool = False, base_dir: str | Path | None = None,
+              hint: str = SKIP_HINT) -> list[Row]:
+    """Rows of a file, or of a built-in task when spec is builtin:<task>?n=..&seed=..&split=..
+
+    `hint` ends the message of a bad record (see readers.read_rows).
+    """
     spec = str(spec)
     if spec.startswith("builtin:"):
         from tunelab.data.builtin import load_builtin_rows
@@ -22,7 +26,7 @@ def load_rows(spec: str | Path, *, skip_bad: bool = False, base_dir: str | Path 
     path = Path(spec).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = Path(base_dir) / path
-    return read_rows(path, skip_bad=skip_bad)
+    return read_rows(path, skip_bad=skip_bad, hint=hint)
 
 
 def load_conversations(
@@ -34,12 +38,14 @@ def load_conversations(
     system: str | None = None,
     base_dir: str | Path | None = None,
     report: list[str] | None = None,
+    skip_setting: str = "--skip-bad",
 ) -> list[Conversation]:
     """Read and convert every record; bad records stop the load unless skip_bad.
 
     `report`, when given, receives human-readable notes (detected format, skipped records).
+    `skip_setting` is how the caller's user turns skip_bad on (a flag, or data.skip_bad=true).
     """
-    rows = load_rows(spec, skip_bad=skip_bad, base_dir=base_dir)
+    rows = load_rows(spec, skip_bad=skip_bad, base_dir=base_dir, hint=skip_hint(skip_setting))
     if format == "auto":
         format, why = detect_format(rows[0], fields)
         note = f"{spec}: detected format '{format}' because {why}"
@@ -52,7 +58,7 @@ def load_conversations(
             convs.append(to_conversation(row, format, fields, system))
         except TunelabError as e:
             if not skip_bad:
-                raise TunelabError(f"{e}; or pass --skip-bad to skip bad records") from None
+                raise TunelabError(f"{e}; {skip_hint(skip_setting)}") from None
             skipped.append(str(e))
     if skipped:
         note = f"{spec}: skipped {len(skipped)} bad record(s); first: {skipped[0]}"

@@ -6,6 +6,7 @@ record is skipped and counted instead.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import warnings
 from pathlib import Path
@@ -13,7 +14,12 @@ from pathlib import Path
 from tunelab.data.records import Row
 from tunelab.errors import TunelabError
 
-SKIP_HINT = "fix it, or pass --skip-bad (data.skip_bad: true) to skip bad records"
+def skip_hint(setting: str) -> str:
+    """The advice that ends a bad-record error, naming the real switch of the caller."""
+    return f"fix it, or {'pass' if setting.startswith('--') else 'set'} {setting} to skip bad records"
+
+
+SKIP_HINT = skip_hint("--skip-bad")  # commands with that flag; train says data.skip_bad=true
 SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
 
 
@@ -54,11 +60,21 @@ def _bad(msg: str, skip_bad: bool, bad: list[str]) -> None:
     bad.append(msg)
 
 
+def _decode(raw: bytes, path: Path, lineno: int, skip_bad: bool, bad: list[str]) -> str | None:
+    """One line as text; invalid UTF-8 is a bad record at that line (None when skipped)."""
+    try:
+        return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+    except UnicodeDecodeError as e:
+        _bad(f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})", skip_bad, bad)
+        return None
+
+
 def _jsonl(path: Path, skip_bad: bool, bad: list[str]) -> list[Row]:
     rows = []
-    with path.open(encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
+    with path.open("rb") as f:  # decoded line by line, so a bad byte costs one line, not the file
+        for lineno, raw in enumerate(f, start=1):
+            line = _decode(raw, path, lineno, skip_bad, bad)
+            if line is None or not line.strip():
                 continue
             try:
                 data = json.loads(line)
@@ -73,7 +89,15 @@ def _jsonl(path: Path, skip_bad: bool, bad: list[str]) -> list[Row]:
 
 
 def _json(path: Path, skip_bad: bool, bad: list[str]) -> list[Row]:
-    text = path.read_text(encoding="utf-8-sig")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        if raw.lstrip().startswith(b"{") and b"\n{" in raw:
+            return _jsonl(path, skip_bad, bad)  # JSON Lines: one bad line can be skipped
+        line = raw[:e.start].count(b"\n") + 1
+        raise TunelabError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x}); "
+                           "save the file as UTF-8") from None
     if not text.strip():
         return []
     try:
@@ -100,7 +124,12 @@ def _json(path: Path, skip_bad: bool, bad: list[str]) -> list[Row]:
 
 def _csv(path: Path, skip_bad: bool, bad: list[str]) -> list[Row]:
     rows = []
-    with path.open(encoding="utf-8-sig", newline="") as f:
+    with path.open("rb") as f:
+        lines = [_decode(raw, path, n, skip_bad, bad) for n, raw in enumerate(f, start=1)]
+    if lines and lines[0] is None:
+        raise TunelabError(f"{path}:1: the header line is not valid UTF-8; save the file as UTF-8")
+    # a skipped line becomes an empty one, which DictReader passes over: line numbers stay true
+    with io.StringIO("".join("\n" if x is None else x for x in lines), newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None:
             return []

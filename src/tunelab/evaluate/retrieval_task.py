@@ -11,6 +11,7 @@ trec_eval measure names; each gets the mean over queries, stderr and a bootstrap
 """
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Optional
@@ -62,11 +63,12 @@ def _qrels(task):
 
 def run_retrieval(task, *, metrics_spec, limit: Optional[int] = None, out=None, t0: Optional[float] = None):
     from tunelab.evaluate import stats
-    from tunelab.evaluate.retrieval import BM25Retriever, canonical, evaluate_run
+    from tunelab.evaluate.retrieval import BM25Retriever, evaluate_run
+    from tunelab.evaluate.retrieval.measures import GEOMETRIC, expand, is_count
     from tunelab.evaluate.results import build_results, make_cost, record_run, signature, task_sha256, write_results
 
     t0 = time.perf_counter() if t0 is None else t0
-    measures = [canonical(m if isinstance(m, str) else next(iter(m))) for m in metrics_spec]
+    measures = [n for m in metrics_spec for n in expand(m if isinstance(m, str) else next(iter(m)))]
     docs = _texts(task, "corpus", DOC_ID, ("title", "text"))
     queries = _texts(task, "queries", QUERY_ID, ("text", "query"))
     qrels = _qrels(task)
@@ -88,7 +90,12 @@ def run_retrieval(task, *, metrics_spec, limit: Optional[int] = None, out=None, 
     for m in res.measures:
         values = [res.per_query[q][m] for q in qids]
         lo, hi = stats.bootstrap_ci(values, n_resamples=1000, seed=task.fewshot.seed)
-        metrics[m] = {"value": res.aggregate[m], "stderr": stats.stderr(values), "ci95": [lo, hi],
+        err = stats.stderr(values)
+        if m in GEOMETRIC:  # per-query values are logs; exp is monotone, so the CI maps through
+            lo, hi, err = math.exp(lo), math.exp(hi), None
+        elif is_count(m):  # a sum over queries: no sampling error to report
+            lo, hi, err = res.aggregate[m], res.aggregate[m], None
+        metrics[m] = {"value": res.aggregate[m], "stderr": err, "ci95": [lo, hi],
                       "signature": f"{m}|trec_eval:pytrec_eval|retriever:{task.retriever}", "n": len(values)}
     for q in qids:
         top = sorted(run.get(q, {}).items(), key=lambda kv: (-kv[1], kv[0]))[:10]

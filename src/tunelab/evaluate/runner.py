@@ -13,37 +13,24 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
-from tunelab.errors import TunelabError
+from tunelab.errors import ParameterError, TunelabError
 from tunelab.evaluate import results as results_mod
 from tunelab.evaluate import shard as shard_mod
 from tunelab.evaluate.cache import RequestCache, cached_call
 from tunelab.evaluate.prompts import TaskTemplates
 from tunelab.evaluate.results import Results, write_results  # noqa: F401  (re-exported: older imports)
+from tunelab.evaluate.tasks import resolve_task
+from tunelab.io import check_writable
 
 DEFAULT_BATCH = {"multiple_choice": 16, "generate": 8, "perplexity": 4}  # CPU; x4 on CUDA
 
 
 # ---------------------------------------------------------------- inputs
-def resolve_task(task, overrides: Optional[list[str]] = None):
-    """A TaskConfig from a TaskConfig, a YAML path or `builtin:<name>`, with `key=value` overrides."""
-    from tunelab.config import TaskConfig, load_task
-
-    text = str(task)
-    if isinstance(task, TaskConfig) or text.startswith("builtin:"):
-        if not isinstance(task, TaskConfig):
-            from tunelab.data.builtin import builtin_task
-
-            task = builtin_task(text)
-        if not overrides:
-            return task.model_copy(deep=True)
-        return load_task(task.model_dump(mode="json"), overrides, base_dir=task.base_dir)
-    return load_task(text, overrides)
-
-
 def _task_source(task) -> str:
-    return f"{task.base_dir}/<{task.name}>" if task.base_dir else f"task '{task.name}'"
+    """The task file the user edits (or `task 'name'` for one built in code)."""
+    return task.source or f"task '{task.name}'"
 
 
 def load_task_rows(task, spec: Optional[str] = None) -> list:
@@ -53,7 +40,7 @@ def load_task_rows(task, spec: Optional[str] = None) -> list:
     spec = spec if spec is not None else task.data
     if not spec:
         raise TunelabError(f"task '{task.name}': no 'data' file given; add data: path/to/file.jsonl")
-    rows = load_rows(spec, base_dir=task.base_dir)
+    rows = load_rows(spec, base_dir=task.base_dir, hint=f"fix that record of the data of {_task_source(task)}")
     if spec == task.data and task.split:
         a, b = (int(x) if x.strip() else None for x in task.split.split(":"))
         rows = rows[a:b]
@@ -83,14 +70,22 @@ def _item_seed(seed: int, line: int) -> int:
     return int(_sha(f"{seed}:{line}")[:8], 16)
 
 
+def check_batch_size(batch_size) -> Union[int, str]:
+    """'auto', or a whole number >= 1 (an int or its digits as a string, as the CLI passes it)."""
+    if batch_size in (None, "auto"):
+        return "auto"
+    if isinstance(batch_size, str) and batch_size.strip().isdigit():
+        batch_size = int(batch_size)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ParameterError(f"{{batch_size}} must be a whole number >= 1 or 'auto', got {batch_size!r}", "batch_size")
+    return batch_size
+
+
 def _batch(batch_size, kind: str, device) -> int:
     if batch_size in (None, "auto"):
         on_gpu = device is not None and getattr(device, "type", str(device)) != "cpu"
         return DEFAULT_BATCH[kind] * (4 if on_gpu else 1)
-    b = int(batch_size)
-    if b < 1:
-        raise TunelabError(f"--batch-size must be >= 1 or 'auto', got {batch_size}")
-    return b
+    return check_batch_size(batch_size)
 
 
 # ---------------------------------------------------------------- the three model-side task types
@@ -170,29 +165,36 @@ def evaluate(
     cache: Union[bool, str, Path] = False,
     device: Optional[str] = None,
     response_metrics: bool = True,
+    toxicity: Optional[Callable[[list[str]], Sequence[float]]] = None,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> Optional[Results]:
     """Evaluate `model` (name, folder or LoadedModel) on `task` (TaskConfig, YAML path, builtin:<name>).
 
     `cache=True` uses $TUNELAB_HOME/cache.sqlite (a path picks another file). `progress(done, total)`
-    is called as items finish. Under `accelerate launch` items are sharded; rank 0 returns the
+    is called as items finish. `toxicity(texts) -> scores` fills each generated output's toxicity
+    (e.g. tunelab.safety.toxicity.toxicity_scores; None leaves it empty). Under `accelerate
+    launch` items are sharded; rank 0 returns the
     Results and writes the files, other ranks return None.
     """
     from tunelab.evaluate.metrics import get_metrics
 
     t0 = time.perf_counter()
     task = resolve_task(task)
+    if out is not None:
+        check_writable(out, setting="out")  # before the model loads, not after the work
+    # every argument is checked here, before any data or model loads
+    batch_size = check_batch_size(batch_size)
     if limit is not None and limit < 1:
-        raise TunelabError(f"--limit must be at least 1 (got {limit}); leave it out to evaluate every item")
+        raise ParameterError(f"{{limit}} must be at least 1 (got {limit}); leave it out to evaluate every item", "limit")
     if shots is not None:
         if shots < 0:
-            raise TunelabError(f"--shots must be >= 0, got {shots}")
+            raise ParameterError(f"{{shots}} must be >= 0, got {shots}", "shots")
         task.fewshot.k = shots
     if sampler is not None:
         from tunelab.fewshot.samplers import SAMPLERS
 
         if sampler.partition(":")[0] not in SAMPLERS or sampler.count(":") > 1:
-            raise TunelabError(f"--sampler: unknown sampler '{sampler}'; use one of {', '.join(SAMPLERS)} (or similar:embedding)")
+            raise ParameterError(f"{{sampler}}: unknown sampler '{sampler}'; use one of {', '.join(SAMPLERS)} (or similar:embedding)", "sampler")
         task.fewshot.sampler = sampler.partition(":")[0]
     if task.type == "retrieval":  # no language model: a retriever and trec_eval measures
         from tunelab.evaluate.retrieval_task import run_retrieval
@@ -260,17 +262,17 @@ def evaluate(
     if not sh.is_main:
         return None
     items.sort(key=lambda it: it["index"])
-    return _finish(task, lm, metrics, items, tokens, t0, out, response_metrics, sampler, dev)
+    return _finish(task, lm, metrics, items, tokens, t0, out, response_metrics, sampler, dev, toxicity)
 
 
 def load_rows_full(task) -> list:
     """The whole data file (the demo pool when `split` selects only part of it for evaluation)."""
     from tunelab.data.load import load_rows
 
-    return load_rows(task.data, base_dir=task.base_dir)
+    return load_rows(task.data, base_dir=task.base_dir, hint=f"fix that record of the data of {_task_source(task)}")
 
 
-def _finish(task, lm, metrics, items, tokens, t0, out, with_response, sampler, dev) -> Results:
+def _finish(task, lm, metrics, items, tokens, t0, out, with_response, sampler, dev, toxicity=None) -> Results:
     from tunelab.evaluate.metrics import assistant
 
     preds = [it.get("output", "") for it in items]
@@ -282,7 +284,7 @@ def _finish(task, lm, metrics, items, tokens, t0, out, with_response, sampler, d
     if task.type == "generate" and with_response:
         resp = assistant.response_metrics(preds, [it["question"] for it in items],
                                           n_tokens=[it["new_tokens"] for it in items],
-                                          latencies_s=[it["latency_s"] for it in items])
+                                          latencies_s=[it["latency_s"] for it in items], toxicity=toxicity)
     lines = []
     for j, it in enumerate(items):
         line = {"id": it["id"], "prompt": it["prompt"]}

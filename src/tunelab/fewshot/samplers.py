@@ -125,11 +125,11 @@ class SimilarSampler(Sampler):
 
 
 def _minilm_encoder() -> Callable[[list[str]], "object"]:
-    # the same cached MiniLM that retrieval and answer relevance use (an error says how to install it)
-    from tunelab.evaluate.retrieval.embedding import load_minilm
+    # the one cached MiniLM of the process (models/encoders.py); an error says how to install it
+    from tunelab.models.encoders import load_minilm, minilm_embed
 
-    st = load_minilm(required=True)
-    return lambda texts: st.encode(list(texts), normalize_embeddings=True, convert_to_numpy=True)
+    load_minilm()
+    return minilm_embed
 
 
 def make_sampler(name: str, pool_texts, pool_answers, seed: int) -> Sampler:

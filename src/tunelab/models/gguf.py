@@ -12,9 +12,29 @@ import hashlib
 import json
 from pathlib import Path
 
+from tunelab.errors import TunelabError
 from tunelab.io import atomic_dir, atomic_write_json, file_sha256
 
 SOURCE_FILE = "tunelab_source.json"  # provenance + weight hash, written next to config.json
+
+
+def check_gguf(path: Path) -> None:
+    """Read the whole header and every tensor's extent (memory-mapped, ~1 s) before converting.
+
+    A truncated download or junk bytes otherwise surface deep inside transformers as struct.error,
+    "cannot reshape array" or "GGUF magic" tracebacks; here they become one line.
+    """
+    from gguf import GGUFReader
+
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        GGUFReader(path)
+    except Exception as e:  # numpy view/reshape errors, struct.error, mmap of an empty file...
+        magic = "magic" in str(e).lower()
+        what = "it does not start with the GGUF magic bytes" if magic \
+            else f"{size:,} bytes: its header or tensor data is cut short"
+        raise TunelabError(f"{path}: this .gguf file is damaged or incomplete ({what}); download it again") from None
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path, *, name: str | None = None) -> Path:
@@ -22,10 +42,17 @@ def convert_gguf(gguf_path: Path, out_dir: Path, *, name: str | None = None) -> 
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     gguf_path = Path(gguf_path)
+    check_gguf(gguf_path)
     folder, fname = gguf_path.parent, gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
-    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
-    config = AutoConfig.from_pretrained(folder, gguf_file=fname)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=fname)
+        quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=fname, dtype=torch.float32)
+        config = AutoConfig.from_pretrained(folder, gguf_file=fname)
+    except (ValueError, KeyError, OSError, RuntimeError) as e:
+        # the file reads as GGUF (checked above) but transformers cannot build a model from it
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise TunelabError(f"{gguf_path}: transformers cannot load this .gguf ({first}); "
+                           "use a GGUF of a supported architecture or a Hugging Face model folder") from None
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.dtype = "float32"

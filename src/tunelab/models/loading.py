@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tunelab import paths
-from tunelab.errors import TunelabError
+from tunelab.errors import ParameterError, TunelabError
 from tunelab.io import file_sha256
 from tunelab.models import gguf, registry
 
@@ -66,8 +66,8 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[str, Path]:
             gguf.convert_gguf(path, out, name=path.stem)
         return path.stem, out
     if not (path / "config.json").is_file():
-        hint = " (it looks like an adapter: pass it as --adapter with its base model)" if (path / "adapter_config.json").is_file() else ""
-        raise TunelabError(f"{path}: not a model folder (no config.json){hint}; give a Hugging Face model folder, a .gguf file or a registry name")
+        hint = " (it looks like an adapter: pass it as {adapter} with its base model)" if (path / "adapter_config.json").is_file() else ""
+        raise ParameterError(f"{path}: not a model folder (no config.json){hint}; give a Hugging Face model folder, a .gguf file or a registry name", "adapter")
     return path.name, path
 
 
@@ -157,8 +157,12 @@ def load_model(name_or_path: str | os.PathLike = "default", *, adapter: str | os
     return lm
 
 
-def attach_adapter(lm: LoadedModel, adapter: str | os.PathLike) -> LoadedModel:
-    """Wrap lm.model with a PEFT adapter; a mismatched or broken adapter is a one-line error."""
+def attach_adapter(lm: LoadedModel, adapter: str | os.PathLike, *, name: str | None = None) -> LoadedModel:
+    """Wrap lm.model with a PEFT adapter; a mismatched or broken adapter is a one-line error.
+
+    `name` loads it as a named adapter beside any already attached (PEFT multi-adapter: the
+    server picks one per request with `set_adapter`).
+    """
     from peft import PeftModel
 
     adapter = Path(adapter)
@@ -170,7 +174,10 @@ def attach_adapter(lm: LoadedModel, adapter: str | os.PathLike) -> LoadedModel:
     except ValueError as e:
         raise TunelabError(f"{cfg_file}: not valid JSON ({e}); the adapter is damaged") from None
     try:
-        lm.model = PeftModel.from_pretrained(lm.model, adapter, is_trainable=False)
+        if name is not None and isinstance(lm.model, PeftModel):
+            lm.model.load_adapter(adapter, adapter_name=name, is_trainable=False)
+        else:
+            lm.model = PeftModel.from_pretrained(lm.model, adapter, is_trainable=False, adapter_name=name or "default")
     except (RuntimeError, ValueError, KeyError) as e:
         base = cfg.get("base_model_name_or_path") or "another model"
         first = str(e).strip().splitlines()[0][:200]

@@ -4,10 +4,8 @@ A record's text is every string value in the raw JSON record, found recursively 
 conversation's message contents, a prompt/completion pair or alpaca's instruction/input/output
 all count) except the values of METADATA_KEYS; each string is scored separately and the record
 takes the highest score, so one toxic turn in a long conversation is not averaged away.
-A record is dropped when that score is strictly above `max_toxicity`.
-
-`toxic_record_indices` is the hook for training (`data.max_toxicity`): it works on already
-rendered texts and returns the positions to drop.
+A record is dropped when that score is strictly above `max_toxicity`. (Training's own
+`data.max_toxicity` screens loaded conversations in the data stage: tunelab.data.screen.)
 """
 from __future__ import annotations
 
@@ -63,17 +61,6 @@ def _max_scores(pieces: list[list[str]], classifier) -> list[float]:
         out.append(max(scores[i:i + len(p)], default=0.0))
         i += len(p)
     return out
-
-
-def toxic_record_indices(texts: list[str], max_toxicity: float, classifier=None) -> list[int]:
-    """Positions of the texts whose toxicity is above `max_toxicity` (the training hook)."""
-    _check_threshold(max_toxicity)
-    if classifier is None:
-        from tunelab.safety.toxicity import default_classifier
-
-        classifier = default_classifier()
-    scores = classifier.score(list(texts)) if texts else []
-    return [i for i, s in enumerate(scores) if s > max_toxicity]
 
 
 def filter_records(path: str | os.PathLike, max_toxicity: float, out: str | os.PathLike,

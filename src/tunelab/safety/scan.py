@@ -21,8 +21,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from tunelab.errors import TunelabError
-from tunelab.io import atomic_write_jsonl, atomic_write_text
+from tunelab.errors import ParameterError, TunelabError
+from tunelab.io import atomic_write_jsonl, atomic_write_text, check_writable
 
 DEFAULT_FIELDS = ("output", "text")
 GROUP_FIELDS = ("prompt_id", "prompt", "id")
@@ -141,9 +141,11 @@ def scan(path: str | os.PathLike, field: str | None = None, lexicon: str | os.Pa
     classifier's signature so the numbers can be traced.
     """
     if not 0.0 <= threshold <= 1.0:
-        raise TunelabError(f"--threshold {threshold} is outside [0, 1]")
+        raise ParameterError(f"{{threshold}} {threshold} is outside [0, 1]", "threshold")
     if out is not None and Path(out).suffix.lower() in (".csv", ".json"):
-        raise TunelabError(f"--out {out}: scan writes JSON Lines; name the output *.jsonl")
+        raise ParameterError(f"{{out}} {out}: scan writes JSON Lines; name the output *.jsonl", "out")
+    if out is not None:
+        check_writable(out, setting="out", folder=False)
     rows = read_records(path)
     field = pick_field(path, rows, field)
     texts = texts_of(path, rows, field)

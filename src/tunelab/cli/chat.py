@@ -1,0 +1,49 @@
+"""`tunelab chat MODEL [--adapter DIR] [--system TEXT]`: a streaming terminal chat."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def chat_command(
+    model: str = typer.Argument(..., help="'default', a registry name, a Hugging Face model folder or a .gguf file."),
+    adapter: Optional[Path] = typer.Option(None, "--adapter", help="A LoRA/DoRA adapter folder (a run's adapter/)."),
+    system: Optional[str] = typer.Option(None, "--system", help="System text for the conversation (change it later with /system)."),
+    max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="Longest answer, in tokens (>= 1)."),
+    temperature: float = typer.Option(0.7, "--temperature", help="0 = greedy (repeatable); usual 0.2-1.0."),
+    top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling mass, in (0, 1]."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: the best available)."),
+):
+    """Chat with MODEL in the terminal; answers stream as they are generated.
+
+    Commands inside the chat: /reset, /system TEXT, /save FILE (the messages as JSON), /help, /exit.
+    Ctrl-C stops an answer; Ctrl-C or Ctrl-D at the prompt leaves.
+
+    Example: tunelab chat default --adapter runs/lora/adapter --system "Answer in one sentence."
+    """
+    from tunelab.errors import TunelabError
+
+    problems = []
+    if max_new_tokens < 1:
+        problems.append(f"--max-new-tokens must be at least 1 (got {max_new_tokens})")
+    if not 0 <= temperature <= 2:
+        problems.append(f"--temperature must be in [0, 2] (got {temperature})")
+    if not 0 < top_p <= 1:
+        problems.append(f"--top-p must be in (0, 1] (got {top_p})")
+    if problems:
+        raise TunelabError("; ".join(problems))
+    try:
+        import readline  # noqa: F401  (line editing and history for input(), where the platform has it)
+    except ImportError:
+        pass
+    from tunelab.models.loading import load_model
+    from tunelab.serve.chat import Chat, run_chat
+
+    lm = load_model(model, adapter=adapter, device=device)
+    run_chat(Chat(lm, system=system, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("chat", no_args_is_help=True)(chat_command)

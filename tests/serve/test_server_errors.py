@@ -1,0 +1,126 @@
+"""Bad requests get OpenAI's error shape with the right status, and the server keeps serving.
+
+Most cases go through the official `openai` client (what users run); a body the client cannot
+produce (broken JSON, a JSON list) goes through urllib.
+"""
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+
+OK = [{"role": "user", "content": "Hello"}]
+
+
+def _chat(**kw):
+    return lambda c, name: c.chat.completions.create(**{"model": name, "messages": OK, "max_tokens": 4, **kw})
+
+
+def _comp(**kw):
+    return lambda c, name: c.completions.create(**{"model": name, "prompt": "Hello", "max_tokens": 4, **kw})
+
+
+# (case, call, status, param, words the message must contain)
+CASES = [
+    ("empty messages", _chat(messages=[]), 400, "messages", "at least 1"),
+    ("no messages", lambda c, n: c.chat.completions.create(model=n, messages=None), 400, "messages", "required"),
+    ("temperature as text", _chat(temperature="hot"), 400, "temperature", "number"),
+    ("temperature out of range", _chat(temperature=9), 400, "temperature", "less than or equal to 2"),
+    ("top_p zero", _chat(top_p=0), 400, "top_p", "greater than 0"),
+    ("max_tokens as text", _chat(max_tokens="ten"), 400, "max_tokens", "integer"),
+    ("negative max_tokens", _chat(max_tokens=-1), 400, "max_tokens", "greater than or equal to 0"),
+    ("unknown role", _chat(messages=[{"role": "robot", "content": "x"}]), 400, "messages[0].role", "system"),
+    ("content as number", _chat(messages=[{"role": "user", "content": 5}]), 400, "messages[0].content", "valid"),
+    ("stop as number", _chat(stop=5), 400, "stop", "valid"),
+    ("too many stops", _chat(stop=[str(i) for i in range(17)]), 400, "stop", "at most 16"),
+    ("n above 1", _chat(n=2), 400, "n", "less than or equal to 1"),
+    ("seed as float", _chat(seed=1.5), 400, "seed", "integer"),
+    ("stream as text", _chat(stream="yes"), 400, "stream", "boolean"),
+    ("over-long prompt", _chat(messages=[{"role": "user", "content": "abc " * 1200}]), 400, "messages", "context is 1024"),
+    ("max_tokens past the context", _chat(max_tokens=5000), 400, "messages", "lower max_tokens"),
+    ("chat logprobs", _chat(logprobs=True), 400, "logprobs", "/v1/completions"),
+    ("unknown model", _chat(model="gpt-9"), 404, "model", "not served here"),
+    ("completion without prompt", lambda c, n: c.completions.create(model=n, prompt=None), 400, "prompt", "required"),
+    ("completion max_tokens 0", _comp(max_tokens=0), 400, "max_tokens", "only with echo"),
+    ("several prompts", _comp(prompt=["a", "b"]), 400, "prompt", "one prompt"),
+    ("stream with logprobs", _comp(stream=True, logprobs=1), 400, "logprobs", "without stream"),
+    ("logprobs over 20", _comp(logprobs=50), 400, "logprobs", "less than or equal to 20"),
+    ("oversized body", _chat(messages=[{"role": "user", "content": "x" * (1 << 20)}]), 413, None, "limit"),
+]
+
+
+@pytest.mark.parametrize("case,call,status,param,words", CASES, ids=[c[0] for c in CASES])
+def test_bad_request_table(client, served, case, call, status, param, words):
+    with pytest.raises(openai.APIStatusError) as info:
+        call(client, served.name)
+    e = info.value
+    assert e.status_code == status, e.body
+    err = e.response.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["param"] == param and words in err["message"], err
+    assert err["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("body,words", [(b"{not json", "not valid JSON"), (b"[1, 2]", "JSON object"),
+                                        (b"\xff\xfe", "not valid JSON"), (b"", "not valid JSON")])
+def test_malformed_bodies(server, body, words):
+    req = urllib.request.Request(server.url + "/chat/completions", data=body, headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=30)
+    assert info.value.code == 400
+    assert words in json.loads(info.value.read())["error"]["message"]
+
+
+def test_unknown_route_and_method_keep_the_shape(server):
+    for url, data in ((server.url + "/embeddings", b"{}"), (server.url + "/models", b"{}")):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=30)
+        assert info.value.code in (404, 405) and "error" in json.loads(info.value.read())
+
+
+def test_still_serving_after_the_table(client, served):
+    r = client.chat.completions.create(model=served.name, messages=OK, max_tokens=3, temperature=0)
+    assert r.choices[0].finish_reason in ("stop", "length") and r.usage.completion_tokens >= 1
+
+
+def test_api_key_required_when_set(served):
+    from openai import OpenAI
+
+    from tunelab.serve.server import BackgroundServer, create_app
+
+    with BackgroundServer(create_app(served, api_key="s3cret")) as srv:
+        with OpenAI(base_url=srv.url, api_key="wrong", max_retries=0) as c, pytest.raises(openai.AuthenticationError) as info:
+            c.models.list()
+        assert info.value.status_code == 401 and info.value.response.json()["error"]["code"] == "invalid_api_key"
+        with pytest.raises(urllib.error.HTTPError) as no_key:  # no Authorization header at all
+            urllib.request.urlopen(srv.url + "/models", timeout=30)
+        assert no_key.value.code == 401 and "API key" in json.loads(no_key.value.read())["error"]["message"]
+        with OpenAI(base_url=srv.url, api_key="s3cret", max_retries=0) as c:
+            assert c.chat.completions.create(model=served.name, messages=OK, max_tokens=2).usage.completion_tokens >= 1
+
+
+def test_full_queue_answers_429_and_retrying_clients_all_finish(served):
+    from openai import OpenAI
+
+    from tunelab.serve.server import BackgroundServer, create_app
+
+    with BackgroundServer(create_app(served, batch_size=1, queue_size=1)) as srv:
+        def ask(retries):
+            with OpenAI(base_url=srv.url, api_key="x", max_retries=retries) as c:
+                try:
+                    return c.chat.completions.create(model=served.name, messages=OK, max_tokens=60, temperature=0).usage
+                except openai.RateLimitError as e:
+                    assert e.response.json()["error"]["type"] == "rate_limit_error"
+                    assert e.response.headers["retry-after"] == "1"
+                    return 429
+
+        with ThreadPoolExecutor(6) as pool:
+            first = list(pool.map(ask, [0] * 6))
+        assert first.count(429) >= 1 and any(x != 429 for x in first)
+        with ThreadPoolExecutor(6) as pool:  # the client's own backoff (429 is retried) gets everyone through
+            second = list(pool.map(ask, [10] * 6))
+        assert 429 not in second
