@@ -28,10 +28,11 @@ def scan_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Output .jsonl: every record + toxicity + lexicon_hits."),
     field: Optional[str] = typer.Option(None, "--field", "-f", help="Text field (default: output, else text)."),
     lexicon: Optional[Path] = typer.Option(None, "--lexicon", help="Term list, one a line, matched as exact words."),
-    threshold: float = typer.Option(0.5, "--threshold", "-t", help="Toxic when score >= this (0..1)."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", "-t", help="Toxic when score >= this "
+                                              "(0..1; default: the classifier's calibrated threshold)."),
     group_by: Optional[str] = typer.Option(None, "--group-by", help="Field joining samples of one prompt "
                                            "(default: prompt_id, prompt or id when present)."),
-    backend: str = typer.Option("auto", "--backend", help="auto | minilm | ngram."),
+    backend: str = typer.Option("auto", "--backend", help="auto | ensemble | minilm | ngram."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Weights folder from train-classifier "
                                            "(default: the weights shipped with tunelab)."),
 ):
@@ -60,11 +61,12 @@ def scan_cmd(
 @safety_app.command("train-classifier")
 def train_cmd(
     data_dir: Path = typer.Option(Path("../shared/data/toxigen"), "--data",
-                              help="Folder with hate_/neutral_{women,asian}_1k.txt (ToxiGen prompts)."),
+                                  help="Folder with hate_/neutral_<group>_1k.txt (ToxiGen prompts); "
+                                       "Davidson and everyday text are read from its parent."),
     out: Path = typer.Option(Path("toxicity-classifier"), "--out",
                              help="Where weights + metrics.json go; use with `safety scan --weights`."),
 ):
-    """Train the toxicity classifier (MiniLM and n-gram backends) and print held-out AUROC/F1.
+    """Train the toxicity classifier (MiniLM, n-gram, ensemble) and print its evaluation protocol.
 
     Example: tunelab safety train-classifier --data ../shared/data/toxigen --out runs/toxclf
     """
