@@ -24,9 +24,9 @@ def _ci(pair) -> str:
 
 
 def print_compare(summary: dict) -> None:
-    """The compare tables (quality, then cost) and the sentences under them (Rich).
+    """The compare tables (quality, training cost, inference cost) and the sentences under them (Rich).
 
-    Two tables rather than one wide one: thirteen columns do not fit an 80-column terminal.
+    Three tables rather than one wide one: fifteen columns do not fit an 80-column terminal.
     """
     from rich.markup import escape
     from rich.table import Table
@@ -46,21 +46,28 @@ def print_compare(summary: dict) -> None:
                         _ci(a["metric"].get("ci95")), "-" if is_best else f"{d['delta']:+.3g}",
                         "-" if is_best else _ci(d["ci95"]), "-" if is_best else f"{d['p']:.3g}")
     console.print(quality)
-    safety = any(a.get("toxicity") for a in summary["arms"])
-    cost = Table(title="cost: training (one-off) and inference (per 1,000 queries)")
-    cols = ["arm", "train s", "train tok", "FLOPs", "peak MiB", "Wh", "infer s", "prompt tok", "gen tok"]
-    for c in cols + (["toxic mean/max"] if safety else []):
-        cost.add_column(c, justify="left" if c == "arm" else "right", overflow="fold")
+    # training and inference apart: one cost table with ten columns does not fit 80 columns either
+    train = Table(title="training cost (one-off)")
+    for c in ("arm", "wall s", "tokens", "FLOPs", "peak MiB", "energy Wh"):
+        train.add_column(c, justify="left" if c == "arm" else "right", overflow="fold")
     for a in summary["arms"]:
-        t, inf = a.get("train_cost") or {}, a["infer_cost_per_1k"]
-        row = [escape(a["id"]), _si(t.get("wall_s")), _si(t.get("tokens")), _si(t.get("flops")),
-               _si(t.get("peak_mem_mib")), _si(t.get("energy_wh")), _si(inf.get("wall_s")),
-               _si(inf.get("prompt_tokens")), _si(inf.get("generated_tokens"))]
+        t = a.get("train_cost")
+        if t:
+            train.add_row(escape(a["id"]), _si(t.get("wall_s")), _si(t.get("tokens")), _si(t.get("flops")),
+                          _si(t.get("peak_mem_mib")), _si(t.get("energy_wh")))
+    if train.row_count:
+        console.print(train)
+    safety = any(a.get("toxicity") for a in summary["arms"])
+    infer = Table(title="inference cost per 1,000 queries" + (" and output toxicity" if safety else ""))
+    for c in ["arm", "wall s", "prompt tok", "generated tok"] + (["toxicity mean", "max"] if safety else []):
+        infer.add_column(c, justify="left" if c == "arm" else "right", overflow="fold")
+    for a in summary["arms"]:
+        inf, tox = a["infer_cost_per_1k"], a.get("toxicity")
+        row = [escape(a["id"]), _si(inf.get("wall_s")), _si(inf.get("prompt_tokens")), _si(inf.get("generated_tokens"))]
         if safety:
-            tox = a.get("toxicity")
-            row.append(f"{tox['mean']:.3f}/{tox['max']:.3f}" if tox else "-")
-        cost.add_row(*row)
-    console.print(cost)
+            row += [f"{tox['mean']:.3f}", f"{tox['max']:.3f}"] if tox else ["-", "-"]
+        infer.add_row(*row)
+    console.print(infer)
     for s in summary["sentences"]:
         console.print(escape(s), highlight=False, soft_wrap=True)
 
