@@ -48,7 +48,8 @@ COMMAND_GROUPS = (
     "evaluate",    # eval
     "diff",        # diff
     "quickstart",  # quickstart
-    "data",        # data inspect|tasks|filter
+    "data",        # data inspect|prepare|tasks|filter
+    "cache",       # cache list|clear
     "models",      # models pull|list
     "metrics",     # metrics retrieval|list
     "safety",      # safety scan|train-classifier|probe|bias
