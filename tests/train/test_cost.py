@@ -8,7 +8,7 @@ import torch
 
 from tunelab.train import cost
 from tunelab.train.packing import collate
-from tunelab.train.threads import choose_threads, pick_threads
+from tunelab.train.threads import choose_threads, other_runnable, pick_threads
 
 from .helpers import Ex
 
@@ -71,14 +71,22 @@ def test_auto_batch_tokens_formula():
     assert cost.auto_batch_tokens(4 * 2**30, **LLAMA_1B, grad_checkpointing=False, longest=1000) == 1024
 
 
-@pytest.mark.parametrize("cores, load, own, threads", [
-    (2, 0.3, 0.0, 2),   # quiet box: every core
-    (2, 1.2, 0.5, 1),   # one other busy process: one free core
-    (2, 3.7, 0.5, 1),   # overloaded: still one thread
-    (16, 3.2, 0.5, 13),
+@pytest.mark.parametrize("cores, others, threads", [
+    (2, 0.3, 2),    # quiet box (short bursts of other work): every core
+    (2, 1.0, 1),    # one other busy process: one free core
+    (2, 2.7, 1),    # overloaded: still one thread
+    (16, 3.2, 13),
 ])
-def test_thread_rule(cores, load, own, threads):
-    assert pick_threads(cores, load, own) == threads
+def test_thread_rule(cores, others, threads):
+    assert pick_threads(cores, others) == threads
+
+
+def test_other_runnable_tasks_from_proc_stat(tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  1 2 3\nprocs_running 3\nprocs_blocked 0\n")
+    # 3 runnable, one of them this process
+    assert other_runnable(samples=2, interval=0, stat=str(stat)) == 2.0
+    assert other_runnable(samples=2, interval=0, stat=str(tmp_path / "missing")) is None
 
 
 def test_user_thread_choice_wins(monkeypatch):
@@ -87,7 +95,7 @@ def test_user_thread_choice_wins(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS")
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
-    monkeypatch.setattr("os.getloadavg", lambda: (99.0, 0.0, 0.0))
+    monkeypatch.setattr("tunelab.train.threads.other_runnable", lambda: 99.0)
     try:
         assert choose_threads() == 1 and torch.get_num_threads() == 1
     finally:

@@ -55,6 +55,8 @@ COMMAND_GROUPS = (
     "safety",      # safety scan|train-classifier|probe|bias
     "chat",        # chat
     "serve",       # serve
+    "runs",        # runs list|show
+    "report",      # report
 )
 
 

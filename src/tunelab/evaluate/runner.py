@@ -313,6 +313,7 @@ def _finish(task, lm, metrics, items, tokens, t0, out, with_response, sampler, d
     )
     if out is not None:
         write_results(results, out)
+    results_mod.record_run(results, "eval")
     return results
 
 

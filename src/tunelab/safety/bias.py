@@ -368,7 +368,7 @@ def bias(model, benchmark: str, data, *, adapter: Optional[str] = None, limit: O
     `data`: the CrowS-Pairs CSV; for BBQ a .jsonl file, a folder of them, or a list. `limit`: the
     first N pairs (CrowS-Pairs) or the first N items of each BBQ file.
     """
-    from tunelab.evaluate.results import build_results, make_cost, signature, write_results
+    from tunelab.evaluate.results import build_results, make_cost, record_run, signature, write_results
     from tunelab.evaluate.runner import load_for_eval, peak_mem_mib
     from tunelab.templates import template_sha256
 
@@ -407,4 +407,5 @@ def bias(model, benchmark: str, data, *, adapter: Optional[str] = None, limit: O
                         signature=sig, predictions=items)
     if out is not None:
         write_results(res, out)
+    record_run(res, "safety")
     return res

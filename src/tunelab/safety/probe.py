@@ -145,7 +145,7 @@ def probe(model, prompts_file, *, adapter: Optional[str] = None, samples: int = 
     from tunelab.evaluate.generate import generate
     from tunelab.evaluate.loglik import max_length
     from tunelab.evaluate.metrics.assistant import REFUSAL_PATTERNS, is_refusal
-    from tunelab.evaluate.results import build_results, make_cost, signature, write_results
+    from tunelab.evaluate.results import build_results, make_cost, record_run, signature, write_results
     from tunelab.evaluate.runner import load_for_eval, peak_mem_mib
 
     t0 = time.perf_counter()
@@ -225,4 +225,5 @@ def probe(model, prompts_file, *, adapter: Optional[str] = None, samples: int = 
                         cost=cost, signature=sig, predictions=lines)
     if out is not None:
         write_results(res, out)
+    record_run(res, "safety")
     return res

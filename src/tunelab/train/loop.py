@@ -3,7 +3,7 @@
     Recipe(cfg)     fail fast: everything checkable before loading a model
     .setup()        accelerator → model (+ method) → data → optimizer and schedule → resume
     .train()        epoch → optimizer step → micro-batches (accumulation) → log / eval / save
-    .cleanup()      final weights, summary.json, report.html
+    .cleanup()      final weights, summary.json (the CLI then builds report.html: tunelab.report)
 
 `train(config)` is the public verb (`tunelab.train`). Multi-process runs come from Accelerate:
 `accelerate launch --multi_gpu --num_processes 2 -m tunelab train cfg.yaml` gives DDP (gloo on a CPU-only box;
@@ -37,7 +37,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from tunelab import paths
+from tunelab import paths, runs
 from tunelab.config import TrainConfig, load_train_config, to_yaml
 from tunelab.errors import ParameterError, TunelabError
 from tunelab.io import atomic_dir, atomic_write_json, atomic_write_text, check_writable
@@ -675,9 +675,6 @@ class Recipe:
                 "precision": self.precision,
             }
             atomic_write_json(self.run_dir / paths.SUMMARY_FILE, summary)
-            from tunelab.train.report import write_report
-
-            write_report(self.run_dir, summary, self.config_yaml)
         else:
             summary = {}
         acc.wait_for_everyone()
@@ -711,7 +708,18 @@ def train(config, overrides: list[str] | None = None, *, resume: bool = False, o
         weights = recipe.run_dir / (paths.ADAPTER_DIR if recipe.adapter else paths.MODEL_DIR)
         return RunResult(recipe.run_dir, weights, recipe.finished, stopped="already_finished")
     recipe.setup()
-    return recipe.train()
+    rid = None
+    if recipe.main:  # one registry row per run, written by the main process
+        rid = runs.start("train", name=config.name, path=recipe.run_dir, task=config.data.train, model=config.model)
+    try:
+        result = recipe.train()
+    except BaseException as e:
+        runs.finish(rid, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
+        raise
+    s = result.summary
+    loss_key = "best_eval_loss" if s.get("best_eval_loss") is not None else "final_loss"
+    runs.finish(rid, "completed" if result.stopped == "completed" else "stopped", metric=loss_key, value=s.get(loss_key))
+    return result
 
 
 __all__ = ["train", "RunResult", "TrainingInterrupted", "Recipe", "oom_message"]

@@ -3,19 +3,24 @@
 torch starts one OpenMP thread per core. On a machine where other processes keep the cores busy,
 every parallel op then waits for a descheduled partner thread at its barrier; a training step
 made of many small ops (the per-document attention runs one small sdpa per document and layer)
-spends most of its time waiting. Measured on a 2-core box with one other busy process (load ≈ 2):
-tunelab at 2 threads ran 0.84x TRL, at 1 thread 2.6x (issue 11). So the count follows the cores
-that are actually free: those this process may run on (sched_getaffinity: containers and
-`taskset` limit it) minus the 1-minute load average of everyone else.
+spends most of its time waiting. So the count follows the cores that are actually free:
 
     threads = max(1, min(cores, round(cores - others)))
-    others  = max(0, load1 - own)        own: this process's share of load1 (< 1, it just started)
 
-Written by hand: neither torch nor the OS offers "free cores"; os.getloadavg is the portable signal.
+cores: those this process may run on (sched_getaffinity: containers and `taskset` limit it).
+others: the mean number of OTHER runnable tasks, sampled from /proc/stat's procs_running ten
+times over 0.2 s (minus this process, which is running while it reads). Not the load average:
+it lags by a minute, so right after another job ends it still reports a busy box (measured on
+this 2-core machine: load1 1.23 just after a test suite finished made the load rule pick 1
+thread, and 1 thread ran 111 tok/s against 172 with 2). Where /proc/stat is missing the
+1-minute load average stands in. Numbers: docs/training.md, "CPU threads".
+
+Written by hand: neither torch nor the OS offers "free cores".
 """
 from __future__ import annotations
 
 import os
+import time
 from typing import Optional
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -29,26 +34,36 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def pick_threads(cores: int, load1: float, own: float = 0.0) -> int:
-    """The rule above: cores minus the load of other processes, rounded, at least one."""
-    others = max(0.0, load1 - own)
-    return max(1, min(cores, round(cores - others)))
+def pick_threads(cores: int, others: float) -> int:
+    """The rule above: cores minus the other runnable tasks, rounded, at least one."""
+    return max(1, min(cores, round(cores - max(0.0, others))))
 
 
-def choose_threads(*, own: float = 0.5) -> Optional[int]:
-    """Set torch's thread count from the free cores unless the user chose one; returns it (None if left alone).
+def other_runnable(samples: int = 10, interval: float = 0.02, stat: str = "/proc/stat") -> Optional[float]:
+    """Mean count of runnable tasks other than this one, or None where /proc/stat is unavailable."""
+    counts = []
+    try:
+        for _ in range(samples):
+            with open(stat, encoding="ascii") as f:
+                counts += [int(line.split()[1]) for line in f if line.startswith("procs_running")]
+            time.sleep(interval)
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0.0, sum(counts) / len(counts) - 1) if counts else None
 
-    own=0.5: this process has usually been running a few seconds (imports, model load) when this is
-    called, which the 1-minute load average counts as well under one.
-    """
+
+def choose_threads() -> Optional[int]:
+    """Set torch's thread count from the free cores unless the user chose one; returns it (None if left alone)."""
     if any(os.environ.get(k) for k in THREAD_ENV):
         return None  # the user's choice wins
-    try:
-        load1 = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return None  # no load average on this OS: keep torch's default
+    others = other_runnable()
+    if others is None:
+        try:
+            others = max(0.0, os.getloadavg()[0] - 1)  # this process counted as one
+        except (AttributeError, OSError):
+            return None  # nothing to go on: keep torch's default
     import torch
 
-    n = pick_threads(usable_cores(), load1, own)
+    n = pick_threads(usable_cores(), others)
     torch.set_num_threads(n)
     return n
