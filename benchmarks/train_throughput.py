@@ -428,7 +428,8 @@ def report(peer: dict, ours: dict, args, load_before: str, load_after: str) -> s
                      f"({1 - peer['tokens'] / peer['padded_tokens']:.0%} of its batches); "
                      f"gradient_checkpointing={peer.get('gradient_checkpointing')}")
     if "compiles" in ours:
-        lines.append(f"tunelab: {ours['compiles']} compiled graph(s), rows of {ours.get('row_width')} tokens, "
+        rows = f"rows padded to {ours['row_width']} tokens" if ours.get("row_width") else "rows of their own length"
+        lines.append(f"tunelab: {ours['compiles']} compiled graph(s), {rows}, "
                      f"MFU whole run {num(ours.get('mfu'), '.3f')}, steady {num(ours.get('steady_mfu'), '.3f')}")
     speed = ours["tokens_per_s"] / peer["tokens_per_s"]
     steady = (ours["steady_tokens_per_s"] / peer["steady_tokens_per_s"]

@@ -48,6 +48,7 @@ COMMAND_GROUPS = (
     "evaluate",    # eval
     "diff",        # diff
     "quickstart",  # quickstart
+    "compare",     # compare
     "data",        # data inspect|prepare|tasks|filter
     "cache",       # cache list|clear
     "models",      # models pull|list
