@@ -49,7 +49,8 @@ COMMAND_GROUPS = (
     "diff",        # diff
     "quickstart",  # quickstart
     "compare",     # compare
-    "data",        # data inspect|tasks|filter
+    "data",        # data inspect|prepare|tasks|filter
+    "cache",       # cache list|clear
     "models",      # models pull|list
     "metrics",     # metrics retrieval|list
     "safety",      # safety scan|train-classifier|probe|bias

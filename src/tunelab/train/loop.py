@@ -270,17 +270,17 @@ class Recipe:
     def _setup_data(self) -> None:
         cfg = self.cfg
         self.train_ex, self.eval_ex = self._load_examples()
-        self.lengths = [len(e.input_ids) for e in self.train_ex]
+        self.lengths = _lengths(self.train_ex)
         self.batch_tokens = self._batch_tokens()
         check_budget(self.lengths, self.batch_tokens)
-        check_budget([len(e.input_ids) for e in self.eval_ex], self.batch_tokens)
+        check_budget(_lengths(self.eval_ex), self.batch_tokens)
         # fixed shapes (packing.py) where shapes cost: compiled layers and flex_attention's BlockMask
         # build once per shape, so every packed row is padded to one width (a data set smaller than
         # the budget not past its own size). Eager CPU kernels do not care about shapes: there the
         # rows keep their length and no pad token costs MLP work (3-5% of a row on alpaca data).
         fixed = cfg.data.packing and (self.compile or self.attn == "flex_attention")
         self.row_width = row_width(min(self.batch_tokens, sum(self.lengths) or 1)) if fixed else None
-        self.eval_plan = plan_batches([len(e.input_ids) for e in self.eval_ex], self.batch_tokens,
+        self.eval_plan = plan_batches(_lengths(self.eval_ex), self.batch_tokens,
                                       seed=cfg.train.seed, packing=cfg.data.packing) if self.eval_ex else []
 
         # steps: every epoch's plan is deterministic, so the total is known before training
@@ -315,34 +315,44 @@ class Recipe:
         return budget
 
     def _load_examples(self):
-        """(train, eval) encoded examples: conversations → token ids + labels; a hook for benchmarks."""
-        from tunelab.data.load import load_conversations
-        from tunelab.templates import encode_all
+        """(train, eval) encoded examples, memory-mapped from the encoded-data cache (templates/cache.py:
+        tokenised once per data file, tokenizer, template and data settings); a hook for benchmarks."""
+        import logging
+
+        from tunelab.templates.cache import prepare
 
         cfg, d = self.cfg, self.cfg.data
         kw = dict(format=d.format, fields=d.fields or None, skip_bad=d.skip_bad, system=d.system,
-                  skip_setting="data.skip_bad=true")
-        train_convs = load_conversations(self._data_path(d.train), **kw)
-        if d.max_toxicity is not None:  # screened in the data stage, before anything is encoded
+                  skip_setting="data.skip_bad=true", train_on=d.train_on, max_length=d.max_length, truncate=d.truncate)
+        log = logging.getLogger("tunelab.templates")
+        full = prepare(self._data_path(d.train), self.tokenizer, **kw)
+        self._say(f"encoded data {'from the cache' if full.hit else 'cached'}: {full.folder}")
+        candidates = list(range(len(full)))
+        if d.max_toxicity is not None:  # screened in the data stage, on the records' text
+            from tunelab.data.load import load_conversations
             from tunelab.data.screen import drop_above
 
-            train_convs, note = drop_above(train_convs, self.toxicity, d.max_toxicity)
+            convs = load_conversations(self._data_path(d.train), format=d.format, fields=d.fields or None,
+                                       skip_bad=d.skip_bad, system=d.system, skip_setting="data.skip_bad=true")
+            kept, note = drop_above(convs, self.toxicity, d.max_toxicity)
             if note:
                 self._say(note)
-        eval_convs = []
+            keep = {id(c) for c in kept}
+            candidates = [i for i, c in enumerate(convs) if id(c) in keep]
+        train_idx, eval_idx, eval_ex = candidates, [], []
         if isinstance(d.eval, str):
-            eval_convs = load_conversations(self._data_path(d.eval), **kw)
-        elif d.eval and len(train_convs) > 1:
+            eval_ex = prepare(self._data_path(d.eval), self.tokenizer, **kw).trainable(log=log)
+        elif d.eval and len(candidates) > 1:
             # seeded hold-out so every process (and a resumed run) holds out the same rows
-            order = list(range(len(train_convs)))
+            order = list(range(len(candidates)))
             random.Random(cfg.train.seed).shuffle(order)
-            n_eval = max(1, round(d.eval * len(train_convs)))
+            n_eval = max(1, round(d.eval * len(candidates)))
             held = set(order[:n_eval])
-            eval_convs = [c for i, c in enumerate(train_convs) if i in held]
-            train_convs = [c for i, c in enumerate(train_convs) if i not in held]
-        enc = dict(train_on=d.train_on, max_length=d.max_length, truncate=d.truncate)
-        train_ex = encode_all(self.tokenizer, train_convs, **enc)
-        eval_ex = encode_all(self.tokenizer, eval_convs, **enc) if eval_convs else []
+            eval_idx = [c for i, c in enumerate(candidates) if i in held]
+            train_idx = [c for i, c in enumerate(candidates) if i not in held]
+        train_ex = full.select(train_idx).trainable(log=log)
+        if eval_idx:
+            eval_ex = full.select(eval_idx).trainable(log=log)
         return train_ex, eval_ex
 
     def _data_path(self, spec: str) -> str:
@@ -670,6 +680,12 @@ class Recipe:
         acc.wait_for_everyone()
         acc.end_training()
         return RunResult(self.run_dir, weights_dir, summary, stopped)
+
+
+def _lengths(examples) -> list[int]:
+    """Token count per example: read from the cache's offsets, or from a plain list of Encoded."""
+    lengths = getattr(examples, "lengths", None)
+    return lengths.tolist() if lengths is not None else [len(e.input_ids) for e in examples]
 
 
 def train(config, overrides: list[str] | None = None, *, resume: bool = False, overwrite: bool = False,
