@@ -153,3 +153,8 @@ def test_clear_removes_entries(home):
     prepare(data, tiny_tokenizer())
     n, size = clear()
     assert n == 1 and size > 0 and entries() == []
+
+
+def test_missing_file_is_a_one_line_error(home):
+    with pytest.raises(TunelabError, match=r"nope\.jsonl: data file not found"):
+        prepare(home / "nope.jsonl", tiny_tokenizer())

@@ -111,7 +111,7 @@ def _jsonl(path: Path, skip_bad: bool, bad: list[str]) -> Iterator[Row]:
 
 def _json(path: Path, skip_bad: bool, bad: list[str]) -> Iterator[Row]:
     # A JSON array is parsed whole (json.loads): memory grows with the file. Files too big for
-    # that should be JSON Lines, which stream (docs/data.md says so).
+    # that should be JSON Lines, which stream.
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")

@@ -60,8 +60,10 @@ def tokenizer_sha256(tokenizer) -> str:
 def data_sha256(where: str | Path) -> str:
     if isinstance(where, str):  # builtin:<task>?... is generated, deterministic for its spec
         return hashlib.sha256(where.encode()).hexdigest()
+    from tunelab.data.readers import iter_rows
     from tunelab.io import file_sha256
 
+    iter_rows(where)  # checks the path first: a missing file or folder gets the readers' one-line error
     return file_sha256(where)
 
 
