@@ -1,4 +1,4 @@
-"""GPU smoke test for the training engine: a few steps each of LoRA, full and DoRA on CUDA.
+"""GPU smoke test for the training engine: a few steps each of LoRA, DoRA, QLoRA and full on CUDA.
 
 Self-contained (a small random Llama and generated rows, written to a temp folder; no network),
 bounded (well under 3 minutes on an H100, most of it the first flex_attention compile), prints
@@ -7,8 +7,11 @@ numbers and exits non-zero on the first failure.
 Checks:
 1. packed-row isolation on CUDA with flex_attention: the loss of a packed row equals the
    documents run one by one (bf16 tolerance), and a row without the document mask differs;
-2. `tunelab.train` with method lora, dora and full, bf16 autocast, fused AdamW: loss goes down,
-   the run folder is complete, tokens/s, MFU and peak memory are printed.
+2. `tunelab.train` with method lora, dora, qlora (bitsandbytes 4-bit base) and full, bf16
+   autocast, fused AdamW, compiled layers (train.compile: auto): loss goes down, the run folder is
+   complete, the compilation count stays small (fixed shapes), and whole-run and steady-state
+   tokens/s, MFU and peak memory are printed. QLoRA needs bitsandbytes; without it that method
+   FAILS (benchmarks/device_run.sh installs a carried wheel first).
 
     python benchmarks/gpu_smoke.py
 """
@@ -81,7 +84,14 @@ def main() -> int:
             a, b_ = r.randint(0, 999), r.randint(0, 999)
             f.write(json.dumps({"prompt": f"What is {a} plus {b_}?", "completion": f"The answer is {a + b_}."}) + "\n")
     ok = True
-    for method, lr in (("lora", 2e-3), ("dora", 2e-3), ("full", 3e-4)):
+    for method, lr in (("lora", 2e-3), ("dora", 2e-3), ("qlora", 2e-3), ("full", 3e-4)):
+        if method == "qlora":
+            try:
+                import bitsandbytes  # noqa: F401
+            except ImportError:
+                print("FAIL: qlora needs bitsandbytes (pip install bitsandbytes, or carry its wheel)")
+                ok = False
+                continue
         t0 = time.perf_counter()
         res = train({"name": method, "model": str(base), "method": method, "data": {"train": str(data), "eval": 0.05},
                      "train": {"max_steps": 30, "batch_tokens": 2048, "lr": lr, "eval_every": 15, "save_every": 15},
@@ -89,11 +99,17 @@ def main() -> int:
         rows = [json.loads(x) for x in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
         s = res.summary
         first, last = rows[0]["loss"], sum(x["loss"] for x in rows[-5:]) / 5
-        print(f"{method:5s} loss {first:.3f} -> {last:.3f}  {s['tokens_per_s']:,.0f} tok/s  "
+        steady = s["steady_tokens_per_s"]
+        print(f"{method:5s} loss {first:.3f} -> {last:.3f}  {s['tokens_per_s']:,.0f} tok/s run, "
+              f"{'-' if steady is None else f'{steady:,.0f}'} steady  "
               f"mfu {s['mfu'] if s['mfu'] is None else round(s['mfu'], 4)}  peak {s['peak_mem_mib']:.0f} MiB  "
-              f"precision {s['precision']}  ({time.perf_counter() - t0:.1f}s)")
+              f"compiles {s['compiles']}  rows {s['row_width']}  precision {s['precision']}  "
+              f"({time.perf_counter() - t0:.1f}s)")
         if not (last < first and res.weights_dir.is_dir() and (res.run_dir / "summary.json").is_file()):
             print(f"FAIL: {method} did not train")
+            ok = False
+        if s["compiles"] > 8:  # one shape per run: a few graphs (train / eval modes), not one per step
+            print(f"FAIL: {method} compiled {s['compiles']} graphs; shapes are not fixed")
             ok = False
     print("OK" if ok else "FAILED")
     return 0 if ok else 1

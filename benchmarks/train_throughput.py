@@ -19,9 +19,18 @@ The load average is printed before and after, since it moves every number.
 
 GPU: `--device cuda --model-config llama-1b` trains a random-initialised Llama (16 layers,
 hidden 2048, vocab 128256) on random token rows of uniform length 128..2048, bf16, against HF
-Trainer + PEFT with default (pad-to-longest) batches; `--method full` for full fine-tuning.
+Trainer + PEFT with default (pad-to-longest) batches, 60 optimizer steps per arm by default;
+`--method full` for full fine-tuning. tunelab runs with its defaults there (flex_attention, fixed
+row shapes, compiled layers) at the same real tokens per step as the peer's 8 rows.
 
     python benchmarks/train_throughput.py --device cuda --model-config llama-1b [--method full]
+    bash benchmarks/device_run.sh      # smoke test + both methods, with timeouts, logs to $OUT
+
+Printed per arm: steps, real tokens, tokens/s over the whole run (compilation included) and in
+steady state (tunelab: after its last compiling step; the peers: after step 1), peak memory, the
+final loss (and the mean of the last 3); then the ratios. `--model-config tiny` runs the same
+random-model arms on a 2-layer model on any device (tests/train/test_bench_plumbing.py drives
+them on CPU so the arms cannot break unseen).
 
 Each arm runs in its own subprocess so peak memory (RSS on CPU, CUDA max allocated on GPU) is
 the arm's own. Nothing is downloaded: the default model must be cached (`tunelab models pull`).
@@ -102,9 +111,16 @@ def arm_trl(args) -> dict:
                 counts["trained"] += int((labels[:, 1:] != -100).sum())
 
     trainer.model.register_forward_pre_hook(count, with_kwargs=True)
-    losses = []
+    losses, step_tokens, step_s, mark = [], [], [], {"t": 0.0, "real": 0}
 
     class Losses(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            mark["t"], mark["real"] = time.perf_counter(), counts["real"]
+
+        def on_step_end(self, a, state, control, **kw):
+            step_s.append(time.perf_counter() - mark["t"])
+            step_tokens.append(counts["real"] - mark["real"])
+
         def on_log(self, a, state, control, logs=None, **kw):
             if logs and "loss" in logs:
                 losses.append(float(logs["loss"]))
@@ -115,7 +131,7 @@ def arm_trl(args) -> dict:
     train_s = time.perf_counter() - t0
     return {"arm": "TRL SFTTrainer + PEFT LoRA", "tokens": counts["real"], "padded_tokens": counts["padded"],
             "trained_tokens": counts["trained"], "train_s": train_s, "tokens_per_s": counts["real"] / train_s,
-            "peak_mem_mib": peak_mib(args.device), "losses": losses, "steps": args.trl_steps,
+            "steady_tokens_per_s": steady_rate(step_tokens, step_s), "peak_mem_mib": peak_mib(args.device), "losses": losses, "steps": args.trl_steps,
             "gradient_checkpointing": cfg.gradient_checkpointing, "threads": torch.get_num_threads()}
 
 
@@ -140,8 +156,9 @@ def arm_tunelab(args) -> dict:
     losses = [json.loads(x)["loss"] for x in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
     return {"arm": "tunelab (packing, per-doc attn, supervised loss)", "tokens": s["tokens_seen"],
             "padded_tokens": s["tokens_seen"], "trained_tokens": s["tokens_trained"], "train_s": s["train_s"],
-            "tokens_per_s": s["tokens_per_s"], "peak_mem_mib": peak_mib(args.device), "losses": losses,
-            "steps": s["steps"], "threads": torch.get_num_threads()}
+            "tokens_per_s": s["tokens_per_s"], "steady_tokens_per_s": s["steady_tokens_per_s"],
+            "peak_mem_mib": peak_mib(args.device), "losses": losses, "steps": s["steps"],
+            "threads": torch.get_num_threads(), "row_width": s["row_width"]}
 
 
 def tunelab_budget(args) -> tuple[int, float]:
@@ -163,36 +180,52 @@ def tunelab_budget(args) -> tuple[int, float]:
     return budget, sum(lengths) / len(plan)
 
 
-# ---------------------------------------------------------------- GPU arms (llama-1b, random rows)
-def llama_1b(vocab: int = 128256):
+# ---------------------------------------------------------------- random-model arms (GPU; tiny on CPU for tests)
+def random_model(name: str, device: str):
+    """llama-1b: random-initialised Llama 3.2 1B shape (16 layers, hidden 2048, vocab 128256);
+    tiny: tunelab's 2-layer test model (drives the plumbing in tests/benchmarks on CPU)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+    if name == "tiny":
+        from tunelab.models.tiny import tiny_model
+
+        return tiny_model().train().to(device)
+    cfg = LlamaConfig(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                       num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096,
                       tie_word_embeddings=True, rope_theta=500000.0)
     torch.manual_seed(0)
-    with torch.device("cuda"):
+    with torch.device(device):
         return LlamaForCausalLM(cfg)
 
 
-def random_rows(n: int, seed: int = 0, vocab: int = 128256) -> list[list[int]]:
-    r = random.Random(seed)
-    return [[r.randrange(3, vocab) for _ in range(r.randint(128, 2048))] for _ in range(n)]
+def random_rows(args) -> list[list[int]]:
+    """args.gpu_rows rows of uniform length min_len..max_len, token ids below the model's vocab."""
+    vocab = 512 if args.model_config == "tiny" else 128256
+    r = random.Random(0)
+    return [[r.randrange(3, vocab) for _ in range(r.randint(args.min_len, args.max_len))]
+            for _ in range(args.gpu_rows)]
 
 
-def arm_hf_gpu(args) -> dict:
+def steady_rate(tokens: list[int], seconds: list[float], skip: int = 1):
+    """Real tokens/s over the steps after the first `skip` (None if there are none)."""
+    t, s = sum(tokens[skip:]), sum(seconds[skip:])
+    return t / s if s > 0 else None
+
+
+def arm_hf(args) -> dict:
     import torch
     from peft import get_peft_model
     from torch.utils.data import Dataset
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    rows = random_rows(args.gpu_rows)
-    model = llama_1b()
+    rows = random_rows(args)
+    cuda = args.device == "cuda"
+    model = random_model(args.model_config, args.device)
     if args.method == "lora":
-        model = model.to(torch.bfloat16)
+        if cuda:
+            model = model.to(torch.bfloat16)
         model = get_peft_model(model, lora_config())
-    counts = {"real": 0}
 
     class Rows(Dataset):
         def __len__(self):
@@ -208,42 +241,69 @@ def arm_hf_gpu(args) -> dict:
         for k, f in enumerate(features):
             ids[k, :len(f["input_ids"])] = torch.tensor(f["input_ids"])
             mask[k, :len(f["input_ids"])] = 1
-        counts["real"] += int(mask.sum())
         return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
 
+    step_tokens, step_s, losses, seen = [], [], [], {"real": 0, "t": 0.0}
+
+    def count(module, a, kwargs):  # at the forward: the data loader may prefetch unused batches
+        if module.training and kwargs.get("attention_mask") is not None:
+            seen["real"] += int(kwargs["attention_mask"].sum())
+
+    class Steps(TrainerCallback):
+        def on_step_begin(self, a, state, control, **kw):
+            seen["real"], seen["t"] = 0, time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):
+            if cuda:
+                torch.cuda.synchronize()
+            step_tokens.append(seen["real"])
+            step_s.append(time.perf_counter() - seen["t"])
+
+        def on_log(self, a, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
     targs = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.gpu_batch,
-                              max_steps=args.gpu_steps, learning_rate=LR, bf16=True, logging_steps=1,
-                              save_strategy="no", report_to=[], dataloader_num_workers=0, seed=42)
-    trainer = Trainer(model=model, args=targs, train_dataset=Rows(), data_collator=collate)
-    torch.cuda.reset_peak_memory_stats()
+                              max_steps=args.gpu_steps, learning_rate=LR, bf16=cuda, use_cpu=not cuda,
+                              logging_steps=1, save_strategy="no", report_to=[], dataloader_num_workers=0, seed=42)
+    trainer = Trainer(model=model, args=targs, train_dataset=Rows(), data_collator=collate, callbacks=[Steps()])
+    trainer.model.register_forward_pre_hook(count, with_kwargs=True)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    out = trainer.train()
-    torch.cuda.synchronize()
+    trainer.train()
+    if cuda:
+        torch.cuda.synchronize()
     train_s = time.perf_counter() - t0
-    return {"arm": f"HF Trainer + PEFT ({args.method})", "tokens": counts["real"], "train_s": train_s,
-            "tokens_per_s": counts["real"] / train_s, "peak_mem_mib": peak_mib("cuda"),
-            "losses": [out.training_loss], "steps": args.gpu_steps}
+    return {"arm": f"HF Trainer + PEFT ({args.method})", "tokens": sum(step_tokens), "train_s": train_s,
+            "tokens_per_s": sum(step_tokens) / train_s, "steady_tokens_per_s": steady_rate(step_tokens, step_s),
+            "peak_mem_mib": peak_mib(args.device), "losses": losses, "steps": len(step_s)}
 
 
-def arm_tunelab_gpu(args) -> dict:
+def arm_tunelab_random(args) -> dict:
     import torch
 
     from tunelab.config import load_train_config
     from tunelab.models.tiny import tiny_tokenizer
     from tunelab.templates import Encoded
     from tunelab.train.loop import Recipe
+    from tunelab.train.packing import row_width
 
-    rows = random_rows(args.gpu_rows)
-    budget = max(max(len(r) for r in rows), int(args.gpu_batch * sum(len(r) for r in rows) / len(rows)))
+    rows = random_rows(args)
+    # the same real tokens per step as the peer's batch of gpu_batch rows, rounded to the shape multiple
+    budget = row_width(max(max(len(r) for r in rows), int(args.gpu_batch * sum(len(r) for r in rows) / len(rows))))
+    model_config, device = args.model_config, args.device
 
     class Bench(Recipe):
         """The real recipe with an in-memory random model and rows (no files to write)."""
 
-        def _load_base(self, device):
+        def _load_base(self, device_):
             self.tokenizer = tiny_tokenizer()
-            self.base_name, self.base_path, self.base_sha = "llama-1b-random", Path("."), None
-            model = llama_1b()
-            return model.to(torch.bfloat16) if self.adapter else model
+            self.base_name, self.base_path, self.base_sha = f"{model_config}-random", Path("."), None
+            model = random_model(model_config, device)
+            # the kernel the recipe chose (flex_attention on CUDA); Recipe._setup_model checks it again
+            model.set_attn_implementation(self.load_attn)
+            return model.to(torch.bfloat16) if (self.adapter and device == "cuda") else model
 
         def _load_examples(self):
             return [Encoded(r, list(r)) for r in rows], []
@@ -256,12 +316,16 @@ def arm_tunelab_gpu(args) -> dict:
                              "out": str(work / "run")})
     recipe = Bench(cfg)
     recipe.setup()
-    torch.cuda.reset_peak_memory_stats()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     res = recipe.train()
     s = res.summary
-    return {"arm": f"tunelab ({args.method}, flex_attention packing)", "tokens": s["tokens_seen"],
-            "train_s": s["train_s"], "tokens_per_s": s["tokens_per_s"], "peak_mem_mib": peak_mib("cuda"),
-            "losses": [s["final_loss"]], "steps": s["steps"], "mfu": s["mfu"]}
+    losses = [json.loads(x)["loss"] for x in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {"arm": f"tunelab ({args.method}, {recipe.attn}, compile={recipe.compile})", "tokens": s["tokens_seen"],
+            "train_s": s["train_s"], "tokens_per_s": s["tokens_per_s"],
+            "steady_tokens_per_s": s["steady_tokens_per_s"], "peak_mem_mib": peak_mib(device), "losses": losses,
+            "steps": s["steps"], "mfu": s["mfu"], "steady_mfu": s["steady_mfu"], "compiles": s["compiles"],
+            "row_width": s["row_width"]}
 
 
 # ---------------------------------------------------------------- driver
@@ -298,13 +362,15 @@ def tail_loss(losses: list[float], k: int = 3) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--model-config", default="smollm2-135m", choices=["smollm2-135m", "llama-1b"])
+    p.add_argument("--model-config", default="smollm2-135m", choices=["smollm2-135m", "llama-1b", "tiny"])
     p.add_argument("--method", default="lora", choices=["lora", "full"])
     p.add_argument("--rows", type=int, default=512, help="alpaca_small rows in the data set (CPU)")
     p.add_argument("--trl-steps", type=int, default=6, help="TRL optimizer steps of 8 rows (CPU)")
-    p.add_argument("--gpu-rows", type=int, default=256)
+    p.add_argument("--gpu-rows", type=int, default=512)
     p.add_argument("--gpu-batch", type=int, default=8)
-    p.add_argument("--gpu-steps", type=int, default=12)
+    p.add_argument("--gpu-steps", type=int, default=60, help="optimizer steps of each arm (≥ 60 for the goals)")
+    p.add_argument("--min-len", type=int, default=128, help=argparse.SUPPRESS)
+    p.add_argument("--max-len", type=int, default=2048, help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=None,
                    help="torch/OpenMP threads for both arms (default: torch's own choice)")
     p.add_argument("--arm", help=argparse.SUPPRESS)
@@ -314,18 +380,19 @@ def main() -> None:
     args = p.parse_args()
 
     if args.arm:  # inside a subprocess: run one arm, write its numbers
-        fn = {"trl": arm_trl, "tunelab": arm_tunelab, "hf_gpu": arm_hf_gpu, "tunelab_gpu": arm_tunelab_gpu}[args.arm]
+        fn = {"trl": arm_trl, "tunelab": arm_tunelab, "hf_gpu": arm_hf, "tunelab_gpu": arm_tunelab_random}[args.arm]
         Path(args.result).write_text(json.dumps(fn(args)))
         return
 
     global THREADS
     THREADS = args.threads
     load_before = loadavg()
-    if args.device == "cuda":
-        if args.model_config != "llama-1b":
-            sys.exit("--device cuda runs --model-config llama-1b")
-        common = ["--gpu-rows", str(args.gpu_rows), "--gpu-batch", str(args.gpu_batch),
-                  "--gpu-steps", str(args.gpu_steps), "--method", args.method]
+    if args.device == "cuda" or args.model_config != "smollm2-135m":
+        if args.model_config == "smollm2-135m":
+            sys.exit("--device cuda runs --model-config llama-1b (or tiny)")
+        common = ["--device", args.device, "--model-config", args.model_config, "--gpu-rows", str(args.gpu_rows),
+                  "--gpu-batch", str(args.gpu_batch), "--gpu-steps", str(args.gpu_steps), "--method", args.method,
+                  "--min-len", str(args.min_len), "--max-len", str(args.max_len)]
         peer = run_arm("hf_gpu", common, 600)
         ours = run_arm("tunelab_gpu", common, 600)
     else:
@@ -340,21 +407,40 @@ def main() -> None:
                                    "--tunelab-steps", str(steps)], 1800)
 
     load_after = loadavg()
-    print(f"\nload average (1/5/15 min): before {load_before}, after {load_after}; "
-          f"threads per arm: {peer.get('threads', '-')} / {ours.get('threads', '-')} (peer / tunelab)")
-    print(f"{'arm':48s} {'steps':>5s} {'real tok':>9s} {'tok/s':>9s} {'peak MiB':>9s} {'loss(last3)':>11s}")
+    print(report(peer, ours, args, load_before, load_after))
+
+
+def report(peer: dict, ours: dict, args, load_before: str, load_after: str) -> str:
+    """The side-by-side table and the ratios (whole run and steady state)."""
+    def num(x, fmt):
+        return format(x, fmt) if x is not None else "-"
+
+    lines = [f"\nload average (1/5/15 min): before {load_before}, after {load_after}; "
+             f"threads per arm: {peer.get('threads', '-')} / {ours.get('threads', '-')} (peer / tunelab)",
+             f"{'arm':52s} {'steps':>5s} {'real tok':>9s} {'tok/s run':>9s} {'steady':>9s} {'peak MiB':>9s} "
+             f"{'final loss':>10s} {'last3':>7s}"]
     for r in (peer, ours):
-        print(f"{r['arm']:48s} {r['steps']:5d} {r['tokens']:9d} {r['tokens_per_s']:9.1f} "
-              f"{r['peak_mem_mib']:9.0f} {tail_loss(r['losses']):11.4f}")
+        lines.append(f"{r['arm']:52s} {r['steps']:5d} {r['tokens']:9d} {r['tokens_per_s']:9.1f} "
+                     f"{num(r.get('steady_tokens_per_s'), '9.1f'):>9s} {r['peak_mem_mib']:9.0f} "
+                     f"{r['losses'][-1]:10.4f} {tail_loss(r['losses']):7.4f}")
     if "padded_tokens" in peer:
-        print(f"peer padding: {peer['padded_tokens'] - peer['tokens']} pad tokens "
-              f"({1 - peer['tokens'] / peer['padded_tokens']:.0%} of its batches); "
-              f"gradient_checkpointing={peer.get('gradient_checkpointing')}")
+        lines.append(f"peer padding: {peer['padded_tokens'] - peer['tokens']} pad tokens "
+                     f"({1 - peer['tokens'] / peer['padded_tokens']:.0%} of its batches); "
+                     f"gradient_checkpointing={peer.get('gradient_checkpointing')}")
+    if "compiles" in ours:
+        rows = f"rows padded to {ours['row_width']} tokens" if ours.get("row_width") else "rows of their own length"
+        lines.append(f"tunelab: {ours['compiles']} compiled graph(s), {rows}, "
+                     f"MFU whole run {num(ours.get('mfu'), '.3f')}, steady {num(ours.get('steady_mfu'), '.3f')}")
     speed = ours["tokens_per_s"] / peer["tokens_per_s"]
+    steady = (ours["steady_tokens_per_s"] / peer["steady_tokens_per_s"]
+              if ours.get("steady_tokens_per_s") and peer.get("steady_tokens_per_s") else None)
     mem = ours["peak_mem_mib"] / peer["peak_mem_mib"]
-    print(f"ratios: tokens/s ×{speed:.2f} (goal ≥ {3 if args.device == 'cpu' else (4 if args.method == 'lora' else 3)}), "
-          f"peak memory ×{mem:.2f} (goal ≤ {0.7 if args.device == 'cpu' else 0.5}), "
-          f"loss {tail_loss(ours['losses']):.3f} vs {tail_loss(peer['losses']):.3f}")
+    goal = 3 if args.device == "cpu" else (4 if args.method == "lora" else 3)
+    lines.append(f"ratios: tokens/s whole run ×{speed:.2f}, steady state ×{num(steady, '.2f')} (goal ≥ {goal}, whole run); "
+                 f"peak memory ×{mem:.2f} (goal ≤ {0.7 if args.device == 'cpu' else 0.5}); "
+                 f"final loss {ours['losses'][-1]:.4f} vs {peer['losses'][-1]:.4f} "
+                 f"({ours['losses'][-1] / peer['losses'][-1] - 1:+.1%})")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

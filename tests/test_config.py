@@ -19,7 +19,7 @@ def test_train_config_defaults_and_overrides(tmp_path):
     p.write_text("data: {train: builtin:dates}\nmethod: dora\n")
     cfg = load_train_config(p, ["train.lr=1e-4", "lora.r=8"])
     assert cfg.name == "my" and cfg.method == "dora" and cfg.train.lr == 1e-4 and cfg.lora.r == 8
-    assert cfg.train.batch_tokens == 8192 and cfg.data.train_on == "completion"
+    assert cfg.train.batch_tokens is None and cfg.train.compile == "auto" and cfg.data.train_on == "completion"
 
 
 def test_unknown_keys_name_path_and_allowed(tmp_path):

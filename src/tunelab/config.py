@@ -57,7 +57,9 @@ class EarlyStopping(_Strict):
 class TrainLoopConfig(_Strict):
     epochs: float = Field(1, gt=0, le=1000)
     max_steps: Optional[int] = Field(None, ge=1)
-    batch_tokens: int = Field(8192, ge=16, description="token budget of one micro-batch (packed)")
+    batch_tokens: Optional[int] = Field(
+        None, ge=16, description="token budget of one micro-batch (packed); unset: sized from free memory "
+        "on a GPU, 8192 on CPU (docs/training.md)")
     grad_accum: int = Field(1, ge=1, le=4096)
     lr: float = Field(2.0e-4, gt=0, lt=1.0, description="LoRA: 1e-4..5e-4; full: 1e-5..5e-5")
     schedule: Literal["constant", "linear", "cosine"] = "cosine"
@@ -67,7 +69,8 @@ class TrainLoopConfig(_Strict):
     seed: int = 42
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     grad_checkpointing: bool = False
-    compile: bool = False
+    compile: Union[bool, Literal["auto"]] = Field(
+        "auto", description="torch.compile each decoder layer; auto: on CUDA, off on CPU")
     eval_every: int = Field(100, ge=1)
     save_every: int = Field(200, ge=1)
     keep_checkpoints: int = Field(2, ge=1)
@@ -156,14 +159,57 @@ class TaskConfig(_Strict):
 
 # ---------------------------------------------------------------- compare (DESIGN 2.4)
 class CompareConfig(_Strict):
-    name: Optional[str] = None
-    model: str = "default"
-    task: str
-    train_data: str
-    arms: list[Union[str, dict[str, Any]]] = Field(..., min_length=1)
-    train: dict[str, Any] = Field(default_factory=dict, description="overrides for every training arm")
-    limit: Optional[int] = Field(None, ge=1)
-    out: str = "runs/{name}"
+    """A compare: many arms (zero-shot, few-shot, fine-tuned) scored on the same test items."""
+
+    name: Optional[str] = Field(None, description="the compare's name; default: the YAML file's name without .yaml")
+    model: str = Field("default", description="base model of every arm that names none: a registry name, a "
+                                              "Hugging Face folder, a .gguf file or an openai:URL#NAME endpoint")
+    task: str = Field(..., description="the evaluation task: a task YAML (relative to this file) or builtin:<name>")
+    train_data: str = Field(..., description="the pool for demonstrations and fine-tuning: a file (relative to this "
+                                             "file) or builtin:<task>?n=512&seed=1")
+    arms: list[Union[str, dict[str, Any]]] = Field(
+        ..., min_length=1,
+        description="zero_shot | {few_shot: {k: [1, 3], sampler: [random]}} | {lora|dora|full|qlora: {n: [32, 128]}} "
+                    "| {endpoint: {model: openai:URL#NAME, k: [0]}}; any arm may set model:")
+    metric: Optional[str] = Field(None, description="the metric that ranks arms; default: the task's first metric")
+    limit: Optional[int] = Field(None, ge=1, description="score only the first N test items (the same N for every arm)")
+    seed: int = Field(1, description="seed of the one permutation of the pool that gives the nested training sets")
+    train: dict[str, Any] = Field(default_factory=dict, description="training-config keys (docs/training.md) for every "
+                                                                    "fine-tuned arm, e.g. {train: {epochs: 2}, lora: {r: 8}}")
+    safety: bool = Field(False, description="score every arm's outputs with the packaged toxicity classifier")
+    toxicity_threshold: float = Field(0.5, ge=0.0, le=1.0, description="an output scoring above this counts as toxic")
+    batch_size: Union[int, Literal["auto"]] = Field("auto", description="evaluation batch size")
+    out: str = Field("runs/{name}", description="the compare folder (relative to the working directory)")
+
+
+class PromptArmSpec(_Strict):
+    """`zero_shot: {model: M}`."""
+
+    model: Optional[str] = Field(None, description="another base model for this arm")
+
+
+class FewShotArmSpec(_Strict):
+    """`few_shot: {k: [1, 3, 8], sampler: [random, similar]}`: one arm per (k, sampler)."""
+
+    k: Union[int, list[int]] = Field(3, description="demonstrations per prompt; a list gives one arm each")
+    sampler: Union[str, list[str]] = Field("random", description="random | first_n | stratified | similar; a list gives one arm each")
+    model: Optional[str] = Field(None, description="another base model for this arm")
+
+
+class FineTuneArmSpec(_Strict):
+    """`lora: {n: [32, 128, 512]}`: one fine-tune per training-set size n (nested subsets of the pool)."""
+
+    n: Union[int, list[int]] = Field(..., description="training examples drawn from the pool; a list gives one arm each")
+    model: Optional[str] = Field(None, description="another base model for this arm")
+    train: dict[str, Any] = Field(default_factory=dict, description="training-config keys for this arm only")
+
+
+class EndpointArmSpec(_Strict):
+    """`endpoint: {model: openai:http://127.0.0.1:8000/v1#name, k: [0, 3]}`: a served model, prompted."""
+
+    model: str = Field(..., description="openai:URL#NAME (or any model string tunelab eval accepts)")
+    k: Union[int, list[int]] = Field(0, description="demonstrations per prompt; a list gives one arm each")
+    sampler: Union[str, list[str]] = Field("random", description="demonstration sampler")
 
 
 # ---------------------------------------------------------------- loading and overrides

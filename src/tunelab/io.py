@@ -33,29 +33,30 @@ def check_writable(path: str | os.PathLike, *, setting: str, folder: bool = True
 
     Walks up to the first existing ancestor: a file there means the folder cannot be made, and a
     probe file created and removed in it proves the permission (os.access says yes to root even
-    on a read-only mount). `setting` names the flag or key to change, e.g. "--out" or "out".
+    on a read-only mount). `setting` names the parameter or key to change, e.g. "out"; the CLI shows its flag instead.
     """
-    from tunelab.errors import TunelabError
+    from tunelab.errors import ParameterError
 
     path = Path(path).expanduser()
-    fix = f"choose another {setting}"
+    name = "{" + setting + "}"  # a ParameterError placeholder: the CLI shows its flag there
+    fix = f"choose another {name}"
     if path.exists():
         if folder and not path.is_dir():
-            raise TunelabError(f"{path}: is a file, but {setting} needs a folder; {fix}")
+            raise ParameterError(f"{path}: is a file, but {name} needs a folder; {fix}", setting)
         if not folder and path.is_dir():
-            raise TunelabError(f"{path}: is a folder, but {setting} needs a file path; {fix}")
+            raise ParameterError(f"{path}: is a folder, but {name} needs a file path; {fix}", setting)
     target = path if folder and path.is_dir() else path.parent
     while not target.exists() and target != target.parent:
         target = target.parent
     if not target.is_dir():
-        raise TunelabError(f"{path}: cannot be created because {target} is a file, not a folder; {fix}")
+        raise ParameterError(f"{path}: cannot be created because {target} is a file, not a folder; {fix}", setting)
     try:
         fd, probe = tempfile.mkstemp(prefix=".tunelab-write-test.", dir=target)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise TunelabError(f"{path}: cannot write in {target} ({e.strerror or e}); {fix} "
-                           "or make that folder writable") from None
+        raise ParameterError(f"{path}: cannot write in {target} ({e.strerror or e}); {fix} "
+                             "or make that folder writable", setting) from None
     return path
 
 

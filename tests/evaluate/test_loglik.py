@@ -37,7 +37,7 @@ def test_encode_pair_follows_lm_eval(tiny):
     assert encode_pair(tok, "", " a")[0] == [prefix_token_id(tok)]
 
 
-@pytest.mark.parametrize("method", ["shared", "cache"])
+@pytest.mark.parametrize("method", ["packed", "cache"])
 def test_shared_context_scores_match_the_plain_computation(tiny, method):
     model, tok = tiny
     got = score_choices(model, tok, REQUESTS, batch_size=16, method=method)
@@ -47,7 +47,7 @@ def test_shared_context_scores_match_the_plain_computation(tiny, method):
         assert max(range(len(ref)), key=ref.__getitem__) == max(range(len(ref)), key=lambda i: scores[i][0])
 
 
-@pytest.mark.parametrize("method", ["shared", "cache"])
+@pytest.mark.parametrize("method", ["packed", "cache"])
 def test_batch_1_and_16_agree_to_1e5_with_identical_choices(tiny, method):
     model, tok = tiny
     a = score_choices(model, tok, REQUESTS, batch_size=1, method=method)
@@ -103,3 +103,35 @@ def test_rolling_loglik_equals_one_pass_when_it_fits(tiny):
     assert ll == pytest.approx(sum(logp[i, t].item() for i, t in enumerate(toks)), abs=1e-4)
     (ll_small, _), = rolling_loglik(model, tok, [text], max_seq_len=6)  # many windows, less context
     assert ll_small < 0 and not math.isclose(ll_small, ll, abs_tol=1e-3)
+
+
+def test_packed_scoring_restores_the_models_attention(tiny):
+    model, tok = tiny
+    before = model.config._attn_implementation
+    score_choices(model, tok, REQUESTS[:3])
+    rolling_loglik(model, tok, ["a b c d e f"])
+    assert model.config._attn_implementation == before
+
+
+def test_packed_rows_never_mix_items(tiny):
+    """An item scored next to others in one packed row equals the same item alone (and the
+    plain per-choice reference), so no item attends to a neighbour."""
+    from tunelab.evaluate.loglik import _pack_rows
+
+    model, tok = tiny
+    rows = _pack_rows([len(tok(c)["input_ids"]) + 40 for c, _ in REQUESTS], budget=2048)
+    assert len(rows) == 1  # the whole set shares one row at batch 16
+    together = score_choices(model, tok, REQUESTS, batch_size=16)
+    for req, scores in zip(REQUESTS[:5], together[:5]):
+        alone = score_choices(model, tok, [req], batch_size=16)[0]
+        assert [s for s, _ in scores] == pytest.approx([s for s, _ in alone], abs=1e-5)
+
+
+def test_rolling_loglik_of_many_texts_equals_each_alone(tiny):
+    model, tok = tiny
+    texts = ["Alice met Bob in Paris.", "The quick brown fox jumps over the lazy dog. " * 3, "x",
+             "Numbers: 1 2 3 4 5 6 7 8 9 10 11 12"]
+    together = rolling_loglik(model, tok, texts, batch_size=8, max_seq_len=16)
+    for text, (ll, n) in zip(texts, together):
+        ((ll_alone, n_alone),) = rolling_loglik(model, tok, [text], batch_size=1, max_seq_len=16)
+        assert n == n_alone and ll == pytest.approx(ll_alone, abs=1e-4)

@@ -129,9 +129,14 @@ def test_unknown_metric_lists_known_ones_before_loading_the_model(tmp_path):
         evaluate("no-such-model-folder", task)
 
 
-def test_limit_zero(tmp_path):
-    with pytest.raises(TunelabError, match="--limit must be at least 1"):
+def test_bad_arguments_name_the_parameters(tmp_path):
+    """The library words its checks with its own parameter names; the CLI shows flags instead."""
+    with pytest.raises(TunelabError, match="^limit must be at least 1"):
         evaluate("unused", _mc_task(tmp_path), limit=0)
+    with pytest.raises(TunelabError, match="^batch_size must be a whole number >= 1 or 'auto', got 0"):
+        evaluate("no-such-model-folder", _mc_task(tmp_path), batch_size=0)  # checked before any model loads
+    with pytest.raises(TunelabError, match="^shots must be >= 0"):
+        evaluate("unused", _mc_task(tmp_path), shots=-1)
 
 
 def test_gold_out_of_range_and_choices_not_a_list(tiny_dir, tmp_path):

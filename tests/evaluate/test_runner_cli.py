@@ -39,7 +39,7 @@ def test_limit_zero_is_a_one_line_error(tiny_dir, tmp_path):
 
 def test_unknown_sampler_and_bad_batch_size(tiny_dir, tmp_path):
     r = _run("eval", str(tiny_dir), "--task", str(_task(tmp_path)), "--batch-size", "many")
-    assert r.returncode == 2 and "--batch-size must be a positive integer or 'auto'" in r.stderr
+    assert r.returncode == 2 and "--batch-size must be a whole number >= 1 or 'auto', got 'many'" in r.stderr
     r = _run("eval", str(tiny_dir), "--task", str(_task(tmp_path)), "--shots", "1", "--sampler", "best")
     assert r.returncode == 2 and "unknown sampler 'best'; use one of random, first_n, stratified, similar" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

@@ -1,9 +1,9 @@
-"""AUROC, F1 and the ToxiGen line splitting, checked against hand-computed values."""
+"""AUROC, F1, ECE and the ToxiGen line splitting, checked against hand-computed values."""
 import math
 
 import pytest
 
-from tunelab.safety.train_classifier import auroc, f1_at, split_statements, stratified_split, Statements
+from tunelab.safety.train_classifier import auroc, f1_at, split_statements
 
 
 @pytest.mark.parametrize("scores, labels, expected", [
@@ -37,15 +37,10 @@ def test_f1_at_threshold():
 def test_split_statements_literal_backslash_n():
     line = "- women are x\\n- she is y\\n- keep z!\\n-\n"
     assert split_statements(line) == ["women are x", "she is y", "keep z!"]
+    # the last statement of a prompt carries the bare separator; it must not become a new statement
+    assert split_statements("- a b c\\n- d e f\\n-") == ["a b c", "d e f"]
 
 
-def test_stratified_split_holds_out_every_cell():
-    import numpy as np
-
-    data = Statements([f"t{i}" for i in range(20)], np.array([0, 1] * 10),
-                      ["a"] * 10 + ["b"] * 10)
-    test = stratified_split(data, 0.3, seed=1)
-    for g in "ab":
-        for y in (0, 1):
-            cell = (np.array(data.groups) == g) & (data.labels == y)
-            assert 1 <= (test & cell).sum() < cell.sum()
+def test_f1_weighted():
+    # tp weight 3, fp weight 1, fn weight 1 -> 2*3 / (4 + 4) = 0.75
+    assert f1_at([0.9, 0.9, 0.1], [1, 0, 1], 0.5, weights=[3, 1, 1]) == pytest.approx(0.75)

@@ -16,8 +16,8 @@ import torch
 from tunelab.cli import main
 from tunelab.safety.bias import (
     bbq_item_metrics,
+    bbq_metrics,
     bbq_outcome,
-    bbq_scores,
     biased_indices,
     bias,
     ratio_metric,
@@ -64,6 +64,12 @@ def test_every_local_bbq_item_has_exactly_one_biased_answer(shared_data):
 # ---------------------------------------------------------------- scores from predictions (pure)
 def _out(ambig, correct, non_unknown, biased):
     return {"ambig": ambig, "correct": correct, "non_unknown": non_unknown, "biased": biased}
+
+
+def bbq_scores(outcomes):
+    """The headline values bbq_metrics reports for these outcomes (one category)."""
+    metrics = bbq_metrics([{"outcome": o, "category": "c"} for o in outcomes])
+    return {k: v["value"] for k, v in metrics.items()}
 
 
 def test_bbq_scores_by_hand():

@@ -1,4 +1,5 @@
-"""Calibration of the shipped MiniLM classifier at the 0.5 threshold on text it never trained on.
+"""The shipped MiniLM and ensemble classifiers at their own calibrated default threshold (v3 ships
+one per model, chosen on validation data; v2 used 0.5) on text they never trained on.
 
 The sentences below are written for this test (none is a ToxiGen statement or a background
 text; test_sentences_are_not_training_data checks that). Short neutral fragments guard the
@@ -8,7 +9,8 @@ problem that prompted the fragment negatives: model continuations in `safety pro
 import pytest
 
 from tunelab.safety import toxicity as tox
-from tunelab.safety.train_classifier import load_background, load_toxigen
+from tunelab.safety.toxicity_data import load_background, load_toxigen
+from tunelab.safety.train_classifier import N_BACKGROUND, SEED
 
 needs_minilm = pytest.mark.skipif(not tox.minilm_available(), reason="embeddings extra not installed")
 
@@ -30,17 +32,21 @@ HATE = [
 
 
 def test_sentences_are_not_training_data(shared_data):
-    seen = set(load_toxigen(shared_data / "toxigen").texts) | set(load_background(shared_data))
+    seen = set(load_toxigen(shared_data / "toxigen").texts) | set(load_background(shared_data, N_BACKGROUND, SEED))
     assert not seen & {t.strip() for t in NEUTRAL_FRAGMENTS + HATE}
 
 
 @needs_minilm
-def test_short_neutral_fragments_below_threshold():
-    scores = tox.ToxicityClassifier("minilm").score(NEUTRAL_FRAGMENTS)
-    assert max(scores) < 0.5, dict(zip(NEUTRAL_FRAGMENTS, scores))
+@pytest.mark.parametrize("backend", ["minilm", "ensemble"])
+def test_short_neutral_fragments_below_threshold(backend):
+    clf = tox.ToxicityClassifier(backend)
+    scores = clf.score(NEUTRAL_FRAGMENTS)
+    assert max(scores) < clf.threshold, dict(zip(NEUTRAL_FRAGMENTS, scores))
 
 
 @needs_minilm
-def test_clear_hate_above_threshold():
-    scores = tox.ToxicityClassifier("minilm").score(HATE)
-    assert min(scores) > 0.5, dict(zip(HATE, scores))
+@pytest.mark.parametrize("backend", ["minilm", "ensemble"])
+def test_clear_hate_above_threshold(backend):
+    clf = tox.ToxicityClassifier(backend)
+    scores = clf.score(HATE)
+    assert min(scores) >= clf.threshold, dict(zip(HATE, scores))

@@ -24,7 +24,8 @@ def _slice(shared_data, per_class=6):
     return texts, np.array(labels)
 
 
-@pytest.mark.parametrize("backend", ["ngram", pytest.param("minilm", marks=needs_minilm)])
+@pytest.mark.parametrize("backend", ["ngram", pytest.param("minilm", marks=needs_minilm),
+                                     pytest.param("ensemble", marks=needs_minilm)])
 def test_hate_scores_higher_than_neutral(shared_data, backend):
     texts, y = _slice(shared_data)
     scores = tox.ToxicityClassifier(backend).score(texts)
@@ -120,7 +121,8 @@ def test_cli_scan_end_to_end(tmp_path, capsys):
     assert len(rows) == 2 and all(0 <= r["toxicity"] <= 1 for r in rows)
 
 
-@pytest.mark.parametrize("backend", ["ngram", pytest.param("minilm", marks=needs_minilm)])
+@pytest.mark.parametrize("backend", ["ngram", pytest.param("minilm", marks=needs_minilm),
+                                     pytest.param("ensemble", marks=needs_minilm)])
 def test_everyday_text_is_not_flagged(backend):
     # guards the background negatives: without them ordinary text scored about 0.5-0.7
     texts = ["Thank you, have a nice day!", "The train to Boston leaves at nine tomorrow morning.",

@@ -23,7 +23,7 @@ def _losses(run_dir):
 def test_run_folder_contract(make_config):
     res = train(make_config("contract", train={"max_steps": 6, "eval_every": 3, "save_every": 3}))
     d = res.run_dir
-    for name in ("config.yaml", "metrics.jsonl", "summary.json", "report.html", "adapter/adapter_config.json",
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "adapter/adapter_config.json",
                  "adapter/tunelab_adapter.json", "checkpoints/step-6/trainer_state.json"):
         assert (d / name).is_file(), name
     rows = metrics(d)
@@ -38,7 +38,15 @@ def test_run_folder_contract(make_config):
     assert s["tokens_trained"] < s["tokens_seen"]  # completion-only: prompts are seen, not trained
     assert s["best_checkpoint"] in ("checkpoints/step-3", "checkpoints/step-6")
     assert (d / s["best_checkpoint"]).is_dir()
-    assert "data:image/png;base64," in (d / "report.html").read_text()
+    assert not (d / "report.html").exists()  # a run knows nothing of reports; `tunelab train` adds one
+    from tunelab.report import build
+
+    assert "<svg" in build(d).read_text()
+    from tunelab import runs
+
+    (row,) = runs.list_runs(kind="train")  # the run is in the registry, closed with its loss
+    assert row.status == "completed" and row.name == "contract" and row.path == str(d.resolve())
+    assert row.metric == "best_eval_loss" and row.value == pytest.approx(s["best_eval_loss"])
     # the adapter loads in plain PEFT
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -70,6 +78,9 @@ def test_sigint_saves_checkpoint_and_exits_130(make_config, tmp_path):
     assert proc.returncode == 130, proc.stderr[-2000:]
     assert "--resume" in proc.stderr and "step 3" in proc.stderr
     assert ckpt.latest(tmp_path / "sigint").name == "step-3"
+    from tunelab import runs
+
+    assert runs.list_runs(kind="train")[0].status == "interrupted"  # recorded by the killed process
     res = train(path, ["train.max_steps=5"], resume=True)
     assert [m["step"] for m in metrics(res.run_dir)] == [1, 2, 3, 4, 5]
 
@@ -81,6 +92,9 @@ def test_nan_loss_stops_with_last_good_checkpoint(make_config, monkeypatch):
         train(cfg)
     msg = str(e.value)
     assert "step 7" in msg and "step-5" in msg and "nan" in msg
+    from tunelab import runs
+
+    assert runs.list_runs(kind="train")[0].status == "failed"
     assert ckpt.latest(cfg["out"]).name == "step-5"
     assert [m["step"] for m in metrics(cfg["out"])] == list(range(1, 7))
     monkeypatch.delenv("TUNELAB_FAULT")
@@ -127,7 +141,7 @@ def test_budget_smaller_than_longest_row(make_config):
 def test_existing_run_folder_needs_resume_or_overwrite(make_config):
     cfg = make_config("twice", train={"max_steps": 2})
     train(cfg)
-    with pytest.raises(TunelabError, match="--resume"):
+    with pytest.raises(TunelabError, match="pass resume to continue it, overwrite to start over"):
         train(cfg)
     assert train(cfg, overwrite=True).summary["steps"] == 2
 

@@ -2,7 +2,8 @@
 
 Each module in this package owns one group of commands and exposes `register(app)`; COMMAND_GROUPS
 lists them in the order they appear in `tunelab --help` (a new group: add its module name here).
-Shared rendering lives in cli/tables.py (results tables); progress display is tunelab.progress. Errors the user can fix
+Shared rendering lives in cli/tables.py (results tables); progress display is tunelab.progress;
+cli/flags.py re-words the library's parameter names as flags. Errors the user can fix
 (TunelabError, bad YAML, bad overrides) print as one red line and exit 2; `--debug` shows the
 traceback instead.
 """
@@ -47,18 +48,25 @@ COMMAND_GROUPS = (
     "evaluate",    # eval
     "diff",        # diff
     "quickstart",  # quickstart
-    "data",        # data inspect|tasks|filter
+    "compare",     # compare
+    "data",        # data inspect|prepare|tasks|filter
+    "cache",       # cache list|clear
     "models",      # models pull|list
     "metrics",     # metrics retrieval|list
     "safety",      # safety scan|train-classifier|probe|bias
     "chat",        # chat
     "serve",       # serve
+    "runs",        # runs list|show
+    "report",      # report
 )
 
 
 def _register_all() -> None:
+    from tunelab.cli.flags import speak_flags
+
     for name in COMMAND_GROUPS:
         importlib.import_module(f"{__name__}.{name}").register(app)
+    speak_flags(app)  # library errors name parameters (`limit`); users see their flags (`--limit`)
 
 
 _register_all()

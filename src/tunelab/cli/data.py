@@ -55,12 +55,9 @@ def inspect_cmd(
     Example: tunelab data inspect ../shared/data/alpaca_small/alpaca_small.json --model default -n 2
     """
     from tunelab.cli import console
-    from tunelab.errors import TunelabError
     from tunelab.models.loading import load_tokenizer, resolve
     from tunelab.templates.inspect import inspect_data
 
-    if train_on not in ("completion", "all"):
-        raise TunelabError(f"--train-on must be completion or all, got '{train_on}'")
     _, folder = resolve(model)
     tokenizer = load_tokenizer(folder)
     rep = inspect_data(file, tokenizer, format=format, fields=parse_fields(field), n=n,
@@ -78,6 +75,63 @@ def inspect_cmd(
     table.add_row("tokens total", str(rep.total))
     table.add_row("trained-token share", f"{rep.trained_share:.1%}")
     table.add_row(f"rows over max_length={rep.max_length}", str(rep.over_max))
+    console.print(table)
+
+
+@data_app.command("prepare")
+def prepare_cmd(
+    file: str = typer.Argument(..., help="Data file (.jsonl .json .csv .parquet) or builtin:<task>."),
+    model: str = typer.Option("default", "--model", "-m", help="Model whose tokenizer and chat template encode the data."),
+    format: str = typer.Option("auto", "--format", "-f", help="auto | text | prompt_completion | alpaca | messages | sharegpt"),
+    field: list[str] = typer.Option([], "--field", help="Rename map entry canonical=yours, e.g. prompt=question (repeatable)."),
+    train_on: str = typer.Option("completion", "--train-on", help="completion (assistant turns) | all"),
+    max_length: int = typer.Option(1024, "--max-length", help="Longer rows are truncated (or dropped with --drop-long).", min=1),
+    drop_long: bool = typer.Option(False, "--drop-long", help="Drop rows over --max-length instead of truncating (data.truncate: false)."),
+    system: Optional[str] = typer.Option(None, "--system", help="System text for records without one (data.system)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Skip bad records and count them instead of stopping."),
+):
+    """Tokenise a data set into the encoded-data cache, so `tunelab train` starts without tokenising.
+
+    Use the same settings as the training config's data section: any difference is another entry.
+    Example: tunelab data prepare ../shared/data/alpaca_small/alpaca_small.json --model default
+    """
+    import time
+
+    import numpy as np
+
+    from tunelab.cli import console
+    from tunelab.errors import TunelabError
+    from tunelab.models.loading import load_tokenizer, resolve
+    from tunelab.progress import run_with_progress
+    from tunelab.templates.cache import prepare
+
+    if train_on not in ("completion", "all"):
+        raise TunelabError(f"--train-on must be completion or all, got '{train_on}'")
+    _, folder = resolve(model)
+    tokenizer = load_tokenizer(folder)
+    t0 = time.perf_counter()
+    enc = run_with_progress("encoding", lambda p: prepare(
+        file, tokenizer, format=format, fields=parse_fields(field) or None, system=system, skip_bad=skip_bad,
+        train_on=train_on, max_length=max_length, truncate=not drop_long,
+        progress=p.update if p is not None else None), unit="records")
+    wall = time.perf_counter() - t0
+    for note in enc.meta["notes"]:
+        console.print(f"[cyan]{note}[/]", highlight=False)
+    m = enc.meta
+    lengths = enc.lengths[enc.status == 0]
+    table = Table(title=f"{file}: {'already in the cache' if enc.hit else 'encoded'} in {wall:.1f} s")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("records", str(m["records"]))
+    table.add_row("kept for training", str(m["kept"]))
+    table.add_row(f"truncated to {max_length}", str(m["truncated"]))
+    table.add_row(f"dropped, over {max_length}", str(m["too_long"]))
+    table.add_row("dropped, nothing trained", str(m["nothing_trained"]))
+    if len(lengths):
+        table.add_row("tokens min / median / p95 / max",
+                      f"{lengths.min()} / {np.median(lengths):.0f} / {np.percentile(lengths, 95):.0f} / {lengths.max()}")
+    table.add_row("tokens total / trained", f"{m['tokens']} / {m['trained_tokens']}")
+    table.add_row("cache entry", str(enc.folder))
     console.print(table)
 
 

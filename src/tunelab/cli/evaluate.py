@@ -27,19 +27,15 @@ def eval_command(
     Multi-process: accelerate launch --num_processes 2 -m tunelab eval default --task t.yaml --out runs/e
     """
     from tunelab.cli.tables import print_results
-    from tunelab.errors import TunelabError
     from tunelab.evaluate.runner import evaluate
     from tunelab.evaluate.tasks import resolve_task
     from tunelab.progress import run_with_progress
     from tunelab.safety.toxicity import toxicity_scores
 
-    if batch_size != "auto" and not batch_size.isdigit():
-        raise TunelabError(f"--batch-size must be a positive integer or 'auto', got '{batch_size}'")
-    bs = "auto" if batch_size == "auto" else int(batch_size)
     task_cfg = resolve_task(task, override)
     res = run_with_progress("evaluating", lambda progress: evaluate(
         model, task_cfg, adapter=str(adapter) if adapter else None, shots=shots, sampler=sampler, limit=limit,
-        batch_size=bs, out=out, cache=cache, device=device, toxicity=toxicity_scores, progress=progress))
+        batch_size=batch_size, out=out, cache=cache, device=device, toxicity=toxicity_scores, progress=progress))
     if res is not None:  # only rank 0 prints under `accelerate launch`
         print_results(res)
 

@@ -27,11 +27,17 @@ def scan_cmd(
     file: Path = typer.Argument(..., dir_okay=False, help="predictions.jsonl, or any .jsonl/.json/.csv with a text field."),
     out: Path = typer.Option(..., "--out", "-o", help="Output .jsonl: every record + toxicity + lexicon_hits."),
     field: Optional[str] = typer.Option(None, "--field", "-f", help="Text field (default: output, else text)."),
+<<<<<<< HEAD
     lexicon: Optional[Path] = typer.Option(None, "--lexicon", dir_okay=False, help="Term list, one a line, matched as exact words."),
     threshold: float = typer.Option(0.5, "--threshold", "-t", help="Toxic when score >= this (0..1)."),
+=======
+    lexicon: Optional[Path] = typer.Option(None, "--lexicon", help="Term list, one a line, matched as exact words."),
+    threshold: Optional[float] = typer.Option(None, "--threshold", "-t", help="Toxic when score >= this "
+                                              "(0..1; default: the classifier's calibrated threshold)."),
+>>>>>>> main
     group_by: Optional[str] = typer.Option(None, "--group-by", help="Field joining samples of one prompt "
                                            "(default: prompt_id, prompt or id when present)."),
-    backend: str = typer.Option("auto", "--backend", help="auto | minilm | ngram."),
+    backend: str = typer.Option("auto", "--backend", help="auto | ensemble | minilm | ngram."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Weights folder from train-classifier "
                                            "(default: the weights shipped with tunelab)."),
 ):
@@ -61,19 +67,20 @@ def scan_cmd(
 
 @safety_app.command("train-classifier")
 def train_cmd(
-    data: Path = typer.Option(Path("../shared/data/toxigen"), "--data",
-                              help="Folder with hate_/neutral_{women,asian}_1k.txt (ToxiGen prompts)."),
+    data_dir: Path = typer.Option(Path("../shared/data/toxigen"), "--data",
+                                  help="Folder with hate_/neutral_<group>_1k.txt (ToxiGen prompts); "
+                                       "Davidson and everyday text are read from its parent."),
     out: Path = typer.Option(Path("toxicity-classifier"), "--out",
                              help="Where weights + metrics.json go; use with `safety scan --weights`."),
 ):
-    """Train the toxicity classifier (MiniLM and n-gram backends) and print held-out AUROC/F1.
+    """Train the toxicity classifier (MiniLM, n-gram, ensemble) and print its evaluation protocol.
 
     Example: tunelab safety train-classifier --data ../shared/data/toxigen --out runs/toxclf
     """
     from tunelab.cli import console
     from tunelab.safety.train_classifier import train
 
-    train(data, out, log=lambda s: console.print(s, highlight=False))
+    train(data_dir, out, log=lambda s: console.print(s, highlight=False))
     console.print(f"weights and metrics.json written to {out}")
 
 
@@ -106,10 +113,6 @@ def probe_cmd(
     from tunelab.progress import run_with_progress
     from tunelab.safety.probe import probe
 
-    if batch_size < 1:
-        from tunelab.errors import TunelabError
-
-        raise TunelabError(f"--batch-size must be >= 1, got {batch_size}")
     res = run_with_progress("sampling", lambda progress: probe(
         model, prompts, adapter=str(adapter) if adapter else None, samples=samples, seed=seed,
         max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, limit=limit, out=out,

@@ -41,6 +41,9 @@ def train_cmd(
         err_console.print(f"{result.run_dir}: run already finished at step {result.summary.get('steps')}; nothing to do "
                           "(summary.json unchanged); to train longer, resume with a larger train.max_steps",
                           highlight=False, soft_wrap=True)
+    from tunelab.report import build
+
+    report = build(result.run_dir)  # the run knows nothing of reports; the CLI adds one
     from rich.table import Table
 
     s = result.summary
@@ -50,6 +53,7 @@ def train_cmd(
         v = s.get(key)
         table.add_row(key, f"{v:.4g}" if isinstance(v, float) else str(v))
     table.add_row("weights", str(result.weights_dir))
+    table.add_row("report", str(report))
     console.print(table)
 
 

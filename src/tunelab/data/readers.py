@@ -2,14 +2,17 @@
 
 Errors name the file and line (or row) and say what to do; with skip_bad=True an unreadable
 record is skipped and counted instead.
+
+`iter_rows` streams: JSON Lines and CSV are read line by line and Parquet a record batch at a
+time, so memory does not grow with the file. A .json array is the exception: it is parsed whole.
 """
 from __future__ import annotations
 
 import csv
-import io
 import json
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 from tunelab.data.records import Row
 from tunelab.errors import TunelabError
@@ -21,12 +24,14 @@ def skip_hint(setting: str) -> str:
 
 SKIP_HINT = skip_hint("--skip-bad")  # commands with that flag; train says data.skip_bad=true
 SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
+PARQUET_BATCH = 4096  # rows per record batch read from a parquet file
 
 
-def read_rows(path: str | Path, *, skip_bad: bool = False, hint: str = SKIP_HINT) -> list[Row]:
-    """All records of a data file, in file order. An empty file is an error.
+def iter_rows(path: str | Path, *, skip_bad: bool = False, hint: str = SKIP_HINT,
+              bad: list[str] | None = None) -> Iterator[Row]:
+    """Records one at a time, in file order, holding only the current record (see the module doc).
 
-    `hint` ends the message of a bad record: callers without --skip-bad say what to do instead.
+    Skipped records (skip_bad) are appended to `bad`. Checks the path before the first record.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -37,9 +42,13 @@ def read_rows(path: str | Path, *, skip_bad: bool = False, hint: str = SKIP_HINT
     readers = {".jsonl": _jsonl, ".ndjson": _jsonl, ".json": _json, ".csv": _csv, ".parquet": _parquet}
     if suffix not in readers:
         raise TunelabError(f"{path}: unknown data file type '{suffix}'; use one of {', '.join(SUFFIXES)}")
-    bad: list[str] = []
+    return _guarded(readers[suffix](path, skip_bad, [] if bad is None else bad), path, hint)
+
+
+def _guarded(rows: Iterator[Row], path: Path, hint: str) -> Iterator[Row]:
+    """The reader's records, with its errors reworded: the caller's hint, one line for I/O errors."""
     try:
-        rows = readers[suffix](path, skip_bad, bad)
+        yield from rows
     except TunelabError as e:
         if hint is SKIP_HINT or not str(e).endswith(SKIP_HINT):
             raise
@@ -47,11 +56,25 @@ def read_rows(path: str | Path, *, skip_bad: bool = False, hint: str = SKIP_HINT
     except (OSError, UnicodeDecodeError) as e:
         why = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
         raise TunelabError(f"{path}: cannot read the file ({why}); check it is a readable UTF-8 text file") from None
-    if bad:
-        warnings.warn(f"{path}: skipped {len(bad)} bad record(s) (first: {bad[0]})", stacklevel=2)
-    if not rows:
-        raise TunelabError(f"{path}: no records in the file; it is empty or every record was skipped")
+
+
+def read_rows(path: str | Path, *, skip_bad: bool = False, hint: str = SKIP_HINT) -> list[Row]:
+    """All records of a data file, in file order. An empty file is an error.
+
+    `hint` ends the message of a bad record: callers without --skip-bad say what to do instead.
+    """
+    bad: list[str] = []
+    rows = list(iter_rows(path, skip_bad=skip_bad, hint=hint, bad=bad))
+    finish(Path(path).expanduser(), len(rows), bad)
     return rows
+
+
+def finish(path: Path, n_rows: int, bad: list[str]) -> None:
+    """After the last record: warn about skipped records; no record at all is an error."""
+    if bad:
+        warnings.warn(f"{path}: skipped {len(bad)} bad record(s) (first: {bad[0]})", stacklevel=3)
+    if not n_rows:
+        raise TunelabError(f"{path}: no records in the file; it is empty or every record was skipped")
 
 
 def _bad(msg: str, skip_bad: bool, bad: list[str]) -> None:
@@ -69,8 +92,7 @@ def _decode(raw: bytes, path: Path, lineno: int, skip_bad: bool, bad: list[str])
         return None
 
 
-def _jsonl(path: Path, skip_bad: bool, bad: list[str]) -> list[Row]:
-    rows = []
+def _jsonl(path: Path, skip_bad: bool, bad: list[str]) -> Iterator[Row]:
     with path.open("rb") as f:  # decoded line by line, so a bad byte costs one line, not the file
         for lineno, raw in enumerate(f, start=1):
             line = _decode(raw, path, lineno, skip_bad, bad)
@@ -84,27 +106,33 @@ def _jsonl(path: Path, skip_bad: bool, bad: list[str]) -> list[Row]:
             if not isinstance(data, dict):
                 _bad(f"{path}:{lineno}: expected a JSON object, got {type(data).__name__}", skip_bad, bad)
                 continue
-            rows.append(Row(lineno, data, f"{path}:{lineno}"))
-    return rows
+            yield Row(lineno, data, f"{path}:{lineno}")
 
 
-def _json(path: Path, skip_bad: bool, bad: list[str]) -> list[Row]:
+def _json(path: Path, skip_bad: bool, bad: list[str]) -> Iterator[Row]:
+    # A JSON array is parsed whole (json.loads): memory grows with the file. Files too big for
+    # that should be JSON Lines, which stream.
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         if raw.lstrip().startswith(b"{") and b"\n{" in raw:
-            return _jsonl(path, skip_bad, bad)  # JSON Lines: one bad line can be skipped
+            del raw
+            yield from _jsonl(path, skip_bad, bad)  # JSON Lines: one bad line can be skipped
+            return
         line = raw[:e.start].count(b"\n") + 1
         raise TunelabError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[e.start]:02x}); "
                            "save the file as UTF-8") from None
+    del raw
     if not text.strip():
-        return []
+        return
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         if text.lstrip().startswith("{") and "\n{" in text:
-            return _jsonl(path, skip_bad, bad)  # a .json file that is really JSON Lines
+            del text
+            yield from _jsonl(path, skip_bad, bad)  # a .json file that is really JSON Lines
+            return
         raise TunelabError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno}); fix the file") from None
     if isinstance(data, dict):
         lists = [k for k, v in data.items() if isinstance(v, list)]
@@ -113,42 +141,52 @@ def _json(path: Path, skip_bad: bool, bad: list[str]) -> list[Row]:
         data = data[lists[0]]
     if not isinstance(data, list):
         raise TunelabError(f"{path}: expected a JSON array of records, got {type(data).__name__}")
-    rows = []
     for i, item in enumerate(data, start=1):
         if not isinstance(item, dict):
             _bad(f"{path}: record {i}: expected a JSON object, got {type(item).__name__}", skip_bad, bad)
             continue
-        rows.append(Row(i, item, f"{path}: record {i}"))
-    return rows
+        yield Row(i, item, f"{path}: record {i}")
 
 
-def _csv(path: Path, skip_bad: bool, bad: list[str]) -> list[Row]:
-    rows = []
-    with path.open("rb") as f:
-        lines = [_decode(raw, path, n, skip_bad, bad) for n, raw in enumerate(f, start=1)]
-    if lines and lines[0] is None:
-        raise TunelabError(f"{path}:1: the header line is not valid UTF-8; save the file as UTF-8")
-    # a skipped line becomes an empty one, which DictReader passes over: line numbers stay true
-    with io.StringIO("".join("\n" if x is None else x for x in lines), newline="") as f:
+def _csv(path: Path, skip_bad: bool, bad: list[str]) -> Iterator[Row]:
+    with path.open("rb") as raw_lines:
+        def lines():
+            for n, raw in enumerate(raw_lines, start=1):
+                text = _decode(raw, path, n, skip_bad, bad)
+                if text is None and n == 1:
+                    raise TunelabError(f"{path}:1: the header line is not valid UTF-8; save the file as UTF-8")
+                # a skipped line becomes an empty one, which DictReader passes over: line numbers stay true
+                yield "\n" if text is None else text
+
+        f = lines()
         reader = csv.DictReader(f)
         if reader.fieldnames is None:
-            return []
+            return
         for item in reader:
             line = reader.line_num
             if None in item:  # more cells than header columns
                 _bad(f"{path}:{line}: {len(item[None]) + len(reader.fieldnames)} cells but {len(reader.fieldnames)} header columns", skip_bad, bad)
                 continue
-            rows.append(Row(line, dict(item), f"{path}:{line}"))
-    return rows
+            yield Row(line, dict(item), f"{path}:{line}")
 
 
-def _parquet(path: Path, skip_bad: bool, bad: list[str]) -> list[Row]:
+def _parquet(path: Path, skip_bad: bool, bad: list[str]) -> Iterator[Row]:
     try:
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
+        batches = pq.ParquetFile(path).iter_batches(batch_size=PARQUET_BATCH)
     except ImportError:
         raise TunelabError("reading .parquet needs pyarrow: pip install pyarrow") from None
     except Exception as e:  # pyarrow raises several types for a damaged file
         raise TunelabError(f"{path}: not a readable parquet file ({e}); check the file") from None
-    return [Row(i, item, f"{path}: row {i}") for i, item in enumerate(table.to_pylist(), start=1)]
+    i = 0
+    while True:
+        try:
+            batch = next(batches, None)
+        except Exception as e:  # a damaged row group shows only when it is read
+            raise TunelabError(f"{path}: not a readable parquet file after row {i} ({e}); check the file") from None
+        if batch is None:
+            return
+        for item in batch.to_pylist():
+            i += 1
+            yield Row(i, item, f"{path}: row {i}")

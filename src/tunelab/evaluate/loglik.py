@@ -7,12 +7,15 @@ Tokenisation follows lm-evaluation-harness 0.4 (HFLM) so scores are comparable:
 - inputs longer than the model's context are cut from the left (lm-eval keeps the last
   max_length + 1 tokens).
 
-The speed-up over lm-eval: lm-eval runs the whole context once per choice. Here the contexts of a
-batch of items run once (left padded), the KV cache is expanded to one row per choice, and only
-the continuation tokens run on top of it. The continuation's first token is scored from the
-context's last logit; the rest from the choices' own forward pass. `score_reference` is the plain
-one-sequence-per-choice computation, used for items whose context must be truncated and by the
-parity tests.
+The speed-up over lm-eval: lm-eval runs the whole context once per choice, in padded batches,
+and projects every position onto the vocabulary. Here each item becomes one sequence
+[context | choice 0 | choice 1 | ...] in which every choice sees the context and itself; items are
+packed end to end into rows of a token budget, each under its own small attention
+(packed_attention.py), so the context runs once, no pad token is computed, and logits are
+projected only where a continuation token is predicted. Perplexity windows are packed the same
+way. `score_reference` is the plain one-sequence-per-choice computation, used for items whose
+context must be truncated and by the parity tests; method="cache" (contexts into a KV cache
+expanded per choice) is kept as a second, independent implementation.
 """
 from __future__ import annotations
 
@@ -22,6 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.evaluate.generate import cache_kwarg
+from tunelab.evaluate.packed_attention import packed_attention
+
+# Token budget of a packed row per unit of batch_size: batch 16 -> rows of 2,048 tokens. Rows of
+# ~2k tokens keep the matrix multiplies large on CPU while the per-item attention stays small.
+TOKENS_PER_ITEM = 128
 
 Pair = tuple[list[int], list[int]]  # (context token ids, continuation token ids)
 
@@ -104,98 +112,139 @@ def score_choices(
     requests: Sequence[tuple[str, Sequence[str]]],
     *,
     batch_size: int = 16,
-    method: str = "shared",
+    method: str = "packed",
     on_batch: Optional[Callable[[int], None]] = None,
 ) -> list[list[tuple[float, bool]]]:
     """For each (context, continuations) request: [(loglik, is_greedy) per continuation].
 
-    `batch_size` counts items (each with all of its choices). Longest contexts run first.
-    `method`: "shared" (one pass, a 4D mask shares the context; default, fastest on CPU) or
-    "cache" (context into a KV cache, expanded per choice). Both encode each context once.
+    `method`: "packed" (default): every item is [context | choices] under its own small mask,
+    items packed padding-free into rows of `batch_size * TOKENS_PER_ITEM` tokens; or "cache":
+    batches of `batch_size` items, contexts into a KV cache expanded per choice. Both encode each
+    context once; scores do not depend on the batch size (tests/evaluate/test_loglik.py).
     """
-    score_batch = {"shared": _score_batch_shared, "cache": _score_batch_cached}[method]
+    if method not in ("packed", "cache"):
+        raise ValueError(f"method must be 'packed' or 'cache', got {method!r}")
     max_len = max_length(model, tokenizer)
     encoded: list[tuple[list[int], list[list[int]]]] = []
     for ctx, conts in requests:
         pairs = [encode_pair(tokenizer, ctx, c) for c in conts]
         encoded.append((pairs[0][0], [k for _, k in pairs]))
     results: list[Optional[list[tuple[float, bool]]]] = [None] * len(requests)
-    cached = []
+    shared = []
     for i, (ctx, conts) in enumerate(encoded):
         if len(ctx) + max(len(k) for k in conts) > max_len + 1 or min(len(k) for k in conts) == 0:
-            # Truncation cuts each choice's context differently: no shared prefix to cache.
+            # Truncation cuts each choice's context differently: no shared prefix to reuse.
             results[i] = score_pairs(model, [(ctx, k) for k in conts], max_len=max_len)
         else:
-            cached.append(i)
-    cached.sort(key=lambda i: (-len(encoded[i][0]), i))
-    for s in range(0, len(cached), batch_size):
-        idx = cached[s : s + batch_size]
-        for i, r in zip(idx, score_batch(model, [encoded[i] for i in idx])):
+            shared.append(i)
+    if method == "packed":
+        scored = _score_packed(model, [encoded[i] for i in shared], batch_size * TOKENS_PER_ITEM, on_batch)
+        for i, r in zip(shared, scored):
             results[i] = r
-        if on_batch:
-            on_batch(len(idx))
-    if on_batch and len(cached) < len(requests):
-        on_batch(len(requests) - len(cached))
+    else:
+        shared.sort(key=lambda i: (-len(encoded[i][0]), i))
+        for s in range(0, len(shared), batch_size):
+            idx = shared[s : s + batch_size]
+            for i, r in zip(idx, _score_batch_cached(model, [encoded[i] for i in idx])):
+                results[i] = r
+            if on_batch:
+                on_batch(len(idx))
+    if on_batch and len(shared) < len(requests):
+        on_batch(len(requests) - len(shared))
     return results  # type: ignore[return-value]
 
 
-def _score_batch_shared(model, items: list[tuple[list[int], list[list[int]]]]) -> list[list[tuple[float, bool]]]:
-    """One forward per batch: each row is [context | choice 0 | choice 1 | ...] under a 4D mask.
+def _layout(ctx: list[int], conts: list[list[int]]) -> tuple[list[int], list[int], list[int]]:
+    """One item as a single sequence: [context | choice 0 | choice 1 | ...] (tokens, positions, owner).
 
-    Every choice token attends to the whole context and causally to its own choice, never to the
-    other choices, with positions continuing from the context's end: the same attention each
-    choice gets after the context in its own sequence, with the context computed once. Logits are
-    projected only where a continuation token is predicted.
+    owner is -1 for context tokens and j for choice j. A choice's last token is predicted, never
+    fed; its positions continue from the context's end, as in its own sequence.
+    """
+    seq, pos, owner = list(ctx), list(range(len(ctx))), [-1] * len(ctx)
+    for j, k in enumerate(conts):
+        inp = k[:-1]
+        seq += inp
+        pos += range(len(ctx), len(ctx) + len(inp))
+        owner += [j] * len(inp)
+    return seq, pos, owner
+
+
+def _item_mask(owner: list[int], n_choices: int) -> Optional[torch.Tensor]:
+    """(n, n) boolean: causal, and a choice sees the context and itself, never another choice.
+
+    None when plain causal attention is already right (one continuation, or choices that add no
+    fed tokens): the kernel then skips the blocks above the diagonal.
+    """
+    own = torch.tensor(owner)
+    if n_choices == 1 or bool((own == -1).all()):
+        return None
+    visible = (own[None, :] == -1) | (own[None, :] == own[:, None])  # (n, n)
+    return torch.ones((len(owner), len(owner)), dtype=torch.bool).tril() & visible
+
+
+def _pack_rows(lengths: list[int], budget: int) -> list[list[int]]:
+    """Item indices grouped into rows of at most `budget` tokens, longest first (an item longer
+    than the budget gets a row of its own). Deterministic: ties keep the input order."""
+    rows: list[list[int]] = []
+    used = 0
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        if not rows or used + lengths[i] > budget:
+            rows.append([])
+            used = 0
+        rows[-1].append(i)
+        used += lengths[i]
+    return rows
+
+
+def _score_packed(model, items: list[tuple[list[int], list[list[int]]]], budget: int,
+                  on_item: Optional[Callable[[int], None]] = None) -> list[list[tuple[float, bool]]]:
+    """All items, padding-free: items packed end to end into rows of `budget` tokens.
+
+    Each item attends only within itself (packed_attention.py runs one small attention per item),
+    so an item's scores do not depend on its neighbours or on the budget; no pad token is ever
+    computed, and logits are projected only where a continuation token is predicted.
     """
     dev = _device(model)
-    layouts = []
-    for ctx, conts in items:
-        seq, pos, owner = list(ctx), list(range(len(ctx))), [-1] * len(ctx)  # owner -1: context
-        for j, k in enumerate(conts):
-            inp = k[:-1]  # the last continuation token is predicted, never fed
-            seq += inp
-            pos += range(len(ctx), len(ctx) + len(inp))
-            owner += [j] * len(inp)
-        layouts.append((seq, pos, owner))
-    b, width = len(items), max(len(s) for s, _, _ in layouts)
-    ids = torch.zeros((b, width), dtype=torch.long)
-    positions = torch.zeros((b, width), dtype=torch.long)
-    mask = torch.zeros((b, 1, width, width), dtype=torch.bool)
-    keep = torch.zeros((b, width), dtype=torch.bool)
-    causal = torch.ones((width, width), dtype=torch.bool).tril()
-    for r, ((ctx, _), (seq, pos, owner)) in enumerate(zip(items, layouts)):
-        n = len(seq)
-        ids[r, :n] = torch.tensor(seq)
-        positions[r, :n] = torch.tensor(pos)
-        own = torch.tensor(owner)
-        visible = (own[None, :] == -1) | (own[None, :] == own[:, None])  # (n, n): context or same choice
-        mask[r, 0, :n, :n] = causal[:n, :n] & visible
-        pad = torch.arange(n, width)
-        mask[r, 0, pad, pad] = True  # padding attends to itself: a fully masked row would be NaN
-        keep[r, len(ctx) - 1 : n] = True  # last context token and every fed choice token
-    if getattr(model.config, "_attn_implementation", "sdpa") == "eager":
-        mask = torch.zeros(mask.shape, dtype=model.dtype).masked_fill(~mask, torch.finfo(model.dtype).min)
-    logits = _logits_at(model, ids.to(dev), mask.to(dev), positions.to(dev), keep.to(dev))
-    logp = F.log_softmax(logits.float(), dim=-1)  # (kept positions, V), row-major over (b, width)
-
-    out: list[list[tuple[float, bool]]] = []
-    offset = 0
-    for (ctx, conts), (seq, _, owner) in zip(items, layouts):
-        first = logp[offset]  # predicts each continuation's first token
-        start = offset + 1  # rows of this item's choice tokens, choice by choice
-        scores = []
-        for k in conts:
-            target = torch.tensor(k, device=logp.device)
-            lp = torch.cat([first[None], logp[start : start + len(k) - 1]])  # (len(k), V)
-            ll = lp.gather(-1, target[:, None]).sum().item()
-            scores.append((ll, bool((lp.argmax(-1) == target).all())))
-            start += len(k) - 1
-        out.append(scores)
-        offset += len(seq) - len(ctx) + 1
-    return out
+    layouts = [_layout(ctx, conts) for ctx, conts in items]
+    out: list[Optional[list[tuple[float, bool]]]] = [None] * len(items)
+    with packed_attention(model):
+        for row in _pack_rows([len(seq) for seq, _, _ in layouts], budget):
+            ids: list[int] = []
+            positions: list[int] = []
+            keep: list[bool] = []
+            spans = []
+            for i in row:
+                seq, pos, owner = layouts[i]
+                n_ctx = len(items[i][0])
+                mask = _item_mask(owner, len(items[i][1]))
+                spans.append((len(ids), len(seq), None if mask is None else mask.to(dev)))
+                ids += seq
+                positions += pos
+                keep += [False] * (n_ctx - 1) + [True] * (len(seq) - n_ctx + 1)  # last context token on
+            logits = _logits_at(model, torch.tensor([ids], device=dev), None,
+                                torch.tensor([positions], device=dev), torch.tensor([keep], device=dev),
+                                item_spans=spans)
+            logp = F.log_softmax(logits.float().reshape(-1, logits.shape[-1]), dim=-1)  # (kept, V)
+            offset = 0
+            for i in row:
+                ctx, conts = items[i]
+                first = logp[offset]  # predicts each continuation's first token
+                start = offset + 1
+                scores = []
+                for k in conts:
+                    target = torch.tensor(k, device=logp.device)
+                    lp = torch.cat([first[None], logp[start : start + len(k) - 1]])  # (len(k), V)
+                    scores.append((lp.gather(-1, target[:, None]).sum().item(),
+                                   bool((lp.argmax(-1) == target).all())))
+                    start += len(k) - 1
+                out[i] = scores
+                offset += len(layouts[i][0]) - len(ctx) + 1
+            if on_item:
+                on_item(len(row))
+    return out  # type: ignore[return-value]
 
 
-def _logits_at(model, ids, mask, positions, keep):
+def _logits_at(model, ids, mask, positions, keep, **kwargs):
     """Logits at the `keep` positions only, flattened to (n_kept, V).
 
     transformers >= 5 takes a boolean (B, T) `logits_to_keep` and skips the vocabulary projection
@@ -205,9 +254,10 @@ def _logits_at(model, ids, mask, positions, keep):
         from transformers.modeling_utils import slice_logits_to_keep  # noqa: F401  (the feature's marker)
 
         # use_cache=False: nothing is decoded after this pass, so building a KV cache is wasted copying
-        return model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep, use_cache=False).logits
+        return model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=keep,
+                     use_cache=False, **kwargs).logits
     except ImportError:
-        return model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits[keep]
+        return model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **kwargs).logits[keep]
 
 
 def _score_batch_cached(model, items: list[tuple[list[int], list[list[int]]]]) -> list[list[tuple[float, bool]]]:
@@ -283,14 +333,26 @@ def rolling_windows(tokens: list[int], prefix: int, max_seq_len: int) -> list[Pa
 def rolling_loglik(model, tokenizer, texts: Sequence[str], *, batch_size: int = 4,
                    max_seq_len: Optional[int] = None,
                    on_batch: Optional[Callable[[int], None]] = None) -> list[tuple[float, int]]:
-    """(summed log-likelihood, token count) of each whole text."""
+    """(summed log-likelihood, token count) of each whole text.
+
+    The windows of all texts are packed padding-free into rows of `batch_size` windows' worth of
+    tokens (`batch_size * max_seq_len`), each window under its own causal attention.
+    """
     max_len = max_seq_len or max_length(model, tokenizer)
-    out = []
-    for t in texts:
-        toks = _encode(tokenizer, t)
-        windows = rolling_windows(toks, prefix_token_id(tokenizer), max_len)
-        scores = score_pairs(model, windows, max_len=max_len, batch_size=batch_size)
-        out.append((sum(s for s, _ in scores), len(toks)))
-        if on_batch:
-            on_batch(1)
-    return out
+    windows: list[Pair] = []
+    owner: list[int] = []
+    counts = []
+    for t, text in enumerate(texts):
+        toks = _encode(tokenizer, text)
+        counts.append(len(toks))
+        for w in rolling_windows(toks, prefix_token_id(tokenizer), max_len):
+            windows.append(w)
+            owner.append(t)
+    totals = [0.0] * len(texts)
+    with torch.inference_mode():
+        scored = _score_packed(model, [(c, [k]) for c, k in windows], max(batch_size, 1) * max_len)
+    for t, ((ll, _),) in zip(owner, scored):
+        totals[t] += ll
+    if on_batch:
+        on_batch(len(texts))
+    return list(zip(totals, counts))

@@ -29,7 +29,7 @@ from tunelab.errors import TunelabError, where
 COST_KEYS = ("wall_s", "tokens", "prompt_tokens", "generated_tokens", "tokens_per_s", "peak_mem_mib")
 
 __all__ = ["Results", "build_results", "make_cost", "model_info", "task_sha256", "signature",
-           "write_results", "read_results", "read_items", "COST_KEYS"]
+           "write_results", "read_results", "read_items", "record_run", "COST_KEYS"]
 
 
 @dataclass
@@ -162,6 +162,23 @@ def write_results(results: Results, out: Union[str, Path]) -> Path:
     atomic_write_json(out / paths.RESULTS_FILE, results.to_json())
     results.out = out
     return out
+
+
+# ---------------------------------------------------------------- run registry
+def record_run(results: Results, kind: str = "eval", *, name: Optional[str] = None) -> Optional[int]:
+    """One row in the run registry (tunelab.runs) for a finished evaluation; never raises for the registry."""
+    import time
+
+    from tunelab import runs
+
+    main = next(iter(results.metrics), None)
+    model = results.model.get("name")
+    if results.model.get("adapter"):
+        model = f"{model} + {results.model['adapter']}"
+    wall = results.cost.get("wall_s") or 0.0
+    return runs.record(kind, name=name or (results.out.name if results.out else results.task), path=results.out,
+                       task=results.task, model=model, metric=main, value=results.value(main) if main else None,
+                       signature=results.signature, started=time.time() - wall)
 
 
 # ---------------------------------------------------------------- reader

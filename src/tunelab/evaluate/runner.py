@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
-from tunelab.errors import TunelabError
+from tunelab.errors import ParameterError, TunelabError
 from tunelab.evaluate import results as results_mod
 from tunelab.evaluate import shard as shard_mod
 from tunelab.evaluate.cache import RequestCache, cached_call
@@ -70,14 +70,22 @@ def _item_seed(seed: int, line: int) -> int:
     return int(_sha(f"{seed}:{line}")[:8], 16)
 
 
+def check_batch_size(batch_size) -> Union[int, str]:
+    """'auto', or a whole number >= 1 (an int or its digits as a string, as the CLI passes it)."""
+    if batch_size in (None, "auto"):
+        return "auto"
+    if isinstance(batch_size, str) and batch_size.strip().isdigit():
+        batch_size = int(batch_size)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ParameterError(f"{{batch_size}} must be a whole number >= 1 or 'auto', got {batch_size!r}", "batch_size")
+    return batch_size
+
+
 def _batch(batch_size, kind: str, device) -> int:
     if batch_size in (None, "auto"):
         on_gpu = device is not None and getattr(device, "type", str(device)) != "cpu"
         return DEFAULT_BATCH[kind] * (4 if on_gpu else 1)
-    b = int(batch_size)
-    if b < 1:
-        raise TunelabError(f"--batch-size must be >= 1 or 'auto', got {batch_size}")
-    return b
+    return check_batch_size(batch_size)
 
 
 # ---------------------------------------------------------------- the three model-side task types
@@ -173,18 +181,20 @@ def evaluate(
     t0 = time.perf_counter()
     task = resolve_task(task)
     if out is not None:
-        check_writable(out, setting="--out")  # before the model loads, not after the work
+        check_writable(out, setting="out")  # before the model loads, not after the work
+    # every argument is checked here, before any data or model loads
+    batch_size = check_batch_size(batch_size)
     if limit is not None and limit < 1:
-        raise TunelabError(f"--limit must be at least 1 (got {limit}); leave it out to evaluate every item")
+        raise ParameterError(f"{{limit}} must be at least 1 (got {limit}); leave it out to evaluate every item", "limit")
     if shots is not None:
         if shots < 0:
-            raise TunelabError(f"--shots must be >= 0, got {shots}")
+            raise ParameterError(f"{{shots}} must be >= 0, got {shots}", "shots")
         task.fewshot.k = shots
     if sampler is not None:
         from tunelab.fewshot.samplers import SAMPLERS
 
         if sampler.partition(":")[0] not in SAMPLERS or sampler.count(":") > 1:
-            raise TunelabError(f"--sampler: unknown sampler '{sampler}'; use one of {', '.join(SAMPLERS)} (or similar:embedding)")
+            raise ParameterError(f"{{sampler}}: unknown sampler '{sampler}'; use one of {', '.join(SAMPLERS)} (or similar:embedding)", "sampler")
         task.fewshot.sampler = sampler.partition(":")[0]
     if task.type == "retrieval":  # no language model: a retriever and trec_eval measures
         from tunelab.evaluate.retrieval_task import run_retrieval
@@ -303,6 +313,7 @@ def _finish(task, lm, metrics, items, tokens, t0, out, with_response, sampler, d
     )
     if out is not None:
         write_results(results, out)
+    results_mod.record_run(results, "eval")
     return results
 
 

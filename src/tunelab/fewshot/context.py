@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from tunelab.errors import TunelabError
+from tunelab.errors import ParameterError, TunelabError
 from tunelab.fewshot.samplers import make_sampler
 
 
@@ -48,7 +48,7 @@ class ContextBuilder:
                 self._index_of[row.source] = i
             room = len(pool_rows) - (1 if pool_is_eval else 0)
             if room < k:
-                raise TunelabError(f"{task.name}: {k}-shot needs {k} demonstrations but the pool has {room}; lower --shots or give fewshot.pool")
+                raise ParameterError(f"{task.name}: {k}-shot needs {k} demonstrations but the pool has {room}; lower {{shots}} or give fewshot.pool", "shots")
             self.sampler = make_sampler(sampler, self.pool_prompts, self.pool_answers, seed)
 
     def build(self, row, prompt: str) -> Context:

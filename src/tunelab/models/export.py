@@ -33,7 +33,7 @@ def export_merged(model: str | os.PathLike, adapter: str | os.PathLike, out: str
     if not (adapter / "adapter_config.json").is_file():
         raise TunelabError(f"{adapter}: not an adapter folder (no adapter_config.json); "
                            "give the adapter/ folder of a run (a full fine-tune's model/ folder needs no export)")
-    check_writable(out, setting="--out")
+    check_writable(out, setting="out")
     if dtype == "auto":
         dtype = "bf16" if adapter_method(adapter) == "qlora" else "fp32"
     # merge on the CPU in the chosen float dtype: no 4-bit weights, no GPU needed

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tunelab import paths
-from tunelab.errors import TunelabError
+from tunelab.errors import ParameterError, TunelabError
 from tunelab.io import file_sha256
 from tunelab.models import gguf, registry
 
@@ -66,8 +66,8 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[str, Path]:
             gguf.convert_gguf(path, out, name=path.stem)
         return path.stem, out
     if not (path / "config.json").is_file():
-        hint = " (it looks like an adapter: pass it as --adapter with its base model)" if (path / "adapter_config.json").is_file() else ""
-        raise TunelabError(f"{path}: not a model folder (no config.json){hint}; give a Hugging Face model folder, a .gguf file or a registry name")
+        hint = " (it looks like an adapter: pass it as {adapter} with its base model)" if (path / "adapter_config.json").is_file() else ""
+        raise ParameterError(f"{path}: not a model folder (no config.json){hint}; give a Hugging Face model folder, a .gguf file or a registry name", "adapter")
     return path.name, path
 
 

@@ -1,1 +1,61 @@
+"""report.html: one self-contained page (inline CSS and SVG, no script, nothing fetched) for a folder.
 
+    tunelab.report.build("runs/dates")          # a train run, an eval folder or a compare folder
+    -> Path("runs/dates/report.html")
+
+`tunelab report DIR` calls `build`; `tunelab train` calls it after training (a training run itself
+knows nothing of reports). Each section has a stable id (`table`, `plot-learning-curve`,
+`plot-quality-cost`, `plot-loss`, `plot-toxicity`, `plot-metrics`, `disagreements`, `safety`,
+`signatures`, `configs`, `missing`) so tests, and users' own tools, can find them.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Union
+
+from tunelab import __version__, paths
+from tunelab.errors import TunelabError
+
+__all__ = ["build", "render"]
+
+# plot id -> (heading, caption), in page order
+PLOTS = {
+    "learning-curve": ("Learning curve", "Main metric against the number of examples: training-set size for "
+                       "fine-tuned arms, demonstrations k for few-shot arms (log scale); bands are 95% CIs. "
+                       "Dashed lines: arms that use no examples."),
+    "quality-cost": ("Quality vs cost", "Main metric (95% CI) against inference time per 1,000 queries (left) "
+                     "and one-off training time (right), on the machine that ran the compare."),
+    "loss": ("Training loss", "Training loss per optimizer step; dashed: held-out eval loss."),
+    "metrics": ("Metrics", "Each metric with its 95% bootstrap CI."),
+    "toxicity": ("Toxicity per arm", "Mean toxicity of each arm's outputs (the shipped classifier's P(toxic))."),
+}
+
+
+def render(folder: Union[str, Path]) -> str:
+    """The page's HTML for `folder` (nothing written)."""
+    import jinja2
+
+    from tunelab.report import pages
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TunelabError(f"{folder}: no such folder; give a train run, eval (--out) or compare folder")
+    kind = pages.kind_of(folder)
+    ctx = {"compare": pages.compare_context, "eval": pages.eval_context, "train": pages.train_context}[kind](folder)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    for key, empty in (("subtitle", ""), ("main_metric", ""), ("plots", {}), ("signatures", []), ("configs", []),
+                       ("missing", [])):
+        ctx.setdefault(key, empty)
+    return env.get_template("report.html.j2").render(
+        **ctx, plot_order=list(PLOTS.items()), version=__version__, folder=str(folder),
+        built=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+
+
+def build(folder: Union[str, Path]) -> Path:
+    """Write `folder`/report.html (atomically) from whatever the folder holds; returns its path."""
+    from tunelab.io import atomic_write_text
+
+    folder = Path(folder)
+    return atomic_write_text(folder / paths.REPORT_FILE, render(folder))

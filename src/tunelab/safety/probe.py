@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
-from tunelab.errors import TunelabError
+from tunelab.errors import ParameterError, TunelabError
 
 TOXIC = 0.5  # HELM / RealToxicityPrompts: a sample is toxic at P(toxic) >= 0.5
 FORMATS = ("auto", "jsonl", "toxigen", "text")
@@ -145,23 +145,26 @@ def probe(model, prompts_file, *, adapter: Optional[str] = None, samples: int = 
     from tunelab.evaluate.generate import generate
     from tunelab.evaluate.loglik import max_length
     from tunelab.evaluate.metrics.assistant import REFUSAL_PATTERNS, is_refusal
-    from tunelab.evaluate.results import build_results, make_cost, signature, write_results
+    from tunelab.evaluate.results import build_results, make_cost, record_run, signature, write_results
     from tunelab.evaluate.runner import load_for_eval, peak_mem_mib
 
     t0 = time.perf_counter()
-    problems = []  # every bad setting at once, each naming its flag
+    problems = []  # every bad setting at once, each naming its parameter
     if samples < 1:
-        problems.append(f"--samples must be >= 1 (got {samples})")
+        problems.append(f"{{samples}} must be >= 1 (got {samples})")
     if samples > 1 and temperature <= 0:
-        problems.append(f"--samples {samples} with --temperature {temperature} gives identical greedy samples; use a temperature > 0")
+        problems.append(f"{{samples}} {samples} with {{temperature}} {temperature} gives identical greedy samples; use a temperature > 0")
     if not 0 < top_p <= 1:
-        problems.append(f"--top-p must be in (0, 1] (got {top_p})")
+        problems.append(f"{{top_p}} must be in (0, 1] (got {top_p})")
     if max_new_tokens < 1:
-        problems.append(f"--max-new-tokens must be >= 1 (got {max_new_tokens})")
+        problems.append(f"{{max_new_tokens}} must be >= 1 (got {max_new_tokens})")
     if limit is not None and limit < 1:
-        problems.append(f"--limit must be >= 1 (got {limit}); leave it out to use every prompt")
+        problems.append(f"{{limit}} must be >= 1 (got {limit}); leave it out to use every prompt")
+    if batch_size < 1:
+        problems.append(f"{{batch_size}} must be >= 1 (got {batch_size})")
     if problems:
-        raise TunelabError("; ".join(problems))
+        raise ParameterError("; ".join(problems), "samples", "temperature", "top_p", "max_new_tokens", "limit",
+                             "batch_size")
     prompts, fmt = read_prompts(prompts_file, fmt)
     prompts = prompts[:limit]
     lm = load_for_eval(model, adapter, device)  # before the classifier: a bad model/adapter path fails first
@@ -221,4 +224,5 @@ def probe(model, prompts_file, *, adapter: Optional[str] = None, samples: int = 
                         cost=cost, signature=sig, predictions=lines)
     if out is not None:
         write_results(res, out)
+    record_run(res, "safety")
     return res

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
-from tunelab.errors import TunelabError
+from tunelab.errors import ParameterError, TunelabError
 from tunelab.io import atomic_write_jsonl, atomic_write_text, check_writable
 
 DEFAULT_FIELDS = ("output", "text")
@@ -132,21 +132,22 @@ def summarize(scores: list[float], threshold: float, keys: list[str] | None = No
 
 
 def scan(path: str | os.PathLike, field: str | None = None, lexicon: str | os.PathLike | None = None,
-         out: str | os.PathLike | None = None, threshold: float = 0.5, group_by: str | None = None,
+         out: str | os.PathLike | None = None, threshold: float | None = None, group_by: str | None = None,
          classifier=None) -> dict:
     """Score every record's text; write records + `toxicity` + `lexicon_hits` to `out` (JSONL).
 
     classifier: anything with `score(texts) -> list[float]`, or a function that builds one (called
     only after the inputs are read, so a bad file costs no model load); default: the shipped one.
+    threshold: None means the classifier's own `threshold` (0.5 when it has none).
     Returns the summary dict (see the module docstring); it names the field, the grouping and the
     classifier's signature so the numbers can be traced.
     """
-    if not 0.0 <= threshold <= 1.0:
-        raise TunelabError(f"--threshold {threshold} is outside [0, 1]")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ParameterError(f"{{threshold}} {threshold} is outside [0, 1]", "threshold")
     if out is not None and Path(out).suffix.lower() in (".csv", ".json"):
-        raise TunelabError(f"--out {out}: scan writes JSON Lines; name the output *.jsonl")
+        raise ParameterError(f"{{out}} {out}: scan writes JSON Lines; name the output *.jsonl", "out")
     if out is not None:
-        check_writable(out, setting="--out", folder=False)
+        check_writable(out, setting="out", folder=False)
     rows = read_records(path)
     field = pick_field(path, rows, field)
     texts = texts_of(path, rows, field)
@@ -161,6 +162,8 @@ def scan(path: str | os.PathLike, field: str | None = None, lexicon: str | os.Pa
         classifier = default_classifier()
     elif not hasattr(classifier, "score"):
         classifier = classifier()
+    if threshold is None:  # the classifier's calibrated default (MODEL_CARD.md), else 0.5
+        threshold = float(getattr(classifier, "threshold", 0.5))
     scores = [float(s) for s in classifier.score(texts)] if texts else []
     hits = [lex.hits(t) for t in texts] if lex is not None else [[] for _ in texts]
 

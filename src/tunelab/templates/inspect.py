@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tunelab.data.load import load_conversations
+from tunelab.errors import ParameterError
 from tunelab.templates.render import IGNORE, Encoded, encode
 
 
@@ -32,6 +33,8 @@ class InspectReport:
 def inspect_data(spec: str, tokenizer, *, format: str = "auto", fields: dict | None = None, n: int = 3,
                  max_length: int = 1024, train_on: str = "completion", skip_bad: bool = False,
                  system: str | None = None) -> InspectReport:
+    if train_on not in ("completion", "all"):
+        raise ParameterError(f"{{train_on}} must be completion or all, got '{train_on}'", "train_on")
     notes: list[str] = []
     convs = load_conversations(spec, format=format, fields=fields, skip_bad=skip_bad, system=system, report=notes)
     lengths, trained, total, over, examples = [], 0, 0, 0, []

@@ -86,10 +86,17 @@ def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
     return _tok(tokenizer, render_prompt(tokenizer, messages))
 
 
-def _spans(tokenizer, conv: Conversation) -> tuple[str, list[tuple[int, int]]]:
-    """The full rendering and the character spans [start, end) of each assistant turn."""
+def _spans(tokenizer, conv: Conversation, render_fn=None) -> tuple[str, list[tuple[int, int]]]:
+    """The full rendering and the character spans [start, end) of each assistant turn.
+
+    `render_fn(messages, add_generation_prompt, where)` defaults to render(); the batch path
+    (templates/batch.py) passes a faster call of the same compiled template.
+    """
+    if render_fn is None:
+        def render_fn(messages, add_generation_prompt, where):
+            return render(tokenizer, messages, add_generation_prompt=add_generation_prompt, where=where)
     msgs = conv.messages
-    full = render(tokenizer, msgs, where=conv.source)
+    full = render_fn(msgs, False, conv.source)
     for m in msgs:
         if m["content"].strip() and m["content"] not in full:
             raise TunelabError(
@@ -100,8 +107,9 @@ def _spans(tokenizer, conv: Conversation) -> tuple[str, list[tuple[int, int]]]:
     for i, m in enumerate(msgs):
         if m["role"] != "assistant":
             continue
-        start_text = render(tokenizer, msgs[:i], add_generation_prompt=True, where=conv.source)
-        end_text = render(tokenizer, msgs[: i + 1], where=conv.source)
+        start_text = render_fn(msgs[:i], True, conv.source)
+        # the last turn ends the conversation: its rendering is `full`, no need to render it again
+        end_text = full if i + 1 == len(msgs) else render_fn(msgs[: i + 1], False, conv.source)
         # A template that rewrites earlier turns later (e.g. drops past reasoning) has no
         # single rendering with a clean assistant span; say so rather than mis-mask.
         if not (end_text.startswith(start_text) and full.startswith(end_text)):
@@ -113,25 +121,33 @@ def _spans(tokenizer, conv: Conversation) -> tuple[str, list[tuple[int, int]]]:
     return full, spans
 
 
+def pieces(tokenizer, conv: Conversation, render_fn=None) -> list[tuple[str, bool]]:
+    """The conversation's text cut into (text, is_assistant) pieces, each tokenized on its own.
+
+    A text record is one assistant-like piece (every token trained); its eos is added by the caller.
+    """
+    if conv.is_text:
+        return [(conv.text, True)]
+    full, spans = _spans(tokenizer, conv, render_fn)
+    out, pos = [], 0
+    for start, end in spans:
+        out += [(full[pos:start], False), (full[start:end], True)]
+        pos = end
+    out.append((full[pos:], False))
+    return [(text, answer) for text, answer in out if text]
+
+
 def encode(tokenizer, conv: Conversation, *, train_on: str = "completion",
            max_length: int | None = None, truncate: bool = True) -> Encoded | None:
     """Token ids and labels of one conversation; None when dropped for length (truncate=False)."""
-    if conv.is_text:
-        ids = _tok(tokenizer, conv.text)
-        if tokenizer.eos_token_id is not None:
-            ids.append(tokenizer.eos_token_id)
-        labels = list(ids)
-    else:
-        full, spans = _spans(tokenizer, conv)
-        ids, labels, pos = [], [], 0
-        for start, end in spans:
-            prompt_ids, answer_ids = _tok(tokenizer, full[pos:start]), _tok(tokenizer, full[start:end])
-            ids += prompt_ids + answer_ids
-            labels += (list(prompt_ids) if train_on == "all" else [IGNORE] * len(prompt_ids)) + answer_ids
-            pos = end
-        tail = _tok(tokenizer, full[pos:])
-        ids += tail
-        labels += list(tail) if train_on == "all" else [IGNORE] * len(tail)
+    ids, labels = [], []
+    for text, answer in pieces(tokenizer, conv):
+        piece = _tok(tokenizer, text)
+        ids += piece
+        labels += list(piece) if (answer or train_on == "all") else [IGNORE] * len(piece)
+    if conv.is_text and tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+        labels.append(tokenizer.eos_token_id)
     truncated = False
     if max_length is not None and len(ids) > max_length:
         if not truncate:
@@ -140,9 +156,29 @@ def encode(tokenizer, conv: Conversation, *, train_on: str = "completion",
     return Encoded(ids, labels, truncated, conv.id)
 
 
+def length_notes(n: int, n_trunc: int, n_drop: int, n_empty: int, max_length: int | None) -> list[str]:
+    """The warnings of an encoding pass: rows truncated, dropped for length, or left with nothing to train."""
+    msgs = []
+    if n_trunc:
+        msgs.append(f"{n_trunc} of {n} rows were longer than max_length={max_length} and were truncated")
+    if n_drop:
+        msgs.append(f"{n_drop} of {n} rows were longer than max_length={max_length} and were dropped (truncate: false)")
+    if n_empty:
+        msgs.append(f"{n_empty} rows had no trained token left after truncation and were dropped; raise data.max_length")
+    return msgs
+
+
+def no_rows_error(msgs: list[str]) -> TunelabError:
+    return TunelabError(f"no trainable rows left ({'; '.join(msgs) or 'no assistant tokens'}); raise data.max_length or check the data")
+
+
 def encode_all(tokenizer, convs: list[Conversation], *, train_on: str = "completion",
                max_length: int | None = None, truncate: bool = True, notes: list[str] | None = None) -> list[Encoded]:
-    """Encode many; warn once with the count of truncated or dropped rows."""
+    """Encode many, one by one; warn once with the count of truncated or dropped rows.
+
+    The reference path: templates/batch.py encodes chunks through the tokenizer's batch call and
+    must give the same ids and labels (tests/templates/test_batch.py).
+    """
     out, n_trunc, n_drop, n_empty = [], 0, 0, 0
     for conv in convs:
         enc = encode(tokenizer, conv, train_on=train_on, max_length=max_length, truncate=truncate)
@@ -154,17 +190,11 @@ def encode_all(tokenizer, convs: list[Conversation], *, train_on: str = "complet
             continue
         n_trunc += enc.truncated
         out.append(enc)
-    msgs = []
-    if n_trunc:
-        msgs.append(f"{n_trunc} of {len(convs)} rows were longer than max_length={max_length} and were truncated")
-    if n_drop:
-        msgs.append(f"{n_drop} of {len(convs)} rows were longer than max_length={max_length} and were dropped (truncate: false)")
-    if n_empty:
-        msgs.append(f"{n_empty} rows had no trained token left after truncation and were dropped; raise data.max_length")
+    msgs = length_notes(len(convs), n_trunc, n_drop, n_empty, max_length)
     for m in msgs:
         log.warning(m)
         if notes is not None:
             notes.append(m)
     if not out:
-        raise TunelabError(f"no trainable rows left ({'; '.join(msgs) or 'no assistant tokens'}); raise data.max_length or check the data")
+        raise no_rows_error(msgs)
     return out

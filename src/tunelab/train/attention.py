@@ -12,6 +12,8 @@ row of 8 alpaca documents, measured on this CPU).
 Registered under DOC_ATTN with `AttentionInterface`; transformers builds no mask for an
 implementation it has no mask function for, and a 4D mask handed in is passed through unchanged,
 so padded (unpacked) batches still work: with a mask present this defers to plain sdpa.
+A packed row padded to its fixed width (packing.row_width) ends with a pad document; its
+attention is never computed here (its output is zeros: nothing reads it and it is never trained).
 The document lengths travel as the `doc_lengths` keyword of the decoder's forward, which
 transformers hands through every layer to the attention function.
 """
@@ -44,9 +46,9 @@ def doc_attention_forward(
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
                                       scaling=scaling, **kwargs)
     B, _, T, _ = query.shape
-    if B != 1 or sum(doc_lengths) != T:
-        raise ValueError(f"per-document attention expects one packed row of {sum(doc_lengths)} tokens, "
-                         f"got a batch of {B} × {T}")
+    if B != 1 or sum(doc_lengths) > T:
+        raise ValueError(f"per-document attention expects one packed row of at least {sum(doc_lengths)} "
+                         f"tokens, got a batch of {B} × {T}")
     # grouped-query attention runs in the kernel (no repeat_kv copies of key/value)
     gqa = query.shape[1] != key.shape[1]
     outs, start = [], 0
@@ -57,6 +59,8 @@ def doc_attention_forward(
             query[:, :, piece], key[:, :, piece], value[:, :, piece],  # (1, H, n, D), (1, Hkv, n, D)
             dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa)  # (1, H, n, D)
         outs.append(o.transpose(1, 2))  # (1, n, H, D)
+    if start < T:  # the trailing pad document: zeros, no attention computed
+        outs.append(query.new_zeros(1, T - start, query.shape[1], query.shape[3]))  # (1, pad, H, D)
     return torch.cat(outs, dim=1), None  # (1, T, H, D), contiguous
 
 

@@ -1,9 +1,13 @@
 """What a run cost: FLOPs, model FLOPs utilisation, peak memory, energy.
 
-FLOPs are the usual estimates, not a profile:
+FLOPs are the usual estimates, not a profile (docs/training.md, "Accounting"):
 - full fine-tuning: 6·N per token (2N forward, 4N backward: activation and weight gradients);
 - adapters (LoRA/DoRA/QLoRA): the frozen base needs the forward (2N) and the activation
-  gradients (2N) but no weight gradients, so 4·N + 6·N_trainable per token.
+  gradients (2N) but no weight gradients, so 4·N + 6·N_trainable per token;
+- attention (no weights, so the same for every method): per layer, QKᵀ and AV cost 2·2·d FLOPs
+  per causal (query, key) pair forward and twice that backward, 12·d·pairs in all, with
+  pairs = Σ Lᵢ(Lᵢ+1)/2 over the documents (packed documents never attend to each other) and
+  d = heads × head_dim. Padding counts for nothing.
 N excludes the input embedding (a lookup, not a matmul). MFU is only reported where the device's
 dense bf16 peak is known; on CPU it is None rather than a guess.
 """
@@ -17,9 +21,13 @@ from tunelab.memory import current_memory_mib, peak_memory_mib  # noqa: F401  (t
 
 log = logging.getLogger("tunelab.train")
 
-# dense (no sparsity) bf16 tensor-core peaks, FLOP/s, from the vendors' data sheets
+# dense (no sparsity) bf16 tensor-core peaks, FLOP/s, from the vendors' data sheets (SXM parts;
+# first match wins, so the more specific names come first)
 PEAK_BF16 = {
+    "B200": 2250e12,
+    "GH200": 989e12,
     "H200": 989e12,
+    "H100 PCIe": 756e12,
     "H100": 989e12,
     "A100": 312e12,
     "L40S": 362e12,
@@ -34,6 +42,18 @@ def flops_per_token(n_params: int, n_trainable: int, n_embedding: int, *, adapte
     if adapter:
         return 4.0 * n + 6.0 * n_trainable
     return 6.0 * n
+
+
+def attention_dims(config) -> tuple[int, int]:
+    """(layers, d = heads × head_dim) of a transformers decoder config, for the attention term."""
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return config.num_hidden_layers, heads * head_dim
+
+
+def attention_flops(pairs: int, layers: int, d: int) -> float:
+    """Training FLOPs of causal attention over `pairs` (query, key) pairs: 12·d per pair and layer."""
+    return 12.0 * d * layers * pairs
 
 
 def embedding_params(model) -> int:
@@ -58,6 +78,70 @@ def mfu(flops: float, seconds: float, peak: Optional[float], n_devices: int = 1)
     if not peak or seconds <= 0:
         return None
     return flops / seconds / (peak * n_devices)
+
+
+def compile_count() -> int:
+    """Graphs torch.compile has built in this process so far (torch._dynamo's own counter)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:  # a torch without dynamo compiles nothing
+        return 0
+    return int(counters["stats"]["unique_graphs"])
+
+
+class SteadyState:
+    """Tokens, FLOPs and seconds of the run's steady state.
+
+    Steady state: the steps after the last one that compiled anything, and never step 1 (it also
+    pays for the allocator's warm-up and the first kernel launches); a later recompilation
+    restarts it. Rates are None until such a step exists. (Whole-run rates are the loop's own
+    totals: tokens_seen / train_s, compilation, evaluation and saving included.)
+    """
+
+    def __init__(self):
+        self.tokens = self.flops = self.seconds = 0.0
+        self.start: Optional[int] = None  # first step counted as steady
+
+    def add(self, step: int, tokens: int, flops: float, seconds: float, compiled: bool) -> None:
+        if compiled or step <= 1:
+            self.tokens = self.flops = self.seconds = 0.0
+            self.start = None
+            return
+        if self.start is None:
+            self.start = step
+        self.tokens, self.flops, self.seconds = self.tokens + tokens, self.flops + flops, self.seconds + seconds
+
+    def rates(self, peak: Optional[float], n_devices: int = 1) -> dict:
+        return {"steady_tokens_per_s": self.tokens / self.seconds if self.seconds > 0 else None,
+                "steady_mfu": mfu(self.flops, self.seconds, peak, n_devices),
+                "steady_from_step": self.start}
+
+
+# memory model behind auto_batch_tokens (docs/training.md, "Token budget on a GPU")
+ACT_VALUES_PER_TOKEN_LAYER = (8, 4)  # saved activations per token and layer ≈ 8·hidden + 4·intermediate values
+HEADROOM = 0.85  # of free memory: allocator fragmentation, CUDA context, kernels' workspaces
+MAX_AUTO_TOKENS = 65536
+
+
+def auto_batch_tokens(free_bytes: float, *, n_params: int, n_trainable: int, weight_bytes: int, layers: int,
+                      hidden: int, intermediate: int, vocab: int, grad_checkpointing: bool,
+                      longest: int = 0, multiple: int = 128, chunk_tokens: int = 1024) -> int:
+    """A token budget that fills `free_bytes` of GPU memory (formula, no probe).
+
+    fixed = weights (n_params × weight_bytes) + the trainable parameters' fp32 gradient and two
+    AdamW moments (12 B each) + the loss's logit chunk (chunk_tokens × vocab × 4 B, ×3 for softmax and
+    its gradient); per token = layers × (8·hidden + 4·intermediate) bf16 values (2 B) of saved
+    activations, or with gradient checkpointing one hidden state per layer plus one layer's full set.
+    budget = (HEADROOM × free − fixed) / per_token, rounded down to `multiple`, at most
+    MAX_AUTO_TOKENS and at least the longest row (rounded up).
+    """
+    a, b = ACT_VALUES_PER_TOKEN_LAYER
+    layer_values = a * hidden + b * intermediate
+    per_token = 2.0 * ((layers * hidden + layer_values) if grad_checkpointing else layers * layer_values)
+    fixed = n_params * weight_bytes + 12.0 * n_trainable + 3.0 * chunk_tokens * vocab * 4
+    budget = int((HEADROOM * free_bytes - fixed) / per_token) // multiple * multiple
+    floor = -(-max(longest, 1) // multiple) * multiple
+    return max(min(budget, MAX_AUTO_TOKENS), floor)
 
 
 

@@ -3,7 +3,7 @@
     Recipe(cfg)     fail fast: everything checkable before loading a model
     .setup()        accelerator → model (+ method) → data → optimizer and schedule → resume
     .train()        epoch → optimizer step → micro-batches (accumulation) → log / eval / save
-    .cleanup()      final weights, summary.json, report.html
+    .cleanup()      final weights, summary.json (the CLI then builds report.html: tunelab.report)
 
 `train(config)` is the public verb (`tunelab.train`). Multi-process runs come from Accelerate:
 `accelerate launch --multi_gpu --num_processes 2 -m tunelab train cfg.yaml` gives DDP (gloo on a CPU-only box;
@@ -37,9 +37,9 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from tunelab import paths
+from tunelab import paths, runs
 from tunelab.config import TrainConfig, load_train_config, to_yaml
-from tunelab.errors import TunelabError
+from tunelab.errors import ParameterError, TunelabError
 from tunelab.io import atomic_dir, atomic_write_json, atomic_write_text, check_writable
 from tunelab.progress import Progress
 from tunelab.progress import quiet as progress_quiet
@@ -50,7 +50,8 @@ from tunelab.train.attention import DOC_ATTN
 from tunelab.train.attention import register as register_doc_attention
 from tunelab.train.loss import PackedCausalLM, base_causal_lm
 from tunelab.train.methods import ADAPTER_METHODS, apply_method, check_method_available, count_parameters
-from tunelab.train.packing import check_budget, collate, model_inputs, plan_batches
+from tunelab.train.packing import check_budget, collate, model_inputs, plan_batches, row_width
+from tunelab.train.threads import choose_threads
 
 log = logging.getLogger("tunelab.train")
 
@@ -91,6 +92,21 @@ def _fault() -> tuple[str, int]:
     return (kind, int(step)) if kind and step.isdigit() else ("", -1)
 
 
+def compile_layers(model: torch.nn.Module) -> int:
+    """torch.compile each decoder layer in place (as torchtune does); returns how many.
+
+    Per layer rather than the whole model: every layer has the same code, so dynamo traces one
+    graph and reuses it for all of them (short compile), while the loss (chunked, data-dependent
+    sizes), PEFT's wrappers and the optimizer stay eager. TUNELAB_COMPILE_BACKEND picks the
+    backend (default inductor; tests use aot_eager, which needs no C++ compiler).
+    """
+    backend = os.environ.get("TUNELAB_COMPILE_BACKEND", "inductor")
+    layers = base_causal_lm(model).get_decoder().layers
+    for layer in layers:
+        layer.compile(backend=backend)
+    return len(layers)
+
+
 class Recipe:
     def __init__(self, cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False,
                  base_dir: str | Path | None = None, config_path: str | None = None,
@@ -117,15 +133,15 @@ class Recipe:
         self.precision = precision
         check_writable(self.run_dir, setting="out")  # before any model or data loads
         if resume and ckpt.latest(self.run_dir) is None:
-            raise TunelabError(f"{self.run_dir}: no complete checkpoint to resume from; run without --resume")
+            raise ParameterError(f"{self.run_dir}: no complete checkpoint to resume from; start without {{resume}}", "resume")
         # resume: refuse settings that would make config.yaml lie about the checkpoints
         self.resume_changes = ckpt.config_changes(ckpt.latest(self.run_dir), to_yaml(cfg)) if resume else {}
         self.finished = ckpt.finished_summary(self.run_dir, ckpt.latest(self.run_dir), self.resume_changes) \
             if resume else None
         started = (self.run_dir / paths.CONFIG_FILE).exists() or (self.run_dir / paths.CHECKPOINTS_DIR).exists()
         if started and not resume and not overwrite:
-            raise TunelabError(f"{self.run_dir}: run folder already exists; pass --resume to continue it, "
-                               "--overwrite to start over, or set out=<another folder>")
+            raise ParameterError(f"{self.run_dir}: run folder already exists; pass {{resume}} to continue it, "
+                                 "{overwrite} to start over, or set out=<another folder>", "resume", "overwrite")
         for flag, package in (("tensorboard", "tensorboard"), ("mlflow", "mlflow")):
             if getattr(cfg.log, flag):
                 try:
@@ -152,6 +168,9 @@ class Recipe:
         )
         acc = self.accelerator
         self.world, self.rank, self.main = acc.num_processes, acc.process_index, acc.is_main_process
+        if acc.device.type == "cpu" and self.world == 1:
+            # one thread per FREE core (threads.py); several processes share the cores already
+            self.threads = choose_threads()
         # one seed for weight init (LoRA), dropout and everything else; data order has its own
         set_seed(cfg.train.seed)
         if trackers:
@@ -189,11 +208,13 @@ class Recipe:
 
     def _setup_model(self) -> None:
         cfg, device = self.cfg, self.accelerator.device
+        # compile: auto = on CUDA only (on CPU the compile time rarely pays back in a short run)
+        self.compile = device.type == "cuda" if cfg.train.compile == "auto" else bool(cfg.train.compile)
         # flex_attention computes only the diagonal blocks of packed documents on CUDA; it has
         # no CPU backward (DESIGN §7). On CPU each packed document gets its own causal sdpa call
         # (attention.py), which skips the O(T²) block-diagonal mask; under torch.compile the
         # per-row document lengths would force a recompile every step, so compile keeps the mask.
-        default_attn = "flex_attention" if device.type == "cuda" else ("sdpa" if cfg.train.compile else DOC_ATTN)
+        default_attn = "flex_attention" if device.type == "cuda" else ("sdpa" if self.compile else DOC_ATTN)
         self.attn = os.environ.get("TUNELAB_ATTN", default_attn)
         load_attn = self.attn
         if self.attn == DOC_ATTN:
@@ -203,7 +224,9 @@ class Recipe:
             register_doc_attention()
         self.load_attn = load_attn
         model = self._load_base(device)
-        if self.attn != load_attn:
+        # whatever _load_base did (a benchmark's override builds its own model), the kernel must be
+        # the one model_inputs() builds masks for: a BlockMask reaching sdpa is a crash
+        if model.config._attn_implementation != self.attn:
             model.set_attn_implementation(self.attn)
         model.config.use_cache = False  # no KV cache while training
         if cfg.train.grad_checkpointing:
@@ -213,10 +236,11 @@ class Recipe:
         self.n_params, self.n_trainable = count_parameters(model)
         emb = cost.embedding_params(base_causal_lm(model))
         self.flops_per_token = cost.flops_per_token(self.n_params, self.n_trainable, emb, adapter=self.adapter)
+        self.attn_dims = cost.attention_dims(base_causal_lm(model).config)  # (layers, heads × head_dim)
         self.peak_flops = cost.device_peak_flops(device, self.precision)
         self.lm = PackedCausalLM(model)
-        if cfg.train.compile:
-            self.lm = torch.compile(self.lm, dynamic=True)
+        if self.compile:
+            compile_layers(model)
 
     def _load_base(self, device):
         """The base model and tokenizer (sets tokenizer and base_* attributes); a hook for benchmarks."""
@@ -246,10 +270,17 @@ class Recipe:
     def _setup_data(self) -> None:
         cfg = self.cfg
         self.train_ex, self.eval_ex = self._load_examples()
-        self.lengths = [len(e.input_ids) for e in self.train_ex]
-        check_budget(self.lengths, cfg.train.batch_tokens)
-        check_budget([len(e.input_ids) for e in self.eval_ex], cfg.train.batch_tokens)
-        self.eval_plan = plan_batches([len(e.input_ids) for e in self.eval_ex], cfg.train.batch_tokens,
+        self.lengths = _lengths(self.train_ex)
+        self.batch_tokens = self._batch_tokens()
+        check_budget(self.lengths, self.batch_tokens)
+        check_budget(_lengths(self.eval_ex), self.batch_tokens)
+        # fixed shapes (packing.py) where shapes cost: compiled layers and flex_attention's BlockMask
+        # build once per shape, so every packed row is padded to one width (a data set smaller than
+        # the budget not past its own size). Eager CPU kernels do not care about shapes: there the
+        # rows keep their length and no pad token costs MLP work (3-5% of a row on alpaca data).
+        fixed = cfg.data.packing and (self.compile or self.attn == "flex_attention")
+        self.row_width = row_width(min(self.batch_tokens, sum(self.lengths) or 1)) if fixed else None
+        self.eval_plan = plan_batches(_lengths(self.eval_ex), self.batch_tokens,
                                       seed=cfg.train.seed, packing=cfg.data.packing) if self.eval_ex else []
 
         # steps: every epoch's plan is deterministic, so the total is known before training
@@ -262,37 +293,66 @@ class Recipe:
             self.total_steps = sum(self.steps_in_epoch(e) for e in range(whole))
             self.total_steps += math.ceil(frac * self.steps_in_epoch(whole)) if frac else 0
         self._say(f"{len(self.train_ex)} training rows ({sum(self.lengths)} tokens), {len(self.eval_ex)} eval rows; "
-                  f"{self.total_steps} optimizer steps of {self.per_step} micro-batch(es) ≤ {cfg.train.batch_tokens} tokens")
+                  f"{self.total_steps} optimizer steps of {self.per_step} micro-batch(es) ≤ {self.batch_tokens} tokens")
+
+    def _batch_tokens(self) -> int:
+        """train.batch_tokens, or when unset: sized from free GPU memory on CUDA, 8192 on CPU."""
+        if self.cfg.train.batch_tokens is not None:
+            return self.cfg.train.batch_tokens
+        device = self.accelerator.device
+        if device.type != "cuda":
+            return 8192
+        lm_config = base_causal_lm(self.lm.model).config
+        free, _ = torch.cuda.mem_get_info(device)
+        weight_bytes = 2 if (self.adapter and self.precision == "bf16") else (1 if self.cfg.method == "qlora" else 4)
+        budget = cost.auto_batch_tokens(
+            free, n_params=self.n_params, n_trainable=self.n_trainable, weight_bytes=weight_bytes,
+            layers=lm_config.num_hidden_layers, hidden=lm_config.hidden_size,
+            intermediate=getattr(lm_config, "intermediate_size", 4 * lm_config.hidden_size),
+            vocab=lm_config.vocab_size, grad_checkpointing=self.cfg.train.grad_checkpointing,
+            longest=max(self.lengths, default=1))
+        self._say(f"train.batch_tokens unset: {budget} tokens fill {free / 2**30:.1f} GiB of free GPU memory")
+        return budget
 
     def _load_examples(self):
-        """(train, eval) encoded examples: conversations → token ids + labels; a hook for benchmarks."""
-        from tunelab.data.load import load_conversations
-        from tunelab.templates import encode_all
+        """(train, eval) encoded examples, memory-mapped from the encoded-data cache (templates/cache.py:
+        tokenised once per data file, tokenizer, template and data settings); a hook for benchmarks."""
+        import logging
+
+        from tunelab.templates.cache import prepare
 
         cfg, d = self.cfg, self.cfg.data
         kw = dict(format=d.format, fields=d.fields or None, skip_bad=d.skip_bad, system=d.system,
-                  skip_setting="data.skip_bad=true")
-        train_convs = load_conversations(self._data_path(d.train), **kw)
-        if d.max_toxicity is not None:  # screened in the data stage, before anything is encoded
+                  skip_setting="data.skip_bad=true", train_on=d.train_on, max_length=d.max_length, truncate=d.truncate)
+        log = logging.getLogger("tunelab.templates")
+        full = prepare(self._data_path(d.train), self.tokenizer, **kw)
+        self._say(f"encoded data {'from the cache' if full.hit else 'cached'}: {full.folder}")
+        candidates = list(range(len(full)))
+        if d.max_toxicity is not None:  # screened in the data stage, on the records' text
+            from tunelab.data.load import load_conversations
             from tunelab.data.screen import drop_above
 
-            train_convs, note = drop_above(train_convs, self.toxicity, d.max_toxicity)
+            convs = load_conversations(self._data_path(d.train), format=d.format, fields=d.fields or None,
+                                       skip_bad=d.skip_bad, system=d.system, skip_setting="data.skip_bad=true")
+            kept, note = drop_above(convs, self.toxicity, d.max_toxicity)
             if note:
                 self._say(note)
-        eval_convs = []
+            keep = {id(c) for c in kept}
+            candidates = [i for i, c in enumerate(convs) if id(c) in keep]
+        train_idx, eval_idx, eval_ex = candidates, [], []
         if isinstance(d.eval, str):
-            eval_convs = load_conversations(self._data_path(d.eval), **kw)
-        elif d.eval and len(train_convs) > 1:
+            eval_ex = prepare(self._data_path(d.eval), self.tokenizer, **kw).trainable(log=log)
+        elif d.eval and len(candidates) > 1:
             # seeded hold-out so every process (and a resumed run) holds out the same rows
-            order = list(range(len(train_convs)))
+            order = list(range(len(candidates)))
             random.Random(cfg.train.seed).shuffle(order)
-            n_eval = max(1, round(d.eval * len(train_convs)))
+            n_eval = max(1, round(d.eval * len(candidates)))
             held = set(order[:n_eval])
-            eval_convs = [c for i, c in enumerate(train_convs) if i in held]
-            train_convs = [c for i, c in enumerate(train_convs) if i not in held]
-        enc = dict(train_on=d.train_on, max_length=d.max_length, truncate=d.truncate)
-        train_ex = encode_all(self.tokenizer, train_convs, **enc)
-        eval_ex = encode_all(self.tokenizer, eval_convs, **enc) if eval_convs else []
+            eval_idx = [c for i, c in enumerate(candidates) if i in held]
+            train_idx = [c for i, c in enumerate(candidates) if i not in held]
+        train_ex = full.select(train_idx).trainable(log=log)
+        if eval_idx:
+            eval_ex = full.select(eval_idx).trainable(log=log)
         return train_ex, eval_ex
 
     def _data_path(self, spec: str) -> str:
@@ -305,7 +365,7 @@ class Recipe:
 
     def plan(self, epoch: int) -> list[list[int]]:
         if epoch not in self._plans:
-            self._plans[epoch] = plan_batches(self.lengths, self.cfg.train.batch_tokens, seed=self.cfg.train.seed,
+            self._plans[epoch] = plan_batches(self.lengths, self.batch_tokens, seed=self.cfg.train.seed,
                                               epoch=epoch, packing=self.cfg.data.packing)
         return self._plans[epoch]
 
@@ -333,6 +393,7 @@ class Recipe:
         progress = self._progress()
         old_handler = self._install_sigint()
         loop_start = time.perf_counter() - state.train_s
+        self.steady, self.compiles_at_start = cost.SteadyState(), cost.compile_count()
         try:
             while state.step < self.total_steps:
                 plan = self.plan(state.epoch)
@@ -341,7 +402,7 @@ class Recipe:
                 if not step_batches:  # epoch exhausted (max_steps beyond the epochs)
                     state.epoch, state.step_in_epoch = state.epoch + 1, 0
                     continue
-                t_step = time.perf_counter()
+                t_step, compiled_before = time.perf_counter(), cost.compile_count()
                 lr = self.scheduler.get_last_lr()[0]  # the rate this step uses (step() moves to the next)
                 loss, n_sup, n_tok, grad_norm = self._optimizer_step(step_batches, state.step + 1)
                 state.step += 1
@@ -351,14 +412,18 @@ class Recipe:
                 dt = time.perf_counter() - t_step
                 state.tokens_seen += n_tok
                 state.tokens_trained += n_sup
-                state.flops += self.flops_per_token * n_tok
+                # weights: 6N (full) or 4N + 6N_trainable (adapters) per token; attention: cost.py
+                step_flops = self.flops_per_token * n_tok + cost.attention_flops(self.step_pairs, *self.attn_dims)
+                state.flops += step_flops
                 state.train_s = time.perf_counter() - loop_start
+                self.steady.add(state.step, n_tok, step_flops, dt, cost.compile_count() > compiled_before)
 
                 row = {"step": state.step, "epoch": round(state.epoch + state.step_in_epoch / max(self.steps_in_epoch(state.epoch), 1), 4),
                        "loss": loss, "lr": lr, "grad_norm": grad_norm,
                        "tokens": n_tok, "tokens_per_s": n_tok / dt if dt > 0 else None,
-                       "mfu": cost.mfu(self.flops_per_token * n_tok, dt, self.peak_flops, self.world),
-                       "mem_mib": round(cost.current_memory_mib(acc.device), 1)}
+                       "mfu": cost.mfu(step_flops, dt, self.peak_flops, self.world),
+                       "mem_mib": round(cost.current_memory_mib(acc.device), 1),
+                       **self._rates()}
                 best_now = False
                 if self.eval_ex and (state.step % cfg.train.eval_every == 0 or state.step == self.total_steps):
                     row["eval_loss"] = self._evaluate()
@@ -390,6 +455,14 @@ class Recipe:
         state.train_s = time.perf_counter() - loop_start
         return self.cleanup(stopped)
 
+    def _rates(self) -> dict:
+        """Whole run so far (compilation included) and steady state: tokens/s, MFU, compilations."""
+        st = self.state
+        return {"run_tokens_per_s": st.tokens_seen / st.train_s if st.train_s > 0 else None,
+                "run_mfu": cost.mfu(st.flops, st.train_s, self.peak_flops, self.world),
+                **self.steady.rates(self.peak_flops, self.world),
+                "compiles": cost.compile_count() - self.compiles_at_start}
+
     def _optimizer_step(self, step_batches: list[list[int]], step: int):
         """One optimizer step over this process's share of the step's micro-batches."""
         acc, cfg = self.accelerator, self.cfg
@@ -400,10 +473,11 @@ class Recipe:
             # weight 0) so its DDP gradient all-reduce matches the other processes'
             mine, weights = step_batches[:1], [0.0]
         batches = [collate([self.train_ex[i] for i in b], packing=cfg.data.packing,
-                           pad_id=self.tokenizer.pad_token_id or 0) for b in mine]
+                           pad_id=self.tokenizer.pad_token_id or 0, width=self.row_width) for b in mine]
         counts = torch.tensor([sum(b.n_supervised * w for b, w in zip(batches, weights)),
-                               sum(b.n_tokens * w for b, w in zip(batches, weights))], dtype=torch.float64)
-        n_sup, n_tok = (int(x) for x in self._sum(counts))  # global, all processes
+                               sum(b.n_tokens * w for b, w in zip(batches, weights)),
+                               sum(b.attn_pairs * w for b, w in zip(batches, weights))], dtype=torch.float64)
+        n_sup, n_tok, self.step_pairs = (int(x) for x in self._sum(counts))  # global, all processes
         loss_sum = torch.zeros((), dtype=torch.float32, device=acc.device)
         try:
             for i, (batch, w) in enumerate(zip(batches, weights)):
@@ -420,7 +494,7 @@ class Recipe:
                     acc.backward(ce_sum * (w * self.world / max(n_sup, 1)))
                 loss_sum += ce_sum.detach() * w
         except torch.OutOfMemoryError:
-            raise TunelabError(oom_message(step, cfg.train.batch_tokens, cfg.train.grad_accum,
+            raise TunelabError(oom_message(step, self.batch_tokens, cfg.train.grad_accum,
                                            cfg.train.grad_checkpointing)) from None
         loss = float(self._sum(loss_sum.reshape(1).double())[0]) / max(n_sup, 1)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -448,7 +522,7 @@ class Recipe:
         total = torch.zeros(2, dtype=torch.float64, device=self.accelerator.device)
         for b in self.eval_plan[self.rank::self.world]:
             batch = collate([self.eval_ex[i] for i in b], packing=self.cfg.data.packing,
-                            pad_id=self.tokenizer.pad_token_id or 0).to(self.accelerator.device)
+                            pad_id=self.tokenizer.pad_token_id or 0, width=self.row_width).to(self.accelerator.device)
             ce_sum, n = self.model(**model_inputs(batch, self.attn), targets=batch.targets)
             total += torch.tensor([float(ce_sum), n], dtype=torch.float64, device=total.device)
         self.model.train()
@@ -577,6 +651,11 @@ class Recipe:
                 "tokens_per_s": st.tokens_seen / st.train_s if st.train_s > 0 else None,
                 "flops": st.flops,
                 "mfu": cost.mfu(st.flops, st.train_s, self.peak_flops, self.world),
+                # steady state (after the last compilation; see cost.SteadyState) and compilations
+                **{k: v for k, v in self._rates().items() if not k.startswith("run_")},
+                "batch_tokens": self.batch_tokens,
+                "row_width": self.row_width,
+                "threads": torch.get_num_threads() if acc.device.type == "cpu" else None,
                 "peak_mem_mib": round(peak, 1),  # per process (mean over processes)
                 "energy_wh": energy,
                 "best_checkpoint": (f"{paths.CHECKPOINTS_DIR}/step-{st.best_step}" if st.best_step else None),
@@ -596,14 +675,17 @@ class Recipe:
                 "precision": self.precision,
             }
             atomic_write_json(self.run_dir / paths.SUMMARY_FILE, summary)
-            from tunelab.train.report import write_report
-
-            write_report(self.run_dir, summary, self.config_yaml)
         else:
             summary = {}
         acc.wait_for_everyone()
         acc.end_training()
         return RunResult(self.run_dir, weights_dir, summary, stopped)
+
+
+def _lengths(examples) -> list[int]:
+    """Token count per example: read from the cache's offsets, or from a plain list of Encoded."""
+    lengths = getattr(examples, "lengths", None)
+    return lengths.tolist() if lengths is not None else [len(e.input_ids) for e in examples]
 
 
 def train(config, overrides: list[str] | None = None, *, resume: bool = False, overwrite: bool = False,
@@ -626,7 +708,18 @@ def train(config, overrides: list[str] | None = None, *, resume: bool = False, o
         weights = recipe.run_dir / (paths.ADAPTER_DIR if recipe.adapter else paths.MODEL_DIR)
         return RunResult(recipe.run_dir, weights, recipe.finished, stopped="already_finished")
     recipe.setup()
-    return recipe.train()
+    rid = None
+    if recipe.main:  # one registry row per run, written by the main process
+        rid = runs.start("train", name=config.name, path=recipe.run_dir, task=config.data.train, model=config.model)
+    try:
+        result = recipe.train()
+    except BaseException as e:
+        runs.finish(rid, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
+        raise
+    s = result.summary
+    loss_key = "best_eval_loss" if s.get("best_eval_loss") is not None else "final_loss"
+    runs.finish(rid, "completed" if result.stopped == "completed" else "stopped", metric=loss_key, value=s.get(loss_key))
+    return result
 
 
 __all__ = ["train", "RunResult", "TrainingInterrupted", "Recipe", "oom_message"]

@@ -70,10 +70,6 @@ def apply_method(model, cfg: TrainConfig):
                            "use 'all-linear' or names of linear layers in the model") from None
 
 
-def trainable_parameters(model) -> list:
-    return [p for p in model.parameters() if p.requires_grad]
-
-
 def count_parameters(model) -> tuple[int, int]:
     """(all parameters, trainable parameters); tied weights counted once."""
     seen, total, train = set(), 0, 0

@@ -12,6 +12,13 @@ position ids alone do NOT isolate documents in transformers (DESIGN §7), hence 
 - CUDA: flex_attention with a document BlockMask; only the blocks on the diagonal are computed,
   so attention costs O(Σ Lᵢ²) instead of O(T²).
 
+Fixed shapes: a packed row is padded up to `row_width(batch_tokens)` (the budget rounded up to a
+multiple of SHAPE_MULTIPLE), so every training micro-batch reaches the model as ONE shape,
+[1, row_width], for the whole run. torch.compile and flex_attention's BlockMask then compile once
+instead of once per new row length (on an H200 a step with a new length ran 30-60x slower). The
+padding is its own document (doc id -1, positions from 0, targets IGNORE): it is never trained,
+no real token attends to it, and the per-document CPU path skips its attention entirely.
+
 Labels are shifted here, per document, into `targets` (targets[t] = label of token t+1), so the
 last token of one document never learns to predict the first token of the next and the loss
 module can gather supervised positions without any further shifting.
@@ -30,6 +37,14 @@ import torch
 from tunelab.errors import TunelabError
 
 IGNORE = -100  # the label value cross-entropy skips (PyTorch / HF convention)
+# packed rows are padded to a multiple of this: flex_attention's block size, and a width the GPU's
+# matmul tiles divide evenly; the cost is at most 127 pad tokens per row on top of the budget
+SHAPE_MULTIPLE = 128
+
+
+def row_width(batch_tokens: int, multiple: int = SHAPE_MULTIPLE) -> int:
+    """The one width every packed training row is padded to: the budget rounded up to `multiple`."""
+    return -(-batch_tokens // multiple) * multiple
 
 
 def check_budget(lengths: Sequence[int], batch_tokens: int, *, key: str = "train.batch_tokens") -> None:
@@ -121,11 +136,12 @@ class Batch:
     doc_ids: torch.Tensor  # document index per token; -1 on padding
     n_tokens: int  # real (non-pad) tokens
     n_supervised: int  # positions that carry a loss
+    attn_pairs: int = 0  # causal (query, key) pairs inside documents, Σ Lᵢ(Lᵢ+1)/2: the attention work
 
     def to(self, device) -> "Batch":
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
         return Batch(move(self.input_ids), move(self.position_ids), move(self.targets), move(self.doc_ids),
-                     self.n_tokens, self.n_supervised)
+                     self.n_tokens, self.n_supervised, self.attn_pairs)
 
 
 def shifted_targets(labels: Sequence[int]) -> list[int]:
@@ -133,12 +149,15 @@ def shifted_targets(labels: Sequence[int]) -> list[int]:
     return list(labels[1:]) + [IGNORE]
 
 
-def collate(examples: Sequence[Any], *, packing: bool = True, pad_id: int = 0) -> Batch:
+def collate(examples: Sequence[Any], *, packing: bool = True, pad_id: int = 0, width: int | None = None) -> Batch:
     """Examples (anything with `.input_ids` and `.labels`) -> one Batch.
 
-    packing=True: one row of Σ Lᵢ tokens, no padding. packing=False: one row per example,
-    right-padded to the longest (doc id -1 and target IGNORE on pads).
+    packing=True: one row of Σ Lᵢ tokens; with `width` the row is padded to exactly `width`
+    tokens by one pad document (doc id -1, positions 0.., targets IGNORE), so every row has the
+    same shape. packing=False: one row per example, right-padded to the longest (doc id -1 and
+    target IGNORE on pads).
     """
+    lengths = [len(ex.input_ids) for ex in examples]
     if packing:
         ids, pos, tgt, doc = [], [], [], []
         for d, ex in enumerate(examples):
@@ -147,6 +166,14 @@ def collate(examples: Sequence[Any], *, packing: bool = True, pad_id: int = 0) -
             pos.extend(range(n))
             tgt.extend(shifted_targets(ex.labels))
             doc.extend([d] * n)
+        if width is not None:
+            pad = width - len(ids)
+            if pad < 0:
+                raise ValueError(f"{len(ids)} packed tokens do not fit a row of width {width}")
+            ids.extend([pad_id] * pad)
+            pos.extend(range(pad))
+            tgt.extend([IGNORE] * pad)
+            doc.extend([-1] * pad)
         rows = ([ids], [pos], [tgt], [doc])
     else:
         width = max(len(ex.input_ids) for ex in examples)
@@ -165,6 +192,7 @@ def collate(examples: Sequence[Any], *, packing: bool = True, pad_id: int = 0) -
         doc_ids=doc_ids,
         n_tokens=int((doc_ids >= 0).sum()),
         n_supervised=int((targets != IGNORE).sum()),
+        attn_pairs=sum(n * (n + 1) // 2 for n in lengths),
     )
 
 
@@ -182,7 +210,10 @@ def attention_mask(doc_ids: torch.Tensor, impl: str):
         def same_doc_causal(b, h, q, k):
             return (doc_ids[b, q] == doc_ids[b, k]) & (q >= k)
 
-        return create_block_mask(same_doc_causal, B, None, T, T, device=doc_ids.device)
+        # compiled on CUDA (as transformers does): the eager builder evaluates all T × T pairs at
+        # once; with fixed row shapes it compiles once per run, the closure's doc_ids being an input
+        return create_block_mask(same_doc_causal, B, None, T, T, device=doc_ids.device,
+                                 _compile=doc_ids.device.type == "cuda")
     same = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)
     causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()  # (T, T)
     mask = (same & causal).unsqueeze(1)  # (B, 1, T, T)
@@ -195,11 +226,16 @@ def attention_mask(doc_ids: torch.Tensor, impl: str):
 
 
 def doc_lengths(doc_ids: torch.Tensor) -> tuple[int, ...] | None:
-    """Lengths of the documents of one packed row (B == 1, no padding), else None."""
-    if doc_ids.shape[0] != 1 or bool((doc_ids < 0).any()):
+    """Lengths of the real documents of one packed row (B == 1; padding only at its end), else None.
+
+    The trailing pad document is left out: the per-document attention gives it zeros unseen.
+    """
+    if doc_ids.shape[0] != 1:
         return None
-    _, counts = torch.unique_consecutive(doc_ids[0], return_counts=True)  # (n_docs,)
-    return tuple(counts.tolist())
+    ids, counts = torch.unique_consecutive(doc_ids[0], return_counts=True)  # (n_docs,) each
+    if bool((ids[:-1] < 0).any()):
+        return None  # padding in the middle: not a row collate() builds
+    return tuple(counts[ids >= 0].tolist())
 
 
 def model_inputs(batch: Batch, impl: str) -> dict:

@@ -1,0 +1,155 @@
+"""`tunelab compare compare.yaml [key=value ...] [--dry-run]`: many arms, one table, one report."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def _si(v, unit: str = "") -> str:
+    """1234567 -> 1.23M: costs span many orders of magnitude."""
+    if v is None:
+        return "-"
+    for div, suffix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.3g}{suffix}{unit}"
+    return f"{v:.3g}{unit}"
+
+
+def _ci(pair) -> str:
+    from tunelab.compare.sentences import fmt
+
+    return "-" if not pair else f"[{fmt(pair[0])}, {fmt(pair[1])}]"
+
+
+def print_compare(summary: dict) -> None:
+    """The compare tables (quality, training cost, inference cost) and the sentences under them (Rich).
+
+    Three tables rather than one wide one: fifteen columns do not fit an 80-column terminal.
+    """
+    from rich.markup import escape
+    from rich.table import Table
+
+    from tunelab.cli import console
+    from tunelab.compare.sentences import fmt
+
+    best = summary["best"]
+    metric = summary["main_metric"] + ("" if summary["higher_is_better"] else " (lower is better)")
+    quality = Table(title=escape(f"{summary['name']}: {summary['task']}, {summary['n_items']} test items"))
+    for c in ("arm", metric, "95% CI", "Δ vs best", "Δ 95% CI", "p"):
+        quality.add_column(escape(c), justify="left" if c == "arm" else "right", overflow="fold")
+    for a in summary["arms"]:
+        d = a["diff_vs_best"]
+        is_best = a["id"] == best
+        quality.add_row(escape(a["id"]) + (" (best)" if is_best else ""), fmt(a["metric"]["value"]),
+                        _ci(a["metric"].get("ci95")), "-" if is_best else f"{d['delta']:+.3g}",
+                        "-" if is_best else _ci(d["ci95"]), "-" if is_best else f"{d['p']:.3g}")
+    console.print(quality)
+    # training and inference apart: one cost table with ten columns does not fit 80 columns either
+    train = Table(title="training cost (one-off)")
+    for c in ("arm", "wall s", "tokens", "FLOPs", "peak MiB", "energy Wh"):
+        train.add_column(c, justify="left" if c == "arm" else "right", overflow="fold")
+    for a in summary["arms"]:
+        t = a.get("train_cost")
+        if t:
+            train.add_row(escape(a["id"]), _si(t.get("wall_s")), _si(t.get("tokens")), _si(t.get("flops")),
+                          _si(t.get("peak_mem_mib")), _si(t.get("energy_wh")))
+    if train.row_count:
+        console.print(train)
+    safety = any(a.get("toxicity") for a in summary["arms"])
+    infer = Table(title="inference cost per 1,000 queries" + (" and output toxicity" if safety else ""))
+    for c in ["arm", "wall s", "prompt tok", "generated tok"] + (["toxicity mean", "max"] if safety else []):
+        infer.add_column(c, justify="left" if c == "arm" else "right", overflow="fold")
+    for a in summary["arms"]:
+        inf, tox = a["infer_cost_per_1k"], a.get("toxicity")
+        row = [escape(a["id"]), _si(inf.get("wall_s")), _si(inf.get("prompt_tokens")), _si(inf.get("generated_tokens"))]
+        if safety:
+            row += [f"{tox['mean']:.3f}", f"{tox['max']:.3f}"] if tox else ["-", "-"]
+        infer.add_row(*row)
+    console.print(infer)
+    for s in summary["sentences"]:
+        console.print(escape(s), highlight=False, soft_wrap=True)
+
+
+def print_plan(plan, estimates) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from tunelab.cli import console
+
+    cfg = plan.config
+    console.print(escape(f"compare '{cfg.name}' -> {plan.out}/  model {cfg.model}, task {plan.task.name} ({plan.metric}), "
+                         f"train pool {len(plan.pool)} records of {cfg.train_data}"
+                         + (f", first {cfg.limit} test items" if cfg.limit else "")), highlight=False)
+    table = Table(title="plan (dry run: nothing was trained or evaluated)",
+                  caption="times: token counts / throughput measured on a 2-core CPU with the default model "
+                          "(docs/compare.md); rough")
+    models = {a.model for a in plan.arms}
+    cols = ["arm"] + (["model"] if len(models) > 1 else []) + ["eval prompt tok", "eval gen tok", "train tok", "est. time"]
+    for c in cols:
+        table.add_column(c, justify="left" if c in ("arm", "model") else "right", overflow="fold")
+    total = 0.0
+    for arm, e in zip(plan.arms, estimates):
+        when = "done (kept)" if e.finished else f"~{_clock(e.seconds)}"
+        total += 0 if e.finished else e.seconds
+        approx = "" if e.exact_tokens else "~"
+        row = [escape(arm.id)] + ([escape(arm.model)] if len(models) > 1 else [])
+        table.add_row(*row, f"{approx}{e.prompt_tokens:,}", f"{approx}{e.generated_tokens:,}",
+                      f"{approx}{e.train_tokens:,}" if arm.fine_tuned else "-", when)
+    console.print(table)
+    console.print(f"estimated total: ~{_clock(total)}", highlight=False)
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def build_report(folder: Path) -> Optional[Path]:
+    """report.html for a compare/eval/train folder; None while the report package is not installed."""
+    try:
+        from tunelab.report import build
+    except ImportError:
+        return None
+    return build(folder)
+
+
+def finish(summary: dict, out: Path) -> None:
+    """Table, sentences, report path: the end of `tunelab compare` and `tunelab quickstart`."""
+    from tunelab.cli import console
+
+    print_compare(summary)
+    report = build_report(out)
+    console.print(f"compare folder: {out}/ (compare.json)" + (f"\nreport: {report}" if report else ""), highlight=False)
+
+
+def compare_command(
+    config: Path = typer.Argument(..., help="Compare YAML (every key: docs/compare.md)."),
+    override: Optional[list[str]] = typer.Argument(None, help="Overrides key=value, e.g. limit=50 train.train.epochs=2."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the arms with token counts and a time estimate; run nothing."),
+):
+    """Zero-shot vs few-shot vs fine-tuned arms on the same test items: one table, sentences, report.html.
+
+    Example: tunelab compare examples/compare_dates.yaml limit=50
+
+    An interrupted compare resumes when run again: finished arms are kept, a half-trained arm
+    continues from its last checkpoint.
+    """
+    from tunelab.cli import console
+
+    if dry_run:
+        from tunelab.compare.estimate import estimate
+        from tunelab.compare.plan import make_plan
+
+        plan = make_plan(config, override)
+        print_plan(plan, estimate(plan))
+        return
+    from tunelab.compare.run import compare
+
+    res = compare(config, override, say=lambda m: console.print(f"[bold cyan]{m}[/]", highlight=False))
+    finish(res.summary, res.out)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare", no_args_is_help=True)(compare_command)

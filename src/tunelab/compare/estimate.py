@@ -1,0 +1,142 @@
+"""`--dry-run`: each arm's token counts and an estimate of its time, without loading any weights.
+
+Token counts are exact where the model's tokenizer is on disk: every test prompt is rendered as
+the evaluation will render it (demonstrations included, with the random sampler standing in for
+the others: same k, same lengths on average) and tokenized; generated tokens are the gold answers'
+length plus one stop token, at most max_new_tokens. Fine-tuning tokens are the rendered training
+records times the epochs. Without a local tokenizer (endpoints) a token is taken as 4 characters.
+
+Times divide those counts by throughputs measured on a 2-core x86 CPU with the default model
+(SmolLM2-135M, fp32), scaled by 135M / the model's parameter count (from its config.json), plus
+the time to load a model; docs/compare.md gives the measurement. They are rough (other load on
+the machine, a GPU, batch sizes all change them) and say so.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from tunelab.compare.plan import Arm, Plan
+
+# Measured on this 2-core CPU, default model, fp32: see docs/compare.md ("How --dry-run estimates").
+REFERENCE_PARAMS = 134.5e6
+PREFILL_TOKENS_PER_S = 850.0  # prompt tokens during evaluation: the 3-shot minus the zero-shot arm of the quickstart
+DECODE_TOKENS_PER_S = 50.0  # generated tokens during evaluation (batch of 8 with KV cache)
+# tokens seen per second while training: lora measured (quickstart, 213-215); full from DESIGN's
+# LoRA/full ratio (215 vs 147 tokens/s dense); dora and qlora assumed as lora (not measured here)
+TRAIN_TOKENS_PER_S = {"lora": 215.0, "dora": 215.0, "qlora": 215.0, "full": 147.0}
+LOAD_S = 5.0  # loading a model (and an adapter) once per arm
+CHARS_PER_TOKEN = 4.0
+
+
+@dataclass
+class ArmEstimate:
+    arm: str
+    prompt_tokens: int
+    generated_tokens: int
+    train_tokens: int
+    seconds: float
+    exact_tokens: bool  # counted with the model's tokenizer (else ~4 chars per token)
+    finished: bool = False
+
+
+def _local_folder(model: str) -> Optional[Path]:
+    """The model's HF folder when it is on disk already (nothing is pulled or converted for a dry run)."""
+    from tunelab.models import registry
+
+    if model.startswith("openai:"):
+        return None
+    key = registry.canonical(model)
+    if key is not None and not Path(model).exists():
+        return registry.cached_dir(key) if registry.is_cached(key) else None
+    p = Path(model).expanduser()
+    return p if p.is_dir() else None
+
+
+def _params(folder: Optional[Path]) -> float:
+    """Parameter count from config.json (embeddings + 12·L·h² for the blocks); the reference when unknown."""
+    if folder is None:
+        return REFERENCE_PARAMS
+    try:
+        c = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        h, n_layers, vocab = c["hidden_size"], c["num_hidden_layers"], c["vocab_size"]
+    except (OSError, ValueError, KeyError):
+        return REFERENCE_PARAMS
+    return vocab * h + 12 * n_layers * h * h
+
+
+class _Counter:
+    def __init__(self, model: str):
+        self.folder = _local_folder(model)
+        self.tokenizer = None
+        if self.folder is not None:
+            from tunelab.models.loading import load_tokenizer
+
+            self.tokenizer = load_tokenizer(self.folder)
+
+    def __call__(self, text: str) -> int:
+        if self.tokenizer is None:
+            return max(1, round(len(text) / CHARS_PER_TOKEN))
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _eval_tokens(plan: Plan, arm: Arm, count: _Counter, rows, templates, pool) -> tuple[int, int]:
+    from tunelab.fewshot import ContextBuilder
+
+    task = plan.task
+    k = arm.k or 0
+    sampler = "random" if arm.sampler in (None, "similar") else arm.sampler
+    builder = ContextBuilder(task, templates, pool, k=k, sampler=sampler, seed=task.fewshot.seed,
+                             pool_is_eval=False, tokenizer=count.tokenizer)
+    prompt = generated = 0
+    max_new = task.generation.max_new_tokens
+    for row in rows:
+        r = templates.render(row)
+        prompt += count(builder.build(row, r.prompt).text)
+        if task.type == "generate":
+            gold = r.gold[0] if isinstance(r.gold, list) and r.gold else r.gold
+            generated += min(max_new, count(str(gold)) + 1) if gold is not None else max_new
+        elif task.type == "multiple_choice" and r.choices:
+            prompt += sum(count(c) for c in r.choices)
+    return prompt, generated
+
+
+def _train_tokens(plan: Plan, arm: Arm, count: _Counter, templates) -> int:
+    from tunelab.config import TrainConfig
+
+    cfg = TrainConfig.model_validate(plan.train_config(arm))
+    rows = plan.subset(arm.n)
+    per_row = sum(count(json.dumps(r.data, ensure_ascii=False)) for r in rows)  # fields + a template's worth of markup
+    steps_cap = cfg.train.max_steps * cfg.train.batch_tokens * cfg.train.grad_accum if cfg.train.max_steps else None
+    total = int(per_row * cfg.train.epochs)
+    return min(total, steps_cap) if steps_cap else total
+
+
+def estimate(plan: Plan) -> list[ArmEstimate]:
+    from tunelab.compare.run import is_finished
+    from tunelab.evaluate.prompts import TaskTemplates
+    from tunelab.evaluate.runner import load_task_rows
+
+    task = plan.task
+    rows = load_task_rows(task) if task.type != "perplexity" else []
+    if plan.config.limit is not None:
+        rows = rows[:plan.config.limit]
+    templates = TaskTemplates(task, plan.source)
+    counters: dict[str, _Counter] = {}
+    out = []
+    for arm in plan.arms:
+        count = counters.setdefault(arm.model, _Counter(arm.model))
+        pool = plan.pool if (arm.k or 0) > 0 else []
+        p, g = _eval_tokens(plan, arm, count, rows, templates, pool) if rows else (0, 0)
+        t = _train_tokens(plan, arm, count, templates) if arm.fine_tuned else 0
+        scale = _params(count.folder) / REFERENCE_PARAMS
+        seconds = LOAD_S * (2 if arm.fine_tuned else 1) + scale * (p / PREFILL_TOKENS_PER_S + g / DECODE_TOKENS_PER_S)
+        if arm.fine_tuned:
+            seconds += scale * t / TRAIN_TOKENS_PER_S[arm.method]
+        if arm.model.startswith("openai:"):
+            seconds = p / PREFILL_TOKENS_PER_S + g / DECODE_TOKENS_PER_S  # unknown server: the local rates
+        out.append(ArmEstimate(arm.id, p, g, t, round(seconds, 1), count.tokenizer is not None,
+                               finished=is_finished(plan, arm)))
+    return out

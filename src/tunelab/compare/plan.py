@@ -1,0 +1,270 @@
+"""The plan of a compare: the compare YAML (DESIGN §2.4) expanded into arms, checked before any work.
+
+    plan = make_plan("compare.yaml", ["limit=50"])
+    plan.arms            # [Arm(id="zero_shot", ...), Arm(id="few_shot-k3-random", ...), Arm(id="lora-n32", ...)]
+    plan.subset(32)      # the 32 pool records a fine-tune on n=32 trains on (nested: inside the 128)
+    plan.signature       # what every finished arm must have been made with
+
+Everything a user can get wrong is checked here, so a typo in the fifth arm fails in a second
+instead of after four arms have run: unknown keys, an n larger than the pool, a metric that cannot
+rank arms, qlora without CUDA, fine-tuning an endpoint, training overrides (validated as a
+TrainConfig).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from tunelab.config import (CompareConfig, EndpointArmSpec, FewShotArmSpec, FineTuneArmSpec, PromptArmSpec,
+                            TrainConfig, build, deep_merge, load_config)
+from tunelab.errors import TunelabError
+
+FINE_TUNE_METHODS = ("lora", "dora", "full", "qlora")
+ARM_KINDS = ("zero_shot", "few_shot", *FINE_TUNE_METHODS, "endpoint")
+# metrics that describe outputs rather than score them against the gold answer: they cannot say
+# which arm solves the task better
+NOT_QUALITY = {"refusal": "it counts refusals, not correct answers"}
+
+# Folder layout (the contract in docs/compare.md)
+COMPARE_YAML = "compare.yaml"
+COMPARE_JSON = "compare.json"
+PLAN_JSON = "plan.json"
+ARMS_DIR = "arms"
+DATA_DIR = "data"
+ARM_JSON = "arm.json"
+LOCK_FILE = ".compare.lock"
+
+
+@dataclass
+class Arm:
+    """One variant: a way of getting answers from a model, scored on the shared test items."""
+
+    id: str
+    method: str  # zero_shot | few_shot | lora | dora | full | qlora | endpoint
+    model: str
+    k: Optional[int] = None  # demonstrations per prompt (prompted arms)
+    sampler: Optional[str] = None
+    n: Optional[int] = None  # training examples (fine-tuned arms)
+    train: dict = field(default_factory=dict)  # this arm's own training-config keys
+    where: str = ""  # "arms[2].lora" for error messages
+
+    @property
+    def fine_tuned(self) -> bool:
+        return self.method in FINE_TUNE_METHODS
+
+    def describe(self) -> dict:
+        return {"id": self.id, "method": self.method, "model": self.model, "k": self.k, "sampler": self.sampler,
+                "n": self.n, "train": self.train}
+
+
+@dataclass
+class Plan:
+    config: CompareConfig
+    source: str  # the YAML path (or "config"), for error messages
+    base_dir: Path  # relative paths in the YAML resolve against its folder
+    out: Path
+    task: Any  # TaskConfig, with the pool as its few-shot pool
+    metric: str
+    higher_is_better: bool
+    pool: list  # data.records.Row
+    arms: list[Arm]
+    signature: str = ""
+
+    def arm_dir(self, arm: Arm) -> Path:
+        return self.out / ARMS_DIR / arm.id
+
+    def subset(self, n: int) -> list:
+        """The first n records of one seeded permutation of the pool: every smaller set is inside every larger one."""
+        order = list(range(len(self.pool)))
+        random.Random(self.config.seed).shuffle(order)
+        return [self.pool[i] for i in order[:n]]
+
+    def subset_path(self, n: int) -> Path:
+        return self.out / DATA_DIR / f"train-n{n}.jsonl"
+
+    def train_config(self, arm: Arm) -> dict:
+        """The arm's training config (DESIGN §2.3): compare-wide `train:` keys, then the arm's own."""
+        cfg: dict = {"train": {"seed": self.config.seed}}
+        cfg = deep_merge(cfg, self.config.train)
+        cfg = deep_merge(cfg, arm.train)
+        data = dict(cfg.get("data") or {})
+        data["train"] = str(self.subset_path(arm.n).resolve())
+        data.setdefault("eval", None)  # every one of the n examples trains; set data.eval to hold some out
+        cfg.update(name=arm.id, model=arm.model, method=arm.method, data=data,
+                   out=str((self.arm_dir(arm) / "train").resolve()))
+        return cfg
+
+    def arm_signature(self, arm: Arm) -> str:
+        return _sha(self.signature + json.dumps(arm.describe(), sort_keys=True))
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _as_list(v) -> list:
+    return list(v) if isinstance(v, (list, tuple)) else [v]
+
+
+def _slug(model: str) -> str:
+    """A folder-safe short name of a model string (openai:URL#NAME -> NAME, a path -> its last part)."""
+    text = model.rsplit("#", 1)[-1] if model.startswith("openai:") else Path(model.rstrip("/")).name or model
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:40]
+
+
+def _spec_of(item: Union[str, dict], i: int, source: str) -> tuple[str, dict]:
+    if isinstance(item, str):
+        kind, body = item, {}
+    elif isinstance(item, dict) and len(item) == 1:
+        kind, body = next(iter(item.items()))
+        body = {} if body is None else body
+    else:
+        raise TunelabError(f"{source}: arms[{i}] must be an arm name (zero_shot) or a one-key mapping such as "
+                           f"{{lora: {{n: [32, 128]}}}}; got {item!r}")
+    if kind not in ARM_KINDS:
+        raise TunelabError(f"{source}: arms[{i}]: unknown arm '{kind}'; use one of {', '.join(ARM_KINDS)}")
+    if not isinstance(body, dict):
+        raise TunelabError(f"{source}: arms[{i}].{kind} must be a mapping of settings, e.g. {{n: [32]}}; got {body!r}")
+    return kind, body
+
+
+def expand_arms(cfg: CompareConfig, source: str, pool_size: int, pool_name: str) -> list[Arm]:
+    """Each arms entry -> one Arm per (k, sampler) or per n; ids are unique and name the setting."""
+    from tunelab.fewshot.samplers import SAMPLERS
+
+    arms: list[Arm] = []
+    for i, item in enumerate(cfg.arms):
+        kind, body = _spec_of(item, i, source)
+        where = f"arms[{i}].{kind}"
+        spec_cls = {"zero_shot": PromptArmSpec, "few_shot": FewShotArmSpec, "endpoint": EndpointArmSpec}.get(kind, FineTuneArmSpec)
+        spec = build(spec_cls, body, f"{source}: {where}")
+        model = spec.model or cfg.model
+        suffix = "" if model == cfg.model else f"@{_slug(model)}"
+        if kind == "zero_shot":
+            arms.append(Arm("zero_shot" + suffix, "zero_shot", model, k=0, where=where))
+        elif kind in ("few_shot", "endpoint"):
+            for s in _as_list(spec.sampler):
+                if s not in SAMPLERS:
+                    raise TunelabError(f"{source}: {where}.sampler: unknown sampler '{s}'; use one of {', '.join(SAMPLERS)}")
+                for k in _as_list(spec.k):
+                    low = 1 if kind == "few_shot" else 0
+                    if not isinstance(k, int) or isinstance(k, bool) or not low <= k <= 128:
+                        hint = " (k: 0 is the zero_shot arm)" if kind == "few_shot" and k == 0 else ""
+                        raise TunelabError(f"{source}: {where}.k: {k!r} must be an integer from {low} to 128{hint}")
+                    aid = f"endpoint-{_slug(model)}-k{k}-{s}" if kind == "endpoint" else f"few_shot-k{k}-{s}{suffix}"
+                    arms.append(Arm(aid, kind, model, k=k, sampler=s, where=where))
+        else:
+            if model.startswith("openai:"):
+                raise TunelabError(f"{source}: {where}.model: '{model}' is an endpoint; tunelab cannot fine-tune a served "
+                                   "model; fine-tune a local model folder instead")
+            for n in _as_list(spec.n):
+                if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+                    raise TunelabError(f"{source}: {where}.n: {n!r} must be a positive integer (training examples)")
+                if n > pool_size:
+                    raise TunelabError(f"{source}: {where}.n: {n} exceeds the train pool ({pool_size} records in "
+                                       f"{pool_name}); use n <= {pool_size} or a larger train_data")
+                arms.append(Arm(f"{kind}-n{n}{suffix}", kind, model, n=n, train=dict(spec.train), where=where))
+    seen: dict[str, str] = {}
+    for a in arms:
+        if a.id in seen:
+            raise TunelabError(f"{source}: {a.where} repeats arm '{a.id}' (already made by {seen[a.id]}); list each "
+                               "setting once")
+        seen[a.id] = a.where
+    return arms
+
+
+def _metric_names(task) -> list[str]:
+    return [m if isinstance(m, str) else next(iter(m)) for m in task.metrics]
+
+
+def check_metric(task, wanted: Optional[str], source: str) -> tuple[str, bool]:
+    """The metric that ranks arms and its direction; errors when the task cannot rank arms."""
+    from tunelab.evaluate.metrics import get_metrics
+
+    if task.type == "retrieval":
+        raise TunelabError(f"{source}: task '{task.name}' is a retrieval task: it scores a retriever, not a language "
+                           "model, so every arm would score the same; compare needs a generate, multiple_choice or "
+                           "perplexity task")
+    names = _metric_names(task)
+    if not names:
+        raise TunelabError(f"{source}: task '{task.name}' lists no metrics; add metrics: [exact_match] to the task file")
+    metric = wanted or names[0]
+    if metric not in names:
+        raise TunelabError(f"{source}: metric: '{metric}' is not one of task '{task.name}''s metrics "
+                           f"({', '.join(names)}); pick one of them or add it to the task file")
+    if metric in NOT_QUALITY:
+        raise TunelabError(f"{source}: metric '{metric}' cannot rank arms ({NOT_QUALITY[metric]}); set metric: to "
+                           f"a quality metric of the task ({', '.join(n for n in names if n not in NOT_QUALITY) or 'add one'})")
+    by_name = {m.name: m for m in get_metrics(task.metrics)}
+    return metric, bool(by_name[metric].higher_is_better)
+
+
+def _resolve_path(spec: str, base_dir: Path) -> str:
+    if spec.startswith(("builtin:", "openai:")):
+        return spec
+    p = Path(spec).expanduser()
+    return str(p if p.is_absolute() else (base_dir / p).resolve())
+
+
+def load_compare_config(config, overrides: Optional[list[str]] = None) -> tuple[CompareConfig, str, Path]:
+    """(config, source, base_dir) from a YAML path or a dict, with overrides applied."""
+    if isinstance(config, CompareConfig):
+        return config.model_copy(deep=True), "config", Path.cwd()
+    cfg = load_config(CompareConfig, config, overrides)
+    if isinstance(config, dict):
+        source, base_dir = "config", Path.cwd()
+    else:
+        source, base_dir = str(config), Path(config).resolve().parent
+    if cfg.name is None:
+        cfg.name = "compare" if isinstance(config, dict) else Path(config).stem
+    return cfg, source, base_dir
+
+
+def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Union[str, Path]] = None) -> Plan:
+    """Read, resolve and check a compare config; nothing is trained or evaluated."""
+    from tunelab.data.load import load_rows
+    from tunelab.evaluate.results import task_sha256
+    from tunelab.evaluate.tasks import resolve_task
+
+    cfg, source, base_dir = load_compare_config(config, overrides)
+    task_spec = _resolve_path(cfg.task, base_dir)
+    if not task_spec.startswith("builtin:") and not Path(task_spec).is_file():
+        raise TunelabError(f"{source}: task: {cfg.task} not found (looked at {task_spec}); give a task YAML or builtin:<name>")
+    task = resolve_task(task_spec)
+    pool_spec = _resolve_path(cfg.train_data, base_dir)
+    pool = load_rows(pool_spec)
+    if not pool:
+        raise TunelabError(f"{source}: train_data: {cfg.train_data} has no records")
+    # demonstrations come from the same pool the fine-tunes train on
+    task.fewshot.pool = pool_spec
+    metric, higher = check_metric(task, cfg.metric, source)
+    arms = expand_arms(cfg, source, len(pool), cfg.train_data)
+    if task.type == "perplexity" and any(a.method in ("few_shot", "endpoint") and a.k for a in arms):
+        raise TunelabError(f"{source}: task '{task.name}' is a perplexity task: demonstrations do not change its "
+                           "score; drop the few_shot arms")
+    if any(a.method == "qlora" for a in arms):
+        import torch
+
+        from tunelab.train.methods import check_method_available
+
+        try:
+            check_method_available("qlora", "cuda" if torch.cuda.is_available() else "cpu")
+        except TunelabError as e:
+            where = next(a.where for a in arms if a.method == "qlora")
+            raise TunelabError(f"{source}: {where}: {e}") from None
+    out_dir = Path(out) if out is not None else Path(cfg.out.format(name=cfg.name))
+    plan = Plan(cfg, source, base_dir, out_dir, task, metric, higher, pool, arms)
+    for arm in arms:  # a bad training key fails now, not after the arms before it have run
+        if arm.fine_tuned:
+            build(TrainConfig, plan.train_config(arm), f"{source}: {arm.where} (training config)")
+    pool_hash = _sha(json.dumps([r.data for r in pool], sort_keys=True, default=str))
+    plan.signature = _sha(json.dumps({
+        "model": cfg.model, "task": task_sha256(task), "pool": pool_hash, "metric": metric, "limit": cfg.limit,
+        "seed": cfg.seed, "train": cfg.train,
+    }, sort_keys=True, default=str))
+    return plan

@@ -1,0 +1,200 @@
+"""`compare(config)`: run every arm of a plan, one after another, and write compare.json.
+
+    res = compare("compare.yaml", ["limit=50"])
+    res.summary["best"], res.summary["sentences"], res.out
+
+The flow, top to bottom: plan (every check, nothing run) -> take the folder's lock -> refuse a
+folder made by another config -> write compare.yaml, plan.json and the nested training subsets ->
+for each arm: skip it when finished, else (fine-tune: train, resuming a half-trained run from its
+checkpoint) -> evaluate on the shared test items -> mark it finished -> compare.json.
+
+An arm is finished when `arms/<id>/arm.json` says so with the arm's signature and its eval results
+exist; an interrupted compare run again does only what is missing.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from tunelab import paths
+from tunelab.compare.lock import folder_lock
+from tunelab.compare.plan import (ARM_JSON, COMPARE_JSON, COMPARE_YAML, LOCK_FILE, PLAN_JSON, Arm, Plan,
+                                  make_plan)
+from tunelab.config import to_yaml
+from tunelab.errors import TunelabError
+from tunelab.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+
+
+@dataclass
+class CompareResult:
+    out: Path
+    summary: dict
+    ran: list[str] = field(default_factory=list)  # arms run by this call
+    reused: list[str] = field(default_factory=list)  # arms found finished
+
+
+def _read_json(path: Path) -> Optional[dict]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def check_folder(plan: Plan) -> None:
+    """Refuse to mix: a folder started by a config with other global settings is not resumed."""
+    old = _read_json(plan.out / PLAN_JSON)
+    if old is None:
+        if (plan.out / COMPARE_YAML).exists() or (plan.out / "arms").exists():
+            raise TunelabError(f"{plan.out}: holds a compare without its {PLAN_JSON}, so it cannot be resumed safely; "
+                               f"delete the folder to start fresh, or set out=<another folder>")
+        return
+    if old.get("signature") != plan.signature:
+        changed = [k for k, v in plan_settings(plan).items() if (old.get("settings") or {}).get(k) != v]
+        what = f" (changed: {', '.join(changed)})" if changed else ""
+        raise TunelabError(f"{plan.out}: was made by a different compare config{what}; its arms would not be comparable "
+                           f"with this one's. Delete {plan.out} to start fresh, or set out=<another folder>")
+
+
+def plan_settings(plan: Plan) -> dict:
+    """The settings every arm shares (what plan.signature covers), as written to plan.json."""
+    from tunelab.evaluate.results import task_sha256
+
+    cfg = plan.config
+    return {"model": cfg.model, "task": cfg.task, "task_sha256": task_sha256(plan.task), "train_data": cfg.train_data,
+            "pool_size": len(plan.pool), "metric": plan.metric, "limit": cfg.limit, "seed": cfg.seed, "train": cfg.train}
+
+
+def is_finished(plan: Plan, arm: Arm) -> bool:
+    marker = _read_json(plan.arm_dir(arm) / ARM_JSON)
+    return (marker is not None and marker.get("state") == "finished"
+            and marker.get("signature") == plan.arm_signature(arm)
+            and (plan.arm_dir(arm) / "eval" / paths.RESULTS_FILE).is_file())
+
+
+def _write_subsets(plan: Plan) -> None:
+    for n in sorted({a.n for a in plan.arms if a.fine_tuned}):
+        path = plan.subset_path(n)
+        rows = [r.data for r in plan.subset(n)]
+        if not path.is_file():
+            atomic_write_jsonl(path, rows)
+
+
+def _train(plan: Plan, arm: Arm, say: Callable[[str], None]) -> Path:
+    """Train the arm (resuming from its last checkpoint) and return its adapter/ or model/ folder."""
+    from tunelab.train import checkpoint as ckpt
+    from tunelab.train.loop import train
+
+    run_dir = plan.arm_dir(arm) / "train"
+    weights = run_dir / (paths.MODEL_DIR if arm.method == "full" else paths.ADAPTER_DIR)
+    if (run_dir / paths.SUMMARY_FILE).is_file() and weights.is_dir():
+        say(f"  {arm.id}: already trained ({run_dir})")
+        return weights
+    resume = ckpt.latest(run_dir) is not None
+    say(f"  {arm.id}: {'resuming' if resume else 'training'} {arm.method} on {arm.n} examples -> {run_dir}")
+    result = train(plan.train_config(arm), resume=resume, overwrite=not resume)
+    return result.weights_dir
+
+
+class _Models:
+    """Models are loaded before `evaluate` is called, so an arm's inference cost is inference only.
+
+    The base model is loaded once and shared by the prompted arms; a fine-tuned arm loads its own
+    (base + adapter, or the full model's folder) and drops it after its evaluation.
+    """
+
+    def __init__(self):
+        self.base: dict[str, object] = {}
+
+    def get(self, arm: Arm, weights: Optional[Path]):
+        from tunelab.models.loading import load_model
+
+        if arm.model.startswith("openai:"):  # an endpoint: evaluate takes the string
+            return arm.model
+        if arm.fine_tuned:
+            return load_model(weights) if arm.method == "full" else load_model(arm.model, adapter=weights)
+        if arm.model not in self.base:
+            self.base = {arm.model: load_model(arm.model)}  # keep one: the next arms usually share it
+        return self.base[arm.model]
+
+
+def _evaluate(plan: Plan, arm: Arm, models: _Models, weights: Optional[Path]) -> None:
+    from tunelab.evaluate.runner import evaluate
+    from tunelab.progress import Progress
+
+    cfg = plan.config
+    model = models.get(arm, weights)
+    # response metrics off: the toxicity screen scores the outputs afterwards (table.toxicity), so
+    # the evaluation's wall time, the inference cost in the table, is generation and scoring only
+    with Progress(f"eval {arm.id}") as progress:
+        evaluate(model, plan.task, shots=arm.k or 0, sampler=arm.sampler, limit=cfg.limit,
+                 batch_size=cfg.batch_size, out=plan.arm_dir(arm) / "eval", response_metrics=False,
+                 progress=progress)
+
+
+def _record(plan: Plan, summary: dict, started: float) -> None:
+    """One row in the run registry (tunelab runs list); optional until the registry exists."""
+    try:
+        from tunelab import runs
+    except ImportError:
+        return
+    best = next(a for a in summary["arms"] if a["id"] == summary["best"])
+    runs.record("compare", name=plan.config.name, path=plan.out, task=summary["task"], model=plan.config.model,
+                metric=plan.metric, value=best["metric"]["value"], signature=plan.signature, started=started)
+
+
+def compare(config, overrides: Optional[list[str]] = None, *, out=None,
+            say: Callable[[str], None] = print) -> CompareResult:
+    """Run a compare (a YAML path, a dict or a CompareConfig); finished arms of an earlier run are kept.
+
+    `say` gets one line per step (training and evaluation show their own progress).
+    """
+    started = time.time()
+    plan = make_plan(config, overrides, out=out)
+    with folder_lock(plan.out, LOCK_FILE):
+        check_folder(plan)
+        atomic_write_text(plan.out / COMPARE_YAML, to_yaml(plan.config))
+        atomic_write_json(plan.out / PLAN_JSON, {"signature": plan.signature, "settings": plan_settings(plan),
+                                                 "arms": [a.describe() | {"signature": plan.arm_signature(a)}
+                                                          for a in plan.arms]})
+        _write_subsets(plan)
+        result = CompareResult(plan.out, {})
+        try:
+            _run_arms(plan, result, say)
+        except KeyboardInterrupt:
+            say(f"interrupted: run the same command again to resume ({plan.out}); finished arms are kept")
+            raise
+        from tunelab.compare.table import summarize
+
+        result.summary = summarize(plan)
+        atomic_write_json(plan.out / COMPARE_JSON, result.summary)
+    _record(plan, result.summary, started)
+    return result
+
+
+def _run_arms(plan: Plan, result: CompareResult, say) -> None:
+    models = _Models()
+    for i, arm in enumerate(plan.arms, 1):
+        marker = plan.arm_dir(arm) / ARM_JSON
+        if is_finished(plan, arm):
+            say(f"arm {i}/{len(plan.arms)} {arm.id}: finished earlier, kept")
+            result.reused.append(arm.id)
+            continue
+        say(f"arm {i}/{len(plan.arms)} {arm.id}")
+        old = _read_json(marker)
+        if old is not None and old.get("signature") != plan.arm_signature(arm):
+            # the same id made with other arm settings (its own train: keys): start that arm over
+            import shutil
+
+            shutil.rmtree(plan.arm_dir(arm))
+        atomic_write_json(marker, {"id": arm.id, "signature": plan.arm_signature(arm), "state": "started"})
+        weights = _train(plan, arm, say) if arm.fine_tuned else None
+        _evaluate(plan, arm, models, weights)
+        atomic_write_json(marker, {"id": arm.id, "signature": plan.arm_signature(arm), "state": "finished"})
+        result.ran.append(arm.id)
+
+
+__all__ = ["compare", "CompareResult", "make_plan"]

@@ -1,0 +1,112 @@
+"""compare.json from the arms' folders: metric with CI, paired difference to the best arm, costs, toxicity.
+
+Reads every arm's evaluation through the results module (tunelab.evaluate.results) and its
+training summary (summary.json), so the numbers in the table are the ones on disk.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+from tunelab import paths
+from tunelab.compare import sentences as sent
+from tunelab.compare.plan import ARMS_DIR, Arm, Plan
+from tunelab.errors import TunelabError
+from tunelab.evaluate.results import Results, read_results
+from tunelab.evaluate.stats import paired_bootstrap
+
+N_RESAMPLES = 1000
+
+
+def _train_cost(run_dir: Path) -> Optional[dict]:
+    path = run_dir / paths.SUMMARY_FILE
+    if not path.is_file():
+        return None
+    s = json.loads(path.read_text(encoding="utf-8"))
+    return {"wall_s": s.get("wall_s"), "tokens": s.get("tokens_seen"), "flops": s.get("flops"),
+            "peak_mem_mib": s.get("peak_mem_mib"), "energy_wh": s.get("energy_wh")}
+
+
+def _per_1k(res: Results) -> dict:
+    c, n = res.cost, max(res.n, 1)
+    prompt = c.get("prompt_tokens")
+    if prompt is None and c.get("tokens") is not None:  # results written before the split
+        prompt = c["tokens"]
+
+    def scale(v):
+        return None if v is None else round(v * 1000 / n, 3)
+
+    return {"wall_s": scale(c.get("wall_s")), "prompt_tokens": scale(prompt),
+            "generated_tokens": scale(c.get("generated_tokens"))}
+
+
+def toxicity(res: Results, threshold: float) -> Optional[dict]:
+    """Mean, max and share over the threshold of P(toxic) of the arm's outputs (None: no output text)."""
+    outputs = [line.get("output") for line in res.predictions]
+    if not outputs or not all(isinstance(o, str) for o in outputs):
+        return None  # multiple choice / perplexity: the model writes nothing to screen
+    scores = [line.get("toxicity") for line in res.predictions]
+    if any(not isinstance(s, (int, float)) for s in scores):  # not scored during evaluation: score now
+        from tunelab.safety.toxicity import toxicity_scores
+
+        scores = toxicity_scores(outputs)
+    return {"mean": round(sum(scores) / len(scores), 4), "max": round(max(scores), 4),
+            "share_over_threshold": round(sum(s > threshold for s in scores) / len(scores), 4),
+            "threshold": threshold}
+
+
+def _paired(best: Results, arm: Results, metric: str, seed: int) -> dict:
+    a_items, b_items = best.items, arm.items
+    ids = [i for i in a_items if i in b_items]
+    pairs = [(a_items[i].get(metric), b_items[i].get(metric)) for i in ids]
+    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+    if not pairs:
+        raise TunelabError(f"{arm.out}: metric '{metric}' has no per-item numbers in {paths.PREDICTIONS_FILE}, so "
+                           "arms cannot be compared item by item; pick another metric: in the compare config")
+    r = paired_bootstrap([a for a, _ in pairs], [b for _, b in pairs], n_resamples=N_RESAMPLES, seed=seed)
+    return {"delta": r.delta, "ci95": list(r.ci95), "p": r.p_value, "n": r.n}
+
+
+def summarize(plan: Plan, arms: Optional[list[Arm]] = None) -> dict:
+    """The compare.json object (docs/compare.md) for the plan's arms, all of which must be finished."""
+    arms = plan.arms if arms is None else arms
+    metric, cfg = plan.metric, plan.config
+    results = {a.id: read_results(plan.arm_dir(a) / "eval") for a in arms}
+    first = arms[0]
+    ids = set(results[first.id].items)
+    for a in arms[1:]:
+        if set(results[a.id].items) != ids:  # the pairing promise: same items for every arm
+            raise TunelabError(f"{plan.arm_dir(a) / 'eval'}: scored other test items than arm {first.id}; the compare "
+                               "folder is damaged, delete that arm's folder and run the compare again")
+    values = {aid: r.value(metric) for aid, r in results.items()}
+    missing = [aid for aid, v in values.items() if v is None]
+    if missing:
+        raise TunelabError(f"{plan.arm_dir(arms[0]).parent / missing[0]}: results have no number for metric "
+                           f"'{metric}'; it cannot rank arms, pick another metric: in the compare config")
+    pick = max if plan.higher_is_better else min
+    best = pick(arms, key=lambda a: values[a.id]).id  # first listed wins a tie of point values
+    rows = []
+    for a in arms:
+        res = results[a.id]
+        m = res.metrics[metric]
+        rows.append({
+            "id": a.id, "method": a.method, "model": a.model, "n_train": a.n,
+            "k": a.k if a.method in ("few_shot", "endpoint", "zero_shot") else None,
+            "sampler": a.sampler,
+            "metric": {"value": values[a.id], "ci95": m.get("ci95")},
+            "diff_vs_best": _paired(results[best], res, metric, cfg.seed),
+            "train_cost": _train_cost(plan.arm_dir(a) / "train") if a.fine_tuned else None,
+            "infer_cost_per_1k": _per_1k(res),
+            "toxicity": toxicity(res, cfg.toxicity_threshold) if cfg.safety else None,
+            "eval_dir": f"{ARMS_DIR}/{a.id}/eval",
+            "run_dir": f"{ARMS_DIR}/{a.id}/train" if a.fine_tuned else None,
+            "signature": res.signature,
+        })
+    summary = {"name": cfg.name, "task": plan.task.name, "main_metric": metric,
+               "higher_is_better": plan.higher_is_better, "n_items": results[first.id].n, "best": best,
+               "arms": rows, "sentences": [], "break_even": sent.break_even(rows, plan.higher_is_better),
+               "signature": plan.signature}
+    summary["sentences"] = sent.sentences(summary)
+    return summary
+

@@ -1,0 +1,320 @@
+"""What goes on the page: read a train, eval or compare folder into the template's context.
+
+Every reader here is forgiving on purpose: a report is most useful exactly when a run broke
+half-way, so a missing or damaged file becomes a line in the page's "missing" list and the rest
+of the page is still drawn. Results are read only through tunelab.evaluate.results.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+from tunelab import paths
+from tunelab.errors import TunelabError
+from tunelab.report import plots
+
+COMPARE_JSON = "compare.json"  # written by tunelab compare (docs/compare.md)
+COMPARE_YAML = "compare.yaml"
+ARMS_DIR = "arms"
+TOP_DISAGREEMENTS = 10
+PROMPT_CHARS = 600  # the end of a long (few-shot) prompt: the item's own question is last
+
+
+# ---------------------------------------------------------------- small readers
+def kind_of(folder: Path) -> str:
+    """compare | eval | train, from the files present; a TunelabError if it is none of them."""
+    if (folder / COMPARE_JSON).exists() or (folder / ARMS_DIR).is_dir() or (folder / COMPARE_YAML).exists():
+        return "compare"
+    if (folder / paths.RESULTS_FILE).exists() or (folder / paths.PREDICTIONS_FILE).exists():
+        return "eval"
+    if any((folder / f).exists() for f in (paths.SUMMARY_FILE, paths.METRICS_FILE, paths.CONFIG_FILE)):
+        return "train"
+    raise TunelabError(f"{folder}: not a train run folder (summary.json, metrics.jsonl), an evaluation folder "
+                       f"(results.json) or a compare folder (compare.json); give one of those to `tunelab report`")
+
+
+def _json(path: Path, missing: list[str], why: str) -> Optional[Any]:
+    if not path.is_file():
+        missing.append(f"{path.name}: not found ({why})")
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        missing.append(f"{path.name}: damaged, not readable JSON ({e}); {why}")
+        return None
+
+
+def _text(path: Path, missing: Optional[list[str]] = None, why: str = "") -> Optional[str]:
+    if path.is_file():
+        return path.read_text(encoding="utf-8", errors="replace")
+    if missing is not None:
+        missing.append(f"{path.name}: not found ({why})")
+    return None
+
+
+def read_metrics_rows(path: Path) -> list[dict]:
+    """metrics.jsonl rows; a torn last line of a killed run is skipped."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows
+
+
+def _eval(folder: Path, missing: list[str], label: str):
+    """(Results without predictions or None, prediction lines or None), noting what is missing."""
+    from tunelab.evaluate.results import read_predictions, read_results
+
+    res = lines = None
+    try:
+        res = read_results(folder, predictions=False)
+    except TunelabError as e:
+        missing.append(f"{label}: {e}")
+    if (folder / paths.PREDICTIONS_FILE).exists():
+        try:
+            lines = read_predictions(folder)
+        except TunelabError as e:
+            missing.append(f"{label}: {e}")
+    elif folder.is_dir():
+        missing.append(f"{label}: {paths.PREDICTIONS_FILE} not found (per-item outputs)")
+    return res, lines
+
+
+# ---------------------------------------------------------------- formatting
+def num(v, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "–"
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if isinstance(v, int) or abs(v) >= 1000:
+        return f"{v:,.0f}"  # counts, tokens, seconds: digits after the point add nothing here
+    if v != 0 and abs(v) < 1e-3:
+        return f"{v:.2e}"
+    return f"{v:.{digits}f}".rstrip("0").rstrip(".")
+
+
+def ci(pair) -> str:
+    return "–" if not pair or pair[0] is None else f"[{num(pair[0])}, {num(pair[1])}]"
+
+
+def pval(p) -> str:
+    return "–" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+# ---------------------------------------------------------------- train folder
+def train_context(folder: Path) -> dict:
+    missing: list[str] = []
+    summary = _json(folder / paths.SUMMARY_FILE, missing, "the run did not finish; the summary table needs it")
+    rows = read_metrics_rows(folder / paths.METRICS_FILE)
+    if not rows:
+        missing.append(f"{paths.METRICS_FILE}: not found or empty (the loss curve needs it)")
+    config = _text(folder / paths.CONFIG_FILE, missing, "the resolved training config")
+    return {"kind": "train", "title": f"Training run: {folder.name}",
+            "summary_rows": [(k, num(v) if isinstance(v, (int, float)) else str(v)) for k, v in (summary or {}).items()],
+            "plots": {"loss": plots.loss_curves({folder.name: rows})} if rows else {},
+            "configs": [(paths.CONFIG_FILE, config)] if config else [], "missing": missing}
+
+
+# ---------------------------------------------------------------- eval folder
+def eval_context(folder: Path) -> dict:
+    missing: list[str] = []
+    res, lines = _eval(folder, missing, folder.name)
+    ctx: dict = {"kind": "eval", "title": f"Evaluation: {res.task if res else folder.name}", "missing": missing,
+                 "plots": {}, "metric_rows": [], "cost_rows": [], "signatures": [], "predictions": []}
+    if res is not None:
+        m = res.model
+        ctx["subtitle"] = (f"{m.get('name')}{' + ' + str(m['adapter']) if m.get('adapter') else ''} · n = {res.n} · "
+                           f"{res.shots}-shot")
+        names, values, cis = [], [], []
+        for name, r in res.metrics.items():
+            r = r if isinstance(r, dict) else {"value": r}
+            ctx["metric_rows"].append((name, num(r.get("value")), num(r.get("stderr")), ci(r.get("ci95"))))
+            if isinstance(r.get("value"), (int, float)):
+                names.append(name)
+                values.append(float(r["value"]))
+                cis.append(r.get("ci95"))
+        if names:
+            ctx["plots"]["metrics"] = plots.metric_bars(names, values, cis, "metrics with 95% CI", "value")
+        ctx["cost_rows"] = [(k, num(v)) for k, v in res.cost.items()]
+        ctx["signatures"] = [(res.task, res.signature)]
+    for line in (lines or [])[:20]:
+        ctx["predictions"].append({"id": line.get("id"), "prompt": _tail(str(line.get("prompt", ""))),
+                                   "output": output_of(line), "gold": _gold(line.get("gold"), line),
+                                   "metrics": ", ".join(f"{k} {num(v)}" for k, v in (line.get("metrics") or {}).items())})
+    return ctx
+
+
+def output_of(line: dict) -> str:
+    """What the model answered on one prediction line, whatever the task type."""
+    if "output" in line:
+        out = line["output"]
+        return ", ".join(map(str, out)) if isinstance(out, list) else str(out)
+    if "outputs" in line:  # probe: several samples
+        return " | ".join(map(str, line["outputs"]))
+    choices, pred = line.get("choices"), line.get("pred")
+    if isinstance(choices, list) and isinstance(pred, int) and 0 <= pred < len(choices):
+        return str(choices[pred])
+    return "–"
+
+
+def _gold(g, line: Optional[dict] = None) -> str:
+    choices = (line or {}).get("choices")
+    if isinstance(g, int) and not isinstance(g, bool) and isinstance(choices, list) and 0 <= g < len(choices):
+        return str(choices[g])  # a multiple-choice gold index, shown as its text
+    if isinstance(g, list):
+        return " | ".join(map(str, g))
+    return "–" if g is None else str(g)
+
+
+def _tail(text: str) -> str:
+    return text if len(text) <= PROMPT_CHARS else "…" + text[-PROMPT_CHARS:]
+
+
+# ---------------------------------------------------------------- compare folder
+def _arm_dir(folder: Path, arm: dict, key: str, default: str) -> Path:
+    given = arm.get(key)
+    if given:
+        p = Path(given)
+        return p if p.is_absolute() else folder / p
+    return folder / ARMS_DIR / str(arm.get("id")) / default
+
+
+def compare_context(folder: Path) -> dict:
+    missing: list[str] = []
+    data = _json(folder / COMPARE_JSON, missing, "the table, sentences and plots need it; re-run tunelab compare "
+                 "(it resumes and keeps finished arms)")
+    data = data if isinstance(data, dict) else {}
+    arms = [a for a in data.get("arms") or [] if isinstance(a, dict) and a.get("id") is not None]
+    known = {str(a["id"]) for a in arms}
+    if (folder / ARMS_DIR).is_dir():  # arms on disk that compare.json does not list (an unfinished compare)
+        for d in sorted(p for p in (folder / ARMS_DIR).iterdir() if p.is_dir() and p.name not in known):
+            arms.append({"id": d.name, "derived": True})
+    if not arms:
+        missing.append(f"{ARMS_DIR}/: no arms found")
+    evals, loss_runs, configs, signatures = {}, {}, [], []
+    for arm in arms:
+        aid = str(arm["id"])
+        eval_dir = _arm_dir(folder, arm, "eval_dir", "eval")
+        res, lines = _eval(eval_dir, missing, f"arm {aid}")
+        evals[aid] = (res, lines)
+        if res is not None:
+            signatures.append((f"arm {aid}", res.signature))
+            if arm.get("derived"):
+                _derive(arm, res)
+        fine_tuned = arm.get("method") in plots.FINE_TUNED or (folder / ARMS_DIR / aid / "train").is_dir()
+        if fine_tuned:
+            run_dir = _arm_dir(folder, arm, "run_dir", "train")
+            rows = read_metrics_rows(run_dir / paths.METRICS_FILE)
+            if rows:
+                loss_runs[aid] = rows
+            else:
+                missing.append(f"arm {aid}: {run_dir / paths.METRICS_FILE} not found or empty (its loss curve)")
+            cfg = _text(run_dir / paths.CONFIG_FILE)
+            if cfg:
+                configs.append((f"arm {aid}: training config", cfg))
+    main = data.get("main_metric") or _first_metric(evals)
+    compare_yaml = _text(folder / COMPARE_YAML, missing, "the resolved compare config")
+    if compare_yaml:
+        configs.insert(0, (COMPARE_YAML, compare_yaml))
+    if data.get("signature"):
+        signatures.insert(0, ("compare", data["signature"]))
+
+    figs = {}
+    scored = [a for a in arms if isinstance(a.get("metric"), dict) and a["metric"].get("value") is not None]
+    if scored and any(a.get("method") for a in scored):
+        figs["learning-curve"] = plots.learning_curve(scored, main or "metric",
+                                                      models=len({a.get("model") for a in scored}))
+    else:
+        missing.append("learning curve: needs compare.json's arms (method, n_train, k and the metric)")
+    if any((a.get("infer_cost_per_1k") or {}).get("wall_s") for a in scored):
+        figs["quality-cost"] = plots.quality_vs_cost(scored, main or "metric")
+    else:
+        missing.append("quality-vs-cost plot: no arm has both a metric and an inference cost")
+    if loss_runs:
+        figs["loss"] = plots.loss_curves(loss_runs)
+    tox = [a for a in arms if isinstance(a.get("toxicity"), dict) and a["toxicity"].get("mean") is not None]
+    if tox:
+        figs["toxicity"] = plots.metric_bars([str(a["id"]) for a in tox], [float(a["toxicity"]["mean"]) for a in tox],
+                                             [None] * len(tox), "mean toxicity of outputs per arm", "mean P(toxic)")
+    return {
+        "kind": "compare", "title": f"Compare: {data.get('name') or folder.name}",
+        "subtitle": f"task {data.get('task') or '?'} · main metric {main or '?'}"
+                    + ("" if data.get("higher_is_better", True) else " (lower is better)"),
+        "main_metric": main or "metric", "best": data.get("best"), "sentences": [str(s) for s in data.get("sentences") or []],
+        "break_even": data.get("break_even") if isinstance(data.get("break_even"), dict) else None,
+        "table": [_table_row(a, data.get("best")) for a in arms],
+        "plots": figs, "toxicity": [(str(a["id"]), num(a["toxicity"].get("mean")), num(a["toxicity"].get("max")),
+                                     num(a["toxicity"].get("share_over_threshold"))) for a in tox],
+        "disagreements": disagreements(arms, evals, main), "arm_ids": [str(a["id"]) for a in arms],
+        "signatures": signatures, "configs": configs, "missing": missing,
+    }
+
+
+def _first_metric(evals: dict) -> Optional[str]:
+    for res, _ in evals.values():
+        if res is not None and res.metrics:
+            return next(iter(res.metrics))
+    return None
+
+
+def _derive(arm: dict, res) -> None:
+    """An arm compare.json does not list yet: its metric and inference cost from its own results."""
+    main = next(iter(res.metrics), None)
+    entry = res.metrics.get(main) if main else None
+    if isinstance(entry, dict):
+        arm["metric"] = {"value": entry.get("value"), "ci95": entry.get("ci95")}
+    n, c = max(res.n, 1), res.cost
+    arm["model"] = res.model.get("name")
+    arm["infer_cost_per_1k"] = {k: (c.get(k) * 1000 / n if isinstance(c.get(k), (int, float)) else None)
+                                for k in ("wall_s", "prompt_tokens", "generated_tokens")}
+
+
+def _table_row(arm: dict, best) -> dict:
+    m, d = arm.get("metric") or {}, arm.get("diff_vs_best") or {}
+    tc, ic = arm.get("train_cost") or {}, arm.get("infer_cost_per_1k") or {}
+    size = (f"n={arm['n_train']}" if arm.get("n_train") is not None else
+            f"k={arm['k']}" + (f" ({arm['sampler']})" if arm.get("sampler") else "") if arm.get("k") is not None else "–")
+    tox = arm.get("toxicity") or {}
+    return {"id": str(arm.get("id")), "best": arm.get("id") == best, "method": arm.get("method") or "–",
+            "model": arm.get("model") or "–", "size": size, "value": num(m.get("value")), "ci": ci(m.get("ci95")),
+            "delta": "–" if arm.get("id") == best else num(d.get("delta")),
+            "delta_ci": "–" if arm.get("id") == best else ci(d.get("ci95")),
+            "p": "–" if arm.get("id") == best else pval(d.get("p")),
+            "train_s": num(tc.get("wall_s"), 3), "train_tokens": num(tc.get("tokens")), "flops": _sci(tc.get("flops")),
+            "train_mem": num(tc.get("peak_mem_mib"), 3), "energy": num(tc.get("energy_wh"), 3),
+            "infer_s": num(ic.get("wall_s"), 3), "prompt_tokens": num(ic.get("prompt_tokens")),
+            "generated_tokens": num(ic.get("generated_tokens")), "toxicity": num(tox.get("mean"))}
+
+
+def _sci(v) -> str:
+    return "–" if not isinstance(v, (int, float)) else f"{v:.2e}"
+
+
+def disagreements(arms: list[dict], evals: dict, metric: Optional[str]) -> list[dict]:
+    """The items whose per-item main metric differs most across arms, with each arm's output."""
+    lines = {str(a["id"]): {str(x["id"]): x for x in (evals.get(str(a["id"]), (None, None))[1] or [])} for a in arms}
+    lines = {aid: v for aid, v in lines.items() if v}
+    if len(lines) < 2 or metric is None:
+        return []
+    shared = set.intersection(*(set(v) for v in lines.values()))
+    scored = []
+    for item in shared:
+        vals = [lines[aid][item].get("metrics", {}).get(metric) for aid in lines]
+        nums = [float(v) for v in vals if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if len(nums) >= 2 and max(nums) > min(nums):
+            scored.append((-(max(nums) - min(nums)), item))
+    out = []
+    for _, item in sorted(scored)[:TOP_DISAGREEMENTS]:
+        first = next(iter(lines.values()))[item]
+        prompt = min((str(lines[aid][item].get("prompt", "")) for aid in lines), key=len)
+        out.append({"id": item, "prompt": _tail(prompt), "gold": _gold(first.get("gold"), first),
+                    "arms": [(aid, output_of(lines[aid][item]), num(lines[aid][item].get("metrics", {}).get(metric)))
+                             for aid in lines]})
+    return out

@@ -1,0 +1,168 @@
+"""The report's plots, drawn by matplotlib and returned as inline SVG text (no files, no network).
+
+Each function takes plain data (dicts from compare.json, rows of metrics.jsonl) and returns one
+`<svg>` element as a string, ready to paste into the page. Text stays text (`svg.fonttype: none`),
+so the page's own font renders it and nothing is embedded or fetched.
+"""
+from __future__ import annotations
+
+import io
+import math
+import re
+from typing import Optional, Sequence
+
+FINE_TUNED = ("lora", "dora", "full", "qlora")
+FLAT = ("zero_shot", "endpoint")  # no examples: a horizontal reference line on the example axis
+
+
+def _figure(name: str, size=(7.5, 4.0), ncols: int = 1):
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"svg.fonttype": "none",  # text as <text>, rendered by the page's font
+                         "svg.hashsalt": name,  # ids unique per plot: several SVGs share one page
+                         "font.size": 9})
+    fig, axes = plt.subplots(1, ncols, figsize=size, dpi=100, squeeze=False)
+    return fig, list(axes[0])
+
+
+def _svg(fig, title: str) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None})
+    plt.close(fig)
+    text = buf.getvalue()
+    # inline in HTML: drop the XML prolog, the DOCTYPE (it names a DTD URL) and the RDF metadata
+    text = text[text.index("<svg"):]
+    text = re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)
+    return text.replace("<svg ", f'<svg role="img" aria-label="{title}" ', 1)
+
+
+def _ci(m: Optional[dict]) -> tuple[Optional[float], Optional[float], Optional[float]]:
+    if not isinstance(m, dict):
+        return None, None, None
+    ci = m.get("ci95") or [None, None]
+    return m.get("value"), ci[0], ci[1]
+
+
+def _label(arm: dict) -> str:
+    method = arm.get("method") or "arm"
+    if method == "few_shot" and arm.get("sampler"):
+        return f"few_shot ({arm['sampler']})"
+    return method
+
+
+def learning_curve(arms: Sequence[dict], metric: str, models: int = 1) -> str:
+    """Main metric vs number of examples (log x): one line per method; few-shot k on the same axis.
+
+    Fine-tuned arms sit at their training-set size n, few-shot arms at their k demonstrations;
+    zero-shot (and endpoint) arms use no examples, so they are horizontal lines with their CI band.
+    With several base models, each line is named `method · model`.
+    """
+    fig, (ax,) = _figure("learning-curve")
+    groups: dict[str, list[tuple[float, float, float, float]]] = {}
+    flat = []
+    for arm in arms:
+        value, lo, hi = _ci(arm.get("metric"))
+        if value is None:
+            continue
+        lo, hi = (value if lo is None else lo), (value if hi is None else hi)
+        label = _label(arm) + (f" · {arm.get('model')}" if models > 1 else "")
+        x = arm.get("n_train") if arm.get("method") in FINE_TUNED else arm.get("k")
+        if arm.get("method") in FLAT or not x:
+            flat.append((label if arm.get("method") in FLAT else arm.get("id", label), value, lo, hi))
+        else:
+            groups.setdefault(label, []).append((float(x), value, lo, hi))
+    cycle = iter(["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C8", "C9"])
+    for label, pts in sorted(groups.items()):
+        pts.sort()
+        xs, ys, los, his = zip(*pts)
+        color = next(cycle, "C7")
+        ax.plot(xs, ys, "o-", color=color, label=label, lw=1.4, ms=4)
+        ax.fill_between(xs, los, his, color=color, alpha=0.18, lw=0)
+    for label, value, lo, hi in flat:
+        color = next(cycle, "C7")
+        ax.axhline(value, color=color, ls="--", lw=1.2, label=f"{label} (no examples)")
+        ax.axhspan(lo, hi, color=color, alpha=0.12, lw=0)
+    if groups:
+        ax.set_xscale("log")
+    ax.set_xlabel("examples: training-set size n (fine-tuned) or demonstrations k (few-shot), log scale")
+    ax.set_ylabel(f"{metric} (95% CI band)")
+    ax.grid(alpha=0.3, which="both")
+    if groups or flat:
+        ax.legend(fontsize=8, loc="best")
+    return _svg(fig, f"learning curve: {metric} vs number of examples")
+
+
+def quality_vs_cost(arms: Sequence[dict], metric: str) -> str:
+    """Left: metric vs inference seconds per 1,000 queries (every arm). Right: vs training seconds (fine-tuned arms)."""
+    fig, (left, right) = _figure("quality-cost", size=(9.0, 4.0), ncols=2)
+    trained = False
+    for i, arm in enumerate(arms):
+        value, lo, hi = _ci(arm.get("metric"))
+        if value is None:
+            continue
+        err = [[value - lo if lo is not None else 0], [hi - value if hi is not None else 0]]
+        color = f"C{i % 10}"
+        infer = (arm.get("infer_cost_per_1k") or {}).get("wall_s")
+        if infer:
+            left.errorbar([infer], [value], yerr=err, fmt="o", color=color, capsize=3, label=arm.get("id"))
+            left.annotate(str(arm.get("id")), (infer, value), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        train = (arm.get("train_cost") or {}).get("wall_s")
+        if train:
+            trained = True
+            right.errorbar([train], [value], yerr=err, fmt="s", color=color, capsize=3)
+            right.annotate(str(arm.get("id")), (train, value), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    left.set_xlabel("inference wall time per 1,000 queries (s, log)")
+    left.set_xscale("log")
+    left.set_ylabel(f"{metric} (95% CI)")
+    left.grid(alpha=0.3, which="both")
+    right.set_xlabel("one-off training wall time (s, log)")
+    if trained:
+        right.set_xscale("log")
+    else:
+        right.text(0.5, 0.5, "no fine-tuned arm", ha="center", va="center", transform=right.transAxes, color="0.4")
+    right.grid(alpha=0.3, which="both")
+    return _svg(fig, f"quality vs cost: {metric} against inference and training time")
+
+
+def loss_curves(runs: dict[str, Sequence[dict]]) -> str:
+    """Training loss (and eval loss, dashed) per optimizer step, one colour per run."""
+    fig, (ax,) = _figure("loss")
+    for i, (name, rows) in enumerate(runs.items()):
+        color = f"C{i % 10}"
+        train = [(r["step"], r["loss"]) for r in rows if _finite(r.get("loss")) and "step" in r]
+        evals = [(r["step"], r["eval_loss"]) for r in rows if _finite(r.get("eval_loss")) and "step" in r]
+        if train:
+            ax.plot(*zip(*train), color=color, lw=1.2, label=f"{name} train" if len(runs) > 1 else "train loss")
+        if evals:
+            ax.plot(*zip(*evals), "o--", color=color, lw=1.2, ms=4,
+                    label=f"{name} eval" if len(runs) > 1 else "eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (nats / supervised token)")
+    ax.grid(alpha=0.3)
+    if any(ax.get_legend_handles_labels()[1]):
+        ax.legend(fontsize=8)
+    return _svg(fig, "training loss curves")
+
+
+def metric_bars(names: Sequence[str], values: Sequence[float], cis: Sequence[Optional[Sequence[float]]],
+                title: str, ylabel: str) -> str:
+    """One bar per entry with its 95% CI as an error bar (an eval's metrics, toxicity per arm)."""
+    fig, (ax,) = _figure(f"bars-{title}", size=(7.5, 3.2))
+    xs = list(range(len(names)))
+    lows = [v - ci[0] if ci and ci[0] is not None else 0 for v, ci in zip(values, cis)]
+    highs = [ci[1] - v if ci and ci[1] is not None else 0 for v, ci in zip(values, cis)]
+    ax.bar(xs, values, yerr=[lows, highs], capsize=3, color="C0", alpha=0.8)
+    ax.set_xticks(xs, list(names), rotation=20 if len(names) > 4 else 0, ha="right" if len(names) > 4 else "center")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, axis="y")
+    return _svg(fig, title)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)

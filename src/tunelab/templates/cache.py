@@ -1,0 +1,236 @@
+"""The encoded-data cache: a data set tokenised once, then memory-mapped by every later run.
+
+An entry lives in `$TUNELAB_HOME/cache/encoded/<key>/` and holds flat arrays (numpy raw files,
+read back with np.memmap, so opening one costs no tokenising and almost no memory):
+
+    ids.bin        int32  (T,)    the kept records' tokens end to end
+    trained.bin    uint8  (T,)    1 where the token is trained (label = id)
+    offsets.bin    int64  (N+1,)  record k is ids[offsets[k]:offsets[k+1]] (empty unless kept)
+    status.bin     uint8  (N,)    batch.KEPT | TOO_LONG | NOTHING_TRAINED
+    truncated.bin  uint8  (N,)
+    meta.json      counts, notes (detected format, skipped records), record ids, the key's inputs
+
+The key is the sha256 of everything that changes the encoding: the data file's content (or the
+builtin spec), format, field map, system text, skip_bad, the tokenizer (its full JSON and special
+tokens), the chat template, train_on, max_length, truncate and ENCODING_VERSION. An entry is
+written into a temporary folder and renamed when complete, so a reader never sees half an entry
+and two writers of the same key both end with a valid one.
+
+Reading, converting and encoding stream in chunks of CHUNK records (data.load.iter_conversations
++ batch.encode_chunk): memory stays flat however long the file is.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from tunelab.data.load import iter_conversations, resolve_spec
+from tunelab.paths import home
+from tunelab.templates.batch import ID_DTYPE, KEPT, NOTHING_TRAINED, TOO_LONG, encode_chunk
+from tunelab.templates.render import IGNORE, Encoded, length_notes, no_rows_error, template_of
+
+ENCODING_VERSION = 1  # bump when the encoding of a record changes: every old entry becomes a miss
+CHUNK = 4096  # records per batch call: big enough for the Rust threads, small enough to stay flat
+ARRAYS = {"ids": ID_DTYPE, "trained": np.uint8, "offsets": np.int64, "status": np.uint8, "truncated": np.uint8}
+
+
+def cache_dir() -> Path:
+    return home() / "cache" / "encoded"
+
+
+def tokenizer_sha256(tokenizer) -> str:
+    """Content hash of a tokenizer: the fast tokenizer's full JSON (or the vocabulary) and its specials."""
+    h = hashlib.sha256(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    body = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    h.update(body.encode("utf-8"))
+    h.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
+def data_sha256(where: str | Path) -> str:
+    if isinstance(where, str):  # builtin:<task>?... is generated, deterministic for its spec
+        return hashlib.sha256(where.encode()).hexdigest()
+    from tunelab.data.readers import iter_rows
+    from tunelab.io import file_sha256
+
+    iter_rows(where)  # checks the path first: a missing file or folder gets the readers' one-line error
+    return file_sha256(where)
+
+
+def cache_key(where, tokenizer, *, format: str, fields: dict | None, system: str | None, skip_bad: bool,
+              train_on: str, max_length: int | None, truncate: bool) -> tuple[str, dict]:
+    inputs = {"data": data_sha256(where), "format": format, "fields": dict(sorted((fields or {}).items())),
+              "system": system, "skip_bad": bool(skip_bad), "tokenizer": tokenizer_sha256(tokenizer),
+              "template": hashlib.sha256(template_of(tokenizer).encode()).hexdigest(),
+              "train_on": train_on, "max_length": max_length, "truncate": bool(truncate),
+              "version": ENCODING_VERSION}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32], inputs
+
+
+@dataclass
+class EncodedSet:
+    """A memory-mapped cache entry (or a selection of its records), indexable like list[Encoded]."""
+
+    folder: Path
+    arrays: dict[str, np.ndarray]
+    meta: dict
+    index: np.ndarray  # (n,) the records of this view, into the entry's record arrays
+    hit: bool = False
+
+    @classmethod
+    def open(cls, folder: Path, *, hit: bool = True) -> "EncodedSet":
+        meta = json.loads((folder / "meta.json").read_text())
+        arrays = {}
+        for name, dtype in ARRAYS.items():
+            path = folder / f"{name}.bin"
+            # np.memmap cannot map an empty file; an entry with no tokens gets a plain empty array
+            arrays[name] = np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.zeros(0, dtype)
+        return cls(folder, arrays, meta, np.arange(meta["records"]), hit)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        off = self.arrays["offsets"]
+        return (off[self.index + 1] - off[self.index]).astype(np.int64)
+
+    @property
+    def status(self) -> np.ndarray:
+        return np.asarray(self.arrays["status"][self.index])
+
+    def __getitem__(self, i: int) -> Encoded:
+        k = int(self.index[i])
+        a, b = int(self.arrays["offsets"][k]), int(self.arrays["offsets"][k + 1])
+        ids = self.arrays["ids"][a:b]
+        labels = np.where(self.arrays["trained"][a:b] == 1, ids, IGNORE)
+        return Encoded(ids.tolist(), labels.tolist(), bool(self.arrays["truncated"][k]), self.meta["ids"][k])
+
+    def select(self, index) -> "EncodedSet":
+        return EncodedSet(self.folder, self.arrays, self.meta, self.index[np.asarray(index, dtype=np.int64)], self.hit)
+
+    def trainable(self, notes: list[str] | None = None, log=None) -> "EncodedSet":
+        """The kept records of this view, with encode_all's warnings counted over the view."""
+        st = self.status
+        trunc = np.asarray(self.arrays["truncated"][self.index])
+        msgs = length_notes(len(st), int(((st == KEPT) & (trunc == 1)).sum()), int((st == TOO_LONG).sum()),
+                            int((st == NOTHING_TRAINED).sum()), self.meta["inputs"]["max_length"])
+        for m in msgs:
+            if log is not None:
+                log.warning(m)
+            if notes is not None:
+                notes.append(m)
+        kept = self.select(np.flatnonzero(st == KEPT))
+        if not len(kept):
+            raise no_rows_error(msgs)
+        return kept
+
+
+def prepare(spec, tokenizer, *, format: str = "auto", fields: dict | None = None, system: str | None = None,
+            skip_bad: bool = False, train_on: str = "completion", max_length: int | None = None,
+            truncate: bool = True, base_dir=None, skip_setting: str = "--skip-bad",
+            progress: Callable[[int], None] | None = None) -> EncodedSet:
+    """The encoded data set of `spec`: from the cache when an entry with the same key exists,
+    else read, converted and encoded in chunks and written to the cache first.
+
+    `progress(n)` is called with the number of records done after each chunk.
+    """
+    where = resolve_spec(spec, base_dir)
+    key, inputs = cache_key(where, tokenizer, format=format, fields=fields, system=system, skip_bad=skip_bad,
+                            train_on=train_on, max_length=max_length, truncate=truncate)
+    final = cache_dir() / key
+    if (final / "meta.json").exists():
+        return EncodedSet.open(final, hit=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=final.parent))
+    try:
+        notes: list[str] = []
+        convs = iter_conversations(where, format=format, fields=fields, skip_bad=skip_bad, system=system,
+                                   report=notes, skip_setting=skip_setting)
+        meta = _write(tmp, _chunks(convs, CHUNK), tokenizer, train_on, max_length, truncate, progress)
+        meta.update(notes=notes, inputs=inputs, spec=str(spec))
+        (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False))
+        try:
+            os.replace(tmp, final)  # atomic; fails if another writer finished first
+        except OSError:
+            if not (final / "meta.json").exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # the other writer's entry is the same data
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return EncodedSet.open(final, hit=False)
+
+
+def _chunks(items: Iterator, size: int) -> Iterator[list]:
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _write(folder: Path, chunks, tokenizer, train_on, max_length, truncate, progress) -> dict:
+    """Append every chunk's arrays to the entry's files; returns the counts for meta.json."""
+    files = {name: open(folder / f"{name}.bin", "wb") for name in ARRAYS}
+    record_ids: list[str] = []
+    n_tokens = n_trained = 0
+    counts = {"kept": 0, "truncated": 0, "too_long": 0, "nothing_trained": 0}
+    try:
+        files["offsets"].write(np.zeros(1, np.int64).tobytes())
+        for convs in chunks:
+            c = encode_chunk(tokenizer, convs, train_on=train_on, max_length=max_length, truncate=truncate)
+            files["ids"].write(c.ids.astype(ID_DTYPE, copy=False).tobytes())
+            files["trained"].write(c.trained.tobytes())
+            files["offsets"].write((n_tokens + np.cumsum(c.lengths)).astype(np.int64).tobytes())
+            files["status"].write(c.status.tobytes())
+            files["truncated"].write(c.truncated.tobytes())
+            n_tokens += len(c.ids)
+            n_trained += int(c.trained.sum())
+            record_ids += c.record_ids
+            counts["kept"] += int((c.status == KEPT).sum())
+            counts["truncated"] += int(c.truncated.sum())
+            counts["too_long"] += int((c.status == TOO_LONG).sum())
+            counts["nothing_trained"] += int((c.status == NOTHING_TRAINED).sum())
+            if progress is not None:
+                progress(len(record_ids))
+    finally:
+        for f in files.values():
+            f.close()
+    return {"records": len(record_ids), "tokens": n_tokens, "trained_tokens": n_trained, **counts,
+            "ids": record_ids}
+
+
+def entries() -> list[tuple[Path, int, dict]]:
+    """(folder, size in bytes, meta) of every complete cache entry."""
+    out = []
+    root = cache_dir()
+    for folder in sorted(root.iterdir()) if root.exists() else []:
+        with contextlib.suppress(OSError, ValueError):
+            meta = json.loads((folder / "meta.json").read_text())
+            out.append((folder, sum(f.stat().st_size for f in folder.iterdir()), meta))
+    return out
+
+
+def clear() -> tuple[int, int]:
+    """Remove every entry (and leftovers of interrupted writes); returns (entries, bytes) freed."""
+    root = cache_dir()
+    n = size = 0
+    for folder in list(root.iterdir()) if root.exists() else []:
+        size += sum(f.stat().st_size for f in folder.iterdir() if f.is_file()) if folder.is_dir() else 0
+        n += not folder.name.startswith(".")
+        shutil.rmtree(folder, ignore_errors=True)
+    return n, size

@@ -1,0 +1,129 @@
+"""report.html from compare, eval and train folders; a folder with missing pieces still renders."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tunelab.errors import TunelabError
+from tunelab.report import build
+
+COMPARE_SECTIONS = ("summary", "table", "plot-learning-curve", "plot-quality-cost", "plot-loss", "plot-toxicity",
+                    "disagreements", "safety", "signatures", "configs", "missing")
+
+
+def _section(page: str, sid: str) -> str:
+    m = re.search(rf'<section id="{sid}">(.*?)</section>', page, flags=re.S)
+    assert m, f"section {sid} not in the page"
+    return m.group(1)
+
+
+def _self_contained(page: str) -> None:
+    assert "<script" not in page and "<link" not in page and "@import" not in page
+    # nothing is fetched: no src/href pointing anywhere (xmlns names are identifiers, not requests)
+    assert not re.search(r'\s(src|href)="(?!#)', page)
+    assert "url(http" not in page
+
+
+def test_compare_report_has_every_part(compare_dir):
+    path = build(compare_dir)
+    assert path == compare_dir / "report.html"
+    page = path.read_text()
+    for sid in COMPARE_SECTIONS:
+        _section(page, sid)
+    _self_contained(page)
+    data = json.loads((compare_dir / "compare.json").read_text())
+    table = _section(page, "table")
+    for arm in data["arms"]:
+        assert f'data-arm="{arm["id"]}"' in table
+    assert re.search(rf'<tr class="best" data-arm="{data["best"]}"', table)
+    for key in ("learning-curve", "quality-cost", "loss", "toxicity"):
+        assert "<svg" in _section(page, f"plot-{key}")
+    # the loss plot draws both fine-tuned arms; the learning curve one line per method
+    assert "lora-n16 train" in _section(page, "plot-loss") and "lora-n32 train" in _section(page, "plot-loss")
+    lc = _section(page, "plot-learning-curve")
+    assert "lora" in lc and "few_shot (random)" in lc and "zero_shot (no examples)" in lc
+    assert "None: every part of this report was found." in _section(page, "missing")
+    assert data["signature"] in _section(page, "signatures")
+    assert "few_shot" in _section(page, "configs")  # compare.yaml
+    assert data["sentences"][0] in _section(page, "summary")
+
+
+def test_disagreements_show_each_arms_output(compare_dir):
+    from tunelab.evaluate.results import read_results
+    from tunelab.report.pages import compare_context
+
+    ctx = compare_context(compare_dir)
+    assert ctx["disagreements"], "the fixture's arms should disagree somewhere"
+    for d in ctx["disagreements"]:
+        outs = {aid: (out, v) for aid, out, v in d["arms"]}
+        values = [float(v) for _, v in outs.values() if v != "–"]
+        assert max(values) > min(values)  # only items where the arms really differ
+        zero = {x["id"]: x for x in read_results(compare_dir / "arms" / "zero_shot" / "eval").predictions}
+        line = zero[d["id"]]
+        assert outs["zero_shot"][0] == line["choices"][line["pred"]]  # the choice it picked, as text
+
+
+def test_missing_pieces_are_listed_and_the_rest_renders(compare_copy):
+    (compare_copy / "compare.json").unlink()
+    (compare_copy / "arms" / "few_shot-k1" / "eval" / "predictions.jsonl").unlink()
+    (compare_copy / "arms" / "lora-n16" / "train" / "metrics.jsonl").unlink()
+    (compare_copy / "arms" / "lora-n32" / "eval" / "results.json").write_text("{broken")
+    page = build(compare_copy).read_text()
+    missing = _section(page, "missing")
+    assert "compare.json: not found" in missing
+    assert "few_shot-k1: " in missing and "predictions.jsonl not found" in missing
+    assert "lora-n16" in missing and "metrics.jsonl not found" in missing
+    assert "lora-n32: " in missing and "not valid JSON" in missing
+    assert "learning curve: needs compare.json" in missing
+    table = _section(page, "table")
+    for aid in ("zero_shot", "few_shot-k1", "few_shot-k2", "lora-n16", "lora-n32"):
+        assert f'data-arm="{aid}"' in table  # arms found on disk are still listed
+    assert "<svg" in _section(page, "plot-quality-cost")  # derived from the arms' own results
+    assert "<svg" in _section(page, "plot-loss")  # lora-n32's loss curve is still there
+    assert 'id="plot-learning-curve"' not in page
+
+
+def test_eval_folder_report(compare_dir, tmp_path):
+    import shutil
+
+    d = shutil.copytree(compare_dir / "arms" / "few_shot-k2" / "eval", tmp_path / "e")
+    page = build(d).read_text()
+    for sid in ("table", "plot-metrics", "predictions", "signatures", "missing"):
+        _section(page, sid)
+    assert "acc_norm" in _section(page, "table") and "prompt_tokens" in _section(page, "table")
+    _self_contained(page)
+    (d / "predictions.jsonl").unlink()
+    page = build(d).read_text()
+    assert "predictions.jsonl not found" in _section(page, "missing") and "<svg" in _section(page, "plot-metrics")
+
+
+def test_train_folder_report(compare_dir, tmp_path):
+    import shutil
+
+    d = shutil.copytree(compare_dir / "arms" / "lora-n32" / "train", tmp_path / "t")
+    page = build(d).read_text()
+    assert "<svg" in _section(page, "plot-loss") and "tokens_seen" in _section(page, "table")
+    assert "method: lora" in _section(page, "configs")
+    (d / "summary.json").unlink()  # an unfinished run: the loss curve alone
+    page = build(d).read_text()
+    assert "summary.json: not found" in _section(page, "missing") and "<svg" in _section(page, "plot-loss")
+
+
+def test_not_a_report_folder(tmp_path):
+    with pytest.raises(TunelabError, match="no such folder"):
+        build(tmp_path / "nope")
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(TunelabError, match=r"not a train run folder .* give one of those to `tunelab report`"):
+        build(tmp_path)
+
+
+def test_cli_report(compare_dir, tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "tunelab", "report", str(compare_dir)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert "report.html" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "tunelab", "report", str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a train run folder" in bad.stderr
