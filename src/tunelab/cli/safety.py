@@ -27,14 +27,9 @@ def scan_cmd(
     file: Path = typer.Argument(..., dir_okay=False, help="predictions.jsonl, or any .jsonl/.json/.csv with a text field."),
     out: Path = typer.Option(..., "--out", "-o", help="Output .jsonl: every record + toxicity + lexicon_hits."),
     field: Optional[str] = typer.Option(None, "--field", "-f", help="Text field (default: output, else text)."),
-<<<<<<< HEAD
     lexicon: Optional[Path] = typer.Option(None, "--lexicon", dir_okay=False, help="Term list, one a line, matched as exact words."),
-    threshold: float = typer.Option(0.5, "--threshold", "-t", help="Toxic when score >= this (0..1)."),
-=======
-    lexicon: Optional[Path] = typer.Option(None, "--lexicon", help="Term list, one a line, matched as exact words."),
     threshold: Optional[float] = typer.Option(None, "--threshold", "-t", help="Toxic when score >= this "
                                               "(0..1; default: the classifier's calibrated threshold)."),
->>>>>>> main
     group_by: Optional[str] = typer.Option(None, "--group-by", help="Field joining samples of one prompt "
                                            "(default: prompt_id, prompt or id when present)."),
     backend: str = typer.Option("auto", "--backend", help="auto | ensemble | minilm | ngram."),
