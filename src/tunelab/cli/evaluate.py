@@ -8,13 +8,13 @@ import typer
 
 
 def eval_command(
-    model: str = typer.Argument(..., help="'default', a registry name, a Hugging Face model folder or a .gguf file."),
+    model: str = typer.Argument(..., help="'default', a registry name, a Hugging Face model folder, a .gguf file, or an OpenAI-compatible endpoint openai:URL#NAME (docs/serve.md)."),
     task: str = typer.Option(..., "--task", "-t", help="Task YAML (every key: docs/tasks.md) or builtin:<name> (see `tunelab data tasks`)."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="A LoRA/DoRA adapter folder (a run's adapter/)."),
     shots: Optional[int] = typer.Option(None, "--shots", "-k", help="Demonstrations per item (overrides fewshot.k)."),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="random | first_n | stratified | similar (similar:embedding for MiniLM)."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Evaluate only the first N items (N >= 1)."),
-    batch_size: str = typer.Option("auto", "--batch-size", "-b", help="Items per batch, or 'auto'."),
+    batch_size: str = typer.Option("auto", "--batch-size", "-b", help="Items per batch (an endpoint: requests in flight), or 'auto'."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write results.json and predictions.jsonl here."),
     cache: bool = typer.Option(False, "--cache", help="Reuse/store model outputs in $TUNELAB_HOME/cache.sqlite."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: the best available)."),
@@ -23,6 +23,8 @@ def eval_command(
     """Evaluate MODEL on a task: metrics with stderr and 95% bootstrap CIs, plus a signature.
 
     Example: tunelab eval default --task examples/tasks/bbq.yaml --limit 200 --out runs/bbq
+
+    An endpoint: tunelab eval openai:http://127.0.0.1:8000/v1#my-model --task t.yaml (key: OPENAI_API_KEY)
 
     Multi-process: accelerate launch --num_processes 2 -m tunelab eval default --task t.yaml --out runs/e
     """

@@ -89,14 +89,12 @@ def _batch(batch_size, kind: str, device) -> int:
 
 
 # ---------------------------------------------------------------- the three model-side task types
-def _run_multiple_choice(lm, task, rows, contexts, rendered, bs, cache, progress):
-    from tunelab.evaluate.loglik import score_choices
-
+def _run_multiple_choice(backend, task, rows, contexts, rendered, bs, cache, progress):
     td = "" if task.chat else task.target_delimiter  # a chat prompt already ends its turn header
     reqs = [[ctx.text, [td + c for c in r.choices]] for ctx, r in zip(contexts, rendered)]
 
     def compute(todo):
-        scored = score_choices(lm.model, lm.tokenizer, [(c, k) for c, k in todo], batch_size=bs, on_batch=progress)
+        scored = backend.score_choices([(c, k) for c, k in todo], batch_size=bs, on_batch=progress)
         return [[[ll, g] for ll, g in s] for s in scored]
 
     scores = cached_call(cache, "loglik", reqs, compute)
@@ -105,24 +103,19 @@ def _run_multiple_choice(lm, task, rows, contexts, rendered, bs, cache, progress
         lls = [x[0] for x in s]
         items.append({"prompt": ctx.text, "choices": r.choices, "choice_logliks": lls,
                       "is_greedy": [bool(x[1]) for x in s], "gold": r.gold})
-        tokens += len(lm.tokenizer(ctx.text + td + max(r.choices, key=len), add_special_tokens=False)["input_ids"])
+        tokens += backend.count_tokens(ctx.text + td + max(r.choices, key=len))
     return items, (tokens, 0)  # every scored token is read, none generated
 
 
-def _run_generate(lm, task, rows, contexts, rendered, bs, cache, progress):
-    from tunelab.evaluate.generate import generate
-    from tunelab.evaluate.loglik import max_length
-
+def _run_generate(backend, task, rows, contexts, rendered, bs, cache, progress):
     g = task.generation
     settings = {"max_new_tokens": g.max_new_tokens, "stop": list(g.stop), "temperature": g.temperature, "top_p": g.top_p}
     seeds = [_item_seed(g.seed, row.line) if g.temperature > 0 else None for row in rows]
     reqs = [[ctx.text, settings, s] for ctx, s in zip(contexts, seeds)]
+    by_text = {ctx.text: ctx for ctx in contexts}  # the cache keys on the text; an endpoint wants the messages
 
     def compute(todo):
-        gens = generate(lm.model, lm.tokenizer, [t[0] for t in todo], seeds=[t[2] for t in todo], batch_size=bs,
-                        max_prompt_tokens=max_length(lm.model, lm.tokenizer) - g.max_new_tokens, on_batch=progress, **settings)
-        return [{"text": x.text, "prompt_tokens": x.prompt_tokens, "new_tokens": x.new_tokens,
-                 "latency_s": x.latency_s, "finish": x.finish} for x in gens]
+        return backend.generate([by_text[t[0]] for t in todo], [t[2] for t in todo], batch_size=bs, on_batch=progress, **settings)
 
     outs = cached_call(cache, "generate", reqs, compute)
     items = []
@@ -133,14 +126,13 @@ def _run_generate(lm, task, rows, contexts, rendered, bs, cache, progress):
     return items, (sum(o["prompt_tokens"] for o in outs), sum(o["new_tokens"] for o in outs))
 
 
-def _run_perplexity(lm, task, rows, texts, bs, cache, progress):
-    from tunelab.evaluate.loglik import max_length, rolling_loglik
+def _run_perplexity(backend, task, rows, texts, bs, cache, progress):
     from tunelab.evaluate.metrics.perplexity import count_units
 
-    max_len = max_length(lm.model, lm.tokenizer)
+    max_len = backend.max_length()
 
     def compute(todo):
-        return [list(x) for x in rolling_loglik(lm.model, lm.tokenizer, [t[0] for t in todo], batch_size=bs, on_batch=progress)]
+        return [list(x) for x in backend.rolling_loglik([t[0] for t in todo], batch_size=bs, on_batch=progress)]
 
     scored = cached_call(cache, "rolling", [[t, max_len] for t in texts], compute)
     items = []
@@ -168,7 +160,7 @@ def evaluate(
     toxicity: Optional[Callable[[list[str]], Sequence[float]]] = None,
     progress: Optional[Callable[[int, int], None]] = None,
 ) -> Optional[Results]:
-    """Evaluate `model` (name, folder or LoadedModel) on `task` (TaskConfig, YAML path, builtin:<name>).
+    """Evaluate `model` (name, folder, LoadedModel or `openai:URL#NAME`) on `task` (TaskConfig, YAML path, builtin:<name>).
 
     `cache=True` uses $TUNELAB_HOME/cache.sqlite (a path picks another file). `progress(done, total)`
     is called as items finish. `toxicity(texts) -> scores` fills each generated output's toxicity
@@ -207,8 +199,11 @@ def evaluate(
         rows = rows[:limit]
     templates = TaskTemplates(task, _task_source(task))
     sh = shard_mod.current()
-    lm = load_for_eval(model, adapter, device or sh.device())
-    dev = next(lm.model.parameters()).device
+    from tunelab.evaluate.backend import open_backend
+
+    backend = open_backend(model, adapter, device or sh.device())  # a local model or an endpoint (evaluate/backend.py)
+    backend.check_task(task)
+    dev = backend.device
     mine = sh.take(rows)
     my_rows = [rows[i] for i in mine]
 
@@ -222,12 +217,11 @@ def evaluate(
         else:  # the whole file, not just the split; the item itself is excluded per item
             pool_rows = load_rows_full(task)
     builder = ContextBuilder(task, templates, pool_rows, k=k, sampler=sampler or task.fewshot.sampler,
-                             seed=task.fewshot.seed, pool_is_eval=pool_is_eval, tokenizer=lm.tokenizer)
+                             seed=task.fewshot.seed, pool_is_eval=pool_is_eval, tokenizer=backend.tokenizer)
 
     rcache = None
     if cache:
-        rcache = RequestCache(lm.sha256, getattr(lm, "adapter_sha256", None) or getattr(lm, "adapter", None),
-                              None if cache is True else cache)
+        rcache = RequestCache(*backend.cache_scope, None if cache is True else cache)
     done = [0]
 
     def tick(n: int) -> None:
@@ -238,14 +232,14 @@ def evaluate(
     bs = _batch(batch_size, task.type if task.type in DEFAULT_BATCH else "generate", dev)
     if task.type == "perplexity":
         text_t = TaskTemplates(task.model_copy(update={"prompt": task.text or task.prompt, "answer": None}), _task_source(task))
-        items, tokens = _run_perplexity(lm, task, my_rows, [text_t.prompt(r) for r in my_rows], bs, rcache, tick)
+        items, tokens = _run_perplexity(backend, task, my_rows, [text_t.prompt(r) for r in my_rows], bs, rcache, tick)
         demos = [[] for _ in my_rows]
     else:
         rendered = [templates.render(r) for r in my_rows]
         contexts = [builder.build(r, x.prompt) for r, x in zip(my_rows, rendered)]
         demos = [c.demos for c in contexts]
         run = _run_multiple_choice if task.type == "multiple_choice" else _run_generate
-        items, tokens = run(lm, task, my_rows, contexts, rendered, bs, rcache, tick)
+        items, tokens = run(backend, task, my_rows, contexts, rendered, bs, rcache, tick)
         if task.type == "generate":
             for it, x in zip(items, rendered):
                 it["question"] = x.prompt  # the item's own prompt, for answer relevance
@@ -262,7 +256,7 @@ def evaluate(
     if not sh.is_main:
         return None
     items.sort(key=lambda it: it["index"])
-    return _finish(task, lm, metrics, items, tokens, t0, out, response_metrics, sampler, dev, toxicity)
+    return _finish(task, backend, metrics, items, tokens, t0, out, response_metrics, sampler, dev, toxicity)
 
 
 def load_rows_full(task) -> list:
@@ -272,7 +266,7 @@ def load_rows_full(task) -> list:
     return load_rows(task.data, base_dir=task.base_dir, hint=f"fix that record of the data of {_task_source(task)}")
 
 
-def _finish(task, lm, metrics, items, tokens, t0, out, with_response, sampler, dev, toxicity=None) -> Results:
+def _finish(task, backend, metrics, items, tokens, t0, out, with_response, sampler, dev, toxicity=None) -> Results:
     from tunelab.evaluate.metrics import assistant
 
     preds = [it.get("output", "") for it in items]
@@ -305,11 +299,11 @@ def _finish(task, lm, metrics, items, tokens, t0, out, with_response, sampler, d
         lines.append(line)
 
     cost = results_mod.make_cost(time.perf_counter() - t0, prompt_tokens=tokens[0], generated_tokens=tokens[1],
-                                 peak_mem_mib=peak_mem_mib(dev))
+                                 peak_mem_mib=None if dev is None else peak_mem_mib(dev))  # None: an endpoint's memory is not ours
     results = results_mod.build_results(
-        task=task.name, model=lm, n=len(items), shots=task.fewshot.k,
+        task=task.name, model=backend.identity, n=len(items), shots=task.fewshot.k,
         metrics={name: r.to_json() for name, r in scored.items()},
-        cost=cost, signature=signature(task, lm, metrics, sampler), predictions=lines,
+        cost=cost, signature=signature(task, backend, metrics, sampler), predictions=lines,
     )
     if out is not None:
         write_results(results, out)
@@ -324,15 +318,14 @@ def peak_mem_mib(dev) -> Optional[float]:
     return round(peak_memory_mib(dev), 1)
 
 
-def signature(task, lm, metrics, sampler=None) -> str:
-    """tunelab VERSION|model NAME sha256:..|task sha256:..|template sha256:..|shots K|sampler S|seed N|metric ...
+def signature(task, backend, metrics, sampler=None) -> str:
+    """tunelab VERSION|model NAME sha256:..|task sha256:..|template ..|shots K|sampler S|seed N|metric ...
 
     The task hash is results.task_sha256 (settings + the bytes of every file the task names); the
-    template hash is the model's chat template (or the plain format when it has none).
+    template is the hash of the model's chat template (or the plain format when it has none), or
+    `endpoint` when a server applies its own; an endpoint's NAME is `openai:URL#NAME`.
     """
-    from tunelab.templates import template_sha256
-
     return results_mod.signature(
-        lm, results_mod.task_sha256(task), template=f"sha256:{template_sha256(lm.tokenizer)[:16]}",
+        backend.identity, results_mod.task_sha256(task), template=backend.template_id(),
         shots=task.fewshot.k, sampler=sampler or task.fewshot.sampler, seed=task.fewshot.seed,
         metric=";".join(m.signature() for m in metrics))

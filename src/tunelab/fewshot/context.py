@@ -21,6 +21,11 @@ class Context:
     messages: Optional[list[dict]] = None  # chat form only
 
 
+def transcript(messages: list[dict]) -> str:
+    """A readable stand-in for a chat prompt whose template is not known here (predictions, cache keys)."""
+    return "".join(f"<{m['role']}>\n{m['content']}\n" for m in messages) + "<assistant>\n"
+
+
 def render_chat(tokenizer, messages: list[dict]) -> str:
     """The chat prompt exactly as training renders it (plain format when the model has no template)."""
     from tunelab.templates import render_prompt
@@ -62,6 +67,8 @@ class ContextBuilder:
                 messages += [{"role": "user", "content": self.pool_prompts[d]},
                              {"role": "assistant", "content": self.pool_answers[d]}]
             messages.append({"role": "user", "content": prompt})
+            if self.tokenizer is None:  # an endpoint applies its own template to the messages
+                return Context(transcript(messages), demos, messages)
             return Context(render_chat(self.tokenizer, messages), demos, messages)
         parts = [self.task.system + self.delimiter] if self.task.system else []
         td = self.task.target_delimiter

@@ -1,0 +1,75 @@
+"""What the runner asks of a model, as one small interface with two implementations.
+
+    backend = open_backend(model, adapter, device)   # a local model, or "openai:URL#NAME"
+    backend.check_task(task)                          # fail early on what it cannot run
+    backend.generate(contexts, seeds, batch_size=..., on_batch=..., **settings) -> list[dict]
+    backend.score_choices([(context, [continuation, ...]), ...], ...) -> [[(loglik, is_greedy), ...]]
+    backend.rolling_loglik(texts, ...) -> [(loglik, n_tokens)]
+
+`LocalBackend` runs a loaded model in this process (evaluate/generate.py, evaluate/loglik.py);
+`EndpointBackend` (evaluate/endpoint.py) sends the same work to an OpenAI-compatible server. The
+runner calls these methods and never asks which one it holds.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+OnBatch = Optional[Callable[[int], None]]
+
+
+class LocalBackend:
+    """A LoadedModel in this process."""
+
+    def __init__(self, lm):
+        self.lm = lm
+        self.identity = lm  # what results.json's model block and the signature are built from
+        self.tokenizer = lm.tokenizer
+        self.device = next(lm.model.parameters()).device
+        self.cache_scope = (lm.sha256, getattr(lm, "adapter_sha256", None) or getattr(lm, "adapter", None))
+
+    def template_id(self) -> str:
+        from tunelab.templates import template_sha256
+
+        return f"sha256:{template_sha256(self.tokenizer)[:16]}"
+
+    def check_task(self, task) -> None:
+        pass  # a local model runs every task type
+
+    def max_length(self) -> int:
+        from tunelab.evaluate.loglik import max_length
+
+        return max_length(self.lm.model, self.tokenizer)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def generate(self, contexts, seeds: Sequence[Optional[int]], *, batch_size: int, on_batch: OnBatch = None,
+                 max_new_tokens: int, stop: Sequence[str], temperature: float, top_p: float) -> list[dict]:
+        from tunelab.evaluate.generate import generate
+
+        gens = generate(self.lm.model, self.tokenizer, [c.text for c in contexts], seeds=list(seeds), batch_size=batch_size,
+                        max_prompt_tokens=self.max_length() - max_new_tokens, on_batch=on_batch,
+                        max_new_tokens=max_new_tokens, stop=stop, temperature=temperature, top_p=top_p)
+        return [{"text": x.text, "prompt_tokens": x.prompt_tokens, "new_tokens": x.new_tokens,
+                 "latency_s": x.latency_s, "finish": x.finish} for x in gens]
+
+    def score_choices(self, reqs, *, batch_size: int, on_batch: OnBatch = None):
+        from tunelab.evaluate.loglik import score_choices
+
+        return score_choices(self.lm.model, self.tokenizer, reqs, batch_size=batch_size, on_batch=on_batch)
+
+    def rolling_loglik(self, texts, *, batch_size: int, on_batch: OnBatch = None):
+        from tunelab.evaluate.loglik import rolling_loglik
+
+        return rolling_loglik(self.lm.model, self.tokenizer, texts, batch_size=batch_size, on_batch=on_batch)
+
+
+def open_backend(model, adapter=None, device=None):
+    """A backend for a model name / folder / .gguf / LoadedModel, or an `openai:URL#NAME` endpoint."""
+    from tunelab.evaluate.endpoint import PREFIX, EndpointBackend
+
+    if isinstance(model, str) and model.startswith(PREFIX):
+        return EndpointBackend(model, adapter=adapter)
+    from tunelab.evaluate.runner import load_for_eval
+
+    return LocalBackend(load_for_eval(model, adapter, device))
