@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from tunelab.train import attention
+from tunelab.models import attention  # the per-span kernel training attention runs on
 from tunelab.train.attention import DOC_ATTN
 from tunelab.train.attention import register as register_doc_attention
 from tunelab.train.loop import Recipe

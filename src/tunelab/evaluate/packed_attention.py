@@ -8,10 +8,10 @@ compute the padding of a padded batch; instead every item runs its own
 `is_causal=True` when plain causal attention is already right (a perplexity window, a single
 continuation). Work is O(Σ nᵢ²) and no pad token exists.
 
-The training side has a per-document function of the same kind (train/attention.py, causal
-documents only); evaluation needs the per-item masks and must not import train, so this one is
-its own. The item spans travel as the `item_spans` keyword of the model's forward, which
-transformers hands through every decoder layer to the attention function.
+The per-span kernel is models/attention.py, shared with training's per-document attention
+(train/attention.py); this module only names the implementation and switches a model to it.
+The item spans travel as the `item_spans` keyword of the model's forward, which transformers
+hands through every decoder layer to the attention function.
 """
 from __future__ import annotations
 
@@ -19,11 +19,10 @@ from contextlib import contextmanager
 from typing import Iterator, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
+
+from tunelab.models.attention import Span, spans_attention_forward
 
 PACKED_ATTN = "tunelab_items"
-
-Span = tuple[int, int, Optional[torch.Tensor]]  # (start, length, (n, n) bool mask or None = causal)
 
 
 def items_attention_forward(
@@ -38,24 +37,8 @@ def items_attention_forward(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """query (1, H, T, D), key/value (1, Hkv, T, D) -> ((1, T, H, D), None), like transformers' sdpa."""
-    if attention_mask is not None or item_spans is None:
-        # an ordinary padded batch (generation, the reference path): plain sdpa
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, **kwargs)
-    if query.shape[0] != 1 or sum(n for _, n, _ in item_spans) != query.shape[2]:
-        raise ValueError(f"packed attention expects one row of {sum(n for _, n, _ in item_spans)} tokens, "
-                         f"got {tuple(query.shape[:3])}")
-    gqa = query.shape[1] != key.shape[1]  # grouped-query attention inside the kernel, no copies
-    outs = []
-    for start, n, mask in item_spans:
-        piece = slice(start, start + n)
-        o = F.scaled_dot_product_attention(
-            query[:, :, piece], key[:, :, piece], value[:, :, piece],  # (1, H, n, D), (1, Hkv, n, D)
-            attn_mask=mask, is_causal=mask is None, scale=scaling, enable_gqa=gqa)  # (1, H, n, D)
-        outs.append(o.transpose(1, 2))  # (1, n, H, D)
-    return torch.cat(outs, dim=1), None  # (1, T, H, D)
+    return spans_attention_forward(module, query, key, value, attention_mask, item_spans,
+                                   dropout=dropout, scaling=scaling, **kwargs)
 
 
 @contextmanager

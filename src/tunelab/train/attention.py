@@ -15,14 +15,16 @@ so padded (unpacked) batches still work: with a mask present this defers to plai
 A packed row padded to its fixed width (packing.row_width) ends with a pad document; its
 attention is never computed here (its output is zeros: nothing reads it and it is never trained).
 The document lengths travel as the `doc_lengths` keyword of the decoder's forward, which
-transformers hands through every layer to the attention function.
+transformers hands through every layer to the attention function; the per-span kernel itself is
+models/attention.py, shared with evaluation's packed scoring.
 """
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
+
+from tunelab.models.attention import causal_spans, spans_attention_forward
 
 DOC_ATTN = "tunelab_docs"
 
@@ -38,30 +40,14 @@ def doc_attention_forward(
     doc_lengths: Optional[Sequence[int]] = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """query (B, H, T, D), key/value (B, Hkv, T, D) -> ((B, T, H, D), None), like transformers' sdpa."""
-    if attention_mask is not None or doc_lengths is None:
-        # a padded batch (4D mask) or a caller outside the packed path: the ordinary sdpa route
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    """query (B, H, T, D), key/value (B, Hkv, T, D) -> ((B, T, H, D), None), like transformers' sdpa.
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
-                                      scaling=scaling, **kwargs)
-    B, _, T, _ = query.shape
-    if B != 1 or sum(doc_lengths) > T:
-        raise ValueError(f"per-document attention expects one packed row of at least {sum(doc_lengths)} "
-                         f"tokens, got a batch of {B} × {T}")
-    # grouped-query attention runs in the kernel (no repeat_kv copies of key/value)
-    gqa = query.shape[1] != key.shape[1]
-    outs, start = [], 0
-    for n in doc_lengths:
-        piece = slice(start, start + n)
-        start += n
-        o = F.scaled_dot_product_attention(
-            query[:, :, piece], key[:, :, piece], value[:, :, piece],  # (1, H, n, D), (1, Hkv, n, D)
-            dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=gqa)  # (1, H, n, D)
-        outs.append(o.transpose(1, 2))  # (1, n, H, D)
-    if start < T:  # the trailing pad document: zeros, no attention computed
-        outs.append(query.new_zeros(1, T - start, query.shape[1], query.shape[3]))  # (1, pad, H, D)
-    return torch.cat(outs, dim=1), None  # (1, T, H, D), contiguous
+    Each document causal on its own slice (models/attention.py); a padded batch or a caller
+    without `doc_lengths` gets plain sdpa.
+    """
+    spans = None if doc_lengths is None else causal_spans(doc_lengths)
+    return spans_attention_forward(module, query, key, value, attention_mask, spans,
+                                   dropout=dropout, scaling=scaling, **kwargs)
 
 
 def register() -> str:
