@@ -23,6 +23,7 @@ ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
 REPORT_FILE = "report.html"
 RESUME_LOG_FILE = "resume_log.jsonl"  # one line per --resume: from which step, which settings changed
+LOG_FILE = "log.txt"  # other libraries' log lines and tunelab's own (tunelab.logs)
 # Evaluation output (DESIGN 2.2)
 RESULTS_FILE = "results.json"
 PREDICTIONS_FILE = "predictions.jsonl"
