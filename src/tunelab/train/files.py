@@ -23,8 +23,8 @@ RUN_FOLDER = {
     f"{paths.MODEL_DIR}/": "full: the final model, a Hugging Face folder (safetensors) with its tokenizer",
     paths.RESUME_LOG_FILE: "one line per --resume: `time`, `from_step` and `changed` {key: {from, to}}",
     paths.REPORT_FILE: "the run's HTML report; `tunelab train` writes it, `tunelab report DIR` rebuilds it",
-    paths.LOG_FILE: "log lines at INFO and above, tunelab's and other libraries' (the terminal shows them with "
-                    "--verbose)",
+    paths.LOG_FILE: "`tunelab train` only: log lines at INFO and above, tunelab's and other libraries' (the "
+                    "terminal shows them with --verbose)",
 }
 
 CHECKPOINT_FILES = {
