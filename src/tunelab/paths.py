@@ -14,7 +14,7 @@ def models_dir() -> Path:
     return home() / "models"
 
 
-# Run folder (DESIGN 2.3)
+# Run folder (docs/run-folder.md)
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -24,6 +24,6 @@ MODEL_DIR = "model"
 REPORT_FILE = "report.html"
 RESUME_LOG_FILE = "resume_log.jsonl"  # one line per --resume: from which step, which settings changed
 LOG_FILE = "log.txt"  # other libraries' log lines and tunelab's own (tunelab.logs)
-# Evaluation output (DESIGN 2.2)
+# Evaluation output (docs/results.md)
 RESULTS_FILE = "results.json"
 PREDICTIONS_FILE = "predictions.jsonl"

@@ -430,7 +430,10 @@ class Recipe:
                     best_now, stop = self._early_stopping(row["eval_loss"])
                     if stop:
                         stopped = "early_stopping"
-                self._log(row)
+                # every log_every-th step, plus every eval and the last step (the summary and the
+                # report read the eval loss from these lines)
+                if state.step % cfg.train.log_every == 0 or "eval_loss" in row or state.step == self.total_steps:
+                    self._log(row)
                 tps = row["tokens_per_s"]
                 progress.update(state.step, loss=f"{loss:.4f}", **{"tok/s": f"{tps:,.0f}" if tps else "-"})
 
