@@ -30,7 +30,7 @@ PARTS = {
     # base: below everything, imports no other part
     "__init__": "base",  # the package facade; its verbs are imported lazily by name, on first use
     "config": "base", "io": "base", "errors": "base", "paths": "base", "memory": "base",
-    "progress": "base", "runs": "base",  # runs: the run registry every layer records into
+    "progress": "base", "logs": "base", "runs": "base",  # runs: the run registry every layer records into
     "models": "models",
     "data": "data",
     "templates": "templates",

@@ -1,4 +1,4 @@
-"""The YAML files of DESIGN §2 as pydantic models, plus `key.sub=value` overrides.
+"""The YAML files (train config, task, compare) as pydantic models, plus `key.sub=value` overrides.
 
 Every model forbids unknown keys (a typo is an error, not a silently ignored setting), and
 validation problems are gathered into one message that names each key, what is wrong and the
@@ -20,25 +20,37 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-# ---------------------------------------------------------------- training (DESIGN 2.3)
+# ---------------------------------------------------------------- training (docs/train-config.md)
+# Every key carries a description: docs/train-config.md and docs/tasks.md are generated from them
+# (scripts/gen_docs.py), and tests/test_docs.py fails on a key without one.
 class LoraConfig(_Strict):
-    r: int = Field(16, ge=1, le=1024, description="rank; 8-64 is usual")
-    alpha: float = Field(32, gt=0, description="scale = alpha / r; usually 2r")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    targets: Union[str, list[str]] = Field("all-linear", description="'all-linear' or module names")
+    r: int = Field(16, ge=1, le=1024, description="rank of the low-rank update; 8-64 is usual")
+    alpha: float = Field(32, gt=0, description="the update is scaled by alpha / r; usually 2r")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the adapter's input; 0-0.1")
+    targets: Union[str, list[str]] = Field(
+        "all-linear", description="'all-linear' (every linear layer but the output head) or a list of module "
+                                  "names, e.g. [q_proj, v_proj]")
 
 
 class DataConfig(_Strict):
-    train: str = Field(..., description="a file, or builtin:<task>?n=500&seed=1")
-    eval: Union[float, str, None] = Field(0.1, description="a file, or a fraction held out (0..0.5)")
-    format: Literal["auto", "text", "prompt_completion", "alpaca", "messages", "sharegpt"] = "auto"
-    fields: dict[str, str] = Field(default_factory=dict, description="rename map, e.g. {prompt: question}")
-    max_length: int = Field(1024, ge=8, le=1_048_576)
+    train: str = Field(..., description="the training file (.jsonl, .json, .csv, .parquet), or "
+                                        "builtin:<task>?n=500&seed=1")
+    eval: Union[float, str, None] = Field(0.1, description="a file, or a fraction of `train` held out (0..0.5); "
+                                                           "null: no eval loss")
+    format: Literal["auto", "text", "prompt_completion", "alpaca", "messages", "sharegpt"] = Field(
+        "auto", description="record layout; auto: told from the first record's fields")
+    fields: dict[str, str] = Field(default_factory=dict, description="rename map from the format's field names to "
+                                                                     "yours, e.g. {prompt: question}")
+    max_length: int = Field(1024, ge=8, le=1_048_576, description="tokens per example after the chat template")
     truncate: bool = Field(True, description="false: drop rows over max_length instead of truncating")
-    packing: bool = True
-    train_on: Literal["completion", "all"] = "completion"
-    skip_bad: bool = False
-    max_toxicity: Optional[float] = Field(None, ge=0.0, le=1.0, description="drop training records above this toxicity")
+    packing: bool = Field(True, description="lay examples end to end in one row (documents never attend to each "
+                                            "other); false: one padded row per example")
+    train_on: Literal["completion", "all"] = Field(
+        "completion", description="completion: loss on the assistant's tokens only; all: on every token")
+    skip_bad: bool = Field(False, description="skip unreadable or malformed records (counted and reported) "
+                                              "instead of stopping at the first")
+    max_toxicity: Optional[float] = Field(None, ge=0.0, le=1.0, description="drop training records whose "
+                                          "toxicity score is above this (0..1); null: keep all")
     system: Optional[str] = Field(None, description="system prompt added to every conversation")
 
     @field_validator("eval")
@@ -50,87 +62,108 @@ class DataConfig(_Strict):
 
 
 class EarlyStopping(_Strict):
-    metric: str = "eval_loss"
-    patience: Optional[int] = Field(None, ge=1, description="evaluations without improvement before stopping")
+    metric: Literal["eval_loss"] = Field("eval_loss", description="the value watched; only eval_loss for now")
+    patience: Optional[int] = Field(None, ge=1, description="evaluations without improvement before stopping; "
+                                                            "null: never stop early")
 
 
 class TrainLoopConfig(_Strict):
-    epochs: float = Field(1, gt=0, le=1000)
-    max_steps: Optional[int] = Field(None, ge=1)
+    epochs: float = Field(1, gt=0, le=1000, description="passes over the training set; may be fractional")
+    max_steps: Optional[int] = Field(None, ge=1, description="optimizer steps; when set it wins over epochs")
     batch_tokens: Optional[int] = Field(
         None, ge=16, description="token budget of one micro-batch (packed); unset: sized from free memory "
         "on a GPU, 8192 on CPU (docs/training.md)")
-    grad_accum: int = Field(1, ge=1, le=4096)
-    lr: float = Field(2.0e-4, gt=0, lt=1.0, description="LoRA: 1e-4..5e-4; full: 1e-5..5e-5")
-    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    grad_accum: int = Field(1, ge=1, le=4096, description="micro-batches per optimizer step")
+    lr: float = Field(2.0e-4, gt=0, lt=1.0, description="peak learning rate; LoRA: 1e-4..5e-4; full: 1e-5..5e-5")
+    schedule: Literal["constant", "linear", "cosine"] = Field("cosine", description="learning-rate decay after "
+                                                                                    "warm-up")
     warmup: float = Field(0.03, ge=0, description="fraction of steps if < 1, else a step count")
-    weight_decay: float = Field(0.0, ge=0, le=1)
-    max_grad_norm: Optional[float] = Field(1.0, gt=0)
-    seed: int = 42
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    grad_checkpointing: bool = False
+    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay")
+    max_grad_norm: Optional[float] = Field(1.0, gt=0, description="clip the gradient norm to this; null: no clipping")
+    seed: int = Field(42, description="seeds weight init (LoRA), dropout and the data order")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on a GPU that has it, else fp32; fp16 needs CUDA")
+    grad_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
+                                                        "memory, slower steps")
     compile: Union[bool, Literal["auto"]] = Field(
         "auto", description="torch.compile each decoder layer; auto: on CUDA, off on CPU")
-    eval_every: int = Field(100, ge=1)
-    save_every: int = Field(200, ge=1)
-    keep_checkpoints: int = Field(2, ge=1)
-    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
-    log_every: int = Field(1, ge=1)
+    eval_every: int = Field(100, ge=1, description="steps between eval-loss measurements")
+    save_every: int = Field(200, ge=1, description="steps between checkpoints")
+    keep_checkpoints: int = Field(2, ge=1, description="newest checkpoints kept (the best one is kept as well)")
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping, description="stop when the eval loss "
+                                                                                     "stops improving")
+    log_every: int = Field(1, ge=1, description="steps between lines of metrics.jsonl (evaluation steps "
+                                                   "and the last step are always written)")
 
 
 class LogConfig(_Strict):
-    tensorboard: bool = False
-    mlflow: bool = False
+    tensorboard: bool = Field(False, description="also log to TensorBoard in the run folder (pip install "
+                                                 "tensorboard)")
+    mlflow: bool = Field(False, description="also log to MLflow (pip install mlflow)")
 
 
 class TrainConfig(_Strict):
-    name: Optional[str] = None
-    model: str = "default"
-    method: Literal["full", "lora", "dora", "qlora"] = "lora"
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    data: DataConfig
-    train: TrainLoopConfig = Field(default_factory=TrainLoopConfig)
-    log: LogConfig = Field(default_factory=LogConfig)
-    out: str = "runs/{name}"
-    trust_remote_code: bool = False
+    name: Optional[str] = Field(None, description="the run's name; default: the YAML file's name without .yaml")
+    model: str = Field("default", description="base model: a registry name ('default', see `tunelab models`) or "
+                                              "a Hugging Face model folder")
+    method: Literal["full", "lora", "dora", "qlora"] = Field(
+        "lora", description="full: every weight; lora / dora: an adapter; qlora: LoRA over a 4-bit base "
+                            "(CUDA only)")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="adapter settings (lora, dora, qlora)")
+    data: DataConfig = Field(..., description="what to train on")
+    train: TrainLoopConfig = Field(default_factory=TrainLoopConfig, description="the optimisation loop")
+    log: LogConfig = Field(default_factory=LogConfig, description="extra experiment trackers")
+    out: str = Field("runs/{name}", description="the run folder; {name} is replaced by `name`")
+    trust_remote_code: bool = Field(False, description="run Python code shipped with the model folder; only "
+                                                       "for models you trust")
 
 
-# ---------------------------------------------------------------- evaluation task (DESIGN 2.1)
+# ---------------------------------------------------------------- evaluation task (docs/tasks.md)
 class FewShotConfig(_Strict):
-    k: int = Field(0, ge=0, le=128)
-    sampler: Literal["random", "first_n", "stratified", "similar"] = "random"
-    seed: int = 1234
+    k: int = Field(0, ge=0, le=128, description="demonstrations before each item (0: zero-shot)")
+    sampler: Literal["random", "first_n", "stratified", "similar"] = Field(
+        "random", description="how demonstrations are picked from the pool")
+    seed: int = Field(1234, description="seed of the random and stratified samplers")
     pool: Optional[str] = Field(None, description="another file; default: the same file minus the item")
-    delimiter: str = Field("\n\n", description="between demonstrations (plain form)")
+    delimiter: str = Field("\n\n", description="between demonstrations (plain, non-chat prompts)")
 
 
 class GenerationConfig(_Strict):
-    max_new_tokens: int = Field(64, ge=1, le=32768)
-    stop: list[str] = Field(default_factory=lambda: ["\n\n"])
-    temperature: float = Field(0.0, ge=0.0, le=5.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int = 1234
+    max_new_tokens: int = Field(64, ge=1, le=32768, description="most tokens generated per item")
+    stop: list[str] = Field(default_factory=lambda: ["\n\n"], description="strings that end the output "
+                                                                           "(not included in it)")
+    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0: greedy decoding")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling (with temperature > 0)")
+    seed: int = Field(1234, description="sampling seed; each item gets its own, derived from it")
 
 
 class TaskConfig(_Strict):
-    name: str
-    data: Optional[str] = None
-    split: Optional[str] = Field(None, description='a slice like "0:500"')
-    type: Literal["generate", "multiple_choice", "perplexity", "retrieval"] = "generate"
-    prompt: str = "{{ prompt }}"
-    choices: Optional[str] = None
-    answer: Optional[str] = None
-    target_delimiter: str = " "
-    chat: bool = False
-    system: Optional[str] = None
-    fewshot: FewShotConfig = Field(default_factory=FewShotConfig)
-    generation: GenerationConfig = Field(default_factory=GenerationConfig)
-    metrics: list[Union[str, dict[str, Any]]] = Field(default_factory=lambda: ["exact_match"])
+    name: str = Field(..., description="the task's name, written to results.json")
+    data: Optional[str] = Field(None, description="the items: a file (relative to the task YAML) or "
+                                                  "builtin:<task>?split=test&n=200")
+    split: Optional[str] = Field(None, description='a slice of the items like "0:500"')
+    type: Literal["generate", "multiple_choice", "perplexity", "retrieval"] = Field(
+        "generate", description="generate: the model writes an answer; multiple_choice: the likeliest choice; "
+                                "perplexity: the likelihood of a text; retrieval: rank documents")
+    prompt: str = Field("{{ prompt }}", description="Jinja2 template over the item's fields")
+    choices: Optional[str] = Field(None, description="multiple_choice: a Jinja2 expression giving the list of "
+                                                     "choices, e.g. \"{{ [ans0, ans1] }}\"")
+    answer: Optional[str] = Field(None, description="Jinja2 expression for the gold: reference text(s) "
+                                                    "(generate) or the choice's index or text (multiple_choice)")
+    target_delimiter: str = Field(" ", description="between the prompt and a choice or demonstration answer "
+                                                   "(plain prompts)")
+    chat: bool = Field(False, description="wrap the prompt in the model's chat template")
+    system: Optional[str] = Field(None, description="system prompt before the demonstrations")
+    fewshot: FewShotConfig = Field(default_factory=FewShotConfig, description="demonstrations")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="decoding (generate)")
+    metrics: list[Union[str, dict[str, Any]]] = Field(
+        default_factory=lambda: ["exact_match"], description="metric names, or {name: {option: value}}; "
+                                                             "the first is the headline")
     # retrieval
-    corpus: Optional[str] = None
-    queries: Optional[str] = None
-    qrels: Optional[str] = None
-    retriever: Literal["bm25", "embedding"] = "bm25"
+    corpus: Optional[str] = Field(None, description="retrieval: the documents")
+    queries: Optional[str] = Field(None, description="retrieval: the queries")
+    qrels: Optional[str] = Field(None, description="retrieval: relevance judgements")
+    retriever: Literal["bm25", "embedding"] = Field("bm25", description="retrieval: bm25, or embedding (MiniLM)")
     # perplexity
     text: Optional[str] = Field(None, description="perplexity: Jinja expression for the document text")
     # where the YAML lives; relative data paths resolve against it (not a user key)
@@ -157,7 +190,7 @@ class TaskConfig(_Strict):
         return p
 
 
-# ---------------------------------------------------------------- compare (DESIGN 2.4)
+# ---------------------------------------------------------------- compare (docs/compare.md)
 class CompareConfig(_Strict):
     """A compare: many arms (zero-shot, few-shot, fine-tuned) scored on the same test items."""
 
@@ -174,7 +207,7 @@ class CompareConfig(_Strict):
     metric: Optional[str] = Field(None, description="the metric that ranks arms; default: the task's first metric")
     limit: Optional[int] = Field(None, ge=1, description="score only the first N test items (the same N for every arm)")
     seed: int = Field(1, description="seed of the one permutation of the pool that gives the nested training sets")
-    train: dict[str, Any] = Field(default_factory=dict, description="training-config keys (docs/training.md) for every "
+    train: dict[str, Any] = Field(default_factory=dict, description="training-config keys (docs/train-config.md) for every "
                                                                     "fine-tuned arm, e.g. {train: {epochs: 2}, lora: {r: 8}}")
     safety: bool = Field(False, description="score every arm's outputs with the packaged toxicity classifier")
     toxicity_threshold: float = Field(0.5, ge=0.0, le=1.0, description="an output scoring above this counts as toxic")
@@ -210,6 +243,13 @@ class EndpointArmSpec(_Strict):
     model: str = Field(..., description="openai:URL#NAME (or any model string tunelab eval accepts)")
     k: Union[int, list[int]] = Field(0, description="demonstrations per prompt; a list gives one arm each")
     sampler: Union[str, list[str]] = Field("random", description="demonstration sampler")
+
+
+# The page listing every key of each model (generated from these Field descriptions); a
+# validation error ends by naming it.
+KEY_DOCS = {TrainConfig: "docs/train-config.md", TaskConfig: "docs/tasks.md", CompareConfig: "docs/compare.md",
+            PromptArmSpec: "docs/compare.md", FewShotArmSpec: "docs/compare.md", FineTuneArmSpec: "docs/compare.md",
+            EndpointArmSpec: "docs/compare.md"}
 
 
 # ---------------------------------------------------------------- loading and overrides
@@ -292,7 +332,8 @@ def validation_message(model_cls: type[BaseModel], err: ValidationError, source:
             got_s = f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
             msg = e["msg"].replace("Input should be", "must be").replace("Value error, ", "")
             problems.append(f"{key}: {msg}{got_s}")
-    return f"{source}: " + "; ".join(problems)
+    ref = KEY_DOCS.get(model_cls)
+    return f"{source}: " + "; ".join(problems) + (f" (every key: {ref})" if ref else "")
 
 
 def build(model_cls: type[BaseModel], data: dict, source: str):

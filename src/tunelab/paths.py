@@ -14,7 +14,7 @@ def models_dir() -> Path:
     return home() / "models"
 
 
-# Run folder (DESIGN 2.3)
+# Run folder (docs/run-folder.md)
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -23,6 +23,7 @@ ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
 REPORT_FILE = "report.html"
 RESUME_LOG_FILE = "resume_log.jsonl"  # one line per --resume: from which step, which settings changed
-# Evaluation output (DESIGN 2.2)
+LOG_FILE = "log.txt"  # other libraries' log lines and tunelab's own (tunelab.logs)
+# Evaluation output (docs/results.md)
 RESULTS_FILE = "results.json"
 PREDICTIONS_FILE = "predictions.jsonl"

@@ -31,6 +31,7 @@ PROBE = """(() => {
   for (const el of document.querySelectorAll('section[id]')) {
     const r = el.getBoundingClientRect();
     out[el.id] = {height: r.height, width: r.width, rows: el.querySelectorAll('tbody tr').length,
+      overflow: Math.max(0, ...[...el.querySelectorAll('table')].map(t => t.scrollWidth - el.clientWidth)),
       svgs: [...el.querySelectorAll('svg')].map(s => { const b = s.getBoundingClientRect();
         return {width: b.width, height: b.height, marks: s.querySelectorAll('path, use, rect').length,
                 texts: s.querySelectorAll('text').length}; })};
@@ -69,7 +70,9 @@ def test_compare_report_renders_in_chromium(compare_dir, tmp_path):
     run = _open(page, tmp_path, "compare-report.png")
     sections = run.probe
     arms = json.loads((compare_dir / "compare.json").read_text())["arms"]
-    assert sections["table"]["rows"] == len(arms) and sections["table"]["height"] > 100
+    # two tables (quality, cost), one row per arm each, both within the page's width
+    assert sections["table"]["rows"] == 2 * len(arms) and sections["table"]["height"] > 100
+    assert sections["table"]["overflow"] <= 1, f"the arms tables are {sections['table']['overflow']} px wider than the page"
     for sid in ("plot-learning-curve", "plot-quality-cost", "plot-loss", "plot-toxicity"):
         _assert_plot(sections, sid)
     for sid in ("summary", "disagreements", "safety", "signatures", "configs", "missing"):

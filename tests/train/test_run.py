@@ -55,6 +55,11 @@ def test_run_folder_contract(make_config):
     PeftModel.from_pretrained(base, d / "adapter")
 
 
+def test_log_every_keeps_every_nth_step_plus_evals_and_the_last(make_config):
+    res = train(make_config("sparse", train={"max_steps": 7, "eval_every": 5, "save_every": 10, "log_every": 3}))
+    assert [r["step"] for r in metrics(res.run_dir)] == [3, 5, 6, 7]  # 3, 6: log_every; 5: eval; 7: last
+
+
 def test_resume_after_hard_kill_is_bit_for_bit(make_config, tmp_path):
     straight = train(make_config("straight"))
     # the same run, SIGKILLed after step 12 (checkpoint at 10, steps 11-12 logged and lost)

@@ -35,10 +35,15 @@ _state = {"debug": False}
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Less output: no progress bars."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show other libraries' log lines (codecarbon, transformers, ...) "
+                                 "here too; they always go to the run folder's log.txt."),
 ):
+    from tunelab import logs
+
     _state["debug"] = debug
     if quiet:
         os.environ["TUNELAB_QUIET"] = "1"
+    logs.configure(verbose=verbose)
 
 
 # one module per command group, each with `register(app)`; listed, not discovered, so the

@@ -34,10 +34,13 @@ def eval_command(
     from tunelab.progress import run_with_progress
     from tunelab.safety.toxicity import toxicity_scores
 
+    from tunelab import logs
+
     task_cfg = resolve_task(task, override)
-    res = run_with_progress("evaluating", lambda progress: evaluate(
-        model, task_cfg, adapter=str(adapter) if adapter else None, shots=shots, sampler=sampler, limit=limit,
-        batch_size=batch_size, out=out, cache=cache, device=device, toxicity=toxicity_scores, progress=progress))
+    with logs.run_log(out):  # other libraries' log lines: <out>/log.txt
+        res = run_with_progress("evaluating", lambda progress: evaluate(
+            model, task_cfg, adapter=str(adapter) if adapter else None, shots=shots, sampler=sampler, limit=limit,
+            batch_size=batch_size, out=out, cache=cache, device=device, toxicity=toxicity_scores, progress=progress))
     if res is not None:  # only rank 0 prints under `accelerate launch`
         print_results(res)
 

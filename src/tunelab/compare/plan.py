@@ -1,4 +1,4 @@
-"""The plan of a compare: the compare YAML (DESIGN §2.4) expanded into arms, checked before any work.
+"""The plan of a compare: the compare YAML (docs/compare.md) expanded into arms, checked before any work.
 
     plan = make_plan("compare.yaml", ["limit=50"])
     plan.arms            # [Arm(id="zero_shot", ...), Arm(id="few_shot-k3-random", ...), Arm(id="lora-n32", ...)]
@@ -88,7 +88,7 @@ class Plan:
         return self.out / DATA_DIR / f"train-n{n}.jsonl"
 
     def train_config(self, arm: Arm) -> dict:
-        """The arm's training config (DESIGN §2.3): compare-wide `train:` keys, then the arm's own."""
+        """The arm's training config (docs/train-config.md): compare-wide `train:` keys, then the arm's own."""
         cfg: dict = {"train": {"seed": self.config.seed}}
         cfg = deep_merge(cfg, self.config.train)
         cfg = deep_merge(cfg, arm.train)

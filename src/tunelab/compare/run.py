@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from tunelab import paths
+from tunelab import logs, paths
 from tunelab.compare.lock import folder_lock
 from tunelab.compare.plan import (ARM_JSON, COMPARE_JSON, COMPARE_YAML, LOCK_FILE, PLAN_JSON, Arm, Plan,
                                   make_plan)
@@ -154,7 +154,7 @@ def compare(config, overrides: Optional[list[str]] = None, *, out=None,
     """
     started = time.time()
     plan = make_plan(config, overrides, out=out)
-    with folder_lock(plan.out, LOCK_FILE):
+    with folder_lock(plan.out, LOCK_FILE), logs.run_log(plan.out):
         check_folder(plan)
         atomic_write_text(plan.out / COMPARE_YAML, to_yaml(plan.config))
         atomic_write_json(plan.out / PLAN_JSON, {"signature": plan.signature, "settings": plan_settings(plan),

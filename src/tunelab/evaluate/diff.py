@@ -2,7 +2,7 @@
 
     diff_results(dir_a, dir_b, metrics=None, seed=1234, n_resamples=1000) -> list[DiffRow]
 
-Reads, in each folder (DESIGN 2.2):
+Reads, in each folder (docs/results.md):
 - results.json: a JSON object; its "metrics" mapping supplies the headline values.
 - predictions.jsonl: one JSON object per line with
       "id":      the item id (compared as a string), unique within the file

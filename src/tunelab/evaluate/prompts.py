@@ -1,4 +1,4 @@
-"""Render a task's prompt, choices and answer templates (DESIGN §2.1) over one record.
+"""Render a task's prompt, choices and answer templates (docs/tasks.md) over one record.
 
 Templates are Jinja2 with StrictUndefined, so a field the record lacks is an error that names the
 field, the record (file:line) and the fields it does have, instead of an empty string that would

@@ -1,4 +1,4 @@
-"""The results contract (DESIGN §2.2) in one place: `Results`, its builder, writer, reader, signature.
+"""The results contract (docs/results.md) in one place: `Results`, its builder, writer, reader, signature.
 
     res = build_results(task="dates", model=lm, n=len(lines), shots=3, metrics=scored,
                         cost=make_cost(wall_s, prompt_tokens=p, generated_tokens=g, peak_mem_mib=m),
@@ -28,8 +28,76 @@ from tunelab.errors import TunelabError, where
 # results.json's cost block: every key is always written (None where not measured).
 COST_KEYS = ("wall_s", "tokens", "prompt_tokens", "generated_tokens", "tokens_per_s", "peak_mem_mib")
 
+# What results.json and predictions.jsonl hold, key by key: docs/results.md is generated from these
+# tables (scripts/gen_docs.py) and the golden tests check today's files carry exactly these keys.
+RESULTS_KEYS = {
+    "task": "the task's name",
+    "model": "{name, sha256, adapter}: the model's name, the hash of its weights, the adapter folder (or null)",
+    "n": "items scored",
+    "shots": "demonstrations per prompt",
+    "metrics": "{metric name: {value, stderr, ci95, signature, n}}, the task's metrics in its order",
+    "cost": "what the evaluation cost (keys below)",
+    "signature": "what produced the numbers: version, model, task hash, template, shots, sampler, seed, metrics",
+}
+METRIC_ENTRY_KEYS = {
+    "value": "the score over all items",
+    "stderr": "standard error: std / sqrt(n) for means; the bootstrap std for corpus metrics (BLEU, perplexity); "
+              "null for one item or a count",
+    "ci95": "[low, high]: 95% bootstrap confidence interval (1000 resamples, seeded)",
+    "signature": "the metric and its settings, e.g. bleu|nrefs:1|case:mixed|tok:13a|...",
+    "n": "items it was computed over",
+}
+COST_DOC = {
+    "wall_s": "seconds, from start to the files written (model loading included)",
+    "tokens": "prompt_tokens + generated_tokens",
+    "prompt_tokens": "tokens the model read, demonstrations included",
+    "generated_tokens": "tokens the model wrote",
+    "tokens_per_s": "tokens / wall_s",
+    "peak_mem_mib": "peak memory, MiB (null for an endpoint)",
+}
+# predictions.jsonl: one object per item. "every task" keys are on each line; the others by task type.
+PREDICTION_KEYS = {
+    "every task": {
+        "id": "the item's `id` field, or its line number in the data file; unique",
+        "prompt": "the full prompt the model saw (for perplexity the first 200 characters of the text)",
+        "metrics": "{metric name: this item's value}; null where an item has none",
+        "demos": "positions of the demonstrations in the pool, in prompt order (only when fewshot.k > 0)",
+    },
+    "generate": {
+        "output": "the generated text, stop string cut off",
+        "gold": "the reference text(s), a list",
+        "finish": "why generation ended: stop (a stop string), eos (end of turn) or length (max_new_tokens)",
+        "length_chars": "characters of the output",
+        "length_tokens": "tokens of the output",
+        "latency_s": "seconds from the start of its batch (or request) until this output finished",
+        "tokens_per_s": "length_tokens / latency_s",
+        "refusal": "1.0 if the output reads as a refusal, else 0.0",
+        "answer_relevance": "cosine similarity of the output to the item's own prompt (MiniLM)",
+        "toxicity": "toxicity score of the output (0..1; null unless a scorer is given)",
+    },
+    "multiple_choice": {
+        "choices": "the choices' texts",
+        "choice_logliks": "summed log-likelihood of each choice after the prompt",
+        "is_greedy": "per choice: would greedy decoding produce it",
+        "pred": "index of the likeliest choice",
+        "pred_norm": "index of the likeliest choice per character",
+        "gold": "index of the right choice",
+    },
+    "perplexity": {
+        "loglik": "log-likelihood of the whole text (rolling windows)",
+        "n_tokens": "its tokens",
+        "n_words": "its words (whitespace-separated)",
+        "n_bytes": "its UTF-8 bytes",
+    },
+    "retrieval": {
+        "output": "the ids of the 10 best-ranked documents",
+        "gold": "the ids of the documents judged relevant",
+    },
+}
+
 __all__ = ["Results", "build_results", "make_cost", "model_info", "task_sha256", "signature",
-           "write_results", "read_results", "read_items", "record_run", "COST_KEYS"]
+           "write_results", "read_results", "read_items", "record_run", "COST_KEYS", "RESULTS_KEYS",
+           "PREDICTION_KEYS"]
 
 
 @dataclass
@@ -240,7 +308,7 @@ def read_results(folder: Union[str, Path], *, predictions: bool = True) -> Resul
     path = folder / paths.RESULTS_FILE
     data = _load_json(path, folder)
     if not isinstance(data, dict):
-        raise TunelabError(f"{path}: expected a JSON object (DESIGN results contract), got {type(data).__name__}")
+        raise TunelabError(f"{path}: expected a JSON object (docs/results.md), got {type(data).__name__}")
     if not isinstance(data.get("metrics"), dict):
         raise TunelabError(f"{where(path, field='metrics')}: missing or not a mapping of metric -> result; re-run the evaluation")
     model = data.get("model")

@@ -6,7 +6,7 @@
 The flow, top to bottom: resolve the task -> load rows (split, limit, this process's shard) ->
 render prompts and demonstrations -> run the task type (generate | multiple_choice | perplexity;
 retrieval has its own module) through the optional request cache -> gather shards -> score every
-metric with stderr and a bootstrap CI -> write the two artifacts atomically (DESIGN §2.2).
+metric with stderr and a bootstrap CI -> write the two artifacts atomically (docs/results.md).
 """
 from __future__ import annotations
 

@@ -248,13 +248,36 @@ def compare_context(folder: Path) -> dict:
         "subtitle": f"task {data.get('task') or '?'} · main metric {main or '?'}"
                     + ("" if data.get("higher_is_better", True) else " (lower is better)"),
         "main_metric": main or "metric", "best": data.get("best"), "sentences": [str(s) for s in data.get("sentences") or []],
-        "break_even": data.get("break_even") if isinstance(data.get("break_even"), dict) else None,
+        "break_even": break_even_rows(data.get("break_even")),
         "table": [_table_row(a, data.get("best")) for a in arms],
+        "many_models": len({str(a.get("model")) for a in arms}) > 1,  # one model: named once, not per row
         "plots": figs, "toxicity": [(str(a["id"]), num(a["toxicity"].get("mean")), num(a["toxicity"].get("max")),
                                      num(a["toxicity"].get("share_over_threshold"))) for a in tox],
         "disagreements": disagreements(arms, evals, main), "arm_ids": [str(a["id"]) for a in arms],
         "signatures": signatures, "configs": configs, "missing": missing,
     }
+
+
+def break_even_rows(be) -> list[tuple[str, str]]:
+    """compare.json's break_even as labelled rows with units (its keys are for programs, not readers)."""
+    if not isinstance(be, dict):
+        return []
+
+    def pair(tokens, seconds, unit_t="tokens", unit_s="s") -> str:
+        return f"{num(tokens, 1)} {unit_t}, {num(seconds, 3)} {unit_s}"
+
+    def after(q) -> str:
+        return "never" if q is None else f"{num(q)} queries"
+
+    rows = [("fine-tuned arm", str(be.get("fine_tuned", be.get("arm", "–")))),
+            ("against few-shot arm", str(be.get("few_shot", be.get("vs", "–"))))]
+    if "train_tokens" in be or "train_s" in be:
+        rows.append(("one-off training", pair(be.get("train_tokens"), be.get("train_s"))))
+    if "saved_tokens_per_query" in be or "saved_seconds_per_query" in be:
+        rows.append(("saved per query", pair(be.get("saved_tokens_per_query"), be.get("saved_seconds_per_query"))))
+    rows.append(("repaid after, in tokens", after(be.get("queries_tokens"))))
+    rows.append(("repaid after, in seconds on this machine", after(be.get("queries_seconds"))))
+    return rows
 
 
 def _first_metric(evals: dict) -> Optional[str]:

@@ -4,7 +4,7 @@
     res = bias("default", "bbq", "../shared/data/bbq", limit=300, out="runs/bbq")   # limit: per file
     res.metrics["pct_stereotype"]["value"], res.metrics["bias_disambig"]["ci95"]
 
-Both write the standard results.json + predictions.jsonl (DESIGN 2.2), with per-item `metrics`
+Both write the standard results.json + predictions.jsonl (docs/results.md), with per-item `metrics`
 so `tunelab diff` compares a base model and a fine-tuned one item by item.
 
 CrowS-Pairs (Nangia et al. 2020), scored as lm-evaluation-harness 0.4 `crows_pairs_english` does

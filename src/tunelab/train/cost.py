@@ -17,6 +17,7 @@ import logging
 import os
 from typing import Optional
 
+from tunelab import logs
 from tunelab.memory import current_memory_mib, peak_memory_mib  # noqa: F401  (the loop reads them here)
 
 log = logging.getLogger("tunelab.train")
@@ -157,16 +158,21 @@ class EnergyMeter:
         if os.environ.get("TUNELAB_NO_ENERGY") == "1":
             return
         try:
-            logging.getLogger("codecarbon").setLevel(logging.ERROR)
             from codecarbon import OfflineEmissionsTracker
 
+            # under the CLI its lines go to the run's log.txt (tunelab.logs); a library user
+            # who set up no routing gets errors only, as before
+            logs.adopt()
+            level = "info" if logs.routing() else "error"
+            logging.getLogger("codecarbon").setLevel(level.upper())
             self.tracker = OfflineEmissionsTracker(
                 country_iso_code="USA",  # only the CO2 intensity depends on it; energy does not
                 output_dir=output_dir,
                 save_to_file=False,
-                log_level="error",
+                log_level=level,
                 tracking_mode="process",
             )
+            logs.adopt()  # the tracker re-installs its terminal handler while it sets up
             self.tracker.start()
         except Exception as e:  # noqa: BLE001 - codecarbon probes hardware in many ways
             log.debug("energy measurement unavailable: %s", e)

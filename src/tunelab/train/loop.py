@@ -37,7 +37,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from tunelab import paths, runs
+from tunelab import logs, paths, runs
 from tunelab.config import TrainConfig, load_train_config, to_yaml
 from tunelab.errors import ParameterError, TunelabError
 from tunelab.io import atomic_dir, atomic_write_json, atomic_write_text, check_writable
@@ -430,7 +430,10 @@ class Recipe:
                     best_now, stop = self._early_stopping(row["eval_loss"])
                     if stop:
                         stopped = "early_stopping"
-                self._log(row)
+                # every log_every-th step, plus every eval and the last step (the summary and the
+                # report read the eval loss from these lines)
+                if state.step % cfg.train.log_every == 0 or "eval_loss" in row or state.step == self.total_steps:
+                    self._log(row)
                 tps = row["tokens_per_s"]
                 progress.update(state.step, loss=f"{loss:.4f}", **{"tok/s": f"{tps:,.0f}" if tps else "-"})
 
@@ -707,15 +710,16 @@ def train(config, overrides: list[str] | None = None, *, resume: bool = False, o
     if recipe.finished is not None:  # --resume of a finished run: nothing to do, nothing rewritten
         weights = recipe.run_dir / (paths.ADAPTER_DIR if recipe.adapter else paths.MODEL_DIR)
         return RunResult(recipe.run_dir, weights, recipe.finished, stopped="already_finished")
-    recipe.setup()
-    rid = None
-    if recipe.main:  # one registry row per run, written by the main process
-        rid = runs.start("train", name=config.name, path=recipe.run_dir, task=config.data.train, model=config.model)
-    try:
-        result = recipe.train()
-    except BaseException as e:
-        runs.finish(rid, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
-        raise
+    recipe.setup()  # lines logged while the model loads are held and written when the log opens
+    with logs.run_log(recipe.run_dir if recipe.main else None):  # other libraries' log lines: run_dir/log.txt
+        rid = None
+        if recipe.main:  # one registry row per run, written by the main process
+            rid = runs.start("train", name=config.name, path=recipe.run_dir, task=config.data.train, model=config.model)
+        try:
+            result = recipe.train()
+        except BaseException as e:
+            runs.finish(rid, "interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
+            raise
     s = result.summary
     loss_key = "best_eval_loss" if s.get("best_eval_loss") is not None else "final_loss"
     runs.finish(rid, "completed" if result.stopped == "completed" else "stopped", metric=loss_key, value=s.get(loss_key))

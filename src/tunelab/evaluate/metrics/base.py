@@ -44,7 +44,7 @@ class MetricResult:
     item_values: list[float] = field(default_factory=list, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        """The results.json form (DESIGN 2.2): value, stderr, ci95 (+ signature, n)."""
+        """The results.json form (docs/results.md): value, stderr, ci95 (+ signature, n)."""
         return {"value": self.value, "stderr": self.stderr,
                 "ci95": list(self.ci95) if self.ci95 is not None else None,
                 "signature": self.signature, "n": self.n}

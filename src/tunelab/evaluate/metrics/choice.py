@@ -1,7 +1,7 @@
 """Multiple-choice accuracy from per-choice log-likelihoods, exactly as lm-evaluation-harness.
 
 The runner scores each choice as the summed log-likelihood of `target_delimiter + choice` after
-the context (DESIGN 2.1) and hands these metrics an item with:
+the context (docs/tasks.md) and hands these metrics an item with:
 
     item["choice_logliks"]: list[float]   one summed log-likelihood per choice
     item["choices"]:        list[str]     the choice texts themselves, WITHOUT the delimiter

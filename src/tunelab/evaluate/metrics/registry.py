@@ -1,6 +1,6 @@
 """Metric names -> classes, and the task-YAML metric spec -> metric objects.
 
-A task's `metrics:` list holds names or one-key dicts with options (DESIGN 2.1):
+A task's `metrics:` list holds names or one-key dicts with options (docs/tasks.md):
 
     metrics: [exact_match, {bleu: {tokenize: 13a}}, {rouge1: {use_stemmer: true}}]
 

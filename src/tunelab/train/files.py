@@ -1,0 +1,92 @@
+"""What a training run folder holds, file by file and key by key.
+
+docs/run-folder.md is generated from these tables (scripts/gen_docs.py), and the golden tests
+check that a run written by today's code has exactly these files and keys, so the page cannot
+drift from what the trainer writes. The file names themselves are constants in tunelab.paths and
+tunelab.train.checkpoint; this module only says what each one means.
+"""
+from __future__ import annotations
+
+from tunelab import paths
+from tunelab.train import checkpoint as ckpt
+
+# The run folder, `out` of the train config (default runs/NAME/).
+RUN_FOLDER = {
+    paths.CONFIG_FILE: "the resolved config (file + overrides + defaults); after a --resume it holds the "
+                       "settings in force now",
+    paths.METRICS_FILE: "one JSON object per logged optimizer step (keys below)",
+    paths.SUMMARY_FILE: "whole-run numbers, written when the run ends (keys below)",
+    f"{paths.CHECKPOINTS_DIR}/step-N/": "everything a --resume needs (files below); the newest "
+                                        "`train.keep_checkpoints` and the best are kept",
+    f"{paths.ADAPTER_DIR}/": "lora, dora, qlora: the final adapter, a PEFT folder plus the tokenizer and "
+                             "tunelab_adapter.json (base model name, path and sha256, method)",
+    f"{paths.MODEL_DIR}/": "full: the final model, a Hugging Face folder (safetensors) with its tokenizer",
+    paths.RESUME_LOG_FILE: "one line per --resume: `time`, `from_step` and `changed` {key: {from, to}}",
+    paths.REPORT_FILE: "the run's HTML report; `tunelab train` writes it, `tunelab report DIR` rebuilds it",
+    paths.LOG_FILE: "`tunelab train` only: log lines at INFO and above, tunelab's and other libraries' (the "
+                    "terminal shows them with --verbose)",
+}
+
+CHECKPOINT_FILES = {
+    f"{paths.ADAPTER_DIR}/ or {paths.MODEL_DIR}/": "the trainable weights at this step, loadable on their own",
+    ckpt.OPTIMIZER_FILE: "AdamW state (read back with torch.load(weights_only=True))",
+    ckpt.SCHEDULER_FILE: "learning-rate scheduler state",
+    ckpt.RNG_FILE: "Python, NumPy, torch (and CUDA) random states of every process",
+    ckpt.STATE_FILE: "step, epoch and position in it, token and FLOP counters, best eval loss",
+    paths.CONFIG_FILE: "the config the checkpoint was written under; --resume compares against it",
+    ckpt.TEMPLATE_FILE: "the chat template the training data was rendered with",
+}
+
+# One line of metrics.jsonl. `eval_loss` appears on evaluation steps only.
+METRICS_KEYS = {
+    "step": "optimizer step, from 1",
+    "epoch": "epochs done, fractional",
+    "loss": "mean cross-entropy per supervised token of the step",
+    "lr": "learning rate the step was taken with",
+    "grad_norm": "gradient norm before clipping",
+    "tokens": "real (non-padding) tokens of the step",
+    "tokens_per_s": "this step's tokens / its seconds",
+    "mfu": "model FLOPs utilisation of the step (null on CPU and unknown GPUs)",
+    "mem_mib": "memory in use after the step, MiB (GPU: allocated; CPU: the process's resident memory)",
+    "run_tokens_per_s": "the whole run so far, compilation and evaluation included",
+    "run_mfu": "the same for MFU",
+    "steady_tokens_per_s": "steps after the last one that compiled anything (null until there is one)",
+    "steady_mfu": "the same for MFU",
+    "steady_from_step": "first step of the steady state",
+    "compiles": "graphs torch.compile has built so far",
+    "eval_loss": "held-out loss (evaluation steps only)",
+}
+
+SUMMARY_KEYS = {
+    "wall_s": "seconds of the whole run, every launch added up",
+    "train_s": "seconds inside the training loop",
+    "tokens_seen": "real tokens through the model",
+    "tokens_trained": "supervised tokens (with train_on: completion, fewer than seen)",
+    "tokens_per_s": "tokens_seen / train_s",
+    "flops": "estimated training FLOPs (docs/training.md, Accounting)",
+    "mfu": "whole-run MFU (null on CPU and unknown GPUs)",
+    "steady_tokens_per_s": "tokens/s after the last compilation",
+    "steady_mfu": "MFU after the last compilation",
+    "steady_from_step": "where the steady state starts",
+    "compiles": "graphs torch.compile built",
+    "batch_tokens": "the micro-batch token budget used (also when sized automatically)",
+    "row_width": "fixed packed-row width (null when rows are not padded to one width)",
+    "threads": "CPU threads used (null on a GPU)",
+    "peak_mem_mib": "peak memory per process (MiB), the max over launches",
+    "energy_wh": "energy measured by codecarbon (null where it cannot measure)",
+    "best_checkpoint": "checkpoints/step-N with the lowest eval loss (null without evaluation)",
+    "best_eval_loss": "its eval loss",
+    "final_loss": "training loss of the last logged step",
+    "final_eval_loss": "the last eval loss",
+    "steps": "optimizer steps done",
+    "stopped": "completed or early_stopping",
+    "method": "full, lora, dora or qlora",
+    "model": "base model name",
+    "trainable_params": "parameters trained",
+    "total_params": "parameters of the model",
+    "train_rows": "training examples after preparation",
+    "eval_rows": "held-out examples",
+    "device": "cpu, cuda:0, ...",
+    "processes": "processes of the run (DDP / FSDP)",
+    "precision": "fp32, bf16 or fp16",
+}

@@ -1,0 +1,91 @@
+"""Other libraries' log lines go to the run's log.txt, not the terminal, unless --verbose (tunelab.logs)."""
+from __future__ import annotations
+
+import logging
+import sys
+
+import pytest
+
+from tunelab import logs
+
+
+@pytest.fixture
+def routed():
+    yield logs
+    logs.reset()
+
+
+def _noisy_library(name: str) -> logging.Logger:
+    """A logger set up the way codecarbon and transformers do it: its own terminal handler, no propagation."""
+    lib = logging.getLogger(name)
+    lib.handlers = [logging.StreamHandler(sys.stderr)]
+    lib.setLevel(logging.INFO)
+    lib.propagate = False
+    return lib
+
+
+def test_library_lines_go_to_the_run_log_not_the_terminal(routed, tmp_path, capsys):
+    routed.configure(verbose=False)
+    lib = _noisy_library("fakecarbon")
+    routed.adopt()
+    lib.info("before the run folder opens")  # e.g. while the model loads
+    with routed.run_log(tmp_path / "run") as path:
+        lib.warning("Multiple instances are allowed")
+        logging.getLogger("tunelab.train").warning("a warning of our own")
+        logging.getLogger("tunelab.train").info("an info line of our own")
+    lib.info("after the run: not in this run's file")
+    err = capsys.readouterr().err
+    assert "fakecarbon" not in err and "Multiple instances" not in err and "before the run" not in err
+    assert "a warning of our own" in err and "an info line" not in err
+    text = path.read_text()
+    assert path == tmp_path / "run" / "log.txt"
+    assert "INFO fakecarbon: before the run folder opens" in text
+    assert "WARNING fakecarbon: Multiple instances are allowed" in text
+    assert "tunelab.train: a warning of our own" in text and "tunelab.train: an info line of our own" in text
+    assert "after the run" not in text
+    assert text.index("before the run") < text.index("Multiple instances")
+
+
+def test_verbose_shows_library_lines_too(routed, tmp_path, capsys):
+    routed.configure(verbose=True)
+    lib = _noisy_library("fakehf")
+    routed.adopt()
+    with routed.run_log(tmp_path) as path:
+        lib.info("loading weights")
+    err = capsys.readouterr().err
+    assert err.count("loading weights") == 1  # once: its own handler is gone, ours prints it
+    assert "[fakehf info] loading weights" in err
+    assert "loading weights" in path.read_text()
+
+
+def test_a_run_that_logs_nothing_leaves_no_file(routed, tmp_path):
+    routed.configure()
+    with routed.run_log(tmp_path / "quiet") as path:
+        pass
+    assert not path.exists() and not (tmp_path / "quiet").exists()
+
+
+def test_library_use_without_configure_changes_nothing(tmp_path, capsys):
+    lib = _noisy_library("fakelib_untouched")
+    handlers = list(lib.handlers)
+    logs.adopt()
+    with logs.run_log(tmp_path) as path:
+        lib.warning("shown by its own handler")
+    assert path is None and not (tmp_path / "log.txt").exists()
+    assert lib.handlers == handlers and lib.propagate is False
+
+
+def test_codecarbon_lines_go_to_the_run_log(routed, tmp_path, capsys, monkeypatch):
+    """The real case of the issue: codecarbon 3.x's INFO and WARNING lines during a training run."""
+    pytest.importorskip("codecarbon")
+    from tunelab.train.cost import EnergyMeter
+
+    monkeypatch.delenv("TUNELAB_NO_ENERGY", raising=False)
+    routed.configure()
+    with routed.run_log(tmp_path) as path:
+        meter = EnergyMeter(str(tmp_path))
+        meter.stop_wh()
+    if meter.tracker is None:
+        pytest.skip("codecarbon could not start on this machine")
+    assert "codecarbon" not in capsys.readouterr().err
+    assert "codecarbon" in path.read_text()
