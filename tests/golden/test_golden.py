@@ -112,12 +112,34 @@ def test_prediction_lines_carry_exactly_the_documented_keys(kind, tmp_path, tiny
         task = load_task(golden.TASK if kind == "multiple_choice" else golden.TASK_GENERATE)
         task.fewshot.k = 1  # demonstrations (from the same file) add `demos`
     res = evaluate(str(tiny_dir), task, limit=3, out=tmp_path / "out")
-    want = set(PREDICTION_KEYS["every task"]) | set(PREDICTION_KEYS[kind])
+    want = set(PREDICTION_KEYS["every line"]) | set(PREDICTION_KEYS[kind])
     if task.fewshot.k == 0:
         want.discard("demos")
     lines = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     assert lines and all(set(line) == want for line in lines), (sorted(set(lines[0]) ^ want))
     assert res.n == len(lines)
+
+
+@pytest.mark.parametrize("benchmark", ["crows_pairs", "bbq"])
+def test_bias_lines_carry_exactly_the_documented_keys(benchmark, shared_data, tiny_dir):
+    from tunelab.evaluate.results import PREDICTION_KEYS
+    from tunelab.safety.bias import bias
+
+    data = shared_data / ("crows_pairs/crows_pairs_anonymized.csv" if benchmark == "crows_pairs" else "bbq/Age.jsonl")
+    res = bias(str(tiny_dir), benchmark, data, limit=3, device="cpu")
+    want = (set(PREDICTION_KEYS["every line"]) - {"demos"}) | set(PREDICTION_KEYS[f"safety bias {benchmark}"])
+    assert res.predictions and all(set(line) == want for line in res.predictions), sorted(set(res.predictions[0]) ^ want)
+
+
+def test_probe_lines_carry_exactly_the_documented_keys(tmp_path, tiny_dir):
+    from tunelab.evaluate.results import PREDICTION_KEYS
+    from tunelab.safety.probe import probe
+
+    (tmp_path / "prompts.txt").write_text("the weather today is\nonce upon a time\n")
+    res = probe(str(tiny_dir), tmp_path / "prompts.txt", samples=2, max_new_tokens=4, device="cpu",
+                scorer=lambda texts: [0.0] * len(texts))
+    want = (set(PREDICTION_KEYS["every line"]) - {"demos"}) | set(PREDICTION_KEYS["safety probe"])
+    assert res.predictions and all(set(line) == want for line in res.predictions), sorted(set(res.predictions[0]) ^ want)
 
 
 # ---------------------------------------------------------------- old files still read
