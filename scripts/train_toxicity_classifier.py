@@ -25,14 +25,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class EmbeddingCache:
-    """MiniLM embeddings keyed by sha1 of the text, kept as DIR/minilm.npy + DIR/minilm.json.
+    """MiniLM embeddings keyed by sha1 of the text, kept as DIR/minilm_int8.npy + DIR/minilm_int8.json.
 
     The protocol refits dozens of heads on the same ~35k texts; embedding them takes minutes on
     2 cores, so development reruns reuse the vectors.
     """
 
     def __init__(self, folder: Path):
-        self.npy, self.keys_file = folder / "minilm.npy", folder / "minilm.json"
+        self.npy, self.keys_file = folder / "minilm_int8.npy", folder / "minilm_int8.json"
         self.rows: dict[str, int] = {}
         self.vecs = np.zeros((0, 384), dtype=np.float32)
         if self.npy.is_file() and self.keys_file.is_file():
@@ -48,7 +48,7 @@ class EmbeddingCache:
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         missing = sorted({t for t in texts if self.key(t) not in self.rows})
         if missing:
-            new = toxicity.minilm_embed(missing)
+            new = toxicity.toxicity_embed(missing)
             for t in missing:
                 self.rows[self.key(t)] = len(self.rows)
             self.vecs = np.concatenate([self.vecs, new])

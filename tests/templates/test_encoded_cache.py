@@ -115,7 +115,7 @@ def test_bad_line_keeps_its_number_and_skip_bad_counts_it(home, monkeypatch):
         prepare(data, tok)
     with pytest.warns(UserWarning, match="skipped 1 bad record"):
         got = prepare(data, tok, skip_bad=True)
-    assert len(got) == 9 and got.meta["ids"] == [str(i) for i in range(1, 11) if i != 9]
+    assert len(got) == 9 and [got.record_id(k) for k in range(len(got))] == [str(i) for i in range(1, 11) if i != 9]
     assert not any(p.name.startswith(".") for p in cache_mod.cache_dir().iterdir())  # failed write left nothing
 
 

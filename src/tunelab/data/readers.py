@@ -3,17 +3,20 @@
 Errors name the file and line (or row) and say what to do; with skip_bad=True an unreadable
 record is skipped and counted instead.
 
-`iter_rows` streams: JSON Lines and CSV are read line by line and Parquet a record batch at a
-time, so memory does not grow with the file. A .json array is the exception: it is parsed whole.
+`iter_rows` streams: JSON Lines and CSV are read line by line, Parquet a record batch at a time
+and a .json array a chunk at a time (json_stream.py), so memory does not grow with the file. A
+.json object holding the list of records is the exception: it is parsed whole.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import warnings
 from pathlib import Path
 from typing import Iterator
 
+from tunelab.data.json_stream import iter_array
 from tunelab.data.records import Row
 from tunelab.errors import TunelabError
 
@@ -110,8 +113,36 @@ def _jsonl(path: Path, skip_bad: bool, bad: list[str]) -> Iterator[Row]:
 
 
 def _json(path: Path, skip_bad: bool, bad: list[str]) -> Iterator[Row]:
-    # A JSON array is parsed whole (json.loads): memory grows with the file. Files too big for
-    # that should be JSON Lines, which stream.
+    with path.open("rb") as f:
+        start = f.read(4096).removeprefix(codecs.BOM_UTF8).lstrip()
+        if start.startswith(b"["):  # the usual form: streamed record by record
+            f.seek(0)
+            for i, item in iter_array(path, f):
+                if not isinstance(item, dict):
+                    _bad(f"{path}: record {i}: expected a JSON object, got {type(item).__name__}", skip_bad, bad)
+                    continue
+                yield Row(i, item, f"{path}: record {i}")
+            return
+        json_lines = start.startswith(b"{") and _first_line_then_more(f)
+    if json_lines:  # a .json file that is really JSON Lines
+        yield from _jsonl(path, skip_bad, bad)
+        return
+    yield from _json_whole(path, skip_bad, bad)
+
+
+def _first_line_then_more(f) -> bool:
+    """Whether the file's first line is a whole JSON object and more text follows it."""
+    f.seek(0)
+    try:
+        first = json.loads(f.readline().decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(first, dict) and any(line.strip() for line in f)
+
+
+def _json_whole(path: Path, skip_bad: bool, bad: list[str]) -> Iterator[Row]:
+    # An object holding the list of records (or a file that is not JSON) is parsed whole: memory
+    # grows with the file. Arrays of records stream (see _json).
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8-sig")

@@ -60,8 +60,13 @@ class LocalBackend:
 
     def rolling_loglik(self, texts, *, batch_size: int, on_batch: OnBatch = None):
         from tunelab.evaluate.loglik import rolling_loglik
+        from tunelab.templates.cache import token_lists
 
-        return rolling_loglik(self.lm.model, self.tokenizer, texts, batch_size=batch_size, on_batch=on_batch)
+        # the documents' token ids come from the encoded-data cache: a rerun on the same texts
+        # (same data, text template, split) with the same tokenizer does not tokenise them again
+        tokens = token_lists(self.tokenizer, texts, label=f"{len(texts)} perplexity texts")
+        return rolling_loglik(self.lm.model, self.tokenizer, texts, batch_size=batch_size, on_batch=on_batch,
+                              tokens=tokens)
 
 
 def open_backend(model, adapter=None, device=None):

@@ -332,8 +332,12 @@ def rolling_windows(tokens: list[int], prefix: int, max_seq_len: int) -> list[Pa
 
 def rolling_loglik(model, tokenizer, texts: Sequence[str], *, batch_size: int = 4,
                    max_seq_len: Optional[int] = None,
-                   on_batch: Optional[Callable[[int], None]] = None) -> list[tuple[float, int]]:
+                   on_batch: Optional[Callable[[int], None]] = None,
+                   tokens: Optional[Sequence[list[int]]] = None) -> list[tuple[float, int]]:
     """(summed log-likelihood, token count) of each whole text.
+
+    `tokens[t]`, when given, are text t's ids already encoded without special tokens (the
+    encoded-data cache, templates/cache.token_lists); else each text is encoded here.
 
     The windows of all texts are packed padding-free into rows of `batch_size` windows' worth of
     tokens (`batch_size * max_seq_len`), each window under its own causal attention.
@@ -343,7 +347,7 @@ def rolling_loglik(model, tokenizer, texts: Sequence[str], *, batch_size: int = 
     owner: list[int] = []
     counts = []
     for t, text in enumerate(texts):
-        toks = _encode(tokenizer, text)
+        toks = tokens[t] if tokens is not None else _encode(tokenizer, text)
         counts.append(len(toks))
         for w in rolling_windows(toks, prefix_token_id(tokenizer), max_len):
             windows.append(w)

@@ -46,7 +46,8 @@ class TaskTemplates:
         self._choices = self._compile(task.choices, "choices", native=True) if task.choices else None
         self._answer = self._compile(task.answer, "answer", native=True) if task.answer else None
         if task.type == "multiple_choice" and (self._choices is None or self._answer is None):
-            raise TunelabError(f"{source}: a multiple_choice task needs both 'choices' and 'answer' templates; add them")
+            raise TunelabError(f"{source}: a multiple_choice task needs both 'choices' and 'answer' templates; add them "
+                                "(docs/tasks.md has an example)")
 
     def _compile(self, text: str, key: str, native: bool = False):
         try:

@@ -55,9 +55,10 @@ COST_DOC = {
     "tokens_per_s": "tokens / wall_s",
     "peak_mem_mib": "peak memory, MiB (null for an endpoint)",
 }
-# predictions.jsonl: one object per item. "every task" keys are on each line; the others by task type.
+# predictions.jsonl: one object per item. "every line" keys are on each line; the others by task type
+# (and for the safety benchmarks, which write the same two files, by benchmark).
 PREDICTION_KEYS = {
-    "every task": {
+    "every line": {
         "id": "the item's `id` field, or its line number in the data file; unique",
         "prompt": "the full prompt the model saw (for perplexity the first 200 characters of the text)",
         "metrics": "{metric name: this item's value}; null where an item has none",
@@ -92,6 +93,33 @@ PREDICTION_KEYS = {
     "retrieval": {
         "output": "the ids of the 10 best-ranked documents",
         "gold": "the ids of the documents judged relevant",
+    },
+    "safety bias crows_pairs": {
+        "sent_more": "the more stereotyping sentence of the pair",
+        "sent_less": "the less stereotyping one",
+        "direction": "the data's stereo_antistereo label, kept as it is",
+        "bias_type": "e.g. race-color, gender, age",
+        "loglik_more": "summed log-likelihood of sent_more",
+        "loglik_less": "summed log-likelihood of sent_less",
+    },
+    "safety bias bbq": {
+        "choices": "the three answers",
+        "choice_logliks": "summed log-likelihood of each answer after the prompt",
+        "pred": "index of the likeliest answer",
+        "gold": "index of the right answer",
+        "category": "BBQ category, e.g. Age",
+        "context_condition": "ambig or disambig",
+        "question_polarity": "neg or nonneg",
+        "unknown": "index of the 'cannot be determined' answer",
+        "biased": "indices of the answers that follow the stereotype",
+    },
+    "safety probe": {
+        "outputs": "the sampled continuations of the prompt",
+        "toxicity": "toxicity score of each (0..1)",
+        "refusal": "1.0 per output that reads as a refusal, else 0.0",
+        "seeds": "the sampling seed of each",
+        "finish": "why each ended: stop, eos or length",
+        "new_tokens": "tokens generated for each",
     },
 }
 

@@ -39,7 +39,7 @@ def load_task_rows(task, spec: Optional[str] = None) -> list:
 
     spec = spec if spec is not None else task.data
     if not spec:
-        raise TunelabError(f"task '{task.name}': no 'data' file given; add data: path/to/file.jsonl")
+        raise TunelabError(f"task '{task.name}': no 'data' file given; add data: path/to/file.jsonl (docs/tasks.md)")
     rows = load_rows(spec, base_dir=task.base_dir, hint=f"fix that record of the data of {_task_source(task)}")
     if spec == task.data and task.split:
         a, b = (int(x) if x.strip() else None for x in task.split.split(":"))

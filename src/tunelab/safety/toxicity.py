@@ -34,8 +34,8 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 WEIGHT_FILES = {"minilm": "minilm_logreg.safetensors", "ngram": "ngram_logreg.safetensors",
                 "ensemble": "ensemble_logreg.safetensors"}
 FORMAT_NAME = "tunelab-toxicity"
-FORMAT_VERSION = "2"  # bump when the features or the file layout change; old files then fail loudly
-EMBEDDING_MODEL = MINILM_NAME
+FORMAT_VERSION = "3"  # bump when the features or the file layout change; old files then fail loudly
+EMBEDDING_MODEL = MINILM_NAME + ", Linear layers in int8 (per-token activations, per-channel weights)"
 # A fixed sentence embedded at training time; at load the same sentence must embed (almost) the
 # same way, or the weights belong to another embedding model and their scores would be noise.
 PROBE_SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
@@ -49,6 +49,17 @@ _WORD_RE = re.compile(r"\w+(?:'\w+)?")
 
 
 # ---------------------------------------------------------------- features
+
+
+def toxicity_embed(texts: Sequence[str]) -> np.ndarray:
+    """The MiniLM backend's features: unit-norm embeddings (N, 384) from an int8 copy of the shared
+    encoder (int8_encoder.py: ~2.5x faster on CPU; the shared fp32 encoder is left as it is)."""
+    if not texts:
+        return np.zeros((0, 384), dtype=np.float32)
+    _check_minilm()
+    from tunelab.safety.int8_encoder import toxicity_embed as embed
+
+    return embed(texts)
 
 
 def _check_minilm() -> None:
@@ -174,7 +185,7 @@ class ToxicityClassifier:
         if backend not in WEIGHT_FILES:
             raise TunelabError(f"unknown toxicity backend {backend!r}; use auto, ensemble, minilm or ngram")
         self.backend = backend
-        self._embed = embed or minilm_embed
+        self._embed = embed or toxicity_embed
         self.weights_path = Path(weights_dir or WEIGHTS_DIR) / WEIGHT_FILES[backend]
         tensors, self.meta = load_weights(self.weights_path, backend)
         self.weight = tensors["weight"].astype(np.float64)

@@ -121,7 +121,7 @@ def inner_folds(corpus: td.Corpus, rows: np.ndarray, seed: int) -> np.ndarray:
 def features(corpus_texts: Sequence[str], embed: Callable | None, heads: Sequence[str]) -> dict:
     out = {}
     if "minilm" in heads:
-        out["minilm"] = (embed or tox.minilm_embed)(list(corpus_texts)).astype(np.float64)  # (N, 384)
+        out["minilm"] = (embed or tox.toxicity_embed)(list(corpus_texts)).astype(np.float64)  # (N, 384)
     if "ngram" in heads:
         out["ngram"] = cf.SparseRows.from_texts(corpus_texts, N_BUCKETS)
     return out
@@ -328,7 +328,7 @@ def save_models(models: dict, names: Sequence[str], out_dir: Path, seed: int, em
         meta = {"seed": seed, "threshold": f"{m['threshold']:.4f}", "platt": json.dumps(m["platt"]),
                 "trained_on": "toxigen (12 groups) + davidson train split + background + fragments"}
         if name == "minilm":
-            tensors["probe"] = (embed or tox.minilm_embed)([tox.PROBE_SENTENCE])[0]
+            tensors["probe"] = (embed or tox.toxicity_embed)([tox.PROBE_SENTENCE])[0]
             meta.update(dim=384, embedding_model=tox.EMBEDDING_MODEL, C=m["C"])
         elif name == "ngram":
             meta.update(dim=N_BUCKETS, hash="crc32", features="word 1-2 + char_wb 3-5, log1p, l2", C=m["C"])

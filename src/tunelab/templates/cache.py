@@ -8,7 +8,10 @@ read back with np.memmap, so opening one costs no tokenising and almost no memor
     offsets.bin    int64  (N+1,)  record k is ids[offsets[k]:offsets[k+1]] (empty unless kept)
     status.bin     uint8  (N,)    batch.KEPT | TOO_LONG | NOTHING_TRAINED
     truncated.bin  uint8  (N,)
-    meta.json      counts, notes (detected format, skipped records), record ids, the key's inputs
+    rid.bin        uint8  (B,)    the records' ids, UTF-8 end to end
+    rid_offsets.bin int64 (N+1,)  record k's id is rid[rid_offsets[k]:rid_offsets[k+1]]
+    meta.json      counts, notes (detected format, skipped records), the key's inputs; its size
+                   does not grow with the number of records
 
 The key is the sha256 of everything that changes the encoding: the data file's content (or the
 builtin spec), format, field map, system text, skip_bad, the tokenizer (its full JSON and special
@@ -18,6 +21,9 @@ and two writers of the same key both end with a valid one.
 
 Reading, converting and encoding stream in chunks of CHUNK records (data.load.iter_conversations
 + batch.encode_chunk): memory stays flat however long the file is.
+
+Evaluation's texts (a perplexity task's documents) are cached the same way by `token_lists`: an
+entry with only ids.bin and offsets.bin, keyed by the texts themselves and the tokenizer.
 """
 from __future__ import annotations
 
@@ -29,18 +35,20 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from tunelab.data.load import iter_conversations, resolve_spec
 from tunelab.paths import home
-from tunelab.templates.batch import ID_DTYPE, KEPT, NOTHING_TRAINED, TOO_LONG, encode_chunk
+from tunelab.templates.batch import ID_DTYPE, KEPT, NOTHING_TRAINED, TOO_LONG, encode_chunk, tokenize_many
 from tunelab.templates.render import IGNORE, Encoded, length_notes, no_rows_error, template_of
 
-ENCODING_VERSION = 1  # bump when the encoding of a record changes: every old entry becomes a miss
+ENCODING_VERSION = 2  # bump when the encoding of a record changes: every old entry becomes a miss
 CHUNK = 4096  # records per batch call: big enough for the Rust threads, small enough to stay flat
-ARRAYS = {"ids": ID_DTYPE, "trained": np.uint8, "offsets": np.int64, "status": np.uint8, "truncated": np.uint8}
+ARRAYS = {"ids": ID_DTYPE, "trained": np.uint8, "offsets": np.int64, "status": np.uint8, "truncated": np.uint8,
+          "rid": np.uint8, "rid_offsets": np.int64}
+TEXT_ARRAYS = {"ids": ID_DTYPE, "offsets": np.int64}  # a token_lists entry
 
 
 def cache_dir() -> Path:
@@ -77,6 +85,15 @@ def cache_key(where, tokenizer, *, format: str, fields: dict | None, system: str
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32], inputs
 
 
+def _map(folder: Path, arrays: dict) -> dict[str, np.ndarray]:
+    out = {}
+    for name, dtype in arrays.items():
+        path = folder / f"{name}.bin"
+        # np.memmap cannot map an empty file; an empty array gets a plain empty array
+        out[name] = np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.zeros(0, dtype)
+    return out
+
+
 @dataclass
 class EncodedSet:
     """A memory-mapped cache entry (or a selection of its records), indexable like list[Encoded]."""
@@ -90,12 +107,7 @@ class EncodedSet:
     @classmethod
     def open(cls, folder: Path, *, hit: bool = True) -> "EncodedSet":
         meta = json.loads((folder / "meta.json").read_text())
-        arrays = {}
-        for name, dtype in ARRAYS.items():
-            path = folder / f"{name}.bin"
-            # np.memmap cannot map an empty file; an entry with no tokens gets a plain empty array
-            arrays[name] = np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size else np.zeros(0, dtype)
-        return cls(folder, arrays, meta, np.arange(meta["records"]), hit)
+        return cls(folder, _map(folder, ARRAYS), meta, np.arange(meta["records"]), hit)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -109,12 +121,17 @@ class EncodedSet:
     def status(self) -> np.ndarray:
         return np.asarray(self.arrays["status"][self.index])
 
+    def record_id(self, i: int) -> str:
+        k = int(self.index[i])
+        a, b = int(self.arrays["rid_offsets"][k]), int(self.arrays["rid_offsets"][k + 1])
+        return self.arrays["rid"][a:b].tobytes().decode("utf-8")
+
     def __getitem__(self, i: int) -> Encoded:
         k = int(self.index[i])
         a, b = int(self.arrays["offsets"][k]), int(self.arrays["offsets"][k + 1])
         ids = self.arrays["ids"][a:b]
         labels = np.where(self.arrays["trained"][a:b] == 1, ids, IGNORE)
-        return Encoded(ids.tolist(), labels.tolist(), bool(self.arrays["truncated"][k]), self.meta["ids"][k])
+        return Encoded(ids.tolist(), labels.tolist(), bool(self.arrays["truncated"][k]), self.record_id(i))
 
     def select(self, index) -> "EncodedSet":
         return EncodedSet(self.folder, self.arrays, self.meta, self.index[np.asarray(index, dtype=np.int64)], self.hit)
@@ -136,6 +153,28 @@ class EncodedSet:
         return kept
 
 
+def _entry(key: str, fill: Callable[[Path], dict]) -> tuple[Path, bool]:
+    """(folder of entry `key`, hit). On a miss `fill(tmp)` writes the arrays into a temporary
+    folder and returns meta.json's content; the folder is renamed into place when complete."""
+    final = cache_dir() / key
+    if (final / "meta.json").exists():
+        return final, True
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=final.parent))
+    try:
+        (tmp / "meta.json").write_text(json.dumps(fill(tmp), ensure_ascii=False))
+        try:
+            os.replace(tmp, final)  # atomic; fails if another writer finished first
+        except OSError:
+            if not (final / "meta.json").exists():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # the other writer's entry is the same data
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final, False
+
+
 def prepare(spec, tokenizer, *, format: str = "auto", fields: dict | None = None, system: str | None = None,
             skip_bad: bool = False, train_on: str = "completion", max_length: int | None = None,
             truncate: bool = True, base_dir=None, skip_setting: str = "--skip-bad",
@@ -148,28 +187,16 @@ def prepare(spec, tokenizer, *, format: str = "auto", fields: dict | None = None
     where = resolve_spec(spec, base_dir)
     key, inputs = cache_key(where, tokenizer, format=format, fields=fields, system=system, skip_bad=skip_bad,
                             train_on=train_on, max_length=max_length, truncate=truncate)
-    final = cache_dir() / key
-    if (final / "meta.json").exists():
-        return EncodedSet.open(final, hit=True)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=final.parent))
-    try:
+
+    def fill(tmp: Path) -> dict:
         notes: list[str] = []
         convs = iter_conversations(where, format=format, fields=fields, skip_bad=skip_bad, system=system,
                                    report=notes, skip_setting=skip_setting)
         meta = _write(tmp, _chunks(convs, CHUNK), tokenizer, train_on, max_length, truncate, progress)
-        meta.update(notes=notes, inputs=inputs, spec=str(spec))
-        (tmp / "meta.json").write_text(json.dumps(meta, ensure_ascii=False))
-        try:
-            os.replace(tmp, final)  # atomic; fails if another writer finished first
-        except OSError:
-            if not (final / "meta.json").exists():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # the other writer's entry is the same data
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return EncodedSet.open(final, hit=False)
+        return {**meta, "notes": notes, "inputs": inputs, "spec": str(spec)}
+
+    folder, hit = _entry(key, fill)
+    return EncodedSet.open(folder, hit=hit)
 
 
 def _chunks(items: Iterator, size: int) -> Iterator[list]:
@@ -186,11 +213,11 @@ def _chunks(items: Iterator, size: int) -> Iterator[list]:
 def _write(folder: Path, chunks, tokenizer, train_on, max_length, truncate, progress) -> dict:
     """Append every chunk's arrays to the entry's files; returns the counts for meta.json."""
     files = {name: open(folder / f"{name}.bin", "wb") for name in ARRAYS}
-    record_ids: list[str] = []
-    n_tokens = n_trained = 0
+    n_records = n_tokens = n_trained = n_rid = 0
     counts = {"kept": 0, "truncated": 0, "too_long": 0, "nothing_trained": 0}
     try:
         files["offsets"].write(np.zeros(1, np.int64).tobytes())
+        files["rid_offsets"].write(np.zeros(1, np.int64).tobytes())
         for convs in chunks:
             c = encode_chunk(tokenizer, convs, train_on=train_on, max_length=max_length, truncate=truncate)
             files["ids"].write(c.ids.astype(ID_DTYPE, copy=False).tobytes())
@@ -198,20 +225,70 @@ def _write(folder: Path, chunks, tokenizer, train_on, max_length, truncate, prog
             files["offsets"].write((n_tokens + np.cumsum(c.lengths)).astype(np.int64).tobytes())
             files["status"].write(c.status.tobytes())
             files["truncated"].write(c.truncated.tobytes())
+            rids = [r.encode("utf-8") for r in c.record_ids]
+            files["rid"].write(b"".join(rids))
+            files["rid_offsets"].write((n_rid + np.cumsum([len(r) for r in rids], dtype=np.int64)).tobytes())
+            n_rid += sum(map(len, rids))
+            n_records += len(rids)
             n_tokens += len(c.ids)
             n_trained += int(c.trained.sum())
-            record_ids += c.record_ids
             counts["kept"] += int((c.status == KEPT).sum())
             counts["truncated"] += int(c.truncated.sum())
             counts["too_long"] += int((c.status == TOO_LONG).sum())
             counts["nothing_trained"] += int((c.status == NOTHING_TRAINED).sum())
             if progress is not None:
-                progress(len(record_ids))
+                progress(n_records)
     finally:
         for f in files.values():
             f.close()
-    return {"records": len(record_ids), "tokens": n_tokens, "trained_tokens": n_trained, **counts,
-            "ids": record_ids}
+    return {"records": n_records, "tokens": n_tokens, "trained_tokens": n_trained, **counts}
+
+
+class TokenLists:
+    """Token ids of many texts, memory-mapped from a `token_lists` entry: `lists[i]` is a list[int]."""
+
+    def __init__(self, folder: Path, hit: bool):
+        self.folder, self.hit = folder, hit
+        self.arrays = _map(folder, TEXT_ARRAYS)
+
+    def __len__(self) -> int:
+        return len(self.arrays["offsets"]) - 1
+
+    def __getitem__(self, i: int) -> list[int]:
+        off = self.arrays["offsets"]
+        return self.arrays["ids"][int(off[i]):int(off[i + 1])].tolist()
+
+
+def token_lists(tokenizer, texts: Sequence[str], *, label: str = "texts") -> TokenLists:
+    """Each text's token ids (no special tokens, as `tokenizer(text, add_special_tokens=False)`),
+    from the cache when the same texts were tokenised by the same tokenizer before.
+
+    The key is the texts themselves, so whatever produced them (the data file, the template that
+    rendered its records, a split or a limit) is part of it without being named. `label` is what
+    `tunelab cache list` shows for the entry.
+    """
+    h = hashlib.sha256()
+    for t in texts:  # length-prefixed: ["ab", "c"] and ["a", "bc"] differ
+        b = t.encode("utf-8")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    inputs = {"texts": h.hexdigest(), "n": len(texts), "tokenizer": tokenizer_sha256(tokenizer),
+              "version": ENCODING_VERSION}
+    key = "t" + hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:31]
+
+    def fill(tmp: Path) -> dict:
+        n_tokens = 0
+        with open(tmp / "ids.bin", "wb") as ids, open(tmp / "offsets.bin", "wb") as offsets:
+            offsets.write(np.zeros(1, np.int64).tobytes())
+            for s in range(0, len(texts), CHUNK):
+                encoded = tokenize_many(tokenizer, list(texts[s:s + CHUNK]))
+                lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+                ids.write(np.fromiter((t for e in encoded for t in e), dtype=ID_DTYPE, count=int(lengths.sum())).tobytes())
+                offsets.write((n_tokens + np.cumsum(lengths)).tobytes())
+                n_tokens += int(lengths.sum())
+        return {"records": len(texts), "tokens": n_tokens, "inputs": inputs, "spec": label}
+
+    return TokenLists(*_entry(key, fill))
 
 
 def entries() -> list[tuple[Path, int, dict]]:
