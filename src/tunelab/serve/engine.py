@@ -5,9 +5,9 @@ returns whole texts. A server needs what it does not do: per-row temperature / t
 stop / max_tokens (every request brings its own), text handed out while rows are still decoding
 (streaming), rows that can be cancelled when their client goes away, and requests that join a
 batch already decoding (continuous batching: under steady load a finished row's slot is refilled
-at the next step). So the loop here is its own, built the same way (left padding, positions from
-the attention mask so a padded row sees the positions it would see alone, finished rows dropped
-from the batch and its KV cache) and using the same helpers (`eos_ids`, `cache_kwarg`).
+at the next step). So the loop here is its own; the decode step under it (left-padded prefill,
+positions from the attention mask, finished rows dropped from the batch and its KV cache, joining
+rows, cutting dead padding) is evaluate/decode.py's `DecodeBatch`, shared with evaluation.
 
 All model calls happen on one thread (the batcher's): PEFT's `set_adapter` changes the model in
 place, so two threads must never run it at once.
@@ -24,7 +24,7 @@ from typing import Callable, Optional
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.evaluate.generate import cache_kwarg, eos_ids
+from tunelab.evaluate.decode import DecodeBatch, cache_kwarg, eos_ids, nucleus, pad_id, row_generator, stop_index
 from tunelab.evaluate.loglik import max_length
 
 log = logging.getLogger("tunelab.serve")
@@ -73,11 +73,6 @@ def _safe_end(text: str, stop: list[str]) -> int:
     return end
 
 
-def _cut_stop(text: str, stop: list[str]) -> Optional[int]:
-    hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]
-    return min(hits) if hits else None
-
-
 class ServedModel:
     """The base model, its adapters (PEFT multi-adapter) and the tokenizer, served under names."""
 
@@ -99,7 +94,7 @@ class ServedModel:
         self.context = max_length(self.model, self.tokenizer)
         self.eos = eos_ids(self.model, self.tokenizer)
         self.cache_kw = cache_kwarg(self.model)  # looked up once: it inspects forward's signature
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(self.eos), 0)
+        self.pad_id = pad_id(self.model, self.tokenizer)
 
     def model_names(self) -> list[str]:
         return [self.name, *self.adapters]
@@ -184,9 +179,7 @@ class ServedModel:
                 continue
             probs = torch.softmax(logits[r].float() / j.temperature, dim=-1)  # (V,)
             if j.top_p < 1.0:
-                p, i = probs.sort(descending=True)
-                keep = p.cumsum(-1) - p < j.top_p  # always keeps the most likely token
-                probs = torch.zeros_like(probs).scatter(-1, i, p * keep)
+                probs = nucleus(probs, j.top_p)
             tok[r] = torch.multinomial(probs, 1, generator=gens[r])[0]
         return tok
 
@@ -196,8 +189,7 @@ class _Row:
 
     def __init__(self, job: Job, echo: Optional[dict], device: torch.device):
         self.job, self.echo = job, echo
-        self.gen = torch.Generator(device="cpu" if device.type == "cpu" else device)
-        self.gen.manual_seed(secrets.randbits(63) if job.seed is None else int(job.seed))
+        self.gen = row_generator(device, secrets.randbits(63) if job.seed is None else job.seed)
         self.new: list[int] = []  # generated ids
         self.full = ""  # decoded text so far, before any stop-string cut
         self.sent = 0  # characters already streamed
@@ -207,30 +199,25 @@ class _Row:
 
 
 class _Rows:
-    """The running batch: rows, their shared KV cache, attention mask, positions and next logits.
+    """The running batch: its rows and their `DecodeBatch` (KV cache, mask, positions, next logits).
 
     Rows are left-padded so every row's newest token sits in the last column. A row that finishes
     leaves the batch and the cache at once; rows admitted later are prefilled on their own (no
-    padding against the running rows) and their cache is padded on the left to the batch's width
-    (or the batch's to theirs). Columns that are padding in every row are cut off, so the width
-    stays the longest live row's length.
+    padding against the running rows) and joined, the narrower cache padded on the left. Columns
+    that are padding in every row are cut off, so the width stays the longest live row's length.
     """
 
     def __init__(self, served: ServedModel):
         self.s = served
         self.all: list[_Row] = []  # every row ever admitted (errors go to the unfinished ones)
         self.live: list[_Row] = []
-        self.cache = None
-        self.mask = self.next_pos = self.logits = None  # (b, width), (b, 1), (b, V)
+        self.batch: Optional[DecodeBatch] = None
 
     def unfinished(self) -> list[Job]:
         return [r.job for r in self.all if not r.done]
 
     def joinable(self) -> bool:
-        """Rows can be merged into the cache only when every layer is a plain growing K/V pair."""
-        from transformers.cache_utils import DynamicLayer
-
-        return self.cache is None or all(type(layer) is DynamicLayer for layer in self.cache.layers)
+        return self.batch is None or self.batch.joinable()
 
     def admit(self, jobs: list[Job]) -> None:
         s = self.s
@@ -247,42 +234,20 @@ class _Rows:
                 fresh.append(row)
         if not fresh:
             return
-        from transformers import DynamicCache
-
-        b, width = len(fresh), max(len(r.job.prompt_ids) for r in fresh)
-        ids = torch.full((b, width), s.pad_id, dtype=torch.long)
-        mask = torch.zeros((b, width), dtype=torch.long)
-        for i, r in enumerate(fresh):  # left padding: every row's last prompt token is at column -1
-            n = len(r.job.prompt_ids)
-            ids[i, width - n:] = torch.tensor(r.job.prompt_ids, dtype=torch.long)
-            mask[i, width - n:] = 1
-        ids, mask = ids.to(s.device), mask.to(s.device)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (b, width): positions count real tokens only
-        cache = DynamicCache()
-        logits = s.model(input_ids=ids, attention_mask=mask, position_ids=pos, **{s.cache_kw: cache},
-                         use_cache=True, logits_to_keep=1).logits[:, -1, :]  # (b, V)
-        if self.cache is None or not self.live:
-            self.cache, self.mask, self.next_pos, self.logits = cache, mask, pos[:, -1:] + 1, logits
-            self.live = fresh
-            return
-        # Merge: pad the narrower side on the left (masked out), then stack the rows.
-        w_old, w_new = self.mask.shape[1], width
-        full = max(w_old, w_new)
-        for old, add in zip(self.cache.layers, cache.layers):
-            old.keys = torch.cat([_left_pad(old.keys, full), _left_pad(add.keys, full)], dim=0)  # (b_old + b, h, full, d)
-            old.values = torch.cat([_left_pad(old.values, full), _left_pad(add.values, full)], dim=0)
-        self.mask = torch.cat([_left_pad(self.mask, full, dim=1), _left_pad(mask, full, dim=1)], dim=0)  # (b_old + b, full)
-        self.next_pos = torch.cat([self.next_pos, pos[:, -1:] + 1], dim=0)
-        self.logits = torch.cat([self.logits, logits], dim=0)
-        self.live = self.live + fresh
+        batch = DecodeBatch.prefill(s.model, [r.job.prompt_ids for r in fresh], s.pad_id, s.cache_kw)
+        if self.batch is None or not self.live:
+            self.batch, self.live = batch, fresh
+        else:
+            self.batch.join(batch)
+            self.live = self.live + fresh
 
     def step(self) -> None:
         """Pick each live row's next token from the logits, hand out text, drop finished rows, and
         run one decode step for the rest (which leaves the next logits)."""
-        s, tk = self.s, self.s.tokenizer
+        s, tk, logits = self.s, self.s.tokenizer, self.batch.logits
         live = self.live
-        tok = s._pick(self.logits, [r.job for r in live], [r.gen for r in live])
-        logp = torch.log_softmax(self.logits.float(), dim=-1) if any(r.lps is not None for r in live) else None
+        tok = s._pick(logits, [r.job for r in live], [r.gen for r in live])
+        logp = torch.log_softmax(logits.float(), dim=-1) if any(r.lps is not None for r in live) else None
         keep = []
         for k, r in enumerate(live):
             j, t = r.job, int(tok[k])
@@ -297,7 +262,7 @@ class _Rows:
                 r.lps["token_logprobs"].append(float(logp[k, t]))
                 r.lps["top_logprobs"].append(s._top(logp[k], max(1, j.logprobs)))
                 r.lps["text_offset"].append(len(before))
-            finish, cut = None, _cut_stop(text, j.stop)
+            finish, cut = None, stop_index(text, j.stop)
             if t in s.eos:
                 finish, text = "stop", before
             elif cut is not None:
@@ -314,34 +279,14 @@ class _Rows:
             else:
                 keep.append(k)
         if not keep:
-            self.live, self.cache = [], None
+            self.live, self.batch = [], None
             return
         if len(keep) < len(live):
-            # Drop finished rows from the batch and the cache: no compute is spent on them.
-            sel = torch.tensor(keep, device=s.device)
-            self.cache.reorder_cache(sel)
-            self.mask, self.next_pos, tok = self.mask[sel], self.next_pos[sel], tok[sel]
+            self.batch.keep(keep)
+            tok = tok[torch.tensor(keep, device=tok.device)]
             self.live = [live[k] for k in keep]
-            lead = int((self.mask.sum(dim=0) == 0).long().cumprod(dim=0).sum())  # leading all-padding columns
-            if lead and self.joinable():
-                for layer in self.cache.layers:
-                    layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
-                self.mask = self.mask[:, lead:]
-        b = len(self.live)
-        self.mask = torch.cat([self.mask, self.mask.new_ones((b, 1))], dim=1)  # (b, width + 1)
-        self.logits = s.model(input_ids=tok.view(-1, 1), attention_mask=self.mask, position_ids=self.next_pos,
-                              **{s.cache_kw: self.cache}, use_cache=True).logits[:, -1, :]
-        self.next_pos = self.next_pos + 1
-
-
-def _left_pad(x: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
-    """Zeros on the left of `dim` up to `width` (K/V are (b, h, T, d): dim 2; masks (b, T): dim 1)."""
-    short = width - x.shape[dim]
-    if short <= 0:
-        return x
-    shape = list(x.shape)
-    shape[dim] = short
-    return torch.cat([x.new_zeros(shape), x], dim=dim)
+            self.batch.trim()
+        self.batch.step(tok)
 
 
 def _join(job: Job, prompt: Optional[dict], gen: Optional[dict]) -> Optional[dict]:
