@@ -4,7 +4,8 @@ Our own decode loop rather than `model.generate`, for three reasons: (1) positio
 from the attention mask so a left-padded row sees exactly the positions it would see alone, (2)
 sampling draws from one generator per item seeded by (seed, item), so sampled outputs do not
 depend on batch size or order either, and (3) rows that finished (EOS or a stop string) are
-dropped from the batch and its KV cache, so a batch costs what its longest *live* row costs.
+dropped from the batch and its KV cache and waiting prompts join it (continuous batching), so
+the batch stays full and costs what its longest *live* row costs.
 
 The decode step itself (prefill, dropping rows, one step) is evaluate/decode.py, shared with the
 server's engine. Greedy decoding at batch size 1 and 8 gives identical text (tests/evaluate/test_generate.py).
@@ -56,22 +57,14 @@ def generate(
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     if max_prompt_tokens is not None:
         encoded = [e[-max(1, max_prompt_tokens):] for e in encoded]
-    # Longest first: the slowest batch runs first (an OOM shows at once) and rows in a batch have
-    # similar lengths, so little compute goes to padding.
+    # Longest first: the longest prompts are prefilled first (an OOM shows at once) and rows that
+    # join later are shorter, so their padding against the running rows stays small.
     order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
-    out: list[Optional[Generation]] = [None] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch_seeds = [None if seeds is None else seeds[i] for i in idx]
-        for i, g in zip(idx, _generate_batch(model, tokenizer, [encoded[i] for i in idx], batch_seeds,
-                                             max_new_tokens, list(stop), temperature, top_p, pad_id, eos, device)):
-            out[i] = g
-        if on_batch:
-            on_batch(len(idx))
-    return out  # type: ignore[return-value]
+    return _decode_all(model, tokenizer, encoded, order, seeds, max_new_tokens, list(stop), temperature, top_p,
+                       batch_size, pad_id, eos, device, on_batch)
 
 
-def _next_tokens(logits: torch.Tensor, rows: list[int], gens, temperature: float, top_p: float) -> torch.Tensor:
+def _next_tokens(logits: torch.Tensor, gens: list, temperature: float, top_p: float) -> torch.Tensor:
     """logits (b, V) -> (b,) token ids; sampling uses each row's own generator."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
@@ -79,42 +72,62 @@ def _next_tokens(logits: torch.Tensor, rows: list[int], gens, temperature: float
     if top_p < 1.0:
         probs = nucleus(probs, top_p)
         probs = probs / probs.sum(-1, keepdim=True)
-    return torch.stack([torch.multinomial(probs[j], 1, generator=gens[r])[0] for j, r in enumerate(rows)])
+    return torch.stack([torch.multinomial(probs[j], 1, generator=g)[0] for j, g in enumerate(gens)])
 
 
-def _generate_batch(model, tokenizer, seqs, seeds, max_new_tokens, stop, temperature, top_p, pad_id, eos, device):
-    t0 = time.perf_counter()
-    gens = [row_generator(device, 0 if s is None else s) for s in seeds]
-    batch = DecodeBatch.prefill(model, seqs, pad_id)
-    live = list(range(len(seqs)))  # batch row -> original row, for rows still generating
-    new: list[list[int]] = [[] for _ in seqs]
-    results: list[Optional[Generation]] = [None] * len(seqs)
-
-    for step in range(max_new_tokens):
-        tok = _next_tokens(batch.logits, live, gens, temperature, top_p)
+def _decode_all(model, tokenizer, encoded, order, seeds, max_new_tokens, stop, temperature, top_p,
+                batch_size, pad_id, eos, device, on_batch) -> list[Generation]:
+    """Continuous batching: at most `batch_size` rows decode together; a row that finishes leaves
+    the batch and its KV cache at once and the next waiting prompts are prefilled and join."""
+    out: list[Optional[Generation]] = [None] * len(encoded)
+    waiting = list(order)
+    batch: Optional[DecodeBatch] = None
+    live: list[int] = []  # batch row -> item index
+    new: dict[int, list[int]] = {}
+    gens: dict[int, torch.Generator] = {}
+    t0: dict[int, float] = {}
+    while waiting or live:
+        # Admit: a fresh batch, or rows joining a running one (when its cache layers allow it).
+        free = batch_size - len(live)
+        if waiting and free > 0 and (batch is None or batch.joinable()):
+            idx, waiting = waiting[:free], waiting[free:]
+            for i in idx:
+                t0[i], new[i] = time.perf_counter(), []
+                gens[i] = row_generator(device, 0 if seeds is None or seeds[i] is None else seeds[i])
+            fresh = DecodeBatch.prefill(model, [encoded[i] for i in idx], pad_id)
+            if batch is None:
+                batch, live = fresh, idx
+            else:
+                batch.join(fresh)
+                live = live + idx
+        tok = _next_tokens(batch.logits, [gens[i] for i in live], temperature, top_p)
         keep = []
-        for j, r in enumerate(live):
+        for j, i in enumerate(live):
             t = int(tok[j])
-            new[r].append(t)
+            new[i].append(t)
             finish = None
             if t in eos:
                 finish = "eos"
-            elif stop and stop_index(tokenizer.decode(new[r], skip_special_tokens=True), stop) is not None:
+            elif stop and stop_index(tokenizer.decode(new[i], skip_special_tokens=True), stop) is not None:
                 finish = "stop"
-            if finish is None and step == max_new_tokens - 1:
+            elif len(new[i]) == max_new_tokens:
                 finish = "length"
             if finish:
-                results[r] = _finish(tokenizer, new[r], seqs[r], stop, finish, t0, eos)
+                out[i] = _finish(tokenizer, new.pop(i), encoded[i], stop, finish, t0[i], eos)
             else:
                 keep.append(j)
+        if on_batch and len(keep) < len(live):
+            on_batch(len(live) - len(keep))
         if not keep:
-            break
+            batch, live = None, []
+            continue
         if len(keep) < len(live):
             batch.keep(keep)
             tok = tok[torch.tensor(keep, device=tok.device)]
             live = [live[j] for j in keep]
+            batch.trim()
         batch.step(tok)
-    return results
+    return out  # type: ignore[return-value]
 
 
 def _finish(tokenizer, new_ids, prompt_ids, stop, finish, t0, eos) -> Generation:
