@@ -85,3 +85,25 @@ def test_long_prompt_keeps_its_last_tokens(lively):
     model, tok = lively
     g = generate(model, tok, ["word " * 50], max_new_tokens=2, max_prompt_tokens=10)[0]
     assert g.prompt_tokens == 10
+
+
+def test_continuous_batching_joins_rows_and_matches_one_at_a_time(lively, monkeypatch):
+    """Rows that finish early (stop strings) leave and waiting prompts join the running batch; the
+    greedy text of every row is still what it is when generated alone."""
+    from tunelab.evaluate import decode
+
+    model, tok = lively
+    free = generate(model, tok, PROMPTS, max_new_tokens=16, batch_size=1)
+    # stop strings from the middle of two outputs: those rows (and any that contain them) end early
+    stops = [g.text[len(g.text) // 2 : len(g.text) // 2 + 2] for g in free if len(g.text.strip()) > 8][:2]
+    alone = generate(model, tok, PROMPTS, max_new_tokens=16, stop=stops, batch_size=1)
+    joins = []
+    real_join = decode.DecodeBatch.join
+    monkeypatch.setattr(decode.DecodeBatch, "join", lambda self, other: (joins.append(other.mask.shape[0]), real_join(self, other)))
+    done = []
+    together = generate(model, tok, PROMPTS, max_new_tokens=16, stop=stops, batch_size=3, on_batch=done.append)
+    assert joins  # prompts joined a batch that was still decoding
+    assert sum(done) == len(PROMPTS)
+    assert [g.text for g in together] == [g.text for g in alone]
+    assert [g.finish for g in together] == [g.finish for g in alone]
+    assert len({g.new_tokens for g in alone}) > 1  # rows really finished at different steps

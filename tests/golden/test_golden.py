@@ -1,6 +1,7 @@
 """Golden tests (STYLE rule 7): today's numbers and today's files, kept so later versions answer to them.
 
-- the per-step losses of a 6-step tiny-model run (LoRA and full) equal losses.json to 1e-5;
+- the per-step losses of a 6-step tiny-model run (LoRA and full, and LoRA interrupted and resumed)
+  equal losses.json to 1e-5;
 - a run folder, three evaluation folders and a run registry written by earlier code (the
   fixtures beside this file) still read with today's readers: results, diff, compare, report,
   the registry and `tunelab runs`, and the adapter still loads onto its base model;
@@ -63,6 +64,20 @@ def _assert_losses(run_dir: Path, method: str) -> None:
 
 def test_lora_losses_match_golden(lora_run):
     _assert_losses(lora_run.run_dir, "lora")
+
+
+def test_interrupted_and_resumed_lora_run_matches_golden(tmp_path, tiny_dir, monkeypatch):
+    """Ctrl-C during step 4 saves a checkpoint after it; --resume finishes the run on the golden numbers."""
+    from tunelab.train.loop import TrainingInterrupted, train
+
+    cfg = golden.train_config("lora", tiny_dir, tmp_path / "lora")
+    monkeypatch.setenv("TUNELAB_FAULT", "sigint@4")
+    with pytest.raises(TrainingInterrupted):
+        train(cfg)
+    monkeypatch.delenv("TUNELAB_FAULT")
+    assert len(golden.run_losses(tmp_path / "lora")["loss"]) == 4
+    res = train(cfg, resume=True)
+    _assert_losses(res.run_dir, "lora")
 
 
 def test_full_finetune_losses_match_golden(tmp_path, tiny_dir):

@@ -35,6 +35,14 @@ def _ref(lm, messages, n, stop=()):
     return generate(lm.model, lm.tokenizer, [prompt], max_new_tokens=n, stop=stop)[0]
 
 
+def test_openai_fields_a_local_model_does_not_use_are_ignored(client, served, local):
+    """Clients send options like these by default; the answer is the one without them."""
+    r = client.chat.completions.create(model=served.name, messages=MSGS, max_tokens=6, temperature=0, n=1, user="u1",
+                                       presence_penalty=0.0, frequency_penalty=0.0, logit_bias={},
+                                       extra_body={"some_future_option": True})
+    assert r.choices[0].message.content == _ref(local[None], MSGS, 6).text
+
+
 def test_models_lists_base_and_adapters(client, served):
     ids = [m.id for m in client.models.list().data]
     assert ids == [served.name, "alpha", "beta"]

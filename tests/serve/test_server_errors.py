@@ -66,13 +66,39 @@ def test_bad_request_table(client, served, case, call, status, param, words):
 
 
 @pytest.mark.parametrize("body,words", [(b"{not json", "not valid JSON"), (b"[1, 2]", "JSON object"),
-                                        (b"\xff\xfe", "not valid JSON"), (b"", "not valid JSON")])
+                                        (b"\xff\xfe", "not valid JSON"), (b"", "not valid JSON"),
+                                        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+                                        (b'{"model": "m", "messages": [{"role": "user", "content": "\\ud800"}]}', "surrogate")])
 def test_malformed_bodies(server, body, words):
     req = urllib.request.Request(server.url + "/chat/completions", data=body, headers={"Content-Type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(req, timeout=30)
     assert info.value.code == 400
     assert words in json.loads(info.value.read())["error"]["message"]
+
+
+def test_oversized_body_without_content_length_is_413(server):
+    """A chunked body declares no size: it is counted as it arrives and cut off at the limit."""
+    import http.client
+
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=30)
+    try:
+        conn.putrequest("POST", "/v1/chat/completions")
+        conn.putheader("Content-Type", "application/json")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        piece = b"x" * 65536
+        try:
+            for _ in range(20):  # 1.25 MiB, over the 1 MiB limit
+                conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+            conn.send(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may answer and close before the whole body is sent
+        resp = conn.getresponse()
+        err = json.loads(resp.read())["error"]
+        assert resp.status == 413 and err["code"] == "body_too_large", err
+    finally:
+        conn.close()
 
 
 def test_unknown_route_and_method_keep_the_shape(server):

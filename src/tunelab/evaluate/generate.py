@@ -4,9 +4,11 @@ Our own decode loop rather than `model.generate`, for three reasons: (1) positio
 from the attention mask so a left-padded row sees exactly the positions it would see alone, (2)
 sampling draws from one generator per item seeded by (seed, item), so sampled outputs do not
 depend on batch size or order either, and (3) rows that finished (EOS or a stop string) are
-dropped from the batch and its KV cache, so a batch costs what its longest *live* row costs.
+dropped from the batch and its KV cache and waiting prompts join it (continuous batching), so
+the batch stays full and costs what its longest *live* row costs.
 
-Greedy decoding at batch size 1 and 8 gives identical text (tests/evaluate/test_generate.py).
+The decode step itself (prefill, dropping rows, one step) is evaluate/decode.py, shared with the
+server's engine. Greedy decoding at batch size 1 and 8 gives identical text (tests/evaluate/test_generate.py).
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from tunelab.evaluate.decode import DecodeBatch, eos_ids, nucleus, pad_id as pad_of, row_generator, stop_index
+
 
 @dataclass
 class Generation:
@@ -24,30 +28,6 @@ class Generation:
     new_tokens: int  # tokens generated up to and including the stop / EOS token
     latency_s: float  # from the start of its batch until this row finished
     finish: str  # "stop" | "eos" | "length"
-
-
-def eos_ids(model, tokenizer) -> set[int]:
-    ids: set[int] = set()
-    for src in (getattr(model, "generation_config", None), tokenizer):
-        v = getattr(src, "eos_token_id", None) if src is not None else None
-        if isinstance(v, int):
-            ids.add(v)
-        elif isinstance(v, (list, tuple)):
-            ids.update(int(x) for x in v)
-    return ids
-
-
-def cache_kwarg(model) -> str:
-    """transformers renamed `past_key_values` to `cache` (5.2x); pass whichever this model takes."""
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wraps forward
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-
-
-def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
 
 
 @torch.inference_mode()
@@ -71,102 +51,88 @@ def generate(
     `max_prompt_tokens` keeps its last tokens (lm-eval cuts to max_length - max_new_tokens).
     """
     device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(eos_ids(model, tokenizer)), 0)
+    pad_id = pad_of(model, tokenizer)
     eos = eos_ids(model, tokenizer)
     # lm-eval encodes prompts without special tokens; chat prompts already carry theirs.
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     if max_prompt_tokens is not None:
         encoded = [e[-max(1, max_prompt_tokens):] for e in encoded]
-    # Longest first: the slowest batch runs first (an OOM shows at once) and rows in a batch have
-    # similar lengths, so little compute goes to padding.
+    # Longest first: the longest prompts are prefilled first (an OOM shows at once) and rows that
+    # join later are shorter, so their padding against the running rows stays small.
     order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
-    out: list[Optional[Generation]] = [None] * len(prompts)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch_seeds = [None if seeds is None else seeds[i] for i in idx]
-        for i, g in zip(idx, _generate_batch(model, tokenizer, [encoded[i] for i in idx], batch_seeds,
-                                             max_new_tokens, list(stop), temperature, top_p, pad_id, eos, device)):
-            out[i] = g
-        if on_batch:
-            on_batch(len(idx))
-    return out  # type: ignore[return-value]
+    return _decode_all(model, tokenizer, encoded, order, seeds, max_new_tokens, list(stop), temperature, top_p,
+                       batch_size, pad_id, eos, device, on_batch)
 
 
-def _next_tokens(logits: torch.Tensor, rows: list[int], gens, temperature: float, top_p: float) -> torch.Tensor:
+def _next_tokens(logits: torch.Tensor, gens: list, temperature: float, top_p: float) -> torch.Tensor:
     """logits (b, V) -> (b,) token ids; sampling uses each row's own generator."""
     if temperature <= 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_p < 1.0:
-        sorted_p, sorted_i = probs.sort(dim=-1, descending=True)
-        keep = sorted_p.cumsum(-1) - sorted_p < top_p  # always keeps the most likely token
-        probs = torch.zeros_like(probs).scatter(-1, sorted_i, sorted_p * keep)
+        probs = nucleus(probs, top_p)
         probs = probs / probs.sum(-1, keepdim=True)
-    return torch.stack([torch.multinomial(probs[j], 1, generator=gens[r])[0] for j, r in enumerate(rows)])
+    return torch.stack([torch.multinomial(probs[j], 1, generator=g)[0] for j, g in enumerate(gens)])
 
 
-def _generate_batch(model, tokenizer, seqs, seeds, max_new_tokens, stop, temperature, top_p, pad_id, eos, device):
-    from transformers import DynamicCache
-
-    t0 = time.perf_counter()
-    b, width = len(seqs), max(len(s) for s in seqs)
-    ids = torch.full((b, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((b, width), dtype=torch.long)
-    for r, s in enumerate(seqs):  # left padding: every row's last prompt token is at column -1
-        ids[r, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[r, width - len(s):] = 1
-    ids, mask = ids.to(device), mask.to(device)
-    # Positions count real tokens only, so a padded row sees the positions it would see alone.
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    gens = []
-    for s in seeds:
-        g = torch.Generator(device="cpu" if device.type == "cpu" else device)
-        g.manual_seed(0 if s is None else int(s))
-        gens.append(g)
-
-    cache = DynamicCache()
-    ckw = {cache_kwarg(model): cache}
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, **ckw,
-                   use_cache=True, logits_to_keep=1).logits[:, -1, :]  # (b, V)
-    live = list(range(b))  # batch row -> original row, for rows still generating
-    new: list[list[int]] = [[] for _ in range(b)]
-    results: list[Optional[Generation]] = [None] * b
-    next_pos = pos[:, -1:] + 1  # (b, 1)
-
-    for step in range(max_new_tokens):
-        tok = _next_tokens(logits, live, gens, temperature, top_p)
+def _decode_all(model, tokenizer, encoded, order, seeds, max_new_tokens, stop, temperature, top_p,
+                batch_size, pad_id, eos, device, on_batch) -> list[Generation]:
+    """Continuous batching: at most `batch_size` rows decode together; a row that finishes leaves
+    the batch and its KV cache at once and the next waiting prompts are prefilled and join."""
+    out: list[Optional[Generation]] = [None] * len(encoded)
+    waiting = list(order)
+    batch: Optional[DecodeBatch] = None
+    live: list[int] = []  # batch row -> item index
+    new: dict[int, list[int]] = {}
+    gens: dict[int, torch.Generator] = {}
+    t0: dict[int, float] = {}
+    while waiting or live:
+        # Admit: a fresh batch, or rows joining a running one (when its cache layers allow it).
+        free = batch_size - len(live)
+        if waiting and free > 0 and (batch is None or batch.joinable()):
+            idx, waiting = waiting[:free], waiting[free:]
+            for i in idx:
+                t0[i], new[i] = time.perf_counter(), []
+                gens[i] = row_generator(device, 0 if seeds is None or seeds[i] is None else seeds[i])
+            fresh = DecodeBatch.prefill(model, [encoded[i] for i in idx], pad_id)
+            if batch is None:
+                batch, live = fresh, idx
+            else:
+                batch.join(fresh)
+                live = live + idx
+        tok = _next_tokens(batch.logits, [gens[i] for i in live], temperature, top_p)
         keep = []
-        for j, r in enumerate(live):
+        for j, i in enumerate(live):
             t = int(tok[j])
-            new[r].append(t)
+            new[i].append(t)
             finish = None
             if t in eos:
                 finish = "eos"
-            elif stop:
-                text, hit = _cut_at_stop(tokenizer.decode(new[r], skip_special_tokens=True), stop)
-                finish = "stop" if hit else None
-            if finish is None and step == max_new_tokens - 1:
+            elif stop and stop_index(tokenizer.decode(new[i], skip_special_tokens=True), stop) is not None:
+                finish = "stop"
+            elif len(new[i]) == max_new_tokens:
                 finish = "length"
             if finish:
-                results[r] = _finish(tokenizer, new[r], seqs[r], stop, finish, t0, eos)
+                out[i] = _finish(tokenizer, new.pop(i), encoded[i], stop, finish, t0[i], eos)
             else:
                 keep.append(j)
+        if on_batch and len(keep) < len(live):
+            on_batch(len(live) - len(keep))
         if not keep:
-            break
+            batch, live = None, []
+            continue
         if len(keep) < len(live):
-            # Drop finished rows from the batch and the cache: no compute is spent on them.
-            sel = torch.tensor(keep, device=device)
-            cache.reorder_cache(sel)
-            mask, next_pos, tok = mask[sel], next_pos[sel], tok[sel]
+            batch.keep(keep)
+            tok = tok[torch.tensor(keep, device=tok.device)]
             live = [live[j] for j in keep]
-        mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
-        logits = model(input_ids=tok.view(-1, 1), attention_mask=mask, position_ids=next_pos,
-                       **ckw, use_cache=True).logits[:, -1, :]
-        next_pos = next_pos + 1
-    return results
+            batch.trim()
+        batch.step(tok)
+    return out  # type: ignore[return-value]
 
 
 def _finish(tokenizer, new_ids, prompt_ids, stop, finish, t0, eos) -> Generation:
     body = new_ids[:-1] if finish == "eos" else new_ids
-    text, _ = _cut_at_stop(tokenizer.decode(body, skip_special_tokens=True), stop)
+    text = tokenizer.decode(body, skip_special_tokens=True)
+    cut = stop_index(text, stop)
+    text = text if cut is None else text[:cut]
     return Generation(text, len(prompt_ids), len(new_ids), time.perf_counter() - t0, finish)

@@ -24,7 +24,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from tunelab.evaluate.generate import cache_kwarg
+from tunelab.evaluate.decode import cache_kwarg
 from tunelab.evaluate.packed_attention import packed_attention
 
 # Token budget of a packed row per unit of batch_size: batch 16 -> rows of 2,048 tokens. Rows of

@@ -4,8 +4,11 @@ Requests arrive on the server's event loop; generation runs on this one thread, 
 stays free to accept and stream while the model works. The queue is bounded: when it is full,
 `submit` raises `QueueFull` and the server answers 429 instead of letting latency grow without end.
 
-A batch holds requests of one adapter only (PEFT switches adapters for the whole model). A request
-for another adapter waits in `_held` and opens the next batch, so no adapter starves.
+While a batch decodes, requests of its adapter that arrive join it as soon as rows finish
+(continuous batching, `ServedModel.run`'s `more`), so the model keeps `batch_size` rows busy under
+steady load. A batch holds requests of one adapter only (PEFT switches adapters for the whole
+model). A request for another adapter waits in `_held`; while one waits, the running batch takes
+no newcomers, drains, and the held request opens the next batch, so no adapter starves.
 """
 from __future__ import annotations
 
@@ -93,4 +96,26 @@ class Batcher:
                 continue
             self.batches += 1
             self.batched_jobs += len(batch)
-            self.served.run(batch)
+            self.served.run(batch, lambda n, adapter=batch[0].adapter: self._more(adapter, n),
+                            batch_size=self.batch_size)
+
+    def _more(self, adapter, n: int) -> list[Job]:
+        """Up to n waiting jobs of `adapter`, without waiting; none while another adapter's job is held."""
+        out: list[Job] = []
+        while len(out) < n and not self._stop.is_set():
+            if self._held:
+                if self._held[0].adapter != adapter:
+                    break
+                job = self._held.popleft()
+            else:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job.adapter != adapter:
+                    self._held.append(job)
+                    break
+            if not job.cancelled.is_set():
+                out.append(job)
+        self.batched_jobs += len(out)
+        return out

@@ -1,12 +1,13 @@
 """One base model with any number of named PEFT adapters, and a batched decode loop that streams.
 
 `evaluate/generate.py` decodes a fixed list of prompts with one set of sampling settings and
-returns whole texts. A server needs three things it does not do: per-row temperature / top_p /
-seed / stop / max_tokens (every request brings its own), text handed out while rows are still
-decoding (streaming), and rows that can be cancelled when their client goes away. So the loop here
-is its own, built the same way (left padding, positions from the attention mask so a padded row
-sees the positions it would see alone, finished rows dropped from the batch and its KV cache) and
-using the same helpers (`eos_ids`, `cache_kwarg`).
+returns whole texts. A server needs what it does not do: per-row temperature / top_p / seed /
+stop / max_tokens (every request brings its own), text handed out while rows are still decoding
+(streaming), rows that can be cancelled when their client goes away, and requests that join a
+batch already decoding (continuous batching: under steady load a finished row's slot is refilled
+at the next step). So the loop here is its own; the decode step under it (left-padded prefill,
+positions from the attention mask, finished rows dropped from the batch and its KV cache, joining
+rows, cutting dead padding) is evaluate/decode.py's `DecodeBatch`, shared with evaluation.
 
 All model calls happen on one thread (the batcher's): PEFT's `set_adapter` changes the model in
 place, so two threads must never run it at once.
@@ -23,7 +24,7 @@ from typing import Callable, Optional
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.evaluate.generate import cache_kwarg, eos_ids
+from tunelab.evaluate.decode import DecodeBatch, cache_kwarg, eos_ids, nucleus, pad_id, row_generator, stop_index
 from tunelab.evaluate.loglik import max_length
 
 log = logging.getLogger("tunelab.serve")
@@ -72,11 +73,6 @@ def _safe_end(text: str, stop: list[str]) -> int:
     return end
 
 
-def _cut_stop(text: str, stop: list[str]) -> Optional[int]:
-    hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]
-    return min(hits) if hits else None
-
-
 class ServedModel:
     """The base model, its adapters (PEFT multi-adapter) and the tokenizer, served under names."""
 
@@ -97,7 +93,8 @@ class ServedModel:
         self.device = next(self.model.parameters()).device
         self.context = max_length(self.model, self.tokenizer)
         self.eos = eos_ids(self.model, self.tokenizer)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(self.eos), 0)
+        self.cache_kw = cache_kwarg(self.model)  # looked up once: it inspects forward's signature
+        self.pad_id = pad_id(self.model, self.tokenizer)
 
     def model_names(self) -> list[str]:
         return [self.name, *self.adapters]
@@ -135,20 +132,25 @@ class ServedModel:
 
     # ------------------------------------------------------------ model calls (batcher thread only)
     @torch.inference_mode()
-    def run(self, jobs: list[Job]) -> None:
-        """Run jobs that share one adapter; every job gets its events, errors included."""
+    def run(self, jobs: list[Job], more: Optional[Callable[[int], list[Job]]] = None, *, batch_size: int = 0) -> None:
+        """Decode jobs that share one adapter; every job gets its events, errors included.
+
+        `more(n)` hands over up to n waiting jobs of the same adapter: they join the running batch
+        whenever rows finish (continuous batching), so a short answer's slot is refilled at once
+        instead of idling until the batch's longest answer ends. `batch_size` caps the rows.
+        """
+        rows = _Rows(self)
         try:
             with self.using(jobs[0].adapter):
-                echo = {id(j): self._prompt_logprobs(j) for j in jobs if j.echo_logprobs}
-                live = [j for j in jobs if j.max_tokens > 0 and not j.cancelled.is_set()]
-                for j in jobs:
-                    if j.max_tokens == 0:
-                        j.emit("done", Result("", "length", len(j.prompt_ids), 0, echo.get(id(j))))
-                if live:
-                    self._decode(live, echo)
+                rows.admit(jobs)
+                cap = max(batch_size, len(jobs))
+                while rows.live:
+                    rows.step()
+                    if more is not None and len(rows.live) < cap and rows.joinable():
+                        rows.admit(more(cap - len(rows.live)))
         except Exception as e:  # one bad batch must not stop the server: its requests get a 500
             log.exception("generation failed")
-            for j in jobs:
+            for j in rows.unfinished():
                 j.emit("error", f"generation failed: {type(e).__name__}: {e}")
 
     def _prompt_logprobs(self, job: Job) -> dict:
@@ -177,85 +179,114 @@ class ServedModel:
                 continue
             probs = torch.softmax(logits[r].float() / j.temperature, dim=-1)  # (V,)
             if j.top_p < 1.0:
-                p, i = probs.sort(descending=True)
-                keep = p.cumsum(-1) - p < j.top_p  # always keeps the most likely token
-                probs = torch.zeros_like(probs).scatter(-1, i, p * keep)
+                probs = nucleus(probs, j.top_p)
             tok[r] = torch.multinomial(probs, 1, generator=gens[r])[0]
         return tok
 
-    def _decode(self, jobs: list[Job], echo: dict) -> None:
-        tk, dev = self.tokenizer, self.device
-        b, width = len(jobs), max(len(j.prompt_ids) for j in jobs)
-        ids = torch.full((b, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((b, width), dtype=torch.long)
-        for r, j in enumerate(jobs):  # left padding: every row's last prompt token is at column -1
-            ids[r, width - len(j.prompt_ids):] = torch.tensor(j.prompt_ids, dtype=torch.long)
-            mask[r, width - len(j.prompt_ids):] = 1
-        ids, mask = ids.to(dev), mask.to(dev)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (b, width): positions count real tokens only
-        gens = []
-        for j in jobs:
-            g = torch.Generator(device="cpu" if dev.type == "cpu" else dev)
-            g.manual_seed(secrets.randbits(63) if j.seed is None else int(j.seed))
-            gens.append(g)
-        from transformers import DynamicCache
 
-        cache = DynamicCache()
-        ckw = {cache_kwarg(self.model): cache}
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, **ckw,
-                            use_cache=True, logits_to_keep=1).logits[:, -1, :]  # (b, V)
-        next_pos = pos[:, -1:] + 1  # (b, 1)
-        live = list(range(b))  # batch row -> index into jobs
-        new: list[list[int]] = [[] for _ in jobs]
-        sent = [0] * b  # characters already streamed
-        full = [""] * b  # decoded text so far, before any stop-string cut
-        lps: list[Optional[dict]] = [
-            {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []} if j.logprobs is not None else None
-            for j in jobs]
-        while live:
-            act = [jobs[r] for r in live]
-            tok = self._pick(logits, act, [gens[r] for r in live])
-            logp = torch.log_softmax(logits.float(), dim=-1) if any(lps[r] is not None for r in live) else None
-            keep = []
-            for k, r in enumerate(live):
-                j, t = jobs[r], int(tok[k])
-                if j.cancelled.is_set():
-                    continue
-                before = full[r]
-                new[r].append(t)
-                text = full[r] = tk.decode(new[r], skip_special_tokens=True)
-                if lps[r] is not None:
-                    lps[r]["tokens"].append(tk.decode([t]))
-                    lps[r]["token_logprobs"].append(float(logp[k, t]))
-                    lps[r]["top_logprobs"].append(self._top(logp[k], max(1, j.logprobs)))
-                    lps[r]["text_offset"].append(len(before))
-                finish, cut = None, _cut_stop(text, j.stop)
-                if t in self.eos:
-                    finish, text = "stop", before
-                elif cut is not None:
-                    finish, text = "stop", text[:cut]
-                elif len(new[r]) >= j.max_tokens:
-                    finish = "length"
-                end = len(text) if finish else _safe_end(text, j.stop)
-                if end > sent[r]:
-                    j.emit("delta", text[sent[r]:end])
-                    sent[r] = end
-                if finish:
-                    j.emit("done", Result(text, finish, len(j.prompt_ids), len(new[r]), _join(j, echo.get(id(j)), lps[r])))
-                else:
-                    keep.append(k)
-            if not keep:
-                break
-            if len(keep) < len(live):
-                # Drop finished rows from the batch and the cache: no compute is spent on them.
-                sel = torch.tensor(keep, device=dev)
-                cache.reorder_cache(sel)
-                mask, next_pos, tok = mask[sel], next_pos[sel], tok[sel]
-                live = [live[k] for k in keep]
-            mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)  # (b_live, width + step)
-            logits = self.model(input_ids=tok.view(-1, 1), attention_mask=mask, position_ids=next_pos,
-                                **ckw, use_cache=True).logits[:, -1, :]
-            next_pos = next_pos + 1
+class _Row:
+    """One job's decoding state while it is in the batch."""
+
+    def __init__(self, job: Job, echo: Optional[dict], device: torch.device):
+        self.job, self.echo = job, echo
+        self.gen = row_generator(device, secrets.randbits(63) if job.seed is None else job.seed)
+        self.new: list[int] = []  # generated ids
+        self.full = ""  # decoded text so far, before any stop-string cut
+        self.sent = 0  # characters already streamed
+        self.lps = ({"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+                    if job.logprobs is not None else None)
+        self.done = False
+
+
+class _Rows:
+    """The running batch: its rows and their `DecodeBatch` (KV cache, mask, positions, next logits).
+
+    Rows are left-padded so every row's newest token sits in the last column. A row that finishes
+    leaves the batch and the cache at once; rows admitted later are prefilled on their own (no
+    padding against the running rows) and joined, the narrower cache padded on the left. Columns
+    that are padding in every row are cut off, so the width stays the longest live row's length.
+    """
+
+    def __init__(self, served: ServedModel):
+        self.s = served
+        self.all: list[_Row] = []  # every row ever admitted (errors go to the unfinished ones)
+        self.live: list[_Row] = []
+        self.batch: Optional[DecodeBatch] = None
+
+    def unfinished(self) -> list[Job]:
+        return [r.job for r in self.all if not r.done]
+
+    def joinable(self) -> bool:
+        return self.batch is None or self.batch.joinable()
+
+    def admit(self, jobs: list[Job]) -> None:
+        s = self.s
+        fresh = []
+        for j in jobs:
+            if j.cancelled.is_set():
+                continue
+            row = _Row(j, s._prompt_logprobs(j) if j.echo_logprobs else None, s.device)
+            self.all.append(row)
+            if j.max_tokens == 0:
+                row.done = True
+                j.emit("done", Result("", "length", len(j.prompt_ids), 0, row.echo))
+            else:
+                fresh.append(row)
+        if not fresh:
+            return
+        batch = DecodeBatch.prefill(s.model, [r.job.prompt_ids for r in fresh], s.pad_id, s.cache_kw)
+        if self.batch is None or not self.live:
+            self.batch, self.live = batch, fresh
+        else:
+            self.batch.join(batch)
+            self.live = self.live + fresh
+
+    def step(self) -> None:
+        """Pick each live row's next token from the logits, hand out text, drop finished rows, and
+        run one decode step for the rest (which leaves the next logits)."""
+        s, tk, logits = self.s, self.s.tokenizer, self.batch.logits
+        live = self.live
+        tok = s._pick(logits, [r.job for r in live], [r.gen for r in live])
+        logp = torch.log_softmax(logits.float(), dim=-1) if any(r.lps is not None for r in live) else None
+        keep = []
+        for k, r in enumerate(live):
+            j, t = r.job, int(tok[k])
+            if j.cancelled.is_set():
+                r.done = True
+                continue
+            before = r.full
+            r.new.append(t)
+            text = r.full = tk.decode(r.new, skip_special_tokens=True)
+            if r.lps is not None:
+                r.lps["tokens"].append(tk.decode([t]))
+                r.lps["token_logprobs"].append(float(logp[k, t]))
+                r.lps["top_logprobs"].append(s._top(logp[k], max(1, j.logprobs)))
+                r.lps["text_offset"].append(len(before))
+            finish, cut = None, stop_index(text, j.stop)
+            if t in s.eos:
+                finish, text = "stop", before
+            elif cut is not None:
+                finish, text = "stop", text[:cut]
+            elif len(r.new) >= j.max_tokens:
+                finish = "length"
+            end = len(text) if finish else _safe_end(text, j.stop)
+            if end > r.sent:
+                j.emit("delta", text[r.sent:end])
+                r.sent = end
+            if finish:
+                r.done = True
+                j.emit("done", Result(text, finish, len(j.prompt_ids), len(r.new), _join(j, r.echo, r.lps)))
+            else:
+                keep.append(k)
+        if not keep:
+            self.live, self.batch = [], None
+            return
+        if len(keep) < len(live):
+            self.batch.keep(keep)
+            tok = tok[torch.tensor(keep, device=tok.device)]
+            self.live = [live[k] for k in keep]
+            self.batch.trim()
+        self.batch.step(tok)
 
 
 def _join(job: Job, prompt: Optional[dict], gen: Optional[dict]) -> Optional[dict]:

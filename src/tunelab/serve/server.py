@@ -83,9 +83,17 @@ def create_app(served: ServedModel, *, api_key: Optional[str] = None, batch_size
                 raise ApiError(413, f"the request body is over the limit of {max_body_bytes} bytes", code="body_too_large")
             chunks.append(chunk)
         try:
-            return json.loads(b"".join(chunks))
+            data = json.loads(b"".join(chunks))
         except (ValueError, UnicodeDecodeError) as e:
             raise ApiError(400, f"the request body is not valid JSON ({e})", code="invalid_json") from None
+        except RecursionError:
+            raise ApiError(400, "the request body is not valid JSON (nested too deeply)", code="invalid_json") from None
+        try:  # JSON lets "\ud800" through; the tokenizer cannot take an unpaired surrogate
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(400, "the request body holds an unpaired UTF-16 surrogate (a \\ud800-\\udfff escape); "
+                                "send valid Unicode text", code="invalid_json") from None
+        return data
 
     def adapter_for(name: str) -> Optional[str]:
         try:

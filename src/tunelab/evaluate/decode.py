@@ -1,0 +1,138 @@
+"""The decode step shared by batched evaluation (generate.py) and the server (serve/engine.py).
+
+Both decode left-padded rows over one KV cache: prompts are prefilled together, each row's
+positions count its real tokens only (a padded row sees exactly the positions it would see
+alone), finished rows leave the batch and the cache at once, and every step appends one column.
+What differs stays with the callers: generate.py runs a fixed list of prompts with one set of
+sampling settings; the engine streams text, samples with per-request settings, and lets waiting
+requests join a running batch (`join`) and cuts columns that became padding in every row (`trim`).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Optional, Sequence
+
+import torch
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    """Every id that ends a generation: the generation config's and the tokenizer's."""
+    ids: set[int] = set()
+    for src in (getattr(model, "generation_config", None), tokenizer):
+        v = getattr(src, "eos_token_id", None) if src is not None else None
+        if isinstance(v, int):
+            ids.add(v)
+        elif isinstance(v, (list, tuple)):
+            ids.update(int(x) for x in v)
+    return ids
+
+
+def cache_kwarg(model) -> str:
+    """transformers renamed `past_key_values` to `cache` (5.2x); pass whichever this model takes."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT wraps forward
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def pad_id(model, tokenizer) -> int:
+    """The id written into padding columns (masked out, so any id works): pad, else an EOS, else 0."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return next(iter(eos_ids(model, tokenizer)), 0)
+
+
+def stop_index(text: str, stop: Sequence[str]) -> Optional[int]:
+    """Where the earliest stop string starts in `text`, or None."""
+    hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return min(hits) if hits else None
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Top-p filter over the last dim: probabilities outside the nucleus set to 0 (not renormalised)."""
+    p, i = probs.sort(dim=-1, descending=True)
+    keep = p.cumsum(-1) - p < top_p  # always keeps the most likely token
+    return torch.zeros_like(probs).scatter(-1, i, p * keep)
+
+
+def row_generator(device: torch.device, seed: int) -> torch.Generator:
+    """A row's own sampling generator, so its draws do not depend on the other rows."""
+    g = torch.Generator(device="cpu" if device.type == "cpu" else device)
+    g.manual_seed(int(seed))
+    return g
+
+
+class DecodeBatch:
+    """Rows decoding together: the KV cache, the attention mask (b, width), each row's next
+    position (b, 1) and the logits for each row's next token (b, V)."""
+
+    def __init__(self, model, cache_kw: str, cache, mask: torch.Tensor, next_pos: torch.Tensor, logits: torch.Tensor):
+        self.model, self.cache_kw = model, cache_kw
+        self.cache, self.mask, self.next_pos, self.logits = cache, mask, next_pos, logits
+
+    @classmethod
+    def prefill(cls, model, seqs: Sequence[Sequence[int]], pad: int, cache_kw: Optional[str] = None) -> "DecodeBatch":
+        """Run the prompts `seqs` (token ids) left padded into a fresh cache."""
+        from transformers import DynamicCache
+
+        device = next(model.parameters()).device
+        cache_kw = cache_kw or cache_kwarg(model)
+        b, width = len(seqs), max(len(s) for s in seqs)
+        ids = torch.full((b, width), pad, dtype=torch.long)
+        mask = torch.zeros((b, width), dtype=torch.long)
+        for r, s in enumerate(seqs):  # left padding: every row's last prompt token is at column -1
+            ids[r, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
+            mask[r, width - len(s):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (b, width): positions count real tokens only
+        cache = DynamicCache()
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, **{cache_kw: cache},
+                       use_cache=True, logits_to_keep=1).logits[:, -1, :]  # (b, V)
+        return cls(model, cache_kw, cache, mask, pos[:, -1:] + 1, logits)
+
+    def keep(self, rows: list[int]) -> None:
+        """Keep only `rows` (batch indices, in order): finished rows cost no more compute."""
+        sel = torch.tensor(rows, device=self.mask.device)
+        self.cache.reorder_cache(sel)
+        self.mask, self.next_pos, self.logits = self.mask[sel], self.next_pos[sel], self.logits[sel]
+
+    def step(self, tok: torch.Tensor) -> None:
+        """Feed each row's next token `tok` (b,); leaves the logits for the token after it."""
+        b = tok.shape[0]
+        self.mask = torch.cat([self.mask, self.mask.new_ones((b, 1))], dim=1)  # (b, width + 1)
+        self.logits = self.model(input_ids=tok.view(-1, 1), attention_mask=self.mask, position_ids=self.next_pos,
+                                 **{self.cache_kw: self.cache}, use_cache=True).logits[:, -1, :]
+        self.next_pos = self.next_pos + 1
+
+    # ------------------------------------------------ continuous batching (serve/engine.py)
+    def joinable(self) -> bool:
+        """Rows can be merged into the cache only when every layer is a plain growing K/V pair."""
+        from transformers.cache_utils import DynamicLayer
+
+        return all(type(layer) is DynamicLayer for layer in self.cache.layers)
+
+    def join(self, other: "DecodeBatch") -> None:
+        """Append `other`'s rows: the narrower side is padded on the left (masked out)."""
+        full = max(self.mask.shape[1], other.mask.shape[1])
+        for old, add in zip(self.cache.layers, other.cache.layers):
+            old.keys = torch.cat([_left_pad(old.keys, full), _left_pad(add.keys, full)], dim=0)  # (b_old + b, h, full, d)
+            old.values = torch.cat([_left_pad(old.values, full), _left_pad(add.values, full)], dim=0)
+        self.mask = torch.cat([_left_pad(self.mask, full, dim=1), _left_pad(other.mask, full, dim=1)], dim=0)  # (b_old + b, full)
+        self.next_pos = torch.cat([self.next_pos, other.next_pos], dim=0)
+        self.logits = torch.cat([self.logits, other.logits], dim=0)
+
+    def trim(self) -> None:
+        """Cut the leading columns that are padding in every row (they are left after rows leave)."""
+        lead = int((self.mask.sum(dim=0) == 0).long().cumprod(dim=0).sum())
+        if lead and self.joinable():
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
+            self.mask = self.mask[:, lead:]
+
+
+def _left_pad(x: torch.Tensor, width: int, dim: int = 2) -> torch.Tensor:
+    """Zeros on the left of `dim` up to `width` (K/V are (b, h, T, d): dim 2; masks (b, T): dim 1)."""
+    short = width - x.shape[dim]
+    if short <= 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = short
+    return torch.cat([x.new_zeros(shape), x], dim=dim)
