@@ -34,6 +34,12 @@ def make_rows(n: int, path: Path) -> None:
                                 "output": f"{r['output']} [{i}]"}) + "\n")
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process, every thread (user + system): cpu / wall = cores kept busy."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def child(mode: str, n: int, model: str) -> None:
     """One measurement in this fresh process; prints one JSON line."""
     from tunelab.models.loading import load_tokenizer, resolve
@@ -44,7 +50,7 @@ def child(mode: str, n: int, model: str) -> None:
         make_rows(n, data)
         os.environ["TUNELAB_HOME"] = str(Path(tmp) / "home")
         out = {"mode": mode, "rows": n}
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _cpu_s()
         if mode == "old":
             from tunelab.data.load import load_conversations
             from tunelab.templates import encode_all
@@ -56,12 +62,13 @@ def child(mode: str, n: int, model: str) -> None:
 
             enc = prepare(data, tok, max_length=1024).trainable()
             out["kept"] = len(enc)
-            out["wall_s"] = time.perf_counter() - t0
+            out["wall_s"], out["cpu_s"] = time.perf_counter() - t0, _cpu_s() - cpu0
             t1 = time.perf_counter()
             hit = prepare(data, tok, max_length=1024).trainable()
             out["hit_s"] = time.perf_counter() - t1
             assert hit.hit and len(hit) == len(enc)
         out.setdefault("wall_s", time.perf_counter() - t0)
+        out.setdefault("cpu_s", _cpu_s() - cpu0)
         out["rows_per_s"] = n / out["wall_s"]
         out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(out), flush=True)
@@ -89,7 +96,8 @@ def main() -> None:
         results.append(json.loads(line[-1]))
         r = results[-1]
         print(f"{r['mode']:>4} {r['rows']:>9,} rows: {r['wall_s']:7.1f} s  {r['rows_per_s']:8.0f} rows/s  "
-              f"cache hit {r.get('hit_s', float('nan')):6.2f} s  peak RSS {r['peak_rss_mb']:7.0f} MB", flush=True)
+              f"cores {r['cpu_s'] / r['wall_s']:4.2f}  cache hit {r.get('hit_s', float('nan')):6.2f} s  "
+              f"peak RSS {r['peak_rss_mb']:7.0f} MB", flush=True)
     new = {r["rows"]: r for r in results if r["mode"] == "new"}
     old = {r["rows"]: r for r in results if r["mode"] == "old"}
     for n in sorted(set(new) & set(old)):

@@ -31,15 +31,15 @@ def write(path, rows):
 
 @pytest.fixture
 def counting(monkeypatch):
-    """Counts calls of the chunk encoder: a cache hit must make none."""
+    """Counts calls of the chunk tokenizer: a cache hit must make none."""
     calls = []
-    real = cache_mod.encode_chunk
+    real = cache_mod.tokenize_chunk
 
     def spy(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(cache_mod, "encode_chunk", spy)
+    monkeypatch.setattr(cache_mod, "tokenize_chunk", spy)
     return calls
 
 

@@ -13,6 +13,7 @@ tokenized on its own. What changes is the cost:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 
@@ -84,28 +85,52 @@ def tokenize_many(tokenizer, texts: list[str]) -> list[list[int]]:
     return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
+@dataclass
+class Plan:
+    """A chunk rendered and cut into pieces, before tokenising (render_chunk -> tokenize_chunk)."""
+
+    texts: list[str]
+    source: list[int]  # per piece: index into texts, or -1 for a text record's eos
+    owner: list[int]  # per piece: its record
+    trained: list[bool]  # per piece: trained or not
+    record_ids: list[str]
+
+
+def render_chunk(tokenizer, convs: list[Conversation], *, train_on: str = "completion") -> Plan:
+    """The Python half of encode_chunk: each record's template rendering cut into pieces."""
+    render_fn = _renderer(tokenizer)
+    eos = tokenizer.eos_token_id
+    plan = Plan([], [], [], [], [c.id for c in convs])
+    for k, conv in enumerate(convs):
+        for text, answer in pieces(tokenizer, conv, render_fn):
+            plan.source.append(len(plan.texts))
+            plan.texts.append(text)
+            plan.owner.append(k)
+            plan.trained.append(answer or train_on == "all")
+        if conv.is_text and eos is not None:
+            plan.source.append(-1)
+            plan.owner.append(k)
+            plan.trained.append(True)
+    return plan
+
+
+def tokenize_chunk(tokenizer, plan: Plan, *, max_length: int | None = None, truncate: bool = True) -> Chunk:
+    """The tokenizer's half of encode_chunk: one batch call for every piece, then the masks.
+
+    Most of its time is in the Rust tokenizer, which releases the GIL: the cache runs it in a
+    worker thread while the next chunk is read and rendered (templates/cache.py).
+    """
+    encoded = tokenize_many(tokenizer, plan.texts)
+    eos = [tokenizer.eos_token_id]
+    piece_ids = [encoded[i] if i >= 0 else eos for i in plan.source]
+    return _assemble(piece_ids, plan.owner, plan.trained, len(plan.record_ids), max_length, truncate, plan.record_ids)
+
+
 def encode_chunk(tokenizer, convs: list[Conversation], *, train_on: str = "completion",
                  max_length: int | None = None, truncate: bool = True) -> Chunk:
     """Encode `convs` together; the per-record equivalent is render.encode on each."""
-    render_fn = _renderer(tokenizer)
-    eos = tokenizer.eos_token_id
-    texts: list[str] = []
-    source: list[int] = []  # per piece: index into texts, or -1 for a text record's eos
-    owner: list[int] = []  # per piece: its record
-    trained: list[bool] = []  # per piece: trained or not
-    for k, conv in enumerate(convs):
-        for text, answer in pieces(tokenizer, conv, render_fn):
-            source.append(len(texts))
-            texts.append(text)
-            owner.append(k)
-            trained.append(answer or train_on == "all")
-        if conv.is_text and eos is not None:
-            source.append(-1)
-            owner.append(k)
-            trained.append(True)
-    encoded = tokenize_many(tokenizer, texts)
-    piece_ids = [encoded[i] if i >= 0 else [eos] for i in source]
-    return _assemble(piece_ids, owner, trained, len(convs), max_length, truncate, [c.id for c in convs])
+    return tokenize_chunk(tokenizer, render_chunk(tokenizer, convs, train_on=train_on),
+                          max_length=max_length, truncate=truncate)
 
 
 def _assemble(piece_ids: list[list[int]], owner: list[int], piece_trained: list[bool], n: int,
@@ -113,7 +138,7 @@ def _assemble(piece_ids: list[list[int]], owner: list[int], piece_trained: list[
     """Flat arrays from the pieces, with the per-record rules of render.encode/encode_all."""
     piece_len = np.fromiter((len(p) for p in piece_ids), dtype=np.int64, count=len(piece_ids))
     total = int(piece_len.sum())
-    ids = np.fromiter((t for p in piece_ids for t in p), dtype=ID_DTYPE, count=total)
+    ids = np.fromiter(chain.from_iterable(piece_ids), dtype=ID_DTYPE, count=total)
     mask = np.repeat(np.asarray(piece_trained, dtype=np.uint8), piece_len)  # (T,)
     rec_len = np.bincount(np.asarray(owner, dtype=np.int64), weights=piece_len, minlength=n).astype(np.int64)
     rec_of_tok = np.repeat(np.arange(n), rec_len)  # (T,) record index of each token

@@ -20,7 +20,8 @@ written into a temporary folder and renamed when complete, so a reader never see
 and two writers of the same key both end with a valid one.
 
 Reading, converting and encoding stream in chunks of CHUNK records (data.load.iter_conversations
-+ batch.encode_chunk): memory stays flat however long the file is.
++ batch.render_chunk / tokenize_chunk, the two overlapped on two threads): memory stays flat
+however long the file is.
 
 Evaluation's texts (a perplexity task's documents) are cached the same way by `token_lists`: an
 entry with only ids.bin and offsets.bin, keyed by the texts themselves and the tokenizer.
@@ -33,6 +34,7 @@ import json
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -41,7 +43,8 @@ import numpy as np
 
 from tunelab.data.load import iter_conversations, resolve_spec
 from tunelab.paths import home
-from tunelab.templates.batch import ID_DTYPE, KEPT, NOTHING_TRAINED, TOO_LONG, encode_chunk, tokenize_many
+from tunelab.templates.batch import (ID_DTYPE, KEPT, NOTHING_TRAINED, TOO_LONG, Chunk, render_chunk, tokenize_chunk,
+                                     tokenize_many)
 from tunelab.templates.render import IGNORE, Encoded, length_notes, no_rows_error, template_of
 
 ENCODING_VERSION = 2  # bump when the encoding of a record changes: every old entry becomes a miss
@@ -215,11 +218,24 @@ def _write(folder: Path, chunks, tokenizer, train_on, max_length, truncate, prog
     files = {name: open(folder / f"{name}.bin", "wb") for name in ARRAYS}
     n_records = n_tokens = n_trained = n_rid = 0
     counts = {"kept": 0, "truncated": 0, "too_long": 0, "nothing_trained": 0}
+
+    def tokenized() -> Iterator[Chunk]:
+        # two stages on the two cores: while the Rust tokenizer (which releases the GIL) encodes
+        # chunk k in the worker, this thread reads, converts and renders chunk k+1 (pure Python)
+        with ThreadPoolExecutor(max_workers=1) as worker:
+            pending = None
+            for convs in chunks:
+                plan = render_chunk(tokenizer, convs, train_on=train_on)
+                if pending is not None:
+                    yield pending.result()
+                pending = worker.submit(tokenize_chunk, tokenizer, plan, max_length=max_length, truncate=truncate)
+            if pending is not None:
+                yield pending.result()
+
     try:
         files["offsets"].write(np.zeros(1, np.int64).tobytes())
         files["rid_offsets"].write(np.zeros(1, np.int64).tobytes())
-        for convs in chunks:
-            c = encode_chunk(tokenizer, convs, train_on=train_on, max_length=max_length, truncate=truncate)
+        for c in tokenized():
             files["ids"].write(c.ids.astype(ID_DTYPE, copy=False).tobytes())
             files["trained"].write(c.trained.tobytes())
             files["offsets"].write((n_tokens + np.cumsum(c.lengths)).astype(np.int64).tobytes())

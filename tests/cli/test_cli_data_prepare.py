@@ -1,0 +1,118 @@
+"""`tunelab data prepare` and `tunelab cache list|clear` on the command line: counts and lengths
+printed, the second run a cache hit, bad inputs one line naming the file and line."""
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from tunelab.cli import main
+from tunelab.models.loading import load_tokenizer
+from tunelab.templates.cache import entries, prepare
+
+ROWS = [{"instruction": f"Count to {i}.", "input": "", "output": " ".join(str(k) for k in range(i + 1))} for i in range(12)]
+
+
+def _plain(text: str) -> str:
+    """Rich's output as words: table borders (box drawing, U+2500..U+257F) and wrapping undone."""
+    return " ".join(re.sub("[\u2500-\u257f]", " ", text).split())
+
+
+def run_cli(capsys, *args):
+    with pytest.raises(SystemExit) as e:
+        main(list(args))
+    out = capsys.readouterr()
+    return e.value.code, _plain(out.out), out.err
+
+
+def _exit_code(capsys, *args):
+    """Commands that succeed return instead of exiting: 0 then."""
+    try:
+        main(list(args))
+    except SystemExit as e:
+        out = capsys.readouterr()
+        return e.code, _plain(out.out), out.err
+    out = capsys.readouterr()
+    return 0, _plain(out.out), out.err
+
+
+@pytest.fixture
+def data(tmp_path):
+    p = tmp_path / "alpaca.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return p
+
+
+def test_prepare_prints_counts_and_lengths_then_hits_the_cache(capsys, data, tiny_dir):
+    code, out, err = _exit_code(capsys, "data", "prepare", str(data), "--model", str(tiny_dir), "--max-length", "24")
+    assert code == 0, err
+    enc = prepare(data, load_tokenizer(tiny_dir), max_length=24)  # the entry the command wrote
+    assert enc.hit and len(entries()) == 1
+    lengths = enc.lengths[enc.status == 0]
+    m = enc.meta
+    assert "encoded in" in out and "already in the cache" not in out
+    assert f"records {len(ROWS)}" in out and f"kept for training {m['kept']}" in out
+    assert f"truncated to 24 {m['truncated']}" in out and m["truncated"] > 0  # the long rows
+    assert (f"tokens min / median / p95 / max {lengths.min()} / {np.median(lengths):.0f} / "
+            f"{np.percentile(lengths, 95):.0f} / {lengths.max()}") in out
+    assert f"tokens total / trained {m['tokens']} / {m['trained_tokens']}" in out
+    assert "detected format 'alpaca'" in out
+
+    code, again, err = _exit_code(capsys, "data", "prepare", str(data), "--model", str(tiny_dir), "--max-length", "24")
+    assert code == 0, err
+    assert "already in the cache" in again and f"records {len(ROWS)}" in again and len(entries()) == 1
+    code, other, _ = _exit_code(capsys, "data", "prepare", str(data), "--model", str(tiny_dir), "--max-length", "32")
+    assert code == 0 and "encoded in" in other and len(entries()) == 2  # another setting, another entry
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("bad.jsonl", json.dumps(ROWS[0]) + '\n{"instruction": "x", "output": }\n',
+     "bad.jsonl:2: not valid JSON (Expecting value at column 32); fix it, or pass --skip-bad to skip bad records"),
+    ("bad.json", "[\n" + json.dumps(ROWS[0]) + ',\n{"instruction": "x" "output": "y"}\n]',
+     "bad.json:3: not valid JSON (Expecting ',' delimiter at column 21); fix the file"),
+    ("notobj.json", "[" + json.dumps(ROWS[0]) + ", 7]",
+     "notobj.json: record 2: expected a JSON object, got int; fix it, or pass --skip-bad to skip bad records"),
+    ("empty.jsonl", "", "empty.jsonl: no records in the file"),
+    ("odd.jsonl", json.dumps({"question": "q", "answer": "a"}) + "\n", "cannot tell the data format"),
+])
+def test_prepare_bad_inputs_are_one_line(capsys, tmp_path, tiny_dir, name, content, expected):
+    p = tmp_path / name
+    p.write_text(content)
+    code, _, err = run_cli(capsys, "data", "prepare", str(p), "--model", str(tiny_dir))
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert code == 2 and len(lines) == 1 and expected in " ".join(err.split()), err
+    assert "Traceback" not in err and entries() == []  # a failed write leaves no entry
+
+
+def test_prepare_missing_file_and_bad_option(capsys, tmp_path, data, tiny_dir):
+    code, _, err = run_cli(capsys, "data", "prepare", str(tmp_path / "nope.jsonl"), "--model", str(tiny_dir))
+    assert code == 2 and "nope.jsonl: data file not found" in err
+    code, _, err = run_cli(capsys, "data", "prepare", str(data), "--model", str(tiny_dir), "--train-on", "prompt")
+    assert code == 2 and "--train-on must be completion or all, got 'prompt'" in err
+
+
+def test_prepare_skip_bad_counts_the_skipped_line(capsys, tmp_path, tiny_dir):
+    p = tmp_path / "some_bad.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in ROWS[:5]) + "{broken\n" + json.dumps(ROWS[5]) + "\n")
+    with pytest.warns(UserWarning, match=r"some_bad\.jsonl: skipped 1 bad record"):
+        code, out, err = _exit_code(capsys, "data", "prepare", str(p), "--model", str(tiny_dir), "--skip-bad")
+    assert code == 0, err
+    assert "records 6" in out and "some_bad.jsonl: skipped 1 unreadable record(s); first:" in out
+    assert "some_bad.jsonl:6: not valid JSON" in out
+
+
+def test_cache_list_and_clear(capsys, data, tiny_dir):
+    code, out, _ = _exit_code(capsys, "cache", "list")
+    assert code == 0 and "0 encoded data set(s)" in out
+    _exit_code(capsys, "data", "prepare", str(data), "--model", str(tiny_dir))
+    (folder, size, meta), = entries()
+    code, out, _ = _exit_code(capsys, "cache", "list")
+    assert code == 0 and "1 encoded data set(s)" in out and folder.name[:12] in out
+    assert f"{len(ROWS)} {meta['tokens']} {size / 2**20:.1f}" in out
+    code, out, _ = _exit_code(capsys, "cache", "clear")
+    assert code == 0 and f"removed 1 encoded data set(s), {size / 2**20:.1f} MB" in out
+    assert entries() == [] and not folder.exists()
+    code, out, _ = _exit_code(capsys, "cache", "list")
+    assert "0 encoded data set(s)" in out
