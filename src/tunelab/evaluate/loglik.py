@@ -27,6 +27,10 @@ import torch.nn.functional as F
 from tunelab.evaluate.decode import cache_kwarg
 from tunelab.evaluate.packed_attention import packed_attention
 
+# A token prefix every item shares is run once into a KV cache when it is at least this long
+# (shorter ones save less than the extra attention inputs cost).
+MIN_SHARED_PREFIX = 16
+
 # Token budget of a packed row per unit of batch_size: batch 16 -> rows of 2,048 tokens. Rows of
 # ~2k tokens keep the matrix multiplies large on CPU while the per-item attention stays small.
 TOKENS_PER_ITEM = 128
@@ -114,6 +118,7 @@ def score_choices(
     batch_size: int = 16,
     method: str = "packed",
     on_batch: Optional[Callable[[int], None]] = None,
+    reuse_prefix: bool = True,
 ) -> list[list[tuple[float, bool]]]:
     """For each (context, continuations) request: [(loglik, is_greedy) per continuation].
 
@@ -121,6 +126,8 @@ def score_choices(
     items packed padding-free into rows of `batch_size * TOKENS_PER_ITEM` tokens; or "cache":
     batches of `batch_size` items, contexts into a KV cache expanded per choice. Both encode each
     context once; scores do not depend on the batch size (tests/evaluate/test_loglik.py).
+    `reuse_prefix` (packed): the token prefix all contexts share (few-shot demonstrations chosen
+    with `first_n`, a system prompt) runs once into a KV cache that every item attends to.
     """
     if method not in ("packed", "cache"):
         raise ValueError(f"method must be 'packed' or 'cache', got {method!r}")
@@ -138,7 +145,9 @@ def score_choices(
         else:
             shared.append(i)
     if method == "packed":
-        scored = _score_packed(model, [encoded[i] for i in shared], batch_size * TOKENS_PER_ITEM, on_batch)
+        prefix = shared_prefix([encoded[i][0] for i in shared]) if reuse_prefix else []
+        items = [(encoded[i][0][len(prefix):], encoded[i][1]) for i in shared]
+        scored = _score_packed(model, items, batch_size * TOKENS_PER_ITEM, on_batch, prefix=prefix)
         for i, r in zip(shared, scored):
             results[i] = r
     else:
@@ -152,6 +161,36 @@ def score_choices(
     if on_batch and len(shared) < len(requests):
         on_batch(len(requests) - len(shared))
     return results  # type: ignore[return-value]
+
+
+def shared_prefix(contexts: Sequence[list[int]]) -> list[int]:
+    """The longest token prefix all `contexts` share, leaving each at least its last token (that
+    token predicts the first continuation token, so it must run with the item); [] when shorter
+    than MIN_SHARED_PREFIX or fewer than two contexts. Found on tokens, not text, so reuse is
+    exact whatever the tokenizer does at the prefix's boundary."""
+    if len(contexts) < 2:
+        return []
+    first = contexts[0]
+    n = min(len(c) for c in contexts) - 1
+    for c in contexts[1:]:
+        k = 0
+        while k < n and c[k] == first[k]:
+            k += 1
+        n = k
+        if n < MIN_SHARED_PREFIX:
+            return []
+    return list(first[:n])
+
+
+def _prefix_kv(model, prefix: list[int]):
+    """The prefix run once (positions 0..P-1, the model's own attention): per layer (keys, values),
+    each (1, Hkv, P, D), rotary positions already applied, as a KV cache holds them."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    model(input_ids=torch.tensor([prefix], device=_device(model)), use_cache=True, logits_to_keep=1,
+          **{cache_kwarg(model): cache})
+    return [(layer.keys, layer.values) for layer in cache.layers]
 
 
 def _layout(ctx: list[int], conts: list[list[int]]) -> tuple[list[int], list[int], list[int]]:
@@ -197,15 +236,23 @@ def _pack_rows(lengths: list[int], budget: int) -> list[list[int]]:
 
 
 def _score_packed(model, items: list[tuple[list[int], list[list[int]]]], budget: int,
-                  on_item: Optional[Callable[[int], None]] = None) -> list[list[tuple[float, bool]]]:
+                  on_item: Optional[Callable[[int], None]] = None,
+                  prefix: Sequence[int] = ()) -> list[list[tuple[float, bool]]]:
     """All items, padding-free: items packed end to end into rows of `budget` tokens.
 
     Each item attends only within itself (packed_attention.py runs one small attention per item),
     so an item's scores do not depend on its neighbours or on the budget; no pad token is ever
-    computed, and logits are projected only where a continuation token is predicted.
+    computed, and logits are projected only where a continuation token is predicted. With a
+    `prefix` (tokens that precede every item's context, already cut from it) the prefix runs once
+    and every item attends to its keys and values, its own positions continuing after it.
     """
     dev = _device(model)
-    layouts = [_layout(ctx, conts) for ctx, conts in items]
+    shift = len(prefix)
+    layouts = []
+    for ctx, conts in items:
+        seq, pos, owner = _layout(ctx, conts)
+        layouts.append((seq, [p + shift for p in pos], owner))
+    extra = {"item_prefix": _prefix_kv(model, list(prefix))} if shift else {}
     out: list[Optional[list[tuple[float, bool]]]] = [None] * len(items)
     with packed_attention(model):
         for row in _pack_rows([len(seq) for seq, _, _ in layouts], budget):
@@ -223,7 +270,7 @@ def _score_packed(model, items: list[tuple[list[int], list[list[int]]]], budget:
                 keep += [False] * (n_ctx - 1) + [True] * (len(seq) - n_ctx + 1)  # last context token on
             logits = _logits_at(model, torch.tensor([ids], device=dev), None,
                                 torch.tensor([positions], device=dev), torch.tensor([keep], device=dev),
-                                item_spans=spans)
+                                item_spans=spans, **extra)
             logp = F.log_softmax(logits.float().reshape(-1, logits.shape[-1]), dim=-1)  # (kept, V)
             offset = 0
             for i in row:

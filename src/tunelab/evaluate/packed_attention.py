@@ -12,6 +12,11 @@ The per-span kernel is models/attention.py, shared with training's per-document 
 (train/attention.py); this module only names the implementation and switches a model to it.
 The item spans travel as the `item_spans` keyword of the model's forward, which transformers
 hands through every decoder layer to the attention function.
+
+Prefix reuse: when every item of a call starts with the same tokens (few-shot demonstrations
+chosen with `first_n`, a system prompt), loglik.py runs that prefix once into a KV cache and hands
+its keys and values per layer as `item_prefix`; every item then attends to the prefix and to its
+own tokens (its (n, P + n) mask), so the prefix is computed once instead of once per item.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from contextlib import contextmanager
 from typing import Iterator, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from tunelab.models.attention import Span, spans_attention_forward
 
@@ -34,11 +40,31 @@ def items_attention_forward(
     dropout: float = 0.0,
     scaling: Optional[float] = None,
     item_spans: Optional[Sequence[Span]] = None,
+    item_prefix: Optional[Sequence[tuple[torch.Tensor, torch.Tensor]]] = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """query (1, H, T, D), key/value (1, Hkv, T, D) -> ((1, T, H, D), None), like transformers' sdpa."""
-    return spans_attention_forward(module, query, key, value, attention_mask, item_spans,
-                                   dropout=dropout, scaling=scaling, **kwargs)
+    """query (1, H, T, D), key/value (1, Hkv, T, D) -> ((1, T, H, D), None), like transformers' sdpa.
+
+    `item_prefix[layer]`: the shared prefix's (keys, values), each (1, Hkv, P, D), seen by every span.
+    """
+    if item_prefix is None or attention_mask is not None or item_spans is None:
+        return spans_attention_forward(module, query, key, value, attention_mask, item_spans,
+                                       dropout=dropout, scaling=scaling, **kwargs)
+    pk, pv = item_prefix[module.layer_idx]  # (1, Hkv, P, D) each
+    gqa = query.shape[1] != key.shape[1]
+    outs, covered = [], 0
+    for start, n, mask in item_spans:
+        piece = slice(start, start + n)
+        own = mask if mask is not None else torch.ones((n, n), dtype=torch.bool, device=query.device).tril()
+        full = torch.cat([own.new_ones((n, pk.shape[2])), own], dim=1)  # (n, P + n): the prefix is always visible
+        o = F.scaled_dot_product_attention(
+            query[:, :, piece], torch.cat([pk, key[:, :, piece]], dim=2), torch.cat([pv, value[:, :, piece]], dim=2),
+            attn_mask=full, dropout_p=dropout, scale=scaling, enable_gqa=gqa)  # (1, H, n, D)
+        outs.append(o.transpose(1, 2))  # (1, n, H, D)
+        covered += n
+    if covered < query.shape[2]:  # nothing is left uncovered in scoring rows; kept for the shape
+        outs.append(query.new_zeros(1, query.shape[2] - covered, query.shape[1], query.shape[3]))
+    return torch.cat(outs, dim=1), None  # (1, T, H, D)
 
 
 @contextmanager
