@@ -89,3 +89,21 @@ def test_codecarbon_lines_go_to_the_run_log(routed, tmp_path, capsys, monkeypatc
         pytest.skip("codecarbon could not start on this machine")
     assert "codecarbon" not in capsys.readouterr().err
     assert "codecarbon" in path.read_text()
+
+
+def test_a_warning_prints_as_one_line(tmp_path, tiny_dir):
+    """`--skip-bad`'s notice through the real console script: one line, not Python's file:line + source."""
+    import json
+    import os
+    import subprocess
+
+    p = tmp_path / "some_bad.jsonl"
+    good = json.dumps({"prompt": "2+2?", "completion": "4"})
+    p.write_text(good + "\n{broken\n" + good + "\n")
+    env = os.environ | {"TUNELAB_HOME": str(tmp_path / "home"), "TUNELAB_QUIET": "1"}
+    r = subprocess.run([sys.executable, "-m", "tunelab", "data", "prepare", str(p), "--model", str(tiny_dir), "--skip-bad"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = [x for x in r.stderr.splitlines() if "skipped" in x]
+    assert lines and lines[0].startswith("warning: ") and "some_bad.jsonl: skipped 1 bad record" in lines[0]
+    assert "UserWarning" not in r.stderr and "warnings.warn" not in r.stderr

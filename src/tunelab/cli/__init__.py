@@ -88,6 +88,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from tunelab.cli import usage
 
+    # warnings (ours, e.g. "skipped 2 bad records", and other libraries') print as one line, not
+    # Python's "file:line: UserWarning: ..." followed by the source line that raised it
+    warnings.formatwarning = lambda message, category, *_a, **_k: f"warning: {message}\n"
     # a deprecation inside PEFT/transformers that users cannot act on
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     debug = "--debug" in args or os.environ.get("TUNELAB_DEBUG") == "1"
