@@ -21,21 +21,14 @@ def _plain(text: str) -> str:
 
 
 def run_cli(capsys, *args):
-    with pytest.raises(SystemExit) as e:
-        main(list(args))
-    out = capsys.readouterr()
-    return e.value.code, _plain(out.out), out.err
-
-
-def _exit_code(capsys, *args):
-    """Commands that succeed return instead of exiting: 0 then."""
+    """(exit code, stdout as words, stderr); a command that succeeds returns instead of exiting: 0."""
+    code = 0
     try:
         main(list(args))
     except SystemExit as e:
-        out = capsys.readouterr()
-        return e.code, _plain(out.out), out.err
+        code = e.code
     out = capsys.readouterr()
-    return 0, _plain(out.out), out.err
+    return code, _plain(out.out), out.err
 
 
 @pytest.fixture
@@ -46,7 +39,7 @@ def data(tmp_path):
 
 
 def test_prepare_prints_counts_and_lengths_then_hits_the_cache(capsys, data, tiny_dir):
-    code, out, err = _exit_code(capsys, "data", "prepare", str(data), "--model", str(tiny_dir), "--max-length", "24")
+    code, out, err = run_cli(capsys, "data", "prepare", str(data), "--model", str(tiny_dir), "--max-length", "24")
     assert code == 0, err
     enc = prepare(data, load_tokenizer(tiny_dir), max_length=24)  # the entry the command wrote
     assert enc.hit and len(entries()) == 1
@@ -60,10 +53,10 @@ def test_prepare_prints_counts_and_lengths_then_hits_the_cache(capsys, data, tin
     assert f"tokens total / trained {m['tokens']} / {m['trained_tokens']}" in out
     assert "detected format 'alpaca'" in out
 
-    code, again, err = _exit_code(capsys, "data", "prepare", str(data), "--model", str(tiny_dir), "--max-length", "24")
+    code, again, err = run_cli(capsys, "data", "prepare", str(data), "--model", str(tiny_dir), "--max-length", "24")
     assert code == 0, err
     assert "already in the cache" in again and f"records {len(ROWS)}" in again and len(entries()) == 1
-    code, other, _ = _exit_code(capsys, "data", "prepare", str(data), "--model", str(tiny_dir), "--max-length", "32")
+    code, other, _ = run_cli(capsys, "data", "prepare", str(data), "--model", str(tiny_dir), "--max-length", "32")
     assert code == 0 and "encoded in" in other and len(entries()) == 2  # another setting, another entry
 
 
@@ -97,22 +90,22 @@ def test_prepare_skip_bad_counts_the_skipped_line(capsys, tmp_path, tiny_dir):
     p = tmp_path / "some_bad.jsonl"
     p.write_text("".join(json.dumps(r) + "\n" for r in ROWS[:5]) + "{broken\n" + json.dumps(ROWS[5]) + "\n")
     with pytest.warns(UserWarning, match=r"some_bad\.jsonl: skipped 1 bad record"):
-        code, out, err = _exit_code(capsys, "data", "prepare", str(p), "--model", str(tiny_dir), "--skip-bad")
+        code, out, err = run_cli(capsys, "data", "prepare", str(p), "--model", str(tiny_dir), "--skip-bad")
     assert code == 0, err
     assert "records 6" in out and "some_bad.jsonl: skipped 1 unreadable record(s); first:" in out
     assert "some_bad.jsonl:6: not valid JSON" in out
 
 
 def test_cache_list_and_clear(capsys, data, tiny_dir):
-    code, out, _ = _exit_code(capsys, "cache", "list")
+    code, out, _ = run_cli(capsys, "cache", "list")
     assert code == 0 and "0 encoded data set(s)" in out
-    _exit_code(capsys, "data", "prepare", str(data), "--model", str(tiny_dir))
+    run_cli(capsys, "data", "prepare", str(data), "--model", str(tiny_dir))
     (folder, size, meta), = entries()
-    code, out, _ = _exit_code(capsys, "cache", "list")
+    code, out, _ = run_cli(capsys, "cache", "list")
     assert code == 0 and "1 encoded data set(s)" in out and folder.name[:12] in out
     assert f"{len(ROWS)} {meta['tokens']} {size / 2**20:.1f}" in out
-    code, out, _ = _exit_code(capsys, "cache", "clear")
+    code, out, _ = run_cli(capsys, "cache", "clear")
     assert code == 0 and f"removed 1 encoded data set(s), {size / 2**20:.1f} MB" in out
     assert entries() == [] and not folder.exists()
-    code, out, _ = _exit_code(capsys, "cache", "list")
+    code, out, _ = run_cli(capsys, "cache", "list")
     assert "0 encoded data set(s)" in out
