@@ -57,8 +57,12 @@ def test_batch_size_does_not_change_results(tiny_dir, tmp_path):
     task = _mc_task(tmp_path)
     a = evaluate(str(tiny_dir), task, batch_size=1)
     b = evaluate(str(tiny_dir), task, batch_size=16)
-    assert a.metrics == b.metrics and a.signature == b.signature
-    assert [p["pred"] for p in a.predictions] == [p["pred"] for p in b.predictions]
+    c = evaluate(str(tiny_dir), task, batch_size="auto")
+    assert a.metrics == b.metrics == c.metrics and a.signature == b.signature == c.signature
+    for other in (b, c):  # 1 vs 16 vs auto: same choices, log-likelihoods within 1e-4
+        assert [p["pred"] for p in a.predictions] == [p["pred"] for p in other.predictions]
+        for p, q in zip(a.predictions, other.predictions):
+            assert p["choice_logliks"] == pytest.approx(q["choice_logliks"], abs=1e-4)
 
 
 def test_generate_task_with_response_metrics(tiny_dir, tmp_path):
