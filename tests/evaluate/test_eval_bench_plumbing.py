@@ -1,0 +1,72 @@
+"""The evaluation benchmark's tunelab side on a tiny model (CPU): every task type runs and compares.
+
+benchmarks/eval_throughput.py pits tunelab against lm-eval 0.4.13 (a bench extra, not installed in
+CI) on the default model; this drives the same functions with tiny items so a change to the task
+config or the results cannot break the benchmark unseen. The lm-eval side is checked as far as its
+task YAML, which must parse and name the same fields.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "eval_throughput.py"
+
+ROWS = {
+    "mc_long": [{"context": f"Two friends, one aged {20 + i}, met.", "question": "Who was older?",
+                 "ans0": "The first", "ans1": "The second", "ans2": "Unknown", "label": i % 3} for i in range(4)],
+    "mc_short": [{"ctx": f"Name a colour number {i}.", "endings": ["red", "a long blue ending", "green", "no"],
+                  "label": i % 4} for i in range(4)],
+    "generate": [{"prompt": f"Translate into French.\nEnglish: cat {i}\nFrench:", "ref": "chat"} for i in range(3)],
+    "perplexity": [{"text": f"An instruction {i}.\nAn answer with a few words."} for i in range(3)],
+}
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("eval_throughput", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("kind", ["mc_long", "mc_5shot", "mc_short", "generate", "perplexity"])
+def test_every_task_type_runs_on_a_tiny_model(bench, kind, tmp_path, tiny_dir, monkeypatch):
+    monkeypatch.setenv("TUNELAB_QUIET", "1")
+    rows = ROWS["mc_long" if kind == "mc_5shot" else kind]
+    test = bench._jsonl(tmp_path / "test.jsonl", rows)
+    pool = bench._jsonl(tmp_path / "pool.jsonl", ROWS["mc_long"] * 2) if kind == "mc_5shot" else None
+    task = bench.tunelab_task(kind, f"bench_{kind}", test, pool, gen_tokens=4)
+    wall, ours = bench.run_tunelab(str(tiny_dir), kind, task, batch_size=2)
+    assert wall > 0 and len(ours) == len(rows)
+    if kind == "generate":
+        assert all(isinstance(o, str) for o in ours)
+    else:
+        width = {"mc_short": 4, "perplexity": 1}.get(kind, 3)
+        assert all(len(o) == width for o in ours)
+    assert bench.compare(kind, ours, ours) == (0, 0.0)  # a side equals itself: 0 differ, no ll gap
+
+    peer = yaml.safe_load(bench.lm_eval_yaml(kind, f"bench_{kind}", test, pool, gen_tokens=4))
+    assert peer["task"] == f"bench_{kind}" and peer["dataset_kwargs"]["data_files"]["test"] == str(test)
+    assert ("fewshot_split" in peer) == (pool is not None)
+    assert peer["output_type"] == {"generate": "generate_until", "perplexity": "loglikelihood_rolling"}.get(
+        kind, "multiple_choice")
+
+
+def test_token_counts_share_the_context(bench, tiny):
+    """tunelab runs a context once for all its choices; lm-eval once per choice."""
+    _, tok = tiny
+    theirs, ours = bench.tokens_per_item(tok, "mc_short", ROWS["mc_short"], demos="")
+    assert theirs > ours > 0
+
+
+def test_the_item_builders_read_the_shared_data(bench, shared_data):
+    rows = bench.hellaswag_rows(5)
+    assert len(rows) == 5 and all(len(r["endings"]) == 4 and 0 <= r["label"] < 4 for r in rows)
+    assert len(bench.translation_rows(5)) == 5 and len(bench.perplexity_rows(5)) == 5
+    assert {"context", "question", "ans0", "label"} <= set(bench.bbq_rows()[0])
+    json.dumps(rows)  # the rows are written as JSONL for both sides
