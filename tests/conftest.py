@@ -21,6 +21,21 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def load_benchmark():
+    """load_benchmark(name): benchmarks/<name>.py imported as a module (benchmarks/ holds scripts, not a package)."""
+    import importlib.util
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def tiny():
     """(model, tokenizer): a 2-layer Llama with a 512-token BPE and a ChatML template."""
     from tunelab.models.tiny import tiny_model_and_tokenizer

@@ -7,14 +7,11 @@ task YAML, which must parse and name the same fields.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import yaml
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "eval_throughput.py"
 
 ROWS = {
     "mc_long": [{"context": f"Two friends, one aged {20 + i}, met.", "question": "Who was older?",
@@ -27,11 +24,8 @@ ROWS = {
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("eval_throughput", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("eval_throughput")
 
 
 @pytest.mark.parametrize("kind", ["mc_long", "mc_5shot", "mc_short", "generate", "perplexity"])

@@ -6,22 +6,15 @@ model on sdpa).
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 from argparse import Namespace
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "train_throughput.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("train_throughput", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("train_throughput")
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
