@@ -106,7 +106,9 @@ def compare_dir(tmp_path_factory, tiny_dir) -> Path:
         (folder / "compare.json").write_text(json.dumps({
             "name": "sums", "task": "sums", "main_metric": "acc", "higher_is_better": True, "best": best,
             "arms": arms, "sentences": [f"{best} scores highest on acc (fixture sentence)."],
-            "break_even": {"arm": "lora-n32", "vs": "few_shot-k2", "queries_tokens": 1234, "queries_seconds": 567},
+            "break_even": {"fine_tuned": "lora-n32", "few_shot": "few_shot-k2", "train_tokens": 4096, "train_s": 12.5,
+                           "saved_tokens_per_query": 3.32, "queries_tokens": 1234,
+                           "saved_seconds_per_query": 0.022, "queries_seconds": 567},
             "signature": "tunelab 0.1.0|compare fixture"}, indent=2))
         yield folder
     finally:

@@ -40,6 +40,10 @@ def test_compare_report_has_every_part(compare_dir):
     for arm in data["arms"]:
         assert f'data-arm="{arm["id"]}"' in table
     assert re.search(rf'<tr class="best" data-arm="{data["best"]}"', table)
+    # break-even: labelled rows with units, not compare.json's keys
+    summary = _section(page, "summary")
+    assert "repaid after, in tokens</th><td>1,234 queries" in summary and "saved per query</th><td>3.3 tokens, 0.022 s" in summary
+    assert "queries_tokens" not in summary
     for key in ("learning-curve", "quality-cost", "loss", "toxicity"):
         assert "<svg" in _section(page, f"plot-{key}")
     # the loss plot draws both fine-tuned arms; the learning curve one line per method

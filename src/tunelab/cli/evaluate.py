@@ -28,13 +28,12 @@ def eval_command(
 
     Multi-process: accelerate launch --num_processes 2 -m tunelab eval default --task t.yaml --out runs/e
     """
+    from tunelab import logs
     from tunelab.cli.tables import print_results
     from tunelab.evaluate.runner import evaluate
     from tunelab.evaluate.tasks import resolve_task
     from tunelab.progress import run_with_progress
     from tunelab.safety.toxicity import toxicity_scores
-
-    from tunelab import logs
 
     task_cfg = resolve_task(task, override)
     with logs.run_log(out):  # other libraries' log lines: <out>/log.txt

@@ -269,15 +269,13 @@ def break_even_rows(be) -> list[tuple[str, str]]:
     def after(q) -> str:
         return "never" if q is None else f"{num(q)} queries"
 
-    rows = [("fine-tuned arm", str(be.get("fine_tuned", be.get("arm", "–")))),
-            ("against few-shot arm", str(be.get("few_shot", be.get("vs", "–"))))]
-    if "train_tokens" in be or "train_s" in be:
-        rows.append(("one-off training", pair(be.get("train_tokens"), be.get("train_s"))))
-    if "saved_tokens_per_query" in be or "saved_seconds_per_query" in be:
-        rows.append(("saved per query", pair(be.get("saved_tokens_per_query"), be.get("saved_seconds_per_query"))))
-    rows.append(("repaid after, in tokens", after(be.get("queries_tokens"))))
-    rows.append(("repaid after, in seconds on this machine", after(be.get("queries_seconds"))))
-    return rows
+    # the keys compare/sentences.py's break_even writes; a missing one shows as "–"
+    return [("fine-tuned arm", str(be.get("fine_tuned", "–"))),
+            ("against few-shot arm", str(be.get("few_shot", "–"))),
+            ("one-off training", pair(be.get("train_tokens"), be.get("train_s"))),
+            ("saved per query", pair(be.get("saved_tokens_per_query"), be.get("saved_seconds_per_query"))),
+            ("repaid after, in tokens", after(be.get("queries_tokens"))),
+            ("repaid after, in seconds on this machine", after(be.get("queries_seconds")))]
 
 
 def _first_metric(evals: dict) -> Optional[str]:
