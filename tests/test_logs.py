@@ -107,3 +107,45 @@ def test_a_warning_prints_as_one_line(tmp_path, tiny_dir):
     lines = [x for x in r.stderr.splitlines() if "skipped" in x]
     assert lines and lines[0].startswith("warning: ") and "some_bad.jsonl: skipped 1 bad record" in lines[0]
     assert "UserWarning" not in r.stderr and "warnings.warn" not in r.stderr
+
+
+def _mc_task(tmp_path):
+    import json
+
+    import yaml
+
+    rows = [{"q": f"What comes after {i}?", "options": [str(i + 1), "none"], "label": 0} for i in range(3)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "t.yaml").write_text(yaml.safe_dump({"name": "t", "data": "d.jsonl", "type": "multiple_choice",
+                                                    "prompt": "{{ q }}", "choices": "{{ options }}",
+                                                    "answer": "{{ label }}", "metrics": ["acc"]}))
+    return tmp_path / "t.yaml"
+
+
+def test_evaluate_writes_its_own_log(routed, tmp_path, tiny_dir, capsys):
+    """The library verb opens <out>/log.txt itself (as train and compare do), so every caller gets it."""
+    from tunelab.evaluate.runner import evaluate
+
+    routed.configure(verbose=False)
+    lib = _noisy_library("fakeeval")
+    routed.adopt()
+    evaluate(str(tiny_dir), _mc_task(tmp_path), out=tmp_path / "out", batch_size=2,
+             progress=lambda done, total: lib.warning("scored %d of %d", done, total))
+    assert "scored 3 of 3" in (tmp_path / "out" / "log.txt").read_text()
+    assert "scored" not in capsys.readouterr().err
+
+
+def test_only_rank_0_writes_the_eval_log(routed, tmp_path, tiny_dir, monkeypatch):
+    """Under `accelerate launch` every rank evaluates, but only rank 0 writes files, log.txt included."""
+    from tunelab.evaluate import shard
+    from tunelab.evaluate.runner import evaluate
+
+    monkeypatch.setattr(shard, "current", lambda: shard.Shard(1, 2))
+    monkeypatch.setattr(shard.Shard, "gather", lambda self, items: None)  # no process group in a test
+    monkeypatch.setattr(shard.Shard, "sum", lambda self, value: value)
+    routed.configure(verbose=False)
+    lib = _noisy_library("fakeeval")
+    routed.adopt()
+    res = evaluate(str(tiny_dir), _mc_task(tmp_path), out=tmp_path / "out", batch_size=2,
+                   progress=lambda done, total: lib.warning("scored %d", done))
+    assert res is None and not (tmp_path / "out" / "log.txt").exists()

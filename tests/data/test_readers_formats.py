@@ -95,7 +95,8 @@ def test_fields_rename_map(tmp_path):
 
 
 def test_format_guess_impossible_lists_fields_and_fix():
-    with pytest.raises(TunelabError, match=r"f.jsonl:1: cannot tell the data format from fields \['answer', 'question'\].*data.fields"):
+    with pytest.raises(TunelabError, match=r"f.jsonl:1: cannot tell the data format from fields \['answer', 'question'\].*data.fields.*"
+                                           r"\(the formats: docs/train-config.md#data-formats\)$"):
         detect_format(Row(1, {"question": "q", "answer": "a"}, "f.jsonl:1"))
 
 

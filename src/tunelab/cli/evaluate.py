@@ -28,7 +28,6 @@ def eval_command(
 
     Multi-process: accelerate launch --num_processes 2 -m tunelab eval default --task t.yaml --out runs/e
     """
-    from tunelab import logs
     from tunelab.cli.tables import print_results
     from tunelab.evaluate.runner import evaluate
     from tunelab.evaluate.tasks import resolve_task
@@ -36,10 +35,10 @@ def eval_command(
     from tunelab.safety.toxicity import toxicity_scores
 
     task_cfg = resolve_task(task, override)
-    with logs.run_log(out):  # other libraries' log lines: <out>/log.txt
-        res = run_with_progress("evaluating", lambda progress: evaluate(
-            model, task_cfg, adapter=str(adapter) if adapter else None, shots=shots, sampler=sampler, limit=limit,
-            batch_size=batch_size, out=out, cache=cache, device=device, toxicity=toxicity_scores, progress=progress))
+    # evaluate() writes other libraries' log lines to <out>/log.txt (rank 0 only)
+    res = run_with_progress("evaluating", lambda progress: evaluate(
+        model, task_cfg, adapter=str(adapter) if adapter else None, shots=shots, sampler=sampler, limit=limit,
+        batch_size=batch_size, out=out, cache=cache, device=device, toxicity=toxicity_scores, progress=progress))
     if res is not None:  # only rank 0 prints under `accelerate launch`
         print_results(res)
 

@@ -17,6 +17,8 @@ from typing import Any, Optional
 from tunelab.data.records import ROLES, Conversation, Row
 from tunelab.errors import TunelabError
 
+FORMATS_DOC = "docs/train-config.md#data-formats"
+
 FORMATS = ("text", "prompt_completion", "alpaca", "messages", "sharegpt")
 # Canonical fields of each format; the first list is required, the second optional.
 FIELDS = {
@@ -46,7 +48,8 @@ def detect_format(row: Row, fields: dict[str, str] | None = None) -> tuple[str, 
     expected = "; ".join(f"{fmt}: {', '.join(FIELDS[fmt][0])}" for fmt in FORMATS)
     raise TunelabError(
         f"{row.source}: cannot tell the data format from fields {sorted(present)}{_misspelt(present, fields)}; "
-        f"expected one of ({expected}); set data.format (--format) and map names with data.fields, e.g. fields: {{prompt: question}}"
+        f"expected one of ({expected}); set data.format (--format) and map names with data.fields, e.g. fields: {{prompt: question}} "
+        f"(the formats: {FORMATS_DOC})"
     )
 
 
@@ -70,7 +73,7 @@ def _text(row: Row, fields: dict, name: str, *, required: bool = True) -> Option
             return None
         raise TunelabError(
             f"{row.source}: missing field '{src}' (fields present: {', '.join(sorted(row.data))}); "
-            f"rename with data.fields, e.g. fields: {{{name}: <your field>}}"
+            f"rename with data.fields, e.g. fields: {{{name}: <your field>}} (the formats: {FORMATS_DOC})"
         )
     if not isinstance(value, str):
         if isinstance(value, (int, float)):

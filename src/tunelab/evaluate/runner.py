@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
+from tunelab import logs
 from tunelab.errors import ParameterError, TunelabError
 from tunelab.evaluate import results as results_mod
 from tunelab.evaluate import shard as shard_mod
@@ -191,14 +192,24 @@ def evaluate(
     if task.type == "retrieval":  # no language model: a retriever and trec_eval measures
         from tunelab.evaluate.retrieval_task import run_retrieval
 
-        return run_retrieval(task, metrics_spec=task.metrics, limit=limit, out=out, t0=t0)
+        with logs.run_log(out):
+            return run_retrieval(task, metrics_spec=task.metrics, limit=limit, out=out, t0=t0)
     metrics = get_metrics(task.metrics)  # an unknown metric fails before any model is loaded
+    sh = shard_mod.current()
+    # other libraries' log lines (and lines held from before): <out>/log.txt, written by rank 0 only
+    with logs.run_log(out if sh.is_main else None):
+        return _evaluate(model, task, metrics, sh, adapter=adapter, sampler=sampler, limit=limit,
+                         batch_size=batch_size, out=out, cache=cache, device=device,
+                         response_metrics=response_metrics, toxicity=toxicity, progress=progress, t0=t0)
 
+
+def _evaluate(model, task, metrics, sh, *, adapter, sampler, limit, batch_size, out, cache, device,
+              response_metrics, toxicity, progress, t0) -> Optional[Results]:
+    """`evaluate()` once its arguments are checked: load, build contexts, run, gather, score, write."""
     rows = load_task_rows(task)
     if limit is not None:
         rows = rows[:limit]
     templates = TaskTemplates(task, _task_source(task))
-    sh = shard_mod.current()
     from tunelab.evaluate.backend import open_backend
 
     backend = open_backend(model, adapter, device or sh.device())  # a local model or an endpoint (evaluate/backend.py)
