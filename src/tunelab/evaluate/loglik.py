@@ -25,11 +25,14 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.evaluate.decode import cache_kwarg
-from tunelab.evaluate.packed_attention import packed_attention
+from tunelab.evaluate.packed_attention import block_mask, packed_attention
 
 # A token prefix every item shares is run once into a KV cache when it is at least this long
 # (shorter ones save less than the extra attention inputs cost).
 MIN_SHARED_PREFIX = 16
+# devices whose packed rows run as one flex_attention call per layer (packed_attention.block_mask);
+# elsewhere each item runs its own small sdpa, the faster path on a CPU
+FLEX_DEVICES = ("cuda",)
 
 # Token budget of a packed row per unit of batch_size: batch 16 -> rows of 2,048 tokens. Rows of
 # ~2k tokens keep the matrix multiplies large on CPU while the per-item attention stays small.
@@ -268,9 +271,10 @@ def _score_packed(model, items: list[tuple[list[int], list[list[int]]]], budget:
                 ids += seq
                 positions += pos
                 keep += [False] * (n_ctx - 1) + [True] * (len(seq) - n_ctx + 1)  # last context token on
+            flex = {"item_block_mask": block_mask(spans, shift, len(ids), dev)} if dev.type in FLEX_DEVICES else {}
             logits = _logits_at(model, torch.tensor([ids], device=dev), None,
                                 torch.tensor([positions], device=dev), torch.tensor([keep], device=dev),
-                                item_spans=spans, **extra)
+                                item_spans=spans, **extra, **flex)
             logp = F.log_softmax(logits.float().reshape(-1, logits.shape[-1]), dim=-1)  # (kept, V)
             offset = 0
             for i in row:

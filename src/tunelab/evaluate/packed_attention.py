@@ -13,6 +13,12 @@ The per-span kernel is models/attention.py, shared with training's per-document 
 The item spans travel as the `item_spans` keyword of the model's forward, which transformers
 hands through every decoder layer to the attention function.
 
+On CUDA the same visibility goes to `flex_attention` as one BlockMask per row (`block_mask`,
+handed in as `item_block_mask`): one kernel per layer that computes only the 128 x 128 blocks
+holding an item's own tokens, where a loop of small sdpa calls would cost a kernel launch per
+item per layer. The CPU keeps the loop: there flex runs as a reference kernel, and the per-item
+sdpa is already the fast path.
+
 Prefix reuse: when every item of a call starts with the same tokens (few-shot demonstrations
 chosen with `first_n`, a system prompt), loglik.py runs that prefix once into a KV cache and hands
 its keys and values per layer as `item_prefix`; every item then attends to the prefix and to its
@@ -41,12 +47,21 @@ def items_attention_forward(
     scaling: Optional[float] = None,
     item_spans: Optional[Sequence[Span]] = None,
     item_prefix: Optional[Sequence[tuple[torch.Tensor, torch.Tensor]]] = None,
+    item_block_mask=None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """query (1, H, T, D), key/value (1, Hkv, T, D) -> ((1, T, H, D), None), like transformers' sdpa.
 
     `item_prefix[layer]`: the shared prefix's (keys, values), each (1, Hkv, P, D), seen by every span.
+    `item_block_mask`: the row's `block_mask(...)`; flex_attention then runs the whole row at once.
     """
+    if item_block_mask is not None:
+        if item_prefix is not None:
+            pk, pv = item_prefix[module.layer_idx]  # (1, Hkv, P, D) each
+            key, value = torch.cat([pk, key], dim=2), torch.cat([pv, value], dim=2)  # (1, Hkv, P + T, D)
+        out = _flex(query.is_cuda)(query, key, value, block_mask=item_block_mask, scale=scaling,
+                                   enable_gqa=query.shape[1] != key.shape[1])  # (1, H, T, D)
+        return out.transpose(1, 2).contiguous(), None  # (1, T, H, D)
     if item_prefix is None or attention_mask is not None or item_spans is None:
         return spans_attention_forward(module, query, key, value, attention_mask, item_spans,
                                        dropout=dropout, scaling=scaling, **kwargs)
@@ -65,6 +80,49 @@ def items_attention_forward(
     if covered < query.shape[2]:  # nothing is left uncovered in scoring rows; kept for the shape
         outs.append(query.new_zeros(1, query.shape[2] - covered, query.shape[1], query.shape[3]))
     return torch.cat(outs, dim=1), None  # (1, T, H, D)
+
+
+def _flex(compiled: bool):
+    """flex_attention: compiled once per process on CUDA (transformers' wrapper; uncompiled it
+    would materialise every score); eager elsewhere, where it only serves the CPU test of this path
+    (compiling this mask with torch 2.13's CPU inductor failed here with a C++ codegen error)."""
+    if compiled:
+        from transformers.integrations.flex_attention import compile_friendly_flex_attention
+
+        return lambda q, k, v, **kw: compile_friendly_flex_attention(q, k, v, training=False, **kw)
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return flex_attention
+
+
+def block_mask(spans: Sequence[Span], prefix: int, width: int, device):
+    """The row's visibility as a flex_attention BlockMask over (width) queries x (prefix + width) keys.
+
+    A query sees the prefix and what its span's mask allows inside its span (causal where the mask
+    is None). The masks are kept flattened, one (n, n) block per span, so the lookup costs O(sum of
+    n squared) memory, not O(width squared). A query no span covers (padding) sees only itself.
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    start = torch.arange(width)  # per query: its span's first column, length and offset into `flat`
+    size = torch.ones(width, dtype=torch.long)
+    base = torch.arange(width)  # uncovered columns: a span of one, flat[base] = True
+    flat = [torch.ones(width, dtype=torch.bool)]
+    offset = width
+    for s, n, mask in spans:
+        own = mask.cpu() if mask is not None else torch.ones((n, n), dtype=torch.bool).tril()
+        start[s : s + n], size[s : s + n], base[s : s + n] = s, n, offset
+        flat.append(own.reshape(-1))
+        offset += n * n
+    start, size, base, flat = (t.to(device) for t in (start, size, base, torch.cat(flat)))
+
+    def visible(b, h, q, kv):
+        k = (kv - prefix).clamp(min=0)  # the key's column in the row
+        same = (kv >= prefix) & (start[k] == start[q])
+        at = (base[q] + (q - start[q]) * size[q] + (k - start[q])).clamp(max=flat.numel() - 1)
+        return (kv < prefix) | (same & flat[at])
+
+    return create_block_mask(visible, 1, None, width, prefix + width, device=device)
 
 
 @contextmanager
