@@ -165,31 +165,25 @@ def run_tunelab(lm, kind: str, task, batch_size: int) -> tuple[float, list]:
     return wall, [p["choice_logliks"] for p in res.predictions]
 
 
-def tokens_per_item(tok, kind: str, rows: list[dict], demos: str) -> tuple[float, float]:
+def tokens_per_item(tok, kind: str, rows: list[dict], demos: str, batch_size: int = 16) -> tuple[float, float]:
     """Tokens each side runs through the model per item, counted from the prompts (not measured in
-    the run): lm-eval runs every (context, choice) request as its own sequence; tunelab runs each
-    context once with every choice after it, and a token prefix shared by all contexts (the 5-shot
-    demonstrations) once per run when loglik.py reuses it."""
+    the run): lm-eval runs every (context, choice) request as its own sequence; tunelab runs what
+    loglik.packed_token_count lays out: each context once with every choice after it, context
+    tokens several items share once (token trees), and a prefix all share once per run."""
     from tunelab.evaluate import loglik
 
-    def n(text):
-        return len(tok(text, add_special_tokens=False)["input_ids"])
-
-    theirs = ours = 0
-    contexts = []
+    theirs = 0
+    items = []
     for r in rows:
         if kind == "mc_short":
             ctx, choices = r["ctx"], r["endings"]
         else:
             ctx = demos + BBQ_PROMPT.replace("{{context}}", r["context"]).replace("{{question}}", r["question"])
             choices = [r["ans0"], r["ans1"], r["ans2"]]
-        contexts.append(tok(ctx, add_special_tokens=False)["input_ids"])
-        c, conts = len(contexts[-1]), [n(" " + x) for x in choices]
-        theirs += sum(c + k for k in conts)
-        ours += c + sum(conts)
-    if hasattr(loglik, "shared_prefix"):
-        shared = len(loglik.shared_prefix(contexts))
-        ours -= shared * (len(rows) - 1)
+        pairs = [loglik.encode_pair(tok, ctx, " " + x) for x in choices]  # target_delimiter " "
+        theirs += sum(len(c) + len(k) - 1 for c, k in pairs)  # the last token is predicted, not fed
+        items.append((pairs[0][0], [k for _, k in pairs]))
+    ours = loglik.packed_token_count(items, batch_size=batch_size)
     return theirs / len(rows), ours / len(rows)
 
 
@@ -266,7 +260,7 @@ def main(argv=None) -> None:
             if kind.startswith("mc"):
                 demos = "".join(BBQ_PROMPT.replace("{{context}}", p["context"]).replace("{{question}}", p["question"])
                                 + " " + p[f"ans{p['label']}"] + "\n\n" for p in pool) if demo_pool else ""
-                a, b = tokens_per_item(lm.tokenizer, kind, rows, demos)
+                a, b = tokens_per_item(lm.tokenizer, kind, rows, demos, args.batch_size)
                 line += f" | tokens/item lm-eval {a:.0f}, tunelab {b:.0f}"
             print(line, flush=True)
             table.append(line)

@@ -58,6 +58,27 @@ def test_token_counts_share_the_context(bench, tiny):
     assert theirs > ours > 0
 
 
+def test_token_counts_follow_the_token_tree(bench, tiny):
+    """Contexts several items share (one passage, two questions; a passage that extends another,
+    as in BBQ) are counted once, as loglik lays them out; lm-eval's count does not change."""
+    from tunelab.evaluate.loglik import encode_pair
+
+    _, tok = tiny
+    passage = "Two friends, one aged 20 and one aged 70, met at the park on a sunny Sunday afternoon."
+    base = {"ans0": "The first", "ans1": "The second", "ans2": "Unknown", "label": 0}
+    rows = [{**base, "context": c, "question": q}
+            for c in (passage, passage + " The younger one was lost.")
+            for q in ("Who was lost?", "Who gave directions?")]
+    alone = [{**r, "context": f"{i} {r['context']}"} for i, r in enumerate(rows)]  # nothing shared
+    theirs, ours = bench.tokens_per_item(tok, "mc_long", rows, demos="")
+    theirs_alone, ours_alone = bench.tokens_per_item(tok, "mc_long", alone, demos="")
+    assert theirs_alone >= theirs > ours_alone > ours > 0
+    ctx = passage + "\nQuestion: Who was lost?\nAnswer:"
+    n_passage = len(tok(passage, add_special_tokens=False)["input_ids"])
+    assert ours_alone - ours >= 3 * (n_passage - 2) / 4  # the passage ran once for four items
+    assert ours_alone - ours < len(encode_pair(tok, ctx, " x")[0])  # but each question is its own
+
+
 def test_the_item_builders_read_the_shared_data(bench, shared_data):
     rows = bench.hellaswag_rows(5)
     assert len(rows) == 5 and all(len(r["endings"]) == 4 and 0 <= r["label"] < 4 for r in rows)

@@ -116,10 +116,10 @@ def test_packed_scoring_restores_the_models_attention(tiny):
 def test_packed_rows_never_mix_items(tiny):
     """An item scored next to others in one packed row equals the same item alone (and the
     plain per-choice reference), so no item attends to a neighbour."""
-    from tunelab.evaluate.loglik import _pack_rows
+    from tunelab.evaluate.token_tree import pack_rows
 
     model, tok = tiny
-    rows = _pack_rows([len(tok(c)["input_ids"]) + 40 for c, _ in REQUESTS], budget=2048)
+    rows = pack_rows([len(tok(c)["input_ids"]) + 40 for c, _ in REQUESTS], budget=2048)
     assert len(rows) == 1  # the whole set shares one row at batch 16
     together = score_choices(model, tok, REQUESTS, batch_size=16)
     for req, scores in zip(REQUESTS[:5], together[:5]):

@@ -12,18 +12,21 @@ and projects every position onto the vocabulary. Here each item becomes one sequ
 [context | choice 0 | choice 1 | ...] in which every choice sees the context and itself; items are
 packed end to end into rows of a token budget, each under its own small attention
 (packed_attention.py), so the context runs once, no pad token is computed, and logits are
-projected only where a continuation token is predicted. Perplexity windows are packed the same
-way. `score_reference` is the plain one-sequence-per-choice computation, used for items whose
+projected only where a continuation token is predicted. Items that share context tokens (two
+questions about one passage, a context that extends another) are laid out as a token tree
+(token_tree.py) so the shared tokens run once too. Perplexity windows are packed the same way. `score_reference` is the plain one-sequence-per-choice computation, used for items whose
 context must be truncated and by the parity tests; method="cache" (contexts into a KV cache
 expanded per choice) is kept as a second, independent implementation.
 """
 from __future__ import annotations
 
+import sys
 from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from tunelab.evaluate import token_tree
 from tunelab.evaluate.decode import cache_kwarg
 from tunelab.evaluate.packed_attention import block_mask, packed_attention
 
@@ -31,12 +34,15 @@ from tunelab.evaluate.packed_attention import block_mask, packed_attention
 # (shorter ones save less than the extra attention inputs cost).
 MIN_SHARED_PREFIX = 16
 # devices whose packed rows run as one flex_attention call per layer (packed_attention.block_mask);
-# elsewhere each item runs its own small sdpa, the faster path on a CPU
+# elsewhere each segment runs its own small sdpa, the faster path on a CPU
 FLEX_DEVICES = ("cuda",)
 
 # Token budget of a packed row per unit of batch_size: batch 16 -> rows of 2,048 tokens. Rows of
 # ~2k tokens keep the matrix multiplies large on CPU while the per-item attention stays small.
 TOKENS_PER_ITEM = 128
+
+# Rows of logits reduced at a time when scoring (a (512, 49152) fp32 block is ~100 MB).
+LOGIT_CHUNK = 512
 
 Pair = tuple[list[int], list[int]]  # (context token ids, continuation token ids)
 
@@ -130,7 +136,8 @@ def score_choices(
     batches of `batch_size` items, contexts into a KV cache expanded per choice. Both encode each
     context once; scores do not depend on the batch size (tests/evaluate/test_loglik.py).
     `reuse_prefix` (packed): the token prefix all contexts share (few-shot demonstrations chosen
-    with `first_n`, a system prompt) runs once into a KV cache that every item attends to.
+    with `first_n`, a system prompt) runs once into a KV cache that every item attends to, and
+    context tokens that some items share run once in a token tree; False scores every item alone.
     """
     if method not in ("packed", "cache"):
         raise ValueError(f"method must be 'packed' or 'cache', got {method!r}")
@@ -150,7 +157,8 @@ def score_choices(
     if method == "packed":
         prefix = shared_prefix([encoded[i][0] for i in shared]) if reuse_prefix else []
         items = [(encoded[i][0][len(prefix):], encoded[i][1]) for i in shared]
-        scored = _score_packed(model, items, batch_size * TOKENS_PER_ITEM, on_batch, prefix=prefix)
+        scored = _score_packed(model, items, batch_size * TOKENS_PER_ITEM, on_batch, prefix=prefix,
+                               share=reuse_prefix)
         for i, r in zip(shared, scored):
             results[i] = r
     else:
@@ -196,103 +204,83 @@ def _prefix_kv(model, prefix: list[int]):
     return [(layer.keys, layer.values) for layer in cache.layers]
 
 
-def _layout(ctx: list[int], conts: list[list[int]]) -> tuple[list[int], list[int], list[int]]:
-    """One item as a single sequence: [context | choice 0 | choice 1 | ...] (tokens, positions, owner).
-
-    owner is -1 for context tokens and j for choice j. A choice's last token is predicted, never
-    fed; its positions continue from the context's end, as in its own sequence.
-    """
-    seq, pos, owner = list(ctx), list(range(len(ctx))), [-1] * len(ctx)
-    for j, k in enumerate(conts):
-        inp = k[:-1]
-        seq += inp
-        pos += range(len(ctx), len(ctx) + len(inp))
-        owner += [j] * len(inp)
-    return seq, pos, owner
+def _units(items: list[tuple[list[int], list[list[int]]]], budget: int, share: bool) -> list[token_tree.Segment]:
+    """The token trees packed rows are made of (`share=False`: every item alone)."""
+    return token_tree.units(items, budget, token_tree.MIN_BRANCH if share else sys.maxsize)
 
 
-def _item_mask(owner: list[int], n_choices: int) -> Optional[torch.Tensor]:
-    """(n, n) boolean: causal, and a choice sees the context and itself, never another choice.
-
-    None when plain causal attention is already right (one continuation, or choices that add no
-    fed tokens): the kernel then skips the blocks above the diagonal.
-    """
-    own = torch.tensor(owner)
-    if n_choices == 1 or bool((own == -1).all()):
-        return None
-    visible = (own[None, :] == -1) | (own[None, :] == own[:, None])  # (n, n)
-    return torch.ones((len(owner), len(owner)), dtype=torch.bool).tril() & visible
-
-
-def _pack_rows(lengths: list[int], budget: int) -> list[list[int]]:
-    """Item indices grouped into rows of at most `budget` tokens, longest first (an item longer
-    than the budget gets a row of its own). Deterministic: ties keep the input order."""
-    rows: list[list[int]] = []
-    used = 0
-    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        if not rows or used + lengths[i] > budget:
-            rows.append([])
-            used = 0
-        rows[-1].append(i)
-        used += lengths[i]
-    return rows
+def packed_token_count(items: Sequence[tuple[list[int], list[list[int]]]], *, batch_size: int = 16,
+                       reuse_prefix: bool = True) -> int:
+    """Tokens the packed path runs through the model for encoded `items` ((context ids, [choice
+    ids, ...])): the shared prefix once, then every tree's segments; counted from the layout, no model."""
+    prefix = shared_prefix([c for c, _ in items]) if reuse_prefix else []
+    cut = [(list(c[len(prefix):]), [list(k) for k in conts]) for c, conts in items]
+    return len(prefix) + sum(u.size() for u in _units(cut, batch_size * TOKENS_PER_ITEM, reuse_prefix))
 
 
 def _score_packed(model, items: list[tuple[list[int], list[list[int]]]], budget: int,
                   on_item: Optional[Callable[[int], None]] = None,
-                  prefix: Sequence[int] = ()) -> list[list[tuple[float, bool]]]:
-    """All items, padding-free: items packed end to end into rows of `budget` tokens.
+                  prefix: Sequence[int] = (), share: bool = True) -> list[list[tuple[float, bool]]]:
+    """All items, padding-free: token trees (token_tree.py) packed end to end into rows of `budget` tokens.
 
-    Each item attends only within itself (packed_attention.py runs one small attention per item),
-    so an item's scores do not depend on its neighbours or on the budget; no pad token is ever
-    computed, and logits are projected only where a continuation token is predicted. With a
-    `prefix` (tokens that precede every item's context, already cut from it) the prefix runs once
-    and every item attends to its keys and values, its own positions continuing after it.
+    Items that share context tokens run them once (`share`); each segment attends only to its
+    ancestors and itself (packed_attention.py), so an item's scores do not depend on its neighbours
+    or on the budget; no pad token is ever computed, and logits are projected only where a
+    continuation token is predicted. With a `prefix` (tokens that precede every item's context,
+    already cut from it) the prefix runs once and every segment attends to its keys and values,
+    positions continuing after it.
     """
     dev = _device(model)
-    shift = len(prefix)
-    layouts = []
-    for ctx, conts in items:
-        seq, pos, owner = _layout(ctx, conts)
-        layouts.append((seq, [p + shift for p in pos], owner))
-    extra = {"item_prefix": _prefix_kv(model, list(prefix))} if shift else {}
+    units = _units(items, budget, share)
+    extra = {"item_prefix": _prefix_kv(model, list(prefix))} if prefix else {}
     out: list[Optional[list[tuple[float, bool]]]] = [None] * len(items)
     with packed_attention(model):
-        for row in _pack_rows([len(seq) for seq, _, _ in layouts], budget):
-            ids: list[int] = []
-            positions: list[int] = []
-            keep: list[bool] = []
-            spans = []
-            for i in row:
-                seq, pos, owner = layouts[i]
-                n_ctx = len(items[i][0])
-                mask = _item_mask(owner, len(items[i][1]))
-                spans.append((len(ids), len(seq), None if mask is None else mask.to(dev)))
-                ids += seq
-                positions += pos
-                keep += [False] * (n_ctx - 1) + [True] * (len(seq) - n_ctx + 1)  # last context token on
-            flex = {"item_block_mask": block_mask(spans, shift, len(ids), dev)} if dev.type in FLEX_DEVICES else {}
-            logits = _logits_at(model, torch.tensor([ids], device=dev), None,
-                                torch.tensor([positions], device=dev), torch.tensor([keep], device=dev),
-                                item_spans=spans, **extra, **flex)
-            logp = F.log_softmax(logits.float().reshape(-1, logits.shape[-1]), dim=-1)  # (kept, V)
-            offset = 0
-            for i in row:
-                ctx, conts = items[i]
-                first = logp[offset]  # predicts each continuation's first token
-                start = offset + 1
-                scores = []
-                for k in conts:
-                    target = torch.tensor(k, device=logp.device)
-                    lp = torch.cat([first[None], logp[start : start + len(k) - 1]])  # (len(k), V)
-                    scores.append((lp.gather(-1, target[:, None]).sum().item(),
-                                   bool((lp.argmax(-1) == target).all())))
+        for row in token_tree.pack_rows([u.size() for u in units], budget):
+            plan = token_tree.lay_out([units[i] for i in row], len(prefix), dev)
+            flex = ({"item_block_mask": block_mask(plan.spans, len(prefix), len(plan.ids), dev)}
+                    if dev.type in FLEX_DEVICES else {})
+            logits = _logits_at(model, torch.tensor([plan.ids], device=dev), None,
+                                torch.tensor([plan.positions], device=dev), torch.tensor([plan.keep], device=dev),
+                                item_spans=plan.spans, **extra, **flex)  # (kept, V)
+            at, target, choice, owners = [], [], [], []  # per scored token: kept row, token id, choice
+            for i, first in plan.leaves:
+                start = first + 1  # `first` predicts every choice's first token
+                for k in items[i][1]:
+                    at += [first, *range(start, start + len(k) - 1)]
+                    target += k
+                    choice += [len(owners)] * len(k)
+                    owners.append(i)
                     start += len(k) - 1
-                out[i] = scores
-                offset += len(layouts[i][0]) - len(ctx) + 1
+            lls, greedy = _choice_scores(logits.reshape(-1, logits.shape[-1]), at, target, choice, len(owners))
+            for i, ll, g in zip(owners, lls, greedy):
+                out[i] = (out[i] or []) + [(ll, g)]
             if on_item:
-                on_item(len(row))
+                on_item(len(plan.leaves))
     return out  # type: ignore[return-value]
+
+
+def _choice_scores(logits: torch.Tensor, at: list[int], target: list[int], choice: list[int],
+                   n: int) -> tuple[list[float], list[bool]]:
+    """Per choice: summed log-probability of its tokens, and whether each is the argmax.
+
+    logits (kept, V); token t is target[t] predicted at logits row at[t], of choice choice[t].
+    log p = logit - logsumexp(logits), taken in chunks of rows: a full log-softmax would write a
+    second (kept, V) fp32 tensor (~550 MB for a row of 16 items with long endings).
+    """
+    dev = logits.device
+    lse = torch.empty(len(logits), device=dev)
+    best = torch.empty(len(logits), dtype=torch.long, device=dev)
+    for s in range(0, len(logits), LOGIT_CHUNK):
+        x = logits[s : s + LOGIT_CHUNK].float()  # (chunk, V); bf16 logits on CUDA are scored in fp32
+        lse[s : s + LOGIT_CHUNK] = torch.logsumexp(x, dim=-1)
+        best[s : s + LOGIT_CHUNK] = x.argmax(dim=-1)
+    at_t = torch.tensor(at, device=dev)
+    target_t = torch.tensor(target, device=dev)
+    which = torch.tensor(choice, device=dev)
+    logp = logits[at_t, target_t].float() - lse[at_t]  # (tokens,)
+    sums = torch.zeros(n, dtype=torch.float64, device=dev).index_add_(0, which, logp.double())
+    misses = torch.zeros(n, dtype=torch.long, device=dev).index_add_(0, which, (best[at_t] != target_t).long())
+    return sums.tolist(), (misses == 0).tolist()
 
 
 def _logits_at(model, ids, mask, positions, keep, **kwargs):

@@ -1,28 +1,27 @@
-"""Attention over packed scoring rows: one small attention per item, as a transformers implementation.
+"""Attention over packed scoring rows: one small attention per segment, as a transformers implementation.
 
-Log-likelihood scoring packs many items end to end into one row (loglik._score_packed). Each
-item is [context | choice 0 | choice 1 | ...]: a choice sees the context and itself, never another
-item or another choice. A (T, T) mask over the whole row would cost O(T²) on every layer and
-compute the padding of a padded batch; instead every item runs its own
-`scaled_dot_product_attention` on its slice of the row, with its own (n, n) mask, or with
-`is_causal=True` when plain causal attention is already right (a perplexity window, a single
-continuation). Work is O(Σ nᵢ²) and no pad token exists.
+Log-likelihood scoring packs many items end to end into one row (loglik._score_packed), laid out
+as token trees (token_tree.py): a segment is either context tokens several items share, or one
+item's [rest of context | choice 0 | choice 1 | ...], where a choice sees the context and itself,
+never another item or another choice. A (T, T) mask over the whole row would cost O(T²) on every
+layer; instead every segment runs its own `scaled_dot_product_attention`: its queries against
+[the keys of its ancestor segments | its own keys], with the (n, A + n) mask token_tree.lay_out
+built once per row, or `is_causal=True` when a segment has no ancestors and plain causal attention
+is right (a perplexity window, a single continuation). Work is O(Σ nᵢ (Aᵢ + nᵢ)), no pad token.
 
-The per-span kernel is models/attention.py, shared with training's per-document attention
-(train/attention.py); this module only names the implementation and switches a model to it.
-The item spans travel as the `item_spans` keyword of the model's forward, which transformers
-hands through every decoder layer to the attention function.
+The spans travel as the `item_spans` keyword of the model's forward, which transformers hands
+through every decoder layer to the attention function.
 
 On CUDA the same visibility goes to `flex_attention` as one BlockMask per row (`block_mask`,
 handed in as `item_block_mask`): one kernel per layer that computes only the 128 x 128 blocks
-holding an item's own tokens, where a loop of small sdpa calls would cost a kernel launch per
-item per layer. The CPU keeps the loop: there flex runs as a reference kernel, and the per-item
+holding visible pairs, where a loop of small sdpa calls would cost a kernel launch per segment
+per layer. The CPU keeps the loop: there flex runs as a reference kernel, and the per-segment
 sdpa is already the fast path.
 
 Prefix reuse: when every item of a call starts with the same tokens (few-shot demonstrations
 chosen with `first_n`, a system prompt), loglik.py runs that prefix once into a KV cache and hands
-its keys and values per layer as `item_prefix`; every item then attends to the prefix and to its
-own tokens (its (n, P + n) mask), so the prefix is computed once instead of once per item.
+its keys and values per layer as `item_prefix`; every segment's mask then starts with the
+prefix's columns, so the prefix is computed once for the whole call.
 """
 from __future__ import annotations
 
@@ -32,9 +31,11 @@ from typing import Iterator, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from tunelab.models.attention import Span, spans_attention_forward
+from tunelab.models.attention import spans_attention_forward
 
 PACKED_ATTN = "tunelab_items"
+# (start, length, bool mask (n, P + A + n) or None = causal, ancestors' (start, length) in the row)
+TreeSpan = tuple[int, int, Optional[torch.Tensor], Sequence[tuple[int, int]]]
 
 
 def items_attention_forward(
@@ -45,7 +46,7 @@ def items_attention_forward(
     attention_mask: Optional[torch.Tensor],
     dropout: float = 0.0,
     scaling: Optional[float] = None,
-    item_spans: Optional[Sequence[Span]] = None,
+    item_spans: Optional[Sequence[TreeSpan]] = None,
     item_prefix: Optional[Sequence[tuple[torch.Tensor, torch.Tensor]]] = None,
     item_block_mask=None,
     **kwargs,
@@ -62,19 +63,21 @@ def items_attention_forward(
         out = _flex(query.is_cuda)(query, key, value, block_mask=item_block_mask, scale=scaling,
                                    enable_gqa=query.shape[1] != key.shape[1])  # (1, H, T, D)
         return out.transpose(1, 2).contiguous(), None  # (1, T, H, D)
-    if item_prefix is None or attention_mask is not None or item_spans is None:
-        return spans_attention_forward(module, query, key, value, attention_mask, item_spans,
+    if attention_mask is not None or item_spans is None:  # an ordinary batch: plain sdpa
+        return spans_attention_forward(module, query, key, value, attention_mask, None,
                                        dropout=dropout, scaling=scaling, **kwargs)
-    pk, pv = item_prefix[module.layer_idx]  # (1, Hkv, P, D) each
-    gqa = query.shape[1] != key.shape[1]
+    pk, pv = item_prefix[module.layer_idx] if item_prefix is not None else (None, None)  # (1, Hkv, P, D)
+    gqa = query.shape[1] != key.shape[1]  # grouped-query attention inside the kernel, no copies
     outs, covered = [], 0
-    for start, n, mask in item_spans:
-        piece = slice(start, start + n)
-        own = mask if mask is not None else torch.ones((n, n), dtype=torch.bool, device=query.device).tril()
-        full = torch.cat([own.new_ones((n, pk.shape[2])), own], dim=1)  # (n, P + n): the prefix is always visible
+    for start, n, mask, above in item_spans:
+        k, v = key[:, :, start : start + n], value[:, :, start : start + n]  # (1, Hkv, n, D)
+        if above or pk is not None:  # [prefix | ancestors | own] keys, in the mask's column order
+            ks = ([pk] if pk is not None else []) + [key[:, :, a : a + m] for a, m in above] + [k]
+            vs = ([pv] if pv is not None else []) + [value[:, :, a : a + m] for a, m in above] + [v]
+            k, v = torch.cat(ks, dim=2), torch.cat(vs, dim=2)  # (1, Hkv, P + A + n, D)
         o = F.scaled_dot_product_attention(
-            query[:, :, piece], torch.cat([pk, key[:, :, piece]], dim=2), torch.cat([pv, value[:, :, piece]], dim=2),
-            attn_mask=full, dropout_p=dropout, scale=scaling, enable_gqa=gqa)  # (1, H, n, D)
+            query[:, :, start : start + n], k, v, attn_mask=mask, dropout_p=dropout,
+            is_causal=mask is None, scale=scaling, enable_gqa=gqa)  # (1, H, n, D)
         outs.append(o.transpose(1, 2))  # (1, n, H, D)
         covered += n
     if covered < query.shape[2]:  # nothing is left uncovered in scoring rows; kept for the shape
@@ -95,32 +98,45 @@ def _flex(compiled: bool):
     return flex_attention
 
 
-def block_mask(spans: Sequence[Span], prefix: int, width: int, device):
-    """The row's visibility as a flex_attention BlockMask over (width) queries x (prefix + width) keys.
+def block_mask(spans: Sequence[TreeSpan], prefix: int, width: int, device):
+    """The row's visibility as a flex_attention BlockMask: `width` queries x (`prefix` + `width`) keys.
 
-    A query sees the prefix and what its span's mask allows inside its span (causal where the mask
-    is None). The masks are kept flattened, one (n, n) block per span, so the lookup costs O(sum of
-    n squared) memory, not O(width squared). A query no span covers (padding) sees only itself.
+    A query in segment j sees what j's own mask (columns [prefix | ancestors | own], as the sdpa
+    path uses it) allows. The masks are kept flattened, one block per segment, and a small
+    (segments x segments) table gives where each ancestor's columns start in j's mask, so the
+    lookup costs what the masks already cost, never O(width squared).
     """
     from torch.nn.attention.flex_attention import create_block_mask
 
-    start = torch.arange(width)  # per query: its span's first column, length and offset into `flat`
-    size = torch.ones(width, dtype=torch.long)
-    base = torch.arange(width)  # uncovered columns: a span of one, flat[base] = True
-    flat = [torch.ones(width, dtype=torch.bool)]
-    offset = width
-    for s, n, mask in spans:
-        own = mask.cpu() if mask is not None else torch.ones((n, n), dtype=torch.bool).tril()
-        start[s : s + n], size[s : s + n], base[s : s + n] = s, n, offset
-        flat.append(own.reshape(-1))
-        offset += n * n
-    start, size, base, flat = (t.to(device) for t in (start, size, base, torch.cat(flat)))
+    index = {s: j for j, (s, *_rest) in enumerate(spans)}
+    seg = torch.zeros(width, dtype=torch.long)
+    start, cols, base, lead = [], [], [], []  # per segment
+    column = torch.full((len(spans), len(spans)), -1, dtype=torch.long)  # [j, g]: g's first column in j's mask
+    flat, offset = [], 0
+    for j, (s, n, mask, above) in enumerate(spans):
+        own = mask if mask is not None else torch.ones((n, n), dtype=torch.bool, device=device).tril()
+        c = own.shape[1] - n - sum(m for _, m in above)  # the prefix's columns come first
+        lead.append(c)
+        for a, m in above:
+            column[j, index[a]] = c
+            c += m
+        column[j, j] = c
+        seg[s : s + n] = j
+        start.append(s), cols.append(own.shape[1]), base.append(offset)
+        flat.append(own.reshape(-1).to(device))
+        offset += own.numel()
+    flat = torch.cat(flat)
+    seg, column = seg.to(device), column.to(device)
+    start, cols, base, lead = (torch.tensor(x, device=device) for x in (start, cols, base, lead))
 
     def visible(b, h, q, kv):
-        k = (kv - prefix).clamp(min=0)  # the key's column in the row
-        same = (kv >= prefix) & (start[k] == start[q])
-        at = (base[q] + (q - start[q]) * size[q] + (k - start[q])).clamp(max=flat.numel() - 1)
-        return (kv < prefix) | (same & flat[at])
+        j = seg[q]
+        row = base[j] + (q - start[j]) * cols[j]  # q's row of j's mask, in `flat`
+        k = (kv - prefix).clamp(min=0)  # the key's column in the packed row
+        g = seg[k]
+        in_prefix = (kv < prefix) & (lead[j] > 0) & flat[(row + kv).clamp(max=flat.numel() - 1)]
+        at = (row + column[j, g] + k - start[g]).clamp(min=0, max=flat.numel() - 1)
+        return in_prefix | ((kv >= prefix) & (column[j, g] >= 0) & flat[at])
 
     return create_block_mask(visible, 1, None, width, prefix + width, device=device)
 
