@@ -149,3 +149,15 @@ def test_only_rank_0_writes_the_eval_log(routed, tmp_path, tiny_dir, monkeypatch
     res = evaluate(str(tiny_dir), _mc_task(tmp_path), out=tmp_path / "out", batch_size=2,
                    progress=lambda done, total: lib.warning("scored %d", done))
     assert res is None and not (tmp_path / "out" / "log.txt").exists()
+
+
+def test_the_cli_warning_format_lasts_one_command():
+    """main() called in a process of its own (a test, a notebook) hands warnings back as it found them."""
+    import warnings
+
+    from tunelab.cli import main
+
+    before_format, before_filters = warnings.formatwarning, list(warnings.filters)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert warnings.formatwarning is before_format and warnings.filters == before_filters

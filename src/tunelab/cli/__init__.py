@@ -88,14 +88,27 @@ def main(argv: list[str] | None = None) -> None:
 
     from tunelab.cli import usage
 
-    # warnings (ours, e.g. "skipped 2 bad records", and other libraries') print as one line, not
-    # Python's "file:line: UserWarning: ..." followed by the source line that raised it
-    warnings.formatwarning = lambda message, category, *_a, **_k: f"warning: {message}\n"
-    # a deprecation inside PEFT/transformers that users cannot act on
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     debug = "--debug" in args or os.environ.get("TUNELAB_DEBUG") == "1"
     command = typer.main.get_command(app)
     usage.check_outputs(command)
+    # for this command only (tests and notebooks call main() in their own process):
+    # warnings (ours, e.g. "skipped 2 bad records", and other libraries') print as one line, not
+    # Python's "file:line: UserWarning: ..." followed by the source line that raised it
+    plain_format = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, *_a, **_k: f"warning: {message}\n"
+    try:
+        with warnings.catch_warnings():  # restores the filters afterwards
+            # a deprecation inside PEFT/transformers that users cannot act on
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            _run(command, args, debug)
+    finally:
+        warnings.formatwarning = plain_format
+
+
+def _run(command, args: list[str], debug: bool) -> None:
+    """Run one command; exit with its code (see main), one line on stderr for a user's mistake."""
+    from tunelab.cli import usage
+
     try:
         command.main(args=args, prog_name="tunelab", standalone_mode=False)
     except TunelabError as e:

@@ -28,11 +28,14 @@ import torch.nn.functional as F
 
 from tunelab.evaluate import token_tree
 from tunelab.evaluate.decode import cache_kwarg
-from tunelab.evaluate.packed_attention import packed_attention
+from tunelab.evaluate.packed_attention import block_mask, packed_attention
 
 # A token prefix every item shares is run once into a KV cache when it is at least this long
 # (shorter ones save less than the extra attention inputs cost).
 MIN_SHARED_PREFIX = 16
+# devices whose packed rows run as one flex_attention call per layer (packed_attention.block_mask);
+# elsewhere each segment runs its own small sdpa, the faster path on a CPU
+FLEX_DEVICES = ("cuda",)
 
 # Token budget of a packed row per unit of batch_size: batch 16 -> rows of 2,048 tokens. Rows of
 # ~2k tokens keep the matrix multiplies large on CPU while the per-item attention stays small.
@@ -236,9 +239,11 @@ def _score_packed(model, items: list[tuple[list[int], list[list[int]]]], budget:
     with packed_attention(model):
         for row in token_tree.pack_rows([u.size() for u in units], budget):
             plan = token_tree.lay_out([units[i] for i in row], len(prefix), dev)
+            flex = ({"item_block_mask": block_mask(plan.spans, len(prefix), len(plan.ids), dev)}
+                    if dev.type in FLEX_DEVICES else {})
             logits = _logits_at(model, torch.tensor([plan.ids], device=dev), None,
                                 torch.tensor([plan.positions], device=dev), torch.tensor([plan.keep], device=dev),
-                                item_spans=plan.spans, **extra)  # (kept, V)
+                                item_spans=plan.spans, **extra, **flex)  # (kept, V)
             at, target, choice, owners = [], [], [], []  # per scored token: kept row, token id, choice
             for i, first in plan.leaves:
                 start = first + 1  # `first` predicts every choice's first token

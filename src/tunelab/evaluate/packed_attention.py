@@ -12,6 +12,12 @@ is right (a perplexity window, a single continuation). Work is O(Σ nᵢ (Aᵢ +
 The spans travel as the `item_spans` keyword of the model's forward, which transformers hands
 through every decoder layer to the attention function.
 
+On CUDA the same visibility goes to `flex_attention` as one BlockMask per row (`block_mask`,
+handed in as `item_block_mask`): one kernel per layer that computes only the 128 x 128 blocks
+holding visible pairs, where a loop of small sdpa calls would cost a kernel launch per segment
+per layer. The CPU keeps the loop: there flex runs as a reference kernel, and the per-segment
+sdpa is already the fast path.
+
 Prefix reuse: when every item of a call starts with the same tokens (few-shot demonstrations
 chosen with `first_n`, a system prompt), loglik.py runs that prefix once into a KV cache and hands
 its keys and values per layer as `item_prefix`; every segment's mask then starts with the
@@ -42,12 +48,21 @@ def items_attention_forward(
     scaling: Optional[float] = None,
     item_spans: Optional[Sequence[TreeSpan]] = None,
     item_prefix: Optional[Sequence[tuple[torch.Tensor, torch.Tensor]]] = None,
+    item_block_mask=None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """query (1, H, T, D), key/value (1, Hkv, T, D) -> ((1, T, H, D), None), like transformers' sdpa.
 
     `item_prefix[layer]`: the shared prefix's (keys, values), each (1, Hkv, P, D), seen by every span.
+    `item_block_mask`: the row's `block_mask(...)`; flex_attention then runs the whole row at once.
     """
+    if item_block_mask is not None:
+        if item_prefix is not None:
+            pk, pv = item_prefix[module.layer_idx]  # (1, Hkv, P, D) each
+            key, value = torch.cat([pk, key], dim=2), torch.cat([pv, value], dim=2)  # (1, Hkv, P + T, D)
+        out = _flex(query.is_cuda)(query, key, value, block_mask=item_block_mask, scale=scaling,
+                                   enable_gqa=query.shape[1] != key.shape[1])  # (1, H, T, D)
+        return out.transpose(1, 2).contiguous(), None  # (1, T, H, D)
     if attention_mask is not None or item_spans is None:  # an ordinary batch: plain sdpa
         return spans_attention_forward(module, query, key, value, attention_mask, None,
                                        dropout=dropout, scaling=scaling, **kwargs)
@@ -68,6 +83,62 @@ def items_attention_forward(
     if covered < query.shape[2]:  # nothing is left uncovered in scoring rows; kept for the shape
         outs.append(query.new_zeros(1, query.shape[2] - covered, query.shape[1], query.shape[3]))
     return torch.cat(outs, dim=1), None  # (1, T, H, D)
+
+
+def _flex(compiled: bool):
+    """flex_attention: compiled once per process on CUDA (transformers' wrapper; uncompiled it
+    would materialise every score); eager elsewhere, where it only serves the CPU test of this path
+    (compiling this mask with torch 2.13's CPU inductor failed here with a C++ codegen error)."""
+    if compiled:
+        from transformers.integrations.flex_attention import compile_friendly_flex_attention
+
+        return lambda q, k, v, **kw: compile_friendly_flex_attention(q, k, v, training=False, **kw)
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return flex_attention
+
+
+def block_mask(spans: Sequence[TreeSpan], prefix: int, width: int, device):
+    """The row's visibility as a flex_attention BlockMask: `width` queries x (`prefix` + `width`) keys.
+
+    A query in segment j sees what j's own mask (columns [prefix | ancestors | own], as the sdpa
+    path uses it) allows. The masks are kept flattened, one block per segment, and a small
+    (segments x segments) table gives where each ancestor's columns start in j's mask, so the
+    lookup costs what the masks already cost, never O(width squared).
+    """
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    index = {s: j for j, (s, *_rest) in enumerate(spans)}
+    seg = torch.zeros(width, dtype=torch.long)
+    start, cols, base, lead = [], [], [], []  # per segment
+    column = torch.full((len(spans), len(spans)), -1, dtype=torch.long)  # [j, g]: g's first column in j's mask
+    flat, offset = [], 0
+    for j, (s, n, mask, above) in enumerate(spans):
+        own = mask if mask is not None else torch.ones((n, n), dtype=torch.bool, device=device).tril()
+        c = own.shape[1] - n - sum(m for _, m in above)  # the prefix's columns come first
+        lead.append(c)
+        for a, m in above:
+            column[j, index[a]] = c
+            c += m
+        column[j, j] = c
+        seg[s : s + n] = j
+        start.append(s), cols.append(own.shape[1]), base.append(offset)
+        flat.append(own.reshape(-1).to(device))
+        offset += own.numel()
+    flat = torch.cat(flat)
+    seg, column = seg.to(device), column.to(device)
+    start, cols, base, lead = (torch.tensor(x, device=device) for x in (start, cols, base, lead))
+
+    def visible(b, h, q, kv):
+        j = seg[q]
+        row = base[j] + (q - start[j]) * cols[j]  # q's row of j's mask, in `flat`
+        k = (kv - prefix).clamp(min=0)  # the key's column in the packed row
+        g = seg[k]
+        in_prefix = (kv < prefix) & (lead[j] > 0) & flat[(row + kv).clamp(max=flat.numel() - 1)]
+        at = (row + column[j, g] + k - start[g]).clamp(min=0, max=flat.numel() - 1)
+        return in_prefix | ((kv >= prefix) & (column[j, g] >= 0) & flat[at])
+
+    return create_block_mask(visible, 1, None, width, prefix + width, device=device)
 
 
 @contextmanager
