@@ -89,3 +89,30 @@ def test_flex_rows_give_the_same_perplexity(tiny, monkeypatch):
     flex = loglik.rolling_loglik(model, tok, TEXTS, batch_size=2, max_seq_len=32)
     assert [n for _, n in flex] == [n for _, n in plain]
     assert [x for x, _ in flex] == pytest.approx([x for x, _ in plain], abs=1e-4)
+
+
+@pytest.mark.parametrize("prefix", [0, 6])
+def test_block_lists_cover_every_visible_pair(prefix):
+    """The key blocks listed per query block (from the spans) include every block in which the mask
+    has a visible pair (torch's create_block_mask evaluates the mask everywhere: the reference), and
+    leave blocks out (a sibling item's): small blocks, a random token forest."""
+    import random
+
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    from tunelab.evaluate import token_tree
+
+    rng = random.Random(5)
+    stem = [rng.randrange(3, 500) for _ in range(30)]
+    items = []
+    for i in range(12):
+        ctx = stem[: rng.choice([10, 20, 30])] + [rng.randrange(3, 500) for _ in range(rng.randrange(1, 9))]
+        items.append((ctx, [[rng.randrange(3, 500) for _ in range(rng.randrange(1, 5))] for _ in range(3)]))
+    row = token_tree.lay_out(token_tree.units(items, 10_000), prefix)
+    width = len(row.ids)
+    assert any(above for *_, above in row.spans)  # a real tree
+    bm = block_mask(row.spans, prefix, width, "cpu", block=4)
+    ref = create_block_mask(bm.mask_mod, 1, None, width, prefix + width, device="cpu", BLOCK_SIZE=4)
+    listed, needed = bm.to_dense().bool(), ref.to_dense().bool()  # (1, 1, Q blocks, K blocks)
+    assert not (needed & ~listed).any()
+    assert listed.float().mean() < 0.5

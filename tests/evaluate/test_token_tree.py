@@ -173,15 +173,24 @@ REQUESTS = [
 ]
 
 
-def test_shared_contexts_are_batch_size_and_order_invariant(tiny):
+DEMOS = "".join(f"Example {i}: the answer is {i + 1}.\n" for i in range(4))  # a prefix all share
+
+
+@pytest.mark.parametrize("demos", ["", DEMOS], ids=["tree", "prefix+tree"])
+def test_shared_contexts_are_batch_size_and_order_invariant(tiny, demos, monkeypatch):
     model, tok = tiny
-    runs = {bs: score_choices(model, tok, REQUESTS, batch_size=bs) for bs in (1, 2, 16)}
-    backwards = score_choices(model, tok, REQUESTS[::-1], batch_size=16)[::-1]
-    plain = score_choices(model, tok, REQUESTS, batch_size=16, reuse_prefix=False)
+    requests = [(demos + c, k) for c, k in REQUESTS]
+    hoisted = []
+    real = loglik._prefix_kv
+    monkeypatch.setattr(loglik, "_prefix_kv", lambda m, p: hoisted.append(len(p)) or real(m, p))
+    runs = {bs: score_choices(model, tok, requests, batch_size=bs) for bs in (1, 2, 16)}
+    assert bool(hoisted) == bool(demos)  # with demos: the global prefix runs once, the tree below it
+    backwards = score_choices(model, tok, requests[::-1], batch_size=16)[::-1]
+    plain = score_choices(model, tok, requests, batch_size=16, reuse_prefix=False)
     for other in (runs[2], runs[16], backwards, plain):
         for a, b in zip(runs[1], other):
             assert [x for x, _ in a] == pytest.approx([x for x, _ in b], abs=1e-5)
             assert [g for _, g in a] == [g for _, g in b]
-    for (context, conts), got in zip(REQUESTS, runs[16]):
+    for (context, conts), got in zip(requests, runs[16]):
         ref = loglik.score_reference(model, tok, context, conts)
         assert [x for x, _ in got] == pytest.approx([x for x, _ in ref], abs=1e-4)

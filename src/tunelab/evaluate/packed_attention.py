@@ -98,15 +98,17 @@ def _flex(compiled: bool):
     return flex_attention
 
 
-def block_mask(spans: Sequence[TreeSpan], prefix: int, width: int, device):
+def block_mask(spans: Sequence[TreeSpan], prefix: int, width: int, device, block: int = 128):
     """The row's visibility as a flex_attention BlockMask: `width` queries x (`prefix` + `width`) keys.
 
     A query in segment j sees what j's own mask (columns [prefix | ancestors | own], as the sdpa
     path uses it) allows. The masks are kept flattened, one block per segment, and a small
     (segments x segments) table gives where each ancestor's columns start in j's mask, so the
-    lookup costs what the masks already cost, never O(width squared).
+    lookup costs what the masks already cost. The block lists come from the spans (`_kv_blocks`),
+    not from evaluating the mask on every (query, key) pair as `create_block_mask` does: a
+    perplexity row on a GPU holds batch x context-length tokens, whose pairs would not fit in memory.
     """
-    from torch.nn.attention.flex_attention import create_block_mask
+    from torch.nn.attention.flex_attention import BlockMask
 
     index = {s: j for j, (s, *_rest) in enumerate(spans)}
     seg = torch.zeros(width, dtype=torch.long)
@@ -138,7 +140,29 @@ def block_mask(spans: Sequence[TreeSpan], prefix: int, width: int, device):
         at = (row + column[j, g] + k - start[g]).clamp(min=0, max=flat.numel() - 1)
         return in_prefix | ((kv >= prefix) & (column[j, g] >= 0) & flat[at])
 
-    return create_block_mask(visible, 1, None, width, prefix + width, device=device)
+    counts, indices = _kv_blocks(spans, prefix, width, block)
+    return BlockMask.from_kv_blocks(counts.to(device), indices.to(device), BLOCK_SIZE=block, mask_mod=visible,
+                                    seq_lengths=(width, prefix + width))
+
+
+def _kv_blocks(spans: Sequence[TreeSpan], prefix: int, width: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per block of `block` queries: the key blocks it may see (its segments' prefix, ancestors and
+    own columns), as flex_attention's (1, 1, Q blocks) counts and (1, 1, Q blocks, K blocks) indices.
+    Every listed block is a partial one (the mask decides inside it); a block with no visible pair
+    may be listed (the upper corner of a causal segment), one with a visible pair never left out."""
+    n_q, n_k = -(-width // block), -(-(prefix + width) // block)
+    seen: list[set[int]] = [set() for _ in range(n_q)]
+    for start, n, mask, above in spans:
+        keys = set(range(-(-prefix // block))) if mask is not None and prefix else set()
+        for a, m in [*above, (start, n)]:
+            keys.update(range((prefix + a) // block, (prefix + a + m - 1) // block + 1))
+        for b in range(start // block, (start + n - 1) // block + 1):
+            seen[b] |= keys
+    counts = torch.tensor([[[len(k) for k in seen]]], dtype=torch.int32)  # (1, 1, n_q)
+    indices = torch.zeros((1, 1, n_q, n_k), dtype=torch.int32)
+    for b, k in enumerate(seen):
+        indices[0, 0, b, : len(k)] = torch.tensor(sorted(k), dtype=torch.int32)
+    return counts, indices
 
 
 @contextmanager
