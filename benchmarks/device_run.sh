@@ -4,7 +4,8 @@
 # Each part has a timeout (all together < 10 min) so a hang cannot eat the device time; every log is
 # teed to $OUT (./device-logs when OUT is unset), with one summary.txt of exit codes and ratios.
 #
-#     bash benchmarks/device_run.sh
+#     bash benchmarks/device_run.sh         # training: smoke test + both benchmark arms
+#     bash benchmarks/device_run.sh eval    # evaluation: benchmarks/gpu_eval_smoke.py (flex scoring, generation)
 #
 # QLoRA needs bitsandbytes: wheels found in .whl/ are installed first into /tmp/site (no network).
 # Without CUDA the same script checks its own plumbing on CPU with the tiny model (seconds).
@@ -39,6 +40,15 @@ fi
 "$PY" -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__,
 'peft', peft.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')" 2>&1 | tee "$OUT/env.txt"
 
+if [ "${1:-train}" = eval ]; then  # evaluation on the device: its own call (the training parts fill one)
+    if [ "${BENCH[1]}" = cuda ]; then
+        part eval-smoke 240 "$PY" benchmarks/gpu_eval_smoke.py
+    else
+        part eval-smoke 60 "$PY" benchmarks/gpu_eval_smoke.py --device cpu --items 3
+    fi
+    cat "$OUT/summary.txt"
+    exit 0
+fi
 part smoke "$SMOKE" "$PY" benchmarks/gpu_smoke.py
 part bench-lora "$ARM" "$PY" benchmarks/train_throughput.py "${BENCH[@]}" --method lora
 part bench-full "$ARM" "$PY" benchmarks/train_throughput.py "${BENCH[@]}" --method full

@@ -2,6 +2,7 @@
 
     python benchmarks/eval_throughput.py                       # every task type, CPU fp32, batch 16
     python benchmarks/eval_throughput.py --only mc_short --scale 2
+    python benchmarks/eval_throughput.py --device cuda           # a GPU: both sides on it, fp32
 
 Both sides load the same converted HF folder of the default model (fp32) before any clock starts,
 run the same items with the same prompts at the same batch size, and are timed over the whole run
@@ -204,6 +205,9 @@ def main(argv=None) -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every task's item count")
     ap.add_argument("--gen-tokens", type=int, default=48)
     ap.add_argument("--only", nargs="*", choices=["mc_long", "mc_short", "mc_5shot", "generate", "perplexity"])
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (both sides)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="both sides; float32 keeps log-likelihoods comparable to 1e-4")
     args = ap.parse_args(argv)
     for f in (BBQ, ALPACA):
         if not f.is_file():
@@ -213,9 +217,10 @@ def main(argv=None) -> None:
 
     from tunelab.models.loading import load_model
 
-    lm = load_model(args.model, device="cpu", dtype=torch.float32)
-    peer = HFLM(pretrained=str(lm.path), batch_size=args.batch_size, device="cpu", dtype="float32")
-    print(f"model {lm.name} ({lm.path}), fp32 CPU, torch threads {torch.get_num_threads()}, batch {args.batch_size}")
+    lm = load_model(args.model, device=args.device, dtype=getattr(torch, args.dtype))
+    peer = HFLM(pretrained=str(lm.path), batch_size=args.batch_size, device=args.device, dtype=args.dtype)
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, torch threads {torch.get_num_threads()}"
+    print(f"model {lm.name} ({lm.path}), {args.dtype}, {where}, batch {args.batch_size}")
     n = lambda k: max(2, round(k * args.scale))  # noqa: E731
     bbq = bbq_rows()
     pool = bbq[-5:]  # the 5-shot demonstrations: first_n of a pool file that holds no test item

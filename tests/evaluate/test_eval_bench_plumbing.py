@@ -85,3 +85,13 @@ def test_the_item_builders_read_the_shared_data(bench, shared_data):
     assert len(bench.translation_rows(5)) == 5 and len(bench.perplexity_rows(5)) == 5
     assert {"context", "question", "ans0", "label"} <= set(bench.bbq_rows()[0])
     json.dumps(rows)  # the rows are written as JSONL for both sides
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_the_gpu_evaluation_smoke_test_runs_on_cpu(load_benchmark, monkeypatch, capsys):
+    """benchmarks/gpu_eval_smoke.py (flex rows, perplexity, compiles, generation) with eager flex on
+    CPU, so its first run on a lent GPU is not its first run."""
+    monkeypatch.setenv("TUNELAB_QUIET", "1")
+    assert load_benchmark("gpu_eval_smoke").main(["--device", "cpu", "--items", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "differ 0" in out and "batched = alone on the first 4: True" in out and out.rstrip().endswith("OK")
