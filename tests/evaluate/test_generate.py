@@ -107,3 +107,97 @@ def test_continuous_batching_joins_rows_and_matches_one_at_a_time(lively, monkey
     assert [g.text for g in together] == [g.text for g in alone]
     assert [g.finish for g in together] == [g.finish for g in alone]
     assert len({g.new_tokens for g in alone}) > 1  # rows really finished at different steps
+
+
+# ------------------------------------------------------------ the shared prefix
+SENTENCES = ["Hello, world!", "Alice met Bob in Paris.", "The quick brown fox.", "what is the answer?", "0 1 2 3",
+             "Reverse the words.", "the lazy dog", "March 5, 2021", "yes, no, maybe."]
+SHARED = [f"Translate the sentence into French.\nEnglish: {s}\nFrench:" for s in SENTENCES]
+
+
+def _prefix_len(tok) -> int:
+    from tunelab.evaluate.decode import common_prefix
+
+    p = common_prefix([tok(x, add_special_tokens=False)["input_ids"] for x in SHARED])
+    assert p * (len(SHARED) - 1) >= 32  # long enough that generate() shares it
+    return p
+
+
+def test_prefill_on_a_shared_prefix_gives_the_logits_of_the_whole_prompts(lively):
+    from tunelab.evaluate.decode import DecodeBatch, SharedPrefix
+
+    model, tok = lively
+    seqs = [tok(x, add_special_tokens=False)["input_ids"] for x in SHARED[:4]]
+    p = _prefix_len(tok)
+    whole = DecodeBatch.prefill(model, seqs, 0)
+    shared = DecodeBatch.prefill(model, seqs, 0, prefix=SharedPrefix.run(model, seqs[0][:p]))
+    torch.testing.assert_close(shared.logits, whole.logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(shared.next_pos, whole.next_pos)  # positions continue after the prefix
+    assert shared.mask.shape[1] == max(len(s) for s in seqs)  # [prefix | padding | remainder]: as wide as the longest
+
+
+def _spy_prefix(monkeypatch) -> list:
+    from tunelab.evaluate import decode
+
+    used = []
+    real = decode.DecodeBatch.prefill.__func__
+
+    def prefill(cls, model, seqs, pad, cache_kw=None, prefix=None):
+        used.append(0 if prefix is None else len(prefix))
+        return real(cls, model, seqs, pad, cache_kw, prefix)
+
+    monkeypatch.setattr(decode.DecodeBatch, "prefill", classmethod(prefill))
+    return used
+
+
+def test_shared_prefix_gives_the_tokens_of_each_prompt_alone(lively, monkeypatch):
+    model, tok = lively
+    alone = generate(model, tok, SHARED, max_new_tokens=12, batch_size=1, share_prefix=False)
+    used = _spy_prefix(monkeypatch)
+    shared = generate(model, tok, SHARED, max_new_tokens=12, batch_size=4)
+    assert used and all(p == _prefix_len(tok) for p in used)  # every prefill ran on the shared prefix
+    assert [g.text for g in shared] == [g.text for g in alone]
+    assert len({g.text for g in alone}) > 3
+    for prompt, g in zip(SHARED[:2], shared):  # and both are what HF generate gives for the whole prompt
+        ids = tok(prompt, add_special_tokens=False, return_tensors="pt")
+        ref = model.generate(**ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+        assert g.text == tok.decode(ref[0, ids.input_ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_rows_join_a_running_batch_on_the_shared_prefix(lively, monkeypatch):
+    from tunelab.evaluate import decode
+
+    model, tok = lively
+    free = generate(model, tok, SHARED, max_new_tokens=16, batch_size=1, share_prefix=False)
+    stops = [g.text[len(g.text) // 2 : len(g.text) // 2 + 2] for g in free if len(g.text.strip()) > 8][:2]
+    alone = generate(model, tok, SHARED, max_new_tokens=16, stop=stops, batch_size=1, share_prefix=False)
+    used = _spy_prefix(monkeypatch)
+    joins = []
+    real_join = decode.DecodeBatch.join
+    monkeypatch.setattr(decode.DecodeBatch, "join", lambda self, other: (joins.append(other.mask.shape[0]), real_join(self, other)))
+    together = generate(model, tok, SHARED, max_new_tokens=16, stop=stops, batch_size=3)
+    assert joins and len(used) > 1 and all(used)  # rows joined mid-run, prefilled on the prefix
+    assert [g.text for g in together] == [g.text for g in alone]
+    assert [g.new_tokens for g in together] == [g.new_tokens for g in alone]
+    assert len({g.new_tokens for g in alone}) > 1
+
+
+def test_a_prefix_with_wrong_positions_is_caught(lively, monkeypatch):
+    """The check above can fail: remainders whose positions restart at 0 (instead of continuing
+    after the prefix) give other tokens."""
+    from tunelab.evaluate import decode
+
+    model, tok = lively
+    alone = generate(model, tok, SHARED, max_new_tokens=12, batch_size=1, share_prefix=False)
+    p, real = _prefix_len(tok), decode.positions
+    monkeypatch.setattr(decode, "positions", lambda m: torch.cat([real(m[:, :p]), real(m[:, p:])], dim=1))
+    broken = generate(model, tok, SHARED, max_new_tokens=12, batch_size=4)
+    assert [g.text for g in broken] != [g.text for g in alone]
+
+
+def test_no_shared_prefix_when_prompts_share_too_little(lively, monkeypatch):
+    model, tok = lively
+    used = _spy_prefix(monkeypatch)
+    generate(model, tok, PROMPTS, max_new_tokens=2, batch_size=4)
+    generate(model, tok, SHARED[:1], max_new_tokens=2)  # one prompt: nothing to share
+    assert used and not any(used)

@@ -6,6 +6,12 @@ alone), finished rows leave the batch and the cache at once, and every step appe
 What differs stays with the callers: generate.py runs a fixed list of prompts with one set of
 sampling settings; the engine streams text, samples with per-request settings, and lets waiting
 requests join a running batch (`join`) and cuts columns that became padding in every row (`trim`).
+
+A token prefix that every prompt starts with (an instruction, a chat template's system prompt,
+fixed demonstrations) is run once (`SharedPrefix`) and its keys/values are copied under each row;
+a row then prefills only its remainder, at positions that continue after the prefix. Row layout:
+[prefix | padding | remainder], so the prefix columns line up in every row and the padding in the
+middle is masked out like left padding is.
 """
 from __future__ import annotations
 
@@ -46,6 +52,22 @@ def stop_index(text: str, stop: Sequence[str]) -> Optional[int]:
     return min(hits) if hits else None
 
 
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """(b, width) attention mask -> (b, width) position ids: each row counts its real tokens only,
+    so a padded row (left padding, or padding between a shared prefix and its remainder) sees the
+    positions it would see alone."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens every sequence in `seqs` has in common."""
+    first, n = seqs[0], min(len(s) for s in seqs)
+    for k in range(n):
+        if any(s[k] != first[k] for s in seqs):
+            return k
+    return n
+
+
 def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
     """Top-p filter over the last dim: probabilities outside the nucleus set to 0 (not renormalised)."""
     p, i = probs.sort(dim=-1, descending=True)
@@ -60,6 +82,39 @@ def row_generator(device: torch.device, seed: int) -> torch.Generator:
     return g
 
 
+class SharedPrefix:
+    """A token prefix run once: `ids` and each layer's keys/values, (1, h, P, d)."""
+
+    def __init__(self, ids: list[int], kv: list[tuple[torch.Tensor, torch.Tensor]]):
+        self.ids, self.kv = ids, kv
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def run(cls, model, ids: Sequence[int], cache_kw: Optional[str] = None) -> Optional["SharedPrefix"]:
+        """Run `ids` into a fresh cache; None when the model's cache layers are not plain growing
+        K/V pairs (then a copied prefix could not be extended row by row)."""
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        device = next(model.parameters()).device
+        cache = DynamicCache()
+        x = torch.tensor([list(ids)], dtype=torch.long, device=device)  # (1, P)
+        model(input_ids=x, position_ids=positions(torch.ones_like(x)), **{cache_kw or cache_kwarg(model): cache},
+              use_cache=True, logits_to_keep=1)
+        if not all(type(layer) is DynamicLayer for layer in cache.layers):
+            return None
+        return cls(list(ids), [(layer.keys, layer.values) for layer in cache.layers])
+
+    def cache_for(self, rows: int):
+        """A cache holding the prefix's keys/values under each of `rows` rows."""
+        from transformers import DynamicCache
+
+        return DynamicCache(ddp_cache_data=[(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))  # (rows, h, P, d)
+                                            for k, v in self.kv])
+
+
 class DecodeBatch:
     """Rows decoding together: the KV cache, the attention mask (b, width), each row's next
     position (b, 1) and the logits for each row's next token (b, V)."""
@@ -69,21 +124,27 @@ class DecodeBatch:
         self.cache, self.mask, self.next_pos, self.logits = cache, mask, next_pos, logits
 
     @classmethod
-    def prefill(cls, model, seqs: Sequence[Sequence[int]], pad: int, cache_kw: Optional[str] = None) -> "DecodeBatch":
-        """Run the prompts `seqs` (token ids) left padded into a fresh cache."""
+    def prefill(cls, model, seqs: Sequence[Sequence[int]], pad: int, cache_kw: Optional[str] = None,
+                prefix: Optional[SharedPrefix] = None) -> "DecodeBatch":
+        """Run the prompts `seqs` (token ids) left padded into a fresh cache. With `prefix` (every
+        seq starts with its ids and is longer), only each seq's remainder is run, on top of a copy
+        of the prefix's keys/values."""
         from transformers import DynamicCache
 
         device = next(model.parameters()).device
         cache_kw = cache_kw or cache_kwarg(model)
-        b, width = len(seqs), max(len(s) for s in seqs)
+        p = len(prefix) if prefix is not None else 0
+        rest = [list(s)[p:] for s in seqs]
+        b, width = len(rest), max(len(s) for s in rest)
         ids = torch.full((b, width), pad, dtype=torch.long)
-        mask = torch.zeros((b, width), dtype=torch.long)
-        for r, s in enumerate(seqs):  # left padding: every row's last prompt token is at column -1
-            ids[r, width - len(s):] = torch.tensor(list(s), dtype=torch.long)
-            mask[r, width - len(s):] = 1
+        mask = torch.zeros((b, p + width), dtype=torch.long)
+        mask[:, :p] = 1
+        for r, s in enumerate(rest):  # left padding: every row's last prompt token is at column -1
+            ids[r, width - len(s):] = torch.tensor(s, dtype=torch.long)
+            mask[r, p + width - len(s):] = 1
         ids, mask = ids.to(device), mask.to(device)
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)  # (b, width): positions count real tokens only
-        cache = DynamicCache()
+        pos = positions(mask)[:, p:]  # (b, width): the remainder's positions continue after the prefix
+        cache = prefix.cache_for(b) if prefix is not None else DynamicCache()
         logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, **{cache_kw: cache},
                        use_cache=True, logits_to_keep=1).logits[:, -1, :]  # (b, V)
         return cls(model, cache_kw, cache, mask, pos[:, -1:] + 1, logits)

@@ -5,7 +5,9 @@ from the attention mask so a left-padded row sees exactly the positions it would
 sampling draws from one generator per item seeded by (seed, item), so sampled outputs do not
 depend on batch size or order either, and (3) rows that finished (EOS or a stop string) are
 dropped from the batch and its KV cache and waiting prompts join it (continuous batching), so
-the batch stays full and costs what its longest *live* row costs.
+the batch stays full and costs what its longest *live* row costs. (4) The token prefix every
+prompt starts with (the task's instruction, a chat template's system prompt, fixed
+demonstrations) is run once and its keys/values are reused under every row (decode.SharedPrefix).
 
 The decode step itself (prefill, dropping rows, one step) is evaluate/decode.py, shared with the
 server's engine. Greedy decoding at batch size 1 and 8 gives identical text (tests/evaluate/test_generate.py).
@@ -18,7 +20,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from tunelab.evaluate.decode import DecodeBatch, eos_ids, nucleus, pad_id as pad_of, row_generator, stop_index
+from tunelab.evaluate.decode import (DecodeBatch, SharedPrefix, cache_kwarg, common_prefix, eos_ids, nucleus,
+                                     pad_id as pad_of, row_generator, stop_index)
 
 
 @dataclass
@@ -44,11 +47,13 @@ def generate(
     batch_size: int = 8,
     max_prompt_tokens: Optional[int] = None,
     on_batch: Optional[Callable[[int], None]] = None,
+    share_prefix: bool = True,
 ) -> list[Generation]:
     """Generate a continuation for every prompt; results come back in prompt order.
 
     `seeds[i]` seeds item i's sampling (temperature > 0); greedy ignores it. A prompt longer than
     `max_prompt_tokens` keeps its last tokens (lm-eval cuts to max_length - max_new_tokens).
+    `share_prefix`: run the prompts' common token prefix once (False: every prompt whole).
     """
     device = next(model.parameters()).device
     pad_id = pad_of(model, tokenizer)
@@ -60,8 +65,26 @@ def generate(
     # Longest first: the longest prompts are prefilled first (an OOM shows at once) and rows that
     # join later are shorter, so their padding against the running rows stays small.
     order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
+    cache_kw = cache_kwarg(model)
+    prefix = _shared_prefix(model, encoded, cache_kw) if share_prefix else None
     return _decode_all(model, tokenizer, encoded, order, seeds, max_new_tokens, list(stop), temperature, top_p,
-                       batch_size, pad_id, eos, device, on_batch)
+                       batch_size, pad_id, eos, device, on_batch, cache_kw, prefix)
+
+
+# A model call costs about as much as prefilling a few dozen tokens more (it reads every weight
+# once either way), so a prefix is run on its own only when sharing saves more tokens than that.
+MIN_SHARED_TOKENS = 32
+
+
+def _shared_prefix(model, encoded: list[list[int]], cache_kw: str) -> Optional[SharedPrefix]:
+    """The prompts' common token prefix, run once; every prompt keeps at least one token of its own
+    (its last token's logits pick the first new token)."""
+    if len(encoded) < 2:
+        return None
+    p = min(common_prefix(encoded), min(len(e) for e in encoded) - 1)
+    if p < 1 or p * (len(encoded) - 1) < MIN_SHARED_TOKENS:
+        return None
+    return SharedPrefix.run(model, encoded[0][:p], cache_kw)
 
 
 def _next_tokens(logits: torch.Tensor, gens: list, temperature: float, top_p: float) -> torch.Tensor:
@@ -76,7 +99,7 @@ def _next_tokens(logits: torch.Tensor, gens: list, temperature: float, top_p: fl
 
 
 def _decode_all(model, tokenizer, encoded, order, seeds, max_new_tokens, stop, temperature, top_p,
-                batch_size, pad_id, eos, device, on_batch) -> list[Generation]:
+                batch_size, pad_id, eos, device, on_batch, cache_kw, prefix) -> list[Generation]:
     """Continuous batching: at most `batch_size` rows decode together; a row that finishes leaves
     the batch and its KV cache at once and the next waiting prompts are prefilled and join."""
     out: list[Optional[Generation]] = [None] * len(encoded)
@@ -94,7 +117,7 @@ def _decode_all(model, tokenizer, encoded, order, seeds, max_new_tokens, stop, t
             for i in idx:
                 t0[i], new[i] = time.perf_counter(), []
                 gens[i] = row_generator(device, 0 if seeds is None or seeds[i] is None else seeds[i])
-            fresh = DecodeBatch.prefill(model, [encoded[i] for i in idx], pad_id)
+            fresh = DecodeBatch.prefill(model, [encoded[i] for i in idx], pad_id, cache_kw, prefix)
             if batch is None:
                 batch, live = fresh, idx
             else:
