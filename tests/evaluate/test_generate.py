@@ -201,3 +201,24 @@ def test_no_shared_prefix_when_prompts_share_too_little(lively, monkeypatch):
     generate(model, tok, PROMPTS, max_new_tokens=2, batch_size=4)
     generate(model, tok, SHARED[:1], max_new_tokens=2)  # one prompt: nothing to share
     assert used and not any(used)
+
+
+def test_waiting_prompts_join_in_groups_and_keep_their_tokens(lively, monkeypatch):
+    """A running batch of 8 admits waiting prompts once 2 rows are free (one join call for both);
+    every row still gets the tokens it gets alone."""
+    from tunelab.evaluate import decode
+    from tunelab.evaluate.generate import join_group
+
+    model, tok = lively
+    prompts = PROMPTS + SHARED
+    free = generate(model, tok, prompts, max_new_tokens=12, batch_size=1)
+    # one character from a third of the way into each of ten outputs: most rows end early, at different steps
+    stops = [g.text[len(g.text) // 3] for g in free if len(g.text.strip()) > 8][:10]
+    alone = generate(model, tok, prompts, max_new_tokens=12, stop=stops, batch_size=1)
+    joins = []
+    real_join = decode.DecodeBatch.join
+    monkeypatch.setattr(decode.DecodeBatch, "join", lambda self, other: (joins.append(other.mask.shape[0]), real_join(self, other)))
+    together = generate(model, tok, prompts, max_new_tokens=12, stop=stops, batch_size=8)
+    assert join_group(8) == 2 and join_group(3) == 1
+    assert len(joins) > 1 and all(n >= 2 for n in joins[:-1])  # only the last group may be smaller (what was left)
+    assert [g.text for g in together] == [g.text for g in alone]
