@@ -87,19 +87,25 @@ def test_long_prompt_keeps_its_last_tokens(lively):
     assert g.prompt_tokens == 10
 
 
+def _spy_joins(monkeypatch) -> list:
+    """The number of rows of every group that joins a running batch."""
+    from tunelab.evaluate import decode
+
+    joins = []
+    real_join = decode.DecodeBatch.join
+    monkeypatch.setattr(decode.DecodeBatch, "join", lambda self, other: (joins.append(other.mask.shape[0]), real_join(self, other)))
+    return joins
+
+
 def test_continuous_batching_joins_rows_and_matches_one_at_a_time(lively, monkeypatch):
     """Rows that finish early (stop strings) leave and waiting prompts join the running batch; the
     greedy text of every row is still what it is when generated alone."""
-    from tunelab.evaluate import decode
-
     model, tok = lively
     free = generate(model, tok, PROMPTS, max_new_tokens=16, batch_size=1)
     # stop strings from the middle of two outputs: those rows (and any that contain them) end early
     stops = [g.text[len(g.text) // 2 : len(g.text) // 2 + 2] for g in free if len(g.text.strip()) > 8][:2]
     alone = generate(model, tok, PROMPTS, max_new_tokens=16, stop=stops, batch_size=1)
-    joins = []
-    real_join = decode.DecodeBatch.join
-    monkeypatch.setattr(decode.DecodeBatch, "join", lambda self, other: (joins.append(other.mask.shape[0]), real_join(self, other)))
+    joins = _spy_joins(monkeypatch)
     done = []
     together = generate(model, tok, PROMPTS, max_new_tokens=16, stop=stops, batch_size=3, on_batch=done.append)
     assert joins  # prompts joined a batch that was still decoding
@@ -165,16 +171,12 @@ def test_shared_prefix_gives_the_tokens_of_each_prompt_alone(lively, monkeypatch
 
 
 def test_rows_join_a_running_batch_on_the_shared_prefix(lively, monkeypatch):
-    from tunelab.evaluate import decode
-
     model, tok = lively
     free = generate(model, tok, SHARED, max_new_tokens=16, batch_size=1, share_prefix=False)
     stops = [g.text[len(g.text) // 2 : len(g.text) // 2 + 2] for g in free if len(g.text.strip()) > 8][:2]
     alone = generate(model, tok, SHARED, max_new_tokens=16, stop=stops, batch_size=1, share_prefix=False)
     used = _spy_prefix(monkeypatch)
-    joins = []
-    real_join = decode.DecodeBatch.join
-    monkeypatch.setattr(decode.DecodeBatch, "join", lambda self, other: (joins.append(other.mask.shape[0]), real_join(self, other)))
+    joins = _spy_joins(monkeypatch)
     together = generate(model, tok, SHARED, max_new_tokens=16, stop=stops, batch_size=3)
     assert joins and len(used) > 1 and all(used)  # rows joined mid-run, prefilled on the prefix
     assert [g.text for g in together] == [g.text for g in alone]
@@ -206,7 +208,6 @@ def test_no_shared_prefix_when_prompts_share_too_little(lively, monkeypatch):
 def test_waiting_prompts_join_in_groups_and_keep_their_tokens(lively, monkeypatch):
     """A running batch of 8 admits waiting prompts once 2 rows are free (one join call for both);
     every row still gets the tokens it gets alone."""
-    from tunelab.evaluate import decode
     from tunelab.evaluate.generate import join_group
 
     model, tok = lively
@@ -215,9 +216,7 @@ def test_waiting_prompts_join_in_groups_and_keep_their_tokens(lively, monkeypatc
     # one character from a third of the way into each of ten outputs: most rows end early, at different steps
     stops = [g.text[len(g.text) // 3] for g in free if len(g.text.strip()) > 8][:10]
     alone = generate(model, tok, prompts, max_new_tokens=12, stop=stops, batch_size=1)
-    joins = []
-    real_join = decode.DecodeBatch.join
-    monkeypatch.setattr(decode.DecodeBatch, "join", lambda self, other: (joins.append(other.mask.shape[0]), real_join(self, other)))
+    joins = _spy_joins(monkeypatch)
     together = generate(model, tok, prompts, max_new_tokens=12, stop=stops, batch_size=8)
     assert join_group(8) == 2 and join_group(3) == 1
     assert len(joins) > 1 and all(n >= 2 for n in joins[:-1])  # only the last group may be smaller (what was left)
