@@ -82,6 +82,18 @@ def row_generator(device: torch.device, seed: int) -> torch.Generator:
     return g
 
 
+def prefix_cache(model, ids: Sequence[int], cache_kw: Optional[str] = None):
+    """`ids` run once, alone, into a fresh DynamicCache (positions 0..P-1; only the last token's
+    logits are projected, and nobody reads them)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    x = torch.tensor([list(ids)], dtype=torch.long, device=next(model.parameters()).device)  # (1, P)
+    model(input_ids=x, position_ids=positions(torch.ones_like(x)), **{cache_kw or cache_kwarg(model): cache},
+          use_cache=True, logits_to_keep=1)
+    return cache
+
+
 class SharedPrefix:
     """A token prefix run once: `ids` and each layer's keys/values, (1, h, P, d)."""
 
@@ -95,14 +107,9 @@ class SharedPrefix:
     def run(cls, model, ids: Sequence[int], cache_kw: Optional[str] = None) -> Optional["SharedPrefix"]:
         """Run `ids` into a fresh cache; None when the model's cache layers are not plain growing
         K/V pairs (then a copied prefix could not be extended row by row)."""
-        from transformers import DynamicCache
         from transformers.cache_utils import DynamicLayer
 
-        device = next(model.parameters()).device
-        cache = DynamicCache()
-        x = torch.tensor([list(ids)], dtype=torch.long, device=device)  # (1, P)
-        model(input_ids=x, position_ids=positions(torch.ones_like(x)), **{cache_kw or cache_kwarg(model): cache},
-              use_cache=True, logits_to_keep=1)
+        cache = prefix_cache(model, ids, cache_kw)
         if not all(type(layer) is DynamicLayer for layer in cache.layers):
             return None
         return cls(list(ids), [(layer.keys, layer.values) for layer in cache.layers])

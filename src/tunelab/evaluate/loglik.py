@@ -14,7 +14,8 @@ packed end to end into rows of a token budget, each under its own small attentio
 (packed_attention.py), so the context runs once, no pad token is computed, and logits are
 projected only where a continuation token is predicted. Items that share context tokens (two
 questions about one passage, a context that extends another) are laid out as a token tree
-(token_tree.py) so the shared tokens run once too. Perplexity windows are packed the same way. `score_reference` is the plain one-sequence-per-choice computation, used for items whose
+(token_tree.py) so the shared tokens run once too. Perplexity windows are packed the same way.
+`score_reference` is the plain one-sequence-per-choice computation, used for items whose
 context must be truncated and by the parity tests; method="cache" (contexts into a KV cache
 expanded per choice) is kept as a second, independent implementation.
 """
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.evaluate import token_tree
-from tunelab.evaluate.decode import cache_kwarg
+from tunelab.evaluate.decode import cache_kwarg, common_prefix, prefix_cache
 from tunelab.evaluate.packed_attention import block_mask, packed_attention
 
 # A token prefix every item shares is run once into a KV cache when it is at least this long
@@ -182,27 +183,14 @@ def shared_prefix(contexts: Sequence[list[int]]) -> list[int]:
     exact whatever the tokenizer does at the prefix's boundary."""
     if len(contexts) < 2:
         return []
-    first = contexts[0]
-    n = min(len(c) for c in contexts) - 1
-    for c in contexts[1:]:
-        k = 0
-        while k < n and c[k] == first[k]:
-            k += 1
-        n = k
-        if n < MIN_SHARED_PREFIX:
-            return []
-    return list(first[:n])
+    n = min(common_prefix(contexts), min(len(c) for c in contexts) - 1)
+    return list(contexts[0][:n]) if n >= MIN_SHARED_PREFIX else []
 
 
 def _prefix_kv(model, prefix: list[int]):
     """The prefix run once (positions 0..P-1, the model's own attention): per layer (keys, values),
     each (1, Hkv, P, D), rotary positions already applied, as a KV cache holds them."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache()
-    model(input_ids=torch.tensor([prefix], device=_device(model)), use_cache=True, logits_to_keep=1,
-          **{cache_kwarg(model): cache})
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    return [(layer.keys, layer.values) for layer in prefix_cache(model, prefix).layers]
 
 
 def _units(items: list[tuple[list[int], list[list[int]]]], budget: int, share: bool) -> list[token_tree.Segment]:
