@@ -82,6 +82,14 @@ def row_generator(device: torch.device, seed: int) -> torch.Generator:
     return g
 
 
+def plain_layers(cache) -> bool:
+    """Every layer of `cache` is a plain growing K/V pair (no sliding window, no quantised cache):
+    only then can rows be copied, merged or cut column by column."""
+    from transformers.cache_utils import DynamicLayer
+
+    return all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
 def prefix_cache(model, ids: Sequence[int], cache_kw: Optional[str] = None):
     """`ids` run once, alone, into a fresh DynamicCache (positions 0..P-1; only the last token's
     logits are projected, and nobody reads them)."""
@@ -107,10 +115,8 @@ class SharedPrefix:
     def run(cls, model, ids: Sequence[int], cache_kw: Optional[str] = None) -> Optional["SharedPrefix"]:
         """Run `ids` into a fresh cache; None when the model's cache layers are not plain growing
         K/V pairs (then a copied prefix could not be extended row by row)."""
-        from transformers.cache_utils import DynamicLayer
-
         cache = prefix_cache(model, ids, cache_kw)
-        if not all(type(layer) is DynamicLayer for layer in cache.layers):
+        if not plain_layers(cache):
             return None
         return cls(list(ids), [(layer.keys, layer.values) for layer in cache.layers])
 
@@ -173,9 +179,7 @@ class DecodeBatch:
     # ------------------------------------------------ continuous batching (serve/engine.py)
     def joinable(self) -> bool:
         """Rows can be merged into the cache only when every layer is a plain growing K/V pair."""
-        from transformers.cache_utils import DynamicLayer
-
-        return all(type(layer) is DynamicLayer for layer in self.cache.layers)
+        return plain_layers(self.cache)
 
     def join(self, other: "DecodeBatch") -> None:
         """Append `other`'s rows: the narrower side is padded on the left (masked out)."""
