@@ -79,9 +79,10 @@ def model_rows(model_cls: type[BaseModel], prefix: str = "") -> list[tuple[str, 
             continue  # internal (set by the loader), not a key the user writes
         key = prefix + name
         rows.append((f"`{key}`", type_name(field.annotation), default_text(field), _prose(field.description or "")))
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            rows += model_rows(ann, key + ".")
+        # a section, also when it may be null or a plain value instead (replay: null | {data, ratio})
+        for sub in (field.annotation, *typing.get_args(field.annotation)):
+            if isinstance(sub, type) and issubclass(sub, BaseModel):
+                rows += model_rows(sub, key + ".")
     return rows
 
 
@@ -120,6 +121,13 @@ def _compare_arms() -> str:
     return "\n".join(out)
 
 
+def _compare_retention() -> str:
+    from tunelab import config
+
+    return "\n".join(f"{cls.__doc__.strip()}\n\n{keys_table(cls)}"
+                     for cls in (config.RetentionSpec, config.RetentionPromptsSpec))
+
+
 def _predictions() -> str:
     from tunelab.evaluate.results import PREDICTION_KEYS
 
@@ -137,6 +145,7 @@ def sections() -> dict[str, Callable[[], str]]:
         "train-keys": lambda: keys_table(config.TrainConfig),
         "compare-keys": lambda: keys_table(config.CompareConfig),
         "compare-arms": _compare_arms,
+        "compare-retention": _compare_retention,
         "results-keys": lambda: dict_table(results.RESULTS_KEYS),
         "metric-entry-keys": lambda: dict_table(results.METRIC_ENTRY_KEYS),
         "cost-keys": lambda: dict_table(results.COST_DOC),

@@ -32,7 +32,7 @@ def test_unknown_keys_name_path_and_allowed(tmp_path):
 
 
 def test_out_of_range_says_the_range():
-    with pytest.raises(TunelabError, match=r"train.lr: must be greater than 0 \(got -1\)"):
+    with pytest.raises(TunelabError, match=r"train.lr: must be auto or a number in \(0, 1\), e.g. 2e-4 \(got -1\)"):
         load_config(TrainConfig, {"data": {"train": "x"}, "train": {"lr": -1}})
     with pytest.raises(TunelabError, match=r"data.eval: .*between 0 and 0.5"):
         load_config(TrainConfig, {"data": {"train": "x", "eval": 0.9}})

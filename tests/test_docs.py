@@ -64,7 +64,7 @@ def test_generator_replaces_a_stale_table():
             "| old | table |\n<!-- end generated: train-keys -->\nafter\n")
     new = gen.render(page)
     assert "| old | table |" not in new and new.startswith("intro\n") and new.endswith("after\n")
-    assert "| `train.lr` | number | `0.0002` |" in new and "| `data.train` | text | required |" in new
+    assert "| `train.lr` | number or auto | `\"auto\"` |" in new and "| `data.train` | text | required |" in new
     assert gen.render(new) == new  # regenerating is a fixed point
 
 

@@ -37,8 +37,9 @@ class DataConfig(_Strict):
                                         "builtin:<task>?n=500&seed=1")
     eval: Union[float, str, None] = Field(0.1, description="a file, or a fraction of `train` held out (0..0.5); "
                                                            "null: no eval loss")
-    format: Literal["auto", "text", "prompt_completion", "alpaca", "messages", "sharegpt"] = Field(
-        "auto", description="record layout; auto: told from the first record's fields")
+    format: Literal["auto", "text", "prompt_completion", "alpaca", "messages", "sharegpt", "plain"] = Field(
+        "auto", description="record layout; auto: told from the first record's fields; plain: prompt + completion "
+                            "as raw text without the chat template (never auto-detected)")
     fields: dict[str, str] = Field(default_factory=dict, description="rename map from the format's field names to "
                                                                      "yours, e.g. {prompt: question}")
     max_length: int = Field(1024, ge=8, le=1_048_576, description="tokens per example after the chat template")
@@ -68,13 +69,18 @@ class EarlyStopping(_Strict):
 
 
 class TrainLoopConfig(_Strict):
-    epochs: float = Field(1, gt=0, le=1000, description="passes over the training set; may be fractional")
+    epochs: Union[float, Literal["auto"]] = Field(
+        "auto", description="passes over the training set, may be fractional; auto: from the data size, at least "
+        "3 and enough for about 64 optimizer steps, capped by a token budget (docs/training.md)")
     max_steps: Optional[int] = Field(None, ge=1, description="optimizer steps; when set it wins over epochs")
     batch_tokens: Optional[int] = Field(
-        None, ge=16, description="token budget of one micro-batch (packed); unset: sized from free memory "
-        "on a GPU, 8192 on CPU (docs/training.md)")
-    grad_accum: int = Field(1, ge=1, le=4096, description="micro-batches per optimizer step")
-    lr: float = Field(2.0e-4, gt=0, lt=1.0, description="peak learning rate; LoRA: 1e-4..5e-4; full: 1e-5..5e-5")
+        None, ge=16, description="token budget of one micro-batch (packed); unset: about n/32 examples "
+        "(4 to 32) per optimizer step, split into micro-batches that fit free memory on a GPU (docs/training.md)")
+    grad_accum: int = Field(1, ge=1, le=4096, description="micro-batches per optimizer step (with batch_tokens "
+                                                          "unset on a GPU: as many as the step needs)")
+    lr: Union[float, Literal["auto"]] = Field(
+        "auto", description="peak learning rate; auto: the method's usual one, 2e-4 for LoRA/DoRA/QLoRA, 2e-5 "
+        "for full fine-tuning (usual ranges: LoRA 1e-4..5e-4; full 1e-5..5e-5)")
     schedule: Literal["constant", "linear", "cosine"] = Field("cosine", description="learning-rate decay after "
                                                                                     "warm-up")
     warmup: float = Field(0.03, ge=0, description="fraction of steps if < 1, else a step count")
@@ -95,6 +101,29 @@ class TrainLoopConfig(_Strict):
     log_every: int = Field(1, ge=1, description="steps between lines of metrics.jsonl (evaluation steps "
                                                    "and the last step are always written)")
 
+    @field_validator("epochs")
+    @classmethod
+    def _epochs_range(cls, v):
+        if v != "auto" and not 0 < v <= 1000:
+            raise ValueError("must be auto or a number in (0, 1000]")
+        return v
+
+    @field_validator("lr")
+    @classmethod
+    def _lr_range(cls, v):
+        if v != "auto" and not 0 < v < 1:
+            raise ValueError("must be auto or a number in (0, 1), e.g. 2e-4")
+        return v
+
+
+class ReplayConfig(_Strict):
+    data: str = Field(..., description="general instruction data mixed into the training set (any training "
+                                       "format: alpaca, messages, prompt_completion, ...); relative to the config")
+    ratio: float = Field(0.1, gt=0.0, lt=1.0, description="share of the mixed training set's EXAMPLES that come "
+                         "from `data` (0.1: 1 replay example per 9 task examples); 0.01-0.1 is usual")
+    format: Literal["auto", "text", "prompt_completion", "alpaca", "messages", "sharegpt"] = Field(
+        "auto", description="record layout of `data`; auto: told from its first record")
+
 
 class LogConfig(_Strict):
     tensorboard: bool = Field(False, description="also log to TensorBoard in the run folder (pip install "
@@ -112,6 +141,8 @@ class TrainConfig(_Strict):
     lora: LoraConfig = Field(default_factory=LoraConfig, description="adapter settings (lora, dora, qlora)")
     data: DataConfig = Field(..., description="what to train on")
     train: TrainLoopConfig = Field(default_factory=TrainLoopConfig, description="the optimisation loop")
+    replay: Optional[ReplayConfig] = Field(None, description="mix general data into training to keep what the "
+                                           "model knew, e.g. {data: general.jsonl, ratio: 0.1}; null: off")
     log: LogConfig = Field(default_factory=LogConfig, description="extra experiment trackers")
     out: str = Field("runs/{name}", description="the run folder; {name} is replaced by `name`")
     trust_remote_code: bool = Field(False, description="run Python code shipped with the model folder; only "
@@ -212,7 +243,29 @@ class CompareConfig(_Strict):
     safety: bool = Field(False, description="score every arm's outputs with the packaged toxicity classifier")
     toxicity_threshold: float = Field(0.5, ge=0.0, le=1.0, description="an output scoring above this counts as toxic")
     batch_size: Union[int, Literal["auto"]] = Field("auto", description="evaluation batch size")
+    retention: list[Union[str, "RetentionSpec"]] = Field(
+        default_factory=list, description="general-ability task files scored for every arm, to see what fine-tuning "
+        "cost in what the model knew: [tasks/piqa.yaml, {task: tasks/winogrande.yaml, limit: 200}]")
+    retention_prompts: Union[str, "RetentionPromptsSpec", None] = Field(
+        "default", description="general prompts for the drift measure (KL from the base model on its own answers): "
+        "'default' (252 Self-Instruct instructions, packaged), a file, {data: FILE, limit: N, max_new_tokens: M}, "
+        "or null: no drift")
     out: str = Field("runs/{name}", description="the compare folder (relative to the working directory)")
+
+
+class RetentionSpec(_Strict):
+    """`{task: tasks/piqa.yaml, limit: 200}`: one retention task."""
+
+    task: str = Field(..., description="a task YAML (relative to the compare file) or builtin:<name>")
+    limit: Optional[int] = Field(None, ge=1, description="score only its first N items")
+
+
+class RetentionPromptsSpec(_Strict):
+    """`{data: default, limit: 50, max_new_tokens: 64}`: the drift measure's prompts."""
+
+    data: str = Field("default", description="'default' (the packaged Self-Instruct set) or a prompts file")
+    limit: Optional[int] = Field(50, ge=1, description="the first N prompts (null: all)")
+    max_new_tokens: int = Field(64, ge=1, le=4096, description="length of the base model's greedy answers")
 
 
 class PromptArmSpec(_Strict):
@@ -235,6 +288,9 @@ class FineTuneArmSpec(_Strict):
     n: Union[int, list[int]] = Field(..., description="training examples drawn from the pool; a list gives one arm each")
     model: Optional[str] = Field(None, description="another base model for this arm")
     train: dict[str, Any] = Field(default_factory=dict, description="training-config keys for this arm only")
+    tag: Optional[str] = Field(None, description="appended to the arm's id (lora-n256-TAG), to list one method and n "
+                                                 "twice with other train: keys; an arm whose own train: sets replay "
+                                                 "gets -replay by default")
 
 
 class EndpointArmSpec(_Strict):
@@ -247,7 +303,10 @@ class EndpointArmSpec(_Strict):
 
 # The page listing every key of each model (generated from these Field descriptions); a
 # validation error ends by naming it.
+CompareConfig.model_rebuild()  # the retention specs are declared after it
+
 KEY_DOCS = {TrainConfig: "docs/train-config.md", TaskConfig: "docs/tasks.md", CompareConfig: "docs/compare.md",
+            RetentionSpec: "docs/compare.md", RetentionPromptsSpec: "docs/compare.md",
             PromptArmSpec: "docs/compare.md", FewShotArmSpec: "docs/compare.md", FineTuneArmSpec: "docs/compare.md",
             EndpointArmSpec: "docs/compare.md"}
 

@@ -47,16 +47,25 @@ def print_compare(summary: dict) -> None:
                         "-" if is_best else _ci(d["ci95"]), "-" if is_best else f"{d['p']:.3g}")
     console.print(quality)
     # training and inference apart: one cost table with ten columns does not fit 80 columns either
-    train = Table(title="training cost (one-off)")
-    for c in ("arm", "wall s", "tokens", "FLOPs", "peak MiB", "energy Wh"):
+    train = Table(title="training (one-off cost; * = set by the automatic schedule)")
+    for c in ("arm", "steps", "epochs", "lr", "wall s", "tokens", "FLOPs", "peak MiB", "energy Wh"):
         train.add_column(c, justify="left" if c == "arm" else "right", overflow="fold")
     for a in summary["arms"]:
-        t = a.get("train_cost")
+        t, how = a.get("train_cost"), a.get("training") or {}
         if t:
-            train.add_row(escape(a["id"]), _si(t.get("wall_s")), _si(t.get("tokens")), _si(t.get("flops")),
+            auto = how.get("auto") or []
+
+            def mark(key, text):
+                return text + ("*" if key in auto else "")
+
+            train.add_row(escape(a["id"]), str(how.get("steps", "-")),
+                          mark("epochs", f"{how['epochs']:g}") if how.get("epochs") is not None else "-",
+                          mark("lr", f"{how['lr']:g}") if how.get("lr") is not None else "-",
+                          _si(t.get("wall_s")), _si(t.get("tokens")), _si(t.get("flops")),
                           _si(t.get("peak_mem_mib")), _si(t.get("energy_wh")))
     if train.row_count:
         console.print(train)
+    print_retention(summary)
     safety = any(a.get("toxicity") for a in summary["arms"])
     infer = Table(title="inference cost per 1,000 queries" + (" and output toxicity" if safety else ""))
     for c in ["arm", "wall s", "prompt tok", "generated tok"] + (["toxicity mean", "max"] if safety else []):
@@ -70,6 +79,37 @@ def print_compare(summary: dict) -> None:
     console.print(infer)
     for s in summary["sentences"]:
         console.print(escape(s), highlight=False, soft_wrap=True)
+
+
+def print_retention(summary: dict) -> None:
+    """Per arm and retention task: value, change against the base model (CI, p), and the drift."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from tunelab.cli import console
+    from tunelab.compare.sentences import fmt
+
+    ret = summary.get("retention")
+    if not ret:
+        return
+    table = Table(title="retention: what each arm kept of general ability (prompted arms share the base model's)")
+    for c in ("arm", "task", "value", "95% CI", "Δ vs base", "Δ 95% CI", "p", "drift KL/token"):
+        table.add_column(c, justify="left" if c in ("arm", "task") else "right", overflow="fold")
+    for a in summary["arms"]:
+        entries = a.get("retention")
+        if entries is None:
+            continue
+        d = a.get("drift") or {}
+        drift = "-" if d.get("kl_per_token") is None else ("0 (shared)" if d.get("shared_base") else f"{d['kl_per_token']:.3g}")
+        for i, e in enumerate(entries or [{}]):
+            diff = e.get("diff_vs_base") or {}
+            same = e.get("shared_base")
+            table.add_row(escape(a["id"]) if i == 0 else "", escape(f"{e.get('task', '-')} {e.get('metric', '')}"),
+                          fmt(e.get("value")), _ci(e.get("ci95")),
+                          "base" if same else (f"{diff['delta']:+.3g}" if diff else "-"),
+                          "-" if same or not diff else _ci(diff.get("ci95")),
+                          "-" if same or not diff else f"{diff['p']:.3g}", drift if i == 0 else "")
+    console.print(table)
 
 
 def print_plan(plan, estimates) -> None:
@@ -86,18 +126,25 @@ def print_plan(plan, estimates) -> None:
                   caption="times: token counts / throughput measured on a 2-core CPU with the default model "
                           "(docs/compare.md); rough")
     models = {a.model for a in plan.arms}
-    cols = ["arm"] + (["model"] if len(models) > 1 else []) + ["eval prompt tok", "eval gen tok", "train tok", "est. time"]
+    retention = bool(plan.retention or plan.drift)
+    cols = (["arm"] + (["model"] if len(models) > 1 else []) + ["eval prompt tok", "eval gen tok", "train tok"]
+            + (["retention"] if retention else []) + ["est. time"])
     for c in cols:
         table.add_column(c, justify="left" if c in ("arm", "model") else "right", overflow="fold")
     total = 0.0
     for arm, e in zip(plan.arms, estimates):
         when = "done (kept)" if e.finished else f"~{_clock(e.seconds)}"
-        total += 0 if e.finished else e.seconds
+        total += (0 if e.finished else e.seconds) + e.retention_s
         approx = "" if e.exact_tokens else "~"
         row = [escape(arm.id)] + ([escape(arm.model)] if len(models) > 1 else [])
-        table.add_row(*row, f"{approx}{e.prompt_tokens:,}", f"{approx}{e.generated_tokens:,}",
-                      f"{approx}{e.train_tokens:,}" if arm.fine_tuned else "-", when)
+        row += [f"{approx}{e.prompt_tokens:,}", f"{approx}{e.generated_tokens:,}",
+                f"{approx}{e.train_tokens:,}" if arm.fine_tuned else "-"]
+        if retention:
+            row.append(f"~{_clock(e.retention_s)}" if e.retention_s else "-")
+        table.add_row(*row, when)
     console.print(table)
+    if plan.rendering is not None and any(a.fine_tuned for a in plan.arms):
+        console.print(escape(plan.rendering.note), highlight=False)
     console.print(f"estimated total: ~{_clock(total)}", highlight=False)
 
 

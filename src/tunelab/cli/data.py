@@ -43,7 +43,7 @@ def print_rendered(tokenizer, examples, label: str = "record") -> None:
 def inspect_cmd(
     file: str = typer.Argument(..., help="Data file (.jsonl .json .csv .parquet) or builtin:<task>."),
     model: str = typer.Option("default", "--model", "-m", help="Model whose tokenizer and chat template render the data."),
-    format: str = typer.Option("auto", "--format", "-f", help="auto | text | prompt_completion | alpaca | messages | sharegpt (the README's Data formats)."),
+    format: str = typer.Option("auto", "--format", "-f", help="auto | text | prompt_completion | alpaca | messages | sharegpt | plain (the README's Data formats)."),
     n: int = typer.Option(2, "-n", help="How many records to show rendered.", min=0),
     max_length: int = typer.Option(1024, "--max-length", help="Rows longer than this are counted."),
     train_on: str = typer.Option("completion", "--train-on", help="completion (assistant turns) | all"),
@@ -82,7 +82,7 @@ def inspect_cmd(
 def prepare_cmd(
     file: str = typer.Argument(..., help="Data file (.jsonl .json .csv .parquet) or builtin:<task>."),
     model: str = typer.Option("default", "--model", "-m", help="Model whose tokenizer and chat template encode the data."),
-    format: str = typer.Option("auto", "--format", "-f", help="auto | text | prompt_completion | alpaca | messages | sharegpt (the README's Data formats)."),
+    format: str = typer.Option("auto", "--format", "-f", help="auto | text | prompt_completion | alpaca | messages | sharegpt | plain (the README's Data formats)."),
     field: list[str] = typer.Option([], "--field", help="Rename map entry canonical=yours, e.g. prompt=question (repeatable)."),
     train_on: str = typer.Option("completion", "--train-on", help="completion (assistant turns) | all"),
     max_length: int = typer.Option(1024, "--max-length", help="Longer rows are truncated (or dropped with --drop-long).", min=1),

@@ -40,6 +40,7 @@ class ArmEstimate:
     seconds: float
     exact_tokens: bool  # counted with the model's tokenizer (else ~4 chars per token)
     finished: bool = False
+    retention_s: float = 0.0  # retention tasks and drift (prompted arms: the base model's, once per model)
 
 
 def _local_folder(model: str) -> Optional[Path]:
@@ -83,12 +84,16 @@ class _Counter:
 
 
 def _eval_tokens(plan: Plan, arm: Arm, count: _Counter, rows, templates, pool) -> tuple[int, int]:
-    from tunelab.fewshot import ContextBuilder
-
-    task = plan.task
     k = arm.k or 0
     sampler = "random" if arm.sampler in (None, "similar") else arm.sampler
-    builder = ContextBuilder(task, templates, pool, k=k, sampler=sampler, seed=task.fewshot.seed,
+    return _task_tokens(plan.task, count, rows, templates, pool, k=k, sampler=sampler)
+
+
+def _task_tokens(task, count: _Counter, rows, templates, pool=(), *, k: int = 0, sampler: str = "random") -> tuple[int, int]:
+    """(prompt, generated) tokens of evaluating `rows` of a task, prompts rendered as evaluation renders them."""
+    from tunelab.fewshot import ContextBuilder
+
+    builder = ContextBuilder(task, templates, list(pool), k=k, sampler=sampler, seed=task.fewshot.seed,
                              pool_is_eval=False, tokenizer=count.tokenizer)
     prompt = generated = 0
     max_new = task.generation.max_new_tokens
@@ -103,15 +108,58 @@ def _eval_tokens(plan: Plan, arm: Arm, count: _Counter, rows, templates, pool) -
     return prompt, generated
 
 
-def _train_tokens(plan: Plan, arm: Arm, count: _Counter, templates) -> int:
+def _record_tokens(count: _Counter, records: list[dict]) -> list[int]:
+    # the record's JSON: its text plus about a chat template's worth of markup
+    return [count(json.dumps(r, ensure_ascii=False)) for r in records]
+
+
+def _train_tokens(plan: Plan, arm: Arm, count: _Counter) -> int:
+    """Tokens the arm's fine-tune will see: the subset (as rendered) and any replay rows, times the
+    epochs of its schedule (train/schedule.py), or max_steps steps of the schedule's step size."""
+    from tunelab.compare.render import subset_records
     from tunelab.config import TrainConfig
+    from tunelab.train import schedule
+    from tunelab.train.replay import replay_count
 
     cfg = TrainConfig.model_validate(plan.train_config(arm))
-    rows = plan.subset(arm.n)
-    per_row = sum(count(json.dumps(r.data, ensure_ascii=False)) for r in rows)  # fields + a template's worth of markup
-    steps_cap = cfg.train.max_steps * cfg.train.batch_tokens * cfg.train.grad_accum if cfg.train.max_steps else None
-    total = int(per_row * cfg.train.epochs)
-    return min(total, steps_cap) if steps_cap else total
+    lengths = _record_tokens(count, subset_records(plan.task, plan.source, plan.subset(arm.n), plan.rendering))
+    if cfg.replay is not None:
+        from tunelab.data.load import load_rows
+
+        sample = _record_tokens(count, [r.data for r in load_rows(cfg.replay.data)[:64]])
+        mean = sum(sample) / max(len(sample), 1)
+        lengths += [round(mean)] * replay_count(len(lengths), cfg.replay.ratio)
+    s = schedule.resolve(cfg.train, cfg.method, lengths)
+    if cfg.train.max_steps:
+        return min(int(cfg.train.max_steps * s.batch_tokens * s.grad_accum), int(sum(lengths) * 1000))
+    return int(sum(lengths) * s.epochs)
+
+
+def _retention_seconds(plan: Plan, arm: Arm, count: _Counter, shared: set) -> float:
+    """Retention tasks and drift for this arm: its own for a fine-tune, the base model's once for prompted arms."""
+    from tunelab.compare import retention
+    from tunelab.evaluate.prompts import TaskTemplates
+    from tunelab.evaluate.runner import load_task_rows
+
+    if not retention.scored(arm) or (not arm.fine_tuned and arm.model in shared):
+        return 0.0
+    if not arm.fine_tuned:
+        shared.add(arm.model)
+    seconds = 0.0
+    for rt in plan.retention:
+        rows = load_task_rows(rt.task) if rt.task.type != "perplexity" else []
+        rows = rows[:rt.limit] if rt.limit else rows
+        templates = TaskTemplates(rt.task, rt.where)
+        p, g = _task_tokens(rt.task, count, rows, templates)
+        seconds += p / PREFILL_TOKENS_PER_S + g / DECODE_TOKENS_PER_S
+    if plan.drift is not None and arm.fine_tuned:
+        prompt = sum(count(p) for _, p in plan.drift.prompts)
+        answers = plan.drift.max_new_tokens * len(plan.drift.prompts)
+        if arm.model not in shared:  # the base model's answers, once per model
+            seconds += answers / DECODE_TOKENS_PER_S
+            shared.add(arm.model)
+        seconds += 2 * (prompt + answers) / PREFILL_TOKENS_PER_S  # two forward passes: base and fine-tune
+    return seconds
 
 
 def estimate(plan: Plan) -> list[ArmEstimate]:
@@ -125,18 +173,21 @@ def estimate(plan: Plan) -> list[ArmEstimate]:
         rows = rows[:plan.config.limit]
     templates = TaskTemplates(task, plan.source)
     counters: dict[str, _Counter] = {}
+    shared: set = set()
     out = []
     for arm in plan.arms:
         count = counters.setdefault(arm.model, _Counter(arm.model))
         pool = plan.pool if (arm.k or 0) > 0 else []
         p, g = _eval_tokens(plan, arm, count, rows, templates, pool) if rows else (0, 0)
-        t = _train_tokens(plan, arm, count, templates) if arm.fine_tuned else 0
+        t = _train_tokens(plan, arm, count) if arm.fine_tuned else 0
         scale = _params(count.folder) / REFERENCE_PARAMS
         seconds = LOAD_S * (2 if arm.fine_tuned else 1) + scale * (p / PREFILL_TOKENS_PER_S + g / DECODE_TOKENS_PER_S)
         if arm.fine_tuned:
             seconds += scale * t / TRAIN_TOKENS_PER_S[arm.method]
         if arm.model.startswith("openai:"):
             seconds = p / PREFILL_TOKENS_PER_S + g / DECODE_TOKENS_PER_S  # unknown server: the local rates
+        scale_r = scale if not arm.model.startswith("openai:") else 1.0
+        ret = scale_r * _retention_seconds(plan, arm, count, shared)
         out.append(ArmEstimate(arm.id, p, g, t, round(seconds, 1), count.tokenizer is not None,
-                               finished=is_finished(plan, arm)))
+                               finished=is_finished(plan, arm), retention_s=round(ret, 1)))
     return out

@@ -37,6 +37,7 @@ PLAN_JSON = "plan.json"
 ARMS_DIR = "arms"
 DATA_DIR = "data"
 ARM_JSON = "arm.json"
+FIRST_EXAMPLE = "first_example.txt"  # the first training example beside the first test prompt
 LOCK_FILE = ".compare.lock"
 
 
@@ -74,6 +75,9 @@ class Plan:
     pool: list  # data.records.Row
     arms: list[Arm]
     signature: str = ""
+    rendering: Any = None  # compare.render.Rendering: how the fine-tunes' training records are made
+    retention: list = field(default_factory=list)  # compare.retention.RetentionTask
+    drift: Any = None  # compare.retention.Drift, or None
 
     def arm_dir(self, arm: Arm) -> Path:
         return self.out / ARMS_DIR / arm.id
@@ -95,6 +99,10 @@ class Plan:
         data = dict(cfg.get("data") or {})
         data["train"] = str(self.subset_path(arm.n).resolve())
         data.setdefault("eval", None)  # every one of the n examples trains; set data.eval to hold some out
+        if self.rendering is not None:
+            data.setdefault("format", self.rendering.format)  # the subset files' records (compare/render.py)
+        if isinstance(cfg.get("replay"), dict) and isinstance(cfg["replay"].get("data"), str):
+            cfg["replay"] = {**cfg["replay"], "data": resolve_path(cfg["replay"]["data"], self.base_dir)}
         cfg.update(name=arm.id, model=arm.model, method=arm.method, data=data,
                    out=str((self.arm_dir(arm) / "train").resolve()))
         return cfg
@@ -111,7 +119,7 @@ def _as_list(v) -> list:
     return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
-def _slug(model: str) -> str:
+def slug(model: str) -> str:
     """A folder-safe short name of a model string (openai:URL#NAME -> NAME, a path -> its last part)."""
     text = model.rsplit("#", 1)[-1] if model.startswith("openai:") else Path(model.rstrip("/")).name or model
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:40]
@@ -144,7 +152,7 @@ def expand_arms(cfg: CompareConfig, source: str, pool_size: int, pool_name: str)
         spec_cls = {"zero_shot": PromptArmSpec, "few_shot": FewShotArmSpec, "endpoint": EndpointArmSpec}.get(kind, FineTuneArmSpec)
         spec = build(spec_cls, body, f"{source}: {where}")
         model = spec.model or cfg.model
-        suffix = "" if model == cfg.model else f"@{_slug(model)}"
+        suffix = "" if model == cfg.model else f"@{slug(model)}"
         if kind == "zero_shot":
             arms.append(Arm("zero_shot" + suffix, "zero_shot", model, k=0, where=where))
         elif kind in ("few_shot", "endpoint"):
@@ -156,24 +164,29 @@ def expand_arms(cfg: CompareConfig, source: str, pool_size: int, pool_name: str)
                     if not isinstance(k, int) or isinstance(k, bool) or not low <= k <= 128:
                         hint = " (k: 0 is the zero_shot arm)" if kind == "few_shot" and k == 0 else ""
                         raise TunelabError(f"{source}: {where}.k: {k!r} must be an integer from {low} to 128{hint}")
-                    aid = f"endpoint-{_slug(model)}-k{k}-{s}" if kind == "endpoint" else f"few_shot-k{k}-{s}{suffix}"
+                    aid = f"endpoint-{slug(model)}-k{k}-{s}" if kind == "endpoint" else f"few_shot-k{k}-{s}{suffix}"
                     arms.append(Arm(aid, kind, model, k=k, sampler=s, where=where))
         else:
             if model.startswith("openai:"):
                 raise TunelabError(f"{source}: {where}.model: '{model}' is an endpoint; tunelab cannot fine-tune a served "
                                    "model; fine-tune a local model folder instead")
+            tag = spec.tag if spec.tag is not None else ("replay" if spec.train.get("replay") else None)
+            if tag is not None and not re.fullmatch(r"[A-Za-z0-9._]+", tag):
+                raise TunelabError(f"{source}: {where}.tag: {tag!r} must be letters, digits, '.' or '_' (it becomes "
+                                   "part of the arm's folder name)")
             for n in _as_list(spec.n):
                 if not isinstance(n, int) or isinstance(n, bool) or n < 1:
                     raise TunelabError(f"{source}: {where}.n: {n!r} must be a positive integer (training examples)")
                 if n > pool_size:
                     raise TunelabError(f"{source}: {where}.n: {n} exceeds the train pool ({pool_size} records in "
                                        f"{pool_name}); use n <= {pool_size} or a larger train_data")
-                arms.append(Arm(f"{kind}-n{n}{suffix}", kind, model, n=n, train=dict(spec.train), where=where))
+                aid = f"{kind}-n{n}" + (f"-{tag}" if tag else "") + suffix
+                arms.append(Arm(aid, kind, model, n=n, train=dict(spec.train), where=where))
     seen: dict[str, str] = {}
     for a in arms:
         if a.id in seen:
             raise TunelabError(f"{source}: {a.where} repeats arm '{a.id}' (already made by {seen[a.id]}); list each "
-                               "setting once")
+                               "setting once, or give one of them a tag: to tell them apart")
         seen[a.id] = a.where
     return arms
 
@@ -204,7 +217,7 @@ def check_metric(task, wanted: Optional[str], source: str) -> tuple[str, bool]:
     return metric, bool(by_name[metric].higher_is_better)
 
 
-def _resolve_path(spec: str, base_dir: Path) -> str:
+def resolve_path(spec: str, base_dir: Path) -> str:
     if spec.startswith(("builtin:", "openai:")):
         return spec
     p = Path(spec).expanduser()
@@ -232,11 +245,11 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
     from tunelab.evaluate.tasks import resolve_task
 
     cfg, source, base_dir = load_compare_config(config, overrides)
-    task_spec = _resolve_path(cfg.task, base_dir)
+    task_spec = resolve_path(cfg.task, base_dir)
     if not task_spec.startswith("builtin:") and not Path(task_spec).is_file():
         raise TunelabError(f"{source}: task: {cfg.task} not found (looked at {task_spec}); give a task YAML or builtin:<name>")
     task = resolve_task(task_spec)
-    pool_spec = _resolve_path(cfg.train_data, base_dir)
+    pool_spec = resolve_path(cfg.train_data, base_dir)
     pool = load_rows(pool_spec)
     if not pool:
         raise TunelabError(f"{source}: train_data: {cfg.train_data} has no records")
@@ -259,12 +272,47 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
             raise TunelabError(f"{source}: {where}: {e}") from None
     out_dir = Path(out) if out is not None else Path(cfg.out.format(name=cfg.name))
     plan = Plan(cfg, source, base_dir, out_dir, task, metric, higher, pool, arms)
+    # how the pool becomes demonstrations and training records: rendering every record now means a
+    # record the arms cannot read fails here (and in --dry-run), not after the arms before it ran
+    from tunelab.compare import render, retention
+
+    plan.rendering = render.choose(task, pool, source, cfg.train_data,
+                                   few_shot=any(a.k for a in arms if not a.fine_tuned),
+                                   fine_tune=any(a.fine_tuned for a in arms),
+                                   forced_format=(cfg.train.get("data") or {}).get("format"))
+    plan.retention = retention.plan_tasks(cfg, source, base_dir, task)
+    plan.drift = retention.plan_drift(cfg, source, base_dir) if any(a.fine_tuned for a in arms) else None
+    replay_read: set[tuple[str, str]] = set()
     for arm in arms:  # a bad training key fails now, not after the arms before it have run
         if arm.fine_tuned:
-            build(TrainConfig, plan.train_config(arm), f"{source}: {arm.where} (training config)")
+            _check_train(plan, arm, source, replay_read)
     pool_hash = _sha(json.dumps([r.data for r in pool], sort_keys=True, default=str))
     plan.signature = _sha(json.dumps({
         "model": cfg.model, "task": task_sha256(task), "pool": pool_hash, "metric": metric, "limit": cfg.limit,
-        "seed": cfg.seed, "train": cfg.train,
+        "seed": cfg.seed, "train": cfg.train, "render": [plan.rendering.mode, plan.rendering.format],
     }, sort_keys=True, default=str))
     return plan
+
+
+def _check_train(plan: Plan, arm: Arm, source: str, replay_read: set[tuple[str, str]]) -> None:
+    """The arm's training config validates, and its replay data can be read (one line naming the key)."""
+    cfg = build(TrainConfig, plan.train_config(arm), f"{source}: {arm.where} (training config)")
+    if cfg.replay is None or (cfg.replay.data, cfg.replay.format) in replay_read:
+        return
+    replay_read.add((cfg.replay.data, cfg.replay.format))
+    from tunelab.data.formats import detect_format, to_conversation
+    from tunelab.data.load import load_rows
+
+    where = f"{source}: {arm.where}: train.replay.data"
+    if not cfg.replay.data.startswith("builtin:") and not Path(cfg.replay.data).is_file():
+        raise TunelabError(f"{where}: {cfg.replay.data} not found; give a file of general instruction data "
+                           "(alpaca, messages, prompt_completion, ...)")
+    try:
+        rows = load_rows(cfg.replay.data)
+        if not rows:
+            raise TunelabError(f"{cfg.replay.data} has no records")
+        fmt = cfg.replay.format if cfg.replay.format != "auto" else detect_format(rows[0])[0]
+        for row in rows:
+            to_conversation(row, fmt)
+    except TunelabError as e:
+        raise TunelabError(f"{where}: cannot be read as training data ({e})") from None

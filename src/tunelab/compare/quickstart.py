@@ -26,11 +26,8 @@ def quickstart_config(*, task: str = "dates", model: str = "default", fast: bool
         "train_data": f"builtin:{task}?n={size['pool']}&seed=1",
         "limit": limit or size["limit"],
         "arms": ["zero_shot", {"few_shot": {"k": [3]}}, {"lora": {"n": size["n"]}}],
-        # small data: a high LoRA learning rate so it learns in minutes on a CPU
-        "train": {"lora": {"r": 16, "alpha": 32},
-                  "data": {"max_length": 256},
-                  "train": {"epochs": 1, "batch_tokens": 1024, "lr": 1.0e-3, "warmup": 0.05, "schedule": "cosine",
-                            "save_every": 25, "keep_checkpoints": 1}},
+        # no training keys: the fine-tunes get the defaults every compare gets (epochs, batch and
+        # learning rate from the subset's size, train/schedule.py)
         "safety": True,
     }
 

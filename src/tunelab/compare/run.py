@@ -21,8 +21,8 @@ from typing import Callable, Optional
 
 from tunelab import logs, paths
 from tunelab.compare.lock import folder_lock
-from tunelab.compare.plan import (ARM_JSON, COMPARE_JSON, COMPARE_YAML, LOCK_FILE, PLAN_JSON, Arm, Plan,
-                                  make_plan)
+from tunelab.compare.plan import (ARM_JSON, COMPARE_JSON, COMPARE_YAML, FIRST_EXAMPLE, LOCK_FILE, PLAN_JSON, Arm,
+                                  Plan, make_plan)
 from tunelab.config import to_yaml
 from tunelab.errors import TunelabError
 from tunelab.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
@@ -76,11 +76,28 @@ def is_finished(plan: Plan, arm: Arm) -> bool:
 
 
 def _write_subsets(plan: Plan) -> None:
+    """data/train-nN.jsonl: each subset's records as the fine-tunes train on them (compare/render.py)."""
+    from tunelab.compare.render import subset_records
+
     for n in sorted({a.n for a in plan.arms if a.fine_tuned}):
         path = plan.subset_path(n)
-        rows = [r.data for r in plan.subset(n)]
         if not path.is_file():
-            atomic_write_jsonl(path, rows)
+            atomic_write_jsonl(path, subset_records(plan.task, plan.source, plan.subset(n), plan.rendering))
+
+
+def _write_first_example(plan: Plan, arm: Arm) -> None:
+    """arms/<id>/first_example.txt: the first training example next to the first test prompt."""
+    from tunelab.compare.render import first_example
+    from tunelab.evaluate.runner import load_task_rows
+    from tunelab.models.loading import load_tokenizer, resolve
+
+    path = plan.arm_dir(arm) / FIRST_EXAMPLE
+    if path.is_file() or plan.task.type == "perplexity" and not plan.task.data:
+        return
+    tokenizer = load_tokenizer(resolve(arm.model)[1])
+    test_row = load_task_rows(plan.task)[0]
+    atomic_write_text(path, first_example(tokenizer, plan.task, plan.source, plan.subset_path(arm.n),
+                                          plan.rendering.format, test_row))
 
 
 def _train(plan: Plan, arm: Arm, say: Callable[[str], None]) -> Path:
@@ -94,6 +111,7 @@ def _train(plan: Plan, arm: Arm, say: Callable[[str], None]) -> Path:
         say(f"  {arm.id}: already trained ({run_dir})")
         return weights
     resume = ckpt.latest(run_dir) is not None
+    _write_first_example(plan, arm)
     say(f"  {arm.id}: {'resuming' if resume else 'training'} {arm.method} on {arm.n} examples -> {run_dir}")
     result = train(plan.train_config(arm), resume=resume, overwrite=not resume)
     return result.weights_dir
@@ -116,17 +134,21 @@ class _Models:
             return arm.model
         if arm.fine_tuned:
             return load_model(weights) if arm.method == "full" else load_model(arm.model, adapter=weights)
-        if arm.model not in self.base:
-            self.base = {arm.model: load_model(arm.model)}  # keep one: the next arms usually share it
-        return self.base[arm.model]
+        return self.base_of(arm.model)
+
+    def base_of(self, model: str):
+        from tunelab.models.loading import load_model
+
+        if model not in self.base:
+            self.base = {model: load_model(model)}  # keep one: the next arms usually share it
+        return self.base[model]
 
 
-def _evaluate(plan: Plan, arm: Arm, models: _Models, weights: Optional[Path]) -> None:
+def _evaluate(plan: Plan, arm: Arm, model) -> None:
     from tunelab.evaluate.runner import evaluate
     from tunelab.progress import Progress
 
     cfg = plan.config
-    model = models.get(arm, weights)
     # response metrics off: the toxicity screen scores the outputs afterwards (table.toxicity), so
     # the evaluation's wall time, the inference cost in the table, is generation and scoring only
     with Progress(f"eval {arm.id}") as progress:
@@ -176,25 +198,35 @@ def compare(config, overrides: Optional[list[str]] = None, *, out=None,
 
 
 def _run_arms(plan: Plan, result: CompareResult, say) -> None:
+    from tunelab.compare import retention
+
     models = _Models()
     for i, arm in enumerate(plan.arms, 1):
         marker = plan.arm_dir(arm) / ARM_JSON
-        if is_finished(plan, arm):
+        finished = is_finished(plan, arm)
+        if finished and not retention.missing(plan, arm):
             say(f"arm {i}/{len(plan.arms)} {arm.id}: finished earlier, kept")
             result.reused.append(arm.id)
             continue
-        say(f"arm {i}/{len(plan.arms)} {arm.id}")
-        old = _read_json(marker)
-        if old is not None and old.get("signature") != plan.arm_signature(arm):
-            # the same id made with other arm settings (its own train: keys): start that arm over
-            import shutil
+        say(f"arm {i}/{len(plan.arms)} {arm.id}" + (": finished earlier, scoring its retention" if finished else ""))
+        if not finished:
+            old = _read_json(marker)
+            if old is not None and old.get("signature") != plan.arm_signature(arm):
+                # the same id made with other arm settings (its own train: keys): start that arm over
+                import shutil
 
-            shutil.rmtree(plan.arm_dir(arm))
-        atomic_write_json(marker, {"id": arm.id, "signature": plan.arm_signature(arm), "state": "started"})
+                shutil.rmtree(plan.arm_dir(arm))
+            atomic_write_json(marker, {"id": arm.id, "signature": plan.arm_signature(arm), "state": "started"})
         weights = _train(plan, arm, say) if arm.fine_tuned else None
-        _evaluate(plan, arm, models, weights)
-        atomic_write_json(marker, {"id": arm.id, "signature": plan.arm_signature(arm), "state": "finished"})
-        result.ran.append(arm.id)
+        model = models.get(arm, weights)  # loaded before evaluate: an arm's inference cost is inference only
+        if not finished:
+            _evaluate(plan, arm, model)
+            atomic_write_json(marker, {"id": arm.id, "signature": plan.arm_signature(arm), "state": "finished"})
+            result.ran.append(arm.id)
+        if retention.scored(arm):
+            # prompted arms: the base model's scores, once per model; fine-tunes: their own weights
+            retention.run_tasks(plan, arm, model, say)
+            retention.run_drift(plan, arm, model, lambda: models.base_of(arm.model), say)
 
 
 __all__ = ["compare", "CompareResult", "make_plan"]

@@ -40,8 +40,55 @@ def _score(arm: dict) -> str:
 
 
 def _diff(d: dict) -> str:
+    """The size of a gap and the CI of that same gap: `delta` is (this arm − the other); a negative
+    delta is stated as its absolute value, so its interval flips sign with it."""
     lo, hi = d["ci95"]
+    if d["delta"] < 0:
+        lo, hi = -hi, -lo
     return f"{fmt(abs(d['delta']))} (difference 95% CI {fmt(lo)} to {fmt(hi)}, paired bootstrap p = {d['p']:.3g})"
+
+
+def _signed(d: dict) -> str:
+    """A change stated with its sign (arm − base) and the CI of that signed change."""
+    lo, hi = d["ci95"]
+    return f"{d['delta']:+.3g} (95% CI {fmt(lo)} to {fmt(hi)}, p = {d['p']:.3g})"
+
+
+# a training loss is "still falling steeply" when its last quarter of steps is below the quarter
+# before by more than both of these: 10% and 0.05 nats per token (a memorising run at loss 0.05
+# falls by 30% and by 0.015 nats: that is done, not undertrained)
+STEEP_SHARE, STEEP_NATS, MIN_STEPS = 0.10, 0.05, 8
+
+
+def loss_trend(losses: list[float]) -> dict:
+    """The mean training loss of the third and the last quarter of the steps, and whether it was still
+    falling steeply at the end (None when there are too few steps to tell)."""
+    n = len(losses)
+    if n < MIN_STEPS:
+        return {"loss_q3": None, "loss_q4": None, "still_falling": None}
+    q = n // 4
+    third, last = losses[n - 2 * q:n - q], losses[n - q:]
+    a, b = sum(third) / len(third), sum(last) / len(last)
+    steep = a - b > STEEP_NATS and a > 0 and (a - b) / a > STEEP_SHARE
+    return {"loss_q3": round(a, 4), "loss_q4": round(b, 4), "still_falling": bool(steep)}
+
+
+def training_warnings(arms: list[dict]) -> list[str]:
+    """An arm that barely trained, or whose loss was still falling steeply when it stopped."""
+    out = []
+    for a in arms:
+        t = a.get("training")
+        if not t or not t.get("steps"):
+            continue
+        if t["steps"] < MIN_STEPS:
+            out.append(f"{a['id']} trained for only {t['steps']} optimizer step(s): too few to judge a fine-tune; "
+                       "leave train.epochs and train.batch_tokens unset (automatic) or raise the epochs.")
+        elif t.get("still_falling"):
+            out.append(f"{a['id']}'s training loss was still falling steeply at its last step ({t['loss_q3']:.3f} to "
+                       f"{t['loss_q4']:.3f} nats per token over the last two quarters of its {t['steps']} optimizer "
+                       "steps): it may be undertrained, and more epochs could change this table (set the arm's "
+                       "train: {train: {epochs: ...}}).")
+    return out
 
 
 def _names(arms: list[dict]) -> str:
@@ -135,13 +182,99 @@ def break_even_sentence(be: Optional[dict]) -> Optional[str]:
     return head + " " + parts[0] + ", and " + parts[1] + "."
 
 
+def _retention_entry(e: dict) -> str:
+    return (f"{e['task']} {e['metric']} {fmt(e['value'])} vs {fmt(e['base_value'])} for the base model, "
+            f"change {_signed(e['diff_vs_base'])}")
+
+
+def retention_sentences(summary: dict) -> list[str]:
+    """What fine-tuning cost elsewhere: losses beside wins, shared base scores, drift."""
+    ret = summary.get("retention")
+    if not ret:
+        return []
+    arms = summary["arms"]
+    out = []
+    shared = [a["id"] for a in arms if a.get("retention") and all(e["shared_base"] for e in a["retention"])]
+    if shared and ret.get("tasks"):
+        out.append(f"{_names([{'id': i} for i in shared])} change no weights: they keep the base model's retention "
+                   "scores, computed once per base model and shared.")
+    for a in arms:
+        entries = [e for e in a.get("retention") or [] if not e["shared_base"] and e["diff_vs_base"]]
+        lost = [e for e in entries if e["task"] in (a.get("retention_overall") or {}).get("worse", [])]
+        if lost:
+            won = a["id"] == summary["best"]
+            head = f"{a['id']} won {summary['task']} but" if won else f"{a['id']}"
+            out.append(f"{head} lost significantly on " + "; ".join(_retention_entry(e) for e in lost) + ".")
+        elif entries:
+            out.append(f"{a['id']} kept its base model's general ability: no significant change on "
+                       + "; ".join(_retention_entry(e) for e in entries) + ".")
+    return out
+
+
+def replay_sentences(summary: dict) -> list[str]:
+    """A replay arm against its plain twin: retention recovered (or not), and the price on the task."""
+    out = []
+    for a in summary["arms"]:
+        r = a.get("replay")
+        if not r:
+            continue
+        parts = []
+        for task, d in (r.get("retention_diff") or {}).items():
+            if d is None:
+                continue
+            word = "recovered" if significant(d) and d["delta"] > 0 else (
+                "lost more" if significant(d) else "no significant change")
+            parts.append(f"on {task} {word}, {_signed(d)}")
+        t = r.get("target_diff")
+        task_part = (f"; on {summary['task']} {summary['main_metric']} it changed by {_signed(t)}"
+                     + (" (significant)" if significant(t) else " (not significant)")) if t else ""
+        if parts or task_part:
+            out.append(f"Replay in {a['id']} ({r['ratio']:.0%} general examples) against {r['twin']}: "
+                       + ("retention " + "; ".join(parts) if parts else "no retention task scored") + task_part + ".")
+    return out
+
+
+def retention_cost_sentence(summary: dict) -> Optional[str]:
+    """'Cost in retention' of the break-even's fine-tune, beside the break-even paragraph."""
+    be, ret = summary.get("break_even"), summary.get("retention")
+    if not be or not ret:
+        return None
+    arm = next((a for a in summary["arms"] if a["id"] == be["fine_tuned"]), None)
+    if arm is None:
+        return None
+    parts = []
+    overall = arm.get("retention_overall") or {}
+    if arm.get("retention"):
+        worse = overall.get("worse") or []
+        parts.append(f"significantly worse on {', '.join(worse)}" if worse
+                     else f"no significant loss on {len(arm['retention'])} retention task(s)")
+        if overall.get("mean_change_pct") is not None:
+            parts.append(f"mean change {overall['mean_change_pct']:+.1f}% against the base model")
+    d = arm.get("drift")
+    if d and d.get("kl_per_token") is not None:
+        ci = d.get("ci95") or [None, None]
+        parts.append(f"drift {d['kl_per_token']:.3g} nats per token from the base model on general prompts "
+                     f"(95% CI {ci[0]:.3g} to {ci[1]:.3g})" if ci[0] is not None else
+                     f"drift {d['kl_per_token']:.3g} nats per token")
+    if not parts:
+        return None
+    return (f"Cost in retention of {arm['id']}: " + "; ".join(parts) + f". {be['few_shot']} changes no weights "
+            "and so loses nothing of what the model knew.")
+
+
 def sentences(summary: dict) -> list[str]:
     """All sentences for a compare.json-shaped summary (arms with metric and diff_vs_best filled)."""
     arms = [a for a in summary["arms"] if a["metric"].get("value") is not None]
     out = verdict(arms, summary["best"], summary["main_metric"], summary.get("n_items") or 0)
+    out += training_warnings(arms)
     be = break_even_sentence(summary.get("break_even"))
     if be:
         out.append(be)
+        cost = retention_cost_sentence(summary)
+        if cost:
+            out.append(cost)
     elif summary.get("break_even") is None and any(a.get("train_cost") for a in arms):
         out.append("No break-even: there is no few-shot arm to set the fine-tune's training cost against.")
+    out += retention_sentences(summary)
+    out += replay_sentences(summary)
     return out

@@ -28,6 +28,22 @@ def _train_cost(run_dir: Path) -> Optional[dict]:
             "peak_mem_mib": s.get("peak_mem_mib"), "energy_wh": s.get("energy_wh")}
 
 
+def _training(run_dir: Path) -> Optional[dict]:
+    """How the arm trained: its schedule (which values were automatic) and its loss at the end."""
+    from tunelab.train.files import read_metrics_rows
+
+    path = run_dir / paths.SUMMARY_FILE
+    if not path.is_file():
+        return None
+    s = json.loads(path.read_text(encoding="utf-8"))
+    sched = s.get("schedule") or {}
+    losses = [r["loss"] for r in read_metrics_rows(run_dir / paths.METRICS_FILE)
+              if isinstance(r.get("loss"), (int, float))]
+    return {"steps": s.get("steps"), "epochs": sched.get("epochs"), "lr": sched.get("lr"),
+            "examples_per_step": sched.get("examples_per_step"), "auto": sched.get("auto") or [],
+            "train_rows": s.get("train_rows"), "final_loss": s.get("final_loss"), **sent.loss_trend(losses)}
+
+
 def _per_1k(res: Results) -> dict:
     c, n = res.cost, max(res.n, 1)
     prompt = c.get("prompt_tokens")
@@ -97,16 +113,41 @@ def summarize(plan: Plan, arms: Optional[list[Arm]] = None) -> dict:
             "metric": {"value": values[a.id], "ci95": m.get("ci95")},
             "diff_vs_best": _paired(results[best], res, metric, cfg.seed),
             "train_cost": _train_cost(plan.arm_dir(a) / "train") if a.fine_tuned else None,
+            "training": _training(plan.arm_dir(a) / "train") if a.fine_tuned else None,
             "infer_cost_per_1k": _per_1k(res),
             "toxicity": toxicity(res, cfg.toxicity_threshold) if cfg.safety else None,
             "eval_dir": f"{ARMS_DIR}/{a.id}/eval",
             "run_dir": f"{ARMS_DIR}/{a.id}/train" if a.fine_tuned else None,
             "signature": res.signature,
         })
+    from tunelab.compare import retention
+
     summary = {"name": cfg.name, "task": plan.task.name, "main_metric": metric,
                "higher_is_better": plan.higher_is_better, "n_items": results[first.id].n, "best": best,
                "arms": rows, "sentences": [], "break_even": sent.break_even(rows, plan.higher_is_better),
+               "retention": retention.summarize(plan, arms, rows),
+               "rendering": plan.rendering.note if plan.rendering is not None else None,
                "signature": plan.signature}
+    for a in arms:  # the gain each arm brings over the zero-shot arm of its model (the report's gain axis)
+        zero = next((b for b in arms if b.method == "zero_shot" and b.model == a.model), None)
+        if zero is not None:
+            next(r for r in rows if r["id"] == a.id)["diff_vs_zero_shot"] = _paired(results[zero.id], results[a.id],
+                                                                                    metric, cfg.seed)
+    for a in arms:  # a replay arm against its plain twin: what replay recovered, at what cost on the task
+        twin = _replay_twin(a, arms)
+        if twin is not None:
+            next(r for r in rows if r["id"] == a.id)["replay"] = {
+                "twin": twin.id, "ratio": a.train["replay"].get("ratio", 0.1),
+                "target_diff": _paired(results[twin.id], results[a.id], metric, cfg.seed),
+                "retention_diff": retention.between(plan, twin, a)}
     summary["sentences"] = sent.sentences(summary)
     return summary
+
+
+def _replay_twin(arm: Arm, arms: list[Arm]) -> Optional[Arm]:
+    """The arm's plain twin (same method, n and model, no replay of its own), when it has replay and one."""
+    if not arm.fine_tuned or not isinstance(arm.train.get("replay"), dict):
+        return None
+    return next((b for b in arms if b is not arm and b.method == arm.method and b.n == arm.n
+                 and b.model == arm.model and "replay" not in b.train), None)
 

@@ -7,6 +7,10 @@
 | alpaca            | instruction, input (optional), output    | user: instruction[\n\ninput]; assistant: output |
 | messages          | messages: [{role, content}] (OpenAI)     | as is (roles system/user/assistant) |
 | sharegpt          | conversations: [{from, value}]           | human->user, gpt->assistant, system |
+| plain             | prompt, completion                       | raw text, no chat template: the prompt is read, the completion (+ eos) trained |
+
+`plain` is never detected (its fields are prompt_completion's): it is what a plain-prompt task
+renders its records to (compare's fine-tuned arms), so training sees exactly the evaluation's text.
 
 `fields` maps a canonical name to the record's own name: {prompt: question, completion: answer}.
 """
@@ -19,7 +23,7 @@ from tunelab.errors import TunelabError
 
 FORMATS_DOC = "docs/train-config.md#data-formats"
 
-FORMATS = ("text", "prompt_completion", "alpaca", "messages", "sharegpt")
+FORMATS = ("text", "prompt_completion", "alpaca", "messages", "sharegpt", "plain")
 # Canonical fields of each format; the first list is required, the second optional.
 FIELDS = {
     "messages": (["messages"], ["id"]),
@@ -27,6 +31,7 @@ FIELDS = {
     "alpaca": (["instruction", "output"], ["input", "system", "id"]),
     "prompt_completion": (["prompt", "completion"], ["system", "id"]),
     "text": (["text"], ["id"]),
+    "plain": (["prompt", "completion"], ["id"]),
 }
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "bing": "assistant", "bard": "assistant", "model": "assistant",
@@ -45,7 +50,7 @@ def detect_format(row: Row, fields: dict[str, str] | None = None) -> tuple[str, 
         required = [fields.get(f, f) for f in FIELDS[fmt][0]]
         if all(r in present for r in required):
             return fmt, f"the first record has field(s) {', '.join(required)}"
-    expected = "; ".join(f"{fmt}: {', '.join(FIELDS[fmt][0])}" for fmt in FORMATS)
+    expected = "; ".join(f"{fmt}: {', '.join(FIELDS[fmt][0])}" for fmt in FORMATS if fmt != "plain")
     raise TunelabError(
         f"{row.source}: cannot tell the data format from fields {sorted(present)}{_misspelt(present, fields)}; "
         f"expected one of ({expected}); set data.format (--format) and map names with data.fields, e.g. fields: {{prompt: question}} "
@@ -116,6 +121,9 @@ def to_conversation(row: Row, fmt: str, fields: dict[str, str] | None = None, sy
     conv_id = str(rid) if rid is not None else str(row.line)
     if fmt == "text":
         return Conversation(conv_id, [], row.source, text=_check_nonempty(row, "text", _text(row, fields, "text")))
+    if fmt == "plain":  # the prompt may be empty (a document continued from nothing), the completion not
+        return Conversation(conv_id, [], row.source, prefix=_text(row, fields, "prompt"),
+                            text=_check_nonempty(row, "completion", _text(row, fields, "completion")))
     if fmt == "messages":
         msgs = _turns(row, _get(row, fields, "messages"), fields.get("messages", "messages"), "role", "content", None)
     elif fmt == "sharegpt":

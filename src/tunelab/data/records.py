@@ -22,7 +22,8 @@ class Conversation:
 
     `messages` are OpenAI-style {"role", "content"} dicts (roles: system, user, assistant).
     Raw-text records (format `text`) keep `messages` empty and set `text`: they are trained on
-    every token and have no prompt part.
+    every token. Format `plain` adds `prefix`, raw text before `text` that is read but not trained
+    (a plain prompt; no chat template on either).
     """
 
     id: str
@@ -30,6 +31,7 @@ class Conversation:
     source: str = ""
     text: Optional[str] = None
     meta: dict[str, Any] = field(default_factory=dict)
+    prefix: Optional[str] = None
 
     @property
     def is_text(self) -> bool:

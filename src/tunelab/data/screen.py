@@ -16,7 +16,7 @@ SHOWN_IDS = 20  # dropped ids named in the message; the count covers the rest
 
 def conversation_text(conv: Conversation) -> str:
     """What a scorer reads: the raw text, or every message's content one per line."""
-    return conv.text if conv.is_text else "\n".join(m["content"] for m in conv.messages)
+    return ((conv.prefix or "") + conv.text) if conv.is_text else "\n".join(m["content"] for m in conv.messages)
 
 
 def drop_above(convs: list[Conversation], scorer: Scorer, max_score: float,

@@ -26,6 +26,10 @@ PLOTS = {
                        "Dashed lines: arms that use no examples."),
     "quality-cost": ("Quality vs cost", "Main metric (95% CI) against inference time per 1,000 queries (left) "
                      "and one-off training time (right), on the machine that ran the compare."),
+    "gain-retention": ("Gain against retention", "What each arm gained on the task (over the zero-shot arm of its "
+                       "model) against what it kept of general ability: the change on each retention task against "
+                       "the base model, and the drift from the base model on general prompts; bars are 95% CIs. "
+                       "Prompted arms change no weights and sit at 0."),
     "loss": ("Training loss", "Training loss per optimizer step; dashed: held-out eval loss."),
     "metrics": ("Metrics", "Each metric with its 95% bootstrap CI."),
     "toxicity": ("Toxicity per arm", "Mean toxicity of each arm's outputs (the shipped classifier's P(toxic))."),

@@ -14,6 +14,7 @@ from typing import Any, Optional
 from tunelab import paths
 from tunelab.errors import TunelabError
 from tunelab.report import plots
+from tunelab.train.files import read_metrics_rows
 
 COMPARE_JSON = "compare.json"  # written by tunelab compare (docs/compare.md)
 COMPARE_YAML = "compare.yaml"
@@ -52,20 +53,6 @@ def _text(path: Path, missing: Optional[list[str]] = None, why: str = "") -> Opt
     if missing is not None:
         missing.append(f"{path.name}: not found ({why})")
     return None
-
-
-def read_metrics_rows(path: Path) -> list[dict]:
-    """metrics.jsonl rows; a torn last line of a killed run is skipped."""
-    rows = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
 
 
 def _eval(folder: Path, missing: list[str], label: str):
@@ -239,6 +226,11 @@ def compare_context(folder: Path) -> dict:
         missing.append("quality-vs-cost plot: no arm has both a metric and an inference cost")
     if loss_runs:
         figs["loss"] = plots.loss_curves(loss_runs)
+    retention = data.get("retention") if isinstance(data.get("retention"), dict) else None
+    if retention:
+        tasks = [t["name"] for t in retention.get("tasks") or [] if isinstance(t, dict) and t.get("name")]
+        figs["gain-retention"] = plots.gain_vs_retention(scored, main or "metric", tasks,
+                                                         drift=bool(retention.get("drift_prompts")))
     tox = [a for a in arms if isinstance(a.get("toxicity"), dict) and a["toxicity"].get("mean") is not None]
     if tox:
         figs["toxicity"] = plots.metric_bars([str(a["id"]) for a in tox], [float(a["toxicity"]["mean"]) for a in tox],
@@ -253,9 +245,32 @@ def compare_context(folder: Path) -> dict:
         "many_models": len({str(a.get("model")) for a in arms}) > 1,  # one model: named once, not per row
         "plots": figs, "toxicity": [(str(a["id"]), num(a["toxicity"].get("mean")), num(a["toxicity"].get("max")),
                                      num(a["toxicity"].get("share_over_threshold"))) for a in tox],
+        "retention": retention_rows(arms) if retention else None,
+        "retention_wall_s": num((retention or {}).get("wall_s", {}).get("total")),
         "disagreements": disagreements(arms, evals, main), "arm_ids": [str(a["id"]) for a in arms],
         "signatures": signatures, "configs": configs, "missing": missing,
     }
+
+
+def retention_rows(arms: list[dict]) -> list[dict]:
+    """One row per arm and retention task: value, CI, change against the base model, drift."""
+    rows = []
+    for a in arms:
+        d = a.get("drift") or {}
+        drift = ("0 (no weights changed)" if d.get("shared_base") else num(d.get("kl_per_token"))
+                 + (f" {ci(d.get('ci95'))}" if d.get("ci95") else "")) if d else "–"
+        for i, e in enumerate(a.get("retention") or []):
+            diff = e.get("diff_vs_base") or {}
+            rows.append({"id": str(a["id"]) if i == 0 else "", "task": f"{e.get('task')} ({e.get('metric')})",
+                         "value": num(e.get("value")), "ci": ci(e.get("ci95")),
+                         "delta": "base" if e.get("shared_base") else num(diff.get("delta")),
+                         "delta_ci": "" if e.get("shared_base") else ci(diff.get("ci95")),
+                         "p": "" if e.get("shared_base") else pval(diff.get("p")),
+                         "drift": drift if i == 0 else ""})
+        if not a.get("retention") and a.get("drift"):
+            rows.append({"id": str(a["id"]), "task": "–", "value": "", "ci": "", "delta": "", "delta_ci": "", "p": "",
+                         "drift": drift})
+    return rows
 
 
 def break_even_rows(be) -> list[tuple[str, str]]:

@@ -130,6 +130,46 @@ def quality_vs_cost(arms: Sequence[dict], metric: str) -> str:
     return _svg(fig, f"quality vs cost: {metric} against inference and training time")
 
 
+def gain_vs_retention(arms: Sequence[dict], metric: str, tasks: Sequence[str], drift: bool) -> str:
+    """Target-task gain (y) against retention change (x), one point per arm, 95% CIs as bars.
+
+    One panel per retention task (x: the arm minus its base model on that task) and, with drift, one
+    panel with the drift (x: KL per token from the base model). y is the arm's gain over the zero-shot
+    arm of its model (paired difference), or its plain value when there is no zero-shot arm.
+    """
+    panels = list(tasks) + (["drift"] if drift else [])
+    fig, axes = _figure("gain-retention", size=(4.2 * len(panels), 3.8), ncols=len(panels))
+    for ax, panel in zip(axes, panels):
+        for i, arm in enumerate(arms):
+            gain = arm.get("diff_vs_zero_shot")
+            if gain:
+                y, (ylo, yhi) = gain["delta"], gain["ci95"]
+            else:
+                y, ylo, yhi = _ci(arm.get("metric"))
+            if panel == "drift":
+                d = arm.get("drift") or {}
+                x, (xlo, xhi) = d.get("kl_per_token"), (d.get("ci95") or [None, None])
+            else:
+                e = next((e for e in arm.get("retention") or [] if e.get("task") == panel), None)
+                if not e or not e.get("diff_vs_base"):
+                    continue
+                x, (xlo, xhi) = e["diff_vs_base"]["delta"], e["diff_vs_base"]["ci95"]
+            if not (_finite(x) and _finite(y)):
+                continue
+            xerr = [[x - xlo if _finite(xlo) else 0], [xhi - x if _finite(xhi) else 0]]
+            yerr = [[y - ylo if _finite(ylo) else 0], [yhi - y if _finite(yhi) else 0]]
+            marker = "s" if arm.get("method") in FINE_TUNED else "o"
+            ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt=marker, color=f"C{i % 10}", capsize=3, ms=5)
+            ax.annotate(str(arm.get("id")), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        ax.axvline(0, color="0.5", lw=0.8)
+        ax.set_xlabel("drift: KL per token from the base model (nats)" if panel == "drift"
+                      else f"change on {panel} vs the base model")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"{metric}: gain over zero-shot (95% CI)" if any(a.get("diff_vs_zero_shot") for a in arms)
+                       else f"{metric} (95% CI)")
+    return _svg(fig, f"target-task gain against retention change: {metric}")
+
+
 def loss_curves(runs: dict[str, Sequence[dict]]) -> str:
     """Training loss (and eval loss, dashed) per optimizer step, one colour per run."""
     fig, (ax,) = _figure("loss")

@@ -124,10 +124,11 @@ def _spans(tokenizer, conv: Conversation, render_fn=None) -> tuple[str, list[tup
 def pieces(tokenizer, conv: Conversation, render_fn=None) -> list[tuple[str, bool]]:
     """The conversation's text cut into (text, is_assistant) pieces, each tokenized on its own.
 
-    A text record is one assistant-like piece (every token trained); its eos is added by the caller.
+    A text record is one assistant-like piece (every token trained), after its untrained prefix
+    when it has one (format plain); its eos is added by the caller.
     """
     if conv.is_text:
-        return [(conv.text, True)]
+        return [(conv.prefix, False), (conv.text, True)] if conv.prefix else [(conv.text, True)]
     full, spans = _spans(tokenizer, conv, render_fn)
     out, pos = [], 0
     for start, end in spans:

@@ -7,6 +7,9 @@ tunelab.train.checkpoint; this module only says what each one means.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from tunelab import paths
 from tunelab.train import checkpoint as ckpt
 
@@ -70,6 +73,8 @@ SUMMARY_KEYS = {
     "steady_from_step": "where the steady state starts",
     "compiles": "graphs torch.compile built",
     "batch_tokens": "the micro-batch token budget used (also when sized automatically)",
+    "schedule": "the loop's resolved settings {epochs, batch_tokens, grad_accum, lr, examples_per_step, auto}: "
+                "`auto` lists those the automatic schedule chose from the data size (train/schedule.py)",
     "row_width": "fixed packed-row width (null when rows are not padded to one width)",
     "threads": "CPU threads used (null on a GPU)",
     "peak_mem_mib": "peak memory per process (MiB), the max over launches",
@@ -90,3 +95,17 @@ SUMMARY_KEYS = {
     "processes": "processes of the run (DDP / FSDP)",
     "precision": "fp32, bf16 or fp16",
 }
+
+
+def read_metrics_rows(path: Path) -> list[dict]:
+    """metrics.jsonl rows; a torn last line of a killed run is skipped."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
+                rows.append(row)
+    return rows

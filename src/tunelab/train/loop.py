@@ -45,7 +45,7 @@ from tunelab.progress import Progress
 from tunelab.progress import quiet as progress_quiet
 from tunelab.models.export import ADAPTER_META_FILE  # base model name, path, weights hash, method
 from tunelab.train import checkpoint as ckpt
-from tunelab.train import cost
+from tunelab.train import cost, schedule
 from tunelab.train.attention import DOC_ATTN
 from tunelab.train.attention import register as register_doc_attention
 from tunelab.train.loss import PackedCausalLM, base_causal_lm
@@ -132,6 +132,11 @@ class Recipe:
             raise TunelabError("train.precision=fp16 needs a CUDA GPU; use train.precision=fp32 (or auto) on CPU")
         self.precision = precision
         check_writable(self.run_dir, setting="out")  # before any model or data loads
+        if cfg.replay is not None:
+            where = self._data_path(cfg.replay.data)
+            if not where.startswith("builtin:") and not Path(where).is_file():
+                raise TunelabError(f"replay.data: {cfg.replay.data} not found (looked at {where}); give a file of "
+                                   "general instruction data, or drop replay:")
         if resume and ckpt.latest(self.run_dir) is None:
             raise ParameterError(f"{self.run_dir}: no complete checkpoint to resume from; start without {{resume}}", "resume")
         # resume: refuse settings that would make config.yaml lie about the checkpoints
@@ -271,7 +276,10 @@ class Recipe:
         cfg = self.cfg
         self.train_ex, self.eval_ex = self._load_examples()
         self.lengths = _lengths(self.train_ex)
-        self.batch_tokens = self._batch_tokens()
+        # epochs, lr and the batch left at auto follow from the data (schedule.py states the rule)
+        self.schedule = schedule.resolve(cfg.train, cfg.method, self.lengths, world=self.world,
+                                         memory_budget=self._memory_budget())
+        self.batch_tokens = self.schedule.batch_tokens
         check_budget(self.lengths, self.batch_tokens)
         check_budget(_lengths(self.eval_ex), self.batch_tokens)
         # fixed shapes (packing.py) where shapes cost: compiled layers and flex_attention's BlockMask
@@ -284,24 +292,24 @@ class Recipe:
                                       seed=cfg.train.seed, packing=cfg.data.packing) if self.eval_ex else []
 
         # steps: every epoch's plan is deterministic, so the total is known before training
-        self.per_step = self.world * cfg.train.grad_accum  # micro-batches per optimizer step
+        self.per_step = self.world * self.schedule.grad_accum  # micro-batches per optimizer step
         self._plans: dict[int, list[list[int]]] = {}
         if cfg.train.max_steps:
             self.total_steps = cfg.train.max_steps
         else:
-            whole, frac = int(cfg.train.epochs), cfg.train.epochs - int(cfg.train.epochs)
+            epochs = self.schedule.epochs
+            whole, frac = int(epochs), epochs - int(epochs)
             self.total_steps = sum(self.steps_in_epoch(e) for e in range(whole))
             self.total_steps += math.ceil(frac * self.steps_in_epoch(whole)) if frac else 0
         self._say(f"{len(self.train_ex)} training rows ({sum(self.lengths)} tokens), {len(self.eval_ex)} eval rows; "
-                  f"{self.total_steps} optimizer steps of {self.per_step} micro-batch(es) ≤ {self.batch_tokens} tokens")
+                  f"{self.total_steps} optimizer steps of {self.per_step} micro-batch(es) ≤ {self.batch_tokens} tokens; "
+                  f"{self.schedule.describe()}")
 
-    def _batch_tokens(self) -> int:
-        """train.batch_tokens, or when unset: sized from free GPU memory on CUDA, 8192 on CPU."""
-        if self.cfg.train.batch_tokens is not None:
-            return self.cfg.train.batch_tokens
+    def _memory_budget(self) -> Optional[int]:
+        """With train.batch_tokens unset on CUDA: the micro-batch that fills free GPU memory; else None."""
         device = self.accelerator.device
-        if device.type != "cuda":
-            return 8192
+        if self.cfg.train.batch_tokens is not None or device.type != "cuda":
+            return None
         lm_config = base_causal_lm(self.lm.model).config
         free, _ = torch.cuda.mem_get_info(device)
         weight_bytes = 2 if (self.adapter and self.precision == "bf16") else (1 if self.cfg.method == "qlora" else 4)
@@ -311,7 +319,8 @@ class Recipe:
             intermediate=getattr(lm_config, "intermediate_size", 4 * lm_config.hidden_size),
             vocab=lm_config.vocab_size, grad_checkpointing=self.cfg.train.grad_checkpointing,
             longest=max(self.lengths, default=1))
-        self._say(f"train.batch_tokens unset: {budget} tokens fill {free / 2**30:.1f} GiB of free GPU memory")
+        self._say(f"train.batch_tokens unset: micro-batches of up to {budget} tokens fit {free / 2**30:.1f} GiB of "
+                  "free GPU memory")
         return budget
 
     def _load_examples(self):
@@ -353,7 +362,24 @@ class Recipe:
         train_ex = full.select(train_idx).trainable(log=log)
         if eval_idx:
             eval_ex = full.select(eval_idx).trainable(log=log)
+        if cfg.replay is not None:  # after the hold-out: the eval loss stays the task's own
+            train_ex = self._mix_replay(train_ex, kw, log)
         return train_ex, eval_ex
+
+    def _mix_replay(self, train_ex, kw: dict, log):
+        """The task rows followed by replay records (replay.py: the ratio counts examples)."""
+        from tunelab.templates.cache import prepare
+        from tunelab.train.replay import Mixed, draw, replay_count
+
+        r = self.cfg.replay
+        pool = prepare(self._data_path(r.data), self.tokenizer, **{**kw, "format": r.format, "fields": None})
+        pool = pool.trainable(log=log)
+        k = replay_count(len(train_ex), r.ratio)
+        mixed = Mixed(train_ex, pool.select(draw(len(pool), k, self.cfg.train.seed)))
+        token_share = float(mixed.replay.lengths.sum()) / max(float(mixed.lengths.sum()), 1.0)
+        self._say(f"replay: {k} of {len(pool)} records of {r.data} mixed into {len(train_ex)} task rows "
+                  f"({k / len(mixed):.0%} of the examples, {token_share:.0%} of the tokens)")
+        return mixed
 
     def _data_path(self, spec: str) -> str:
         """A relative data path is looked up next to the config file first, then in the cwd."""
@@ -381,7 +407,7 @@ class Recipe:
         groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": t.weight_decay},
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
         fused = self.accelerator.device.type == "cuda"  # one kernel for all params; CUDA only
-        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=t.lr, fused=fused or None)
+        self.optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.schedule.lr, fused=fused or None)
         warmup = int(round(t.warmup * self.total_steps)) if t.warmup < 1 else int(t.warmup)
         self.scheduler = get_scheduler(SCHEDULES[t.schedule], self.optimizer, num_warmup_steps=warmup,
                                        num_training_steps=self.total_steps)
@@ -497,7 +523,7 @@ class Recipe:
                     acc.backward(ce_sum * (w * self.world / max(n_sup, 1)))
                 loss_sum += ce_sum.detach() * w
         except torch.OutOfMemoryError:
-            raise TunelabError(oom_message(step, self.batch_tokens, cfg.train.grad_accum,
+            raise TunelabError(oom_message(step, self.batch_tokens, self.schedule.grad_accum,
                                            cfg.train.grad_checkpointing)) from None
         loss = float(self._sum(loss_sum.reshape(1).double())[0]) / max(n_sup, 1)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -657,6 +683,7 @@ class Recipe:
                 # steady state (after the last compilation; see cost.SteadyState) and compilations
                 **{k: v for k, v in self._rates().items() if not k.startswith("run_")},
                 "batch_tokens": self.batch_tokens,
+                "schedule": self.schedule.to_json(),
                 "row_width": self.row_width,
                 "threads": torch.get_num_threads() if acc.device.type == "cpu" else None,
                 "peak_mem_mib": round(peak, 1),  # per process (mean over processes)
