@@ -144,3 +144,22 @@ def test_quickstart_fast_on_a_tiny_model(tiny_dir, tmp_path):
     assert [a["id"] for a in res.summary["arms"]] == ["zero_shot", "few_shot-k3-random", "lora-n8", "lora-n16"]
     assert res.summary["n_items"] == 6 and res.summary["sentences"]
     assert all(a["toxicity"] is not None for a in res.summary["arms"])  # the quickstart screens outputs
+
+
+def test_dry_run_with_max_steps_and_no_batch_tokens(capsys, tiny_dir, tmp_path):
+    """Issue 26 case 3: train.train.max_steps without batch_tokens crashed the estimate (int * None)."""
+    path = tmp_path / "cmp.yaml"
+    path.write_text(yaml.safe_dump(config(tiny_dir, train={"train": {"max_steps": 5}}, out=str(tmp_path / "out"))))
+    code, out, err = run_cli(capsys, "compare", str(path), "--dry-run")
+    assert code == 0, err
+    assert "lora-n16" in out and "estimated total" in out
+
+
+def test_dry_run_fails_on_a_pool_the_arms_cannot_read(capsys, tiny_dir, tmp_path):
+    """Issue 26 case 3: the dry run must fail on what the real run would fail on."""
+    (tmp_path / "pool.jsonl").write_text("".join(json.dumps({"question": f"q{i}", "reply": f"a{i}"}) + "\n" for i in range(20)))
+    path = tmp_path / "cmp.yaml"
+    path.write_text(yaml.safe_dump(config(tiny_dir, train_data="pool.jsonl", arms=["zero_shot", {"lora": {"n": [8]}}])))
+    code, out, err = run_cli(capsys, "compare", str(path), "--dry-run")
+    assert code == 2 and "pool.jsonl:1" in err and "no training format either" in err
+    assert err.strip().count("\n") == 0

@@ -98,3 +98,44 @@ def test_equal_scores_name_no_winner():
     arms = [arm("zero_shot", "zero_shot", 0.0, k=0), arm("lora-n8", "lora", 0.0, train={"wall_s": 1.0, "tokens": 9})]
     assert summary(arms, "zero_shot")["sentences"][0] == ("All 2 arms score exact_match 0.000 on these 50 test items: "
                                                           "no arm is better than another.")
+
+
+def test_a_stated_gap_carries_the_interval_of_that_same_gap():
+    """Issue 26 case 8: 'the gap to X is 0.125' came with the CI of X minus the best (-0.375 to 0.000)."""
+    arms = [arm("lora-n64", "lora", 0.50, train={"wall_s": 50.0, "tokens": 4_000}),
+            arm("zero_shot", "zero_shot", 0.375, -0.125, (-0.375, 0.0), 0.08, k=0)]
+    text = " ".join(summary(arms, "lora-n64")["sentences"])
+    assert "The gap to zero_shot is 0.125 (difference 95% CI 0.000 to 0.375" in text
+    arms = [arm("lora-n256", "lora", 0.90, train={"wall_s": 50.0, "tokens": 4_000}),
+            arm("few_shot-k3-random", "few_shot", 0.725, -0.175, (-0.300, -0.050), 0.01, k=3)]
+    text = " ".join(summary(arms, "lora-n256")["sentences"])
+    assert "ahead of the runner-up few_shot-k3-random by 0.175 (difference 95% CI 0.050 to 0.300" in text
+    # lower is better: the other arm's delta is positive, stated as it is
+    arms = [arm("lora-n64", "lora", 2.0, train={"wall_s": 50.0, "tokens": 4_000}),
+            arm("zero_shot", "zero_shot", 2.5, 0.5, (0.2, 0.8), 0.001, k=0)]
+    text = " ".join(summary(arms, "lora-n64", higher=False)["sentences"])
+    assert "by 0.500 (difference 95% CI 0.200 to 0.800" in text
+
+
+@pytest.mark.parametrize("losses, falling", [
+    ([3.0 - 0.1 * i for i in range(16)], True),  # still dropping 0.4 nats a quarter: undertrained
+    ([2.0, 1.0, 0.5, 0.2] + [0.1] * 12, False),  # flat at the end
+    ([0.2, 0.15, 0.1, 0.09, 0.08, 0.07, 0.06, 0.05], False),  # memorising: -30% but only 0.02 nats
+    ([3.0, 2.0, 1.0], None),  # too few steps to tell
+])
+def test_loss_trend(losses, falling):
+    from tunelab.compare.sentences import loss_trend
+
+    assert loss_trend(losses)["still_falling"] is falling
+
+
+def test_training_warnings_name_the_arm_and_the_fix():
+    from tunelab.compare.sentences import training_warnings
+
+    arms = [{"id": "lora-n128", "training": {"steps": 2}},
+            {"id": "lora-n800", "training": {"steps": 96, "still_falling": True, "loss_q3": 2.1, "loss_q4": 1.7}},
+            {"id": "lora-n64", "training": {"steps": 64, "still_falling": False}}, {"id": "zero_shot"}]
+    out = training_warnings(arms)
+    assert len(out) == 2
+    assert out[0].startswith("lora-n128 trained for only 2 optimizer step(s)")
+    assert out[1].startswith("lora-n800's training loss was still falling steeply at its last step (2.100 to 1.700")

@@ -44,7 +44,7 @@ def _diff(d: dict) -> str:
     delta is stated as its absolute value, so its interval flips sign with it."""
     lo, hi = d["ci95"]
     if d["delta"] < 0:
-        lo, hi = -hi, -lo
+        lo, hi = 0.0 - hi, 0.0 - lo  # 0.0 - x: no "-0.000" for a bound at zero
     return f"{fmt(abs(d['delta']))} (difference 95% CI {fmt(lo)} to {fmt(hi)}, paired bootstrap p = {d['p']:.3g})"
 
 
