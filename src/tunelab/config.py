@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunelab.errors import TunelabError
 
@@ -291,6 +291,40 @@ class FineTuneArmSpec(_Strict):
     tag: Optional[str] = Field(None, description="appended to the arm's id (lora-n256-TAG), to list one method and n "
                                                  "twice with other train: keys; an arm whose own train: sets replay "
                                                  "gets -replay by default")
+    tune: Optional["TuneSpec"] = Field(None, description="a small sweep chosen on a validation split carved from "
+                                                         "the pool (never the test items): {lr: [1e-4, 3e-4], epochs: "
+                                                         "[3, 6], val: 50}; the table shows the choice and the sweep's cost")
+
+
+class TuneSpec(_Strict):
+    """`tune: {lr: [1e-4, 3e-4], epochs: [3, 6], val: 50}`: one training run per (lr, epochs), the best on validation."""
+
+    lr: Optional[list[float]] = Field(None, min_length=1, description="learning rates to try (unset: the arm's own)")
+    epochs: Optional[list[float]] = Field(None, min_length=1, description="epoch counts to try (unset: the arm's own)")
+    val: int = Field(50, ge=8, le=2000, description="validation records carved from the end of the pool's "
+                                                    "permutation, never in any arm's training subset")
+
+    @field_validator("lr")
+    @classmethod
+    def _lrs(cls, v):
+        if v is not None and not all(0 < x < 1 for x in v):
+            raise ValueError("every learning rate must be in (0, 1), e.g. [1e-4, 3e-4]")
+        return v
+
+    @field_validator("epochs")
+    @classmethod
+    def _epochs(cls, v):
+        if v is not None and not all(0 < x <= 1000 for x in v):
+            raise ValueError("every epoch count must be in (0, 1000]")
+        return v
+
+    @model_validator(mode="after")
+    def _grid(self):
+        if self.lr is None and self.epochs is None:
+            raise ValueError("give lr: [...] or epochs: [...] (or both) to sweep")
+        if len(self.lr or [0]) * len(self.epochs or [0]) > 16:
+            raise ValueError("at most 16 settings (lr x epochs); each is a full training run")
+        return self
 
 
 class EndpointArmSpec(_Strict):
@@ -304,10 +338,12 @@ class EndpointArmSpec(_Strict):
 # The page listing every key of each model (generated from these Field descriptions); a
 # validation error ends by naming it.
 CompareConfig.model_rebuild()  # the retention specs are declared after it
+FineTuneArmSpec.model_rebuild()  # and TuneSpec after the arm that uses it
 
 KEY_DOCS = {TrainConfig: "docs/train-config.md", TaskConfig: "docs/tasks.md", CompareConfig: "docs/compare.md",
             RetentionSpec: "docs/compare.md", RetentionPromptsSpec: "docs/compare.md",
             PromptArmSpec: "docs/compare.md", FewShotArmSpec: "docs/compare.md", FineTuneArmSpec: "docs/compare.md",
+            TuneSpec: "docs/compare.md",
             EndpointArmSpec: "docs/compare.md"}
 
 

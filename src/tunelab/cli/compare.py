@@ -47,7 +47,8 @@ def print_compare(summary: dict) -> None:
                         "-" if is_best else _ci(d["ci95"]), "-" if is_best else f"{d['p']:.3g}")
     console.print(quality)
     # training and inference apart: one cost table with ten columns does not fit 80 columns either
-    train = Table(title="training (one-off cost; * = set by the automatic schedule)")
+    train = Table(title="training (one-off cost; * = set by the automatic schedule, ^ = chosen by tune:, whose "
+                        "cost counts every run of its sweep)")
     for c in ("arm", "steps", "epochs", "lr", "wall s", "tokens", "FLOPs", "peak MiB", "energy Wh"):
         train.add_column(c, justify="left" if c == "arm" else "right", overflow="fold")
     for a in summary["arms"]:
@@ -55,8 +56,10 @@ def print_compare(summary: dict) -> None:
         if t:
             auto = how.get("auto") or []
 
+            tuned = (a.get("tune") or {}).get("chosen") or {}
+
             def mark(key, text):
-                return text + ("*" if key in auto else "")
+                return text + ("^" if key in tuned else "*" if key in auto else "")
 
             train.add_row(escape(a["id"]), str(how.get("steps", "-")),
                           mark("epochs", f"{how['epochs']:g}") if how.get("epochs") is not None else "-",

@@ -113,7 +113,7 @@ def _record_tokens(count: _Counter, records: list[dict]) -> list[int]:
     return [count(json.dumps(r, ensure_ascii=False)) for r in records]
 
 
-def _train_tokens(plan: Plan, arm: Arm, count: _Counter) -> int:
+def _train_tokens(plan: Plan, arm: Arm, count: _Counter, setting: Optional[dict] = None) -> int:
     """Tokens the arm's fine-tune will see: the subset (as rendered) and any replay rows, times the
     epochs of its schedule (train/schedule.py), or max_steps steps of the schedule's step size."""
     from tunelab.compare.render import subset_records
@@ -121,7 +121,7 @@ def _train_tokens(plan: Plan, arm: Arm, count: _Counter) -> int:
     from tunelab.train import schedule
     from tunelab.train.replay import replay_count
 
-    cfg = TrainConfig.model_validate(plan.train_config(arm))
+    cfg = TrainConfig.model_validate(plan.train_config(arm, setting))
     lengths = _record_tokens(count, subset_records(plan.task, plan.source, plan.subset(arm.n), plan.rendering))
     if cfg.replay is not None:
         from tunelab.data.load import load_rows
@@ -133,6 +133,21 @@ def _train_tokens(plan: Plan, arm: Arm, count: _Counter) -> int:
     if cfg.train.max_steps:
         return min(int(cfg.train.max_steps * s.batch_tokens * s.grad_accum), int(sum(lengths) * 1000))
     return int(sum(lengths) * s.epochs)
+
+
+def _tune_cost(plan: Plan, arm: Arm, count: _Counter, templates) -> tuple[int, float, float]:
+    """A tuned arm's sweep: training tokens of every setting, the extra model loads (a training run and a
+    validation scoring per setting beyond the first) in seconds, and the seconds of validation scoring."""
+    from tunelab.compare.tune import VAL_LOSS, ranked_by, settings
+
+    grid = settings(arm.tune)
+    tokens = sum(_train_tokens(plan, arm, count, s) for s in grid)
+    seconds, loads = 0.0, LOAD_S * (len(grid) - 1)
+    if ranked_by(plan)[0] != VAL_LOSS and plan.task.type != "perplexity":
+        p, g = _task_tokens(plan.task, count, plan.validation(arm.tune.val), templates)
+        seconds = len(grid) * (p / PREFILL_TOKENS_PER_S + g / DECODE_TOKENS_PER_S)
+        loads += LOAD_S * len(grid)
+    return tokens, loads, seconds
 
 
 def _retention_seconds(plan: Plan, arm: Arm, count: _Counter, shared: set) -> float:
@@ -179,9 +194,12 @@ def estimate(plan: Plan) -> list[ArmEstimate]:
         count = counters.setdefault(arm.model, _Counter(arm.model))
         pool = plan.pool if (arm.k or 0) > 0 else []
         p, g = _eval_tokens(plan, arm, count, rows, templates, pool) if rows else (0, 0)
-        t = _train_tokens(plan, arm, count) if arm.fine_tuned else 0
+        t = _train_tokens(plan, arm, count) if arm.fine_tuned and arm.tune is None else 0
         scale = _params(count.folder) / REFERENCE_PARAMS
         seconds = LOAD_S * (2 if arm.fine_tuned else 1) + scale * (p / PREFILL_TOKENS_PER_S + g / DECODE_TOKENS_PER_S)
+        if arm.fine_tuned and arm.tune is not None:
+            t, load_s, tune_s = _tune_cost(plan, arm, count, templates)
+            seconds += load_s + scale * tune_s
         if arm.fine_tuned:
             seconds += scale * t / TRAIN_TOKENS_PER_S[arm.method]
         if arm.model.startswith("openai:"):

@@ -52,6 +52,7 @@ class Arm:
     sampler: Optional[str] = None
     n: Optional[int] = None  # training examples (fine-tuned arms)
     train: dict = field(default_factory=dict)  # this arm's own training-config keys
+    tune: Any = None  # config.TuneSpec: a sweep chosen on the validation split (compare/tune.py)
     where: str = ""  # "arms[2].lora" for error messages
 
     @property
@@ -59,8 +60,11 @@ class Arm:
         return self.method in FINE_TUNE_METHODS
 
     def describe(self) -> dict:
-        return {"id": self.id, "method": self.method, "model": self.model, "k": self.k, "sampler": self.sampler,
-                "n": self.n, "train": self.train}
+        d = {"id": self.id, "method": self.method, "model": self.model, "k": self.k, "sampler": self.sampler,
+             "n": self.n, "train": self.train}
+        if self.tune is not None:  # only when set: arms of older compares keep their signatures
+            d["tune"] = self.tune.model_dump()
+        return d
 
 
 @dataclass
@@ -82,20 +86,34 @@ class Plan:
     def arm_dir(self, arm: Arm) -> Path:
         return self.out / ARMS_DIR / arm.id
 
-    def subset(self, n: int) -> list:
-        """The first n records of one seeded permutation of the pool: every smaller set is inside every larger one."""
+    def _order(self) -> list[int]:
         order = list(range(len(self.pool)))
         random.Random(self.config.seed).shuffle(order)
-        return [self.pool[i] for i in order[:n]]
+        return order
+
+    def subset(self, n: int) -> list:
+        """The first n records of one seeded permutation of the pool: every smaller set is inside every larger one."""
+        return [self.pool[i] for i in self._order()[:n]]
+
+    def validation(self, val: int) -> list:
+        """The last `val` records of the same permutation: a tuned arm's validation split, in no training subset
+        of a tuned arm (make_plan checks n + val <= pool)."""
+        return [self.pool[i] for i in self._order()[len(self.pool) - val:]]
+
+    def validation_path(self, val: int) -> Path:
+        return self.out / DATA_DIR / f"val-{val}.jsonl"
 
     def subset_path(self, n: int) -> Path:
         return self.out / DATA_DIR / f"train-n{n}.jsonl"
 
-    def train_config(self, arm: Arm) -> dict:
-        """The arm's training config (docs/train-config.md): compare-wide `train:` keys, then the arm's own."""
+    def train_config(self, arm: Arm, setting: Optional[dict] = None, out: Optional[Path] = None) -> dict:
+        """The arm's training config (docs/train-config.md): compare-wide `train:` keys, then the arm's own,
+        then (a tuned arm's candidate) the swept `setting` {lr, epochs}, trained into `out`."""
         cfg: dict = {"train": {"seed": self.config.seed}}
         cfg = deep_merge(cfg, self.config.train)
         cfg = deep_merge(cfg, arm.train)
+        if setting:
+            cfg = deep_merge(cfg, {"train": setting})
         data = dict(cfg.get("data") or {})
         data["train"] = str(self.subset_path(arm.n).resolve())
         data.setdefault("eval", None)  # every one of the n examples trains; set data.eval to hold some out
@@ -104,7 +122,7 @@ class Plan:
         if isinstance(cfg.get("replay"), dict) and isinstance(cfg["replay"].get("data"), str):
             cfg["replay"] = {**cfg["replay"], "data": resolve_path(cfg["replay"]["data"], self.base_dir)}
         cfg.update(name=arm.id, model=arm.model, method=arm.method, data=data,
-                   out=str((self.arm_dir(arm) / "train").resolve()))
+                   out=str((out or self.arm_dir(arm) / "train").resolve()))
         return cfg
 
     def arm_signature(self, arm: Arm) -> str:
@@ -180,8 +198,12 @@ def expand_arms(cfg: CompareConfig, source: str, pool_size: int, pool_name: str)
                 if n > pool_size:
                     raise TunelabError(f"{source}: {where}.n: {n} exceeds the train pool ({pool_size} records in "
                                        f"{pool_name}); use n <= {pool_size} or a larger train_data")
+                if spec.tune is not None and n + spec.tune.val > pool_size:
+                    raise TunelabError(f"{source}: {where}.tune.val: n={n} training plus {spec.tune.val} validation "
+                                       f"records exceed the train pool ({pool_size} records in {pool_name}); lower "
+                                       f"n or val, or use a larger train_data")
                 aid = f"{kind}-n{n}" + (f"-{tag}" if tag else "") + suffix
-                arms.append(Arm(aid, kind, model, n=n, train=dict(spec.train), where=where))
+                arms.append(Arm(aid, kind, model, n=n, train=dict(spec.train), tune=spec.tune, where=where))
     seen: dict[str, str] = {}
     for a in arms:
         if a.id in seen:
@@ -286,6 +308,11 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
     for arm in arms:  # a bad training key fails now, not after the arms before it have run
         if arm.fine_tuned:
             _check_train(plan, arm, source, replay_read)
+            if arm.tune is not None:
+                from tunelab.compare.tune import settings
+
+                for setting in settings(arm.tune):
+                    build(TrainConfig, plan.train_config(arm, setting), f"{source}: {arm.where}.tune (training config)")
     pool_hash = _sha(json.dumps([r.data for r in pool], sort_keys=True, default=str))
     plan.signature = _sha(json.dumps({
         "model": cfg.model, "task": task_sha256(task), "pool": pool_hash, "metric": metric, "limit": cfg.limit,

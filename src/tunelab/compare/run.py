@@ -110,8 +110,12 @@ def _train(plan: Plan, arm: Arm, say: Callable[[str], None]) -> Path:
     if (run_dir / paths.SUMMARY_FILE).is_file() and weights.is_dir():
         say(f"  {arm.id}: already trained ({run_dir})")
         return weights
-    resume = ckpt.latest(run_dir) is not None
     _write_first_example(plan, arm)
+    if arm.tune is not None:  # a sweep on the validation split; the chosen run becomes run_dir
+        from tunelab.compare import tune
+
+        return tune.run(plan, arm, say)
+    resume = ckpt.latest(run_dir) is not None
     say(f"  {arm.id}: {'resuming' if resume else 'training'} {arm.method} on {arm.n} examples -> {run_dir}")
     result = train(plan.train_config(arm), resume=resume, overwrite=not resume)
     return result.weights_dir

@@ -277,4 +277,32 @@ def sentences(summary: dict) -> list[str]:
         out.append("No break-even: there is no few-shot arm to set the fine-tune's training cost against.")
     out += retention_sentences(summary)
     out += replay_sentences(summary)
+    out += tune_sentences(arms)
+    return out
+
+
+def _setting(setting: dict) -> str:
+    parts = []
+    if "lr" in setting:
+        parts.append(f"lr {setting['lr']:.0e}")
+    if "epochs" in setting:
+        parts.append(f"{setting['epochs']:g} epochs")
+    return ", ".join(parts)
+
+
+def tune_sentences(arms: list[dict]) -> list[str]:
+    """A tuned arm: what the sweep chose, on what, and that its cost counts the whole sweep."""
+    out = []
+    for a in arms:
+        t = a.get("tune")
+        if not t:
+            continue
+        others = [c for c in t["candidates"] if c["setting"] != t["chosen"] and c["value"] is not None]
+        chosen = next(c["value"] for c in t["candidates"] if c["setting"] == t["chosen"])
+        vs = "; ".join(f"{_setting(c['setting'])}: {fmt(c['value'])}" for c in others)
+        wall = (t.get("train_cost") or {}).get("wall_s")
+        cost = f"; its training cost is the whole sweep's ({t['runs']} runs, {wall:.0f} s)" if wall is not None else ""
+        out.append(f"{a['id']} was tuned on {t['val']} validation records from the pool (never test items): "
+                   f"{_setting(t['chosen'])} gave {t['on']} {fmt(chosen)}" + (f" (others: {vs})" if vs else "")
+                   + cost + ".")
     return out

@@ -12,6 +12,7 @@ from typing import Optional
 from tunelab import paths
 from tunelab.compare import sentences as sent
 from tunelab.compare.plan import ARMS_DIR, Arm, Plan
+from tunelab.compare.tune import tune_summary
 from tunelab.errors import TunelabError
 from tunelab.evaluate.results import Results, read_results
 from tunelab.evaluate.stats import paired_bootstrap
@@ -113,6 +114,7 @@ def summarize(plan: Plan, arms: Optional[list[Arm]] = None) -> dict:
             "metric": {"value": values[a.id], "ci95": m.get("ci95")},
             "diff_vs_best": _paired(results[best], res, metric, cfg.seed),
             "train_cost": _train_cost(plan.arm_dir(a) / "train") if a.fine_tuned else None,
+            "tune": tune_summary(plan, a) if a.tune is not None else None,
             "training": _training(plan.arm_dir(a) / "train") if a.fine_tuned else None,
             "infer_cost_per_1k": _per_1k(res),
             "toxicity": toxicity(res, cfg.toxicity_threshold) if cfg.safety else None,
@@ -122,6 +124,9 @@ def summarize(plan: Plan, arms: Optional[list[Arm]] = None) -> dict:
         })
     from tunelab.compare import retention
 
+    for row in rows:  # a tuned arm costs its whole sweep, not only the run it kept
+        if row["tune"] is not None:
+            row["train_cost"] = row["tune"]["train_cost"]
     summary = {"name": cfg.name, "task": plan.task.name, "main_metric": metric,
                "higher_is_better": plan.higher_is_better, "n_items": results[first.id].n, "best": best,
                "arms": rows, "sentences": [], "break_even": sent.break_even(rows, plan.higher_is_better),
