@@ -1,4 +1,4 @@
-"""`tunelab train CONFIG [key=value ...]` and `tunelab export MODEL --adapter DIR --out DIR`."""
+"""`tunelab train CONFIG [key=value ...]` and `tunelab export MODEL --adapter DIR --out DIR | --gguf OUT.gguf`."""
 from __future__ import annotations
 
 import sys
@@ -59,22 +59,49 @@ def train_cmd(
 
 def export_cmd(
     model: str = typer.Argument(..., help="Base model: registry name, HF folder or .gguf file."),
-    adapter: str = typer.Option(..., "--adapter", help="Adapter folder of a run (runs/NAME/adapter)."),
-    out: str = typer.Option(..., "--out", help="Output folder for the merged model."),
-    dtype: str = typer.Option("auto", "--dtype", help="auto (bf16 for QLoRA adapters, else the base's) | fp32 | bf16"),
+    adapter: Optional[str] = typer.Option(None, "--adapter", help="Adapter folder of a run (runs/NAME/adapter); "
+                                          "optional with --gguf (then MODEL is exported as it is)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Output folder for the merged model (Hugging Face format)."),
+    gguf: Optional[str] = typer.Option(None, "--gguf", help="Output .gguf file for llama.cpp / Ollama / LM Studio; "
+                                       "an Ollama Modelfile is written beside it (OUT.Modelfile)."),
+    quant: str = typer.Option("f16", "--quant", help="GGUF weight type: f32 | f16 | bf16 | q8_0 | q5_1 | q5_0 | q4_1 | q4_0 "
+                              "(docs/export.md says which to pick)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --gguf file and its Modelfile."),
+    dtype: str = typer.Option("auto", "--dtype", help="--out only: auto (bf16 for QLoRA adapters, else the base's) | fp32 | bf16"),
 ):
-    """Merge a LoRA/DoRA adapter into its base and write a plain HF model folder.
+    """Merge a LoRA/DoRA adapter into its base: a plain HF folder (--out) or one GGUF file (--gguf).
 
     The folder holds safetensors weights, the tokenizer and the chat template, and loads with
     AutoModelForCausalLM.from_pretrained. QLoRA adapters merge into a de-quantised bf16 base.
+    The GGUF file holds the merged weights, the tokenizer and the chat template, for llama.cpp
+    (llama-cli -m OUT.gguf), Ollama (ollama create NAME -f OUT.Modelfile) and LM Studio.
 
-    Example: tunelab export default --adapter runs/dates/adapter --out models/dates-merged
+    Examples:
+
+      tunelab export default --adapter runs/dates/adapter --out models/dates-merged
+
+      tunelab export default --adapter runs/dates/adapter --gguf models/dates-q8_0.gguf --quant q8_0
     """
-    from tunelab.cli import console
-    from tunelab.models.export import export_merged
+    from tunelab.cli import console, err_console
+    from tunelab.errors import TunelabError
 
-    folder = export_merged(model, adapter, out, dtype=dtype)
-    console.print(f"merged model written to [bold]{folder}[/]")
+    if out is None and gguf is None:
+        raise TunelabError("give --out DIR (a merged Hugging Face folder) or --gguf OUT.gguf (one GGUF file), or both")
+    if out is not None:
+        from tunelab.models.export import export_merged
+
+        if adapter is None:
+            raise TunelabError("--out needs --adapter DIR (a model without an adapter is already a folder)")
+        folder = export_merged(model, adapter, out, dtype=dtype)
+        console.print(f"merged model written to [bold]{folder}[/]")
+    if gguf is not None:
+        from tunelab.models.export import export_gguf
+
+        done = export_gguf(model, adapter, gguf, quant=quant, force=force)
+        for w in done.warnings:
+            err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        console.print(f"GGUF ({done.quant}, {done.bytes / 2**20:.1f} MiB, {done.seconds:.1f} s) written to "
+                      f"[bold]{done.path}[/]; Ollama: ollama create NAME -f {done.modelfile}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:
