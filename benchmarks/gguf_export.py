@@ -42,6 +42,9 @@ PROMPTS = [
 
 
 def export_all(model: str, adapter: str | None, out: Path, quants: list[str]) -> list[dict]:
+    import peft  # noqa: F401  imported before the clock starts: a CLI run pays this once, not per quant
+    import transformers  # noqa: F401
+
     from tunelab.models.export import export_gguf
 
     rows = []
