@@ -74,7 +74,7 @@ def export_cmd(
     The folder holds safetensors weights, the tokenizer and the chat template, and loads with
     AutoModelForCausalLM.from_pretrained. QLoRA adapters merge into a de-quantised bf16 base.
     The GGUF file holds the merged weights, the tokenizer and the chat template, for llama.cpp
-    (llama-cli -m OUT.gguf), Ollama (ollama create NAME -f OUT.Modelfile) and LM Studio.
+    (llama-cli -m OUT.gguf), Ollama (in its folder: ollama create NAME -f OUT.Modelfile) and LM Studio.
 
     Examples:
 
@@ -101,7 +101,8 @@ def export_cmd(
         for w in done.warnings:
             err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
         console.print(f"GGUF ({done.quant}, {done.bytes / 2**20:.1f} MiB, {done.seconds:.1f} s) written to "
-                      f"[bold]{done.path}[/]; Ollama: ollama create NAME -f {done.modelfile}", highlight=False)
+                      f"[bold]{done.path}[/]\nllama.cpp: llama-cli -m {done.path}\n"
+                      f"Ollama: cd {done.path.parent} && ollama create NAME -f {done.modelfile.name}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -67,7 +67,7 @@ def _quote(text: str) -> str:
 def modelfile(gguf_name: str, tokenizer) -> tuple[str, str | None]:
     """(Modelfile text, a warning or None). `gguf_name` is the file name, relative to the Modelfile."""
     is_chatml, system = chatml_default_system(tokenizer)
-    lines = [f"# written by tunelab export; use: ollama create NAME -f {gguf_name.rsplit('.', 1)[0]}{MODELFILE_SUFFIX}",
+    lines = [f"# written by tunelab export; in this folder run: ollama create NAME -f {gguf_name.rsplit('.', 1)[0]}{MODELFILE_SUFFIX}",
              f"FROM ./{gguf_name}"]
     warning = None
     stops: list[str] = []
