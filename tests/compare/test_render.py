@@ -8,7 +8,6 @@ import yaml
 
 from tunelab.compare.plan import make_plan
 from tunelab.compare.render import OWN, TASK, first_example, subset_records
-from tunelab.config import TaskConfig
 from tunelab.data.formats import to_conversation
 from tunelab.data.records import Row
 from tunelab.errors import TunelabError

@@ -129,6 +129,27 @@ class Plan:
         return _sha(self.signature + json.dumps(arm.describe(), sort_keys=True))
 
 
+def read_json(path: Path) -> dict:
+    """A JSON object of the compare folder (a marker, a summary); {} when missing or unreadable, so the
+    step that writes it runs again."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def train_cost(run_dir: Path) -> Optional[dict]:
+    """One training run's cost, from its summary.json (docs/compare.md, compare.json's train_cost)."""
+    from tunelab import paths
+
+    s = read_json(run_dir / paths.SUMMARY_FILE)
+    if not s:
+        return None
+    return {"wall_s": s.get("wall_s"), "tokens": s.get("tokens_seen"), "flops": s.get("flops"),
+            "peak_mem_mib": s.get("peak_mem_mib"), "energy_wh": s.get("energy_wh")}
+
+
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from tunelab import paths
+from tunelab.compare.plan import read_json
 from tunelab.errors import TunelabError
 from tunelab.io import atomic_write_json, atomic_write_jsonl
 
@@ -146,17 +146,9 @@ def scored(arm) -> bool:
     return arm.method != "endpoint"
 
 
-def _read(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _fresh(folder: Path, key: str) -> bool:
     """A results folder made with these settings (done.json holds their key)."""
-    return _read(folder / DONE_JSON).get("key") == key
+    return read_json(folder / DONE_JSON).get("key") == key
 
 
 def _done(folder: Path, key: str, seconds: float) -> None:
@@ -164,7 +156,7 @@ def _done(folder: Path, key: str, seconds: float) -> None:
 
 
 def _drift_fresh(plan, arm) -> bool:
-    return _read(plan.arm_dir(arm) / DRIFT_JSON).get("key") == plan.drift.key
+    return read_json(plan.arm_dir(arm) / DRIFT_JSON).get("key") == plan.drift.key
 
 
 def missing(plan, arm) -> bool:
@@ -253,7 +245,7 @@ def _paired(base_items: dict, arm_items: dict, metric: str, seed: int) -> Option
 
 def _wall(path: Path) -> float:
     """Seconds recorded in a results folder's done.json (or in a drift.json file)."""
-    return float(_read(path if path.suffix == ".json" else path / DONE_JSON).get("wall_s") or 0.0)
+    return float(read_json(path if path.suffix == ".json" else path / DONE_JSON).get("wall_s") or 0.0)
 
 
 def summarize(plan, arms: list, rows: list[dict]) -> Optional[dict]:
@@ -330,7 +322,7 @@ def _drift_of(plan, arm) -> Optional[dict]:
         return None
     if not arm.fine_tuned:
         return {"kl_per_token": 0.0, "ci95": [0.0, 0.0], "shared_base": True}  # no weights changed: no drift
-    d = _read(plan.arm_dir(arm) / DRIFT_JSON)
+    d = read_json(plan.arm_dir(arm) / DRIFT_JSON)
     if not d:
         return None
     return {k: d.get(k) for k in ("kl_per_token", "ci95", "n_prompts", "n_tokens")} | {"shared_base": False}

@@ -13,7 +13,6 @@ exist; an interrupted compare run again does only what is missing.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Callable, Optional
 from tunelab import logs, paths
 from tunelab.compare.lock import folder_lock
 from tunelab.compare.plan import (ARM_JSON, COMPARE_JSON, COMPARE_YAML, FIRST_EXAMPLE, LOCK_FILE, PLAN_JSON, Arm,
-                                  Plan, make_plan)
+                                  Plan, make_plan, read_json)
 from tunelab.config import to_yaml
 from tunelab.errors import TunelabError
 from tunelab.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
@@ -36,17 +35,9 @@ class CompareResult:
     reused: list[str] = field(default_factory=list)  # arms found finished
 
 
-def _read_json(path: Path) -> Optional[dict]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def check_folder(plan: Plan) -> None:
     """Refuse to mix: a folder started by a config with other global settings is not resumed."""
-    old = _read_json(plan.out / PLAN_JSON)
+    old = read_json(plan.out / PLAN_JSON) or None
     if old is None:
         if (plan.out / COMPARE_YAML).exists() or (plan.out / "arms").exists():
             raise TunelabError(f"{plan.out}: holds a compare without its {PLAN_JSON}, so it cannot be resumed safely; "
@@ -69,7 +60,7 @@ def plan_settings(plan: Plan) -> dict:
 
 
 def is_finished(plan: Plan, arm: Arm) -> bool:
-    marker = _read_json(plan.arm_dir(arm) / ARM_JSON)
+    marker = read_json(plan.arm_dir(arm) / ARM_JSON) or None
     return (marker is not None and marker.get("state") == "finished"
             and marker.get("signature") == plan.arm_signature(arm)
             and (plan.arm_dir(arm) / "eval" / paths.RESULTS_FILE).is_file())
@@ -214,7 +205,7 @@ def _run_arms(plan: Plan, result: CompareResult, say) -> None:
             continue
         say(f"arm {i}/{len(plan.arms)} {arm.id}" + (": finished earlier, scoring its retention" if finished else ""))
         if not finished:
-            old = _read_json(marker)
+            old = read_json(marker) or None
             if old is not None and old.get("signature") != plan.arm_signature(arm):
                 # the same id made with other arm settings (its own train: keys): start that arm over
                 import shutil

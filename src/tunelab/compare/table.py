@@ -11,22 +11,13 @@ from typing import Optional
 
 from tunelab import paths
 from tunelab.compare import sentences as sent
-from tunelab.compare.plan import ARMS_DIR, Arm, Plan
+from tunelab.compare.plan import ARMS_DIR, Arm, Plan, train_cost
 from tunelab.compare.tune import tune_summary
 from tunelab.errors import TunelabError
 from tunelab.evaluate.results import Results, read_results
 from tunelab.evaluate.stats import paired_bootstrap
 
 N_RESAMPLES = 1000
-
-
-def _train_cost(run_dir: Path) -> Optional[dict]:
-    path = run_dir / paths.SUMMARY_FILE
-    if not path.is_file():
-        return None
-    s = json.loads(path.read_text(encoding="utf-8"))
-    return {"wall_s": s.get("wall_s"), "tokens": s.get("tokens_seen"), "flops": s.get("flops"),
-            "peak_mem_mib": s.get("peak_mem_mib"), "energy_wh": s.get("energy_wh")}
 
 
 def _training(run_dir: Path) -> Optional[dict]:
@@ -113,7 +104,7 @@ def summarize(plan: Plan, arms: Optional[list[Arm]] = None) -> dict:
             "sampler": a.sampler,
             "metric": {"value": values[a.id], "ci95": m.get("ci95")},
             "diff_vs_best": _paired(results[best], res, metric, cfg.seed),
-            "train_cost": _train_cost(plan.arm_dir(a) / "train") if a.fine_tuned else None,
+            "train_cost": train_cost(plan.arm_dir(a) / "train") if a.fine_tuned else None,
             "tune": tune_summary(plan, a) if a.tune is not None else None,
             "training": _training(plan.arm_dir(a) / "train") if a.fine_tuned else None,
             "infer_cost_per_1k": _per_1k(res),

@@ -18,13 +18,12 @@ tune.json is written after every candidate: an interrupted sweep resumes at the 
 from __future__ import annotations
 
 import itertools
-import json
 import os
 from pathlib import Path
 from typing import Callable, Optional
 
 from tunelab import paths
-from tunelab.compare.plan import Arm, Plan
+from tunelab.compare.plan import Arm, Plan, read_json, train_cost
 from tunelab.io import atomic_write_json, atomic_write_jsonl
 
 TUNE_JSON = "tune.json"
@@ -52,14 +51,6 @@ def label(setting: dict) -> str:
     return "-".join(parts)
 
 
-def _read(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def ranked_by(plan: Plan) -> tuple[str, bool]:
     """(what candidates are ranked by, higher is better)."""
     from tunelab.compare.render import TASK
@@ -83,7 +74,7 @@ def _write_validation(plan: Plan, arm: Arm) -> Path:
 def _score(plan: Plan, arm: Arm, run_dir: Path, val_path: Path, on: str) -> Optional[float]:
     """The candidate's validation value: the metric on the validation items, or its final validation loss."""
     if on == VAL_LOSS:
-        s = _read(run_dir / paths.SUMMARY_FILE)
+        s = read_json(run_dir / paths.SUMMARY_FILE)
         return s.get("final_eval_loss")
     from tunelab.evaluate.results import read_results
     from tunelab.evaluate.runner import evaluate
@@ -107,7 +98,7 @@ def run(plan: Plan, arm: Arm, say: Callable[[str], None]) -> Path:
     arm_dir = plan.arm_dir(arm)
     final = arm_dir / "train"
     record_path = arm_dir / TUNE_JSON
-    record = _read(record_path)
+    record = read_json(record_path)
     if record.get("chosen") is not None and (final / paths.SUMMARY_FILE).is_file():
         return _weights(final, arm)
     on, higher = ranked_by(plan)
@@ -152,24 +143,16 @@ def run(plan: Plan, arm: Arm, say: Callable[[str], None]) -> Path:
     return _weights(final, arm)
 
 
-def _cost(run_dir: Path) -> Optional[dict]:
-    s = _read(run_dir / paths.SUMMARY_FILE)
-    if not s:
-        return None
-    return {"wall_s": s.get("wall_s"), "tokens": s.get("tokens_seen"), "flops": s.get("flops"),
-            "peak_mem_mib": s.get("peak_mem_mib"), "energy_wh": s.get("energy_wh")}
-
-
 def tune_summary(plan: Plan, arm: Arm) -> Optional[dict]:
     """What compare.json says of a tuned arm: the choice, each candidate and the sweep's summed cost."""
-    record = _read(plan.arm_dir(arm) / TUNE_JSON)
+    record = read_json(plan.arm_dir(arm) / TUNE_JSON)
     if not record or record.get("chosen") is None:
         return None
     arm_dir = plan.arm_dir(arm)
     costs = []
     for c in record["candidates"]:
         run_dir = arm_dir / "train" if c["label"] == record["chosen"] else arm_dir / c["train_dir"]
-        costs.append(_cost(run_dir))
+        costs.append(train_cost(run_dir))
     total: dict = {}
     for key in ("wall_s", "tokens", "flops", "energy_wh"):
         vals = [c[key] for c in costs if c and isinstance(c.get(key), (int, float))]
