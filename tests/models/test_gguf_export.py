@@ -197,6 +197,41 @@ def test_tied_model_without_adapter(tmp_path, ids):
     assert torch.allclose(_logits(model, ids), want, atol=1e-5, rtol=0)
 
 
+def test_qwen2_with_biases_and_its_split_regex(tmp_path):
+    """Qwen2: its own arch, biases on q/k/v, no rope permutation, the Qwen2 pre-tokenizer."""
+    from gguf import GGUFReader
+    from tokenizers import Regex, pre_tokenizers
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    from tunelab.models.tiny import tiny_tokenizer
+
+    cfg = Qwen2Config(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+                      use_sliding_window=False, sliding_window=4096)  # a window named but not used, as Qwen2 ships
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.mul_(4.0) if p.dim() == 2 else p.normal_() if name.endswith("bias") else None
+    tok = tiny_tokenizer()
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    folder = tmp_path / "qwen2"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    done = export_gguf(str(folder), None, tmp_path / "q.gguf", quant="f32")
+    fields = GGUFReader(done.path).fields
+    assert fields["general.architecture"].contents() == "qwen2" and fields["tokenizer.ggml.pre"].contents() == "qwen2"
+    back, back_tok = _read_back(done.path)
+    text = "Hello world 12345, don't  stop\n\nnow"
+    ids = tok(text, return_tensors="pt").input_ids
+    assert back_tok(text).input_ids == ids[0].tolist()
+    assert torch.allclose(_logits(back, ids), _logits(model, ids), atol=1e-5, rtol=0)
+    assert AutoTokenizer.from_pretrained(folder)(text).input_ids == ids[0].tolist()
+
+
 # ------------------------------------------------------------------------------ Modelfile
 def test_modelfile_beside_the_file(exported):
     e = exported["f16"]
@@ -251,7 +286,7 @@ def test_unknown_architecture_names_it_and_lists_known(tmp_path, adapter, cli):
     (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "vocab_size": 10}))
     code, lines = cli("export", folder, "--gguf", tmp_path / "x.gguf")
     assert code == 2 and len(lines) == 1
-    assert "architecture 'gpt2'" in lines[0] and "known: llama, mistral" in lines[0]
+    assert "architecture 'gpt2'" in lines[0] and "known: llama, mistral, qwen2" in lines[0]
     assert not (tmp_path / "x.gguf").exists()
 
 

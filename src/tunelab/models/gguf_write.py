@@ -35,9 +35,11 @@ class Arch:
 
 # HF config.model_type -> how llama.cpp knows it. Mistral's HF checkpoints are Llama in GGUF
 # (llama.cpp's converter writes them as arch "llama"); sliding-window variants are refused below.
+# Qwen2 keeps its own arch and biases on q/k/v.
 ARCHITECTURES = {
     "llama": Arch("llama", permute_qk=True),
     "mistral": Arch("llama", permute_qk=True),
+    "qwen2": Arch("qwen2", permute_qk=False),  # llama.cpp's qwen2 graph uses HF's rotate-half rope (NEOX)
 }
 
 # --quant NAME -> (GGML type of 2-D weights, llama.cpp file type). f32/f16/bf16 are exact or plain
@@ -59,8 +61,8 @@ QUANTS = {
 # output layer stay q8_0, as llama-quantize keeps them at higher precision
 _KEEP_Q8 = ("token_embd.weight", "output.weight")
 
-# llama.cpp pre-tokenizer names for the HF pre-tokenizers we recognise (llama-vocab.cpp)
-_LLAMA3_REGEX_START = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}"
+# when several llama.cpp names share one split regex, the one llama.cpp's converter writes
+_PREFERRED_PRE = ("llama-bpe", "qwen2", "gpt-4o", "tekken", "qwen35")
 
 
 def writable_quants() -> list[str]:
@@ -105,7 +107,8 @@ def check_architecture(config: dict, where: str) -> Arch:
     if rope_type not in ("default", "linear"):
         raise TunelabError(f"{where}: rope_type '{rope_type}' is not written yet (known: default, linear); "
                            "convert this model with llama.cpp's convert_hf_to_gguf.py")
-    if config.get("sliding_window"):
+    # Qwen2 configs name a window they do not use (use_sliding_window: false); Mistral's is used
+    if config.get("sliding_window") and config.get("use_sliding_window", True):
         raise TunelabError(f"{where}: sliding-window attention (sliding_window={config['sliding_window']}) "
                            "is not written yet; convert this model with llama.cpp's convert_hf_to_gguf.py")
     return arch
@@ -232,11 +235,23 @@ def _pre_tokenizer(state: dict) -> str:
         return "smollm"  # GPT-2's regex after splitting every digit (llama.cpp: SMOLLM)
     if kinds == ["Split", "ByteLevel"] and not steps[1].get("use_regex", True):
         regex = (steps[0].get("pattern") or {}).get("Regex", "")
-        if regex.startswith(_LLAMA3_REGEX_START):
-            return "llama-bpe"
+        names = [name for name, split in _split_regexes().items() if split == regex]
+        if names:
+            return next((n for n in _PREFERRED_PRE if n in names), names[0])
     raise TunelabError(f"tokenizer pre-tokenizer {json.dumps(pre)[:200]} is not one tunelab can name for llama.cpp "
-                       "(known: GPT-2 ByteLevel, SmolLM digits + ByteLevel, Llama 3 split); "
+                       "(known: GPT-2 ByteLevel, SmolLM digits + ByteLevel, a split regex transformers' GGUF reader "
+                       "knows, such as Llama 3's or Qwen2's); "
                        "convert this model with llama.cpp's convert_hf_to_gguf.py")
+
+
+def _split_regexes() -> dict[str, str]:
+    """llama.cpp pre-tokenizer name -> split regex, from the table transformers' GGUF reader keeps
+    to read these names back (so a name we write is one that reader turns into the same split)."""
+    try:
+        from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_PRE_TOKENIZER_SPLITS
+    except ImportError:  # older transformers: only the ByteLevel-regex tokenizers above
+        return {}
+    return dict(GGUF_PRE_TOKENIZER_SPLITS)
 
 
 # ------------------------------------------------------------------------------ tensors
