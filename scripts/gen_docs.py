@@ -77,7 +77,7 @@ def model_rows(model_cls: type[BaseModel], prefix: str = "") -> list[tuple[str, 
     for name, field in model_cls.model_fields.items():
         if field.exclude:
             continue  # internal (set by the loader), not a key the user writes
-        key = prefix + name
+        key = prefix + (field.alias or name)  # `lambda` is a Python keyword: its field is orpo_lambda
         rows.append((f"`{key}`", type_name(field.annotation), default_text(field), _prose(field.description or "")))
         # a section, also when it may be null or a plain value instead (replay: null | {data, ratio})
         for sub in (field.annotation, *typing.get_args(field.annotation)):

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from tunelab.config import CompareConfig, TaskConfig, TrainConfig, load_config, load_task, load_train_config, parse_overrides
+import yaml
+
+from tunelab.config import (CompareConfig, TaskConfig, TrainConfig, load_config, load_task, load_train_config,
+                            parse_overrides, to_yaml)
 from tunelab.errors import TunelabError
 
 
@@ -36,8 +39,17 @@ def test_out_of_range_says_the_range():
         load_config(TrainConfig, {"data": {"train": "x"}, "train": {"lr": -1}})
     with pytest.raises(TunelabError, match=r"data.eval: .*between 0 and 0.5"):
         load_config(TrainConfig, {"data": {"train": "x", "eval": 0.9}})
-    with pytest.raises(TunelabError, match=r"method: must be 'full', 'lora', 'dora' or 'qlora'"):
+    with pytest.raises(TunelabError, match=r"method: must be 'full', 'lora', 'dora', 'qlora', 'dpo' or 'orpo'"):
         load_config(TrainConfig, {"data": {"train": "x"}, "method": "qlorax"})
+    with pytest.raises(TunelabError, match=r"preference.beta: .*greater than 0"):
+        load_config(TrainConfig, {"data": {"train": "x"}, "method": "dpo", "preference": {"beta": 0}})
+
+
+def test_orpo_lambda_is_written_lambda():
+    cfg = load_config(TrainConfig, {"data": {"train": "x"}, "method": "orpo", "preference": {"lambda": 0.5}})
+    assert cfg.preference.orpo_lambda == 0.5
+    assert "lambda: 0.5" in to_yaml(cfg)  # the resolved config.yaml reads back with the same key
+    assert load_config(TrainConfig, yaml.safe_load(to_yaml(cfg))).preference.orpo_lambda == 0.5
 
 
 def test_missing_required_and_bad_yaml(tmp_path):

@@ -131,14 +131,43 @@ class LogConfig(_Strict):
     mlflow: bool = Field(False, description="also log to MLflow (pip install mlflow)")
 
 
+class PreferenceConfig(_Strict):
+    """Preference tuning (method: dpo | orpo) on pairs of a chosen and a rejected response."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    weights: Literal["lora", "dora", "full"] = Field(
+        "lora", description="which weights train: lora or dora (an adapter; DPO's reference model is the base with "
+                            "the adapter off) or full (every weight; DPO's reference is the initial model); DPO's "
+                            "reference log-probabilities are computed once before training and kept in the run folder")
+    beta: float = Field(0.1, gt=0.0, le=10.0, description="DPO: strength of the pull towards the reference model "
+                        "(the implicit reward is beta × log-ratio); 0.01-0.5 is usual, 0.1 the common default")
+    loss: Literal["sigmoid", "ipo", "hinge"] = Field(
+        "sigmoid", description="DPO's loss on the reward margin: sigmoid (the DPO paper), ipo (squared, on per-token "
+                               "mean log-ratios; beta is IPO's tau, 0.01-1), hinge (SLiC)")
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5, description="DPO sigmoid loss only: the assumed share of "
+                                   "pairs whose label is flipped (conservative DPO); 0-0.2 is usual, 0 = plain DPO")
+    orpo_lambda: float = Field(0.1, gt=0.0, le=10.0, alias="lambda",
+                               description="ORPO: weight of the odds-ratio term next to the NLL of the chosen "
+                                           "response; 0.1-1 is usual (the ORPO paper: 0.1-0.25)")
+
+    @model_validator(mode="after")
+    def _smoothing_needs_sigmoid(self):
+        if self.label_smoothing and self.loss != "sigmoid":
+            raise ValueError(f"label_smoothing applies to loss: sigmoid only; set it to 0 for loss: {self.loss}")
+        return self
+
+
 class TrainConfig(_Strict):
     name: Optional[str] = Field(None, description="the run's name; default: the YAML file's name without .yaml")
     model: str = Field("default", description="base model: a registry name ('default', see `tunelab models`) or "
                                               "a Hugging Face model folder")
-    method: Literal["full", "lora", "dora", "qlora"] = Field(
+    method: Literal["full", "lora", "dora", "qlora", "dpo", "orpo"] = Field(
         "lora", description="full: every weight; lora / dora: an adapter; qlora: LoRA over a 4-bit base "
-                            "(CUDA only)")
+                            "(CUDA only); dpo / orpo: preference tuning on chosen/rejected pairs (settings: "
+                            "preference)")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="adapter settings (lora, dora, qlora)")
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig,
+                                         description="DPO / ORPO settings (method: dpo | orpo)")
     data: DataConfig = Field(..., description="what to train on")
     train: TrainLoopConfig = Field(default_factory=TrainLoopConfig, description="the optimisation loop")
     replay: Optional[ReplayConfig] = Field(None, description="mix general data into training to keep what the "
@@ -470,4 +499,4 @@ def load_train_config(path: str | Path | dict, overrides: list[str] | None = Non
 
 
 def to_yaml(model: BaseModel) -> str:
-    return yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    return yaml.safe_dump(model.model_dump(mode="json", by_alias=True), sort_keys=False, allow_unicode=True)

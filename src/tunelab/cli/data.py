@@ -43,7 +43,7 @@ def print_rendered(tokenizer, examples, label: str = "record") -> None:
 def inspect_cmd(
     file: str = typer.Argument(..., help="Data file (.jsonl .json .csv .parquet) or builtin:<task>."),
     model: str = typer.Option("default", "--model", "-m", help="Model whose tokenizer and chat template render the data."),
-    format: str = typer.Option("auto", "--format", "-f", help="auto | text | prompt_completion | alpaca | messages | sharegpt | plain (the README's Data formats)."),
+    format: str = typer.Option("auto", "--format", "-f", help="auto | text | prompt_completion | alpaca | messages | sharegpt | plain | preference (the README's Data formats)."),
     n: int = typer.Option(2, "-n", help="How many records to show rendered.", min=0),
     max_length: int = typer.Option(1024, "--max-length", help="Rows longer than this are counted."),
     train_on: str = typer.Option("completion", "--train-on", help="completion (assistant turns) | all"),
@@ -52,14 +52,20 @@ def inspect_cmd(
 ):
     """Show how records render with the model's chat template; trained tokens are highlighted.
 
+    A preference file (chosen / rejected pairs) shows each pair's prompt once and its two scored answers.
+
     Example: tunelab data inspect ../shared/data/alpaca_small/alpaca_small.json --model default -n 2
     """
     from tunelab.cli import console
     from tunelab.models.loading import load_tokenizer, resolve
-    from tunelab.templates.inspect import inspect_data
+    from tunelab.templates.inspect import inspect_data, is_pair_file
 
     _, folder = resolve(model)
     tokenizer = load_tokenizer(folder)
+    if format in ("auto", "preference") and is_pair_file(file, parse_fields(field)):
+        _inspect_pairs(file, tokenizer, model, n=n, max_length=max_length, fields=parse_fields(field),
+                       skip_bad=skip_bad)
+        return
     rep = inspect_data(file, tokenizer, format=format, fields=parse_fields(field), n=n,
                        max_length=max_length, train_on=train_on, skip_bad=skip_bad)
     for note in rep.format_notes:
@@ -75,6 +81,35 @@ def inspect_cmd(
     table.add_row("tokens total", str(rep.total))
     table.add_row("trained-token share", f"{rep.trained_share:.1%}")
     table.add_row(f"rows over max_length={rep.max_length}", str(rep.over_max))
+    console.print(table)
+
+
+def _inspect_pairs(file: str, tokenizer, model: str, **kw) -> None:
+    """Preference pairs: the prompt (not scored, runs once), then each answer's scored tokens."""
+    import statistics
+
+    from tunelab.cli import console
+    from tunelab.templates.inspect import inspect_pairs
+
+    rep = inspect_pairs(file, tokenizer, **kw)
+    for note in rep.notes:
+        console.print(f"[cyan]{note}[/]", highlight=False)
+    for enc in rep.examples:
+        console.rule(f"pair {enc.id}  ([dim]prompt, not scored[/] / scored: [bold green]chosen[/], [bold red]rejected[/])")
+        text = Text(tokenizer.decode(enc.prompt), style="dim")
+        text.append("\n[chosen]   ", style="bold")
+        text.append(tokenizer.decode(enc.chosen), style="bold green")
+        text.append("\n[rejected] ", style="bold")
+        text.append(tokenizer.decode(enc.rejected), style="bold red")
+        console.print(text)
+    table = Table(title=f"{file} with {model}'s template")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("pairs", str(rep.pairs))
+    table.add_row("prompt tokens median / max", f"{statistics.median(rep.prompt_lengths):.0f} / {max(rep.prompt_lengths)}")
+    table.add_row("tokens fed, prompt once per pair", str(rep.packed))
+    table.add_row("tokens fed, prompt twice (usual DPO)", f"{rep.standard} (sharing saves {rep.saved_share:.0%})")
+    table.add_row(f"pairs over max_length={rep.max_length}", str(rep.over_max))
     console.print(table)
 
 

@@ -42,7 +42,7 @@ def load_rows(spec: str | Path, *, skip_bad: bool = False, base_dir: str | Path 
     return read_rows(where, skip_bad=skip_bad, hint=hint)
 
 
-def _iter_rows(spec: str | Path, skip_bad: bool, base_dir, hint: str, report: list[str] | None = None) -> Iterator[Row]:
+def iter_spec_rows(spec: str | Path, skip_bad: bool, base_dir, hint: str, report: list[str] | None = None) -> Iterator[Row]:
     where = resolve_spec(spec, base_dir)
     if isinstance(where, str):
         from tunelab.data.builtin import load_builtin_rows
@@ -77,7 +77,7 @@ def iter_conversations(
     `skip_setting` is how the caller's user turns skip_bad on (a flag, or data.skip_bad=true).
     """
     skipped, n_ok = [], 0
-    for row in _iter_rows(spec, skip_bad, base_dir, skip_hint(skip_setting), report):
+    for row in iter_spec_rows(spec, skip_bad, base_dir, skip_hint(skip_setting), report):
         if format == "auto":
             format, why = detect_format(row, fields)
             note = f"{spec}: detected format '{format}' because {why}"

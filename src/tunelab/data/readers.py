@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import gzip
 import json
 import warnings
 from pathlib import Path
@@ -27,6 +28,7 @@ def skip_hint(setting: str) -> str:
 
 SKIP_HINT = skip_hint("--skip-bad")  # commands with that flag; train says data.skip_bad=true
 SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
+COMPRESSED = ".gz"  # any text reader takes its file gzipped (data.jsonl.gz): decompressed as it streams
 PARQUET_BATCH = 4096  # rows per record batch read from a parquet file
 
 
@@ -41,11 +43,27 @@ def iter_rows(path: str | Path, *, skip_bad: bool = False, hint: str = SKIP_HINT
         raise TunelabError(f"{path}: data file not found; check the path (relative paths are from the current folder)")
     if path.is_dir():
         raise TunelabError(f"{path}: is a folder; give a {', '.join(SUFFIXES)} file")
-    suffix = path.suffix.lower()
+    suffix = kind(path)
     readers = {".jsonl": _jsonl, ".ndjson": _jsonl, ".json": _json, ".csv": _csv, ".parquet": _parquet}
     if suffix not in readers:
-        raise TunelabError(f"{path}: unknown data file type '{suffix}'; use one of {', '.join(SUFFIXES)}")
+        raise TunelabError(f"{path}: unknown data file type '{suffix}'; use one of {', '.join(SUFFIXES)} "
+                           f"(each may be gzipped: {SUFFIXES[0]}{COMPRESSED})")
+    if suffix == ".parquet" and path.suffix.lower() == COMPRESSED:
+        raise TunelabError(f"{path}: a gzipped parquet file cannot be read; parquet compresses itself: gunzip it")
     return _guarded(readers[suffix](path, skip_bad, [] if bad is None else bad), path, hint)
+
+
+def kind(path: Path) -> str:
+    """The data suffix of a file, looking through .gz: data.jsonl.gz -> .jsonl."""
+    suffixes = [x.lower() for x in path.suffixes]
+    if suffixes and suffixes[-1] == COMPRESSED:
+        return suffixes[-2] if len(suffixes) > 1 else COMPRESSED
+    return path.suffix.lower()
+
+
+def _open(path: Path):
+    """The file as binary, decompressed on the fly when it is gzipped."""
+    return gzip.open(path, "rb") if path.suffix.lower() == COMPRESSED else path.open("rb")
 
 
 def _guarded(rows: Iterator[Row], path: Path, hint: str) -> Iterator[Row]:
@@ -56,7 +74,7 @@ def _guarded(rows: Iterator[Row], path: Path, hint: str) -> Iterator[Row]:
         if hint is SKIP_HINT or not str(e).endswith(SKIP_HINT):
             raise
         raise TunelabError(str(e)[: -len(SKIP_HINT)] + hint) from None
-    except (OSError, UnicodeDecodeError) as e:
+    except (OSError, EOFError, UnicodeDecodeError) as e:  # gzip: BadGzipFile (an OSError) or EOFError
         why = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
         raise TunelabError(f"{path}: cannot read the file ({why}); check it is a readable UTF-8 text file") from None
 
@@ -96,7 +114,7 @@ def _decode(raw: bytes, path: Path, lineno: int, skip_bad: bool, bad: list[str])
 
 
 def _jsonl(path: Path, skip_bad: bool, bad: list[str]) -> Iterator[Row]:
-    with path.open("rb") as f:  # decoded line by line, so a bad byte costs one line, not the file
+    with _open(path) as f:  # decoded line by line, so a bad byte costs one line, not the file
         for lineno, raw in enumerate(f, start=1):
             line = _decode(raw, path, lineno, skip_bad, bad)
             if line is None or not line.strip():
@@ -113,7 +131,7 @@ def _jsonl(path: Path, skip_bad: bool, bad: list[str]) -> Iterator[Row]:
 
 
 def _json(path: Path, skip_bad: bool, bad: list[str]) -> Iterator[Row]:
-    with path.open("rb") as f:
+    with _open(path) as f:
         start = f.read(4096).removeprefix(codecs.BOM_UTF8).lstrip()
         if start.startswith(b"["):  # the usual form: streamed record by record
             f.seek(0)
@@ -143,7 +161,8 @@ def _first_line_then_more(f) -> bool:
 def _json_whole(path: Path, skip_bad: bool, bad: list[str]) -> Iterator[Row]:
     # An object holding the list of records (or a file that is not JSON) is parsed whole: memory
     # grows with the file. Arrays of records stream (see _json).
-    raw = path.read_bytes()
+    with _open(path) as f:
+        raw = f.read()
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -180,7 +199,7 @@ def _json_whole(path: Path, skip_bad: bool, bad: list[str]) -> Iterator[Row]:
 
 
 def _csv(path: Path, skip_bad: bool, bad: list[str]) -> Iterator[Row]:
-    with path.open("rb") as raw_lines:
+    with _open(path) as raw_lines:
         def lines():
             for n, raw in enumerate(raw_lines, start=1):
                 text = _decode(raw, path, n, skip_bad, bad)

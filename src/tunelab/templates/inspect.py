@@ -64,3 +64,50 @@ def segments(tokenizer, enc: Encoded) -> list[tuple[str, bool]]:
     if run:
         out.append((tokenizer.decode(run), bool(state)))
     return out
+
+
+@dataclass
+class PairReport:
+    """`data inspect` of a preference file: the pairs as encoded, and what the shared prompt saves."""
+
+    pairs: int
+    notes: list[str]
+    prompt_lengths: list[int]
+    packed: int  # tokens fed with the prompt once per pair (train/preference.py)
+    standard: int  # tokens fed by the usual two sequences per pair, [prompt | chosen] and [prompt | rejected]
+    over_max: int
+    max_length: int
+    examples: list = field(default_factory=list)  # EncodedPair
+
+    @property
+    def saved_share(self) -> float:
+        return 1 - self.packed / self.standard if self.standard else 0.0
+
+
+def is_pair_file(spec: str, fields: dict | None = None) -> bool:
+    """Whether the file's first record is a preference pair (has chosen and rejected)."""
+    from tunelab.data.load import iter_spec_rows
+    from tunelab.data.preference import is_pair_row
+    from tunelab.data.readers import SKIP_HINT
+
+    first = next(iter(iter_spec_rows(spec, True, None, SKIP_HINT)), None)
+    return first is not None and is_pair_row(first, fields)
+
+
+def inspect_pairs(spec: str, tokenizer, *, fields: dict | None = None, n: int = 3, max_length: int = 1024,
+                  skip_bad: bool = False, system: str | None = None) -> PairReport:
+    from tunelab.data.preference import iter_pairs
+    from tunelab.templates.preference import encode_pair
+
+    notes: list[str] = []
+    prompt_lengths, packed, standard, over, examples = [], 0, 0, 0, []
+    for i, pair in enumerate(iter_pairs(spec, fields=fields, skip_bad=skip_bad, system=system, report=notes,
+                                        what="a preference inspect")):
+        enc = encode_pair(tokenizer, pair)  # untruncated: count what max_length would cut
+        prompt_lengths.append(len(enc.prompt))
+        packed += enc.length
+        standard += 2 * len(enc.prompt) + len(enc.chosen) + len(enc.rejected)
+        over += len(enc.prompt) + max(len(enc.chosen), len(enc.rejected)) > max_length
+        if i < n:
+            examples.append(enc)
+    return PairReport(len(prompt_lengths), notes, prompt_lengths, packed, standard, over, max_length, examples)

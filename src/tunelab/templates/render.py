@@ -77,13 +77,13 @@ def render_prompt(tokenizer, messages: list[dict]) -> str:
     return render(tokenizer, messages, add_generation_prompt=True)
 
 
-def _tok(tokenizer, text: str) -> list[int]:
+def tokens_of(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
 
 def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
     """Token ids of render_prompt(); the same ids training uses for this prompt."""
-    return _tok(tokenizer, render_prompt(tokenizer, messages))
+    return tokens_of(tokenizer, render_prompt(tokenizer, messages))
 
 
 def _spans(tokenizer, conv: Conversation, render_fn=None) -> tuple[str, list[tuple[int, int]]]:
@@ -143,7 +143,7 @@ def encode(tokenizer, conv: Conversation, *, train_on: str = "completion",
     """Token ids and labels of one conversation; None when dropped for length (truncate=False)."""
     ids, labels = [], []
     for text, answer in pieces(tokenizer, conv):
-        piece = _tok(tokenizer, text)
+        piece = tokens_of(tokenizer, text)
         ids += piece
         labels += list(piece) if (answer or train_on == "all") else [IGNORE] * len(piece)
     if conv.is_text and tokenizer.eos_token_id is not None:

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from tunelab.models.attention import causal_spans, spans_attention_forward
+from tunelab.models.attention import Span, causal_spans, spans_attention_forward
 
 DOC_ATTN = "tunelab_docs"
 
@@ -38,14 +38,16 @@ def doc_attention_forward(
     dropout: float = 0.0,
     scaling: Optional[float] = None,
     doc_lengths: Optional[Sequence[int]] = None,
+    doc_spans: Optional[Sequence[Span]] = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """query (B, H, T, D), key/value (B, Hkv, T, D) -> ((B, T, H, D), None), like transformers' sdpa.
 
-    Each document causal on its own slice (models/attention.py); a padded batch or a caller
-    without `doc_lengths` gets plain sdpa.
+    Each document causal on its own slice (models/attention.py); `doc_spans` instead gives each
+    document its own mask (a preference pair: train/preference.py); a padded batch or a caller
+    without either gets plain sdpa.
     """
-    spans = None if doc_lengths is None else causal_spans(doc_lengths)
+    spans = doc_spans if doc_spans is not None else (None if doc_lengths is None else causal_spans(doc_lengths))
     return spans_attention_forward(module, query, key, value, attention_mask, spans,
                                    dropout=dropout, scaling=scaling, **kwargs)
 

@@ -24,6 +24,9 @@ RUN_FOLDER = {
     f"{paths.ADAPTER_DIR}/": "lora, dora, qlora: the final adapter, a PEFT folder plus the tokenizer and "
                              "tunelab_adapter.json (base model name, path and sha256, method)",
     f"{paths.MODEL_DIR}/": "full: the final model, a Hugging Face folder (safetensors) with its tokenizer",
+    paths.REFERENCE_FILE: "method: dpo only: the reference model's summed log-probabilities of every pair's chosen "
+                          "and rejected answer ({train: [[c, r], ...], eval: [...]}), computed once before step 1 "
+                          "and read back by --resume",
     paths.RESUME_LOG_FILE: "one line per --resume: `time`, `from_step` and `changed` {key: {from, to}}",
     paths.REPORT_FILE: "the run's HTML report; `tunelab train` writes it, `tunelab report DIR` rebuilds it",
     paths.LOG_FILE: "`tunelab train` only: log lines at INFO and above, tunelab's and other libraries' (the "

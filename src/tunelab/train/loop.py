@@ -49,8 +49,11 @@ from tunelab.train import cost, schedule
 from tunelab.train.attention import DOC_ATTN
 from tunelab.train.attention import register as register_doc_attention
 from tunelab.train.loss import PackedCausalLM, base_causal_lm
-from tunelab.train.methods import ADAPTER_METHODS, apply_method, check_method_available, count_parameters
+from tunelab.train.methods import (PREFERENCE_METHODS, apply_method, check_method_available, count_parameters,
+                                   is_adapter, lr_method, weights_method)
 from tunelab.train.packing import check_budget, collate, model_inputs, plan_batches, row_width
+from tunelab.train.preference import (Norms, PreferenceLM, PreferenceObjective, batch_forward, collate_pairs,
+                                      interleave, reference_logps)
 from tunelab.train.threads import choose_threads
 
 log = logging.getLogger("tunelab.train")
@@ -115,13 +118,20 @@ class Recipe:
         # ---- fail fast: nothing below loads a model or data
         self.t0 = time.perf_counter()
         self.cfg, self.resume, self.base_dir, self.toxicity = cfg, resume, base_dir, toxicity
+        # dpo / orpo: pairs packed with one copy of their prompt, a preference loss (preference.py)
+        self.objective = PreferenceObjective(cfg.method, cfg.preference) if cfg.method in PREFERENCE_METHODS else None
+        if self.objective is not None:
+            for key, value in (("data.max_toxicity", cfg.data.max_toxicity), ("replay", cfg.replay)):
+                if value is not None:
+                    raise TunelabError(f"{key} is not supported with method: {cfg.method}; remove it (screen or "
+                                       "mix the preference file itself)")
         if cfg.data.max_toxicity is not None and toxicity is None:
             raise TunelabError("data.max_toxicity needs a toxicity scorer: pass toxicity="
                                "tunelab.safety.toxicity.toxicity_scores to train() (the tunelab CLI does)")
         self.config_path = config_path or "CONFIG"
         self.overrides = list(overrides or [])  # repeated in the printed resume command
         self.run_dir = Path(cfg.out.format(name=cfg.name))
-        self.adapter = cfg.method in ADAPTER_METHODS
+        self.adapter = is_adapter(cfg)
         cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true")
         self.cuda = cuda
         check_method_available(cfg.method, "cuda" if cuda else "cpu")
@@ -188,6 +198,8 @@ class Recipe:
         # ---- optimizer and schedule (the schedule needs the step count from the data)
         self._setup_optimizer()
         self.model, self.optimizer = acc.prepare(self.lm, self.optimizer)
+        if self.objective is not None and self.objective.needs_reference:
+            self._reference()  # before any step (and before a resume loads trained weights)
 
         self.state = ckpt.ResumeState()
         self.config_yaml = to_yaml(cfg)
@@ -243,7 +255,7 @@ class Recipe:
         self.flops_per_token = cost.flops_per_token(self.n_params, self.n_trainable, emb, adapter=self.adapter)
         self.attn_dims = cost.attention_dims(base_causal_lm(model).config)  # (layers, heads × head_dim)
         self.peak_flops = cost.device_peak_flops(device, self.precision)
-        self.lm = PackedCausalLM(model)
+        self.lm = PreferenceLM(model) if self.objective is not None else PackedCausalLM(model)
         if self.compile:
             compile_layers(model)
 
@@ -274,10 +286,10 @@ class Recipe:
 
     def _setup_data(self) -> None:
         cfg = self.cfg
-        self.train_ex, self.eval_ex = self._load_examples()
+        self.train_ex, self.eval_ex = self._load_pairs() if self.objective is not None else self._load_examples()
         self.lengths = _lengths(self.train_ex)
         # epochs, lr and the batch left at auto follow from the data (schedule.py states the rule)
-        self.schedule = schedule.resolve(cfg.train, cfg.method, self.lengths, world=self.world,
+        self.schedule = schedule.resolve(cfg.train, lr_method(cfg), self.lengths, world=self.world,
                                          memory_budget=self._memory_budget())
         self.batch_tokens = self.schedule.batch_tokens
         check_budget(self.lengths, self.batch_tokens)
@@ -286,10 +298,11 @@ class Recipe:
         # build once per shape, so every packed row is padded to one width (a data set smaller than
         # the budget not past its own size). Eager CPU kernels do not care about shapes: there the
         # rows keep their length and no pad token costs MLP work (3-5% of a row on alpaca data).
-        fixed = cfg.data.packing and (self.compile or self.attn == "flex_attention")
+        self.packing = cfg.data.packing or self.objective is not None  # pairs are always packed
+        fixed = self.packing and (self.compile or self.attn == "flex_attention")
         self.row_width = row_width(min(self.batch_tokens, sum(self.lengths) or 1)) if fixed else None
         self.eval_plan = plan_batches(_lengths(self.eval_ex), self.batch_tokens,
-                                      seed=cfg.train.seed, packing=cfg.data.packing) if self.eval_ex else []
+                                      seed=cfg.train.seed, packing=self.packing) if self.eval_ex else []
 
         # steps: every epoch's plan is deterministic, so the total is known before training
         self.per_step = self.world * self.schedule.grad_accum  # micro-batches per optimizer step
@@ -351,20 +364,74 @@ class Recipe:
         train_idx, eval_idx, eval_ex = candidates, [], []
         if isinstance(d.eval, str):
             eval_ex = prepare(self._data_path(d.eval), self.tokenizer, **kw).trainable(log=log)
-        elif d.eval and len(candidates) > 1:
-            # seeded hold-out so every process (and a resumed run) holds out the same rows
-            order = list(range(len(candidates)))
-            random.Random(cfg.train.seed).shuffle(order)
-            n_eval = max(1, round(d.eval * len(candidates)))
-            held = set(order[:n_eval])
-            eval_idx = [c for i, c in enumerate(candidates) if i in held]
-            train_idx = [c for i, c in enumerate(candidates) if i not in held]
+        else:
+            train_idx, eval_idx = self._hold_out(candidates)
         train_ex = full.select(train_idx).trainable(log=log)
         if eval_idx:
             eval_ex = full.select(eval_idx).trainable(log=log)
         if cfg.replay is not None:  # after the hold-out: the eval loss stays the task's own
             train_ex = self._mix_replay(train_ex, kw, log)
         return train_ex, eval_ex
+
+    def _hold_out(self, candidates: list[int]) -> tuple[list[int], list[int]]:
+        """(train, eval) indices: a seeded hold-out of data.eval's fraction, the same on every process and resume."""
+        d = self.cfg.data
+        if not (isinstance(d.eval, float) and d.eval and len(candidates) > 1):
+            return candidates, []
+        order = list(range(len(candidates)))
+        random.Random(self.cfg.train.seed).shuffle(order)
+        held = set(order[:max(1, round(d.eval * len(candidates)))])
+        return ([c for i, c in enumerate(candidates) if i not in held],
+                [c for i, c in enumerate(candidates) if i in held])
+
+    def _load_pairs(self):
+        """(train, eval) preference pairs, encoded (templates/preference.py); a hook for benchmarks."""
+        from tunelab.data.preference import iter_pairs
+        from tunelab.templates.preference import encode_pairs
+
+        d = self.cfg.data
+
+        def encoded(spec: str):
+            pairs = iter_pairs(self._data_path(spec), fields=d.fields or None, skip_bad=d.skip_bad, system=d.system,
+                               what=f"method: {self.cfg.method}", skip_setting="data.skip_bad=true")
+            return encode_pairs(self.tokenizer, pairs, max_length=d.max_length)
+
+        pairs = encoded(d.train)
+        if isinstance(d.eval, str):
+            return pairs, encoded(d.eval)
+        train_idx, eval_idx = self._hold_out(list(range(len(pairs))))
+        return [pairs[i] for i in train_idx], [pairs[i] for i in eval_idx]
+
+    def _reference(self) -> None:
+        """DPO's reference log-probabilities of every train and eval pair: computed once, kept with the run.
+
+        A resumed run reads them back, so they never change across launches (and never see trained weights).
+        """
+        path = self.run_dir / paths.REFERENCE_FILE
+        if self.resume and path.is_file():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            self.ref_train = torch.tensor(data["train"], dtype=torch.float32).reshape(-1, 2)
+            self.ref_eval = torch.tensor(data["eval"], dtype=torch.float32).reshape(-1, 2)
+            if len(self.ref_train) != len(self.train_ex) or len(self.ref_eval) != len(self.eval_ex):
+                raise TunelabError(f"{path} holds {len(self.ref_train)} + {len(self.ref_eval)} pairs but the data "
+                                   f"has {len(self.train_ex)} + {len(self.eval_ex)}; the data changed since the run "
+                                   "began: start over with --overwrite")
+            return
+        t0 = time.perf_counter()
+        kw = dict(impl=self.attn, device=self.accelerator.device, pad_id=self.tokenizer.pad_token_id or 0,
+                  adapter=self.adapter, width=self.row_width)
+        try:
+            self.ref_train = reference_logps(self.accelerator.unwrap_model(self.model), self.train_ex, self.plan(0), **kw)
+            self.ref_eval = reference_logps(self.accelerator.unwrap_model(self.model), self.eval_ex, self.eval_plan, **kw)
+        except torch.OutOfMemoryError:
+            half = max(self.batch_tokens // 2, 16)
+            raise TunelabError(f"the reference pass of method: dpo ran out of memory with train.batch_tokens="
+                               f"{self.batch_tokens}; set train.batch_tokens={half} (and train.grad_accum="
+                               f"{self.schedule.grad_accum * 2}), or preference.weights=lora") from None
+        if self.main:
+            atomic_write_json(path, {"train": self.ref_train.tolist(), "eval": self.ref_eval.tolist()})
+        self._say(f"reference log-probabilities of {len(self.train_ex) + len(self.eval_ex)} pairs in "
+                  f"{time.perf_counter() - t0:.1f} s -> {path}")
 
     def _mix_replay(self, train_ex, kw: dict, log):
         """The task rows followed by replay records (replay.py: the ratio counts examples)."""
@@ -392,7 +459,7 @@ class Recipe:
     def plan(self, epoch: int) -> list[list[int]]:
         if epoch not in self._plans:
             self._plans[epoch] = plan_batches(self.lengths, self.batch_tokens, seed=self.cfg.train.seed,
-                                              epoch=epoch, packing=self.cfg.data.packing)
+                                              epoch=epoch, packing=self.packing)
         return self._plans[epoch]
 
     def steps_in_epoch(self, epoch: int) -> int:
@@ -449,10 +516,11 @@ class Recipe:
                        "tokens": n_tok, "tokens_per_s": n_tok / dt if dt > 0 else None,
                        "mfu": cost.mfu(step_flops, dt, self.peak_flops, self.world),
                        "mem_mib": round(cost.current_memory_mib(acc.device), 1),
-                       **self._rates()}
+                       **self.step_stats, **self._rates()}
                 best_now = False
                 if self.eval_ex and (state.step % cfg.train.eval_every == 0 or state.step == self.total_steps):
                     row["eval_loss"] = self._evaluate()
+                    row.update(getattr(self, "eval_stats", {}))
                     best_now, stop = self._early_stopping(row["eval_loss"])
                     if stop:
                         stopped = "early_stopping"
@@ -501,20 +569,29 @@ class Recipe:
             # a short last step left this process without a micro-batch: it still runs one (with
             # weight 0) so its DDP gradient all-reduce matches the other processes'
             mine, weights = step_batches[:1], [0.0]
-        batches = [collate([self.train_ex[i] for i in b], packing=cfg.data.packing,
-                           pad_id=self.tokenizer.pad_token_id or 0, width=self.row_width) for b in mine]
+        batches = [self._collate([self.train_ex[i] for i in b]) for b in mine]
         counts = torch.tensor([sum(b.n_supervised * w for b, w in zip(batches, weights)),
                                sum(b.n_tokens * w for b, w in zip(batches, weights)),
-                               sum(b.attn_pairs * w for b, w in zip(batches, weights))], dtype=torch.float64)
-        n_sup, n_tok, self.step_pairs = (int(x) for x in self._sum(counts))  # global, all processes
+                               sum(b.attn_pairs * w for b, w in zip(batches, weights)),
+                               sum(getattr(b, "n_pairs", 0) * w for b, w in zip(batches, weights)),
+                               sum(getattr(b, "n_chosen", 0) * w for b, w in zip(batches, weights))],
+                              dtype=torch.float64)
+        n_sup, n_tok, self.step_pairs, n_pairs, n_chosen = (int(x) for x in self._sum(counts))  # all processes
+        norms = Norms(max(n_pairs, 1), max(n_chosen, 1))  # preference: the step's global denominators
         loss_sum = torch.zeros((), dtype=torch.float32, device=acc.device)
+        self.step_stats = {}
         try:
             for i, (batch, w) in enumerate(zip(batches, weights)):
                 batch = batch.to(acc.device)
                 last = i == len(batches) - 1
                 # gradients are all-reduced once per step, on the last micro-batch only
                 with contextlib.nullcontext() if last else acc.no_sync(self.model):
-                    ce_sum, _ = self.model(**model_inputs(batch, self.attn), targets=batch.targets)
+                    if self.objective is None:
+                        ce_sum, _ = self.model(**model_inputs(batch, self.attn), targets=batch.targets)
+                    else:  # the share of the step's mean pair loss, × n_sup so the lines below divide it back
+                        part, stats = self._pair_loss(batch, mine[i], norms, self.ref_train_of)
+                        ce_sum = part * max(n_sup, 1)
+                        self._add_stats(stats, w)
                     if self.fault == ("nan", step):
                         ce_sum = ce_sum * float("nan")
                     if self.fault == ("sigint", step) and i == 0:
@@ -526,6 +603,7 @@ class Recipe:
             raise TunelabError(oom_message(step, self.batch_tokens, self.schedule.grad_accum,
                                            cfg.train.grad_checkpointing)) from None
         loss = float(self._sum(loss_sum.reshape(1).double())[0]) / max(n_sup, 1)
+        self.step_stats = self._mean_stats(self.step_stats, n_pairs)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if cfg.train.max_grad_norm:
             grad_norm = float(acc.clip_grad_norm_(params, cfg.train.max_grad_norm))
@@ -544,14 +622,67 @@ class Recipe:
         self.optimizer.zero_grad(set_to_none=True)
         return loss, n_sup, n_tok, grad_norm
 
+    def _collate(self, examples):
+        """One micro-batch of SFT rows (packing.py) or of preference pairs (preference.py)."""
+        pad_id = self.tokenizer.pad_token_id or 0
+        if self.objective is not None:
+            return collate_pairs(examples, pad_id=pad_id, width=self.row_width)
+        return collate(examples, packing=self.cfg.data.packing, pad_id=pad_id, width=self.row_width)
+
+    def ref_train_of(self, idx: list[int]) -> Optional[torch.Tensor]:
+        return interleave(self.ref_train[idx]) if self.objective.needs_reference else None
+
+    def ref_eval_of(self, idx: list[int]) -> Optional[torch.Tensor]:
+        return interleave(self.ref_eval[idx]) if self.objective.needs_reference else None
+
+    def _pair_loss(self, batch, idx: list[int], norms: Norms, ref_of) -> tuple[torch.Tensor, dict]:
+        """A micro-batch of pairs: its share of the step's loss, and its statistics (sums over its pairs)."""
+        logps = batch_forward(self.model, batch, self.attn)  # (2n,) summed answer log-probs
+        ref = ref_of(idx)
+        return self.objective(logps, batch.seq_tokens, norms, None if ref is None else ref.to(logps.device))
+
+    def _add_stats(self, stats: dict, w: float) -> None:
+        for k, v in stats.items():
+            self.step_stats[k] = self.step_stats.get(k, 0.0) + float(v) * w
+
+    def _mean_stats(self, sums: dict, n_pairs: int) -> dict:
+        """Per-pair means over all processes of the statistics' sums (TRL's rewards/*, logps/*)."""
+        if not sums:
+            return {}
+        keys = sorted(sums)
+        total = self._sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64))
+        return {k: float(v) / max(n_pairs, 1) for k, v in zip(keys, total.tolist())}
+
+    @torch.no_grad()
+    def _evaluate_pairs(self) -> float:
+        """Mean preference loss on the held-out pairs (eval_rewards/* and eval_logps/* go to the row)."""
+        self.model.eval()
+        mine = self.eval_plan[self.rank::self.world]
+        n_pairs = len(self.eval_ex)
+        n_chosen = sum(len(e.chosen) for e in self.eval_ex)
+        norms = Norms(max(n_pairs, 1), max(n_chosen, 1))
+        loss = torch.zeros(1, dtype=torch.float64)
+        self.step_stats_eval, saved = {}, self.step_stats
+        self.step_stats = {}
+        for b in mine:
+            batch = self._collate([self.eval_ex[i] for i in b]).to(self.accelerator.device)
+            part, stats = self._pair_loss(batch, b, norms, self.ref_eval_of)
+            loss += float(part)
+            self._add_stats(stats, 1.0)
+        self.eval_stats = {"eval_" + k: v for k, v in self._mean_stats(self.step_stats, n_pairs).items()}
+        self.step_stats = saved
+        self.model.train()
+        return float(self._sum(loss)[0])
+
     @torch.no_grad()
     def _evaluate(self) -> float:
         """Mean token loss on the held-out rows; each process takes every world-th batch."""
+        if self.objective is not None:
+            return self._evaluate_pairs()
         self.model.eval()
         total = torch.zeros(2, dtype=torch.float64, device=self.accelerator.device)
         for b in self.eval_plan[self.rank::self.world]:
-            batch = collate([self.eval_ex[i] for i in b], packing=self.cfg.data.packing,
-                            pad_id=self.tokenizer.pad_token_id or 0, width=self.row_width).to(self.accelerator.device)
+            batch = self._collate([self.eval_ex[i] for i in b]).to(self.accelerator.device)
             ce_sum, n = self.model(**model_inputs(batch, self.attn), targets=batch.targets)
             total += torch.tensor([float(ce_sum), n], dtype=torch.float64, device=total.device)
         self.model.train()
@@ -669,7 +800,8 @@ class Recipe:
                 if self.adapter:
                     atomic_write_json(tmp / ADAPTER_META_FILE, {
                         "base_model": self.base_name, "base_path": str(self.base_path),
-                        "base_sha256": self.base_sha, "method": self.cfg.method})
+                        "base_sha256": self.base_sha, "method": weights_method(self.cfg),
+                        **({"preference": self.cfg.method} if self.objective is not None else {})})
             rows = [json.loads(x) for x in self.metrics_path.read_text().splitlines() if x.strip()]
             last_eval = next((r["eval_loss"] for r in reversed(rows) if "eval_loss" in r), None)
             summary = {
@@ -715,7 +847,9 @@ class Recipe:
 def _lengths(examples) -> list[int]:
     """Token count per example: read from the cache's offsets, or from a plain list of Encoded."""
     lengths = getattr(examples, "lengths", None)
-    return lengths.tolist() if lengths is not None else [len(e.input_ids) for e in examples]
+    if lengths is not None:
+        return lengths.tolist()
+    return [e.length if hasattr(e, "length") else len(e.input_ids) for e in examples]  # pairs: preference.py
 
 
 def train(config, overrides: list[str] | None = None, *, resume: bool = False, overwrite: bool = False,

@@ -4,6 +4,8 @@ full   every parameter trains (fp32 master weights; bf16 autocast on CUDA)
 lora   low-rank adapters on every linear layer except the LM head (PEFT "all-linear")
 dora   LoRA with a learned magnitude per output (PEFT use_dora)
 qlora  LoRA over a 4-bit NF4 base (bitsandbytes; CUDA only)
+dpo    preference tuning (train/preference.py) of the weights `preference.weights` names:
+orpo   lora / dora (an adapter, as above) or full
 
 The frozen base of the adapter methods has requires_grad=False, so autograd never even builds
 its weight gradients (tested: after backward every base parameter's .grad is None).
@@ -14,6 +16,24 @@ from tunelab.config import TrainConfig
 from tunelab.errors import TunelabError
 
 ADAPTER_METHODS = ("lora", "dora", "qlora")
+PREFERENCE_METHODS = ("dpo", "orpo")
+
+
+def weights_method(cfg: TrainConfig) -> str:
+    """Which weights train: the method itself, or for dpo / orpo the one `preference.weights` names."""
+    return cfg.preference.weights if cfg.method in PREFERENCE_METHODS else cfg.method
+
+
+def lr_method(cfg: TrainConfig) -> str:
+    """The key of schedule.USUAL_LR for this run: dpo / orpo with an adapter, dpo_full / orpo_full without."""
+    if cfg.method in PREFERENCE_METHODS and cfg.preference.weights == "full":
+        return cfg.method + "_full"
+    return cfg.method
+
+
+def is_adapter(cfg: TrainConfig) -> bool:
+    """Whether the run trains (and saves) an adapter rather than every weight."""
+    return weights_method(cfg) in ADAPTER_METHODS
 
 
 def check_method_available(method: str, device: str) -> None:
@@ -44,13 +64,14 @@ def quantization_config():
 
 def apply_method(model, cfg: TrainConfig):
     """Return the model to train: the model itself (full) or a PeftModel (adapter methods)."""
-    if cfg.method == "full":
+    method = weights_method(cfg)
+    if method == "full":
         for p in model.parameters():
             p.requires_grad_(True)
         return model
     from peft import LoraConfig, get_peft_model
 
-    if cfg.method == "qlora":
+    if method == "qlora":
         from peft import prepare_model_for_kbit_training
 
         # casts norms to fp32 and enables input grads, as the QLoRA recipe does
@@ -60,7 +81,7 @@ def apply_method(model, cfg: TrainConfig):
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
         target_modules=cfg.lora.targets,  # "all-linear": every nn.Linear but the output head
-        use_dora=cfg.method == "dora",
+        use_dora=method == "dora",
         task_type="CAUSAL_LM",
     )
     try:

@@ -196,9 +196,11 @@ def collate(examples: Sequence[Any], *, packing: bool = True, pad_id: int = 0, w
     )
 
 
-def attention_mask(doc_ids: torch.Tensor, impl: str):
+def attention_mask(doc_ids: torch.Tensor, impl: str, branch: torch.Tensor | None = None):
     """The mask that keeps every token inside its own document (causal within it).
 
+    `branch` (B, T), for preference pairs (train/preference.py): -1 on a document's shared prompt,
+    else the branch (answer) a token belongs to; a token then also never sees another branch.
     impl: the model's attention implementation. flex_attention gets a BlockMask; sdpa a 4D
     boolean [B, 1, T, T]; eager the additive float form of the same (eager ignores booleans).
     Padding tokens (doc -1) attend to themselves only, so no softmax row is empty (NaN-free).
@@ -210,12 +212,21 @@ def attention_mask(doc_ids: torch.Tensor, impl: str):
         def same_doc_causal(b, h, q, k):
             return (doc_ids[b, q] == doc_ids[b, k]) & (q >= k)
 
+        if branch is not None:
+            def same_branch(b, h, q, k):
+                return same_doc_causal(b, h, q, k) & ((branch[b, k] == -1) | (branch[b, k] == branch[b, q]))
+
+            return create_block_mask(same_branch, B, None, T, T, device=doc_ids.device,
+                                     _compile=doc_ids.device.type == "cuda")
+
         # compiled on CUDA (as transformers does): the eager builder evaluates all T × T pairs at
         # once; with fixed row shapes it compiles once per run, the closure's doc_ids being an input
         return create_block_mask(same_doc_causal, B, None, T, T, device=doc_ids.device,
                                  _compile=doc_ids.device.type == "cuda")
     same = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)
     causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()  # (T, T)
+    if branch is not None:
+        same = same & ((branch[:, None, :] == -1) | (branch[:, None, :] == branch[:, :, None]))  # (B, T, T)
     mask = (same & causal).unsqueeze(1)  # (B, 1, T, T)
     if impl == "eager":
         # additive form: 0 where allowed, the dtype's minimum elsewhere

@@ -7,7 +7,8 @@ of mean length L tokens:
     tokens per optimizer step      = B × L, at least the longest row
     epochs                         = clamp(ceil(64 × B / n), 3, 20), then lowered (never below one)
                                      so that epochs × the set's tokens stays within 3M tokens
-    learning rate                  = the method's usual one: 2e-4 adapters, 2e-5 full weights
+    learning rate                  = the method's usual one: 2e-4 adapters, 2e-5 full weights; DPO / ORPO
+                                     5e-5 with an adapter, 5e-7 (DPO) / 8e-6 (ORPO) full weights
 
 So a small set gets several epochs and at least about 64 optimizer steps (n = 128, B = 4: 3 epochs
 of 32 steps; n = 8: 20 epochs of 2 steps), a large one three epochs of batches of 32, and a very
@@ -30,7 +31,12 @@ MIN_EXAMPLES_PER_STEP, MAX_EXAMPLES_PER_STEP = 4, 32
 TARGET_STEPS = 64  # optimizer steps a small set reaches through more epochs
 MIN_EPOCHS, MAX_EPOCHS = 3, 20
 TOKEN_BUDGET = 3_000_000  # tokens seen at most by an auto-length run (one epoch always runs)
-USUAL_LR = {"lora": 2e-4, "dora": 2e-4, "qlora": 2e-4, "full": 2e-5}
+# Preference tuning moves far less than SFT: TRL 1.16's trl/scripts/dpo.py runs full-weight DPO at 5e-7
+# and LoRA (r 32) DPO at 5e-6 for one epoch of UltraFeedback (thousands of steps); the ORPO paper
+# (Hong et al., 2024, arXiv 2403.07691) trains full weights at 8e-6. An auto run here is about 64
+# steps, so adapters take the top of the usual LoRA range 5e-6..5e-5 and full weights 5e-7..8e-6's.
+USUAL_LR = {"lora": 2e-4, "dora": 2e-4, "qlora": 2e-4, "full": 2e-5,
+            "dpo": 5e-5, "orpo": 5e-5, "dpo_full": 5e-7, "orpo_full": 8e-6}
 
 
 @dataclass
