@@ -66,8 +66,10 @@ _PREFERRED_PRE = ("llama-bpe", "qwen2", "gpt-4o", "tekken", "qwen35")
 
 
 def writable_quants() -> list[str]:
-    """The --quant names the installed gguf can write (a quant type missing from it is left out)."""
+    """The --quant names the installed gguf can write: each is tried on one block of zeros
+    (gguf.quants raises NotImplementedError for the types it can only read)."""
     import gguf
+    import numpy as np
     from gguf import quants
 
     names = []
@@ -75,9 +77,11 @@ def writable_quants() -> list[str]:
         q = getattr(gguf.GGMLQuantizationType, qtype, None)
         if q is None or not hasattr(gguf.LlamaFileType, ftype):
             continue
-        if q in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16) or \
-                hasattr(quants._type_traits.get(q), "quantize_blocks"):  # noqa: SLF001 (no public list)
-            names.append(name)
+        try:
+            quants.quantize(np.zeros((1, gguf.GGML_QUANT_SIZES[q][0]), dtype=np.float32), q)
+        except NotImplementedError:
+            continue
+        names.append(name)
     return names
 
 
