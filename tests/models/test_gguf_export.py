@@ -330,3 +330,5 @@ def test_not_a_gguf_name_and_no_output(base, tmp_path, cli):
     assert code == 2 and "must name a .gguf file" in lines[0]
     code, lines = cli("export", base)
     assert code == 2 and "--gguf" in lines[0] and "--out" in lines[0]
+    code, lines = cli("export", base, "--out", tmp_path / "merged")
+    assert code == 2 and len(lines) == 1 and "--out needs --adapter" in lines[0]
