@@ -163,6 +163,9 @@ def _write_config(w, cfg: dict, quant: str, name: str) -> None:
     w.add_head_count(heads)
     w.add_head_count_kv(cfg.get("num_key_value_heads") or heads)
     w.add_rope_dimension_count(head_dim)
+    if head_dim != cfg["hidden_size"] // heads:  # llama.cpp assumes hidden/heads unless told
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
     w.add_rope_freq_base(float(rope.get("rope_theta") or cfg.get("rope_theta") or 10000.0))
     if (rope.get("rope_type") or rope.get("type")) == "linear":
         w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
