@@ -1,8 +1,10 @@
-"""One exception type for everything the user can fix.
+"""One exception type for everything the user can fix, and one for Ctrl-C.
 
 The CLI prints a TunelabError as a single line and exits with code 2; anything else is a bug
 and shows its traceback. Messages name the file, line or field, and say what to do.
+An `Interrupted` (Ctrl-C) prints as one line saying what was kept, and exits 130.
 """
+import contextlib
 
 
 class TunelabError(Exception):
@@ -43,3 +45,30 @@ class ParameterError(TunelabError):
         for p in self.params:
             text = text.replace("{" + p + "}", names.get(p, p))
         return text
+
+
+class Interrupted(TunelabError, KeyboardInterrupt):
+    """Ctrl-C stopped a long command; the message says what was kept and how to go on.
+
+    A KeyboardInterrupt too, so code that cleans up on Ctrl-C (`except KeyboardInterrupt`, a
+    registry row marked "interrupted") treats it as one; the CLI prints it as one line and exits
+    130. Raise it through `on_interrupt`, which also lets an inner, more precise one through.
+    """
+
+    def __init__(self, kept: str):
+        super().__init__(f"interrupted: {kept}", exit_code=130)
+
+
+@contextlib.contextmanager
+def on_interrupt(kept: str):
+    """Turn Ctrl-C inside the block into Interrupted(kept); an Interrupted from deeper passes as is.
+
+    `kept` says what the user still has, e.g. "nothing written to runs/e (results are written
+    once every item is scored); run the same command again".
+    """
+    try:
+        yield
+    except Interrupted:
+        raise
+    except KeyboardInterrupt:
+        raise Interrupted(kept) from None

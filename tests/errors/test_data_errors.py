@@ -84,3 +84,38 @@ def test_missing_template_field_names_the_task_file(tmp_path):
         TaskTemplates(task, _task_source(task)).prompt(rows[0])
     msg = str(e.value)
     assert f"in {task_file} uses field 'query'" in msg and "<t>" not in msg
+
+
+SHORT_CSV = b"prompt,completion\nWhat is 2 plus 2?,4\nWhat is 3 plus 3?\n"  # line 3 has no completion cell
+
+
+def test_a_csv_row_with_a_missing_cell_names_the_file_and_line(tmp_path, cli, tiny_dir):
+    """Issue 26 case 7: eval scored the row against "None"; inspect and train said "missing field
+    'completion' (fields present: completion, prompt)". Each now names d.csv:3 and the missing cell."""
+    p = tmp_path / "d.csv"
+    p.write_bytes(SHORT_CSV)
+    want = "d.csv:3: 1 cells but 2 header columns (no cell for completion)"
+    with pytest.raises(TunelabError, match=want.replace("(", r"\(").replace(")", r"\)")):
+        read_rows(p)
+    code, _, err = cli("data", "inspect", p, "--model", tiny_dir)
+    line = one_line(err)
+    assert code == 2 and want in line and "pass --skip-bad" in line and "fields present" not in line
+    code, _, err = cli("data", "inspect", p, "--model", tiny_dir, "--skip-bad")
+    assert code == 0, err
+    task = tmp_path / "t.yaml"
+    task.write_text("name: t\ndata: d.csv\nprompt: '{{ prompt }}'\nanswer: '{{ completion }}'\nmetrics: [exact_match]\n")
+    code, _, err = cli("eval", tiny_dir, "--task", task)
+    assert code == 2 and want in one_line(err)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"model: {tiny_dir}\ndata: {{train: d.csv, eval: 0}}\nout: {tmp_path / 'r'}\n")
+    code, _, err = cli("train", cfg)
+    assert code == 2 and want in one_line(err) and "data.skip_bad" in err
+
+
+def test_a_null_field_is_not_called_missing(tmp_path, tiny):
+    from tunelab.data.formats import to_conversation
+    from tunelab.data.records import Row
+
+    with pytest.raises(TunelabError) as e:
+        to_conversation(Row(2, {"prompt": "q", "completion": None}, "d.jsonl:2"), "prompt_completion")
+    assert str(e.value) == "d.jsonl:2: field 'completion' has no value (null); give it one or remove the record"

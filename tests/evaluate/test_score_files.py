@@ -91,3 +91,11 @@ def test_invalid_utf8_names_the_line(tmp_path):
     hyp.write_bytes(b"fine\nbad \xff byte\n")
     with pytest.raises(TunelabError, match=r"h.txt:2: not valid UTF-8"):
         score_files(hyp, [_write(tmp_path / "r.txt", ["a", "b"])], ["bleu"])
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_line(tmp_path):
+    """Notepad's "UTF-8 with BOM" (issue 26 case 6): exact match 1.0, not 0.5."""
+    hyp = tmp_path / "h.txt"
+    hyp.write_bytes(b"\xef\xbb\xbfParis\nRome\n")
+    [res] = score_files(hyp, [_write(tmp_path / "r.txt", ["Paris", "Rome"])], ["exact_match"])
+    assert res.value == 1.0

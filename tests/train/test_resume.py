@@ -107,3 +107,19 @@ def test_summary_after_resume_covers_every_launch(make_config, monkeypatch):
     assert s["peak_mem_mib"] == 900.0
     assert s["wall_s"] >= first["wall_s"] and s["train_s"] >= first["train_s"]
     assert s["tokens_seen"] == sum(m["tokens"] for m in metrics(res.run_dir))
+
+
+def test_a_moved_run_folder_resumes(make_config, tmp_path):
+    """Moving a run to a bigger disk is what a full disk calls for: `out` is where the run lives,
+    not part of its recipe (issue 26 case 2)."""
+    import shutil
+
+    cfg = make_config("before", train={"max_steps": 4, "save_every": 2, "eval_every": 2})
+    res = train(cfg, ["train.max_steps=2"])
+    moved = tmp_path / "elsewhere" / "moved"
+    shutil.copytree(res.run_dir, moved, symlinks=True)  # cp -a
+    shutil.rmtree(res.run_dir)
+    res = train(cfg, [f"out={moved}"], resume=True)
+    assert res.run_dir == moved and res.summary["steps"] == 4
+    assert [m["step"] for m in metrics(moved)] == [1, 2, 3, 4]
+    assert yaml.safe_load((moved / paths.CONFIG_FILE).read_text())["out"] == str(moved)

@@ -16,7 +16,7 @@ import sys
 import typer
 from rich.console import Console
 
-from tunelab.errors import TunelabError
+from tunelab.errors import Interrupted, TunelabError
 
 app = typer.Typer(
     name="tunelab",
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args or os.environ.get("TUNELAB_DEBUG") == "1"
     command = typer.main.get_command(app)
     usage.check_outputs(command)
+    _carry_interrupts(command)
     # for this command only (tests and notebooks call main() in their own process):
     # warnings (ours, e.g. "skipped 2 bad records", and other libraries') print as one line, not
     # Python's "file:line: UserWarning: ..." followed by the source line that raised it
@@ -110,13 +111,21 @@ def _run(command, args: list[str], debug: bool) -> None:
     from tunelab.cli import usage
 
     try:
-        command.main(args=args, prog_name="tunelab", standalone_mode=False)
+        code = command.main(args=args, prog_name="tunelab", standalone_mode=False)
+    except _Stopped as stop:
+        e = stop.args[0]
+        if debug:  # the traceback of where Ctrl-C landed, then the same line and code
+            import traceback
+
+            traceback.print_exception(e, file=sys.stderr)
+        err_console.print(f"[yellow]{e if isinstance(e, Interrupted) else 'interrupted'}[/]", highlight=False, soft_wrap=True)
+        sys.exit(130)
     except TunelabError as e:
         if debug:
             raise
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
-    except (KeyboardInterrupt, typer.Abort):
+    except (KeyboardInterrupt, typer.Abort):  # Ctrl-C while the arguments were parsed
         err_console.print("[yellow]interrupted[/]")
         sys.exit(130)
     except SystemExit:
@@ -129,4 +138,22 @@ def _run(command, args: list[str], debug: bool) -> None:
             sys.exit(2)
         err_console.print(f"[bold red]error:[/] {usage.usage_message(e)}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    sys.exit(0)
+    # a command's own `raise typer.Exit(code)` comes back as its code in non-standalone mode
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+class _Stopped(Exception):
+    """Carries a Ctrl-C (args[0]) past Typer, which turns a KeyboardInterrupt into a silent Exit(130)
+    that standalone_mode=False returns as a value, so the message of an Interrupted would be lost."""
+
+
+def _carry_interrupts(command) -> None:
+    invoke = command.invoke
+
+    def guarded(ctx):
+        try:
+            return invoke(ctx)
+        except KeyboardInterrupt as e:
+            raise _Stopped(e) from None
+
+    command.invoke = guarded

@@ -135,7 +135,7 @@ def prepare_cmd(
     import numpy as np
 
     from tunelab.cli import console
-    from tunelab.errors import TunelabError
+    from tunelab.errors import TunelabError, on_interrupt
     from tunelab.models.loading import load_tokenizer, resolve
     from tunelab.progress import run_with_progress
     from tunelab.templates.cache import prepare
@@ -145,10 +145,13 @@ def prepare_cmd(
     _, folder = resolve(model)
     tokenizer = load_tokenizer(folder)
     t0 = time.perf_counter()
-    enc = run_with_progress("encoding", lambda p: prepare(
-        file, tokenizer, format=format, fields=parse_fields(field) or None, system=system, skip_bad=skip_bad,
-        train_on=train_on, max_length=max_length, truncate=not drop_long,
-        progress=p.update if p is not None else None), unit="records")
+    # the cache entry is written in a temporary folder and renamed when complete (templates/cache.py)
+    with on_interrupt("the encoded-data cache is unchanged (an entry is added only when complete); "
+                      "run the same command again"):
+        enc = run_with_progress("encoding", lambda p: prepare(
+            file, tokenizer, format=format, fields=parse_fields(field) or None, system=system, skip_bad=skip_bad,
+            train_on=train_on, max_length=max_length, truncate=not drop_long,
+            progress=p.update if p is not None else None), unit="records")
     wall = time.perf_counter() - t0
     for note in enc.meta["notes"]:
         console.print(f"[cyan]{note}[/]", highlight=False)

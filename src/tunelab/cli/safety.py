@@ -7,6 +7,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from tunelab.errors import on_interrupt
+
 safety_app = typer.Typer(
     name="safety",
     help="Safety screening: toxicity of texts and model outputs, the offline classifier, probes, bias benchmarks.",
@@ -108,10 +110,11 @@ def probe_cmd(
     from tunelab.progress import run_with_progress
     from tunelab.safety.probe import probe
 
-    res = run_with_progress("sampling", lambda progress: probe(
-        model, prompts, adapter=str(adapter) if adapter else None, samples=samples, seed=seed,
-        max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, limit=limit, out=out,
-        fmt=fmt, chat=chat, batch_size=batch_size, progress=progress))
+    with on_interrupt(nothing_written(out)):
+        res = run_with_progress("sampling", lambda progress: probe(
+            model, prompts, adapter=str(adapter) if adapter else None, samples=samples, seed=seed,
+            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, limit=limit, out=out,
+            fmt=fmt, chat=chat, batch_size=batch_size, progress=progress))
     print_results(res, "toxic at P(toxic) >= 0.5; refusal: evaluate/metrics/assistant.py patterns")
 
 
@@ -138,12 +141,20 @@ def bias_cmd(
     from tunelab.progress import run_with_progress
     from tunelab.safety.bias import bias
 
-    res = run_with_progress("scoring", lambda progress: bias(
-        model, benchmark, list(data), adapter=str(adapter) if adapter else None, limit=limit, out=out,
-        batch_size=batch_size, progress=progress))
+    with on_interrupt(nothing_written(out)):
+        res = run_with_progress("scoring", lambda progress: bias(
+            model, benchmark, list(data), adapter=str(adapter) if adapter else None, limit=limit, out=out,
+            batch_size=batch_size, progress=progress))
     note = ("pct_stereotype: share of pairs where the more-stereotyping sentence has the higher log-likelihood"
             if benchmark == "crows_pairs" else "bias scores in [-1, 1]: + follows the stereotype, 0 = none")
     print_results(res, note)
+
+
+def nothing_written(out: Optional[Path]) -> str:
+    """What an interrupted probe or bias run leaves: its results are written only at the end."""
+    if out is None:
+        return "no results (they are shown once every item is scored); run the same command again"
+    return f"nothing written to {out} (results are written once every item is scored); run the same command again"
 
 
 def register(app: typer.Typer) -> None:

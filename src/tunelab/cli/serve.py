@@ -47,7 +47,7 @@ def serve_command(
     Example: tunelab serve default --adapter support=runs/support/adapter --port 8000
     """
     from tunelab.cli import err_console
-    from tunelab.errors import TunelabError
+    from tunelab.errors import TunelabError, on_interrupt
 
     problems = []
     if not 1 <= port <= 65535:
@@ -74,8 +74,10 @@ def serve_command(
         names = ", ".join(served.model_names())
         err_console.print(f"serving {names} at http://{host}:{port}/v1 (Ctrl-C stops)", highlight=False)
 
-    serve(model, adapters=adapters, host=host, port=port, api_key=api_key, batch_size=batch_size,
-          queue_size=queue_size, device=device, on_ready=ready)
+    # uvicorn finishes the requests in flight on Ctrl-C, then raises it again: one line, exit 130
+    with on_interrupt("server stopped; it keeps nothing between runs (start it again with the same command)"):
+        serve(model, adapters=adapters, host=host, port=port, api_key=api_key, batch_size=batch_size,
+              queue_size=queue_size, device=device, on_ready=ready)
 
 
 def register(app: typer.Typer) -> None:

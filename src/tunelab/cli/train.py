@@ -1,7 +1,6 @@
 """`tunelab train CONFIG [key=value ...]` and `tunelab export MODEL --adapter DIR --out DIR | --gguf OUT.gguf`."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -28,13 +27,10 @@ def train_cmd(
     """
     from tunelab.cli import console, err_console
     from tunelab.safety.toxicity import toxicity_scores
-    from tunelab.train.loop import TrainingInterrupted, train
+    from tunelab.train.loop import train
 
-    try:
-        result = train(str(config), overrides or [], resume=resume, overwrite=overwrite, toxicity=toxicity_scores)
-    except TrainingInterrupted as e:
-        err_console.print(f"[yellow]{e}[/]", highlight=False, soft_wrap=True)
-        sys.exit(130)
+    # Ctrl-C: train() saves a checkpoint and raises Interrupted (one line, exit 130: cli/__init__.py)
+    result = train(str(config), overrides or [], resume=resume, overwrite=overwrite, toxicity=toxicity_scores)
     if not result.summary:  # not the main process of a multi-process run
         return
     if result.stopped == "already_finished":

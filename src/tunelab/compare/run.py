@@ -23,7 +23,7 @@ from tunelab.compare.lock import folder_lock
 from tunelab.compare.plan import (ARM_JSON, COMPARE_JSON, COMPARE_YAML, FIRST_EXAMPLE, LOCK_FILE, PLAN_JSON, Arm,
                                   Plan, make_plan, read_json)
 from tunelab.config import to_yaml
-from tunelab.errors import TunelabError
+from tunelab.errors import Interrupted, TunelabError
 from tunelab.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
 
@@ -181,9 +181,9 @@ def compare(config, overrides: Optional[list[str]] = None, *, out=None,
         result = CompareResult(plan.out, {})
         try:
             _run_arms(plan, result, say)
-        except KeyboardInterrupt:
-            say(f"interrupted: run the same command again to resume ({plan.out}); finished arms are kept")
-            raise
+        except KeyboardInterrupt:  # one line from the CLI (exit 130), instead of the inner command's
+            raise Interrupted(f"finished arms are kept in {plan.out} (a half-trained arm keeps its last checkpoint); "
+                              "run the same command again to resume") from None
         from tunelab.compare.table import summarize
 
         result.summary = summarize(plan)

@@ -76,6 +76,8 @@ def _text(row: Row, fields: dict, name: str, *, required: bool = True) -> Option
     if value is None:
         if not required:
             return None
+        if src in row.data:  # there but empty (JSON null): "missing ... (fields present: it)" would contradict itself
+            raise TunelabError(f"{row.source}: field '{src}' has no value (null); give it one or remove the record")
         raise TunelabError(
             f"{row.source}: missing field '{src}' (fields present: {', '.join(sorted(row.data))}); "
             f"rename with data.fields, e.g. fields: {{{name}: <your field>}} (the formats: {FORMATS_DOC})"

@@ -217,6 +217,11 @@ def _csv(path: Path, skip_bad: bool, bad: list[str]) -> Iterator[Row]:
             if None in item:  # more cells than header columns
                 _bad(f"{path}:{line}: {len(item[None]) + len(reader.fieldnames)} cells but {len(reader.fieldnames)} header columns", skip_bad, bad)
                 continue
+            short = [k for k, v in item.items() if v is None]  # DictReader's filler for missing cells
+            if short:  # fewer cells than header columns: not "None" values
+                _bad(f"{path}:{line}: {len(reader.fieldnames) - len(short)} cells but {len(reader.fieldnames)} header "
+                     f"columns (no cell for {', '.join(short)})", skip_bad, bad)
+                continue
             yield Row(line, dict(item), f"{path}:{line}")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
 from tunelab import logs
-from tunelab.errors import ParameterError, TunelabError
+from tunelab.errors import ParameterError, TunelabError, on_interrupt
 from tunelab.evaluate import results as results_mod
 from tunelab.evaluate import shard as shard_mod
 from tunelab.evaluate.cache import RequestCache, cached_call
@@ -197,7 +197,11 @@ def evaluate(
     metrics = get_metrics(task.metrics)  # an unknown metric fails before any model is loaded
     sh = shard_mod.current()
     # other libraries' log lines (and lines held from before): <out>/log.txt, written by rank 0 only
-    with logs.run_log(out if sh.is_main else None):
+    kept = (f"nothing written to {out} (results are written once every item is scored)" if out is not None
+            else "no results (they are shown once every item is scored)")
+    if cache:
+        kept += "; model outputs already in the cache are reused"
+    with logs.run_log(out if sh.is_main else None), on_interrupt(kept + "; run the same command again"):
         return _evaluate(model, task, metrics, sh, adapter=adapter, sampler=sampler, limit=limit,
                          batch_size=batch_size, out=out, cache=cache, device=device,
                          response_metrics=response_metrics, toxicity=toxicity, progress=progress, t0=t0)

@@ -40,7 +40,8 @@ def read_segments(path: str | Path, field: str | None = None) -> list[Any]:
             raise TunelabError(f"{path}: field={field!r} applies to data files ({', '.join(SUFFIXES)}); "
                                "a plain text file is read one segment a line")
         try:
-            text = path.read_text(encoding="utf-8")
+            # utf-8-sig: a byte-order mark (Notepad's "UTF-8 with BOM") is not part of the first segment
+            text = path.read_text(encoding="utf-8-sig")
         except UnicodeDecodeError as e:
             line = path.read_bytes()[: e.start].count(b"\n") + 1
             raise TunelabError(f"{path}:{line}: not valid UTF-8 ({e.reason}); save the file as UTF-8") from None

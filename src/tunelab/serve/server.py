@@ -290,7 +290,12 @@ def serve(model: str, *, adapters: Optional[dict[str, str]] = None, host: str = 
     app = create_app(served, api_key=api_key, batch_size=batch_size, queue_size=queue_size)
     if on_ready is not None:
         on_ready(served)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    # uvicorn.Server rather than uvicorn.run: run() exits 3 ("startup failed") when Ctrl-C lands
+    # while the server starts; Server.run raises the Ctrl-C again after shutting down, either way
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5))
+    server.run()
+    if not server.started:
+        raise TunelabError(f"the server did not start on {host}:{port}; the lines above say why")
 
 
 def check_bindable(host: str, port: int) -> None:

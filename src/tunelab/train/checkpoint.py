@@ -70,6 +70,8 @@ class ResumeState:
 SAFE_TO_CHANGE = ("train.max_steps", "train.epochs", "train.eval_every", "train.save_every",
                   "train.keep_checkpoints", "train.early_stopping.patience", "log.")
 LENGTH_KEYS = ("train.max_steps", "train.epochs")
+# where the run lives, not what it trains: a run folder moved to a bigger disk resumes from there
+PLACE_KEYS = ("out",)
 
 
 def _flat(data, prefix: str = "") -> dict:
@@ -91,11 +93,11 @@ def config_changes(folder: Path, config_yaml: str) -> dict[str, tuple]:
     saved = _flat(yaml.safe_load((Path(folder) / paths.CONFIG_FILE).read_text(encoding="utf-8")) or {})
     now = _flat(yaml.safe_load(config_yaml) or {})
     changes = {k: (saved.get(k), now.get(k)) for k in sorted(saved.keys() | now.keys()) if saved.get(k) != now.get(k)}
-    unsafe = [k for k in changes if not k.startswith(SAFE_TO_CHANGE)]
+    unsafe = [k for k in changes if not k.startswith(SAFE_TO_CHANGE) and k not in PLACE_KEYS]
     if unsafe:
         shown = ", ".join(f"{k} ({changes[k][0]!r} -> {changes[k][1]!r})" for k in unsafe)
         raise TunelabError(f"{folder}: --resume with a changed config: {shown}; resume with the settings the run "
-                           "was started with (only length, eval/save cadence and logging may change), "
+                           "was started with (only length, eval/save cadence, logging and out may change), "
                            "or start a new run with out=<another folder>")
     return changes
 

@@ -39,7 +39,7 @@ import torch
 
 from tunelab import logs, paths, runs
 from tunelab.config import TrainConfig, load_train_config, to_yaml
-from tunelab.errors import ParameterError, TunelabError
+from tunelab.errors import Interrupted, ParameterError, TunelabError
 from tunelab.io import atomic_dir, atomic_write_json, atomic_write_text, check_writable
 from tunelab.progress import Progress
 from tunelab.progress import quiet as progress_quiet
@@ -75,7 +75,7 @@ def _add(before: Optional[float], now: Optional[float]) -> Optional[float]:
     return None if now is None else (before or 0.0) + now
 
 
-class TrainingInterrupted(KeyboardInterrupt):
+class TrainingInterrupted(Interrupted):
     """Ctrl-C during training: a checkpoint was saved; the message says how to resume."""
 
 
@@ -539,7 +539,7 @@ class Recipe:
                 if interrupted:
                     folder = self.run_dir / paths.CHECKPOINTS_DIR / f"step-{state.step}"
                     raise TrainingInterrupted(
-                        f"interrupted at step {state.step}; checkpoint saved to {folder}; resume with: "
+                        f"at step {state.step}; checkpoint saved to {folder}; resume with: "
                         + shlex.join(["tunelab", "train", self.config_path, *self.overrides, "--resume"]))
                 if stopped == "early_stopping":
                     self._say(f"early stopping at step {state.step}: eval loss did not improve for "
