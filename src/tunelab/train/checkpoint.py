@@ -56,6 +56,8 @@ class ResumeState:
     evals_without_improvement: int = 0
     energy_wh: Optional[float] = 0.0  # energy of the run so far (None: not measurable here)
     peak_mem_mib: float = 0.0  # peak memory of the run so far (the max over launches)
+    processes: int = 0  # processes that saved it (0: a checkpoint older than this field)
+    micro_batches: int = 0  # micro-batches per optimizer step: processes × grad_accum
 
     @classmethod
     def from_json(cls, data: dict) -> "ResumeState":
@@ -67,8 +69,9 @@ class ResumeState:
 # Settings that may differ from the checkpoint's config on --resume: they change how long the
 # run goes on or what it logs and keeps, not what the saved weights, optimizer and data position
 # mean. A new length re-plans the LR schedule from the current step (docs/training.md).
+# train.grad_accum may change only so that processes × grad_accum stays the same (check_layout).
 SAFE_TO_CHANGE = ("train.max_steps", "train.epochs", "train.eval_every", "train.save_every",
-                  "train.keep_checkpoints", "train.early_stopping.patience", "log.")
+                  "train.keep_checkpoints", "train.early_stopping.patience", "log.", "train.grad_accum")
 LENGTH_KEYS = ("train.max_steps", "train.epochs")
 # where the run lives, not what it trains: a run folder moved to a bigger disk resumes from there
 PLACE_KEYS = ("out",)
@@ -127,6 +130,24 @@ def finished_summary(run_dir: Path, folder: Path, changes: dict[str, tuple]) -> 
     return summary if isinstance(summary.get("steps"), int) and last <= summary["steps"] else None
 
 
+def check_layout(folder: Path, *, processes: int, micro_batches: int) -> None:
+    """Refuse a resume whose optimizer step would hold a different number of micro-batches.
+
+    The data position is counted in optimizer steps, and a step is `processes × grad_accum`
+    micro-batches: another process count resumes exactly when grad_accum keeps that product.
+    """
+    try:
+        saved = ResumeState.from_json(json.loads((Path(folder) / STATE_FILE).read_text()))
+    except (OSError, ValueError):
+        return  # load_checkpoint names the broken file
+    if saved.micro_batches and saved.micro_batches != micro_batches:
+        n, p = saved.processes, saved.micro_batches
+        fix = (f"with {processes} processes set train.grad_accum={p // processes}" if p % processes == 0
+               else f"resume with a process count that divides {p} (e.g. {n}) and train.grad_accum={p}/processes")
+        raise TunelabError(f"{folder}: saved by {n} process(es) with {p} micro-batches per optimizer step; this launch "
+                           f"takes {micro_batches}; {fix} (same global batch, same data position)")
+
+
 # ---------------------------------------------------------------- RNG
 def rng_state() -> dict:
     """This process's RNG states as plain lists and tensors (loadable with weights_only=True)."""
@@ -179,10 +200,17 @@ def remove_partial(run_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------- save / load
-def save_weights(model, folder: Path, *, adapter: bool) -> None:
+def save_pretrained(model, target: Path, state_dict: Optional[dict] = None) -> None:
+    """`model.save_pretrained`, from `state_dict` when given (a sharded run's gathered weights)."""
+    if state_dict is None:
+        model.save_pretrained(target)
+    else:  # PEFT picks the adapter's keys out of the whole state dict; transformers saves it as is
+        model.save_pretrained(target, state_dict=state_dict)
+
+
+def save_weights(model, folder: Path, *, adapter: bool, state_dict: Optional[dict] = None) -> None:
     """The trainable weights in their library's own format (loadable without tunelab)."""
-    target = folder / (paths.ADAPTER_DIR if adapter else paths.MODEL_DIR)
-    model.save_pretrained(target)
+    save_pretrained(model, folder / (paths.ADAPTER_DIR if adapter else paths.MODEL_DIR), state_dict)
 
 
 def load_weights(model, folder: Path, *, adapter: bool) -> None:
@@ -221,15 +249,18 @@ def save_checkpoint(
     config_yaml: str,
     template: str,
     adapter: bool,
+    model_state: Optional[dict] = None,
+    optimizer_state: Optional[dict] = None,
 ) -> Path:
     """Write checkpoints/step-N atomically and return its path. Call on the main process only.
 
-    `rng` holds one rng_state() per process, in rank order.
+    `rng` holds one rng_state() per process, in rank order. A sharded run passes its gathered
+    `model_state` and `optimizer_state` (shard.full_states): the files are the same either way.
     """
     final = Path(run_dir) / paths.CHECKPOINTS_DIR / f"step-{state.step}"
     with atomic_dir(final) as tmp:
-        save_weights(model, tmp, adapter=adapter)
-        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+        save_weights(model, tmp, adapter=adapter, state_dict=model_state)
+        torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / OPTIMIZER_FILE)
         torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
         torch.save(rng, tmp / RNG_FILE)
         atomic_write_text(tmp / paths.CONFIG_FILE, config_yaml)
@@ -239,21 +270,30 @@ def save_checkpoint(
     return final
 
 
-def load_checkpoint(folder: Path, *, model, optimizer, scheduler, rank: int, adapter: bool) -> ResumeState:
-    """Restore weights, optimizer, scheduler and this process's RNG; return the ResumeState."""
+def load_checkpoint(folder: Path, *, model, optimizer, scheduler, rank: int, adapter: bool,
+                    weights: bool = True, load_optimizer=None) -> ResumeState:
+    """Restore weights, optimizer, scheduler and this process's RNG; return the ResumeState.
+
+    A sharded run loads the weights itself before sharding (`weights=False`) and the optimizer
+    through `load_optimizer(state_dict)` (shard.load_optimizer).
+    """
     try:
         state = ResumeState.from_json(json.loads((folder / STATE_FILE).read_text()))
-        load_weights(model, folder, adapter=adapter)
-        optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE, weights_only=True, map_location="cpu"))
+        if weights:
+            load_weights(model, folder, adapter=adapter)
+        osd = torch.load(folder / OPTIMIZER_FILE, weights_only=True, map_location="cpu")
+        (load_optimizer or optimizer.load_state_dict)(osd)
         scheduler.load_state_dict(torch.load(folder / SCHEDULER_FILE, weights_only=True))
         rng = torch.load(folder / RNG_FILE, weights_only=True)
     except (OSError, ValueError, RuntimeError) as e:
         raise TunelabError(f"{folder}: checkpoint cannot be loaded ({str(e).splitlines()[0][:160]}); "
                            "delete this step folder to resume from the one before") from None
-    if rank >= len(rng):
+    if rank >= len(rng) and not state.micro_batches:
         raise TunelabError(f"{folder}: saved by {len(rng)} process(es), resumed with more; "
                            f"resume with --num_processes {len(rng)}")
-    set_rng_state(rng[rank])
+    # more processes than saved streams (another process count, check_layout passed): the extra
+    # ones reuse a saved stream; only dropout draws from it, so with dropout 0 nothing changes
+    set_rng_state(rng[rank % len(rng)])
     return state
 
 

@@ -61,6 +61,7 @@ METRICS_KEYS = {
     "steady_from_step": "first step of the steady state",
     "compiles": "graphs torch.compile has built so far",
     "eval_loss": "held-out loss (evaluation steps only)",
+    "supervised_per_process": "supervised tokens of the step on each process, in rank order (several processes only)",
 }
 
 SUMMARY_KEYS = {
@@ -96,6 +97,7 @@ SUMMARY_KEYS = {
     "eval_rows": "held-out examples",
     "device": "cpu, cuda:0, ...",
     "processes": "processes of the run (DDP / FSDP)",
+    "sharding": "fsdp2 when parameters were sharded over the processes, null otherwise",
     "precision": "fp32, bf16 or fp16",
 }
 

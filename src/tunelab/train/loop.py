@@ -7,7 +7,8 @@
 
 `train(config)` is the public verb (`tunelab.train`). Multi-process runs come from Accelerate:
 `accelerate launch --multi_gpu --num_processes 2 -m tunelab train cfg.yaml` gives DDP (gloo on a CPU-only box;
-accelerate 1.15's `--cpu` launcher starts a single process unless MPI is installed).
+accelerate 1.15's `--cpu` launcher starts a single process unless MPI is installed);
+`accelerate launch --config_file fsdp.yaml ...` gives FSDP2, on GPUs or on CPU (shard.py, docs/scale.md).
 
 How one optimizer step is counted: the epoch's micro-batches (token-budget packs, see packing.py)
 are taken `processes × grad_accum` at a time; process r takes every processes-th one of them.
@@ -45,7 +46,7 @@ from tunelab.progress import Progress
 from tunelab.progress import quiet as progress_quiet
 from tunelab.models.export import ADAPTER_META_FILE  # base model name, path, weights hash, method
 from tunelab.train import checkpoint as ckpt
-from tunelab.train import cost, schedule
+from tunelab.train import cost, schedule, shard
 from tunelab.train.attention import DOC_ATTN
 from tunelab.train.attention import register as register_doc_attention
 from tunelab.train.loss import PackedCausalLM, base_causal_lm
@@ -168,12 +169,11 @@ class Recipe:
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
-        from accelerate import Accelerator
         from accelerate.utils import set_seed
 
         cfg = self.cfg
         trackers = [t for t in ("tensorboard", "mlflow") if getattr(cfg.log, t)]
-        self.accelerator = Accelerator(
+        self.accelerator = shard.accelerator(
             # cpu=True on a machine without CUDA makes a torchrun-style launch (`accelerate launch
             # --multi_gpu`, `torchrun`) run DDP over gloo instead of silently running alone
             cpu=not self.cuda,
@@ -183,6 +183,7 @@ class Recipe:
         )
         acc = self.accelerator
         self.world, self.rank, self.main = acc.num_processes, acc.process_index, acc.is_main_process
+        self.sharded = shard.is_sharded(acc)  # FSDP: parameters, gradients and AdamW state split over processes
         if acc.device.type == "cpu" and self.world == 1:
             # one thread per FREE core (threads.py); several processes share the cores already
             self.threads = choose_threads()
@@ -197,6 +198,12 @@ class Recipe:
         self._setup_data()
         # ---- optimizer and schedule (the schedule needs the step count from the data)
         self._setup_optimizer()
+        folder = ckpt.latest(self.run_dir) if self.resume else None
+        if folder is not None:
+            # a checkpoint of N processes continues with M when the global batch stays the same
+            ckpt.check_layout(folder, processes=self.world, micro_batches=self.per_step)
+            if self.sharded:  # whole weights go in before sharding: fully_shard splits what it finds
+                ckpt.load_weights(self.lm.model, folder, adapter=self.adapter)
         self.model, self.optimizer = acc.prepare(self.lm, self.optimizer)
         if self.objective is not None and self.objective.needs_reference:
             self._reference()  # before any step (and before a resume loads trained weights)
@@ -204,12 +211,13 @@ class Recipe:
         self.state = ckpt.ResumeState()
         self.config_yaml = to_yaml(cfg)
         self.metrics_path = self.run_dir / paths.METRICS_FILE
-        if self.resume:
+        if folder is not None:
             # after prepare: weights and optimizer state load into the device-placed objects;
             # RNG last, so nothing above consumes the restored random streams
-            folder = ckpt.latest(self.run_dir)
+            load_optimizer = (lambda osd: shard.load_optimizer(self.model, self.optimizer, osd)) if self.sharded else None
             self.state = ckpt.load_checkpoint(folder, model=self._inner(), optimizer=self.optimizer,
-                                              scheduler=self.scheduler, rank=self.rank, adapter=self.adapter)
+                                              scheduler=self.scheduler, rank=self.rank, adapter=self.adapter,
+                                              weights=not self.sharded, load_optimizer=load_optimizer)
             self._say(f"resuming from {folder} (step {self.state.step} of {self.total_steps})")
         # totals of earlier launches of a resumed run; summary.json covers the whole run
         self.wall_before, self.energy_before, self.peak_before = \
@@ -517,6 +525,8 @@ class Recipe:
                        "mfu": cost.mfu(step_flops, dt, self.peak_flops, self.world),
                        "mem_mib": round(cost.current_memory_mib(acc.device), 1),
                        **self.step_stats, **self._rates()}
+                if self.world > 1:  # how evenly the step's supervised tokens fell on the processes
+                    row["supervised_per_process"] = self.sup_per_process
                 best_now = False
                 if self.eval_ex and (state.step % cfg.train.eval_every == 0 or state.step == self.total_steps):
                     row["eval_loss"] = self._evaluate()
@@ -565,18 +575,23 @@ class Recipe:
         acc, cfg = self.accelerator, self.cfg
         mine = step_batches[self.rank::self.world]
         weights = [1.0] * len(mine)
-        if not mine:
-            # a short last step left this process without a micro-batch: it still runs one (with
-            # weight 0) so its DDP gradient all-reduce matches the other processes'
-            mine, weights = step_batches[:1], [0.0]
+        # a short last step leaves some processes one micro-batch short (or without any): they run
+        # a copy with weight 0, so every process makes the same collective calls (DDP's gradient
+        # all-reduce, FSDP's per-layer all-gathers in every forward and backward)
+        pad = math.ceil(len(step_batches) / self.world) - len(mine)
+        mine, weights = mine + step_batches[:1] * pad, weights + [0.0] * pad
         batches = [self._collate([self.train_ex[i] for i in b]) for b in mine]
-        counts = torch.tensor([sum(b.n_supervised * w for b, w in zip(batches, weights)),
-                               sum(b.n_tokens * w for b, w in zip(batches, weights)),
-                               sum(b.attn_pairs * w for b, w in zip(batches, weights)),
-                               sum(getattr(b, "n_pairs", 0) * w for b, w in zip(batches, weights)),
-                               sum(getattr(b, "n_chosen", 0) * w for b, w in zip(batches, weights))],
-                              dtype=torch.float64)
-        n_sup, n_tok, self.step_pairs, n_pairs, n_chosen = (int(x) for x in self._sum(counts))  # all processes
+        mine_sup = sum(b.n_supervised * w for b, w in zip(batches, weights))
+        counts = torch.zeros(5 + self.world, dtype=torch.float64)
+        counts[:5] = torch.tensor([mine_sup,
+                                   sum(b.n_tokens * w for b, w in zip(batches, weights)),
+                                   sum(b.attn_pairs * w for b, w in zip(batches, weights)),
+                                   sum(getattr(b, "n_pairs", 0) * w for b, w in zip(batches, weights)),
+                                   sum(getattr(b, "n_chosen", 0) * w for b, w in zip(batches, weights))])
+        counts[5 + self.rank] = mine_sup  # summed over processes: each one's count in its own slot
+        counts = [int(x) for x in self._sum(counts)]
+        n_sup, n_tok, self.step_pairs, n_pairs, n_chosen = counts[:5]  # all processes
+        self.sup_per_process = counts[5:]
         norms = Norms(max(n_pairs, 1), max(n_chosen, 1))  # preference: the step's global denominators
         loss_sum = torch.zeros((), dtype=torch.float32, device=acc.device)
         self.step_stats = {}
@@ -607,6 +622,8 @@ class Recipe:
         params = [p for p in self.model.parameters() if p.requires_grad]
         if cfg.train.max_grad_norm:
             grad_norm = float(acc.clip_grad_norm_(params, cfg.train.max_grad_norm))
+        elif self.sharded:
+            grad_norm = shard.grad_norm(params)
         else:
             grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -664,11 +681,14 @@ class Recipe:
         loss = torch.zeros(1, dtype=torch.float64)
         self.step_stats_eval, saved = {}, self.step_stats
         self.step_stats = {}
-        for b in mine:
+        mine = [(b, 1.0) for b in mine]
+        if self.sharded:  # same number of forwards everywhere: each one all-gathers the layers
+            mine += [(self.eval_plan[0], 0.0)] * (math.ceil(len(self.eval_plan) / self.world) - len(mine))
+        for b, w in mine:
             batch = self._collate([self.eval_ex[i] for i in b]).to(self.accelerator.device)
             part, stats = self._pair_loss(batch, b, norms, self.ref_eval_of)
-            loss += float(part)
-            self._add_stats(stats, 1.0)
+            loss += float(part) * w
+            self._add_stats(stats, w)
         self.eval_stats = {"eval_" + k: v for k, v in self._mean_stats(self.step_stats, n_pairs).items()}
         self.step_stats = saved
         self.model.train()
@@ -681,10 +701,13 @@ class Recipe:
             return self._evaluate_pairs()
         self.model.eval()
         total = torch.zeros(2, dtype=torch.float64, device=self.accelerator.device)
-        for b in self.eval_plan[self.rank::self.world]:
+        mine = [(b, 1.0) for b in self.eval_plan[self.rank::self.world]]
+        if self.sharded:  # same number of forwards everywhere: each one all-gathers the layers
+            mine += [(self.eval_plan[0], 0.0)] * (math.ceil(len(self.eval_plan) / self.world) - len(mine))
+        for b, w in mine:
             batch = self._collate([self.eval_ex[i] for i in b]).to(self.accelerator.device)
             ce_sum, n = self.model(**model_inputs(batch, self.attn), targets=batch.targets)
-            total += torch.tensor([float(ce_sum), n], dtype=torch.float64, device=total.device)
+            total += torch.tensor([float(ce_sum) * w, n * w], dtype=torch.float64, device=total.device)
         self.model.train()
         s, n = self._sum(total).tolist()
         return s / max(n, 1)
@@ -710,9 +733,13 @@ class Recipe:
         self.state.peak_mem_mib = self._peak_mib()
         self.state.energy_wh = _add(self.energy_before, self.energy.so_far_wh() if self.energy else None)
         rngs = gather_object([ckpt.rng_state()])  # every process's streams, in rank order
+        self.state.processes, self.state.micro_batches = self.world, self.per_step
+        # sharded: every process sends its shards; the main process writes them whole
+        weights, optim = shard.full_states(self.model, self.optimizer) if self.sharded else (None, None)
         if self.main:
             try:
                 ckpt.save_checkpoint(self.run_dir, model=self._inner(), optimizer=self.optimizer,
+                                     model_state=weights, optimizer_state=optim,
                                      scheduler=self.scheduler, state=self.state, rng=rngs,
                                      config_yaml=self.config_yaml, template=self.tokenizer.chat_template or "",
                                      adapter=self.adapter)
@@ -793,9 +820,10 @@ class Recipe:
         weights_dir = self.run_dir / (paths.ADAPTER_DIR if self.adapter else paths.MODEL_DIR)
         energy = _add(self.energy_before, self.energy.stop_wh() if self.energy else None)
         peak = self._peak_mib()
+        whole = shard.full_model_state(self.model) if self.sharded else None
         if self.main:
             with atomic_dir(weights_dir) as tmp:
-                self._inner().save_pretrained(tmp)
+                ckpt.save_pretrained(self._inner(), tmp, whole)
                 self.tokenizer.save_pretrained(tmp)
                 if self.adapter:
                     atomic_write_json(tmp / ADAPTER_META_FILE, {
@@ -834,6 +862,7 @@ class Recipe:
                 "eval_rows": len(self.eval_ex),
                 "device": str(acc.device),
                 "processes": self.world,
+                "sharding": "fsdp2" if self.sharded else None,
                 "precision": self.precision,
             }
             atomic_write_json(self.run_dir / paths.SUMMARY_FILE, summary)

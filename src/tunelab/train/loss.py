@@ -85,6 +85,9 @@ class PackedCausalLM(nn.Module):
         super().__init__()
         self.model = model  # the PEFT or plain model: its parameters are the ones trained
         self.chunk = chunk
+        # FSDP's transformer auto-wrap shards each decoder layer as its own unit; it finds the
+        # layer classes by this attribute on the module it is given
+        self._no_split_modules = list(getattr(base_causal_lm(model), "_no_split_modules", None) or [])
 
     def forward(self, input_ids, position_ids, attention_mask, targets, doc_lengths=None):
         lm = base_causal_lm(self.model)
