@@ -67,6 +67,8 @@ METRICS_KEYS = {
 SUMMARY_KEYS = {
     "wall_s": "seconds of the whole run, every launch added up",
     "train_s": "seconds inside the training loop",
+    "reference_s": "method: dpo: seconds of the reference pass before step 1 (0 when a --resume read it back; "
+                   "null for other methods)",
     "tokens_seen": "real tokens through the model",
     "tokens_trained": "supervised tokens (with train_on: completion, fewer than seen)",
     "tokens_per_s": "tokens_seen / train_s",
@@ -89,7 +91,7 @@ SUMMARY_KEYS = {
     "final_eval_loss": "the last eval loss",
     "steps": "optimizer steps done",
     "stopped": "completed or early_stopping",
-    "method": "full, lora, dora or qlora",
+    "method": "full, lora, dora, qlora, dpo or orpo",
     "model": "base model name",
     "trainable_params": "parameters trained",
     "total_params": "parameters of the model",

@@ -416,6 +416,7 @@ class Recipe:
         A resumed run reads them back, so they never change across launches (and never see trained weights).
         """
         path = self.run_dir / paths.REFERENCE_FILE
+        self.reference_s = 0.0
         if self.resume and path.is_file():
             data = json.loads(path.read_text(encoding="utf-8"))
             self.ref_train = torch.tensor(data["train"], dtype=torch.float32).reshape(-1, 2)
@@ -438,8 +439,9 @@ class Recipe:
                                f"{self.schedule.grad_accum * 2}), or preference.weights=lora") from None
         if self.main:
             atomic_write_json(path, {"train": self.ref_train.tolist(), "eval": self.ref_eval.tolist()})
+        self.reference_s = time.perf_counter() - t0
         self._say(f"reference log-probabilities of {len(self.train_ex) + len(self.eval_ex)} pairs in "
-                  f"{time.perf_counter() - t0:.1f} s -> {path}")
+                  f"{self.reference_s:.1f} s -> {path}")
 
     def _mix_replay(self, train_ex, kw: dict, log):
         """The task rows followed by replay records (replay.py: the ratio counts examples)."""
@@ -835,6 +837,7 @@ class Recipe:
             summary = {
                 "wall_s": round(time.perf_counter() - self.t0 + self.wall_before, 3),
                 "train_s": round(st.train_s, 3),
+                "reference_s": getattr(self, "reference_s", None),
                 "tokens_seen": st.tokens_seen,
                 "tokens_trained": st.tokens_trained,
                 "tokens_per_s": st.tokens_seen / st.train_s if st.train_s > 0 else None,
