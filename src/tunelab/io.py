@@ -6,6 +6,7 @@ previous version in place.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -13,6 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
+
+from tunelab.errors import TunelabError
 
 # mkstemp/mkdtemp create 0600/0700 entries; artifacts should get the usual permissions.
 _UMASK = os.umask(0)
@@ -60,21 +63,109 @@ def check_writable(path: str | os.PathLike, *, setting: str, folder: bool = True
     return path
 
 
+# ---------------------------------------------------------------- failed writes (a full disk)
+# errno values of "no room": the disk, the user's quota, the largest file the system allows
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# how other writers say it: torch.save (a RuntimeError from its zip writer, e.g. "[enforce fail at
+# inline_container.cc:672] . unexpected pos 1234 vs 1170"), safetensors (Rust's io::Error), SQLite
+_WRITE_FAILED = ("unexpected pos", "PytorchStreamWriter failed", "file write failed", "No space left on device",
+                 "StorageFull", "database or disk is full", "Disk quota exceeded")
+
+
+class WriteFailed(TunelabError):
+    """Writing `path` failed (usually a full disk); the earlier version of it is intact."""
+
+    def __init__(self, path: Path, need: int | None, cause: BaseException):
+        self.path, self.need = Path(path), need
+        free = _free_bytes(self.path)
+        room = free is not None and need is not None and free < need
+        why = "the disk is full" if room or _no_room(cause) else f"{_first_line(cause)}"
+        space = f" (it needs at least {_size(need)}; {_size(free)} free there)" if need and free is not None else ""
+        super().__init__(f"{self.path}: could not be written: {why}{space}; free some space or write it elsewhere "
+                         "(a run folder can be moved and resumed); the earlier files there are intact")
+
+
+def _no_room(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in _NO_ROOM or any(m in str(e) for m in _WRITE_FAILED[3:])
+
+
+def is_write_failure(e: BaseException) -> bool:
+    """True when `e` (or an exception it came from) says a write failed for want of room."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, WriteFailed) or _no_room(e) or any(m in str(e) for m in _WRITE_FAILED):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def _free_bytes(path: Path) -> int | None:
+    """Free bytes on the disk that holds `path` (its first existing ancestor)."""
+    target = path
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    try:
+        return shutil.disk_usage(target).free
+    except OSError:
+        return None
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit, scale in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def tree_bytes(path: Path) -> int:
+    """Bytes in the files under `path` (0 when it does not exist)."""
+    if path.is_file():
+        return path.stat().st_size
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, f)).st_size
+    return total
+
+
+@contextlib.contextmanager
+def write_errors(path: str | os.PathLike, need: int | None = None) -> Iterator[None]:
+    """Turn a failed write inside the block (OSError ENOSPC, torch's RuntimeError, SQLite's "disk is
+    full") into one WriteFailed line naming `path` and the space it needs; other errors pass."""
+    try:
+        yield
+    except WriteFailed:
+        raise
+    except Exception as e:
+        if not is_write_failure(e):
+            raise
+        raise WriteFailed(Path(path), need, e) from None
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with write_errors(path, len(data)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_UMASK)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
     return path
 
 
@@ -92,17 +183,29 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_dir(final: str | os.PathLike, *, replace: bool = True) -> Iterator[Path]:
+def atomic_dir(final: str | os.PathLike, *, replace: bool = True, expect: int | None = None) -> Iterator[Path]:
     """Yield a temporary sibling folder; rename it to `final` only if the block succeeds.
 
     With replace=True an existing `final` is swapped out only after the new one is complete.
+    A write that fails for want of room raises WriteFailed naming `final` and the space it needs
+    (`expect`: the expected size in bytes, e.g. the previous checkpoint's, when known).
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    with write_errors(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as e:
+            if not is_write_failure(e):
+                raise
+            # the space it needs: what was written before the disk filled, or the size of the
+            # version it replaces, whichever is larger (a checkpoint: the size of the last one)
+            written = tree_bytes(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise WriteFailed(final, max(written, tree_bytes(final), expect or 0), e) from None
         if final.exists():
             if not replace:
                 raise FileExistsError(final)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from tunelab import paths
+from tunelab.io import write_errors
 
 CACHE_FILE = "cache.sqlite"
 
@@ -31,10 +32,11 @@ class RequestCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.scope = f"{model_sha256}|{adapter_sha256 or '-'}"
         # timeout: several processes (sharded eval) may write at once; SQLite serialises them.
-        self._db = sqlite3.connect(str(self.path), timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS requests (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        self._db.commit()
+        with write_errors(self.path):
+            self._db = sqlite3.connect(str(self.path), timeout=60)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS requests (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            self._db.commit()
         self.hits = 0
         self.misses = 0
 
@@ -54,9 +56,10 @@ class RequestCache:
         return found
 
     def put_many(self, items: Iterable[tuple[str, Any]]) -> None:
-        with self._db:  # one transaction
-            self._db.executemany("INSERT OR REPLACE INTO requests (key, value) VALUES (?, ?)",
-                                 [(k, json.dumps(v, ensure_ascii=False)) for k, v in items])
+        rows = [(k, json.dumps(v, ensure_ascii=False)) for k, v in items]
+        # a full disk: one line naming the cache file; the transaction is rolled back, earlier rows stay
+        with write_errors(self.path, sum(len(k) + len(v) for k, v in rows)), self._db:  # one transaction
+            self._db.executemany("INSERT OR REPLACE INTO requests (key, value) VALUES (?, ?)", rows)
 
     def close(self) -> None:
         self._db.close()

@@ -94,12 +94,12 @@ def weights_sha256(folder: Path) -> str:
             changed = True
         h.update(cache[key].encode())
     if changed:
-        from tunelab.io import atomic_write_json
+        from tunelab.io import WriteFailed, atomic_write_json
 
         try:
             atomic_write_json(cache_file, cache)
-        except OSError:
-            pass  # a read-only cache only costs a re-hash next time
+        except (OSError, WriteFailed):
+            pass  # a read-only or full cache only costs a re-hash next time
     return h.hexdigest()
 
 

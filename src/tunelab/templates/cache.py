@@ -42,6 +42,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from tunelab.data.load import iter_conversations, resolve_spec
+from tunelab.io import WriteFailed, is_write_failure, tree_bytes, write_errors
 from tunelab.paths import home
 from tunelab.templates.batch import (ID_DTYPE, KEPT, NOTHING_TRAINED, TOO_LONG, Chunk, render_chunk, tokenize_chunk,
                                      tokenize_many)
@@ -162,8 +163,9 @@ def _entry(key: str, fill: Callable[[Path], dict]) -> tuple[Path, bool]:
     final = cache_dir() / key
     if (final / "meta.json").exists():
         return final, True
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=final.parent))
+    with write_errors(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=final.parent))
     try:
         (tmp / "meta.json").write_text(json.dumps(fill(tmp), ensure_ascii=False))
         try:
@@ -172,6 +174,12 @@ def _entry(key: str, fill: Callable[[Path], dict]) -> tuple[Path, bool]:
             if not (final / "meta.json").exists():
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # the other writer's entry is the same data
+    except Exception as e:
+        written = tree_bytes(tmp)  # a lower bound of the space the entry needs
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_write_failure(e):
+            raise WriteFailed(final, written, e) from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

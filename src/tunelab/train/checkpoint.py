@@ -29,7 +29,7 @@ import torch
 
 from tunelab import paths
 from tunelab.errors import TunelabError
-from tunelab.io import atomic_dir, atomic_write_json, atomic_write_text
+from tunelab.io import atomic_dir, atomic_write_json, atomic_write_text, tree_bytes
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -258,7 +258,8 @@ def save_checkpoint(
     `model_state` and `optimizer_state` (shard.full_states): the files are the same either way.
     """
     final = Path(run_dir) / paths.CHECKPOINTS_DIR / f"step-{state.step}"
-    with atomic_dir(final) as tmp:
+    before = latest(Path(run_dir))  # its size is what a full disk message says this one needs
+    with atomic_dir(final, expect=tree_bytes(before) if before is not None else None) as tmp:
         save_weights(model, tmp, adapter=adapter, state_dict=model_state)
         torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / OPTIMIZER_FILE)
         torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)

@@ -41,7 +41,7 @@ import torch
 from tunelab import logs, paths, runs
 from tunelab.config import TrainConfig, load_train_config, to_yaml
 from tunelab.errors import Interrupted, ParameterError, TunelabError
-from tunelab.io import atomic_dir, atomic_write_json, atomic_write_text, check_writable
+from tunelab.io import atomic_dir, atomic_write_json, atomic_write_text, check_writable, write_errors
 from tunelab.progress import Progress
 from tunelab.progress import quiet as progress_quiet
 from tunelab.models.export import ADAPTER_META_FILE  # base model name, path, weights hash, method
@@ -771,8 +771,9 @@ class Recipe:
             return
         # appended, not rewritten: one line per step; readers skip a torn last line, and a
         # resumed run rewinds the file to its checkpoint (_rewind_metrics)
-        with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        line = json.dumps(row) + "\n"
+        with write_errors(self.metrics_path, len(line)), open(self.metrics_path, "a", encoding="utf-8") as f:
+            f.write(line)
         if self.accelerator.trackers:
             self.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=row["step"])
 
