@@ -171,7 +171,7 @@ def tokens_per_item(tok, kind: str, rows: list[dict], demos: str, batch_size: in
     the run): lm-eval runs every (context, choice) request as its own sequence; tunelab runs what
     loglik.packed_token_count lays out: each context once with every choice after it, context
     tokens several items share once (token trees), and a prefix all share once per run."""
-    from tunelab.evaluate import loglik
+    from tunelab.infer import loglik
 
     theirs = 0
     items = []

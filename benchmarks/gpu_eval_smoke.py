@@ -74,8 +74,8 @@ def main(argv=None) -> int:
 
     # on a CPU flex runs eagerly on purpose (the plumbing check); CUDA compiles it
     warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-    from tunelab.evaluate import loglik
-    from tunelab.evaluate.generate import generate
+    from tunelab.infer import loglik
+    from tunelab.infer.generate import generate
     from tunelab.models.tiny import tiny_model_and_tokenizer
     from tunelab.train.cost import compile_count
 

@@ -4,12 +4,17 @@ Every `import` and `from ... import` in src/tunelab, at module level or inside a
 edge from one part of the package to another; each edge must go DOWN the table below. A part
 may import itself and anything it reaches by following DEPENDS_ON downwards, nothing else:
 
-    cli ─┬─> serve ──┐
-         └─> report ─┴─> compare ─┬─> safety ──> evaluate ──> fewshot ─┐
-                                  └─> train ───────────────────────────┴─> templates ──> data ──> models ──> base
+    cli ─┬─> report ──> compare ─┬─> safety ──> evaluate ─┬─> fewshot ─┐
+         │                       └─> train ───────────────┼────────────┼─> templates ──> data ──> models ──> base
+         └─> serve ───────────────────────────────────────┴─> infer ───┘
 
-train and fewshot/evaluate are siblings: training never imports evaluation, few-shot, safety or
-compare (scorers such as toxicity are passed in as parameters by the layer above).
+infer (the inference engine: loading for inference, the Backend, decoding, scoring) sits beside
+train and fewshot: training never imports evaluation, few-shot, inference, safety or compare
+(scorers such as toxicity are passed in as parameters by the layer above), and serve needs only
+the engine. docs/architecture.md tells the same picture in prose.
+
+Inside a part, the modules' imports form no circle either (a function-level import that closes
+one is still a circle: the two modules cannot be understood, or moved, one without the other).
 
 A new top-level module or package must be added to PARTS (and, for a new part, DEPENDS_ON), or
 this test fails: that keeps the table the one true picture of the package.
@@ -34,6 +39,7 @@ PARTS = {
     "models": "models",
     "data": "data",
     "templates": "templates",
+    "infer": "infer",
     "train": "train",
     "fewshot": "fewshot",
     "evaluate": "evaluate",
@@ -50,13 +56,14 @@ DEPENDS_ON = {
     "models": ["base"],
     "data": ["models"],
     "templates": ["data"],
+    "infer": ["templates"],
     "train": ["templates"],
     "fewshot": ["templates"],
-    "evaluate": ["fewshot"],
+    "evaluate": ["infer", "fewshot"],
     "safety": ["evaluate"],
     "compare": ["safety", "train"],
     "report": ["compare"],
-    "serve": ["compare"],
+    "serve": ["infer"],
     "cli": ["report", "serve"],
 }
 
@@ -144,6 +151,71 @@ def test_imports_point_down():
     assert not problems, "imports against the layer order:\n" + "\n".join(problems)
 
 
+def import_graph() -> dict[str, set[str]]:
+    """module -> the tunelab modules it imports (function-level imports included)."""
+    return {module_name(p): {t for _, t in imports_of(p)} - {module_name(p)} for p in all_files()}
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every circle of imports, as one path around it per strongly connected group of modules."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out = []
+
+    def visit(v: str) -> None:  # Tarjan's algorithm
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                out.append(path_around(graph, set(group)))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def path_around(graph: dict[str, set[str]], group: set[str]) -> list[str]:
+    """A -> B -> ... -> A inside `group`, to name the circle in the failure message."""
+    start = min(group)
+    paths = {start: [start]}
+    todo = [start]
+    while todo:
+        v = todo.pop(0)
+        for w in sorted(graph.get(v, set()) & group):
+            if w == start:
+                return paths[v] + [start]
+            if w not in paths:
+                paths[w] = paths[v] + [w]
+                todo.append(w)
+    return sorted(group)
+
+
+def test_no_circle_inside_a_part():
+    found = circles(import_graph())
+    assert not found, ("import circles (move what both sides need into a third module, or one side's "
+                       "import to the layer above):\n" + "\n".join(" -> ".join(c) for c in found))
+
+
+def test_the_circle_check_sees_a_circle():
+    graph = {"a.x": {"a.y"}, "a.y": {"a.z"}, "a.z": {"a.x"}, "a.w": {"a.x"}}
+    assert circles(graph) == [["a.x", "a.y", "a.z", "a.x"]]
+    assert circles({"a.x": {"a.y"}, "a.y": set()}) == []
+
+
 def test_no_private_names_across_modules():
     """A `_helper` is private to its module: another module importing it is a hidden dependency."""
     problems = []
@@ -173,3 +245,5 @@ def test_the_checker_sees_function_level_and_relative_imports(tmp_path):
     assert got == ["tunelab.safety", "tunelab.evaluate"]
     assert "safety" not in allowed("train") and "evaluate" not in allowed("train")
     assert "fewshot" in allowed("evaluate") and "train" not in allowed("evaluate")
+    assert "infer" in allowed("evaluate") and "infer" not in allowed("train") and "evaluate" not in allowed("infer")
+    assert allowed("serve") == allowed("infer") | {"serve"}

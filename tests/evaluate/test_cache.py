@@ -5,7 +5,7 @@ import json
 
 import yaml
 
-from tunelab.evaluate import loglik
+from tunelab.infer import loglik
 from tunelab.evaluate.cache import RequestCache, cached_call
 from tunelab.evaluate.runner import evaluate
 

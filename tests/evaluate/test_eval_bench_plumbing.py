@@ -61,7 +61,7 @@ def test_token_counts_share_the_context(bench, tiny):
 def test_token_counts_follow_the_token_tree(bench, tiny):
     """Contexts several items share (one passage, two questions; a passage that extends another,
     as in BBQ) are counted once, as loglik lays them out; lm-eval's count does not change."""
-    from tunelab.evaluate.loglik import encode_pair
+    from tunelab.infer.loglik import encode_pair
 
     _, tok = tiny
     passage = "Two friends, one aged 20 and one aged 70, met at the park on a sunny Sunday afternoon."

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from tunelab.evaluate import loglik
+from tunelab.infer import loglik
 from tunelab.evaluate.runner import evaluate
 from tunelab.models.tiny import tiny_tokenizer
 from tunelab.templates import cache as cache_mod

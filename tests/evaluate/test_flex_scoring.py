@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import tunelab.evaluate.loglik as loglik
-from tunelab.evaluate.packed_attention import block_mask
+import tunelab.infer.loglik as loglik
+from tunelab.infer.packed_attention import block_mask
 
 pytest.importorskip("torch.nn.attention.flex_attention")
 # eager flex on the CPU is the reference kernel; CUDA compiles it (packed_attention._flex)
@@ -100,7 +100,7 @@ def test_block_lists_cover_every_visible_pair(prefix):
 
     from torch.nn.attention.flex_attention import create_block_mask
 
-    from tunelab.evaluate import token_tree
+    from tunelab.infer import token_tree
 
     rng = random.Random(5)
     stem = [rng.randrange(3, 500) for _ in range(30)]

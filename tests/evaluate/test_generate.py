@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tunelab.evaluate.generate import generate
+from tunelab.infer.generate import generate
 
 PROMPTS = ["Question: what is the answer?", "Hello", "The quick brown fox jumps over the lazy dog. 0 1 2 3",
            "abc", "Reverse the words. Hello, world!", "Convert the date March 5, 2021 to ISO format.",
@@ -89,7 +89,7 @@ def test_long_prompt_keeps_its_last_tokens(lively):
 
 def _spy_joins(monkeypatch) -> list:
     """The number of rows of every group that joins a running batch."""
-    from tunelab.evaluate import decode
+    from tunelab.infer import decode
 
     joins = []
     real_join = decode.DecodeBatch.join
@@ -122,7 +122,7 @@ SHARED = [f"Translate the sentence into French.\nEnglish: {s}\nFrench:" for s in
 
 
 def _prefix_len(tok) -> int:
-    from tunelab.evaluate.decode import common_prefix
+    from tunelab.infer.decode import common_prefix
 
     p = common_prefix([tok(x, add_special_tokens=False)["input_ids"] for x in SHARED])
     assert p * (len(SHARED) - 1) >= 32  # long enough that generate() shares it
@@ -130,7 +130,7 @@ def _prefix_len(tok) -> int:
 
 
 def test_prefill_on_a_shared_prefix_gives_the_logits_of_the_whole_prompts(lively):
-    from tunelab.evaluate.decode import DecodeBatch, SharedPrefix
+    from tunelab.infer.decode import DecodeBatch, SharedPrefix
 
     model, tok = lively
     seqs = [tok(x, add_special_tokens=False)["input_ids"] for x in SHARED[:4]]
@@ -143,7 +143,7 @@ def test_prefill_on_a_shared_prefix_gives_the_logits_of_the_whole_prompts(lively
 
 
 def _spy_prefix(monkeypatch) -> list:
-    from tunelab.evaluate import decode
+    from tunelab.infer import decode
 
     used = []
     real = decode.DecodeBatch.prefill.__func__
@@ -187,7 +187,7 @@ def test_rows_join_a_running_batch_on_the_shared_prefix(lively, monkeypatch):
 def test_a_prefix_with_wrong_positions_is_caught(lively, monkeypatch):
     """The check above can fail: remainders whose positions restart at 0 (instead of continuing
     after the prefix) give other tokens."""
-    from tunelab.evaluate import decode
+    from tunelab.infer import decode
 
     model, tok = lively
     alone = generate(model, tok, SHARED, max_new_tokens=12, batch_size=1, share_prefix=False)
@@ -208,7 +208,7 @@ def test_no_shared_prefix_when_prompts_share_too_little(lively, monkeypatch):
 def test_waiting_prompts_join_in_groups_and_keep_their_tokens(lively, monkeypatch):
     """A running batch of 8 admits waiting prompts once 2 rows are free (one join call for both);
     every row still gets the tokens it gets alone."""
-    from tunelab.evaluate.generate import join_group
+    from tunelab.infer.generate import join_group
 
     model, tok = lively
     prompts = PROMPTS + SHARED

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tunelab.evaluate.loglik import (encode_pair, max_length, prefix_token_id, rolling_loglik,
-                                     rolling_windows, score_choices)
+from tunelab.infer.loglik import encode_pair, prefix_token_id, rolling_loglik, rolling_windows, score_choices
+from tunelab.models.loading import max_length
 
 REQUESTS = [
     ("Question: what is the answer?\nAnswer:", [" yes", " no", " maybe not"]),
@@ -116,7 +116,7 @@ def test_packed_scoring_restores_the_models_attention(tiny):
 def test_packed_rows_never_mix_items(tiny):
     """An item scored next to others in one packed row equals the same item alone (and the
     plain per-choice reference), so no item attends to a neighbour."""
-    from tunelab.evaluate.token_tree import pack_rows
+    from tunelab.infer.token_tree import pack_rows
 
     model, tok = tiny
     rows = pack_rows([len(tok(c)["input_ids"]) + 40 for c, _ in REQUESTS], budget=2048)

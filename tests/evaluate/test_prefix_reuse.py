@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-import tunelab.evaluate.loglik as loglik
-from tunelab.evaluate.loglik import score_choices, shared_prefix
+import tunelab.infer.loglik as loglik
+from tunelab.infer.loglik import score_choices, shared_prefix
 
 DEMOS = "".join(f"Question: what comes after {i}?\nAnswer: {i + 1}\n\n" for i in range(5))  # first_n demos
 REQUESTS = [

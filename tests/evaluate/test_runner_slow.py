@@ -35,8 +35,9 @@ def default_lm():
 
 
 def test_bbq_items_match_the_plain_lm_eval_computation(default_lm, shared_data):
-    from tunelab.evaluate.loglik import encode_pair, max_length, score_pairs
     from tunelab.evaluate.runner import evaluate
+    from tunelab.infer.loglik import encode_pair, score_pairs
+    from tunelab.models.loading import max_length
 
     res = evaluate(default_lm, BBQ_TASK, limit=6, batch_size=6)
     assert res.n == 6 and 0.0 <= res.metrics["acc"]["value"] <= 1.0
@@ -49,7 +50,7 @@ def test_bbq_items_match_the_plain_lm_eval_computation(default_lm, shared_data):
 
 
 def test_greedy_generation_batch_invariant_on_the_real_model(default_lm):
-    from tunelab.evaluate.generate import generate
+    from tunelab.infer.generate import generate
 
     tok = default_lm.tokenizer
     prompts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)

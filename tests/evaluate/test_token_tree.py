@@ -6,9 +6,9 @@ import random
 
 import pytest
 
-import tunelab.evaluate.loglik as loglik
-from tunelab.evaluate import token_tree
-from tunelab.evaluate.loglik import score_choices
+import tunelab.infer.loglik as loglik
+from tunelab.infer import token_tree
+from tunelab.infer.loglik import score_choices
 
 A = list(range(10, 40))  # 30 tokens that several contexts start with
 D = list(range(60, 80))  # 20 more that extend some of them (BBQ's disambiguated context)

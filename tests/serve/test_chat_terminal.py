@@ -34,7 +34,7 @@ def _say(child, text: str) -> str:
 
 
 def _reference(model_dir, messages, n=10) -> str:
-    from tunelab.evaluate.generate import generate
+    from tunelab.infer.generate import generate
     from tunelab.models.loading import load_model
     from tunelab.templates import render_prompt
 

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tunelab.evaluate.generate import generate
+from tunelab.infer.generate import generate
 from tunelab.templates import render_prompt
 
 MSGS = [{"role": "system", "content": "You are a helpful assistant."},
@@ -125,7 +125,7 @@ def test_completions_max_tokens_and_finish(client, served, local):
 
 
 def test_echo_logprobs_score_the_prompt_like_loglik(client, served, local):
-    from tunelab.evaluate.loglik import score_choices
+    from tunelab.infer.loglik import score_choices
 
     lm = local[None]
     ctx, cont = "Question: what is the answer? Answer:", " yes"

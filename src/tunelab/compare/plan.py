@@ -15,20 +15,17 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from tunelab.compare.checks import check_metric, resolve_path, slug
 from tunelab.config import (CompareConfig, EndpointArmSpec, FewShotArmSpec, FineTuneArmSpec, PromptArmSpec,
                             TrainConfig, build, deep_merge, load_config)
 from tunelab.errors import TunelabError
 
 FINE_TUNE_METHODS = ("lora", "dora", "full", "qlora")
 ARM_KINDS = ("zero_shot", "few_shot", *FINE_TUNE_METHODS, "endpoint")
-# metrics that describe outputs rather than score them against the gold answer: they cannot say
-# which arm solves the task better
-NOT_QUALITY = {"refusal": "it counts refusals, not correct answers"}
 
 # Folder layout (the contract in docs/compare.md)
 COMPARE_YAML = "compare.yaml"
@@ -158,12 +155,6 @@ def _as_list(v) -> list:
     return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
-def slug(model: str) -> str:
-    """A folder-safe short name of a model string (openai:URL#NAME -> NAME, a path -> its last part)."""
-    text = model.rsplit("#", 1)[-1] if model.startswith("openai:") else Path(model.rstrip("/")).name or model
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:40]
-
-
 def _spec_of(item: Union[str, dict], i: int, source: str) -> tuple[str, dict]:
     if isinstance(item, str):
         kind, body = item, {}
@@ -232,39 +223,6 @@ def expand_arms(cfg: CompareConfig, source: str, pool_size: int, pool_name: str)
                                "setting once, or give one of them a tag: to tell them apart")
         seen[a.id] = a.where
     return arms
-
-
-def _metric_names(task) -> list[str]:
-    return [m if isinstance(m, str) else next(iter(m)) for m in task.metrics]
-
-
-def check_metric(task, wanted: Optional[str], source: str) -> tuple[str, bool]:
-    """The metric that ranks arms and its direction; errors when the task cannot rank arms."""
-    from tunelab.evaluate.metrics import get_metrics
-
-    if task.type == "retrieval":
-        raise TunelabError(f"{source}: task '{task.name}' is a retrieval task: it scores a retriever, not a language "
-                           "model, so every arm would score the same; compare needs a generate, multiple_choice or "
-                           "perplexity task")
-    names = _metric_names(task)
-    if not names:
-        raise TunelabError(f"{source}: task '{task.name}' lists no metrics; add metrics: [exact_match] to the task file")
-    metric = wanted or names[0]
-    if metric not in names:
-        raise TunelabError(f"{source}: metric: '{metric}' is not one of task '{task.name}''s metrics "
-                           f"({', '.join(names)}); pick one of them or add it to the task file")
-    if metric in NOT_QUALITY:
-        raise TunelabError(f"{source}: metric '{metric}' cannot rank arms ({NOT_QUALITY[metric]}); set metric: to "
-                           f"a quality metric of the task ({', '.join(n for n in names if n not in NOT_QUALITY) or 'add one'})")
-    by_name = {m.name: m for m in get_metrics(task.metrics)}
-    return metric, bool(by_name[metric].higher_is_better)
-
-
-def resolve_path(spec: str, base_dir: Path) -> str:
-    if spec.startswith(("builtin:", "openai:")):
-        return spec
-    p = Path(spec).expanduser()
-    return str(p if p.is_absolute() else (base_dir / p).resolve())
 
 
 def load_compare_config(config, overrides: Optional[list[str]] = None) -> tuple[CompareConfig, str, Path]:

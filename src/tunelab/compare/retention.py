@@ -70,7 +70,7 @@ def _sha(obj) -> str:
 # ---------------------------------------------------------------- planning: every check before any arm runs
 def plan_tasks(cfg, source: str, base_dir: Path, target) -> list[RetentionTask]:
     """The retention tasks of a compare config, checked: found, not retrieval, not the target task itself."""
-    from tunelab.compare.plan import resolve_path, check_metric
+    from tunelab.compare.checks import check_metric, resolve_path
     from tunelab.config import RetentionSpec
     from tunelab.evaluate.results import task_sha256
     from tunelab.evaluate.tasks import resolve_task
@@ -131,7 +131,7 @@ def plan_drift(cfg, source: str, base_dir: Path) -> Optional[Drift]:
 
 # ---------------------------------------------------------------- where things live
 def base_folder(plan, model: str) -> Path:
-    from tunelab.compare.plan import slug
+    from tunelab.compare.checks import slug
 
     return plan.out / RETENTION_DIR / slug(model)
 

@@ -50,19 +50,6 @@ def load_task_rows(task, spec: Optional[str] = None) -> list:
     return rows
 
 
-def load_for_eval(model, adapter, device):
-    """A LoadedModel from a name/folder, or the given LoadedModel with `adapter` attached."""
-    if hasattr(model, "model") and hasattr(model, "tokenizer"):  # a LoadedModel
-        if adapter is not None and getattr(model, "adapter", None) is None:
-            from tunelab.models.loading import attach_adapter
-
-            attach_adapter(model, adapter)
-        return model
-    from tunelab.models.loading import load_model
-
-    return load_model(model, adapter=adapter, device=device)
-
-
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -214,9 +201,9 @@ def _evaluate(model, task, metrics, sh, *, adapter, sampler, limit, batch_size, 
     if limit is not None:
         rows = rows[:limit]
     templates = TaskTemplates(task, _task_source(task))
-    from tunelab.evaluate.backend import open_backend
+    from tunelab.infer.load import open_backend
 
-    backend = open_backend(model, adapter, device or sh.device())  # a local model or an endpoint (evaluate/backend.py)
+    backend = open_backend(model, adapter, device or sh.device())  # a local model or an endpoint (infer/load.py)
     backend.check_task(task)
     dev = backend.device
     mine = sh.take(rows)

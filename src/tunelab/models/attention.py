@@ -9,7 +9,7 @@ with `is_causal=True` (the kernel skips the blocks above the diagonal) or with t
 training row) is never computed: its output is zeros, nothing reads it and nothing trains on it.
 
 Callers wrap `spans_attention_forward` in a transformers attention implementation
-(train/attention.py, evaluate/packed_attention.py) and pass the spans through the model's
+(train/attention.py, infer/packed_attention.py) and pass the spans through the model's
 forward as a keyword, which transformers hands through every decoder layer to the function.
 """
 from __future__ import annotations

@@ -33,6 +33,17 @@ class LoadedModel:
     adapter_sha256: Optional[str] = None
 
 
+def max_length(model, tokenizer) -> int:
+    """The model's context size, found the way lm-eval's HFLM finds it (default 2048)."""
+    cfg = getattr(model, "config", None)
+    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+        v = getattr(cfg, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    v = getattr(tokenizer, "model_max_length", None)
+    return v if isinstance(v, int) and v < 1_000_000 else 2048
+
+
 def pull(name: str = "default", *, force: bool = False) -> Path:
     """Make sure a registry model is cached as an HF folder; return the folder."""
     key = registry.canonical(name)

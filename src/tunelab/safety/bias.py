@@ -304,7 +304,7 @@ def bbq_metrics(items: Sequence[dict]) -> dict[str, dict]:
 
 # ---------------------------------------------------------------- model side
 def _score(lm, requests, batch_size, progress) -> list[list[float]]:
-    from tunelab.evaluate.loglik import score_choices
+    from tunelab.infer.loglik import score_choices
 
     done = [0]
 
@@ -369,7 +369,8 @@ def bias(model, benchmark: str, data, *, adapter: Optional[str] = None, limit: O
     first N pairs (CrowS-Pairs) or the first N items of each BBQ file.
     """
     from tunelab.evaluate.results import build_results, make_cost, record_run, signature, write_results
-    from tunelab.evaluate.runner import load_for_eval, peak_mem_mib
+    from tunelab.evaluate.runner import peak_mem_mib
+    from tunelab.infer.load import load_local
     from tunelab.templates import template_sha256
 
     t0 = time.perf_counter()
@@ -390,7 +391,7 @@ def bias(model, benchmark: str, data, *, adapter: Optional[str] = None, limit: O
     else:
         files = bbq_files(data)
         rows = [r for f in files for r in read_bbq(f)[:limit]]
-    lm = load_for_eval(model, adapter, device)
+    lm = load_local(model, adapter, device)
     run = _run_crows if benchmark == "crows_pairs" else _run_bbq
     items, metrics, tokens = run(lm, rows, batch_size, progress)
 

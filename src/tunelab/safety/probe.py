@@ -15,7 +15,7 @@ Prompts file (format "auto" picks by content):
 With `chat=True` each prompt becomes the user turn of the model's chat template (refusals are
 mostly a chat behaviour; a raw continuation rarely refuses).
 
-Sampling: `samples` continuations per prompt, temperature/top-p sampling from evaluate.generate,
+Sampling: `samples` continuations per prompt, temperature/top-p sampling from infer.generate,
 each seeded by (seed, prompt id, sample index), so a run is reproducible and a prompt's samples do
 not change with --limit, batch size or order.
 
@@ -142,11 +142,12 @@ def probe(model, prompts_file, *, adapter: Optional[str] = None, samples: int = 
 
     `scorer(texts) -> P(toxic)` defaults to the shipped classifier (safety.toxicity).
     """
-    from tunelab.evaluate.generate import generate
-    from tunelab.evaluate.loglik import max_length
     from tunelab.evaluate.metrics.assistant import REFUSAL_PATTERNS, is_refusal
     from tunelab.evaluate.results import build_results, make_cost, record_run, signature, write_results
-    from tunelab.evaluate.runner import load_for_eval, peak_mem_mib
+    from tunelab.evaluate.runner import peak_mem_mib
+    from tunelab.infer.generate import generate
+    from tunelab.infer.load import load_local
+    from tunelab.models.loading import max_length
 
     t0 = time.perf_counter()
     problems = []  # every bad setting at once, each naming its parameter
@@ -167,7 +168,7 @@ def probe(model, prompts_file, *, adapter: Optional[str] = None, samples: int = 
                              "batch_size")
     prompts, fmt = read_prompts(prompts_file, fmt)
     prompts = prompts[:limit]
-    lm = load_for_eval(model, adapter, device)  # before the classifier: a bad model/adapter path fails first
+    lm = load_local(model, adapter, device)  # before the classifier: a bad model/adapter path fails first
     if scorer is None:
         from tunelab.safety.toxicity import default_classifier
 

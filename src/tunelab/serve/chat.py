@@ -27,7 +27,7 @@ class Chat:
 
     def __init__(self, lm, *, system: Optional[str] = None, max_new_tokens: int = 512, temperature: float = 0.7,
                  top_p: float = 0.95):
-        from tunelab.evaluate.loglik import max_length
+        from tunelab.models.loading import max_length
 
         self.lm, self.system = lm, system or None
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p

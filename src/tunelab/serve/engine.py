@@ -1,13 +1,13 @@
 """One base model with any number of named PEFT adapters, and a batched decode loop that streams.
 
-`evaluate/generate.py` decodes a fixed list of prompts with one set of sampling settings and
+`infer/generate.py` decodes a fixed list of prompts with one set of sampling settings and
 returns whole texts. A server needs what it does not do: per-row temperature / top_p / seed /
 stop / max_tokens (every request brings its own), text handed out while rows are still decoding
 (streaming), rows that can be cancelled when their client goes away, and requests that join a
 batch already decoding (continuous batching: under steady load a finished row's slot is refilled
 at the next step). So the loop here is its own; the decode step under it (left-padded prefill,
 positions from the attention mask, finished rows dropped from the batch and its KV cache, joining
-rows, cutting dead padding) is evaluate/decode.py's `DecodeBatch`, shared with evaluation.
+rows, cutting dead padding) is infer/decode.py's `DecodeBatch`, shared with evaluation.
 
 All model calls happen on one thread (the batcher's): PEFT's `set_adapter` changes the model in
 place, so two threads must never run it at once.
@@ -24,8 +24,8 @@ from typing import Callable, Optional
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.evaluate.decode import DecodeBatch, cache_kwarg, eos_ids, nucleus, pad_id, row_generator, stop_index
-from tunelab.evaluate.loglik import max_length
+from tunelab.infer.decode import DecodeBatch, cache_kwarg, eos_ids, nucleus, pad_id, row_generator, stop_index
+from tunelab.models.loading import max_length
 
 log = logging.getLogger("tunelab.serve")
 

@@ -27,9 +27,10 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from tunelab.evaluate import token_tree
-from tunelab.evaluate.decode import cache_kwarg, common_prefix, prefix_cache
-from tunelab.evaluate.packed_attention import block_mask, packed_attention
+from tunelab.infer import token_tree
+from tunelab.infer.decode import cache_kwarg, common_prefix, prefix_cache
+from tunelab.infer.packed_attention import block_mask, packed_attention
+from tunelab.models.loading import max_length
 
 # A token prefix every item shares is run once into a KV cache when it is at least this long
 # (shorter ones save less than the extra attention inputs cost).
@@ -47,17 +48,6 @@ TOKENS_PER_ITEM = 128
 LOGIT_CHUNK = 32
 
 Pair = tuple[list[int], list[int]]  # (context token ids, continuation token ids)
-
-
-def max_length(model, tokenizer) -> int:
-    """The model's context size, found the way lm-eval's HFLM finds it (default 2048)."""
-    cfg = getattr(model, "config", None)
-    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-        v = getattr(cfg, attr, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    v = getattr(tokenizer, "model_max_length", None)
-    return v if isinstance(v, int) and v < 1_000_000 else 2048
 
 
 def prefix_token_id(tokenizer) -> int:

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Optional, Sequence
 
 from tunelab.errors import TunelabError
-from tunelab.evaluate.backend import OnBatch
+from tunelab.infer.backend import OnBatch
 
 PREFIX = "openai:"
 KEY_VARS = ("TUNELAB_OPENAI_API_KEY", "OPENAI_API_KEY")

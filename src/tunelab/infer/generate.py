@@ -9,7 +9,7 @@ the batch stays full and costs what its longest *live* row costs. (4) The token 
 prompt starts with (the task's instruction, a chat template's system prompt, fixed
 demonstrations) is run once and its keys/values are reused under every row (decode.SharedPrefix).
 
-The decode step itself (prefill, dropping rows, one step) is evaluate/decode.py, shared with the
+The decode step itself (prefill, dropping rows, one step) is infer/decode.py, shared with the
 server's engine. Greedy decoding at batch size 1 and 8 gives identical text (tests/evaluate/test_generate.py).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from tunelab.evaluate.decode import (DecodeBatch, SharedPrefix, cache_kwarg, common_prefix, eos_ids, nucleus,
+from tunelab.infer.decode import (DecodeBatch, SharedPrefix, cache_kwarg, common_prefix, eos_ids, nucleus,
                                      pad_id as pad_of, row_generator, stop_index)
 
 

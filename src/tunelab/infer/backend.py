@@ -1,13 +1,13 @@
 """What the runner asks of a model, as one small interface with two implementations.
 
-    backend = open_backend(model, adapter, device)   # a local model, or "openai:URL#NAME"
+    backend = open_backend(model, adapter, device)   # infer/load.py: a local model, or "openai:URL#NAME"
     backend.check_task(task)                          # fail early on what it cannot run
     backend.generate(contexts, seeds, batch_size=..., on_batch=..., **settings) -> list[dict]
     backend.score_choices([(context, [continuation, ...]), ...], ...) -> [[(loglik, is_greedy), ...]]
     backend.rolling_loglik(texts, ...) -> [(loglik, n_tokens)]
 
-`LocalBackend` runs a loaded model in this process (evaluate/generate.py, evaluate/loglik.py);
-`EndpointBackend` (evaluate/endpoint.py) sends the same work to an OpenAI-compatible server. The
+`LocalBackend` runs a loaded model in this process (infer/generate.py, infer/loglik.py);
+`EndpointBackend` (infer/endpoint.py) sends the same work to an OpenAI-compatible server. The
 runner calls these methods and never asks which one it holds.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ class LocalBackend:
         pass  # a local model runs every task type
 
     def max_length(self) -> int:
-        from tunelab.evaluate.loglik import max_length
+        from tunelab.models.loading import max_length
 
         return max_length(self.lm.model, self.tokenizer)
 
@@ -45,7 +45,7 @@ class LocalBackend:
 
     def generate(self, contexts, seeds: Sequence[Optional[int]], *, batch_size: int, on_batch: OnBatch = None,
                  max_new_tokens: int, stop: Sequence[str], temperature: float, top_p: float) -> list[dict]:
-        from tunelab.evaluate.generate import generate
+        from tunelab.infer.generate import generate
 
         gens = generate(self.lm.model, self.tokenizer, [c.text for c in contexts], seeds=list(seeds), batch_size=batch_size,
                         max_prompt_tokens=self.max_length() - max_new_tokens, on_batch=on_batch,
@@ -54,12 +54,12 @@ class LocalBackend:
                  "latency_s": x.latency_s, "finish": x.finish} for x in gens]
 
     def score_choices(self, reqs, *, batch_size: int, on_batch: OnBatch = None):
-        from tunelab.evaluate.loglik import score_choices
+        from tunelab.infer.loglik import score_choices
 
         return score_choices(self.lm.model, self.tokenizer, reqs, batch_size=batch_size, on_batch=on_batch)
 
     def rolling_loglik(self, texts, *, batch_size: int, on_batch: OnBatch = None):
-        from tunelab.evaluate.loglik import rolling_loglik
+        from tunelab.infer.loglik import rolling_loglik
         from tunelab.templates.cache import token_lists
 
         # the documents' token ids come from the encoded-data cache: a rerun on the same texts
@@ -68,13 +68,3 @@ class LocalBackend:
         return rolling_loglik(self.lm.model, self.tokenizer, texts, batch_size=batch_size, on_batch=on_batch,
                               tokens=tokens)
 
-
-def open_backend(model, adapter=None, device=None):
-    """A backend for a model name / folder / .gguf / LoadedModel, or an `openai:URL#NAME` endpoint."""
-    from tunelab.evaluate.endpoint import PREFIX, EndpointBackend
-
-    if isinstance(model, str) and model.startswith(PREFIX):
-        return EndpointBackend(model, adapter=adapter)
-    from tunelab.evaluate.runner import load_for_eval
-
-    return LocalBackend(load_for_eval(model, adapter, device))

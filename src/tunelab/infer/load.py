@@ -1,0 +1,32 @@
+"""Loading a model for inference: a local model, or any model spec as a Backend.
+
+    lm = load_local("default", adapter="runs/x/adapter")          # a LoadedModel (models/loading.py)
+    backend = open_backend("openai:http://127.0.0.1:8000/v1#m")   # or a name / folder / .gguf / LoadedModel
+
+Kept apart from backend.py and endpoint.py so that each of them imports only what it implements
+(endpoint.py takes OnBatch from backend.py; this module picks between the two).
+"""
+from __future__ import annotations
+
+
+def load_local(model, adapter=None, device=None):
+    """A LoadedModel from a name/folder, or the given LoadedModel with `adapter` attached."""
+    if hasattr(model, "model") and hasattr(model, "tokenizer"):  # a LoadedModel
+        if adapter is not None and getattr(model, "adapter", None) is None:
+            from tunelab.models.loading import attach_adapter
+
+            attach_adapter(model, adapter)
+        return model
+    from tunelab.models.loading import load_model
+
+    return load_model(model, adapter=adapter, device=device)
+
+
+def open_backend(model, adapter=None, device=None):
+    """A backend for a model name / folder / .gguf / LoadedModel, or an `openai:URL#NAME` endpoint."""
+    from tunelab.infer.backend import LocalBackend
+    from tunelab.infer.endpoint import PREFIX, EndpointBackend
+
+    if isinstance(model, str) and model.startswith(PREFIX):
+        return EndpointBackend(model, adapter=adapter)
+    return LocalBackend(load_local(model, adapter, device))
