@@ -11,7 +11,7 @@ the file's size is read from disk.
 Then, when llama_cpp (llama-cpp-python) is importable, for every quant in --compare: each prompt
 is rendered with the model's chat template; llama.cpp tokenizes that text itself (special tokens
 parsed) and must produce the same ids as tunelab's tokenizer; then both decode greedily
-(tunelab: evaluate.generate at batch size 1 on the merged fp32 model; llama.cpp: temperature 0,
+(tunelab: infer.generate at batch size 1 on the merged fp32 model; llama.cpp: temperature 0,
 top_k 1, no repeat penalty) up to --max-new-tokens or an end-of-turn token, and the two texts
 are compared. A quantised file can flip a near-tie, after which the texts part: the report gives
 how many continuations are identical and, for the others, the character where they part.
@@ -58,8 +58,8 @@ def export_all(model: str, adapter: str | None, out: Path, quants: list[str]) ->
 
 
 def tunelab_continuations(model: str, adapter: str | None, max_new_tokens: int):
-    from tunelab.evaluate.decode import eos_ids
-    from tunelab.evaluate.generate import generate
+    from tunelab.infer.decode import eos_ids
+    from tunelab.infer.generate import generate
     from tunelab.models.loading import load_model
 
     lm = load_model(model, adapter=adapter, device="cpu", dtype="fp32")

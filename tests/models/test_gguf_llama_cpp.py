@@ -48,7 +48,7 @@ def test_llama_cpp_tokens_and_logits_match_transformers(exported, quant, atol):
 
 
 def test_llama_cpp_greedy_continuation_equals_tunelab(exported):
-    from tunelab.evaluate.generate import generate
+    from tunelab.infer.generate import generate
     from tunelab.models.loading import load_model
 
     folder, files = exported

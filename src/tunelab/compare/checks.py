@@ -1,10 +1,14 @@
-"""What planning and retention both check and name: the ranking metric, a config's paths, a model's slug.
+"""What plan.py shares with the modules it plans for: the ranking metric, a config's paths, a model's
+slug, the folder's JSON reader, a sweep's settings.
 
-Its own module so that compare/plan.py (which plans the retention tasks) and compare/retention.py
-(which needs these while planning them) do not import each other.
+Its own module, below plan.py: plan.py checks the retention tasks (with retention.py) and every
+sweep's settings before any arm runs, so retention.py and tune.py take what they share with it from
+here rather than import plan.py back (tests/test_imports.py fails on such a circle).
 """
 from __future__ import annotations
 
+import itertools
+import json
 import re
 from pathlib import Path
 from typing import Optional
@@ -20,6 +24,16 @@ def slug(model: str) -> str:
     """A folder-safe short name of a model string (openai:URL#NAME -> NAME, a path -> its last part)."""
     text = model.rsplit("#", 1)[-1] if model.startswith("openai:") else Path(model.rstrip("/")).name or model
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:40]
+
+
+def read_json(path: Path) -> dict:
+    """A JSON object of the compare folder (a marker, a summary); {} when missing or unreadable, so the
+    step that writes it runs again."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _metric_names(task) -> list[str]:
@@ -53,3 +67,13 @@ def resolve_path(spec: str, base_dir: Path) -> str:
         return spec
     p = Path(spec).expanduser()
     return str(p if p.is_absolute() else (base_dir / p).resolve())
+
+
+def settings(spec) -> list[dict]:
+    """The grid, lr-major: [{lr, epochs}, ...] with only the swept keys."""
+    lrs = spec.lr or [None]
+    epochs = spec.epochs or [None]
+    grid = []
+    for lr, ep in itertools.product(lrs, epochs):
+        grid.append({k: v for k, v in (("lr", lr), ("epochs", ep)) if v is not None})
+    return grid

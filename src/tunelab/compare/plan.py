@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from tunelab.compare.checks import check_metric, resolve_path, slug
+from tunelab.compare.checks import check_metric, read_json, resolve_path, settings, slug
 from tunelab.config import (CompareConfig, EndpointArmSpec, FewShotArmSpec, FineTuneArmSpec, PromptArmSpec,
                             TrainConfig, build, deep_merge, load_config)
 from tunelab.errors import TunelabError
@@ -124,16 +124,6 @@ class Plan:
 
     def arm_signature(self, arm: Arm) -> str:
         return _sha(self.signature + json.dumps(arm.describe(), sort_keys=True))
-
-
-def read_json(path: Path) -> dict:
-    """A JSON object of the compare folder (a marker, a summary); {} when missing or unreadable, so the
-    step that writes it runs again."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def train_cost(run_dir: Path) -> Optional[dict]:
@@ -288,8 +278,6 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
         if arm.fine_tuned:
             _check_train(plan, arm, source, replay_read)
             if arm.tune is not None:
-                from tunelab.compare.tune import settings
-
                 for setting in settings(arm.tune):
                     build(TrainConfig, plan.train_config(arm, setting), f"{source}: {arm.where}.tune (training config)")
     pool_hash = _sha(json.dumps([r.data for r in pool], sort_keys=True, default=str))

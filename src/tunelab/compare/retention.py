@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from tunelab.compare.plan import read_json
+from tunelab.compare.checks import read_json
 from tunelab.errors import TunelabError
 from tunelab.io import atomic_write_json, atomic_write_jsonl
 

@@ -17,28 +17,18 @@ tune.json is written after every candidate: an interrupted sweep resumes at the 
 """
 from __future__ import annotations
 
-import itertools
 import os
 from pathlib import Path
 from typing import Callable, Optional
 
 from tunelab import paths
+from tunelab.compare.checks import settings
 from tunelab.compare.plan import Arm, Plan, read_json, train_cost
 from tunelab.io import atomic_write_json, atomic_write_jsonl
 
 TUNE_JSON = "tune.json"
 TUNE_DIR = "tune"
 VAL_LOSS = "eval_loss"  # what OWN-format pools are ranked by
-
-
-def settings(spec) -> list[dict]:
-    """The grid, lr-major: [{lr, epochs}, ...] with only the swept keys."""
-    lrs = spec.lr or [None]
-    epochs = spec.epochs or [None]
-    grid = []
-    for lr, ep in itertools.product(lrs, epochs):
-        grid.append({k: v for k, v in (("lr", lr), ("epochs", ep)) if v is not None})
-    return grid
 
 
 def label(setting: dict) -> str:

@@ -10,7 +10,7 @@ both continue from the prompt's end, so each answer's log-probabilities are thos
 [prompt | answer] run alone, while the prompt runs once per pair instead of twice. An answer's
 first token is predicted from the prompt's last position (which serves both answers), its other
 tokens from its own positions; its last token is predicted, never fed. This is the token tree
-that evaluation's multiple-choice scoring uses (evaluate/token_tree.py), for two choices.
+that evaluation's multiple-choice scoring uses (infer/token_tree.py), for two choices.
 
 The per-sequence log-probability is the SUM over the answer's tokens (as TRL's DPOTrainer); ORPO
 and IPO use the per-token mean. Losses, as TRL 1.16 computes them (tests/train/test_preference_trl.py):
