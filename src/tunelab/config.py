@@ -202,9 +202,11 @@ class TaskConfig(_Strict):
     data: Optional[str] = Field(None, description="the items: a file (relative to the task YAML) or "
                                                   "builtin:<task>?split=test&n=200")
     split: Optional[str] = Field(None, description='a slice of the items like "0:500"')
-    type: Literal["generate", "multiple_choice", "perplexity", "retrieval"] = Field(
+    type: Literal["generate", "multiple_choice", "perplexity", "retrieval", "preference"] = Field(
         "generate", description="generate: the model writes an answer; multiple_choice: the likeliest choice; "
-                                "perplexity: the likelihood of a text; retrieval: rank documents")
+                                "perplexity: the likelihood of a text; retrieval: rank documents; preference: "
+                                "does the model prefer the chosen answer of a pair (data: a preference file; "
+                                "metrics default to pref_acc, pref_acc_norm)")
     prompt: str = Field("{{ prompt }}", description="Jinja2 template over the item's fields")
     choices: Optional[str] = Field(None, description="multiple_choice: a Jinja2 expression giving the list of "
                                                      "choices, e.g. \"{{ [ans0, ans1] }}\"")
@@ -226,6 +228,9 @@ class TaskConfig(_Strict):
     retriever: Literal["bm25", "embedding"] = Field("bm25", description="retrieval: bm25, or embedding (MiniLM)")
     # perplexity
     text: Optional[str] = Field(None, description="perplexity: Jinja expression for the document text")
+    # preference
+    skip_bad: bool = Field(False, description="preference: skip bad pairs (an empty answer, sides that do not share "
+                                              "the prompt; counted in a warning) instead of stopping at the first")
     # where the YAML lives; relative data paths resolve against it (not a user key)
     base_dir: Optional[str] = Field(None, exclude=True)
     source: Optional[str] = Field(None, exclude=True)  # the YAML file itself, named in errors

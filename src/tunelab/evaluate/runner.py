@@ -11,6 +11,7 @@ metric with stderr and a bootstrap CI -> write the two artifacts atomically (doc
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -25,7 +26,9 @@ from tunelab.evaluate.results import Results, write_results  # noqa: F401  (re-e
 from tunelab.evaluate.tasks import resolve_task
 from tunelab.io import check_writable
 
-DEFAULT_BATCH = {"multiple_choice": 16, "generate": 8, "perplexity": 4}  # CPU; x4 on CUDA
+log = logging.getLogger("tunelab.evaluate")
+DEFAULT_BATCH = {"multiple_choice": 16, "generate": 8, "perplexity": 4, "preference": 16}  # CPU; x4 on CUDA
+PREFERENCE_METRICS = ["pref_acc", "pref_acc_norm"]  # a preference task that names no metrics
 
 
 # ---------------------------------------------------------------- inputs
@@ -131,6 +134,50 @@ def _run_perplexity(backend, task, rows, texts, bs, cache, progress):
     return items, (sum(i["n_tokens"] for i in items), 0)
 
 
+def _run_preference(backend, task, rows, bs, cache, progress):
+    """Each pair's two answers scored after one copy of its prompt (the multiple-choice token tree)."""
+    from tunelab.data.preference import is_pair_row, not_pairs_error, to_pair
+    from tunelab.templates.preference import answer_text
+    from tunelab.templates.render import render_prompt
+
+    if rows and not is_pair_row(rows[0]):
+        raise not_pairs_error(rows[0], None, f"task '{task.name}' (type: preference)")
+    tok = backend.tokenizer
+    reqs, kept, bad = [], [], []
+    for row in rows:
+        try:
+            pair = to_pair(row, None, task.system)  # a bad pair names its file and line
+        except TunelabError as e:
+            if not task.skip_bad:
+                raise TunelabError(f"{e}; fix it, or set skip_bad: true in {_task_source(task)}") from None
+            bad.append(str(e))
+            continue
+        prompt = render_prompt(tok, pair.prompt)
+        reqs.append([prompt, [answer_text(tok, pair, a, prompt) for a in (pair.chosen, pair.rejected)]])
+        kept.append(row)
+    if bad:
+        log.warning(f"task '{task.name}': skipped {len(bad)} bad pair(s) (skip_bad: true); first: {bad[0]}")
+    if not reqs:
+        raise TunelabError(f"task '{task.name}': no pair left to score; see the first bad pair: {bad[0]}")
+
+    def compute(todo):
+        scored = backend.score_choices([(c, k) for c, k in todo], batch_size=bs, on_batch=progress)
+        return [[[ll, g] for ll, g in s] for s in scored]
+
+    scores = cached_call(cache, "loglik", reqs, compute)
+    items, tokens = [], 0
+    for row, (prompt, answers), s in zip(kept, reqs, scores):
+        # scoring moves the prompt's trailing whitespace (the newline after the assistant header) into
+        # each continuation (lm-eval's convention): one more token, the same term for both answers, so
+        # chosen - rejected is the training's difference exactly; the counts include that token
+        ws = prompt[len(prompt.rstrip()):]
+        n = [backend.count_tokens(ws + a) for a in answers]
+        items.append({"prompt": prompt, "chosen": answers[0], "rejected": answers[1],
+                      "pair_logliks": [s[0][0], s[1][0]], "pair_tokens": n, "row": row})
+        tokens += backend.count_tokens(prompt) + sum(n)
+    return items, (tokens, 0)
+
+
 # ---------------------------------------------------------------- the verb
 def evaluate(
     model,
@@ -181,7 +228,10 @@ def evaluate(
 
         with logs.run_log(out):
             return run_retrieval(task, metrics_spec=task.metrics, limit=limit, out=out, t0=t0)
-    metrics = get_metrics(task.metrics)  # an unknown metric fails before any model is loaded
+    names = task.metrics
+    if task.type == "preference" and "metrics" not in task.model_fields_set:
+        names = PREFERENCE_METRICS  # `type: preference` and `data:` are a whole task file
+    metrics = get_metrics(names)  # an unknown metric fails before any model is loaded
     sh = shard_mod.current()
     # other libraries' log lines (and lines held from before): <out>/log.txt, written by rank 0 only
     kept = (f"nothing written to {out} (results are written once every item is scored)" if out is not None
@@ -235,6 +285,12 @@ def _evaluate(model, task, metrics, sh, *, adapter, sampler, limit, batch_size, 
     if task.type == "perplexity":
         text_t = TaskTemplates(task.model_copy(update={"prompt": task.text or task.prompt, "answer": None}), _task_source(task))
         items, tokens = _run_perplexity(backend, task, my_rows, [text_t.prompt(r) for r in my_rows], bs, rcache, tick)
+        demos = [[] for _ in my_rows]
+    elif task.type == "preference":
+        items, tokens = _run_preference(backend, task, my_rows, bs, rcache, tick)
+        kept = {id(it.pop("row")) for it in items}  # skip_bad may have left some rows out
+        at = [j for j, r in enumerate(my_rows) if id(r) in kept]
+        mine, my_rows = [mine[j] for j in at], [my_rows[j] for j in at]
         demos = [[] for _ in my_rows]
     else:
         rendered = [templates.render(r) for r in my_rows]
@@ -291,6 +347,8 @@ def _finish(task, backend, metrics, items, tokens, t0, out, with_response, sampl
                         pred=choice_prediction(it, "none"), pred_norm=choice_prediction(it, "chars"), gold=it["gold"])
         elif task.type == "generate":
             line.update(output=it["output"], gold=it["gold"], finish=it["finish"])
+        elif task.type == "preference":
+            line.update({key: it[key] for key in ("chosen", "rejected", "pair_logliks", "pair_tokens")})
         else:
             line.update({key: it[key] for key in ("loglik", "n_tokens", "n_words", "n_bytes")})
         if "demos" in it:

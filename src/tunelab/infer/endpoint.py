@@ -100,6 +100,10 @@ class EndpointBackend:
         if task.type == "perplexity":
             raise TunelabError(f"{self.spec}: perplexity tasks need a local model; through an endpoint run generate tasks, "
                                f"and {NEEDS_LOGPROBS.split(';')[0]}")
+        if task.type == "preference":
+            raise TunelabError(f"{self.spec}: task '{task.name}' is a preference task, which renders each pair with the "
+                               "model's chat template to score its answers, and an endpoint does not expose it; "
+                               "evaluate the model locally")
         if task.type == "multiple_choice" and task.chat:
             raise TunelabError(f"{self.spec}: task '{task.name}' is multiple_choice with chat: true, which needs the model's "
                                "chat template to score choices, and an endpoint does not expose it; set chat: false")
