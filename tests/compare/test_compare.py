@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from tunelab.cli import main
-from tunelab.compare.lock import folder_lock
+from tunelab.compare.lock import ArmBusy, arm_lock
 from tunelab.compare.quickstart import run_quickstart
 from tunelab.compare.run import compare
 from tunelab.errors import Interrupted, TunelabError
@@ -93,10 +93,14 @@ def test_resume_keeps_finished_arms_and_refuses_another_config(done, tiny_dir):
     assert f"Delete {done.out} to start fresh, or set out=<another folder>" in msg
 
 
-def test_second_compare_on_the_same_folder_refuses(done, tiny_dir):
-    with folder_lock(done.out, ".compare.lock"):
-        with pytest.raises(TunelabError, match=r"another compare \(pid \d+\) is writing this folder"):
-            compare(config(tiny_dir, safety=True), out=done.out, say=lambda m: None)
+def test_an_arm_another_worker_holds_is_skipped_and_the_table_not_gathered(done, tiny_dir):
+    with arm_lock(done.out / "arms" / "lora-n8", "lora-n8"):
+        said = []
+        res = compare(config(tiny_dir, safety=True), out=done.out, say=said.append)
+        assert res.pending == ["lora-n8"] and res.summary == {} and "lora-n8" not in res.reused
+        assert any("lora-n8: another worker is running it, skipped" in m for m in said)
+        with pytest.raises(ArmBusy, match=r"arm lora-n8: another worker \(pid \d+\) is running it"):
+            compare(config(tiny_dir, safety=True), out=done.out, say=lambda m: None, arm="lora-n8")
 
 
 def test_interrupted_training_resumes_from_its_checkpoint(tiny_dir, tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""`tunelab compare compare.yaml [key=value ...] [--dry-run]`: many arms, one table, one report."""
+"""`tunelab compare compare.yaml [key=value ...] [--dry-run | --plan | --arm ID]`: many arms, one table, one report."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -178,13 +178,19 @@ def compare_command(
     config: Path = typer.Argument(..., help="Compare YAML (every key: docs/compare.md)."),
     override: Optional[list[str]] = typer.Argument(None, help="Overrides key=value, e.g. limit=50 train.train.epochs=2."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the arms with token counts and a time estimate; run nothing."),
+    plan_only: bool = typer.Option(False, "--plan", help="Print one command per arm (each runs that arm alone: "
+                                   "a SLURM array or xargs -P; docs/scale.md); run nothing."),
+    arm: Optional[str] = typer.Option(None, "--arm", help="Run this arm alone, as one worker of the compare "
+                                      "(the folder on storage the workers share); gathers no table."),
 ):
     """Zero-shot vs few-shot vs fine-tuned arms on the same test items: one table, sentences, report.html.
 
     Example: tunelab compare examples/compare_dates.yaml limit=50
 
     An interrupted compare resumes when run again: finished arms are kept, a half-trained arm
-    continues from its last checkpoint.
+    continues from its last checkpoint. Arms as separate jobs: --plan prints one `--arm ID`
+    command per arm; run them on any machines that share the folder, then `tunelab compare
+    CONFIG` gathers the table (docs/scale.md).
     """
     from tunelab.cli import console
 
@@ -195,10 +201,26 @@ def compare_command(
         plan = make_plan(config, override)
         print_plan(plan, estimate(plan))
         return
+    if plan_only:
+        import shlex
+
+        from tunelab.compare.plan import make_plan
+
+        plan = make_plan(config, override)
+        for a in plan.arms:  # plain lines: they go to xargs, a SLURM array or a job file
+            print(shlex.join(["tunelab", "compare", str(config), *(override or []), "--arm", a.id]))
+        return
     from tunelab.compare.run import compare
 
-    res = compare(config, override, say=lambda m: console.print(f"[bold cyan]{m}[/]", highlight=False))
-    finish(res.summary, res.out)
+    res = compare(config, override, arm=arm, say=lambda m: console.print(f"[bold cyan]{m}[/]", highlight=False))
+    if arm is not None:
+        console.print(f"arm {arm}: finished in {res.out}/arms/{arm}/; once every arm is, "
+                      f"`tunelab compare {config}` gathers the table", highlight=False)
+    elif res.pending:
+        console.print(f"not gathered: {', '.join(res.pending)} still running elsewhere; run `tunelab compare "
+                      f"{config}` again when they finish", highlight=False)
+    else:
+        finish(res.summary, res.out)
 
 
 def register(app: typer.Typer) -> None:

@@ -3,28 +3,34 @@
     res = compare("compare.yaml", ["limit=50"])
     res.summary["best"], res.summary["sentences"], res.out
 
-The flow, top to bottom: plan (every check, nothing run) -> take the folder's lock -> refuse a
-folder made by another config -> write compare.yaml, plan.json and the nested training subsets ->
-for each arm: skip it when finished, else (fine-tune: train, resuming a half-trained run from its
-checkpoint) -> evaluate on the shared test items -> mark it finished -> compare.json.
+The flow, top to bottom: plan (every check, nothing run) -> under the folder's lock: refuse a
+folder made by another config, write compare.yaml, plan.json and the nested training subsets ->
+for each arm, under its own lock (skipped when another worker holds it): skip it when finished,
+else (fine-tune: train, resuming a half-trained run from its checkpoint) -> evaluate on the shared
+test items -> mark it finished -> once every arm is finished, compare.json (under the folder lock).
+`--arm ID` runs one arm and gathers nothing, so the arms of one compare can run as separate jobs
+on machines sharing the folder (docs/scale.md).
 
 An arm is finished when `arms/<id>/arm.json` says so with the arm's signature and its eval results
 exist; an interrupted compare run again does only what is missing.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 from tunelab import logs, paths
-from tunelab.compare.lock import folder_lock
+from tunelab.compare.lock import ARM_LOCK, ArmBusy, arm_lock, folder_lock
 from tunelab.compare.plan import (ARM_JSON, COMPARE_JSON, COMPARE_YAML, FIRST_EXAMPLE, LOCK_FILE, PLAN_JSON, Arm,
                                   Plan, make_plan, read_json)
 from tunelab.config import to_yaml
 from tunelab.errors import Interrupted, TunelabError
 from tunelab.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+
+log = logging.getLogger("tunelab.compare")
 
 
 @dataclass
@@ -33,6 +39,7 @@ class CompareResult:
     summary: dict
     ran: list[str] = field(default_factory=list)  # arms run by this call
     reused: list[str] = field(default_factory=list)  # arms found finished
+    pending: list[str] = field(default_factory=list)  # arms another worker was running (table not gathered)
 
 
 def check_folder(plan: Plan) -> None:
@@ -164,62 +171,94 @@ def _record(plan: Plan, summary: dict, started: float) -> None:
 
 
 def compare(config, overrides: Optional[list[str]] = None, *, out=None,
-            say: Callable[[str], None] = print) -> CompareResult:
+            say: Callable[[str], None] = print, arm: Optional[str] = None) -> CompareResult:
     """Run a compare (a YAML path, a dict or a CompareConfig); finished arms of an earlier run are kept.
 
     `say` gets one line per step (training and evaluation show their own progress).
+    `arm`: run that arm alone (a worker; `tunelab compare CONFIG --plan` lists one per arm) and
+    gather nothing. Without it every arm not finished and not held by another worker runs, and
+    the table is gathered once every arm is finished (`result.pending` names the arms still
+    running elsewhere; then no compare.json is written).
     """
     started = time.time()
     plan = make_plan(config, overrides, out=out)
-    with folder_lock(plan.out, LOCK_FILE), logs.run_log(plan.out):
+    if arm is not None and arm not in {a.id for a in plan.arms}:
+        raise TunelabError(f"--arm {arm}: no such arm in this compare; its arms: {', '.join(a.id for a in plan.arms)} "
+                           "(tunelab compare CONFIG --plan lists them)")
+    # the folder lock is held only while writing what every arm reads: workers wait for each other here
+    with folder_lock(plan.out, LOCK_FILE, wait=True):
         check_folder(plan)
         atomic_write_text(plan.out / COMPARE_YAML, to_yaml(plan.config))
         atomic_write_json(plan.out / PLAN_JSON, {"signature": plan.signature, "settings": plan_settings(plan),
                                                  "arms": [a.describe() | {"signature": plan.arm_signature(a)}
                                                           for a in plan.arms]})
         _write_subsets(plan)
-        result = CompareResult(plan.out, {})
+    result = CompareResult(plan.out, {})
+    with logs.run_log(plan.out):
         try:
-            _run_arms(plan, result, say)
+            _run_arms(plan, result, say, only=arm)
         except KeyboardInterrupt:  # one line from the CLI (exit 130), instead of the inner command's
             raise Interrupted(f"finished arms are kept in {plan.out} (a half-trained arm keeps its last checkpoint); "
                               "run the same command again to resume") from None
+        if arm is not None or result.pending:
+            return result
         from tunelab.compare.table import summarize
 
-        result.summary = summarize(plan)
-        atomic_write_json(plan.out / COMPARE_JSON, result.summary)
+        with folder_lock(plan.out, LOCK_FILE, wait=True):
+            result.summary = summarize(plan)
+            atomic_write_json(plan.out / COMPARE_JSON, result.summary)
     _record(plan, result.summary, started)
     return result
 
 
-def _run_arms(plan: Plan, result: CompareResult, say) -> None:
-    from tunelab.compare import retention
-
+def _run_arms(plan: Plan, result: CompareResult, say, only: Optional[str] = None) -> None:
     models = _Models()
     for i, arm in enumerate(plan.arms, 1):
-        marker = plan.arm_dir(arm) / ARM_JSON
-        finished = is_finished(plan, arm)
-        if finished and not retention.missing(plan, arm):
-            say(f"arm {i}/{len(plan.arms)} {arm.id}: finished earlier, kept")
-            result.reused.append(arm.id)
+        if only is not None and arm.id != only:
             continue
-        say(f"arm {i}/{len(plan.arms)} {arm.id}" + (": finished earlier, scoring its retention" if finished else ""))
-        if not finished:
-            old = read_json(marker) or None
-            if old is not None and old.get("signature") != plan.arm_signature(arm):
-                # the same id made with other arm settings (its own train: keys): start that arm over
-                import shutil
+        try:
+            with arm_lock(plan.arm_dir(arm), arm.id):  # one worker per arm; other arms go on
+                _run_arm(plan, arm, f"arm {i}/{len(plan.arms)} {arm.id}", models, result, say)
+        except ArmBusy as e:
+            if only is not None:
+                raise
+            say(f"arm {i}/{len(plan.arms)} {arm.id}: another worker is running it, skipped")
+            log.info(str(e))
+            result.pending.append(arm.id)
 
-                shutil.rmtree(plan.arm_dir(arm))
-            atomic_write_json(marker, {"id": arm.id, "signature": plan.arm_signature(arm), "state": "started"})
-        weights = _train(plan, arm, say) if arm.fine_tuned else None
-        model = models.get(arm, weights)  # loaded before evaluate: an arm's inference cost is inference only
-        if not finished:
-            _evaluate(plan, arm, model)
-            atomic_write_json(marker, {"id": arm.id, "signature": plan.arm_signature(arm), "state": "finished"})
-            result.ran.append(arm.id)
-        if retention.scored(arm):
-            # prompted arms: the base model's scores, once per model; fine-tunes: their own weights
+
+def _run_arm(plan: Plan, arm: Arm, label: str, models: "_Models", result: CompareResult, say) -> None:
+    from tunelab.compare import retention
+
+    marker = plan.arm_dir(arm) / ARM_JSON
+    finished = is_finished(plan, arm)
+    if finished and not retention.missing(plan, arm):
+        say(f"{label}: finished earlier, kept")
+        result.reused.append(arm.id)
+        return
+    say(label + (": finished earlier, scoring its retention" if finished else ""))
+    if not finished:
+        old = read_json(marker) or None
+        if old is not None and old.get("signature") != plan.arm_signature(arm):
+            # the same id made with other arm settings (its own train: keys): start that arm over
+            import shutil
+
+            for child in plan.arm_dir(arm).iterdir():  # everything but the lock this worker holds
+                if child.is_dir():
+                    shutil.rmtree(child)
+                elif child.name != ARM_LOCK:
+                    child.unlink()
+        atomic_write_json(marker, {"id": arm.id, "signature": plan.arm_signature(arm), "state": "started"})
+    weights = _train(plan, arm, say) if arm.fine_tuned else None
+    model = models.get(arm, weights)  # loaded before evaluate: an arm's inference cost is inference only
+    if not finished:
+        _evaluate(plan, arm, model)
+        atomic_write_json(marker, {"id": arm.id, "signature": plan.arm_signature(arm), "state": "finished"})
+        result.ran.append(arm.id)
+    if retention.scored(arm):
+        # prompted arms share the base model's scores (one folder per model): one worker at a time
+        # writes them; fine-tunes score their own weights in their own folder
+        with folder_lock(plan.out, ".retention.lock", wait=True):
             retention.run_tasks(plan, arm, model, say)
             retention.run_drift(plan, arm, model, lambda: models.base_of(arm.model), say)
 
