@@ -86,6 +86,10 @@ def test_dpo_lora_run_starts_at_ln2_and_logs_rewards(pref_config):
     assert len(ref["train"]) == res.summary["train_rows"] and len(ref["eval"]) == res.summary["eval_rows"]
     meta = json.loads((res.run_dir / "adapter" / "tunelab_adapter.json").read_text())
     assert (meta["method"], meta["preference"]) == ("lora", "dpo")
+    from tunelab.report import render
+
+    page = render(res.run_dir)  # the run's report: the loss page gains the rewards plot
+    assert "Preference rewards" in page and "preference rewards per step" in page
 
 
 def test_orpo_logs_its_terms(pref_config):

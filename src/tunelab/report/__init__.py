@@ -31,6 +31,9 @@ PLOTS = {
                        "the base model, and the drift from the base model on general prompts; bars are 95% CIs. "
                        "Prompted arms change no weights and sit at 0."),
     "loss": ("Training loss", "Training loss per optimizer step; dashed: held-out eval loss."),
+    "rewards": ("Preference rewards", "DPO / ORPO runs: the implicit rewards of the chosen and rejected answers and "
+                "their margin per step (left), and the share of pairs whose chosen reward is higher (right); "
+                "dashed: held-out pairs."),
     "metrics": ("Metrics", "Each metric with its 95% bootstrap CI."),
     "toxicity": ("Toxicity per arm", "Mean toxicity of each arm's outputs (the shipped classifier's P(toxic))."),
 }

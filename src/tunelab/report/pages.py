@@ -105,7 +105,9 @@ def train_context(folder: Path) -> dict:
     config = _text(folder / paths.CONFIG_FILE, missing, "the resolved training config")
     return {"kind": "train", "title": f"Training run: {folder.name}",
             "summary_rows": [(k, num(v) if isinstance(v, (int, float)) else str(v)) for k, v in (summary or {}).items()],
-            "plots": {"loss": plots.loss_curves({folder.name: rows})} if rows else {},
+            "plots": ({"loss": plots.loss_curves({folder.name: rows}),
+                       **({"rewards": plots.reward_curves(rows)} if any("rewards/margins" in r for r in rows) else {})}
+                      if rows else {}),
             "configs": [(paths.CONFIG_FILE, config)] if config else [], "missing": missing}
 
 

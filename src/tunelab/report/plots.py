@@ -190,6 +190,30 @@ def loss_curves(runs: dict[str, Sequence[dict]]) -> str:
     return _svg(fig, "training loss curves")
 
 
+def reward_curves(rows: Sequence[dict]) -> str:
+    """A preference run's rewards (chosen, rejected, margin) and reward accuracy per step; eval dashed."""
+    fig, (left, right) = _figure("rewards", size=(9.0, 3.6), ncols=2)
+    for i, key in enumerate(("rewards/chosen", "rewards/rejected", "rewards/margins")):
+        for prefix, style in (("", "-"), ("eval_", "o--")):
+            pts = [(r["step"], r[prefix + key]) for r in rows if _finite(r.get(prefix + key)) and "step" in r]
+            if pts:
+                left.plot(*zip(*pts), style, color=f"C{i}", lw=1.2, ms=4, label=prefix + key.split("/")[1])
+    for prefix, style in (("", "-"), ("eval_", "o--")):
+        pts = [(r["step"], r[prefix + "rewards/accuracies"]) for r in rows
+               if _finite(r.get(prefix + "rewards/accuracies")) and "step" in r]
+        if pts:
+            right.plot(*zip(*pts), style, color="C3", lw=1.2, ms=4, label=(prefix or "train ") + "accuracy")
+    left.set_ylabel("reward (β × log-ratio)")
+    right.set_ylabel("reward accuracy")
+    right.set_ylim(-0.02, 1.02)
+    for ax in (left, right):
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        if any(ax.get_legend_handles_labels()[1]):
+            ax.legend(fontsize=8)
+    return _svg(fig, "preference rewards per step")
+
+
 def metric_bars(names: Sequence[str], values: Sequence[float], cis: Sequence[Optional[Sequence[float]]],
                 title: str, ylabel: str) -> str:
     """One bar per entry with its 95% CI as an error bar (an eval's metrics, toxicity per arm)."""
