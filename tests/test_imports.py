@@ -138,6 +138,21 @@ def test_the_table_is_complete():
     assert not missing, f"tunelab.{missing[0]} is not in tests/test_imports.py PARTS; add it to its layer"
 
 
+def test_docs_architecture_tells_the_same_table():
+    """docs/architecture.md's layer table lists every part and the parts it imports directly, as DEPENDS_ON."""
+    import re
+
+    page = SRC.parent / "docs" / "architecture.md"
+    rows = {}
+    for line in page.read_text(encoding="utf-8").splitlines():
+        m = re.match(r"\| `(\w+)` \|([^|]*)\|", line)
+        if m:
+            rows[m.group(1)] = sorted(re.findall(r"`(\w+)`", m.group(2)))
+    want = {part: sorted(lower) for part, lower in DEPENDS_ON.items()}
+    assert rows == want, (f"docs/architecture.md's table and tests/test_imports.py DEPENDS_ON differ: "
+                          f"{ {k: rows.get(k) for k in set(rows) | set(want) if rows.get(k) != want.get(k)} }")
+
+
 def test_imports_point_down():
     problems = []
     for path in all_files():

@@ -41,3 +41,20 @@ def test_registry_aliases():
 def test_adapter_that_is_not_an_adapter(tiny_dir, tmp_path):
     with pytest.raises(TunelabError, match="not an adapter folder"):
         load_model(tiny_dir, adapter=tmp_path, device="cpu")
+
+
+@pytest.mark.parametrize("config,tokenizer_max,want", [
+    ({"n_positions": 512, "max_position_embeddings": 4096}, 99, 512),  # GPT-2's name first, as lm-eval's HFLM
+    ({"max_position_embeddings": 4096}, 99, 4096),
+    ({"n_ctx": 256}, None, 256),
+    ({"max_position_embeddings": 0}, 300, 300),  # no usable config value: the tokenizer's
+    ({}, 10**30, 2048),  # HF's "unset" tokenizer value is not a context size
+    ({}, None, 2048),
+])
+def test_max_length_is_the_models_context_size(config, tokenizer_max, want):
+    from types import SimpleNamespace
+
+    from tunelab.models.loading import max_length
+
+    model = SimpleNamespace(config=SimpleNamespace(**config))
+    assert max_length(model, SimpleNamespace(model_max_length=tokenizer_max)) == want

@@ -10,7 +10,7 @@ prompt starts with (the task's instruction, a chat template's system prompt, fix
 demonstrations) is run once and its keys/values are reused under every row (decode.SharedPrefix).
 
 The decode step itself (prefill, dropping rows, one step) is infer/decode.py, shared with the
-server's engine. Greedy decoding at batch size 1 and 8 gives identical text (tests/evaluate/test_generate.py).
+server's engine. Greedy decoding at batch size 1 and 8 gives identical text (tests/infer/test_generate.py).
 """
 from __future__ import annotations
 

@@ -126,7 +126,7 @@ def score_choices(
     `method`: "packed" (default): every item is [context | choices] under its own small mask,
     items packed padding-free into rows of `batch_size * TOKENS_PER_ITEM` tokens; or "cache":
     batches of `batch_size` items, contexts into a KV cache expanded per choice. Both encode each
-    context once; scores do not depend on the batch size (tests/evaluate/test_loglik.py).
+    context once; scores do not depend on the batch size (tests/infer/test_loglik.py).
     `reuse_prefix` (packed): the token prefix all contexts share (few-shot demonstrations chosen
     with `first_n`, a system prompt) runs once into a KV cache that every item attends to, and
     context tokens that some items share run once in a token tree; False scores every item alone.

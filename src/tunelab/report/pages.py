@@ -12,13 +12,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from tunelab import paths
+from tunelab.compare.plan import ARMS_DIR, COMPARE_JSON, COMPARE_YAML  # the compare folder's layout (docs/compare.md)
 from tunelab.errors import TunelabError
 from tunelab.report import plots
 from tunelab.train.files import read_metrics_rows
 
-COMPARE_JSON = "compare.json"  # written by tunelab compare (docs/compare.md)
-COMPARE_YAML = "compare.yaml"
-ARMS_DIR = "arms"
 TOP_DISAGREEMENTS = 10
 PROMPT_CHARS = 600  # the end of a long (few-shot) prompt: the item's own question is last
 

@@ -11,7 +11,7 @@ import math
 import re
 from typing import Optional, Sequence
 
-FINE_TUNED = ("lora", "dora", "full", "qlora")
+from tunelab.compare.plan import FINE_TUNE_METHODS as FINE_TUNED  # the arm methods that train
 FLAT = ("zero_shot", "endpoint")  # no examples: a horizontal reference line on the example axis
 
 
