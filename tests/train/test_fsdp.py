@@ -97,7 +97,7 @@ def test_fsdp_lora_matches_one_process_with_uneven_token_counts_and_on_two_machi
 
 
 def test_fsdp_full_weights_match_one_process(make_config, tmp_path):
-    loop = {**LOOP, "lr": 1.0e-4}
+    loop = {**LOOP, "lr": 1.0e-4, "max_grad_norm": None}  # unclipped: the norm of sharded gradients (shard.grad_norm)
     one = train(make_config("one", method="full", train={**loop, "grad_accum": 2}))
     path = write_config(make_config("two", method="full", train=loop), tmp_path / "two.yaml")
     proc = launch(path)
@@ -150,3 +150,20 @@ def test_deepspeed_and_fsdp1_on_cpu_are_refused_in_one_line(monkeypatch):
     monkeypatch.setenv("FSDP_VERSION", "1")
     with pytest.raises(TunelabError, match="fsdp_version: 1.*set fsdp_version: 2"):
         shard.accelerator(cpu=True)
+
+
+@pytest.mark.parametrize("processes, micro_batches, fix", [
+    (1, 2, "with 1 process(es) set train.grad_accum=4"),
+    (3, 3, "resume with a process count that divides 4 (e.g. 2) and train.grad_accum=4/processes"),
+])
+def test_a_resume_that_changes_the_global_batch_is_refused_naming_the_fix(tmp_path, processes, micro_batches, fix):
+    from tunelab.train import checkpoint as ckpt
+
+    (tmp_path / ckpt.STATE_FILE).write_text(json.dumps({"step": 2, "processes": 2, "micro_batches": 4}))
+    with pytest.raises(TunelabError) as e:
+        ckpt.check_layout(tmp_path, processes=processes, micro_batches=micro_batches)
+    assert str(e.value) == (f"{tmp_path}: saved by 2 process(es) with 4 micro-batches per optimizer step; this launch "
+                            f"takes {micro_batches}; {fix} (same global batch, same data position)")
+    ckpt.check_layout(tmp_path, processes=4, micro_batches=4)  # 4 processes × grad_accum 1: the same batch
+    (tmp_path / ckpt.STATE_FILE).write_text(json.dumps({"step": 2}))  # saved before the field existed
+    ckpt.check_layout(tmp_path, processes=3, micro_batches=3)

@@ -142,7 +142,7 @@ def check_layout(folder: Path, *, processes: int, micro_batches: int) -> None:
         return  # load_checkpoint names the broken file
     if saved.micro_batches and saved.micro_batches != micro_batches:
         n, p = saved.processes, saved.micro_batches
-        fix = (f"with {processes} processes set train.grad_accum={p // processes}" if p % processes == 0
+        fix = (f"with {processes} process(es) set train.grad_accum={p // processes}" if p % processes == 0
                else f"resume with a process count that divides {p} (e.g. {n}) and train.grad_accum={p}/processes")
         raise TunelabError(f"{folder}: saved by {n} process(es) with {p} micro-batches per optimizer step; this launch "
                            f"takes {micro_batches}; {fix} (same global batch, same data position)")
