@@ -70,3 +70,17 @@ def client(server):
 
     with OpenAI(base_url=server.url, api_key="unused", max_retries=0, timeout=60) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def server_tasks():
+    """server_tasks(srv): how many tasks are alive on a BackgroundServer's event loop."""
+    import asyncio
+
+    def count_on(srv) -> int:
+        async def count():
+            return len(asyncio.all_tasks()) - 1  # not this one
+
+        return asyncio.run_coroutine_threadsafe(count(), srv.server.config.app.state.loop).result(10)
+
+    return count_on

@@ -6,6 +6,7 @@ produce (broken JSON, a JSON list) goes through urllib.
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,8 @@ CASES = [
     ("too many stops", _chat(stop=[str(i) for i in range(17)]), 400, "stop", "at most 16"),
     ("n above 1", _chat(n=2), 400, "n", "less than or equal to 1"),
     ("seed as float", _chat(seed=1.5), 400, "seed", "integer"),
+    ("seed 2**64", _chat(seed=2**64), 400, "seed", "less than 18446744073709551616"),  # issue 26 case 5: no answer
+    ("seed below -2**63", _comp(seed=-(2**63) - 1), 400, "seed", "greater than or equal to"),
     ("stream as text", _chat(stream="yes"), 400, "stream", "boolean"),
     ("over-long prompt", _chat(messages=[{"role": "user", "content": "abc " * 1200}]), 400, "messages", "context is 1024"),
     ("max_tokens past the context", _chat(max_tokens=5000), 400, "messages", "lower max_tokens"),
@@ -150,3 +153,44 @@ def test_full_queue_answers_429_and_retrying_clients_all_finish(served):
         with ThreadPoolExecutor(6) as pool:  # the client's own backoff (429 is retried) gets everyone through
             second = list(pool.map(ask, [10] * 6))
         assert 429 not in second
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_failed_generation_answers_500_with_json_and_leaves_no_task(served, monkeypatch, stream, server_tasks):
+    """Issue 26 case 5: a job whose row could not be built got no event; its request hung and
+    its task stayed until shutdown. Now every request taken by a failed batch is answered."""
+    from openai import OpenAI
+
+    from tunelab.serve import engine
+    from tunelab.serve.server import BackgroundServer, create_app
+
+    def broken(*_a, **_k):
+        raise RuntimeError("Overflow when unpacking long")
+
+    with BackgroundServer(create_app(served, batch_size=4, queue_size=8)) as srv:
+        before = server_tasks(srv)
+        monkeypatch.setattr(engine, "row_generator", broken)
+        with OpenAI(base_url=srv.url, api_key="x", max_retries=0, timeout=30) as c:
+            def ask(_):
+                try:
+                    if stream:
+                        return "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
+                            model=served.name, messages=OK, max_tokens=3, stream=True) if ch.choices)
+                    return c.chat.completions.create(model=served.name, messages=OK, max_tokens=3)
+                except openai.APIStatusError as e:
+                    return e
+                except openai.APIError as e:  # the stream's in-band error event
+                    return e
+
+            with ThreadPoolExecutor(4) as pool:
+                answers = list(pool.map(ask, range(6)))
+        for a in answers:
+            assert isinstance(a, openai.APIError), a
+            if isinstance(a, openai.APIStatusError):
+                assert a.status_code == 500 and a.response.json()["error"]["code"] == "generation_failed"
+            assert "Overflow when unpacking long" in str(a)
+        monkeypatch.undo()
+        deadline = time.monotonic() + 10
+        while server_tasks(srv) > before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server_tasks(srv) == before

@@ -140,6 +140,7 @@ class ServedModel:
         instead of idling until the batch's longest answer ends. `batch_size` caps the rows.
         """
         rows = _Rows(self)
+        taken = list(jobs)  # every job handed to this call, admitted or not
         try:
             with self.using(jobs[0].adapter):
                 rows.admit(jobs)
@@ -147,11 +148,17 @@ class ServedModel:
                 while rows.live:
                     rows.step()
                     if more is not None and len(rows.live) < cap and rows.joinable():
-                        rows.admit(more(cap - len(rows.live)))
+                        joining = more(cap - len(rows.live))
+                        taken += joining
+                        rows.admit(joining)
         except Exception as e:  # one bad batch must not stop the server: its requests get a 500
             log.exception("generation failed")
-            for j in rows.unfinished():
-                j.emit("error", f"generation failed: {type(e).__name__}: {e}")
+            # a job whose row could not even be built (admit failed) is answered too: a request
+            # left without an event would wait forever, and its task with it
+            finished = {id(r.job) for r in rows.all if r.done}
+            for j in taken:
+                if id(j) not in finished:
+                    j.emit("error", f"generation failed: {type(e).__name__}: {e}")
 
     def _prompt_logprobs(self, job: Job) -> dict:
         """Log-probability of every prompt token given the ones before it (the first has none)."""

@@ -37,7 +37,8 @@ class _Request(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1, le=1)  # one choice per request
     stop: Union[str, list[str], None] = None
-    seed: Optional[int] = None
+    # torch's generators take seeds in [-2**63, 2**64); outside that a 400, not a failed generation
+    seed: Optional[int] = Field(default=None, ge=-(2**63), lt=2**64)
     stream: bool = False
     stream_options: Optional[dict] = None
 

@@ -42,6 +42,7 @@ def create_app(served: ServedModel, *, api_key: Optional[str] = None, batch_size
 
     @asynccontextmanager
     async def lifespan(app):
+        app.state.loop = asyncio.get_running_loop()  # tests count the tasks left on it
         batcher.start()
         yield
         batcher.stop()
@@ -169,7 +170,9 @@ def create_app(served: ServedModel, *, api_key: Optional[str] = None, batch_size
         return {"object": "list", "data": [{"id": n, "object": "model", "created": now, "owned_by": "tunelab"}
                                            for n in served.model_names()]}
 
-    @app.post("/v1/chat/completions")
+    # the bodies are read by hand (size limit, strict JSON, OpenAI's error shape), so FastAPI cannot
+    # see them: openapi_extra puts their schemas into app.openapi(), which the fuzz test reads
+    @app.post("/v1/chat/completions", openapi_extra=_body_schema(ChatRequest))
     async def chat(request: Request):
         check_key(request)
         req = parse(ChatRequest, await read_json(request))
@@ -201,7 +204,7 @@ def create_app(served: ServedModel, *, api_key: Optional[str] = None, batch_size
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": r.text},
                              "logprobs": None, "finish_reason": r.finish_reason}]}
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=_body_schema(CompletionRequest))
     async def completions(request: Request):
         check_key(request)
         req = parse(CompletionRequest, await read_json(request))
@@ -240,6 +243,11 @@ def create_app(served: ServedModel, *, api_key: Optional[str] = None, batch_size
                              "finish_reason": r.finish_reason}]}
 
     return app
+
+
+def _body_schema(model) -> dict:
+    """An OpenAPI requestBody entry for a pydantic request model (its JSON schema, $defs inside)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
 class BackgroundServer:
