@@ -37,9 +37,10 @@ class DataConfig(_Strict):
                                         "builtin:<task>?n=500&seed=1")
     eval: Union[float, str, None] = Field(0.1, description="a file, or a fraction of `train` held out (0..0.5); "
                                                            "null: no eval loss")
-    format: Literal["auto", "text", "prompt_completion", "alpaca", "messages", "sharegpt", "plain"] = Field(
+    format: Literal["auto", "text", "prompt_completion", "alpaca", "messages", "sharegpt", "plain", "chosen"] = Field(
         "auto", description="record layout; auto: told from the first record's fields; plain: prompt + completion "
-                            "as raw text without the chat template (never auto-detected)")
+                            "as raw text without the chat template; chosen: a preference file's prompt and chosen "
+                            "answer (SFT next to DPO); plain and chosen are never auto-detected")
     fields: dict[str, str] = Field(default_factory=dict, description="rename map from the format's field names to "
                                                                      "yours, e.g. {prompt: question}")
     max_length: int = Field(1024, ge=8, le=1_048_576, description="tokens per example after the chat template")

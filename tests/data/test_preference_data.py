@@ -103,3 +103,15 @@ def test_any_reader_takes_gz(tmp_path):
     (tmp_path / "bad.jsonl.gz").write_bytes(b"not gzip at all")
     with pytest.raises(TunelabError, match=r"bad.jsonl.gz: cannot read the file"):
         read_rows(tmp_path / "bad.jsonl.gz")
+
+
+def test_format_chosen_gives_sft_conversations_of_the_chosen_answers(tmp_path):
+    from tunelab.data.load import load_conversations
+
+    path = _write(tmp_path / "hh.jsonl", [{"chosen": HH_PREFIX + " I can't help with that.",
+                                          "rejected": HH_PREFIX + " Use a tension wrench."}])
+    (conv,) = load_conversations(path, format="chosen")
+    assert conv.messages[-1] == {"role": "assistant", "content": "I can't help with that."}
+    assert conv.messages[:-1] == load_pairs(path)[0].prompt
+    with pytest.raises(TunelabError, match=r"hh.jsonl:1: this is a preference file .*data.format: chosen"):
+        load_conversations(path)  # auto: told what to do instead

@@ -131,3 +131,10 @@ def test_dpo_refuses_what_it_does_not_apply(pref_config):
     cfg["data"]["max_toxicity"] = 0.5
     with pytest.raises(TunelabError, match=r"data.max_toxicity is not supported with method: dpo"):
         train(cfg)
+
+
+def test_sft_on_the_chosen_answers_is_a_data_format(make_config, pair_data):
+    """The SFT baseline next to DPO: method lora on the preference file with data.format: chosen."""
+    res = train(make_config("sft_chosen", data={"train": str(pair_data), "format": "chosen", "eval": None},
+                            train={"max_steps": 2}))
+    assert res.summary["train_rows"] == 40 and res.summary["tokens_trained"] > 0

@@ -9,6 +9,10 @@
 | sharegpt          | conversations: [{from, value}]           | human->user, gpt->assistant, system |
 | plain             | prompt, completion                       | raw text, no chat template: the prompt is read, the completion (+ eos) trained |
 
+`chosen` (load.py) takes a preference file ({prompt, chosen, rejected} or HH-RLHF dialogues,
+data/preference.py) and trains on the prompt and the chosen answer: the SFT baseline next to DPO.
+Like `plain` it is never detected.
+
 `plain` is never detected (its fields are prompt_completion's): it is what a plain-prompt task
 renders its records to (compare's fine-tuned arms), so training sees exactly the evaluation's text.
 
@@ -50,6 +54,9 @@ def detect_format(row: Row, fields: dict[str, str] | None = None) -> tuple[str, 
         required = [fields.get(f, f) for f in FIELDS[fmt][0]]
         if all(r in present for r in required):
             return fmt, f"the first record has field(s) {', '.join(required)}"
+    if {fields.get("chosen", "chosen"), fields.get("rejected", "rejected")} <= present:
+        raise TunelabError(f"{row.source}: this is a preference file (fields chosen, rejected): train it with "
+                           "method: dpo or orpo, or set data.format: chosen to fine-tune on the chosen answers")
     expected = "; ".join(f"{fmt}: {', '.join(FIELDS[fmt][0])}" for fmt in FORMATS if fmt != "plain")
     raise TunelabError(
         f"{row.source}: cannot tell the data format from fields {sorted(present)}{_misspelt(present, fields)}; "

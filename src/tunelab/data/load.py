@@ -10,22 +10,11 @@ from pathlib import Path
 from typing import Iterator
 
 from tunelab.data.formats import detect_format, to_conversation
-from tunelab.data.readers import SKIP_HINT, finish, iter_rows, read_rows, skip_hint
+from tunelab.data.readers import SKIP_HINT, iter_spec_rows, read_rows, resolve_spec, skip_hint
 from tunelab.data.records import Conversation, Row
 from tunelab.errors import TunelabError
 
 log = logging.getLogger("tunelab.data")
-
-
-def resolve_spec(spec: str | Path, base_dir: str | Path | None = None) -> str | Path:
-    """A builtin:<task> spec as is; a file path made absolute against base_dir when relative."""
-    spec = str(spec)
-    if spec.startswith("builtin:"):
-        return spec
-    path = Path(spec).expanduser()
-    if not path.is_absolute() and base_dir is not None:
-        path = Path(base_dir) / path
-    return path
 
 
 def load_rows(spec: str | Path, *, skip_bad: bool = False, base_dir: str | Path | None = None,
@@ -40,23 +29,6 @@ def load_rows(spec: str | Path, *, skip_bad: bool = False, base_dir: str | Path 
 
         return load_builtin_rows(where)
     return read_rows(where, skip_bad=skip_bad, hint=hint)
-
-
-def iter_spec_rows(spec: str | Path, skip_bad: bool, base_dir, hint: str, report: list[str] | None = None) -> Iterator[Row]:
-    where = resolve_spec(spec, base_dir)
-    if isinstance(where, str):
-        from tunelab.data.builtin import load_builtin_rows
-
-        yield from load_builtin_rows(where)  # generated in memory (at most 100k rows)
-        return
-    bad: list[str] = []
-    n = 0
-    for row in iter_rows(where, skip_bad=skip_bad, hint=hint, bad=bad):
-        n += 1
-        yield row
-    finish(where, n, bad)
-    if bad and report is not None:  # also in the caller's notes (e.g. the cache entry's, shown by data prepare)
-        report.append(f"{where}: skipped {len(bad)} unreadable record(s); first: {bad[0]}")
 
 
 def iter_conversations(
@@ -85,7 +57,8 @@ def iter_conversations(
             if report is not None:
                 report.append(note)
         try:
-            conv = to_conversation(row, format, fields, system)
+            conv = chosen_conversation(row, fields, system) if format == "chosen" else \
+                to_conversation(row, format, fields, system)
         except TunelabError as e:
             if not skip_bad:
                 raise TunelabError(f"{e}; {skip_hint(skip_setting)}") from None
@@ -100,6 +73,15 @@ def iter_conversations(
             report.append(note)
     if not n_ok:
         raise TunelabError(f"{spec}: every record was bad; see the first error above and fix the data")
+
+
+def chosen_conversation(row: Row, fields: dict[str, str] | None, system: str | None) -> Conversation:
+    """Format `chosen`: a preference pair's prompt and CHOSEN answer as a conversation (SFT on the
+    preferred answers, the baseline next to DPO); the pair is checked as method: dpo checks it."""
+    from tunelab.data.preference import to_pair
+
+    pair = to_pair(row, fields, system)
+    return Conversation(pair.id, pair.prompt + [{"role": "assistant", "content": pair.chosen}], pair.source)
 
 
 def load_conversations(spec: str | Path, **kw) -> list[Conversation]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tunelab.data.formats import FORMATS_DOC, detect_format
-from tunelab.data.load import iter_spec_rows
+from tunelab.data.readers import iter_spec_rows
 from tunelab.data.readers import skip_hint
 from tunelab.data.records import ROLES, Row
 from tunelab.errors import TunelabError

@@ -53,6 +53,34 @@ def iter_rows(path: str | Path, *, skip_bad: bool = False, hint: str = SKIP_HINT
     return _guarded(readers[suffix](path, skip_bad, [] if bad is None else bad), path, hint)
 
 
+def resolve_spec(spec: str | Path, base_dir: str | Path | None = None) -> str | Path:
+    """A builtin:<task> spec as is; a file path made absolute against base_dir when relative."""
+    spec = str(spec)
+    if spec.startswith("builtin:"):
+        return spec
+    path = Path(spec).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    return path
+
+
+def iter_spec_rows(spec: str | Path, skip_bad: bool, base_dir, hint: str, report: list[str] | None = None) -> Iterator[Row]:
+    where = resolve_spec(spec, base_dir)
+    if isinstance(where, str):
+        from tunelab.data.builtin import load_builtin_rows
+
+        yield from load_builtin_rows(where)  # generated in memory (at most 100k rows)
+        return
+    bad: list[str] = []
+    n = 0
+    for row in iter_rows(where, skip_bad=skip_bad, hint=hint, bad=bad):
+        n += 1
+        yield row
+    finish(where, n, bad)
+    if bad and report is not None:  # also in the caller's notes (e.g. the cache entry's, shown by data prepare)
+        report.append(f"{where}: skipped {len(bad)} unreadable record(s); first: {bad[0]}")
+
+
 def kind(path: Path) -> str:
     """The data suffix of a file, looking through .gz: data.jsonl.gz -> .jsonl."""
     suffixes = [x.lower() for x in path.suffixes]

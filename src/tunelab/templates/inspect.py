@@ -86,7 +86,7 @@ class PairReport:
 
 def is_pair_file(spec: str, fields: dict | None = None) -> bool:
     """Whether the file's first record is a preference pair (has chosen and rejected)."""
-    from tunelab.data.load import iter_spec_rows
+    from tunelab.data.readers import iter_spec_rows
     from tunelab.data.preference import is_pair_row
     from tunelab.data.readers import SKIP_HINT
 
