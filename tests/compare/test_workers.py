@@ -94,3 +94,18 @@ def test_a_held_arm_blocks_only_itself(cfg_path):
     assert res.ran == ["lora-n8"] and not (out / "compare.json").exists()
     res = compare(cfg_path, say=lambda m: None)
     assert res.ran == [] and (out / "compare.json").is_file()
+
+
+def test_an_arm_made_with_other_settings_starts_over_keeping_its_lock(cfg_path):
+    out = cfg_path.parent / "out"
+    compare(cfg_path, arm="zero_shot", say=lambda m: None)
+    arm_dir = out / "arms" / "zero_shot"
+    marker = json.loads((arm_dir / "arm.json").read_text())
+    (arm_dir / "arm.json").write_text(json.dumps({**marker, "signature": "made-by-other-settings"}))
+    (arm_dir / "stale.txt").write_text("left by the older arm")
+    lock_inode = (arm_dir / ".arm.lock").stat().st_ino
+    res = compare(cfg_path, arm="zero_shot", say=lambda m: None)
+    assert res.ran == ["zero_shot"] and not (arm_dir / "stale.txt").exists()
+    # the lock file is the one every worker opens: deleting it while held would let a second worker in
+    assert (arm_dir / ".arm.lock").stat().st_ino == lock_inode
+    assert json.loads((arm_dir / "arm.json").read_text())["signature"] == marker["signature"]
