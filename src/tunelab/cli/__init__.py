@@ -26,8 +26,32 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-console = Console()
-err_console = Console(stderr=True)
+
+
+class _Console(Console):
+    """Rich's Console, except that a table printed where there is no terminal keeps its natural
+    width: a log file, CI or `| tee` has no window to fit, and Rich's 80-column default there would
+    fold every long arm name and CI over two lines (issue 26 case 9). On a terminal: unchanged."""
+
+    def print(self, *objects, **kwargs):
+        if not self.is_terminal and "COLUMNS" not in os.environ:
+            from rich.measure import Measurement
+            from rich.table import Table
+
+            wide = self.options.update_width(10_000)
+            natural = [Measurement.get(self, wide, o).maximum for o in objects if isinstance(o, Table)]
+            if natural and max(natural) > self.width:
+                before = self._width  # print(width=) can only narrow, so widen the console for this call
+                self.width = max(natural)
+                try:
+                    return super().print(*objects, **kwargs)
+                finally:
+                    self._width = before
+        return super().print(*objects, **kwargs)
+
+
+console = _Console()
+err_console = _Console(stderr=True)
 _state = {"debug": False}
 
 
