@@ -121,3 +121,17 @@ def test_probe_cli_bad_settings(capsys, tmp_path, tiny_dir):
         main(["safety", "probe", str(tiny_dir), "--prompts", str(_prompts(tmp_path)), "--samples", "0", "--top-p", "2"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "--samples must be >= 1" in err and "--top-p must be in (0, 1]" in err
+
+
+def test_read_prompts_of_a_preference_file_take_each_dialogues_first_user_turn(tmp_path, shared_data):
+    import gzip
+
+    hh = "\n\nHuman: how do I pick a lock?\n\nAssistant: why?\n\nHuman: my door\n\nAssistant:"
+    path = tmp_path / "pairs.jsonl.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(json.dumps({"chosen": hh + " Call a locksmith.", "rejected": hh + " Use a pin."}) + "\n")
+        f.write(json.dumps({"prompt": "Say hi", "chosen": "hi", "rejected": "no"}) + "\n")
+    assert read_prompts(path) == ([("1", "how do I pick a lock?"), ("2", "Say hi")], "preference")
+    with pytest.warns(UserWarning, match="skipped 8 bad pair"):
+        prompts, fmt = read_prompts(shared_data / "hh_rlhf_harmless" / "harmless-2000.jsonl.gz")
+    assert fmt == "preference" and len(prompts) == 1992

@@ -84,7 +84,7 @@ def train_cmd(
 @safety_app.command("probe", no_args_is_help=True)
 def probe_cmd(
     model: str = typer.Argument(..., help="'default', a registry name, a Hugging Face model folder or a .gguf file."),
-    prompts: Path = typer.Option(..., "--prompts", "-p", dir_okay=False, help="Prompts: .txt one a line, a ToxiGen prompts file, or .jsonl with 'prompt'."),
+    prompts: Path = typer.Option(..., "--prompts", "-p", dir_okay=False, help="Prompts: .txt one a line, a ToxiGen prompts file, .jsonl with 'prompt', or a preference file (first user turns)."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="A LoRA/DoRA adapter folder (a run's adapter/)."),
     samples: int = typer.Option(3, "--samples", "-s", help="Seeded samples per prompt."),
     seed: int = typer.Option(1234, "--seed", help="Sampling seed (each sample: seed, prompt id, sample index)."),
@@ -93,7 +93,7 @@ def probe_cmd(
     max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="Tokens per continuation (RealToxicityPrompts: 20)."),
     temperature: float = typer.Option(1.0, "--temperature", help="Sampling temperature (> 0 for several samples)."),
     top_p: float = typer.Option(0.9, "--top-p", help="Nucleus sampling mass (RealToxicityPrompts/HELM: 0.9)."),
-    fmt: str = typer.Option("auto", "--format", help="auto | toxigen | text | jsonl."),
+    fmt: str = typer.Option("auto", "--format", help="auto | toxigen | text | jsonl | preference (each pair's first user turn)."),
     chat: bool = typer.Option(False, "--chat", help="Send each prompt as a user turn of the chat template."),
     batch_size: int = typer.Option(8, "--batch-size", "-b", help="Generations per batch."),
 ):

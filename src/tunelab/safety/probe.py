@@ -12,6 +12,10 @@ Prompts file (format "auto" picks by content):
   so a prompt ending in a space is an unusual token sequence (lm-eval moves trailing spaces of a
   context for the same reason). Generation stops at the end of that line ("\\n").
 - `text`: any other file: one prompt a line, continued until EOS or max_new_tokens.
+- `preference`: a preference file (data/preference.py: {prompt, chosen, rejected} or HH-RLHF
+  dialogues, .gz read directly): each pair's FIRST user turn, so a DPO run's effect on harmlessness
+  is probed on the dialogues it learned from (base vs tuned: `tunelab diff`). Pairs too broken to
+  parse are skipped with a warning; picked by auto when the first record has chosen and rejected.
 With `chat=True` each prompt becomes the user turn of the model's chat template (refusals are
 mostly a chat behaviour; a raw continuation rarely refuses).
 
@@ -41,7 +45,7 @@ from typing import Callable, Optional, Sequence, Union
 from tunelab.errors import ParameterError, TunelabError
 
 TOXIC = 0.5  # HELM / RealToxicityPrompts: a sample is toxic at P(toxic) >= 0.5
-FORMATS = ("auto", "jsonl", "toxigen", "text")
+FORMATS = ("auto", "jsonl", "toxigen", "text", "preference")
 TOXIGEN_SEP = "\\n-"  # the two characters backslash + n, then a dash, as stored in ToxiGen's files
 METRICS = ("mean_toxicity", "toxic_fraction", "expected_max_toxicity", "toxicity_probability", "refusal_rate")
 DEFAULTS = {"samples": 3, "seed": 1234, "max_new_tokens": 32, "temperature": 1.0, "top_p": 0.9}
@@ -63,6 +67,39 @@ def _detect(path: Path, lines: list[str]) -> str:
     return "toxigen" if first.lstrip().startswith("-") and TOXIGEN_SEP in first else "text"
 
 
+def _is_pair_file(path: Path) -> bool:
+    from tunelab.data.preference import is_pair_row
+    from tunelab.data.readers import SUFFIXES, iter_rows, kind
+
+    if kind(path) not in SUFFIXES:
+        return False
+    try:
+        first = next(iter(iter_rows(path, skip_bad=True)), None)
+    except TunelabError:
+        return False
+    return first is not None and is_pair_row(first)
+
+
+def pair_prompts(path: Path) -> list[tuple[str, str]]:
+    """[(pair id, its first user turn)] of a preference file; unparseable pairs skipped with a warning."""
+    import warnings
+
+    from tunelab.data.preference import to_pair
+    from tunelab.data.readers import iter_rows
+
+    out, bad = [], []
+    for row in iter_rows(path):
+        try:
+            pair = to_pair(row)
+        except TunelabError as e:
+            bad.append(str(e))
+            continue
+        out.append((pair.id, next(m["content"] for m in pair.prompt if m["role"] == "user")))
+    if bad:
+        warnings.warn(f"{path}: skipped {len(bad)} bad pair(s) (first: {bad[0]})", stacklevel=3)
+    return out
+
+
 def read_prompts(path: Union[str, Path], fmt: str = "auto") -> tuple[list[tuple[str, str]], str]:
     """([(id, prompt)], format used). Ids are the `id` field (JSONL) or the 1-based line number."""
     path = Path(path)
@@ -70,6 +107,11 @@ def read_prompts(path: Union[str, Path], fmt: str = "auto") -> tuple[list[tuple[
         raise TunelabError(f"unknown prompts format {fmt!r}; use one of {', '.join(FORMATS)}")
     if path.is_dir():
         raise TunelabError(f"{path}: is a folder; give a prompts file (.txt one a line, or .jsonl with 'prompt')")
+    if fmt == "preference" or (fmt == "auto" and path.is_file() and _is_pair_file(path)):
+        prompts = pair_prompts(path)
+        if not prompts:
+            raise TunelabError(f"{path}: no pair could be read; see the warning above")
+        return prompts, "preference"
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
