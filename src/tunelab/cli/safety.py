@@ -83,7 +83,7 @@ def train_cmd(
 
 @safety_app.command("probe", no_args_is_help=True)
 def probe_cmd(
-    model: str = typer.Argument(..., help="'default', a registry name, a Hugging Face model folder or a .gguf file."),
+    model: str = typer.Argument(..., help="'default', a registry name, a Hugging Face model folder, a .gguf file, or an OpenAI-compatible endpoint openai:URL#NAME (docs/serve.md)."),
     prompts: Path = typer.Option(..., "--prompts", "-p", dir_okay=False, help="Prompts: .txt one a line, a ToxiGen prompts file, .jsonl with 'prompt', or a preference file (first user turns)."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="A LoRA/DoRA adapter folder (a run's adapter/)."),
     samples: int = typer.Option(3, "--samples", "-s", help="Seeded samples per prompt."),
@@ -120,7 +120,7 @@ def probe_cmd(
 
 @safety_app.command("bias", no_args_is_help=True)
 def bias_cmd(
-    model: str = typer.Argument(..., help="'default', a registry name, a Hugging Face model folder or a .gguf file."),
+    model: str = typer.Argument(..., help="'default', a registry name, a Hugging Face model folder, a .gguf file, or an endpoint openai:URL#NAME that returns prompt log-probabilities (docs/serve.md)."),
     benchmark: str = typer.Option(..., "--benchmark", help="crows_pairs | bbq."),
     data: list[Path] = typer.Option(..., "--data", "-d", help="CrowS-Pairs CSV; BBQ: .jsonl file(s) or a folder (repeatable)."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="A LoRA/DoRA adapter folder (a run's adapter/)."),

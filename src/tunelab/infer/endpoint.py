@@ -31,6 +31,10 @@ NEEDS_LOGPROBS = ("multiple_choice tasks need prompt log-probabilities (/v1/comp
                   "as vLLM and `tunelab serve` answer); generate tasks run without them")
 
 
+class NoLogprobs(TunelabError):
+    """The endpoint answered a scoring request without the prompt's log-probabilities (or refused it)."""
+
+
 def parse_spec(spec: str) -> tuple[str, str]:
     """'openai:URL#NAME' -> (URL, NAME); both parts are required."""
     body = spec[len(PREFIX):]
@@ -182,12 +186,12 @@ class EndpointBackend:
             r = self.client.completions.create(model=self.name, prompt=prompt, max_tokens=1, echo=True, logprobs=1,
                                                temperature=0)
         except openai.BadRequestError as e:
-            raise TunelabError(f"{self.spec}: the endpoint refused echo+logprobs ({self._fail(e, 'scoring')}); {NEEDS_LOGPROBS}") from None
+            raise NoLogprobs(f"{self.spec}: the endpoint refused echo+logprobs ({self._fail(e, 'scoring')}); {NEEDS_LOGPROBS}") from None
         except openai.OpenAIError as e:
             raise self._fail(e, "a scoring request") from None
         lp = r.choices[0].logprobs
         if lp is None or not lp.token_logprobs or lp.text_offset is None:
-            raise TunelabError(f"{self.spec}: the endpoint returned no log-probabilities; {NEEDS_LOGPROBS}")
+            raise NoLogprobs(f"{self.spec}: the endpoint returned no log-probabilities; {NEEDS_LOGPROBS}")
         total, greedy, seen = 0.0, True, False
         for tok, logp, off, top in zip(lp.tokens, lp.token_logprobs, lp.text_offset, lp.top_logprobs or [None] * len(lp.tokens)):
             if off >= len(prompt):
@@ -201,7 +205,7 @@ class EndpointBackend:
             if top:
                 greedy = greedy and max(top, key=top.get) == tok
         if not seen:
-            raise TunelabError(f"{self.spec}: the echoed tokens of a choice could not be found after its context "
+            raise NoLogprobs(f"{self.spec}: the echoed tokens of a choice could not be found after its context "
                                f"(choice {continuation!r}); {NEEDS_LOGPROBS}")
         if r.usage is not None:
             self._prompt_tokens[prompt] = r.usage.prompt_tokens

@@ -7,6 +7,12 @@
 Both write the standard results.json + predictions.jsonl (docs/results.md), with per-item `metrics`
 so `tunelab diff` compares a base model and a fine-tuned one item by item.
 
+The model runs through infer's Backend (infer/load.py): a local model, or an `openai:URL#NAME`
+endpoint that returns prompt log-probabilities (/v1/completions with echo and logprobs, as vLLM and
+`tunelab serve` do; one without them gets a one-line error). Through an endpoint a CrowS-Pairs
+sentence cannot be given the prefix token, so its first token goes unscored (the signature's
+`scoring` says so); BBQ scores the same tokens as a local run.
+
 CrowS-Pairs (Nangia et al. 2020), scored as lm-evaluation-harness 0.4 `crows_pairs_english` does
 for causal LMs. The paper scored masked LMs by pseudo-log-likelihood of the shared words; a
 causal LM has no such thing, so (like lm-eval) each sentence gets its full log-likelihood: the sum
@@ -303,8 +309,8 @@ def bbq_metrics(items: Sequence[dict]) -> dict[str, dict]:
 
 
 # ---------------------------------------------------------------- model side
-def _score(lm, requests, batch_size, progress) -> list[list[float]]:
-    from tunelab.infer.loglik import score_choices
+def _score(backend, requests, batch_size, progress) -> list[list[float]]:
+    from tunelab.infer.endpoint import NoLogprobs
 
     done = [0]
 
@@ -313,19 +319,24 @@ def _score(lm, requests, batch_size, progress) -> list[list[float]]:
         if progress:
             progress(done[0], len(requests))
 
-    scored = score_choices(lm.model, lm.tokenizer, requests, batch_size=batch_size, on_batch=tick)
+    try:
+        scored = backend.score_choices(requests, batch_size=batch_size, on_batch=tick)
+    except NoLogprobs as e:
+        raise TunelabError(f"{str(e).split(';')[0]}; the bias benchmarks score answers by log-likelihood, so they need "
+                           "prompt log-probabilities (/v1/completions with echo=true and logprobs=1, as vLLM and "
+                           "`tunelab serve` answer): run them on a local model or on such a server") from None
     return [[ll for ll, _ in s] for s in scored]
 
 
-def _n_tokens(tok, requests) -> int:
-    return sum(len(tok(c + k, add_special_tokens=False)["input_ids"]) for c, ks in requests for k in ks)
+def _n_tokens(backend, requests) -> int:
+    return sum(backend.count_tokens(c + k) for c, ks in requests for k in ks)
 
 
-def _run_crows(lm, rows, batch_size, progress):
+def _run_crows(backend, rows, batch_size, progress):
     # Empty context: encode_pair puts the prefix token (BOS, else EOS) as the only context token,
     # and the whole sentence is the continuation; target_delimiter "" as in lm-eval.
     requests = [("", [r["sent_more"], r["sent_less"]]) for r in rows]
-    lls = _score(lm, requests, batch_size, progress)
+    lls = _score(backend, requests, batch_size, progress)
     items = []
     for r, (more, less) in zip(rows, lls):
         stereo = float(more > less)
@@ -334,13 +345,13 @@ def _run_crows(lm, rows, batch_size, progress):
                       "loglik_more": more, "loglik_less": less,
                       "metrics": {"pct_stereotype": stereo, "likelihood_diff": abs(more - less),
                                   f"pct_stereotype/{r['bias_type']}": stereo}})
-    return items, crows_metrics(items), _n_tokens(lm.tokenizer, requests)
+    return items, crows_metrics(items), _n_tokens(backend, requests)
 
 
-def _run_bbq(lm, rows, batch_size, progress):
+def _run_bbq(backend, rows, batch_size, progress):
     requests = [(BBQ_PROMPT.format(context=r["context"], question=r["question"]),
                  [BBQ_DELIMITER + r[f"ans{i}"] for i in range(3)]) for r in rows]
-    lls = _score(lm, requests, batch_size, progress)
+    lls = _score(backend, requests, batch_size, progress)
     items = []
     for r, (ctx, _), ll in zip(rows, requests, lls):
         pred = int(np.argmax(ll))  # first of equal maxima, as numpy/lm-eval
@@ -350,7 +361,7 @@ def _run_bbq(lm, rows, batch_size, progress):
                       "context_condition": r["context_condition"], "question_polarity": r["question_polarity"],
                       "unknown": unknown_index(r), "biased": biased_indices(r), "outcome": o,
                       "metrics": bbq_item_metrics(o)})
-    return items, bbq_metrics(items), _n_tokens(lm.tokenizer, requests)
+    return items, bbq_metrics(items), _n_tokens(backend, requests)
 
 
 def _data_sha(files: Sequence[Path]) -> str:
@@ -363,15 +374,14 @@ def _data_sha(files: Sequence[Path]) -> str:
 def bias(model, benchmark: str, data, *, adapter: Optional[str] = None, limit: Optional[int] = None,
          out: Optional[Union[str, Path]] = None, batch_size: int = DEFAULT_BATCH, device: Optional[str] = None,
          progress: Optional[Callable[[int, int], None]] = None):
-    """Run CrowS-Pairs or BBQ on `model` (name, folder or LoadedModel); returns evaluate's Results.
+    """Run CrowS-Pairs or BBQ on `model` (name, folder, LoadedModel or `openai:URL#NAME`); returns evaluate's Results.
 
     `data`: the CrowS-Pairs CSV; for BBQ a .jsonl file, a folder of them, or a list. `limit`: the
     first N pairs (CrowS-Pairs) or the first N items of each BBQ file.
     """
     from tunelab.evaluate.results import build_results, make_cost, record_run, signature, write_results
     from tunelab.evaluate.runner import peak_mem_mib
-    from tunelab.infer.load import load_local
-    from tunelab.templates import template_sha256
+    from tunelab.infer.load import open_backend
 
     t0 = time.perf_counter()
     if benchmark not in BENCHMARKS:
@@ -391,20 +401,26 @@ def bias(model, benchmark: str, data, *, adapter: Optional[str] = None, limit: O
     else:
         files = bbq_files(data)
         rows = [r for f in files for r in read_bbq(f)[:limit]]
-    lm = load_local(model, adapter, device)
+    backend = open_backend(model, adapter, device)  # a local model or an openai:URL#NAME endpoint (infer/load.py)
     run = _run_crows if benchmark == "crows_pairs" else _run_bbq
-    items, metrics, tokens = run(lm, rows, batch_size, progress)
+    items, metrics, tokens = run(backend, rows, batch_size, progress)
 
     for it in items:
         it.pop("outcome", None)  # the same facts are in pred/unknown/biased; keep lines small
-    prompt = "sum-loglik(prefix-token context, no delimiter)" if benchmark == "crows_pairs" else \
-        f"prompt sha256:{hashlib.sha256(BBQ_PROMPT.encode()).hexdigest()[:16]}|delimiter {BBQ_DELIMITER!r}|pred argmax-loglik"
+    if benchmark == "bbq":
+        prompt = (f"prompt sha256:{hashlib.sha256(BBQ_PROMPT.encode()).hexdigest()[:16]}|delimiter {BBQ_DELIMITER!r}"
+                  "|pred argmax-loglik")
+    elif backend.tokenizer is not None:
+        prompt = "sum-loglik(prefix-token context, no delimiter)"
+    else:  # an endpoint cannot be given the prefix token: its sentence's first token goes unscored
+        prompt = "sum-loglik(tokens after the first, no context)"
     # the benchmark's "task" is its data files plus the benchmark's own prompt and scoring
-    sig = signature(lm, _data_sha(files), bias=benchmark, limit=limit, scoring=prompt,
-                    template=f"sha256:{template_sha256(lm.tokenizer)[:16]}", bootstrap=N_RESAMPLES, seed=SEED)
-    dev = next(lm.model.parameters()).device
-    res = build_results(task=benchmark, model=lm, n=len(items), shots=0, metrics=metrics,
-                        cost=make_cost(time.perf_counter() - t0, prompt_tokens=tokens, peak_mem_mib=peak_mem_mib(dev)),
+    sig = signature(backend.identity, _data_sha(files), bias=benchmark, limit=limit, scoring=prompt,
+                    template=backend.template_id(), bootstrap=N_RESAMPLES, seed=SEED)
+    dev = backend.device  # None for an endpoint: its memory is not ours to measure
+    res = build_results(task=benchmark, model=backend.identity, n=len(items), shots=0, metrics=metrics,
+                        cost=make_cost(time.perf_counter() - t0, prompt_tokens=tokens,
+                                       peak_mem_mib=None if dev is None else peak_mem_mib(dev)),
                         signature=sig, predictions=items)
     if out is not None:
         write_results(res, out)

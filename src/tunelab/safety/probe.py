@@ -1,6 +1,7 @@
 """Provocation test: continue provocative prompts with seeded samples; score toxicity and refusals.
 
     res = probe("default", "../shared/data/toxigen/hate_women_1k.txt", samples=3, limit=20, out="runs/probe")
+    res = probe("openai:http://127.0.0.1:8000/v1#NAME", "prompts.txt")   # any OpenAI-compatible endpoint
     res.metrics["expected_max_toxicity"]   # {"value": ..., "stderr": ..., "ci95": [...], "n": 20}
 
 Prompts file (format "auto" picks by content):
@@ -17,9 +18,13 @@ Prompts file (format "auto" picks by content):
   is probed on the dialogues it learned from (base vs tuned: `tunelab diff`). Pairs too broken to
   parse are skipped with a warning; picked by auto when the first record has chosen and rejected.
 With `chat=True` each prompt becomes the user turn of the model's chat template (refusals are
-mostly a chat behaviour; a raw continuation rarely refuses).
+mostly a chat behaviour; a raw continuation rarely refuses); an endpoint gets it as a chat message
+and applies its own template.
 
-Sampling: `samples` continuations per prompt, temperature/top-p sampling from infer.generate,
+The model runs through infer's Backend (infer/load.py), so it is a local model or an
+`openai:URL#NAME` endpoint alike; an endpoint gets one request per sample, with its seed.
+
+Sampling: `samples` continuations per prompt, temperature/top-p sampling (infer/generate.py locally),
 each seeded by (seed, prompt id, sample index), so a run is reproducible and a prompt's samples do
 not change with --limit, batch size or order.
 
@@ -187,9 +192,8 @@ def probe(model, prompts_file, *, adapter: Optional[str] = None, samples: int = 
     from tunelab.evaluate.metrics.assistant import REFUSAL_PATTERNS, is_refusal
     from tunelab.evaluate.results import build_results, make_cost, record_run, signature, write_results
     from tunelab.evaluate.runner import peak_mem_mib
-    from tunelab.infer.generate import generate
-    from tunelab.infer.load import load_local
-    from tunelab.models.loading import max_length
+    from tunelab.fewshot.context import Context
+    from tunelab.infer.load import open_backend
 
     t0 = time.perf_counter()
     problems = []  # every bad setting at once, each naming its parameter
@@ -210,7 +214,9 @@ def probe(model, prompts_file, *, adapter: Optional[str] = None, samples: int = 
                              "batch_size")
     prompts, fmt = read_prompts(prompts_file, fmt)
     prompts = prompts[:limit]
-    lm = load_local(model, adapter, device)  # before the classifier: a bad model/adapter path fails first
+    # a local model or an openai:URL#NAME endpoint (infer/load.py); before the classifier, so a bad
+    # model/adapter path fails first
+    backend = open_backend(model, adapter, device)
     if scorer is None:
         from tunelab.safety.toxicity import default_classifier
 
@@ -219,10 +225,12 @@ def probe(model, prompts_file, *, adapter: Optional[str] = None, samples: int = 
     else:
         tox_sig = f"toxicity|scorer:{getattr(scorer, '__name__', 'custom')}"
     texts = [p for _, p in prompts]
-    if chat:
+    messages = [[{"role": "user", "content": t}] for t in texts] if chat else [None] * len(texts)
+    if chat and backend.tokenizer is not None:  # a local model: its own chat template; an endpoint applies its own
         from tunelab.templates import render_prompt
 
-        texts = [render_prompt(lm.tokenizer, [{"role": "user", "content": t}]) for t in texts]
+        texts = [render_prompt(backend.tokenizer, m) for m in messages]
+    contexts = [Context(t, [], m) for t, m in zip(texts, messages)]
     stop = ["\n"] if fmt == "toxigen" and not chat else []
     # One generation request per (prompt, sample); the seed makes each one reproducible on its own.
     flat = [(i, j) for i in range(len(prompts)) for j in range(samples)]
@@ -234,36 +242,36 @@ def probe(model, prompts_file, *, adapter: Optional[str] = None, samples: int = 
         if progress:
             progress(done[0], len(flat))
 
-    gens = generate(lm.model, lm.tokenizer, [texts[i] for i, _ in flat], max_new_tokens=max_new_tokens,
-                    stop=stop, temperature=temperature, top_p=top_p, seeds=seeds if temperature > 0 else None,
-                    batch_size=batch_size, max_prompt_tokens=max_length(lm.model, lm.tokenizer) - max_new_tokens,
-                    on_batch=tick)
-    tox = [float(t) for t in scorer([g.text for g in gens])]
+    gens = backend.generate([contexts[i] for i, _ in flat], seeds if temperature > 0 else [None] * len(flat),
+                            batch_size=batch_size, on_batch=tick, max_new_tokens=max_new_tokens, stop=stop,
+                            temperature=temperature, top_p=top_p)
+    tox = [float(t) for t in scorer([g["text"] for g in gens])]
     if len(tox) != len(gens) or any(not 0.0 <= t <= 1.0 for t in tox):
         raise TunelabError("the toxicity scorer must return one probability in [0, 1] per text")
-    refusals = [is_refusal(g.text) for g in gens]
+    refusals = [is_refusal(g["text"]) for g in gens]
 
     lines, per_prompt = [], []
     for i, (pid, prompt) in enumerate(prompts):
         ks = range(i * samples, (i + 1) * samples)  # flat is prompt-major
         m = prompt_metrics([tox[k] for k in ks], [refusals[k] for k in ks])
         per_prompt.append(m)
-        lines.append({"id": pid, "prompt": texts[i], "outputs": [gens[k].text for k in ks],
+        lines.append({"id": pid, "prompt": texts[i], "outputs": [gens[k]["text"] for k in ks],
                       "toxicity": [tox[k] for k in ks], "refusal": [float(refusals[k]) for k in ks],
-                      "seeds": [seeds[k] for k in ks], "finish": [gens[k].finish for k in ks],
-                      "new_tokens": [gens[k].new_tokens for k in ks], "metrics": m})
+                      "seeds": [seeds[k] for k in ks], "finish": [gens[k]["finish"] for k in ks],
+                      "new_tokens": [gens[k]["new_tokens"] for k in ks], "metrics": m})
 
     from tunelab.io import file_sha256
 
     refusal_sha = hashlib.sha256("\n".join(REFUSAL_PATTERNS).encode()).hexdigest()[:12]
     # the probe's "task" is its prompts file; the sampling settings follow as fields
-    sig = signature(lm, file_sha256(prompts_file), probe=fmt, limit=limit, chat="yes" if chat else "no",
+    sig = signature(backend.identity, file_sha256(prompts_file), probe=fmt, limit=limit, chat="yes" if chat else "no",
                     samples=samples, seed=seed, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                     toxic=f">={TOXIC}", toxicity=tox_sig, refusal=f"patterns:{refusal_sha}")
-    cost = make_cost(time.perf_counter() - t0, prompt_tokens=sum(g.prompt_tokens for g in gens),
-                     generated_tokens=sum(g.new_tokens for g in gens),
-                     peak_mem_mib=peak_mem_mib(next(lm.model.parameters()).device))
-    res = build_results(task="probe", model=lm, n=len(prompts), shots=0, metrics=aggregate(per_prompt),
+    dev = backend.device  # None for an endpoint: its memory is not ours to measure
+    cost = make_cost(time.perf_counter() - t0, prompt_tokens=sum(g["prompt_tokens"] for g in gens),
+                     generated_tokens=sum(g["new_tokens"] for g in gens),
+                     peak_mem_mib=None if dev is None else peak_mem_mib(dev))
+    res = build_results(task="probe", model=backend.identity, n=len(prompts), shots=0, metrics=aggregate(per_prompt),
                         cost=cost, signature=sig, predictions=lines)
     if out is not None:
         write_results(res, out)
