@@ -268,7 +268,7 @@ class CompareConfig(_Strict):
                                              "file) or builtin:<task>?n=512&seed=1")
     arms: list[Union[str, dict[str, Any]]] = Field(
         ..., min_length=1,
-        description="zero_shot | {few_shot: {k: [1, 3], sampler: [random]}} | {lora|dora|full|qlora: {n: [32, 128]}} "
+        description="zero_shot | {few_shot: {k: [1, 3], sampler: [random]}} | {lora|dora|full|qlora|dpo|orpo: {n: [32, 128]}} "
                     "| {endpoint: {model: openai:URL#NAME, k: [0]}}; any arm may set model:")
     metric: Optional[str] = Field(None, description="the metric that ranks arms; default: the task's first metric")
     limit: Optional[int] = Field(None, ge=1, description="score only the first N test items (the same N for every arm)")

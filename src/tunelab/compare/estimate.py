@@ -26,7 +26,9 @@ PREFILL_TOKENS_PER_S = 850.0  # prompt tokens during evaluation: the 3-shot minu
 DECODE_TOKENS_PER_S = 50.0  # generated tokens during evaluation (batch of 8 with KV cache)
 # tokens seen per second while training: lora measured (quickstart, 213-215); full from DESIGN's
 # LoRA/full ratio (215 vs 147 tokens/s dense); dora and qlora assumed as lora (not measured here)
-TRAIN_TOKENS_PER_S = {"lora": 215.0, "dora": 215.0, "qlora": 215.0, "full": 147.0}
+# dpo / orpo: per token of their records, about the adapter rate (the prompt runs once per pair, the
+# reference pass adds a forward); rough, like the others
+TRAIN_TOKENS_PER_S = {"lora": 215.0, "dora": 215.0, "qlora": 215.0, "full": 147.0, "dpo": 180.0, "orpo": 215.0}
 LOAD_S = 5.0  # loading a model (and an adapter) once per arm
 CHARS_PER_TOKEN = 4.0
 
@@ -98,6 +100,9 @@ def _task_tokens(task, count: _Counter, rows, templates, pool=(), *, k: int = 0,
     prompt = generated = 0
     max_new = task.generation.max_new_tokens
     for row in rows:
+        if task.type == "preference":  # a pair: its prompt and both answers are read, nothing generated
+            prompt += count(json.dumps(row.data, ensure_ascii=False))
+            continue
         r = templates.render(row)
         prompt += count(builder.build(row, r.prompt).text)
         if task.type == "generate":

@@ -24,7 +24,7 @@ from tunelab.config import (CompareConfig, EndpointArmSpec, FewShotArmSpec, Fine
                             TrainConfig, build, deep_merge, load_config)
 from tunelab.errors import TunelabError
 
-FINE_TUNE_METHODS = ("lora", "dora", "full", "qlora")
+FINE_TUNE_METHODS = ("lora", "dora", "full", "qlora", "dpo", "orpo")  # dpo / orpo: on a pool of preference pairs
 ARM_KINDS = ("zero_shot", "few_shot", *FINE_TUNE_METHODS, "endpoint")
 
 # Folder layout (the contract in docs/compare.md)
@@ -251,6 +251,13 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
     if task.type == "perplexity" and any(a.method in ("few_shot", "endpoint") and a.k for a in arms):
         raise TunelabError(f"{source}: task '{task.name}' is a perplexity task: demonstrations do not change its "
                            "score; drop the few_shot arms")
+    preference = [a.id for a in arms if a.method in ("dpo", "orpo")]
+    if preference and task.type != "preference":
+        raise TunelabError(f"{source}: arms {', '.join(preference)} train on preference pairs: give a task of type: "
+                           "preference and a train_data file of pairs (docs/compare.md)")
+    if task.type == "preference" and any(a.method in ("few_shot", "endpoint") and a.k for a in arms):
+        raise TunelabError(f"{source}: task '{task.name}' is a preference task: it scores the model's preference "
+                           "between two given answers, which demonstrations do not ask for; drop the few_shot arms")
     if any(a.method == "qlora" for a in arms):
         import torch
 

@@ -74,6 +74,9 @@ def choose(task, pool: list, source: str, pool_name: str, *, few_shot: bool, fin
     the pool's own training format when it has one. `forced_format` is a data.format the user
     set in the compare's train: keys (the pool as is, in that format).
     """
+    if task.type == "preference":  # the pool is pairs: the arms read them as they are
+        return Rendering(OWN, "chosen", f"dpo / orpo arms train on {pool_name}'s pairs; other fine-tuned arms on "
+                                        "their prompts and chosen answers (data.format: chosen)")
     if forced_format and forced_format != "auto":
         if few_shot:
             _render_all(task, pool, source)
@@ -125,6 +128,14 @@ def first_example(tokenizer, task, source: str, subset_file, record_format: str,
     conv = load_conversations(str(subset_file), format=record_format)[0]
     enc = encode(tokenizer, conv)
     trained = "".join(f"⟦{text}⟧" if on else text for text, on in segments(tokenizer, enc))
+    if task.type == "preference":
+        from tunelab.data.preference import to_pair
+        from tunelab.templates.render import render_prompt
+
+        prompt = render_prompt(tokenizer, to_pair(test_row, None, task.system).prompt)
+        return (f"# first training example ({subset_file.name}, {conv.source}): its prompt and chosen answer as "
+                f"SFT reads it (dpo / orpo also score the rejected one); scored text between ⟦ and ⟧\n{trained}\n\n"
+                f"# first test pair's prompt ({test_row.source}), after which both answers are scored\n{prompt}\n")
     templates = _templates(task, source)
     if task.type == "perplexity":
         prompt = templates.prompt(test_row)

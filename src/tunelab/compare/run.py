@@ -104,7 +104,8 @@ def _train(plan: Plan, arm: Arm, say: Callable[[str], None]) -> Path:
     from tunelab.train.loop import train
 
     run_dir = plan.arm_dir(arm) / "train"
-    weights = run_dir / (paths.MODEL_DIR if arm.method == "full" else paths.ADAPTER_DIR)
+    full = arm.method == "full" or (plan.train_config(arm).get("preference") or {}).get("weights") == "full"
+    weights = run_dir / (paths.MODEL_DIR if full else paths.ADAPTER_DIR)
     if (run_dir / paths.SUMMARY_FILE).is_file() and weights.is_dir():
         say(f"  {arm.id}: already trained ({run_dir})")
         return weights
@@ -135,7 +136,7 @@ class _Models:
         if arm.model.startswith("openai:"):  # an endpoint: evaluate takes the string
             return arm.model
         if arm.fine_tuned:
-            return load_model(weights) if arm.method == "full" else load_model(arm.model, adapter=weights)
+            return load_model(weights) if weights.name == paths.MODEL_DIR else load_model(arm.model, adapter=weights)
         return self.base_of(arm.model)
 
     def base_of(self, model: str):

@@ -28,7 +28,6 @@ from tunelab.io import check_writable
 
 log = logging.getLogger("tunelab.evaluate")
 DEFAULT_BATCH = {"multiple_choice": 16, "generate": 8, "perplexity": 4, "preference": 16}  # CPU; x4 on CUDA
-PREFERENCE_METRICS = ["pref_acc", "pref_acc_norm"]  # a preference task that names no metrics
 
 
 # ---------------------------------------------------------------- inputs
@@ -228,10 +227,7 @@ def evaluate(
 
         with logs.run_log(out):
             return run_retrieval(task, metrics_spec=task.metrics, limit=limit, out=out, t0=t0)
-    names = task.metrics
-    if task.type == "preference" and "metrics" not in task.model_fields_set:
-        names = PREFERENCE_METRICS  # `type: preference` and `data:` are a whole task file
-    metrics = get_metrics(names)  # an unknown metric fails before any model is loaded
+    metrics = get_metrics(task.metrics)  # an unknown metric fails before any model is loaded
     sh = shard_mod.current()
     # other libraries' log lines (and lines held from before): <out>/log.txt, written by rank 0 only
     kept = (f"nothing written to {out} (results are written once every item is scored)" if out is not None

@@ -34,8 +34,21 @@ def builtin_task(name: str, *, n_test: int = 200, n_pool: int = 512, seed: int =
     )
 
 
+PREFERENCE_METRICS = ["pref_acc", "pref_acc_norm"]  # a preference task that names no metrics
+
+
 def resolve_task(task, overrides: Optional[list[str]] = None) -> TaskConfig:
-    """A TaskConfig from a TaskConfig, a YAML path or `builtin:<name>`, with `key=value` overrides."""
+    """A TaskConfig from a TaskConfig, a YAML path or `builtin:<name>`, with `key=value` overrides.
+
+    A `type: preference` task that names no metrics gets pref_acc and pref_acc_norm (`type` and
+    `data` are a whole task file)."""
+    task = _resolve(task, overrides)
+    if task.type == "preference" and "metrics" not in task.model_fields_set:
+        task.metrics = list(PREFERENCE_METRICS)
+    return task
+
+
+def _resolve(task, overrides: Optional[list[str]] = None) -> TaskConfig:
     text = str(task)
     if isinstance(task, TaskConfig) or text.startswith("builtin:"):
         if not isinstance(task, TaskConfig):

@@ -1,0 +1,58 @@
+"""A compare on a pool of preference pairs: base vs SFT on the chosen answers vs DPO vs ORPO, scored by pref_acc."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import yaml
+
+from tunelab.compare.run import compare
+from tunelab.errors import TunelabError
+
+TINY = {"train": {"max_steps": 2, "batch_tokens": 256, "save_every": 10, "lr": 1e-3}, "data": {"max_length": 128}}
+
+
+def _pairs(path, n, seed):
+    r = random.Random(seed)
+    with open(path, "w") as f:
+        for i in range(n):
+            a, b = r.randint(0, 50), r.randint(0, 50)
+            f.write(json.dumps({"id": f"{seed}-{i}", "prompt": f"What is {a} plus {b}?",
+                                "chosen": f"The answer is {a + b}.", "rejected": f"Go away, {a}."}) + "\n")
+    return path
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_dir):
+    _pairs(tmp_path / "pool.jsonl", 24, 0)
+    _pairs(tmp_path / "test.jsonl", 6, 1)
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump({"name": "pairs", "type": "preference", "data": "test.jsonl"}))
+    return {"name": "pref", "model": str(tiny_dir), "task": str(tmp_path / "task.yaml"),
+            "train_data": str(tmp_path / "pool.jsonl"),
+            "arms": ["zero_shot", {"lora": {"n": [8]}}, {"dpo": {"n": [8]}}, {"orpo": {"n": [8]}}], "train": TINY,
+            "retention_prompts": None}
+
+
+def test_base_sft_dpo_orpo_on_pairs(setup, tmp_path):
+    path = tmp_path / "cmp.yaml"
+    path.write_text(yaml.safe_dump(setup))
+    res = compare(str(path), out=tmp_path / "out", say=lambda m: None)
+    s = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert s["main_metric"] == "pref_acc"
+    arms = {a["id"]: a for a in s["arms"]}
+    assert set(arms) == {"zero_shot", "lora-n8", "dpo-n8", "orpo-n8"} and res.ran == list(arms)
+    for a in arms.values():
+        assert 0.0 <= a["metric"]["value"] <= 1.0 and len(a["metric"]["ci95"]) == 2
+    for arm in ("dpo-n8", "orpo-n8"):
+        rows = [json.loads(x) for x in (tmp_path / "out" / arms[arm]["run_dir"] / "metrics.jsonl").read_text().splitlines()]
+        assert "rewards/accuracies" in rows[0]
+    cfg = yaml.safe_load((tmp_path / "out" / arms["lora-n8"]["run_dir"] / "config.yaml").read_text())
+    assert cfg["data"]["format"] == "chosen" and cfg["method"] == "lora"
+    assert yaml.safe_load((tmp_path / "out" / arms["dpo-n8"]["run_dir"] / "config.yaml").read_text())["method"] == "dpo"
+
+
+def test_dpo_arms_need_a_preference_task(setup, tmp_path):
+    setup["task"] = "builtin:dates"
+    with pytest.raises(TunelabError, match=r"arms dpo-n8, orpo-n8 train on preference pairs: give a task of type: preference"):
+        compare(setup, out=tmp_path / "out2", say=lambda m: None)
