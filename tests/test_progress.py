@@ -75,3 +75,14 @@ def test_a_tty_gets_the_rich_bar_not_lines(clock):
         for done in range(1, 5):
             p(done, 4)
     assert "evaluating: " not in out.getvalue()  # the plain-line form is only for logs
+
+
+def test_counter_adds_up_batches_into_done_of_total():
+    from tunelab.progress import counter
+
+    seen = []
+    on_batch = counter(lambda done, total: seen.append((done, total)), 10)
+    for n in (4, 4, 2):
+        on_batch(n)
+    assert seen == [(4, 10), (8, 10), (10, 10)]
+    counter(None, 3)(3)  # quiet: no display, no error

@@ -128,4 +128,22 @@ def run_with_progress(label: str, run, *, unit: str = "items"):
         return run(p)
 
 
-__all__ = ["Progress", "run_with_progress", "quiet"]
+def counter(progress, total: int):
+    """An `on_batch(n)` callback that adds up the items done and reports `progress(done, total)`.
+
+    The engine's batch loops report how many items each batch finished; the callers' progress
+    displays (a `Progress`, or any `progress(done, total)`) want the running count. `progress`
+    may be None (quiet): the count is still kept, and nothing is reported.
+    """
+    done = 0
+
+    def on_batch(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress:
+            progress(done, total)
+
+    return on_batch
+
+
+__all__ = ["Progress", "run_with_progress", "quiet", "counter"]

@@ -25,6 +25,7 @@ from tunelab.evaluate.prompts import TaskTemplates
 from tunelab.evaluate.results import Results, write_results  # noqa: F401  (re-exported: older imports)
 from tunelab.evaluate.tasks import resolve_task
 from tunelab.io import check_writable
+from tunelab.progress import counter
 
 log = logging.getLogger("tunelab.evaluate")
 DEFAULT_BATCH = {"multiple_choice": 16, "generate": 8, "perplexity": 4, "preference": 16}  # CPU; x4 on CUDA
@@ -270,13 +271,7 @@ def _evaluate(model, task, metrics, sh, *, adapter, sampler, limit, batch_size, 
     rcache = None
     if cache:
         rcache = RequestCache(*backend.cache_scope, None if cache is True else cache)
-    done = [0]
-
-    def tick(n: int) -> None:
-        done[0] += n
-        if progress:
-            progress(done[0], len(my_rows))
-
+    tick = counter(progress, len(my_rows))
     bs = _batch(batch_size, task.type if task.type in DEFAULT_BATCH else "generate", dev)
     if task.type == "perplexity":
         text_t = TaskTemplates(task.model_copy(update={"prompt": task.text or task.prompt, "answer": None}), _task_source(task))

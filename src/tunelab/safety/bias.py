@@ -311,16 +311,10 @@ def bbq_metrics(items: Sequence[dict]) -> dict[str, dict]:
 # ---------------------------------------------------------------- model side
 def _score(backend, requests, batch_size, progress) -> list[list[float]]:
     from tunelab.infer.endpoint import NoLogprobs
-
-    done = [0]
-
-    def tick(n: int) -> None:
-        done[0] += n
-        if progress:
-            progress(done[0], len(requests))
+    from tunelab.progress import counter
 
     try:
-        scored = backend.score_choices(requests, batch_size=batch_size, on_batch=tick)
+        scored = backend.score_choices(requests, batch_size=batch_size, on_batch=counter(progress, len(requests)))
     except NoLogprobs as e:
         raise TunelabError(f"{str(e).split(';')[0]}; the bias benchmarks score answers by log-likelihood, so they need "
                            "prompt log-probabilities (/v1/completions with echo=true and logprobs=1, as vLLM and "

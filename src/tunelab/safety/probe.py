@@ -194,6 +194,7 @@ def probe(model, prompts_file, *, adapter: Optional[str] = None, samples: int = 
     from tunelab.evaluate.runner import peak_mem_mib
     from tunelab.fewshot.context import Context
     from tunelab.infer.load import open_backend
+    from tunelab.progress import counter
 
     t0 = time.perf_counter()
     problems = []  # every bad setting at once, each naming its parameter
@@ -235,16 +236,9 @@ def probe(model, prompts_file, *, adapter: Optional[str] = None, samples: int = 
     # One generation request per (prompt, sample); the seed makes each one reproducible on its own.
     flat = [(i, j) for i in range(len(prompts)) for j in range(samples)]
     seeds = [sample_seed(seed, prompts[i][0], j) for i, j in flat]
-    done = [0]
-
-    def tick(n: int) -> None:
-        done[0] += n
-        if progress:
-            progress(done[0], len(flat))
-
     gens = backend.generate([contexts[i] for i, _ in flat], seeds if temperature > 0 else [None] * len(flat),
-                            batch_size=batch_size, on_batch=tick, max_new_tokens=max_new_tokens, stop=stop,
-                            temperature=temperature, top_p=top_p)
+                            batch_size=batch_size, on_batch=counter(progress, len(flat)),
+                            max_new_tokens=max_new_tokens, stop=stop, temperature=temperature, top_p=top_p)
     tox = [float(t) for t in scorer([g["text"] for g in gens])]
     if len(tox) != len(gens) or any(not 0.0 <= t <= 1.0 for t in tox):
         raise TunelabError("the toxicity scorer must return one probability in [0, 1] per text")
