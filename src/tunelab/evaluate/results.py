@@ -5,6 +5,7 @@
                         signature=signature(lm, task_hash, shots="3", sampler="random"),
                         predictions=lines)
     write_results(res, "runs/e")           # predictions.jsonl, then results.json, both atomic
+    finish_run(res, "runs/e", "eval")      # what a run does at its end: write (when out), record, return
     res = read_results("runs/e")           # a one-line TunelabError for a missing or damaged file
     res.items                              # {item id: {metric: float | None}} for paired tests
 
@@ -275,6 +276,15 @@ def record_run(results: Results, kind: str = "eval", *, name: Optional[str] = No
     return runs.record(kind, name=name or (results.out.name if results.out else results.task), path=results.out,
                        task=results.task, model=model, metric=main, value=results.value(main) if main else None,
                        signature=results.signature, started=time.time() - wall)
+
+
+def finish_run(results: Results, out: Optional[Union[str, Path]], kind: str) -> Results:
+    """How every evaluation-shaped run ends (eval, retrieval, probe, bias): write results.json and
+    predictions.jsonl when `out` is given, record the run in the registry, return the results."""
+    if out is not None:
+        write_results(results, out)
+    record_run(results, kind)
+    return results
 
 
 # ---------------------------------------------------------------- reader

@@ -65,7 +65,7 @@ def run_retrieval(task, *, metrics_spec, limit: Optional[int] = None, out=None, 
     from tunelab.evaluate import stats
     from tunelab.evaluate.retrieval import BM25Retriever, evaluate_run
     from tunelab.evaluate.retrieval.measures import GEOMETRIC, expand, is_count
-    from tunelab.evaluate.results import build_results, make_cost, record_run, signature, task_sha256, write_results
+    from tunelab.evaluate.results import build_results, finish_run, make_cost, signature, task_sha256
 
     t0 = time.perf_counter() if t0 is None else t0
     measures = [n for m in metrics_spec for n in expand(m if isinstance(m, str) else next(iter(m)))]
@@ -106,7 +106,4 @@ def run_retrieval(task, *, metrics_spec, limit: Optional[int] = None, out=None, 
                     metric=";".join(metrics[m]["signature"] for m in res.measures))
     results = build_results(task=task.name, model=model, n=len(qids), shots=0, metrics=metrics,
                             cost=make_cost(time.perf_counter() - t0), signature=sig, predictions=lines)
-    if out is not None:
-        write_results(results, out)
-    record_run(results, "eval")
-    return results
+    return finish_run(results, out, "eval")

@@ -350,20 +350,20 @@ def _finish(task, backend, metrics, items, tokens, t0, out, with_response, sampl
         lines.append(line)
 
     cost = results_mod.make_cost(time.perf_counter() - t0, prompt_tokens=tokens[0], generated_tokens=tokens[1],
-                                 peak_mem_mib=None if dev is None else peak_mem_mib(dev))  # None: an endpoint's memory is not ours
+                                 peak_mem_mib=peak_mem_mib(dev))
     results = results_mod.build_results(
         task=task.name, model=backend.identity, n=len(items), shots=task.fewshot.k,
         metrics={name: r.to_json() for name, r in scored.items()},
         cost=cost, signature=signature(task, backend, metrics, sampler), predictions=lines,
     )
-    if out is not None:
-        write_results(results, out)
-    results_mod.record_run(results, "eval")
-    return results
+    return results_mod.finish_run(results, out, "eval")
 
 
 def peak_mem_mib(dev) -> Optional[float]:
-    """Peak memory for the results' cost block, rounded (see tunelab.memory)."""
+    """Peak memory for the results' cost block, rounded (see tunelab.memory); None for an endpoint
+    (a backend without a device), whose memory is not ours to measure."""
+    if dev is None:
+        return None
     from tunelab.memory import peak_memory_mib
 
     return round(peak_memory_mib(dev), 1)

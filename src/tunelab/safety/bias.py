@@ -373,7 +373,7 @@ def bias(model, benchmark: str, data, *, adapter: Optional[str] = None, limit: O
     `data`: the CrowS-Pairs CSV; for BBQ a .jsonl file, a folder of them, or a list. `limit`: the
     first N pairs (CrowS-Pairs) or the first N items of each BBQ file.
     """
-    from tunelab.evaluate.results import build_results, make_cost, record_run, signature, write_results
+    from tunelab.evaluate.results import build_results, finish_run, make_cost, signature
     from tunelab.evaluate.runner import peak_mem_mib
     from tunelab.infer.load import open_backend
 
@@ -411,12 +411,8 @@ def bias(model, benchmark: str, data, *, adapter: Optional[str] = None, limit: O
     # the benchmark's "task" is its data files plus the benchmark's own prompt and scoring
     sig = signature(backend.identity, _data_sha(files), bias=benchmark, limit=limit, scoring=prompt,
                     template=backend.template_id(), bootstrap=N_RESAMPLES, seed=SEED)
-    dev = backend.device  # None for an endpoint: its memory is not ours to measure
     res = build_results(task=benchmark, model=backend.identity, n=len(items), shots=0, metrics=metrics,
                         cost=make_cost(time.perf_counter() - t0, prompt_tokens=tokens,
-                                       peak_mem_mib=None if dev is None else peak_mem_mib(dev)),
+                                       peak_mem_mib=peak_mem_mib(backend.device)),
                         signature=sig, predictions=items)
-    if out is not None:
-        write_results(res, out)
-    record_run(res, "safety")
-    return res
+    return finish_run(res, out, "safety")

@@ -190,7 +190,7 @@ def probe(model, prompts_file, *, adapter: Optional[str] = None, samples: int = 
     `scorer(texts) -> P(toxic)` defaults to the shipped classifier (safety.toxicity).
     """
     from tunelab.evaluate.metrics.assistant import REFUSAL_PATTERNS, is_refusal
-    from tunelab.evaluate.results import build_results, make_cost, record_run, signature, write_results
+    from tunelab.evaluate.results import build_results, finish_run, make_cost, signature
     from tunelab.evaluate.runner import peak_mem_mib
     from tunelab.fewshot.context import Context
     from tunelab.infer.load import open_backend
@@ -261,13 +261,9 @@ def probe(model, prompts_file, *, adapter: Optional[str] = None, samples: int = 
     sig = signature(backend.identity, file_sha256(prompts_file), probe=fmt, limit=limit, chat="yes" if chat else "no",
                     samples=samples, seed=seed, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                     toxic=f">={TOXIC}", toxicity=tox_sig, refusal=f"patterns:{refusal_sha}")
-    dev = backend.device  # None for an endpoint: its memory is not ours to measure
     cost = make_cost(time.perf_counter() - t0, prompt_tokens=sum(g["prompt_tokens"] for g in gens),
                      generated_tokens=sum(g["new_tokens"] for g in gens),
-                     peak_mem_mib=None if dev is None else peak_mem_mib(dev))
+                     peak_mem_mib=peak_mem_mib(backend.device))
     res = build_results(task="probe", model=backend.identity, n=len(prompts), shots=0, metrics=aggregate(per_prompt),
                         cost=cost, signature=sig, predictions=lines)
-    if out is not None:
-        write_results(res, out)
-    record_run(res, "safety")
-    return res
+    return finish_run(res, out, "safety")
