@@ -16,6 +16,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tunelab.errors import TunelabError
 
 
+def slice_form(v: Optional[str], key: str) -> Optional[str]:
+    """A "start:end" slice of a file's records (either end may be empty), or None."""
+    if v is None:
+        return v
+    parts = v.split(":")
+    if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() or p.strip() == "" for p in parts):
+        raise ValueError(f'{key} must look like "start:end", e.g. "0:500"')
+    return v
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -239,12 +249,7 @@ class TaskConfig(_Strict):
     @field_validator("split")
     @classmethod
     def _split_form(cls, v):
-        if v is None:
-            return v
-        parts = v.split(":")
-        if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() or p.strip() == "" for p in parts):
-            raise ValueError('split must look like "start:end", e.g. "0:500"')
-        return v
+        return slice_form(v, "split")
 
     def resolve(self, path: Optional[str]) -> Optional[Path]:
         """A data path relative to the task file's folder (builtin: specs pass through)."""
@@ -266,6 +271,13 @@ class CompareConfig(_Strict):
     task: str = Field(..., description="the evaluation task: a task YAML (relative to this file) or builtin:<name>")
     train_data: str = Field(..., description="the pool for demonstrations and fine-tuning: a file (relative to this "
                                              "file) or builtin:<task>?n=512&seed=1")
+    train_split: Optional[str] = Field(None, description='only these records of train_data, like "0:1700": the pool '
+                                       "when the test items are the rest of the same file (fine-tuned arms only)")
+
+    @field_validator("train_split")
+    @classmethod
+    def _train_split_form(cls, v):
+        return slice_form(v, "train_split")
     arms: list[Union[str, dict[str, Any]]] = Field(
         ..., min_length=1,
         description="zero_shot | {few_shot: {k: [1, 3], sampler: [random]}} | {lora|dora|full|qlora|dpo|orpo: {n: [32, 128]}} "

@@ -56,3 +56,27 @@ def test_dpo_arms_need_a_preference_task(setup, tmp_path):
     setup["task"] = "builtin:dates"
     with pytest.raises(TunelabError, match=r"arms dpo-n8, orpo-n8 train on preference pairs: give a task of type: preference"):
         compare(setup, out=tmp_path / "out2", say=lambda m: None)
+
+
+def test_train_split_keeps_the_test_pairs_out_of_the_pool(setup, tmp_path):
+    from tunelab.compare.plan import make_plan
+
+    setup["train_split"] = "0:20"
+    plan = make_plan(setup)
+    assert len(plan.pool) == 20 and plan.pool[-1].data["id"] == "0-19"
+    setup["arms"] = ["zero_shot", {"few_shot": {"k": [1]}}]
+    with pytest.raises(TunelabError, match="train_split applies to the fine-tuned arms. pool"):
+        make_plan(setup)
+
+
+def test_the_example_plans(capsys):
+    """examples/compare_harmless.yaml reads and plans (its run takes hours on this CPU)."""
+    from pathlib import Path
+
+    from tunelab.compare.plan import make_plan
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "compare_harmless.yaml"
+    if not (example.parents[2] / "shared" / "data" / "hh_rlhf_harmless").is_dir():
+        pytest.skip("shared data not here")
+    plan = make_plan(str(example))
+    assert len(plan.pool) == 1700 and [a.id for a in plan.arms] == ["zero_shot", "lora-n256", "dpo-n256", "orpo-n256"]

@@ -242,12 +242,19 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
     task = resolve_task(task_spec)
     pool_spec = resolve_path(cfg.train_data, base_dir)
     pool = load_rows(pool_spec)
+    if cfg.train_split:  # e.g. "0:1700" of a file whose last records are the test items
+        a, b = (int(x) if x.strip() else None for x in cfg.train_split.split(":"))
+        pool = pool[a:b]
     if not pool:
-        raise TunelabError(f"{source}: train_data: {cfg.train_data} has no records")
+        raise TunelabError(f"{source}: train_data: {cfg.train_data} has no records"
+                           + (f" in train_split {cfg.train_split!r}" if cfg.train_split else ""))
     # demonstrations come from the same pool the fine-tunes train on
     task.fewshot.pool = pool_spec
     metric, higher = check_metric(task, cfg.metric, source)
     arms = expand_arms(cfg, source, len(pool), cfg.train_data)
+    if cfg.train_split and any(a.method in ("few_shot", "endpoint") and a.k for a in arms):
+        raise TunelabError(f"{source}: train_split applies to the fine-tuned arms' pool; demonstrations would still "
+                           "come from the whole file: drop train_split or the few_shot arms")
     if task.type == "perplexity" and any(a.method in ("few_shot", "endpoint") and a.k for a in arms):
         raise TunelabError(f"{source}: task '{task.name}' is a perplexity task: demonstrations do not change its "
                            "score; drop the few_shot arms")
