@@ -109,3 +109,37 @@ def test_cache_list_and_clear(capsys, data, tiny_dir):
     assert entries() == [] and not folder.exists()
     code, out, _ = run_cli(capsys, "cache", "list")
     assert "0 encoded data set(s)" in out
+
+
+def test_a_cached_run_loads_no_tokenizer_and_a_changed_tokenizer_is_a_miss(data, tmp_path, tiny_dir):
+    """Issue 26 case 11: the second run found its entry only after importing transformers to hash
+    the loaded tokenizer (8 s). It is now found from the tokenizer's files; any change to those
+    files is another entry, and the entry is the one prepare() with the loaded tokenizer uses."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    code = ("import sys\nfrom tunelab.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    assert not e.code, e.code\nprint('transformers loaded:', 'transformers' in sys.modules)")
+    env = {**os.environ, "TUNELAB_QUIET": "1"}
+
+    def prepare_cmd():
+        r = subprocess.run([sys.executable, "-c", code, "data", "prepare", str(data), "--model", str(model)],
+                           capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stderr
+        return _plain(r.stdout)
+
+    first = prepare_cmd()
+    assert "encoded in" in first and "transformers loaded: True" in first
+    second = prepare_cmd()
+    assert "already in the cache" in second and "transformers loaded: False" in second
+    [(folder, _, _)] = entries()
+    assert f"cache entry {folder}" in second
+    assert prepare(data, load_tokenizer(model), max_length=1024).folder == folder  # the library key's entry
+    config = model / "tokenizer_config.json"
+    config.write_text(config.read_text() + "\n")  # any change to the files, even one that means nothing
+    third = prepare_cmd()
+    assert "transformers loaded: True" in third  # the files changed: the tokenizer is loaded again

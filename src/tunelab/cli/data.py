@@ -138,20 +138,24 @@ def prepare_cmd(
     from tunelab.errors import TunelabError, on_interrupt
     from tunelab.models.loading import load_tokenizer, resolve
     from tunelab.progress import run_with_progress
-    from tunelab.templates.cache import prepare
+    from tunelab.templates.cache import find, prepare
 
     if train_on not in ("completion", "all"):
         raise TunelabError(f"--train-on must be completion or all, got '{train_on}'")
     _, folder = resolve(model)
-    tokenizer = load_tokenizer(folder)
     t0 = time.perf_counter()
-    # the cache entry is written in a temporary folder and renamed when complete (templates/cache.py)
-    with on_interrupt("the encoded-data cache is unchanged (an entry is added only when complete); "
-                      "run the same command again"):
-        enc = run_with_progress("encoding", lambda p: prepare(
-            file, tokenizer, format=format, fields=parse_fields(field) or None, system=system, skip_bad=skip_bad,
-            train_on=train_on, max_length=max_length, truncate=not drop_long,
-            progress=p.update if p is not None else None), unit="records")
+    settings = dict(format=format, fields=parse_fields(field) or None, system=system, skip_bad=skip_bad,
+                    train_on=train_on, max_length=max_length, truncate=not drop_long)
+    # a cached entry is found from the tokenizer's files: no tokenizer (nor transformers) to load
+    enc = find(file, folder, **settings)
+    if enc is None:
+        tokenizer = load_tokenizer(folder)
+        # the cache entry is written in a temporary folder and renamed when complete (templates/cache.py)
+        with on_interrupt("the encoded-data cache is unchanged (an entry is added only when complete); "
+                          "run the same command again"):
+            enc = run_with_progress("encoding", lambda p: prepare(
+                file, tokenizer, **settings, tokenizer_folder=folder,
+                progress=p.update if p is not None else None), unit="records")
     wall = time.perf_counter() - t0
     for note in enc.meta["notes"]:
         console.print(f"[cyan]{note}[/]", highlight=False)

@@ -42,7 +42,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from tunelab.data.load import iter_conversations, resolve_spec
-from tunelab.io import WriteFailed, is_write_failure, tree_bytes, write_errors
+from tunelab.io import WriteFailed, atomic_write_text, file_sha256, is_write_failure, tree_bytes, write_errors
 from tunelab.paths import home
 from tunelab.templates.batch import (ID_DTYPE, KEPT, NOTHING_TRAINED, TOO_LONG, Chunk, render_chunk, tokenize_chunk,
                                      tokenize_many)
@@ -186,14 +186,80 @@ def _entry(key: str, fill: Callable[[Path], dict]) -> tuple[Path, bool]:
     return final, False
 
 
+# ---------------------------------------------------------------- lookup by the tokenizer's files
+# An entry's key hashes the loaded tokenizer (its content), which needs transformers: ~8 s of
+# imports on a CPU box just to find that the entry exists. A second, cheaper key hashes the files
+# a tokenizer is loaded from (plus the library versions that read them) and points at the entry,
+# so `tunelab data prepare` finds a cached entry without loading anything (issue 26 case 11).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json",
+                   "config.json")  # config.json: load_tokenizer reads the context length from it
+BY_FILES = ".by-files"  # a dot folder: `cache list` skips it and `cache clear` removes it
+
+
+def tokenizer_files_sha256(folder: Path) -> str | None:
+    """Hash of the files a tokenizer is loaded from, with the versions of the libraries that read
+    them; None when the folder has no tokenizer.json (a .gguf: its tokenizer is built in memory)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    folder = Path(folder)
+    if not (folder / "tokenizer.json").is_file():
+        return None
+    h = hashlib.sha256()
+    for lib in ("transformers", "tokenizers"):
+        try:
+            h.update(f"{lib}={version(lib)};".encode())
+        except PackageNotFoundError:
+            h.update(f"{lib}=none;".encode())
+    for name in TOKENIZER_FILES:
+        f = folder / name
+        if f.is_file():
+            h.update(f"{name}:{file_sha256(f)};".encode())
+    return h.hexdigest()
+
+
+def _lookup_key(where, folder: Path, settings: dict) -> str | None:
+    files = tokenizer_files_sha256(folder)
+    if files is None:
+        return None
+    inputs = {"data": data_sha256(where), "tokenizer_files": files, "version": ENCODING_VERSION,
+              **{k: v for k, v in settings.items()}}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def find(spec, tokenizer_folder: Path, *, base_dir=None, **settings) -> EncodedSet | None:
+    """The entry `prepare(spec, <the tokenizer of tokenizer_folder>, **settings)` made earlier,
+    found without loading the tokenizer; None when there is none (or the folder has no files)."""
+    where = resolve_spec(spec, base_dir)
+    lookup = _lookup_key(where, tokenizer_folder, settings)
+    if lookup is None:
+        return None
+    try:
+        key = (cache_dir() / BY_FILES / lookup).read_text().strip()
+    except OSError:
+        return None
+    if not key or not (cache_dir() / key / "meta.json").is_file():
+        return None
+    return EncodedSet.open(cache_dir() / key, hit=True)
+
+
+def _remember(where, tokenizer_folder: Path, settings: dict, key: str) -> None:
+    """Point the files key at entry `key`; a failure only costs the next lookup a tokenizer load."""
+    lookup = _lookup_key(where, tokenizer_folder, settings)
+    if lookup is not None:
+        with contextlib.suppress(OSError, WriteFailed):
+            atomic_write_text(cache_dir() / BY_FILES / lookup, key)
+
+
 def prepare(spec, tokenizer, *, format: str = "auto", fields: dict | None = None, system: str | None = None,
             skip_bad: bool = False, train_on: str = "completion", max_length: int | None = None,
             truncate: bool = True, base_dir=None, skip_setting: str = "--skip-bad",
-            progress: Callable[[int], None] | None = None) -> EncodedSet:
+            progress: Callable[[int], None] | None = None, tokenizer_folder: Path | None = None) -> EncodedSet:
     """The encoded data set of `spec`: from the cache when an entry with the same key exists,
     else read, converted and encoded in chunks and written to the cache first.
 
-    `progress(n)` is called with the number of records done after each chunk.
+    `progress(n)` is called with the number of records done after each chunk. `tokenizer_folder`
+    (where `tokenizer` was loaded from) lets `find` return this entry later without loading it.
     """
     where = resolve_spec(spec, base_dir)
     key, inputs = cache_key(where, tokenizer, format=format, fields=fields, system=system, skip_bad=skip_bad,
@@ -207,6 +273,9 @@ def prepare(spec, tokenizer, *, format: str = "auto", fields: dict | None = None
         return {**meta, "notes": notes, "inputs": inputs, "spec": str(spec)}
 
     folder, hit = _entry(key, fill)
+    if tokenizer_folder is not None:
+        _remember(where, tokenizer_folder, dict(format=format, fields=fields, system=system, skip_bad=skip_bad,
+                                                train_on=train_on, max_length=max_length, truncate=truncate), key)
     return EncodedSet.open(folder, hit=hit)
 
 
