@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-# one thread count for the whole suite (results can depend on it); without it tunelab.train picks
-# one from the load average (train/threads.py), which would differ from run to run
+# one thread count for the whole suite (results can depend on it); without it tunelab picks
+# one from the free cores (models/threads.py), which would differ from run to run
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -58,3 +58,30 @@ def test_max_length_is_the_models_context_size(config, tokenizer_max, want):
 
     model = SimpleNamespace(config=SimpleNamespace(**config))
     assert max_length(model, SimpleNamespace(model_max_length=tokenizer_max)) == want
+
+
+@pytest.mark.parametrize("omp, others, want", [(None, 1.0, 1), (None, 0.0, 2), ("2", 1.0, "torch's")])
+def test_a_model_on_the_cpu_runs_with_the_free_cores(tiny_dir, monkeypatch, omp, others, want):
+    """Issue 26 case 10: eval, chat and serve load through load_model and now follow the same
+    free-core rule as training (models/threads.py); OMP_NUM_THREADS still wins."""
+    import torch
+
+    from tunelab.models import threads
+
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    monkeypatch.setattr(threads, "other_runnable", lambda: others)  # one busy process beside us, or none
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(7)  # a value neither rule gives
+    try:
+        load_model(str(tiny_dir), device="cpu")
+        assert torch.get_num_threads() == (7 if want == "torch's" else want)
+        torch.set_num_threads(7)
+        load_model(str(tiny_dir), device="cpu", threads=False)  # training chose already
+        assert torch.get_num_threads() == 7
+    finally:
+        torch.set_num_threads(before)

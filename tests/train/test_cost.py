@@ -8,7 +8,7 @@ import torch
 
 from tunelab.train import cost
 from tunelab.train.packing import collate
-from tunelab.train.threads import choose_threads, other_runnable, pick_threads
+from tunelab.models.threads import choose_threads, other_runnable, pick_threads
 
 from .helpers import Ex
 
@@ -95,7 +95,7 @@ def test_user_thread_choice_wins(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS")
     monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
-    monkeypatch.setattr("tunelab.train.threads.other_runnable", lambda: 99.0)
+    monkeypatch.setattr("tunelab.models.threads.other_runnable", lambda: 99.0)
     try:
         assert choose_threads() == 1 and torch.get_num_threads() == 1
     finally:

@@ -18,6 +18,7 @@ from tunelab import paths
 from tunelab.errors import ParameterError, TunelabError
 from tunelab.io import file_sha256
 from tunelab.models import gguf, registry
+from tunelab.models.threads import choose_threads
 
 log = logging.getLogger("tunelab.models")
 
@@ -148,13 +149,18 @@ def load_tokenizer(folder: Path, *, trust_remote_code: bool = False):
 
 def load_model(name_or_path: str | os.PathLike = "default", *, adapter: str | os.PathLike | None = None,
                device: str | None = None, dtype=None, trust_remote_code: bool = False,
-               attn_implementation: str | None = "sdpa") -> LoadedModel:
+               attn_implementation: str | None = "sdpa", threads: bool = True) -> LoadedModel:
+    """A model ready to run; on the CPU, torch's thread count follows the free cores (threads.py)
+    unless `threads=False` (training picks its own, once per run) or OMP_NUM_THREADS is set."""
     from transformers import AutoModelForCausalLM
 
     if adapter is not None:
         _adapter_config(Path(adapter))  # a wrong adapter path fails before the base model loads
     name, folder = resolve(name_or_path)
     device = device or default_device()
+    if threads and str(device).startswith("cpu"):
+        # one rule for every command that runs a model (eval, chat, serve, compare's arms, train)
+        choose_threads()
     try:
         model = AutoModelForCausalLM.from_pretrained(
             folder, dtype=_dtype(dtype, device), trust_remote_code=trust_remote_code,

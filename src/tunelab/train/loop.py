@@ -55,7 +55,7 @@ from tunelab.train.methods import (PREFERENCE_METHODS, apply_method, check_metho
 from tunelab.train.packing import check_budget, collate, model_inputs, plan_batches, row_width
 from tunelab.train.preference import (Norms, PreferenceLM, PreferenceObjective, batch_forward, collate_pairs,
                                       interleave, reference_logps)
-from tunelab.train.threads import choose_threads
+from tunelab.models.threads import choose_threads
 
 log = logging.getLogger("tunelab.train")
 
@@ -185,7 +185,7 @@ class Recipe:
         self.world, self.rank, self.main = acc.num_processes, acc.process_index, acc.is_main_process
         self.sharded = shard.is_sharded(acc)  # FSDP: parameters, gradients and AdamW state split over processes
         if acc.device.type == "cpu" and self.world == 1:
-            # one thread per FREE core (threads.py); several processes share the cores already
+            # one thread per FREE core (models/threads.py); several processes share the cores already
             self.threads = choose_threads()
         # one seed for weight init (LoRA), dropout and everything else; data order has its own
         set_seed(cfg.train.seed)
@@ -287,7 +287,7 @@ class Recipe:
             # update); full fine-tuning keeps fp32 master weights and trains under autocast
             dtype = torch.bfloat16 if (self.adapter and self.precision == "bf16") else torch.float32
             loaded = load_model(cfg.model, device=str(device), dtype=dtype, attn_implementation=self.load_attn,
-                                trust_remote_code=cfg.trust_remote_code)
+                                trust_remote_code=cfg.trust_remote_code, threads=False)  # chosen in setup
             model, self.tokenizer = loaded.model, loaded.tokenizer
             self.base_name, self.base_path, self.base_sha = loaded.name, loaded.path, loaded.sha256
         return model

@@ -1,7 +1,11 @@
-"""How many CPU threads training uses when nobody said (OMP_NUM_THREADS unset).
+"""How many CPU threads a model runs with when nobody said (OMP_NUM_THREADS unset).
+
+Every command that runs a model on the CPU uses this rule: training (train/loop.py, once per run)
+and everything that loads a model through models.loading.load_model (eval, chat, serve, compare's
+arms, safety probe and bias).
 
 torch starts one OpenMP thread per core. On a machine where other processes keep the cores busy,
-every parallel op then waits for a descheduled partner thread at its barrier; a training step
+every parallel op then waits for a descheduled partner thread at its barrier; a step
 made of many small ops (the per-document attention runs one small sdpa per document and layer)
 spends most of its time waiting. So the count follows the cores that are actually free:
 
