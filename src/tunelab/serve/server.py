@@ -34,11 +34,11 @@ COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 
 def create_app(served: ServedModel, *, api_key: Optional[str] = None, batch_size: int = 8, queue_size: int = 64,
                max_body_bytes: int = MAX_BODY_BYTES):
+    """The FastAPI app: three routes, each a thin wrapper over one `Api` handler, and the error shapes."""
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
-    from starlette.exceptions import HTTPException
 
     batcher = Batcher(served, batch_size=batch_size, queue_size=queue_size)
+    api = Api(served, batcher, api_key=api_key, max_body_bytes=max_body_bytes)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -49,6 +49,29 @@ def create_app(served: ServedModel, *, api_key: Optional[str] = None, batch_size
 
     app = FastAPI(title="tunelab", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.batcher = batcher
+    _error_handlers(app)
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        return api.models(request)
+
+    # the bodies are read by hand (size limit, strict JSON, OpenAI's error shape), so FastAPI cannot
+    # see them: openapi_extra puts their schemas into app.openapi(), which the fuzz test reads
+    @app.post("/v1/chat/completions", openapi_extra=_body_schema(ChatRequest))
+    async def chat(request: Request):
+        return await api.chat(request)
+
+    @app.post("/v1/completions", openapi_extra=_body_schema(CompletionRequest))
+    async def completions(request: Request):
+        return await api.completions(request)
+
+    return app
+
+
+def _error_handlers(app) -> None:
+    """Every error leaves as OpenAI's JSON shape, with a status that says whose fault it is."""
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
 
     @app.exception_handler(ApiError)
     async def _api_error(request, e: ApiError):
@@ -65,23 +88,163 @@ def create_app(served: ServedModel, *, api_key: Optional[str] = None, batch_size
         log.exception("request failed")
         return JSONResponse(ApiError(500, f"internal error: {type(e).__name__}").body(), status_code=500)
 
-    def check_key(request: Request) -> None:
-        if api_key is None:
+
+def _usage(r: Result) -> dict:
+    return {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+            "total_tokens": r.prompt_tokens + r.completion_tokens}
+
+
+def _sse(obj) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+async def _final(events: asyncio.Queue) -> Result:
+    """The finished result of a job that is not streamed."""
+    while True:
+        kind, value = await events.get()
+        if kind == "done":
+            return value
+        if kind == "error":
+            raise ApiError(500, str(value), code="generation_failed")
+
+
+async def _stream(job: Job, events: asyncio.Queue, chunk, include_usage: bool) -> AsyncIterator[str]:
+    """SSE lines: chunk(delta_text, finish) for each piece, optional usage, then [DONE]."""
+    try:
+        first = chunk(None, None)
+        if first is not None:
+            yield _sse(first)
+        while True:
+            kind, value = await events.get()
+            if kind == "delta":
+                yield _sse(chunk(value, None))
+            elif kind == "done":
+                yield _sse(chunk("", value.finish_reason))
+                if include_usage:
+                    yield _sse({**chunk("", None), "choices": [], "usage": _usage(value)})
+                break
+            else:  # the status line is already sent: report the error in the stream, as OpenAI does
+                yield _sse(ApiError(500, str(value), code="generation_failed").body())
+                break
+        yield "data: [DONE]\n\n"
+    finally:  # the client went away or the stream ended: stop decoding for it
+        job.cancelled.set()
+
+
+def _job_for(req, prompt_ids, adapter, max_tokens, **extra) -> Job:
+    return Job(prompt_ids=prompt_ids, max_tokens=max_tokens, adapter=adapter, temperature=req.temperature,
+               top_p=req.top_p, seed=req.seed, stop=req.stop or [], **extra)
+
+
+class Api:
+    """The handlers behind the routes: check the key, read and check the body, queue a job, answer."""
+
+    def __init__(self, served: ServedModel, batcher: Batcher, *, api_key: Optional[str], max_body_bytes: int):
+        self.served, self.batcher = served, batcher
+        self.api_key, self.max_body_bytes = api_key, max_body_bytes
+
+    # ------------------------------------------------------------ the routes
+    def models(self, request) -> dict:
+        self.check_key(request)
+        now = int(time.time())
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": now, "owned_by": "tunelab"}
+                                           for n in self.served.model_names()]}
+
+    async def chat(self, request):
+        from fastapi.responses import StreamingResponse
+
+        from tunelab.templates import render_prompt
+
+        self.check_key(request)
+        req = parse(ChatRequest, await self.read_json(request))
+        adapter = self.adapter_for(req.model)
+        if req.logprobs:
+            raise ApiError(400, "logprobs are served on /v1/completions (with echo for the prompt), not on chat", param="logprobs")
+        try:
+            prompt = render_prompt(self.served.tokenizer, req.plain_messages())
+        except TunelabError as e:
+            raise ApiError(400, f"messages: {e}", param="messages", code="invalid_messages") from None
+        ids = self.served.encode(prompt)
+        job = _job_for(req, ids, adapter, self.budget(req, ids, CHAT_MAX_TOKENS))
+        events = self.submit(job)
+        head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": req.model}
+        if req.stream:
+            def chunk(text, finish):
+                if text is None:  # the opening chunk names the role
+                    delta = {"role": "assistant", "content": ""}
+                else:
+                    delta = {"content": text} if text else {}
+                return {**head, "object": "chat.completion.chunk",
+                        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+            return StreamingResponse(_stream(job, events, chunk, req.include_usage), media_type="text/event-stream")
+        r = await _final(events)
+        return {**head, "object": "chat.completion", "usage": _usage(r),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": r.text},
+                             "logprobs": None, "finish_reason": r.finish_reason}]}
+
+    async def completions(self, request):
+        from fastapi.responses import StreamingResponse
+
+        self.check_key(request)
+        req = parse(CompletionRequest, await self.read_json(request))
+        adapter = self.adapter_for(req.model)
+        ids, offsets = self.completion_prompt(req)
+        job = _job_for(req, ids, adapter, self.budget(req, ids, COMPLETION_MAX_TOKENS), logprobs=req.logprobs,
+                       echo_logprobs=req.echo and req.logprobs is not None, prompt_offsets=offsets,
+                       prompt_chars=len(req.prompt))
+        events = self.submit(job)
+        head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+                "model": req.model}
+        if req.stream:
+            def chunk(text, finish):
+                if text is None:
+                    text = req.prompt if req.echo else None
+                    if text is None:
+                        return None
+                return {**head, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
+            return StreamingResponse(_stream(job, events, chunk, req.include_usage), media_type="text/event-stream")
+        r = await _final(events)
+        text = (req.prompt + r.text) if req.echo else r.text
+        return {**head, "usage": _usage(r),
+                "choices": [{"index": 0, "text": text, "logprobs": r.logprobs if req.logprobs is not None else None,
+                             "finish_reason": r.finish_reason}]}
+
+    # ------------------------------------------------------------ the checks and the queue
+    def completion_prompt(self, req: CompletionRequest) -> tuple[list[int], Optional[list[int]]]:
+        """(prompt token ids, their character offsets when echoed log-probabilities are asked for)."""
+        if req.max_tokens == 0 and not req.echo:
+            raise ApiError(400, "max_tokens: must be at least 1 (0 is allowed only with echo, to score the prompt)", param="max_tokens")
+        if req.stream and req.logprobs is not None:
+            raise ApiError(400, "logprobs: returned only without stream; send stream=false", param="logprobs")
+        if req.echo and req.logprobs is not None:
+            if not req.prompt:
+                raise ApiError(400, "prompt: echo with logprobs needs a non-empty prompt", param="prompt")
+            ids, offsets = self.served.encode(req.prompt, offsets=True)
+        else:
+            ids, offsets = self.served.encode(req.prompt), None
+        if not ids:  # an empty prompt starts from the model's BOS (else EOS) token, as lm-eval does
+            tk = self.served.tokenizer
+            ids = [tk.bos_token_id if tk.bos_token_id is not None else tk.eos_token_id]
+        return ids, offsets
+
+    def check_key(self, request) -> None:
+        if self.api_key is None:
             return
         given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+        if not hmac.compare_digest(given.encode(), f"Bearer {self.api_key}".encode()):
             raise ApiError(401, "missing or wrong API key: send 'Authorization: Bearer KEY' with the key the server was started with",
                            code="invalid_api_key")
 
-    async def read_json(request: Request):
+    async def read_json(self, request):
+        limit = self.max_body_bytes
         declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
-            raise ApiError(413, f"the request body is {declared} bytes; the limit is {max_body_bytes}", code="body_too_large")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, f"the request body is {declared} bytes; the limit is {limit}", code="body_too_large")
         chunks, size = [], 0
         async for chunk in request.stream():  # a body without Content-Length is counted as it arrives
             size += len(chunk)
-            if size > max_body_bytes:
-                raise ApiError(413, f"the request body is over the limit of {max_body_bytes} bytes", code="body_too_large")
+            if size > limit:
+                raise ApiError(413, f"the request body is over the limit of {limit} bytes", code="body_too_large")
             chunks.append(chunk)
         try:
             data = json.loads(b"".join(chunks))
@@ -96,153 +259,32 @@ def create_app(served: ServedModel, *, api_key: Optional[str] = None, batch_size
                                 "send valid Unicode text", code="invalid_json") from None
         return data
 
-    def adapter_for(name: str) -> Optional[str]:
+    def adapter_for(self, name: str) -> Optional[str]:
         try:
-            return served.adapter_of(name)
+            return self.served.adapter_of(name)
         except KeyError:
-            raise ApiError(404, f"model '{name}' is not served here; served: {', '.join(served.model_names())}",
+            raise ApiError(404, f"model '{name}' is not served here; served: {', '.join(self.served.model_names())}",
                            param="model", code="model_not_found") from None
 
-    def budget(req, prompt_ids: list[int], default: int) -> int:
+    def budget(self, req, prompt_ids: list[int], default: int) -> int:
         """max_tokens for a request, or a 400 when the prompt (plus what was asked) does not fit."""
-        room = served.context - len(prompt_ids)
+        context = self.served.context
+        room = context - len(prompt_ids)
         asked = getattr(req, "max_completion_tokens", None) or req.max_tokens
         if room < 1 or (asked is not None and asked > room):
             raise ApiError(400, f"the prompt is {len(prompt_ids)} tokens and asks for {asked or 1} more, but the model's "
-                                f"context is {served.context} tokens; shorten the prompt or lower max_tokens",
+                                f"context is {context} tokens; shorten the prompt or lower max_tokens",
                            param="messages" if isinstance(req, ChatRequest) else "prompt", code="context_length_exceeded")
         return min(room, default) if asked is None else asked
 
-    def submit(job: Job) -> asyncio.Queue:
+    def submit(self, job: Job) -> asyncio.Queue:
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         job.emit = lambda kind, value: loop.call_soon_threadsafe(events.put_nowait, (kind, value))
         try:
-            batcher.submit(job)
+            self.batcher.submit(job)
         except QueueFull as e:
             raise ApiError(429, str(e), code="queue_full") from None
         return events
-
-    async def final(job: Job, events: asyncio.Queue) -> Result:
-        while True:
-            kind, value = await events.get()
-            if kind == "done":
-                return value
-            if kind == "error":
-                raise ApiError(500, str(value), code="generation_failed")
-
-    def usage(r: Result) -> dict:
-        return {"prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-                "total_tokens": r.prompt_tokens + r.completion_tokens}
-
-    def sse(obj) -> str:
-        return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
-
-    async def stream(job: Job, events: asyncio.Queue, chunk, include_usage: bool) -> AsyncIterator[str]:
-        """SSE lines: chunk(delta_text, finish) for each piece, optional usage, then [DONE]."""
-        try:
-            first = chunk(None, None)
-            if first is not None:
-                yield sse(first)
-            while True:
-                kind, value = await events.get()
-                if kind == "delta":
-                    yield sse(chunk(value, None))
-                elif kind == "done":
-                    yield sse(chunk("", value.finish_reason))
-                    if include_usage:
-                        yield sse({**chunk("", None), "choices": [], "usage": usage(value)})
-                    break
-                else:  # the status line is already sent: report the error in the stream, as OpenAI does
-                    yield sse(ApiError(500, str(value), code="generation_failed").body())
-                    break
-            yield "data: [DONE]\n\n"
-        finally:  # the client went away or the stream ended: stop decoding for it
-            job.cancelled.set()
-
-    def job_for(req, prompt_ids, adapter, max_tokens, **extra) -> Job:
-        return Job(prompt_ids=prompt_ids, max_tokens=max_tokens, adapter=adapter, temperature=req.temperature,
-                   top_p=req.top_p, seed=req.seed, stop=req.stop or [], **extra)
-
-    @app.get("/v1/models")
-    async def models(request: Request):
-        check_key(request)
-        now = int(time.time())
-        return {"object": "list", "data": [{"id": n, "object": "model", "created": now, "owned_by": "tunelab"}
-                                           for n in served.model_names()]}
-
-    # the bodies are read by hand (size limit, strict JSON, OpenAI's error shape), so FastAPI cannot
-    # see them: openapi_extra puts their schemas into app.openapi(), which the fuzz test reads
-    @app.post("/v1/chat/completions", openapi_extra=_body_schema(ChatRequest))
-    async def chat(request: Request):
-        check_key(request)
-        req = parse(ChatRequest, await read_json(request))
-        adapter = adapter_for(req.model)
-        if req.logprobs:
-            raise ApiError(400, "logprobs are served on /v1/completions (with echo for the prompt), not on chat", param="logprobs")
-        from tunelab.templates import render_prompt
-
-        try:
-            prompt = render_prompt(served.tokenizer, req.plain_messages())
-        except TunelabError as e:
-            raise ApiError(400, f"messages: {e}", param="messages", code="invalid_messages") from None
-        ids = served.encode(prompt)
-        job = job_for(req, ids, adapter, budget(req, ids, CHAT_MAX_TOKENS))
-        events = submit(job)
-        cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        head = {"id": cid, "created": created, "model": req.model}
-        if req.stream:
-            def chunk(text, finish):
-                if text is None:  # the opening chunk names the role
-                    delta = {"role": "assistant", "content": ""}
-                else:
-                    delta = {"content": text} if text else {}
-                return {**head, "object": "chat.completion.chunk",
-                        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
-            return StreamingResponse(stream(job, events, chunk, req.include_usage), media_type="text/event-stream")
-        r = await final(job, events)
-        return {**head, "object": "chat.completion", "usage": usage(r),
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": r.text},
-                             "logprobs": None, "finish_reason": r.finish_reason}]}
-
-    @app.post("/v1/completions", openapi_extra=_body_schema(CompletionRequest))
-    async def completions(request: Request):
-        check_key(request)
-        req = parse(CompletionRequest, await read_json(request))
-        adapter = adapter_for(req.model)
-        if req.max_tokens == 0 and not req.echo:
-            raise ApiError(400, "max_tokens: must be at least 1 (0 is allowed only with echo, to score the prompt)", param="max_tokens")
-        if req.stream and req.logprobs is not None:
-            raise ApiError(400, "logprobs: returned only without stream; send stream=false", param="logprobs")
-        if req.echo and req.logprobs is not None:
-            if not req.prompt:
-                raise ApiError(400, "prompt: echo with logprobs needs a non-empty prompt", param="prompt")
-            ids, offsets = served.encode(req.prompt, offsets=True)
-        else:
-            ids, offsets = served.encode(req.prompt), None
-        if not ids:  # an empty prompt starts from the model's BOS (else EOS) token, as lm-eval does
-            tk = served.tokenizer
-            ids = [tk.bos_token_id if tk.bos_token_id is not None else tk.eos_token_id]
-        job = job_for(req, ids, adapter, budget(req, ids, COMPLETION_MAX_TOKENS), logprobs=req.logprobs,
-                      echo_logprobs=req.echo and req.logprobs is not None, prompt_offsets=offsets,
-                      prompt_chars=len(req.prompt))
-        events = submit(job)
-        cid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        head = {"id": cid, "object": "text_completion", "created": created, "model": req.model}
-        if req.stream:
-            def chunk(text, finish):
-                if text is None:
-                    text = req.prompt if req.echo else None
-                    if text is None:
-                        return None
-                return {**head, "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}]}
-            return StreamingResponse(stream(job, events, chunk, req.include_usage), media_type="text/event-stream")
-        r = await final(job, events)
-        text = (req.prompt + r.text) if req.echo else r.text
-        return {**head, "usage": usage(r),
-                "choices": [{"index": 0, "text": text, "logprobs": r.logprobs if req.logprobs is not None else None,
-                             "finish_reason": r.finish_reason}]}
-
-    return app
 
 
 def _body_schema(model) -> dict:
