@@ -800,7 +800,9 @@ class Recipe:
 
         def handler(signum, frame):
             if self.stop_requested:  # a second Ctrl-C: stop now, without a checkpoint
-                raise KeyboardInterrupt
+                raise TrainingInterrupted(
+                    "stopped at once, without saving this step; the last saved checkpoint (if any) resumes with: "
+                    + shlex.join(["tunelab", "train", self.config_path, *self.overrides, "--resume"]))
             self.stop_requested = True
             self._say("Ctrl-C: finishing this step and saving a checkpoint (press again to abort)")
 
