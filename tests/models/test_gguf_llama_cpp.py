@@ -26,7 +26,9 @@ def exported(tmp_path_factory):
 
 
 def _llama(path):
-    return llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=2, logits_all=True, verbose=False, seed=0)
+    # an f32 KV cache (llama.cpp's default is f16), so the f32 file is compared in f32 throughout
+    return llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=2, logits_all=True, verbose=False, seed=0,
+                           type_k=0, type_v=0)  # 0 = GGML_TYPE_F32
 
 
 @pytest.mark.parametrize("quant,atol", [("f32", 1e-3), ("f16", 1e-2)])
