@@ -41,11 +41,12 @@ import torch
 from tunelab import logs, paths, runs
 from tunelab.config import TrainConfig, load_train_config, to_yaml
 from tunelab.errors import Interrupted, ParameterError, TunelabError
-from tunelab.io import atomic_dir, atomic_write_json, atomic_write_text, check_writable, write_errors
+from tunelab.io import atomic_dir, atomic_write_json, atomic_write_text, check_writable
 from tunelab.progress import Progress
 from tunelab.progress import quiet as progress_quiet
 from tunelab.models.export import ADAPTER_META_FILE  # base model name, path, weights hash, method
 from tunelab.train import checkpoint as ckpt
+from tunelab.train.accounting import Accounting, append_row, rewind_rows, run_summary
 from tunelab.train import cost, schedule, shard
 from tunelab.train.attention import DOC_ATTN
 from tunelab.train.attention import register as register_doc_attention
@@ -227,7 +228,7 @@ class Recipe:
             if self.resume:
                 ckpt.record_resume(self.run_dir, self.state.step, self.resume_changes)
             atomic_write_text(self.run_dir / paths.CONFIG_FILE, self.config_yaml)
-            self._rewind_metrics(self.state.step)
+            rewind_rows(self.metrics_path, self.state.step)
         acc.wait_for_everyone()
         self.energy = cost.EnergyMeter(str(self.run_dir)) if self.main else None
 
@@ -496,7 +497,7 @@ class Recipe:
         progress = self._progress()
         old_handler = self._install_sigint()
         loop_start = time.perf_counter() - state.train_s
-        self.steady, self.compiles_at_start = cost.SteadyState(), cost.compile_count()
+        self.acct = Accounting(self.flops_per_token, self.attn_dims, self.peak_flops, self.world)
         try:
             while state.step < self.total_steps:
                 plan = self.plan(state.epoch)
@@ -513,20 +514,13 @@ class Recipe:
                 if state.step_in_epoch >= self.steps_in_epoch(state.epoch):
                     state.epoch, state.step_in_epoch = state.epoch + 1, 0
                 dt = time.perf_counter() - t_step
-                state.tokens_seen += n_tok
-                state.tokens_trained += n_sup
-                # weights: 6N (full) or 4N + 6N_trainable (adapters) per token; attention: cost.py
-                step_flops = self.flops_per_token * n_tok + cost.attention_flops(self.step_pairs, *self.attn_dims)
-                state.flops += step_flops
+                step_flops = self.acct.step(state, n_tok=n_tok, n_sup=n_sup, attn_pairs=self.step_pairs, dt=dt,
+                                            compiled=cost.compile_count() > compiled_before)
                 state.train_s = time.perf_counter() - loop_start
-                self.steady.add(state.step, n_tok, step_flops, dt, cost.compile_count() > compiled_before)
-
-                row = {"step": state.step, "epoch": round(state.epoch + state.step_in_epoch / max(self.steps_in_epoch(state.epoch), 1), 4),
-                       "loss": loss, "lr": lr, "grad_norm": grad_norm,
-                       "tokens": n_tok, "tokens_per_s": n_tok / dt if dt > 0 else None,
-                       "mfu": cost.mfu(step_flops, dt, self.peak_flops, self.world),
-                       "mem_mib": round(cost.current_memory_mib(acc.device), 1),
-                       **self.step_stats, **self._rates()}
+                epoch = round(state.epoch + state.step_in_epoch / max(self.steps_in_epoch(state.epoch), 1), 4)
+                row = {**self.acct.row(state, epoch=epoch, loss=loss, lr=lr, grad_norm=grad_norm, n_tok=n_tok, dt=dt,
+                                       step_flops=step_flops, device=acc.device),
+                       **self.step_stats, **self.acct.rates(state)}
                 if self.world > 1:  # how evenly the step's supervised tokens fell on the processes
                     row["supervised_per_process"] = self.sup_per_process
                 best_now = False
@@ -563,14 +557,6 @@ class Recipe:
                 signal.signal(signal.SIGINT, old_handler)
         state.train_s = time.perf_counter() - loop_start
         return self.cleanup(stopped)
-
-    def _rates(self) -> dict:
-        """Whole run so far (compilation included) and steady state: tokens/s, MFU, compilations."""
-        st = self.state
-        return {"run_tokens_per_s": st.tokens_seen / st.train_s if st.train_s > 0 else None,
-                "run_mfu": cost.mfu(st.flops, st.train_s, self.peak_flops, self.world),
-                **self.steady.rates(self.peak_flops, self.world),
-                "compiles": cost.compile_count() - self.compiles_at_start}
 
     def _optimizer_step(self, step_batches: list[list[int]], step: int):
         """One optimizer step over this process's share of the step's micro-batches."""
@@ -754,26 +740,10 @@ class Recipe:
             ckpt.prune(self.run_dir, keep=self.cfg.train.keep_checkpoints, best_step=self.state.best_step)
         self.accelerator.wait_for_everyone()
 
-    def _rewind_metrics(self, step: int) -> None:
-        """Keep only complete lines up to `step`: a killed run may have logged past its checkpoint."""
-        keep = []
-        if self.metrics_path.is_file():
-            for line in self.metrics_path.read_text(encoding="utf-8").splitlines():
-                try:
-                    if json.loads(line)["step"] <= step:
-                        keep.append(line + "\n")
-                except (ValueError, KeyError):
-                    pass  # torn last line
-        atomic_write_text(self.metrics_path, "".join(keep))
-
     def _log(self, row: dict) -> None:
         if not self.main:
             return
-        # appended, not rewritten: one line per step; readers skip a torn last line, and a
-        # resumed run rewinds the file to its checkpoint (_rewind_metrics)
-        line = json.dumps(row) + "\n"
-        with write_errors(self.metrics_path, len(line)), open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(line)
+        append_row(self.metrics_path, row)
         if self.accelerator.trackers:
             self.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=row["step"])
 
@@ -821,7 +791,7 @@ class Recipe:
 
     # ------------------------------------------------------------------ cleanup
     def cleanup(self, stopped: str) -> RunResult:
-        acc, st = self.accelerator, self.state
+        acc = self.accelerator
         weights_dir = self.run_dir / (paths.ADAPTER_DIR if self.adapter else paths.MODEL_DIR)
         energy = _add(self.energy_before, self.energy.stop_wh() if self.energy else None)
         peak = self._peak_mib()
@@ -835,42 +805,7 @@ class Recipe:
                         "base_model": self.base_name, "base_path": str(self.base_path),
                         "base_sha256": self.base_sha, "method": weights_method(self.cfg),
                         **({"preference": self.cfg.method} if self.objective is not None else {})})
-            rows = [json.loads(x) for x in self.metrics_path.read_text().splitlines() if x.strip()]
-            last_eval = next((r["eval_loss"] for r in reversed(rows) if "eval_loss" in r), None)
-            summary = {
-                "wall_s": round(time.perf_counter() - self.t0 + self.wall_before, 3),
-                "train_s": round(st.train_s, 3),
-                "reference_s": getattr(self, "reference_s", None),
-                "tokens_seen": st.tokens_seen,
-                "tokens_trained": st.tokens_trained,
-                "tokens_per_s": st.tokens_seen / st.train_s if st.train_s > 0 else None,
-                "flops": st.flops,
-                "mfu": cost.mfu(st.flops, st.train_s, self.peak_flops, self.world),
-                # steady state (after the last compilation; see cost.SteadyState) and compilations
-                **{k: v for k, v in self._rates().items() if not k.startswith("run_")},
-                "batch_tokens": self.batch_tokens,
-                "schedule": self.schedule.to_json(),
-                "row_width": self.row_width,
-                "threads": torch.get_num_threads() if acc.device.type == "cpu" else None,
-                "peak_mem_mib": round(peak, 1),  # per process (mean over processes)
-                "energy_wh": energy,
-                "best_checkpoint": (f"{paths.CHECKPOINTS_DIR}/step-{st.best_step}" if st.best_step else None),
-                "best_eval_loss": st.best_eval_loss,
-                "final_loss": rows[-1]["loss"] if rows else None,
-                "final_eval_loss": last_eval,
-                "steps": st.step,
-                "stopped": stopped,
-                "method": self.cfg.method,
-                "model": self.base_name,
-                "trainable_params": self.n_trainable,
-                "total_params": self.n_params,
-                "train_rows": len(self.train_ex),
-                "eval_rows": len(self.eval_ex),
-                "device": str(acc.device),
-                "processes": self.world,
-                "sharding": "fsdp2" if self.sharded else None,
-                "precision": self.precision,
-            }
+            summary = run_summary(self, stopped, peak, energy)
             atomic_write_json(self.run_dir / paths.SUMMARY_FILE, summary)
         else:
             summary = {}

@@ -1,0 +1,119 @@
+"""What a training run counts as it goes: each step's FLOPs, the rates, the metrics.jsonl row, and
+the figures of summary.json at the end (docs/run-folder.md names every key).
+
+    acct = Accounting(flops_per_token, attn_dims, peak_flops, world)   # at the start of train()
+    flops = acct.step(state, n_tok=..., n_sup=..., attn_pairs=..., dt=..., compiled=...)
+    row = acct.row(state, ...) | acct.rates(state)                     # one line of metrics.jsonl
+    append_row(metrics_path, row); rewind_rows(metrics_path, step)     # the file, written and resumed
+    summary = run_summary(recipe, stopped, peak, energy)               # summary.json
+
+The loop (loop.py) keeps the order of things; this module keeps the arithmetic, so the loop reads
+top to bottom without it.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from tunelab import paths
+from tunelab.io import atomic_write_text, write_errors
+from tunelab.train import cost
+
+
+class Accounting:
+    """FLOPs and rates of one launch of a run (a resumed run starts a new one from its state)."""
+
+    def __init__(self, flops_per_token: float, attn_dims: tuple, peak_flops: Optional[float], world: int):
+        self.flops_per_token, self.attn_dims, self.peak_flops, self.world = flops_per_token, attn_dims, peak_flops, world
+        self.steady, self.compiles_at_start = cost.SteadyState(), cost.compile_count()
+
+    def step(self, state, *, n_tok: int, n_sup: int, attn_pairs: int, dt: float, compiled: bool) -> float:
+        """Add one optimizer step (state.step already counts it) to the run's totals; returns its FLOPs."""
+        state.tokens_seen += n_tok
+        state.tokens_trained += n_sup
+        # weights: 6N (full) or 4N + 6N_trainable (adapters) per token; attention: cost.py
+        step_flops = self.flops_per_token * n_tok + cost.attention_flops(attn_pairs, *self.attn_dims)
+        state.flops += step_flops
+        self.steady.add(state.step, n_tok, step_flops, dt, compiled)
+        return step_flops
+
+    def row(self, state, *, epoch: float, loss: float, lr: float, grad_norm: float, n_tok: int, dt: float,
+            step_flops: float, device) -> dict:
+        """The step's own figures, the start of its metrics.jsonl line."""
+        return {"step": state.step, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                "tokens": n_tok, "tokens_per_s": n_tok / dt if dt > 0 else None,
+                "mfu": cost.mfu(step_flops, dt, self.peak_flops, self.world),
+                "mem_mib": round(cost.current_memory_mib(device), 1)}
+
+    def rates(self, state) -> dict:
+        """Whole run so far (compilation included) and steady state: tokens/s, MFU, compilations."""
+        return {"run_tokens_per_s": state.tokens_seen / state.train_s if state.train_s > 0 else None,
+                "run_mfu": cost.mfu(state.flops, state.train_s, self.peak_flops, self.world),
+                **self.steady.rates(self.peak_flops, self.world),
+                "compiles": cost.compile_count() - self.compiles_at_start}
+
+
+def append_row(path: Path, row: dict) -> None:
+    """One line of metrics.jsonl, appended, not rewritten: readers skip a torn last line, and a
+    resumed run rewinds the file to its checkpoint (rewind_rows)."""
+    line = json.dumps(row) + "\n"
+    with write_errors(path, len(line)), open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+
+
+def rewind_rows(path: Path, step: int) -> None:
+    """Keep only complete lines up to `step`: a killed run may have logged past its checkpoint."""
+    keep = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    keep.append(line + "\n")
+            except (ValueError, KeyError):
+                pass  # torn last line
+    atomic_write_text(path, "".join(keep))
+
+
+def run_summary(r, stopped: str, peak: float, energy: Optional[float]) -> dict:
+    """summary.json of the Recipe `r` at its end (docs/run-folder.md)."""
+    st, device = r.state, r.accelerator.device
+    rows = [json.loads(x) for x in r.metrics_path.read_text().splitlines() if x.strip()]
+    last_eval = next((x["eval_loss"] for x in reversed(rows) if "eval_loss" in x), None)
+    return {
+        "wall_s": round(time.perf_counter() - r.t0 + r.wall_before, 3),
+        "train_s": round(st.train_s, 3),
+        "reference_s": getattr(r, "reference_s", None),
+        "tokens_seen": st.tokens_seen,
+        "tokens_trained": st.tokens_trained,
+        "tokens_per_s": st.tokens_seen / st.train_s if st.train_s > 0 else None,
+        "flops": st.flops,
+        "mfu": cost.mfu(st.flops, st.train_s, r.peak_flops, r.world),
+        # steady state (after the last compilation; see cost.SteadyState) and compilations
+        **{k: v for k, v in r.acct.rates(st).items() if not k.startswith("run_")},
+        "batch_tokens": r.batch_tokens,
+        "schedule": r.schedule.to_json(),
+        "row_width": r.row_width,
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "peak_mem_mib": round(peak, 1),  # per process (mean over processes)
+        "energy_wh": energy,
+        "best_checkpoint": (f"{paths.CHECKPOINTS_DIR}/step-{st.best_step}" if st.best_step else None),
+        "best_eval_loss": st.best_eval_loss,
+        "final_loss": rows[-1]["loss"] if rows else None,
+        "final_eval_loss": last_eval,
+        "steps": st.step,
+        "stopped": stopped,
+        "method": r.cfg.method,
+        "model": r.base_name,
+        "trainable_params": r.n_trainable,
+        "total_params": r.n_params,
+        "train_rows": len(r.train_ex),
+        "eval_rows": len(r.eval_ex),
+        "device": str(device),
+        "processes": r.world,
+        "sharding": "fsdp2" if r.sharded else None,
+        "precision": r.precision,
+    }
