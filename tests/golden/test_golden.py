@@ -98,8 +98,9 @@ def test_run_folder_has_the_documented_files_and_keys(lora_run):
         names = {p.name for p in step_dir.iterdir()}
         assert names == {n for n in files.CHECKPOINT_FILES if "/" not in n} | {"adapter"}, step_dir
     rows = [json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()]
-    assert all(set(r) == set(files.METRICS_KEYS) - {"eval_loss"} for r in rows if "eval_loss" not in r)
-    assert all(set(r) == set(files.METRICS_KEYS) for r in rows if "eval_loss" in r)
+    one_process = set(files.METRICS_KEYS) - (files.METRICS_OPTIONAL - {"eval_loss"})
+    assert all(set(r) == one_process - {"eval_loss"} for r in rows if "eval_loss" not in r)
+    assert all(set(r) == one_process for r in rows if "eval_loss" in r)
     assert set(json.loads((d / "summary.json").read_text())) == set(files.SUMMARY_KEYS)
 
 

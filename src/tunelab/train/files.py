@@ -63,6 +63,8 @@ METRICS_KEYS = {
     "eval_loss": "held-out loss (evaluation steps only)",
     "supervised_per_process": "supervised tokens of the step on each process, in rank order (several processes only)",
 }
+# keys a line has only sometimes: evaluation steps, runs on several processes
+METRICS_OPTIONAL = {"eval_loss", "supervised_per_process"}
 
 SUMMARY_KEYS = {
     "wall_s": "seconds of the whole run, every launch added up",
