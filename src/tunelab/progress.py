@@ -3,7 +3,7 @@
 Library code (training, evaluation, safety runs) and the CLI both report `done/total` through
 `Progress`. On a TTY it draws a Rich bar on stderr. When stderr is a pipe or a file (CI logs,
 `nohup`, `2> log`) a bar would print nothing useful until the end, so it writes one line per ~10%
-of the work or per 30 s, whichever comes first:
+of the work or per 30 s, whichever comes first (with no known total: the first update, then per 30 s):
 
     evaluating: 120/1000 (12%), 35.2 items/s, ETA 0:00:25
 
@@ -49,6 +49,7 @@ class Progress:
         self.t0 = self.last_t = time.monotonic()
         self.last_mark = self._mark(done)
         self.fields: dict = {}
+        self.wrote = False  # a plain line was written
         self.bar = None
         if not self.enabled:
             return
@@ -87,8 +88,12 @@ class Progress:
         now = time.monotonic()
         mark = self._mark(done)
         finished = self.total is not None and done >= self.total
-        if mark > self.last_mark or now - self.last_t >= self.every_seconds or (finished and mark != self.last_mark):
-            self.last_mark, self.last_t = mark, now
+        # with no total there are no 10% marks: the first update is written at once (a log shows the
+        # work started, and its rate), then one line per `every_seconds`
+        first_unknown = not self.total and not self.wrote
+        if (mark > self.last_mark or now - self.last_t >= self.every_seconds or first_unknown
+                or (finished and mark != self.last_mark)):
+            self.last_mark, self.last_t, self.wrote = mark, now, True
             self.stream.write(self.line(now) + "\n")
             self.stream.flush()
 
