@@ -117,3 +117,23 @@ def run_summary(r, stopped: str, peak: float, energy: Optional[float]) -> dict:
         "sharding": "fsdp2" if r.sharded else None,
         "precision": r.precision,
     }
+
+
+def step_counts(batches, weights: list[float], *, rank: int, world: int, reduce) -> tuple:
+    """One step's counts over all processes (`reduce` sums a tensor over them), from this process's
+    micro-batches and their weights (0 for the copies that keep processes in step):
+    (supervised tokens, fed tokens, attention pairs, preference pairs, chosen-answer tokens,
+    supervised tokens of each process)."""
+    def total(key) -> float:
+        return sum(getattr(b, key, 0) * w for b, w in zip(batches, weights))
+
+    counts = torch.zeros(5 + world, dtype=torch.float64)
+    counts[:5] = torch.tensor([total(k) for k in ("n_supervised", "n_tokens", "attn_pairs", "n_pairs", "n_chosen")])
+    counts[5 + rank] = counts[0]  # summed over processes: each one's count in its own slot
+    counts = [int(x) for x in reduce(counts)]
+    return (*counts[:5], counts[5:])
+
+
+def add_energy(before: Optional[float], now: Optional[float]) -> Optional[float]:
+    """Earlier launches' energy plus this launch's; None when this machine cannot measure it."""
+    return None if now is None else (before or 0.0) + now

@@ -208,6 +208,20 @@ def save_pretrained(model, target: Path, state_dict: Optional[dict] = None) -> N
         model.save_pretrained(target, state_dict=state_dict)
 
 
+
+def save_final(model, tokenizer, folder: Path, *, state_dict: Optional[dict] = None,
+               adapter_meta: Optional[dict] = None) -> None:
+    """The run's final weights, whole or not at all: model (or adapter), tokenizer and, for an
+    adapter, the base it belongs to (models/export.py's ADAPTER_META_FILE)."""
+    from tunelab.models.export import ADAPTER_META_FILE
+
+    with atomic_dir(folder) as tmp:
+        save_pretrained(model, tmp, state_dict)
+        tokenizer.save_pretrained(tmp)
+        if adapter_meta is not None:
+            atomic_write_json(tmp / ADAPTER_META_FILE, adapter_meta)
+
+
 def save_weights(model, folder: Path, *, adapter: bool, state_dict: Optional[dict] = None) -> None:
     """The trainable weights in their library's own format (loadable without tunelab)."""
     save_pretrained(model, folder / (paths.ADAPTER_DIR if adapter else paths.MODEL_DIR), state_dict)
@@ -259,15 +273,21 @@ def save_checkpoint(
     """
     final = Path(run_dir) / paths.CHECKPOINTS_DIR / f"step-{state.step}"
     before = latest(Path(run_dir))  # its size is what a full disk message says this one needs
-    with atomic_dir(final, expect=tree_bytes(before) if before is not None else None) as tmp:
-        save_weights(model, tmp, adapter=adapter, state_dict=model_state)
-        torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / OPTIMIZER_FILE)
-        torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
-        torch.save(rng, tmp / RNG_FILE)
-        atomic_write_text(tmp / paths.CONFIG_FILE, config_yaml)
-        atomic_write_text(tmp / TEMPLATE_FILE, template)
-        # written last: a step-N folder with this file is complete by construction
-        atomic_write_json(tmp / STATE_FILE, asdict(state))
+    try:
+        with atomic_dir(final, expect=tree_bytes(before) if before is not None else None) as tmp:
+            save_weights(model, tmp, adapter=adapter, state_dict=model_state)
+            torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / OPTIMIZER_FILE)
+            torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
+            torch.save(rng, tmp / RNG_FILE)
+            atomic_write_text(tmp / paths.CONFIG_FILE, config_yaml)
+            atomic_write_text(tmp / TEMPLATE_FILE, template)
+            # written last: a step-N folder with this file is complete by construction
+            atomic_write_json(tmp / STATE_FILE, asdict(state))
+    except OSError as e:
+        raise TunelabError(
+            f"could not save checkpoint step-{state.step} ({e.strerror or e}); "
+            f"the previous checkpoint {before or '(none)'} is intact; free disk space and resume with --resume"
+        ) from None
     return final
 
 

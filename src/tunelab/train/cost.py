@@ -147,6 +147,21 @@ def auto_batch_tokens(free_bytes: float, *, n_params: int, n_trainable: int, wei
 
 
 
+
+def fill_free_memory(config, device, *, n_params: int, n_trainable: int, weight_bytes: int,
+                     grad_checkpointing: bool, longest: int) -> tuple[int, float]:
+    """auto_batch_tokens for a transformers model config on CUDA `device`: (budget, free bytes)."""
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    budget = auto_batch_tokens(
+        free, n_params=n_params, n_trainable=n_trainable, weight_bytes=weight_bytes,
+        layers=config.num_hidden_layers, hidden=config.hidden_size,
+        intermediate=getattr(config, "intermediate_size", 4 * config.hidden_size),
+        vocab=config.vocab_size, grad_checkpointing=grad_checkpointing, longest=longest)
+    return budget, free
+
+
 class EnergyMeter:
     """codecarbon in offline mode; any failure turns it into a no-op (energy is never worth a crash).
 

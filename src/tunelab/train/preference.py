@@ -30,6 +30,7 @@ share with the step's GLOBAL counts as denominators, so accumulation and process
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -39,6 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from tunelab.errors import TunelabError
+from tunelab.io import atomic_write_json
 from tunelab.models.attention import Span
 from tunelab.train.loss import CHUNK_TOKENS, KEEP_LOGITS_BYTES, base_causal_lm
 
@@ -281,3 +284,50 @@ def reference_logps(module: nn.Module, examples: Sequence, plan: list[list[int]]
     finally:
         module.train(was_training)
     return out
+
+
+class PairRun:
+    """The preference side of one run, as the recipe (loop.py) sees it: where SFT calls the model
+    on a micro-batch, a preference run calls `loss`; the reference log-probabilities are computed
+    once and kept with the run; the statistics (TRL's rewards/*, logps/*) add up until `means`."""
+
+    def __init__(self, objective: PreferenceObjective):
+        self.objective = objective
+        self.ref: dict[str, torch.Tensor] = {}  # "train" / "eval" -> (n pairs, 2)
+        self.sums: dict[str, float] = {}
+
+    def reference(self, path, *, n_train: int, n_eval: int, resume: bool, write: bool, compute) -> bool:
+        """Read the reference log-probabilities back (a resumed run) or `compute()` them, as
+        (train, eval) rows, and write them beside the run; True when they were computed."""
+        if resume and path.is_file():
+            data = json.loads(path.read_text(encoding="utf-8"))
+            self.ref = {k: torch.tensor(data[k], dtype=torch.float32).reshape(-1, 2) for k in ("train", "eval")}
+            if len(self.ref["train"]) != n_train or len(self.ref["eval"]) != n_eval:
+                raise TunelabError(f"{path} holds {len(self.ref['train'])} + {len(self.ref['eval'])} pairs but the "
+                                   f"data has {n_train} + {n_eval}; the data changed since the run began: start over "
+                                   "with --overwrite")
+            return False
+        self.ref = dict(zip(("train", "eval"), compute()))
+        if write:
+            atomic_write_json(path, {k: v.tolist() for k, v in self.ref.items()})
+        return True
+
+    def loss(self, model, batch: PairBatch, idx: list[int], norms: Norms, impl: str, split: str,
+             weight: float = 1.0) -> torch.Tensor:
+        """A micro-batch of pairs (rows `idx` of the split): its share of the step's loss."""
+        logps = batch_forward(model, batch, impl)  # (2n,) summed answer log-probs
+        ref = interleave(self.ref[split][idx]).to(logps.device) if self.objective.needs_reference else None
+        part, stats = self.objective(logps, batch.seq_tokens, norms, ref)
+        for k, v in stats.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v) * weight
+        return part
+
+    def means(self, n_pairs: int, reduce) -> dict[str, float]:
+        """Per-pair means, over all processes (`reduce` sums a tensor over them), of the statistics
+        added since the last call; starts the next sums."""
+        sums, self.sums = self.sums, {}
+        if not sums:
+            return {}
+        keys = sorted(sums)
+        total = reduce(torch.tensor([sums[k] for k in keys], dtype=torch.float64))
+        return {k: float(v) / max(n_pairs, 1) for k, v in zip(keys, total.tolist())}

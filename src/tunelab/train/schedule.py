@@ -126,3 +126,13 @@ def resolve(loop, method: str, lengths: list[int], *, world: int = 1,
 
 
 __all__ = ["Schedule", "resolve", "examples_per_step", "auto_epochs", "usual_lr", "TOKEN_BUDGET"]
+
+
+def total_steps(epochs: float, steps_in_epoch, max_steps: Optional[int] = None) -> int:
+    """Optimizer steps of the whole run: max_steps, or every whole epoch's steps plus the started
+    fraction of the next (`steps_in_epoch(e)`: each epoch's plan is deterministic, so this is known
+    before training)."""
+    if max_steps:
+        return max_steps
+    whole, frac = int(epochs), epochs - int(epochs)
+    return sum(steps_in_epoch(e) for e in range(whole)) + (math.ceil(frac * steps_in_epoch(whole)) if frac else 0)

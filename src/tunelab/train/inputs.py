@@ -1,0 +1,117 @@
+"""What a run trains on: the encoded examples (or preference pairs), split, screened and mixed.
+
+The recipe (loop.py) calls `load_examples` or `load_pairs` once, in setup, and from then on sees
+two sequences of encoded rows, train and eval. Everything about where they come from lives here:
+the encoded-data cache (templates/cache.py), the seeded hold-out of data.eval's fraction, the
+toxicity screen (data/screen.py) and replay records (replay.py).
+"""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from tunelab.config import TrainConfig
+
+Say = Callable[[str], None]
+
+
+def data_path(spec: str, base_dir: str | Path | None) -> str:
+    """A relative data path is looked up next to the config file first, then in the cwd."""
+    p = Path(spec)
+    if spec.startswith("builtin:") or p.is_absolute() or base_dir is None:
+        return spec
+    beside = Path(base_dir) / p
+    return str(beside) if beside.exists() or not p.exists() else spec
+
+
+def hold_out(candidates: list[int], fraction, seed: int) -> tuple[list[int], list[int]]:
+    """(train, eval) indices: a seeded hold-out of data.eval's fraction, the same on every process and resume."""
+    if not (isinstance(fraction, float) and fraction and len(candidates) > 1):
+        return candidates, []
+    order = list(range(len(candidates)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:max(1, round(fraction * len(candidates)))])
+    return ([c for i, c in enumerate(candidates) if i not in held],
+            [c for i, c in enumerate(candidates) if i in held])
+
+
+def load_examples(cfg: TrainConfig, tokenizer, *, base_dir, say: Say,
+                  toxicity: Optional[Callable[[list[str]], Sequence[float]]] = None):
+    """(train, eval) encoded examples, memory-mapped from the encoded-data cache (tokenised once per
+    data file, tokenizer, template and data settings)."""
+    from tunelab.templates.cache import prepare
+
+    d = cfg.data
+    kw = dict(format=d.format, fields=d.fields or None, skip_bad=d.skip_bad, system=d.system,
+              skip_setting="data.skip_bad=true", train_on=d.train_on, max_length=d.max_length, truncate=d.truncate)
+    log = logging.getLogger("tunelab.templates")
+    full = prepare(data_path(d.train, base_dir), tokenizer, **kw)
+    say(f"encoded data {'from the cache' if full.hit else 'cached'}: {full.folder}")
+    candidates = list(range(len(full)))
+    if d.max_toxicity is not None:  # screened in the data stage, on the records' text
+        from tunelab.data.load import load_conversations
+        from tunelab.data.screen import drop_above
+
+        convs = load_conversations(data_path(d.train, base_dir), format=d.format, fields=d.fields or None,
+                                   skip_bad=d.skip_bad, system=d.system, skip_setting="data.skip_bad=true")
+        kept, note = drop_above(convs, toxicity, d.max_toxicity)
+        if note:
+            say(note)
+        keep = {id(c) for c in kept}
+        candidates = [i for i, c in enumerate(convs) if id(c) in keep]
+    train_idx, eval_idx, eval_ex = candidates, [], []
+    if isinstance(d.eval, str):
+        eval_ex = prepare(data_path(d.eval, base_dir), tokenizer, **kw).trainable(log=log)
+    else:
+        train_idx, eval_idx = hold_out(candidates, d.eval, cfg.train.seed)
+    train_ex = full.select(train_idx).trainable(log=log)
+    if eval_idx:
+        eval_ex = full.select(eval_idx).trainable(log=log)
+    if cfg.replay is not None:  # after the hold-out: the eval loss stays the task's own
+        train_ex = mix_replay(cfg, train_ex, tokenizer, kw, base_dir=base_dir, say=say)
+    return train_ex, eval_ex
+
+
+def mix_replay(cfg: TrainConfig, train_ex, tokenizer, kw: dict, *, base_dir, say: Say):
+    """The task rows followed by replay records (replay.py: the ratio counts examples)."""
+    from tunelab.templates.cache import prepare
+    from tunelab.train.replay import Mixed, draw, replay_count
+
+    r = cfg.replay
+    pool = prepare(data_path(r.data, base_dir), tokenizer, **{**kw, "format": r.format, "fields": None})
+    pool = pool.trainable(log=logging.getLogger("tunelab.templates"))
+    k = replay_count(len(train_ex), r.ratio)
+    mixed = Mixed(train_ex, pool.select(draw(len(pool), k, cfg.train.seed)))
+    token_share = float(mixed.replay.lengths.sum()) / max(float(mixed.lengths.sum()), 1.0)
+    say(f"replay: {k} of {len(pool)} records of {r.data} mixed into {len(train_ex)} task rows "
+        f"({k / len(mixed):.0%} of the examples, {token_share:.0%} of the tokens)")
+    return mixed
+
+
+def load_pairs(cfg: TrainConfig, tokenizer, *, base_dir):
+    """(train, eval) preference pairs, encoded (templates/preference.py)."""
+    from tunelab.data.preference import iter_pairs
+    from tunelab.templates.preference import encode_pairs
+
+    d = cfg.data
+
+    def encoded(spec: str):
+        pairs = iter_pairs(data_path(spec, base_dir), fields=d.fields or None, skip_bad=d.skip_bad, system=d.system,
+                           what=f"method: {cfg.method}", skip_setting="data.skip_bad=true")
+        return encode_pairs(tokenizer, pairs, max_length=d.max_length)
+
+    pairs = encoded(d.train)
+    if isinstance(d.eval, str):
+        return pairs, encoded(d.eval)
+    train_idx, eval_idx = hold_out(list(range(len(pairs))), d.eval, cfg.train.seed)
+    return [pairs[i] for i in train_idx], [pairs[i] for i in eval_idx]
+
+
+def lengths(examples) -> list[int]:
+    """Token count per example: read from the cache's offsets, or from a plain list of Encoded."""
+    found = getattr(examples, "lengths", None)
+    if found is not None:
+        return found.tolist()
+    return [e.length if hasattr(e, "length") else len(e.input_ids) for e in examples]  # pairs: preference.py
