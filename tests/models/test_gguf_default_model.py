@@ -42,3 +42,27 @@ def test_default_model_f16_round_trip(monkeypatch, tmp_path):
     assert (got.argmax(-1) == want.argmax(-1)).float().mean() >= 0.95
     modelfile = done.modelfile.read_text()
     assert 'SYSTEM """You are a helpful AI assistant named SmolLM' in modelfile and "TEMPLATE" in modelfile
+
+
+def test_default_model_q4_1_matches_the_file_llama_cpp_made(monkeypatch, tmp_path):
+    """The default model ships as a GGUF written by llama.cpp's tools; exporting it again as q4_1
+    gives the same tensors (names, types, shapes) and the same shared metadata values."""
+    from gguf import GGUFReader
+
+    from tunelab.models import registry
+    from tunelab.models.export import export_gguf
+
+    monkeypatch.setenv("TUNELAB_HOME", os.environ.get("TUNELAB_REAL_HOME") or os.path.expanduser("~/.cache/tunelab"))
+    shipped = GGUFReader(registry.locate_gguf(registry.REGISTRY[registry.DEFAULT], download=False))
+    ours = GGUFReader(export_gguf("default", None, tmp_path / "smollm2-q4_1.gguf", quant="q4_1").path)
+
+    def tensors(r):
+        return {t.name: (t.tensor_type.name, tuple(int(x) for x in t.shape)) for t in r.tensors}
+
+    assert tensors(ours) == tensors(shipped)
+    shared = {k for k in set(ours.fields) & set(shipped.fields) if not k.startswith("GGUF.")}
+    assert {"tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.chat_template", "llama.rope.freq_base"} <= shared
+    differ = {k for k in shared if ours.fields[k].contents() != shipped.fields[k].contents()}
+    # the name, and the pre-tokenizer: the converted tokenizer is plain ByteLevel (`gpt-2`), which
+    # cuts text as `smollm` does for this vocabulary (it has no multi-digit tokens)
+    assert differ == {"general.name", "tokenizer.ggml.pre"}
