@@ -1,4 +1,4 @@
-"""`tunelab chat MODEL [--adapter DIR] [--system TEXT]`: a streaming terminal chat."""
+"""`tunelab chat MODEL [--adapter DIR] [--system TEXT]`: a streaming terminal chat (MODEL may be openai:URL#NAME)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,8 @@ import typer
 
 
 def chat_command(
-    model: str = typer.Argument(..., help="'default', a registry name, a Hugging Face model folder or a .gguf file."),
+    model: str = typer.Argument(..., help="'default', a registry name, a Hugging Face model folder, a .gguf file, or "
+                                          "openai:URL#NAME (a model behind an OpenAI-compatible server)."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="A LoRA/DoRA adapter folder (a run's adapter/)."),
     system: Optional[str] = typer.Option(None, "--system", help="System text for the conversation (change it later with /system)."),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="Longest answer, in tokens (>= 1)."),
@@ -22,6 +23,7 @@ def chat_command(
     Ctrl-C stops an answer; Ctrl-C or Ctrl-D at the prompt leaves.
 
     Example: tunelab chat default --adapter runs/lora/adapter --system "Answer in one sentence."
+    Example: tunelab chat openai:http://127.0.0.1:8000/v1#support
     """
     from tunelab.errors import TunelabError
 
@@ -38,11 +40,11 @@ def chat_command(
         import readline  # noqa: F401  (line editing and history for input(), where the platform has it)
     except ImportError:
         pass
-    from tunelab.models.loading import load_model
+    from tunelab.infer.load import open_backend
     from tunelab.serve.chat import Chat, run_chat
 
-    lm = load_model(model, adapter=adapter, device=device)
-    run_chat(Chat(lm, system=system, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p))
+    backend = open_backend(model, adapter, device)  # a local model, or an endpoint that streams over HTTP
+    run_chat(Chat(backend, system=system, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p))
 
 
 def register(app: typer.Typer) -> None:

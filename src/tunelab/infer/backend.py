@@ -5,6 +5,7 @@
     backend.generate(contexts, seeds, batch_size=..., on_batch=..., **settings) -> list[dict]
     backend.score_choices([(context, [continuation, ...]), ...], ...) -> [[(loglik, is_greedy), ...]]
     backend.rolling_loglik(texts, ...) -> [(loglik, n_tokens)]
+    backend.stream_chat(messages, max_new_tokens=..., temperature=..., top_p=...) -> iterator of text pieces
 
 `LocalBackend` runs a loaded model in this process (infer/generate.py, infer/loglik.py);
 `EndpointBackend` (infer/endpoint.py) sends the same work to an OpenAI-compatible server. The
@@ -12,7 +13,7 @@ runner calls these methods and never asks which one it holds.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 OnBatch = Optional[Callable[[int], None]]
 
@@ -22,6 +23,8 @@ class LocalBackend:
 
     def __init__(self, lm):
         self.lm = lm
+        # the model as a person names it (an endpoint's is openai:URL#NAME), and its adapter
+        self.spec, self.adapter = lm.name, getattr(lm, "adapter", None)
         self.identity = lm  # what results.json's model block and the signature are built from
         self.tokenizer = lm.tokenizer
         self.device = next(lm.model.parameters()).device
@@ -68,3 +71,21 @@ class LocalBackend:
         return rolling_loglik(self.lm.model, self.tokenizer, texts, batch_size=batch_size, on_batch=on_batch,
                               tokens=tokens)
 
+
+    def stream_chat(self, messages: list[dict], *, max_new_tokens: int, temperature: float,
+                    top_p: float) -> Iterator[str]:
+        """The answer to a conversation, piece by piece (infer/stream.py); closing the iterator stops it.
+
+        The messages go through the model's chat template (templates.render_prompt, as in training
+        and evaluation). A conversation with no room left for an answer is a ContextFull, raised
+        here, before anything runs; the answer is capped by the room that is left.
+        """
+        from tunelab.infer.stream import ContextFull, stream_text
+        from tunelab.templates import render_prompt
+
+        ids = self.tokenizer(render_prompt(self.tokenizer, messages), add_special_tokens=False)["input_ids"]
+        room = self.max_length() - len(ids)
+        if room < 1:
+            raise ContextFull(f"the conversation is {len(ids)} tokens, over the model's context of {self.max_length()}")
+        return stream_text(self.lm.model, self.tokenizer, ids, max_new_tokens=min(max_new_tokens, room),
+                           temperature=temperature, top_p=top_p)

@@ -6,7 +6,9 @@ vLLM, llama.cpp's server, text-generation-inference and `tunelab serve` all spea
 - multiple_choice tasks: the log-likelihood of each choice from `/completions` with `echo` and
   `logprobs` (the prompt's own token log-probabilities, as vLLM returns them; lm-eval's
   local-completions model asks the same way). Endpoints without them get a one-line error;
-- perplexity tasks need a local model.
+- perplexity tasks need a local model;
+- chat (`stream_chat`): one streamed `/chat/completions` request per turn, its text pieces as they
+  arrive; closing the iterator closes the connection, which tells the server to stop.
 
 The official `openai` client does the HTTP: it retries 429 and 5xx answers and dropped
 connections with exponential backoff (0.5 s doubling to 8 s, with jitter, honouring Retry-After),
@@ -18,7 +20,7 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from tunelab.errors import TunelabError
 from tunelab.infer.backend import OnBatch
@@ -61,6 +63,7 @@ class EndpointBackend:
         # a local server without a key still needs a non-empty value for the client to start
         self.client = OpenAI(base_url=self.url, api_key=key or "no-key", max_retries=max_retries, timeout=timeout_s)
         self.spec = f"{PREFIX}{self.url}#{self.name}"
+        self.adapter = None  # a served adapter is a model name of its own
         # results.json's model block: the endpoint is the model's identity (no weights to hash)
         self.identity = {"name": self.spec, "sha256": None, "adapter": None}
         self.tokenizer = None  # chat prompts go to the server as messages; its template applies them
@@ -213,3 +216,38 @@ class EndpointBackend:
 
     def rolling_loglik(self, texts, *, batch_size: int, on_batch: OnBatch = None):
         raise TunelabError(f"{self.spec}: perplexity tasks need a local model")
+
+    def stream_chat(self, messages: list[dict], *, max_new_tokens: int, temperature: float,
+                    top_p: float) -> Iterator[str]:
+        """The answer to a conversation, piece by piece, from a streamed /chat/completions request.
+
+        The request is sent here, so a refused one (a conversation over the context is a
+        ContextFull, as from a local model) raises before any piece; the server applies its own
+        chat template. Closing the iterator closes the connection.
+        """
+        import openai
+
+        from tunelab.infer.stream import ContextFull
+
+        try:
+            stream = self.client.chat.completions.create(model=self.name, messages=messages, max_tokens=max_new_tokens,
+                                                         temperature=temperature, top_p=top_p, stream=True)
+        except openai.BadRequestError as e:
+            if e.code == "context_length_exceeded":  # `tunelab serve` and vLLM's code for it
+                raise ContextFull(str(self._fail(e, "a chat request"))) from None
+            raise self._fail(e, "a chat request") from None
+        except openai.OpenAIError as e:
+            raise self._fail(e, "a chat request") from None
+        return self._pieces(stream)
+
+    def _pieces(self, stream) -> Iterator[str]:
+        import openai
+
+        try:
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    yield chunk.choices[0].delta.content
+        except openai.OpenAIError as e:  # an error the server reported inside the stream
+            raise self._fail(e, "a chat answer") from None
+        finally:
+            stream.close()

@@ -1,16 +1,16 @@
 """A terminal chat with a model (and an optional adapter) that streams its answer as it is generated.
 
-The conversation is kept as messages and rendered with the model's own chat template on every
-turn (`templates.render_prompt`, what training and evaluation use), so the model sees exactly the
-format it was tuned on. Streaming is transformers' `TextIteratorStreamer` over `model.generate` on
-a helper thread; Ctrl-C during an answer stops it through a stopping criterion.
+The conversation is kept as messages and sent whole on every turn to the Backend's `stream_chat`
+(infer/): a local model renders it with its own chat template (`templates.render_prompt`, what
+training and evaluation use), so the model sees exactly the format it was tuned on; an
+`openai:URL#NAME` endpoint gets the messages and applies its own. Ctrl-C during an answer closes
+the stream, which stops the generation.
 
 Commands: /reset, /system TEXT, /save FILE, /help, /exit (Ctrl-D and Ctrl-C at the prompt also exit).
 """
 from __future__ import annotations
 
 import sys
-import threading
 from pathlib import Path
 from typing import Callable, Optional, TextIO
 
@@ -23,16 +23,13 @@ ASSISTANT_PREFIX = "assistant> "
 
 
 class Chat:
-    """The conversation state and one streaming reply at a time."""
+    """The conversation state and one streaming reply at a time, from any Backend (infer/backend.py)."""
 
-    def __init__(self, lm, *, system: Optional[str] = None, max_new_tokens: int = 512, temperature: float = 0.7,
+    def __init__(self, backend, *, system: Optional[str] = None, max_new_tokens: int = 512, temperature: float = 0.7,
                  top_p: float = 0.95):
-        from tunelab.models.loading import max_length
-
-        self.lm, self.system = lm, system or None
+        self.backend, self.system = backend, system or None
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.history: list[dict] = []
-        self.context = max_length(lm.model, lm.tokenizer)
 
     def messages(self) -> list[dict]:
         return ([{"role": "system", "content": self.system}] if self.system else []) + self.history
@@ -43,53 +40,22 @@ class Chat:
         Ctrl-C stops the answer early (what came so far is kept); a turn that does not fit the
         context is a TunelabError and leaves the conversation as it was.
         """
-        import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from tunelab.infer.stream import ContextFull
 
-        from tunelab.templates import render_prompt
-
-        lm = self.lm
         messages = self.messages() + [{"role": "user", "content": user_text}]
-        ids = lm.tokenizer(render_prompt(lm.tokenizer, messages), add_special_tokens=False, return_tensors="pt")["input_ids"]
-        room = self.context - ids.shape[1]
-        if room < 1:
-            raise TunelabError(f"the conversation is {ids.shape[1]} tokens, over the model's context of {self.context}; "
-                               "/reset to start again")
-        stop = threading.Event()
-
-        class _Stop(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return stop.is_set()
-
-        streamer = TextIteratorStreamer(lm.tokenizer, skip_prompt=True, skip_special_tokens=True)
-        sampling = ({"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
-                    if self.temperature > 0 else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None})
-        kwargs = dict(input_ids=ids.to(lm.model.device), attention_mask=torch.ones_like(ids).to(lm.model.device),
-                      max_new_tokens=min(self.max_new_tokens, room), streamer=streamer,
-                      stopping_criteria=StoppingCriteriaList([_Stop()]), pad_token_id=lm.tokenizer.pad_token_id, **sampling)
-        failure: list[BaseException] = []
-
-        def run():
-            try:
-                with torch.inference_mode():
-                    lm.model.generate(**kwargs)
-            except BaseException as e:  # reported on the main thread
-                failure.append(e)
-                streamer.end()
-
-        worker = threading.Thread(target=run, daemon=True)
-        worker.start()
+        try:
+            pieces_in = self.backend.stream_chat(messages, max_new_tokens=self.max_new_tokens,
+                                                 temperature=self.temperature, top_p=self.top_p)
+        except ContextFull as e:
+            raise TunelabError(f"{e}; /reset to start again") from None
         pieces: list[str] = []
         try:
-            for piece in streamer:
+            for piece in pieces_in:
                 pieces.append(piece)
                 write(piece)
         except KeyboardInterrupt:
-            stop.set()
+            pieces_in.close()  # stops the generation (a local thread, or the endpoint's connection)
             write(" [stopped]")
-        worker.join()
-        if failure:
-            raise failure[0]
         answer = "".join(pieces)
         self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": answer}]
         return answer
@@ -99,7 +65,7 @@ class Chat:
 
         out = Path(path).expanduser()
         try:
-            atomic_write_json(out, {"model": self.lm.name, "adapter": self.lm.adapter, "messages": self.messages()})
+            atomic_write_json(out, {"model": self.backend.spec, "adapter": self.backend.adapter, "messages": self.messages()})
         except OSError as e:
             raise TunelabError(f"/save {path}: cannot write there ({e.strerror or e}); give another file") from None
         return out
@@ -111,7 +77,8 @@ def run_chat(chat: Chat, *, read: Callable[[str], str] = input, out: TextIO = sy
         out.write(text)
         out.flush()
 
-    write(f"chatting with {chat.lm.name}{' + ' + str(chat.lm.adapter) if chat.lm.adapter else ''}; /help for commands, /exit to leave\n")
+    who = chat.backend.spec + (f" + {chat.backend.adapter}" if chat.backend.adapter else "")
+    write(f"chatting with {who}; /help for commands, /exit to leave\n")
     while True:
         try:
             line = read(USER_PROMPT)
