@@ -130,7 +130,8 @@ def test_kl_drift_is_the_full_vocabulary_kl_per_answer_token(tiny_dir):
     """Against a hand computation; zero for the base model itself and for an untrained (zero) adapter."""
     from peft import LoraConfig, get_peft_model
 
-    from tunelab.evaluate.drift import drift_summary, kl_drift
+    from tunelab.evaluate.drift import drift_summary
+    from tunelab.infer.divergence import answer_kl as kl_drift
     from tunelab.models.loading import load_model
     from tunelab.templates import encode_prompt
 

@@ -9,7 +9,8 @@ Two measures, both next to the target task's gain:
   against its base model on the same items.
 - **Drift** (`retention_prompts:`): the mean per-token KL divergence of the fine-tune's next-token
   distributions from the base model's, on the base model's own greedy answers to general prompts
-  (evaluate/drift.py). It needs no labels, so it shows forgetting where no benchmark is at hand.
+  (the Backend's `answer_kl`, infer/divergence.py; the summary in evaluate/drift.py). It needs no
+  labels, so it shows forgetting where no benchmark is at hand.
 
 The folder (inside the compare folder):
 
@@ -214,7 +215,8 @@ def base_answers(plan, model: str, load_base: Callable[[], object], say) -> list
 
 def run_drift(plan, arm, model, load_base: Callable[[], object], say) -> None:
     """drift.json of a fine-tuned arm: KL from its base model on the base model's own answers."""
-    from tunelab.evaluate.drift import drift_summary, kl_drift
+    from tunelab.evaluate.drift import drift_summary
+    from tunelab.infer.load import open_backend
 
     if plan.drift is None or not arm.fine_tuned or _drift_fresh(plan, arm):
         return
@@ -222,8 +224,8 @@ def run_drift(plan, arm, model, load_base: Callable[[], object], say) -> None:
     say(f"  drift of {arm.id} from its base model on {len(answers)} general prompts")
     t0 = time.perf_counter()
     # an adapter's base is the same weights with the adapter off; full weights need the base loaded beside
-    base = None if getattr(model, "adapter", None) else load_base()
-    per = kl_drift(model, [p for _, p in plan.drift.prompts], answers, base=base)
+    base = None if getattr(model, "adapter", None) else open_backend(load_base())
+    per = open_backend(model).answer_kl([p for _, p in plan.drift.prompts], answers, base=base)
     summary = drift_summary(per, seed=plan.config.seed) or {}
     atomic_write_json(plan.arm_dir(arm) / DRIFT_JSON, {**summary, "prompts": plan.drift.spec,
                                                        "per_prompt": [[s, n] for s, n in per],

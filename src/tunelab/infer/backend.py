@@ -6,6 +6,7 @@
     backend.score_choices([(context, [continuation, ...]), ...], ...) -> [[(loglik, is_greedy), ...]]
     backend.rolling_loglik(texts, ...) -> [(loglik, n_tokens)]
     backend.stream_chat(messages, max_new_tokens=..., temperature=..., top_p=...) -> iterator of text pieces
+    backend.answer_kl(prompts, answers, base=None) -> [(sum of KL(base || this) over the answer tokens, n_tokens)]
 
 `LocalBackend` runs a loaded model in this process (infer/generate.py, infer/loglik.py);
 `EndpointBackend` (infer/endpoint.py) sends the same work to an OpenAI-compatible server. The
@@ -71,6 +72,17 @@ class LocalBackend:
         return rolling_loglik(self.lm.model, self.tokenizer, texts, batch_size=batch_size, on_batch=on_batch,
                               tokens=tokens)
 
+
+    def answer_kl(self, prompts: Sequence[str], answers: Sequence[str], *, base: Optional["LocalBackend"] = None,
+                  chat: bool = True, batch_size: int = 4) -> list[tuple[float, int]]:
+        """Per prompt, the full-vocabulary KL(base || this model) summed over the answer's tokens (infer/divergence.py).
+
+        base=None: this model is a PEFT model and its base is the same weights with the adapter off.
+        """
+        from tunelab.infer.divergence import answer_kl
+
+        return answer_kl(self.lm, prompts, answers, base=None if base is None else base.lm, chat=chat,
+                         batch_size=batch_size)
 
     def stream_chat(self, messages: list[dict], *, max_new_tokens: int, temperature: float,
                     top_p: float) -> Iterator[str]:

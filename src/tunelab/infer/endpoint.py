@@ -6,7 +6,8 @@ vLLM, llama.cpp's server, text-generation-inference and `tunelab serve` all spea
 - multiple_choice tasks: the log-likelihood of each choice from `/completions` with `echo` and
   `logprobs` (the prompt's own token log-probabilities, as vLLM returns them; lm-eval's
   local-completions model asks the same way). Endpoints without them get a one-line error;
-- perplexity tasks need a local model;
+- perplexity tasks, and the drift measure's KL (`answer_kl`: the whole vocabulary's distribution at
+  each position, where the API returns at most the top 20 log-probabilities), need a local model;
 - chat (`stream_chat`): one streamed `/chat/completions` request per turn, its text pieces as they
   arrive; closing the iterator closes the connection, which tells the server to stop.
 
@@ -216,6 +217,10 @@ class EndpointBackend:
 
     def rolling_loglik(self, texts, *, batch_size: int, on_batch: OnBatch = None):
         raise TunelabError(f"{self.spec}: perplexity tasks need a local model")
+
+    def answer_kl(self, prompts, answers, *, base=None, chat: bool = True, batch_size: int = 4):
+        raise TunelabError(f"{self.spec}: drift (the KL from the base model over the whole vocabulary) needs a local "
+                           "model; an OpenAI-compatible endpoint returns at most the top 20 log-probabilities per token")
 
     def stream_chat(self, messages: list[dict], *, max_new_tokens: int, temperature: float,
                     top_p: float) -> Iterator[str]:
