@@ -28,6 +28,9 @@ def print_results(res, note: str = "") -> None:
 
     from tunelab.cli import console
 
+    # a metric this run could not compute (no reference model for reward_acc) says why under the table
+    notes = [f"{name}: {r['note']}" for name, r in res.metrics.items() if isinstance(r, dict) and r.get("note")]
+    note = "\n".join(x for x in (note, *notes) if x)
     with_n = any("n" in r for r in res.metrics.values())
     table = Table(title=escape(results_title(res)), caption=escape(note) if note else None)
     table.add_column("metric", overflow="fold")  # fold, not "…": per-type names are long

@@ -91,6 +91,14 @@ PREDICTION_KEYS = {
         "n_words": "its words (whitespace-separated)",
         "n_bytes": "its UTF-8 bytes",
     },
+    "preference": {
+        "chosen": "the chosen answer as scored (after the prompt, with the template's end of turn)",
+        "rejected": "the rejected answer, likewise",
+        "pair_logliks": "[chosen, rejected]: summed log-probability of each answer after the prompt",
+        "pair_tokens": "[chosen, rejected]: tokens scored for each",
+        "ref_pair_logliks": "[chosen, rejected] under the reference model (base + adapter: the base); only when a "
+                            "metric needs it (reward_acc, reward_margin)",
+    },
     "retrieval": {
         "output": "the ids of the 10 best-ranked documents",
         "gold": "the ids of the documents judged relevant",

@@ -134,8 +134,9 @@ def _run_perplexity(backend, task, rows, texts, bs, cache, progress):
     return items, (sum(i["n_tokens"] for i in items), 0)
 
 
-def _run_preference(backend, task, rows, bs, cache, progress):
-    """Each pair's two answers scored after one copy of its prompt (the multiple-choice token tree)."""
+def _run_preference(backend, task, rows, bs, cache, progress, reference=False):
+    """Each pair's two answers scored after one copy of its prompt (the multiple-choice token tree);
+    with `reference`, scored again by the backend's reference model (the adapter switched off)."""
     from tunelab.data.preference import is_pair_row, not_pairs_error, to_pair
     from tunelab.templates.preference import answer_text
     from tunelab.templates.render import render_prompt
@@ -160,13 +161,24 @@ def _run_preference(backend, task, rows, bs, cache, progress):
     if not reqs:
         raise TunelabError(f"task '{task.name}': no pair left to score; see the first bad pair: {bad[0]}")
 
-    def compute(todo):
-        scored = backend.score_choices([(c, k) for c, k in todo], batch_size=bs, on_batch=progress)
-        return [[[ll, g] for ll, g in s] for s in scored]
+    def scorer(b):
+        def compute(todo):
+            scored = b.score_choices([(c, k) for c, k in todo], batch_size=bs, on_batch=progress)
+            return [[[ll, g] for ll, g in s] for s in scored]
+        return compute
 
-    scores = cached_call(cache, "loglik", reqs, compute)
+    scores = cached_call(cache, "loglik", reqs, scorer(backend))
+    ref_scores = None
+    if reference:
+        with backend.reference() as ref:  # the reference's scores are cached under the base model's scope
+            ref_cache = RequestCache(*ref.cache_scope, cache.path) if cache is not None else None
+            try:
+                ref_scores = cached_call(ref_cache, "loglik", reqs, scorer(ref))
+            finally:
+                if ref_cache is not None:
+                    ref_cache.close()
     items, tokens = [], 0
-    for row, (prompt, answers), s in zip(kept, reqs, scores):
+    for j, (row, (prompt, answers), s) in enumerate(zip(kept, reqs, scores)):
         # scoring moves the prompt's trailing whitespace (the newline after the assistant header) into
         # each continuation (lm-eval's convention): one more token, the same term for both answers, so
         # chosen - rejected is the training's difference exactly; the counts include that token
@@ -175,7 +187,9 @@ def _run_preference(backend, task, rows, bs, cache, progress):
         items.append({"prompt": prompt, "chosen": answers[0], "rejected": answers[1],
                       "pair_logliks": [s[0][0], s[1][0]], "pair_tokens": n, "row": row})
         tokens += backend.count_tokens(prompt) + sum(n)
-    return items, (tokens, 0)
+        if ref_scores is not None:
+            items[-1]["ref_pair_logliks"] = [ref_scores[j][0][0], ref_scores[j][1][0]]
+    return items, (tokens * (2 if ref_scores is not None else 1), 0)  # the reference reads every token again
 
 
 # ---------------------------------------------------------------- the verb
@@ -229,6 +243,11 @@ def evaluate(
         with logs.run_log(out):
             return run_retrieval(task, metrics_spec=task.metrics, limit=limit, out=out, t0=t0)
     metrics = get_metrics(task.metrics)  # an unknown metric fails before any model is loaded
+    if task.type != "preference":
+        for m in metrics:
+            if m.needs_reference:
+                raise TunelabError(f"metric '{m.name}' in {_task_source(task)} needs preference pairs scored against a "
+                                   f"reference model, and this task is type: {task.type}; use it in a type: preference task")
     sh = shard_mod.current()
     # other libraries' log lines (and lines held from before): <out>/log.txt, written by rank 0 only
     kept = (f"nothing written to {out} (results are written once every item is scored)" if out is not None
@@ -253,6 +272,12 @@ def _evaluate(model, task, metrics, sh, *, adapter, sampler, limit, batch_size, 
     backend = open_backend(model, adapter, device or sh.device())  # a local model or an endpoint (infer/load.py)
     backend.check_task(task)
     dev = backend.device
+    # metrics against a reference model (reward_acc): computed when the backend has one, else a note
+    ref_names = [m.name for m in metrics if m.needs_reference]
+    no_ref = backend.no_reference() if ref_names else None
+    if no_ref is not None:
+        log.warning(f"task '{task.name}': {', '.join(ref_names)} not computed: {no_ref}")
+    with_ref = bool(ref_names) and no_ref is None
     mine = sh.take(rows)
     my_rows = [rows[i] for i in mine]
 
@@ -271,14 +296,14 @@ def _evaluate(model, task, metrics, sh, *, adapter, sampler, limit, batch_size, 
     rcache = None
     if cache:
         rcache = RequestCache(*backend.cache_scope, None if cache is True else cache)
-    tick = counter(progress, len(my_rows))
+    tick = counter(progress, len(my_rows) * (2 if with_ref else 1))  # the reference pass scores every pair again
     bs = _batch(batch_size, task.type if task.type in DEFAULT_BATCH else "generate", dev)
     if task.type == "perplexity":
         text_t = TaskTemplates(task.model_copy(update={"prompt": task.text or task.prompt, "answer": None}), _task_source(task))
         items, tokens = _run_perplexity(backend, task, my_rows, [text_t.prompt(r) for r in my_rows], bs, rcache, tick)
         demos = [[] for _ in my_rows]
     elif task.type == "preference":
-        items, tokens = _run_preference(backend, task, my_rows, bs, rcache, tick)
+        items, tokens = _run_preference(backend, task, my_rows, bs, rcache, tick, reference=with_ref)
         kept = {id(it.pop("row")) for it in items}  # skip_bad may have left some rows out
         at = [j for j, r in enumerate(my_rows) if id(r) in kept]
         mine, my_rows = [mine[j] for j in at], [my_rows[j] for j in at]
@@ -305,7 +330,8 @@ def _evaluate(model, task, metrics, sh, *, adapter, sampler, limit, batch_size, 
     if not sh.is_main:
         return None
     items.sort(key=lambda it: it["index"])
-    return _finish(task, backend, metrics, items, tokens, t0, out, response_metrics, sampler, dev, toxicity)
+    return _finish(task, backend, metrics, items, tokens, t0, out, response_metrics, sampler, dev, toxicity,
+                   no_reference=no_ref)
 
 
 def load_rows_full(task) -> list:
@@ -315,13 +341,17 @@ def load_rows_full(task) -> list:
     return load_rows(task.data, base_dir=task.base_dir, hint=f"fix that record of the data of {_task_source(task)}")
 
 
-def _finish(task, backend, metrics, items, tokens, t0, out, with_response, sampler, dev, toxicity=None) -> Results:
+def _finish(task, backend, metrics, items, tokens, t0, out, with_response, sampler, dev, toxicity=None,
+            no_reference: Optional[str] = None) -> Results:
     from tunelab.evaluate.metrics import assistant
 
     preds = [it.get("output", "") for it in items]
     refs = [it.get("gold", []) if task.type == "generate" else [] for it in items]
     scored = {}
     for m in metrics:
+        if m.needs_reference and no_reference is not None:
+            scored[m.name] = m.not_computed(len(items), f"not computed: {no_reference}")
+            continue
         scored[m.name] = m.compute(preds, refs, items, n_resamples=1000, seed=task.fewshot.seed)
     resp = None
     if task.type == "generate" and with_response:
@@ -339,7 +369,8 @@ def _finish(task, backend, metrics, items, tokens, t0, out, with_response, sampl
         elif task.type == "generate":
             line.update(output=it["output"], gold=it["gold"], finish=it["finish"])
         elif task.type == "preference":
-            line.update({key: it[key] for key in ("chosen", "rejected", "pair_logliks", "pair_tokens")})
+            line.update({key: it[key] for key in ("chosen", "rejected", "pair_logliks", "pair_tokens", "ref_pair_logliks")
+                         if key in it})
         else:
             line.update({key: it[key] for key in ("loglik", "n_tokens", "n_words", "n_bytes")})
         if "demos" in it:

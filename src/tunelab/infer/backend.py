@@ -7,6 +7,8 @@
     backend.rolling_loglik(texts, ...) -> [(loglik, n_tokens)]
     backend.stream_chat(messages, max_new_tokens=..., temperature=..., top_p=...) -> iterator of text pieces
     backend.answer_kl(prompts, answers, base=None) -> [(sum of KL(base || this) over the answer tokens, n_tokens)]
+    backend.no_reference() -> None | str               # why there is no reference model (None: there is one)
+    with backend.reference() as ref: ref.score_choices(...)   # the same calls, scored by the reference
 
 `LocalBackend` runs a loaded model in this process (infer/generate.py, infer/loglik.py);
 `EndpointBackend` (infer/endpoint.py) sends the same work to an OpenAI-compatible server. The
@@ -14,6 +16,7 @@ runner calls these methods and never asks which one it holds.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Iterator, Optional, Sequence
 
 OnBatch = Optional[Callable[[int], None]]
@@ -61,6 +64,34 @@ class LocalBackend:
         from tunelab.infer.loglik import score_choices
 
         return score_choices(self.lm.model, self.tokenizer, reqs, batch_size=batch_size, on_batch=on_batch)
+
+    # ------------------------------------------------------------ the reference model (DPO's implicit reward)
+    def no_reference(self) -> Optional[str]:
+        """None when this model has a reference (base + adapter: the base); else why not, in one line."""
+        from peft import PeftModel
+
+        if getattr(self.lm, "adapter", None) is None or not isinstance(self.lm.model, PeftModel):
+            return (f"model '{getattr(self.lm, 'name', 'model')}' has no adapter, so no reference model to measure "
+                    "an implicit reward against; evaluate base + adapter (--adapter DIR)")
+        return None
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator["LocalBackend"]:
+        """This backend, scoring with the adapter switched off: the same weights, no second copy
+        (PEFT's disable_adapter, as DPO training's reference pass). Its cache scope is the base
+        model's, so the reference scores are shared with an evaluation of the base model itself."""
+        reason = self.no_reference()
+        if reason is not None:
+            from tunelab.errors import TunelabError
+
+            raise TunelabError(reason)
+        scope = self.cache_scope
+        self.cache_scope = (self.lm.sha256, None)
+        try:
+            with self.lm.model.disable_adapter():
+                yield self
+        finally:
+            self.cache_scope = scope
 
     def rolling_loglik(self, texts, *, batch_size: int, on_batch: OnBatch = None):
         from tunelab.infer.loglik import rolling_loglik

@@ -116,6 +116,13 @@ class EndpointBackend:
             raise TunelabError(f"{self.spec}: task '{task.name}' is multiple_choice with chat: true, which needs the model's "
                                "chat template to score choices, and an endpoint does not expose it; set chat: false")
 
+    def no_reference(self) -> Optional[str]:
+        return (f"{self.spec}: an endpoint serves one model, with no reference model beside it to measure an "
+                "implicit reward against; evaluate base + adapter locally (--adapter DIR)")
+
+    def reference(self):
+        raise TunelabError(self.no_reference())
+
     def max_length(self) -> int:
         return 0  # unknown; the server rejects an over-long prompt itself
 

@@ -36,21 +36,25 @@ class MetricResult:
     """A metric's value over a set of items with its uncertainty and signature."""
 
     name: str
-    value: float
+    value: float | None
     stderr: float | None
     ci95: tuple[float, float] | None
     signature: str
     n: int
-    item_values: list[float] = field(default_factory=list, repr=False)
+    item_values: list[float | None] = field(default_factory=list, repr=False)
+    note: str | None = None  # why the metric was not computed (value None); see Metric.not_computed
 
     def to_json(self) -> dict[str, Any]:
-        """The results.json form (docs/results.md): value, stderr, ci95 (+ signature, n)."""
-        return {"value": self.value, "stderr": self.stderr,
-                "ci95": list(self.ci95) if self.ci95 is not None else None,
-                "signature": self.signature, "n": self.n}
+        """The results.json form (docs/results.md): value, stderr, ci95 (+ signature, n; + note when not computed)."""
+        out = {"value": self.value, "stderr": self.stderr,
+               "ci95": list(self.ci95) if self.ci95 is not None else None,
+               "signature": self.signature, "n": self.n}
+        if self.note is not None:
+            out["note"] = self.note
+        return out
 
     def __str__(self) -> str:
-        return f"{self.signature} = {self.value:.4g}"
+        return f"{self.signature} = {'-' if self.value is None else f'{self.value:.4g}'}"
 
 
 class Metric:
@@ -65,6 +69,9 @@ class Metric:
     backend: ClassVar[tuple[str, str] | None] = None
     higher_is_better: ClassVar[bool] = True
     description: ClassVar[str] = ""
+    # True: the items need the reference model's scores too (the runner scores them a second time
+    # with the adapter off); without a reference the metric is `not_computed`, not an error.
+    needs_reference: ClassVar[bool] = False
 
     def __init__(self, **options: Any):
         unknown = sorted(set(options) - set(self.options_spec))
@@ -124,6 +131,11 @@ class Metric:
                                f"and {len(its)} items")
         scores = [self.item_score(p, _as_list(r), it) for p, r, it in zip(predictions, refs, its)]
         return self.result_from_scores(scores, n_resamples=n_resamples, seed=seed)
+
+    def not_computed(self, n: int, reason: str) -> MetricResult:
+        """The entry of a metric this run cannot compute (e.g. no reference model): no value, the reason
+        in `note`, a null per-item value for each of the `n` items (paired comparisons skip them)."""
+        return MetricResult(self.name, None, None, None, self.signature(), 0, [None] * n, note=reason)
 
     def result_from_scores(self, scores: Sequence[ItemScore], *, n_resamples: int = 1000,
                            seed: int = 1234) -> MetricResult:
