@@ -79,4 +79,4 @@ def test_the_example_plans(capsys):
     if not (example.parents[2] / "shared" / "data" / "hh_rlhf_harmless").is_dir():
         pytest.skip("shared data not here")
     plan = make_plan(str(example))
-    assert len(plan.pool) == 1700 and [a.id for a in plan.arms] == ["zero_shot", "lora-n256", "dpo-n256", "orpo-n256"]
+    assert len(plan.pool) == 1700 and [a.id for a in plan.arms] == ["zero_shot", "lora-n128", "dpo-n128", "orpo-n128"]
