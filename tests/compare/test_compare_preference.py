@@ -79,4 +79,27 @@ def test_the_example_plans(capsys):
     if not (example.parents[2] / "shared" / "data" / "hh_rlhf_harmless").is_dir():
         pytest.skip("shared data not here")
     plan = make_plan(str(example))
-    assert len(plan.pool) == 1700 and [a.id for a in plan.arms] == ["zero_shot", "lora-n128", "dpo-n128", "orpo-n128"]
+    assert [a.id for a in plan.arms] == ["zero_shot", "lora-n128", "dpo-n128", "orpo-n128"]
+    # HH-RLHF's first 1700 pairs hold a few broken ones (an empty answer): the plan draws from the rest
+    assert 1690 <= len(plan.pool) < 1700 and "broken pairs of the pool skipped" in plan.rendering.note
+
+
+def test_broken_pairs_stop_the_plan_or_are_left_out_of_every_arm(setup, tmp_path):
+    """A broken pair in the pool: named before anything runs; with skip_bad, no arm's subset holds it."""
+    from tunelab.compare.plan import make_plan
+
+    with open(tmp_path / "pool.jsonl", "a") as f:
+        f.write(json.dumps({"id": "empty", "prompt": "Hi?", "chosen": " ", "rejected": "No."}) + "\n")
+        f.write(json.dumps({"id": "same", "prompt": "Hi?", "chosen": "Yes.", "rejected": "Yes."}) + "\n")
+    setup["arms"] = ["zero_shot", {"lora": {"n": [24]}}, {"dpo": {"n": [24]}}]
+    with pytest.raises(TunelabError, match=r"pool.jsonl:25: the chosen answer is empty.*skip_bad: true"):
+        make_plan(setup)
+    setup["train"] = {**TINY, "data": {**TINY["data"], "skip_bad": True}}
+    plan = make_plan(setup)
+    assert len(plan.pool) == 24 and "2 broken pairs of the pool skipped" in plan.rendering.note
+    setup["arms"] = [{"lora": {"n": [24]}}]  # every good pair: the SFT arm reads its subset without a skip
+    compare(setup, out=tmp_path / "out", say=lambda m: None)
+    ids = [json.loads(x)["id"] for x in (tmp_path / "out" / "data" / "train-n24.jsonl").read_text().splitlines()]
+    assert len(ids) == 24 and not {"empty", "same"} & set(ids)
+    summary = json.loads((tmp_path / "out" / "arms" / "lora-n24" / "train" / "summary.json").read_text())
+    assert summary["train_rows"] == 24 and summary["stopped"] == "completed"
