@@ -103,3 +103,20 @@ def test_broken_pairs_stop_the_plan_or_are_left_out_of_every_arm(setup, tmp_path
     assert len(ids) == 24 and not {"empty", "same"} & set(ids)
     summary = json.loads((tmp_path / "out" / "arms" / "lora-n24" / "train" / "summary.json").read_text())
     assert summary["train_rows"] == 24 and summary["stopped"] == "completed"
+
+
+def test_implicit_reward_of_adapter_and_full_weights_arms(setup, tmp_path):
+    """reward_acc in the task: an adapter arm measures against its base inside the same weights, a
+    full-weights DPO arm against the model it started from, loaded beside it; the base has none."""
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump({"name": "pairs", "type": "preference", "data": "test.jsonl",
+                                                        "metrics": ["pref_acc", "reward_acc"]}))
+    setup["arms"] = ["zero_shot", {"dpo": {"n": [8]}},
+                     {"dpo": {"n": [8], "tag": "full", "train": {"preference": {"weights": "full"}}}}]
+    compare(setup, out=tmp_path / "out", say=lambda m: None)
+    res = {a: json.loads((tmp_path / "out" / "arms" / a / "eval" / "results.json").read_text())
+           for a in ("zero_shot", "dpo-n8", "dpo-n8-full")}
+    assert res["zero_shot"]["metrics"]["reward_acc"]["value"] is None
+    for arm in ("dpo-n8", "dpo-n8-full"):
+        assert 0.0 <= res[arm]["metrics"]["reward_acc"]["value"] <= 1.0
+    assert "|reference tiny-llama sha256:" in res["dpo-n8-full"]["signature"]
+    assert (tmp_path / "out" / "arms" / "dpo-n8-full" / "train" / "model").is_dir()

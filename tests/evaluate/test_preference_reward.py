@@ -159,3 +159,73 @@ def test_bad_reward_metrics_are_one_line_errors(tiny_dir, tmp_path):
         evaluate(str(tiny_dir), _task(tmp_path, [{"reward_margin": {"beta": 0}}]))
     with pytest.raises(TunelabError, match=r"^metric 'reward_acc' in .*mc.yaml needs preference pairs .* type: generate"):
         evaluate(str(tiny_dir), _task(tmp_path, ["reward_acc"], name="mc", type_="generate"))
+
+
+def _full_finetune(tiny_dir, out):
+    """A full-weights 'fine-tune' of the tiny model: every weight nudged, saved as a model folder."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    shutil.copytree(tiny_dir, out)
+    torch.manual_seed(5)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(out)
+    return out
+
+
+def test_a_full_fine_tune_measures_its_reward_against_the_given_reference(tiny_dir, tmp_path):
+    """No adapter to switch off: the reference is the model the fine-tune started from, loaded beside it."""
+    tuned = _full_finetune(tiny_dir, tmp_path / "full")
+    res = evaluate(str(tuned), _task(tmp_path, REWARD), reference=str(tiny_dir), out=tmp_path / "out")
+    base = evaluate(str(tiny_dir), _task(tmp_path, ["pref_acc"], name="base"))
+    alone = evaluate(str(tuned), _task(tmp_path, ["pref_acc"], name="alone"))
+    wins = []
+    for line, b, a in zip(res.predictions, base.predictions, alone.predictions):
+        assert line["ref_pair_logliks"] == pytest.approx(b["pair_logliks"], abs=1e-5)
+        assert line["pair_logliks"] == pytest.approx(a["pair_logliks"], abs=1e-5)
+        rc, rr = (line["pair_logliks"][i] - line["ref_pair_logliks"][i] for i in (0, 1))
+        wins.append(float(rc > rr))
+        assert line["metrics"]["reward_acc"] == wins[-1]
+    assert any(line["pair_logliks"] != line["ref_pair_logliks"] for line in res.predictions)
+    assert res.metrics["reward_acc"]["value"] == pytest.approx(sum(wins) / len(wins))
+    # the reference is part of what was measured: the signature names it; without it, no reward
+    assert "|reference tiny-llama sha256:" in res.signature
+    plain = evaluate(str(tuned), _task(tmp_path, REWARD))
+    assert plain.metrics["reward_acc"]["value"] is None and "--reference MODEL" in plain.metrics["reward_acc"]["note"]
+    assert "reference" not in plain.signature
+    # the model as its own reference: every implicit reward is 0, and a tie is not a win
+    same = evaluate(str(tuned), _task(tmp_path, REWARD), reference=str(tuned))
+    assert same.metrics["reward_acc"]["value"] == 0.0 and same.metrics["reward_margin"]["value"] == 0.0
+
+
+def test_a_bad_reference_is_a_one_line_error(tiny_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    other = tmp_path / "other"
+    import shutil
+
+    shutil.copytree(tiny_dir, other)
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    tok.add_tokens(["<an-extra-token>"])
+    tok.save_pretrained(other)
+    with pytest.raises(TunelabError, match=r"^reference .*other: its tokenizer differs from .*give the model the fine-tune started from$"):
+        evaluate(str(tiny_dir), _task(tmp_path, REWARD), reference=str(other))
+    with pytest.raises(TunelabError, match=r"^reference is the model implicit-reward metrics measure against, and .*asks for none"):
+        evaluate(str(tiny_dir), _task(tmp_path, ["pref_acc"]), reference=str(tiny_dir))
+    with pytest.raises(TunelabError, match=r"^reference: openai:http://127.0.0.1:9/v1#m is an endpoint"):
+        evaluate("openai:http://127.0.0.1:9/v1#m", _task(tmp_path, REWARD), reference=str(tiny_dir))
+
+
+def test_the_cli_names_the_flag(tiny_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    r = CliRunner().invoke(app, ["eval", str(tiny_dir), "--task", str(_task(tmp_path, ["pref_acc"])),
+                                 "--reference", str(tiny_dir)])
+    assert isinstance(r.exception, TunelabError) and r.exception.exit_code == 2
+    assert str(r.exception).startswith("--reference is the model implicit-reward metrics measure against")

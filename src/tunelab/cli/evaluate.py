@@ -11,6 +11,7 @@ def eval_command(
     model: str = typer.Argument(..., help="'default', a registry name, a Hugging Face model folder, a .gguf file, or an OpenAI-compatible endpoint openai:URL#NAME (docs/serve.md)."),
     task: str = typer.Option(..., "--task", "-t", help="Task YAML (every key: docs/tasks.md) or builtin:<name> (see `tunelab data tasks`)."),
     adapter: Optional[Path] = typer.Option(None, "--adapter", help="A LoRA/DoRA adapter folder (a run's adapter/)."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="The model a full-weights fine-tune started from: what reward_acc / reward_margin measure against (with --adapter the base is the reference already)."),
     shots: Optional[int] = typer.Option(None, "--shots", "-k", help="Demonstrations per item (overrides fewshot.k)."),
     sampler: Optional[str] = typer.Option(None, "--sampler", help="random | first_n | stratified | similar (similar:embedding for MiniLM)."),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Evaluate only the first N items (N >= 1)."),
@@ -37,7 +38,7 @@ def eval_command(
     task_cfg = resolve_task(task, override)
     # evaluate() writes other libraries' log lines to <out>/log.txt (rank 0 only)
     res = run_with_progress("evaluating", lambda progress: evaluate(
-        model, task_cfg, adapter=str(adapter) if adapter else None, shots=shots, sampler=sampler, limit=limit,
+        model, task_cfg, adapter=str(adapter) if adapter else None, reference=reference, shots=shots, sampler=sampler, limit=limit,
         batch_size=batch_size, out=out, cache=cache, device=device, toxicity=toxicity_scores, progress=progress))
     if res is not None:  # only rank 0 prints under `accelerate launch`
         print_results(res)

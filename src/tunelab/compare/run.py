@@ -98,14 +98,18 @@ def _write_first_example(plan: Plan, arm: Arm) -> None:
                                           plan.rendering.format, test_row))
 
 
+def _full_weights(plan: Plan, arm: Arm) -> bool:
+    """The arm trains every weight (a model/ folder), not an adapter."""
+    return arm.method == "full" or (plan.train_config(arm).get("preference") or {}).get("weights") == "full"
+
+
 def _train(plan: Plan, arm: Arm, say: Callable[[str], None]) -> Path:
     """Train the arm (resuming from its last checkpoint) and return its adapter/ or model/ folder."""
     from tunelab.train import checkpoint as ckpt
     from tunelab.train.loop import train
 
     run_dir = plan.arm_dir(arm) / "train"
-    full = arm.method == "full" or (plan.train_config(arm).get("preference") or {}).get("weights") == "full"
-    weights = run_dir / (paths.MODEL_DIR if full else paths.ADAPTER_DIR)
+    weights = run_dir / (paths.MODEL_DIR if _full_weights(plan, arm) else paths.ADAPTER_DIR)
     if (run_dir / paths.SUMMARY_FILE).is_file() and weights.is_dir():
         say(f"  {arm.id}: already trained ({run_dir})")
         return weights
@@ -148,16 +152,21 @@ class _Models:
 
 
 def _evaluate(plan: Plan, arm: Arm, model) -> None:
+    from tunelab.evaluate.metrics import get_metrics
     from tunelab.evaluate.runner import evaluate
     from tunelab.progress import Progress
 
     cfg = plan.config
     # response metrics off: the toxicity screen scores the outputs afterwards (table.toxicity), so
     # the evaluation's wall time, the inference cost in the table, is generation and scoring only
+    # a full-weights fine-tune's implicit reward (reward_acc) is measured against the model it
+    # started from; an adapter's reference is its base, switched off inside the same weights
+    reference = arm.model if arm.fine_tuned and _full_weights(plan, arm) and any(
+        m.needs_reference for m in get_metrics(plan.task.metrics)) else None
     with Progress(f"eval {arm.id}") as progress:
         evaluate(model, plan.task, shots=arm.k or 0, sampler=arm.sampler, limit=cfg.limit,
                  batch_size=cfg.batch_size, out=plan.arm_dir(arm) / "eval", response_metrics=False,
-                 progress=progress)
+                 progress=progress, reference=reference)
 
 
 def _record(plan: Plan, summary: dict, started: float) -> None:

@@ -96,7 +96,7 @@ PREDICTION_KEYS = {
         "rejected": "the rejected answer, likewise",
         "pair_logliks": "[chosen, rejected]: summed log-probability of each answer after the prompt",
         "pair_tokens": "[chosen, rejected]: tokens scored for each",
-        "ref_pair_logliks": "[chosen, rejected] under the reference model (base + adapter: the base); only when a "
+        "ref_pair_logliks": "[chosen, rejected] under the reference model (base + adapter: the base; else the --reference model); only when a "
                             "metric needs it (reward_acc, reward_margin)",
     },
     "retrieval": {

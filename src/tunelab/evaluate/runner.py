@@ -198,6 +198,7 @@ def evaluate(
     task,
     *,
     adapter: Optional[str] = None,
+    reference=None,
     shots: Optional[int] = None,
     sampler: Optional[str] = None,
     limit: Optional[int] = None,
@@ -212,7 +213,9 @@ def evaluate(
     """Evaluate `model` (name, folder, LoadedModel or `openai:URL#NAME`) on `task` (TaskConfig, YAML path, builtin:<name>).
 
     `cache=True` uses $TUNELAB_HOME/cache.sqlite (a path picks another file). `progress(done, total)`
-    is called as items finish. `toxicity(texts) -> scores` fills each generated output's toxicity
+    is called as items finish. `reference` (a name, folder or LoadedModel) is the model that
+    implicit-reward metrics (reward_acc) measure against: the model a full-weights DPO fine-tune
+    started from; base + adapter needs none (its reference is the base). `toxicity(texts) -> scores` fills each generated output's toxicity
     (e.g. tunelab.safety.toxicity.toxicity_scores; None leaves it empty). Under `accelerate
     launch` items are sharded; rank 0 returns the
     Results and writes the files, other ranks return None.
@@ -248,6 +251,10 @@ def evaluate(
             if m.needs_reference:
                 raise TunelabError(f"metric '{m.name}' in {_task_source(task)} needs preference pairs scored against a "
                                    f"reference model, and this task is type: {task.type}; use it in a type: preference task")
+    if reference is not None and not any(m.needs_reference for m in metrics):
+        raise ParameterError(f"{{reference}} is the model implicit-reward metrics measure against, and "
+                             f"{_task_source(task)} asks for none; add reward_acc to its metrics (a type: preference "
+                             "task) or leave the reference out", "reference")
     sh = shard_mod.current()
     # other libraries' log lines (and lines held from before): <out>/log.txt, written by rank 0 only
     kept = (f"nothing written to {out} (results are written once every item is scored)" if out is not None
@@ -255,12 +262,12 @@ def evaluate(
     if cache:
         kept += "; model outputs already in the cache are reused"
     with logs.run_log(out if sh.is_main else None), on_interrupt(kept + "; run the same command again"):
-        return _evaluate(model, task, metrics, sh, adapter=adapter, sampler=sampler, limit=limit,
+        return _evaluate(model, task, metrics, sh, adapter=adapter, reference=reference, sampler=sampler, limit=limit,
                          batch_size=batch_size, out=out, cache=cache, device=device,
                          response_metrics=response_metrics, toxicity=toxicity, progress=progress, t0=t0)
 
 
-def _evaluate(model, task, metrics, sh, *, adapter, sampler, limit, batch_size, out, cache, device,
+def _evaluate(model, task, metrics, sh, *, adapter, reference, sampler, limit, batch_size, out, cache, device,
               response_metrics, toxicity, progress, t0) -> Optional[Results]:
     """`evaluate()` once its arguments are checked: load, build contexts, run, gather, score, write."""
     rows = load_task_rows(task)
@@ -269,7 +276,7 @@ def _evaluate(model, task, metrics, sh, *, adapter, sampler, limit, batch_size, 
     templates = TaskTemplates(task, _task_source(task))
     from tunelab.infer.load import open_backend
 
-    backend = open_backend(model, adapter, device or sh.device())  # a local model or an endpoint (infer/load.py)
+    backend = open_backend(model, adapter, device or sh.device(), reference)  # local, or an endpoint (infer/load.py)
     backend.check_task(task)
     dev = backend.device
     # metrics against a reference model (reward_acc): computed when the backend has one, else a note
@@ -407,7 +414,9 @@ def signature(task, backend, metrics, sampler=None) -> str:
     template is the hash of the model's chat template (or the plain format when it has none), or
     `endpoint` when a server applies its own; an endpoint's NAME is `openai:URL#NAME`.
     """
+    ref = getattr(backend, "reference_identity", lambda: None)()
+    given = {} if ref is None else {"reference": f"{ref.name} sha256:{(ref.sha256 or 'none')[:16]}"}
     return results_mod.signature(
         backend.identity, results_mod.task_sha256(task), template=backend.template_id(),
         shots=task.fewshot.k, sampler=sampler or task.fewshot.sampler, seed=task.fewshot.seed,
-        metric=";".join(m.signature() for m in metrics))
+        metric=";".join(m.signature() for m in metrics), **given)

@@ -7,7 +7,8 @@
     backend.rolling_loglik(texts, ...) -> [(loglik, n_tokens)]
     backend.stream_chat(messages, max_new_tokens=..., temperature=..., top_p=...) -> iterator of text pieces
     backend.answer_kl(prompts, answers, base=None) -> [(sum of KL(base || this) over the answer tokens, n_tokens)]
-    backend.no_reference() -> None | str               # why there is no reference model (None: there is one)
+    backend.no_reference() -> None | str               # why there is no reference model (None: there is one:
+                                                       # the one given to open_backend, or base + adapter's base)
     with backend.reference() as ref: ref.score_choices(...)   # the same calls, scored by the reference
 
 `LocalBackend` runs a loaded model in this process (infer/generate.py, infer/loglik.py);
@@ -25,8 +26,11 @@ OnBatch = Optional[Callable[[int], None]]
 class LocalBackend:
     """A LoadedModel in this process."""
 
-    def __init__(self, lm):
+    def __init__(self, lm, reference=None):
         self.lm = lm
+        # DPO's reference for a full-weights fine-tune: the model it started from (a name, folder or
+        # LoadedModel), loaded on first use; None: base + adapter's reference is the base itself
+        self.reference_spec, self._reference = reference, None
         # the model as a person names it (an endpoint's is openai:URL#NAME), and its adapter
         self.spec, self.adapter = lm.name, getattr(lm, "adapter", None)
         self.identity = lm  # what results.json's model block and the signature are built from
@@ -67,13 +71,20 @@ class LocalBackend:
 
     # ------------------------------------------------------------ the reference model (DPO's implicit reward)
     def no_reference(self) -> Optional[str]:
-        """None when this model has a reference (base + adapter: the base); else why not, in one line."""
+        """None when this model has a reference (a given one; base + adapter: the base); else why not, in one line."""
         from peft import PeftModel
 
+        if self.reference_spec is not None:
+            return None
         if getattr(self.lm, "adapter", None) is None or not isinstance(self.lm.model, PeftModel):
             return (f"model '{getattr(self.lm, 'name', 'model')}' has no adapter, so no reference model to measure "
-                    "an implicit reward against; evaluate base + adapter (--adapter DIR)")
+                    "an implicit reward against; evaluate base + adapter (--adapter DIR), or name the model a "
+                    "full fine-tune started from (--reference MODEL)")
         return None
+
+    def reference_identity(self):
+        """The given reference model once loaded (its name and hash go in the signature); else None."""
+        return None if self._reference is None else self._reference.identity
 
     @contextlib.contextmanager
     def reference(self) -> Iterator["LocalBackend"]:
@@ -85,6 +96,9 @@ class LocalBackend:
             from tunelab.errors import TunelabError
 
             raise TunelabError(reason)
+        if self.reference_spec is not None:
+            yield self._given_reference()
+            return
         scope = self.cache_scope
         self.cache_scope = (self.lm.sha256, None)
         try:
@@ -92,6 +106,21 @@ class LocalBackend:
                 yield self
         finally:
             self.cache_scope = scope
+
+    def _given_reference(self) -> "LocalBackend":
+        """The reference model named by the user: a second set of weights (a full fine-tune has no
+        adapter to switch off), loaded once, on this model's device, its scores cached under its own scope."""
+        if self._reference is None:
+            from tunelab.errors import TunelabError
+            from tunelab.infer.load import load_local
+
+            ref = LocalBackend(load_local(self.reference_spec, device=str(self.device)))
+            if ref.tokenizer.get_vocab() != self.tokenizer.get_vocab():
+                raise TunelabError(f"reference {self.reference_spec}: its tokenizer differs from {self.spec}'s, and an "
+                                   "implicit reward compares the same tokens under both models; give the model the "
+                                   "fine-tune started from")
+            self._reference = ref
+        return self._reference
 
     def rolling_loglik(self, texts, *, batch_size: int, on_batch: OnBatch = None):
         from tunelab.infer.loglik import rolling_loglik

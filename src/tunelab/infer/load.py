@@ -22,11 +22,20 @@ def load_local(model, adapter=None, device=None):
     return load_model(model, adapter=adapter, device=device)
 
 
-def open_backend(model, adapter=None, device=None):
-    """A backend for a model name / folder / .gguf / LoadedModel, or an `openai:URL#NAME` endpoint."""
+def open_backend(model, adapter=None, device=None, reference=None):
+    """A backend for a model name / folder / .gguf / LoadedModel, or an `openai:URL#NAME` endpoint.
+
+    `reference`: the model implicit-reward metrics measure against (a full-weights DPO model's
+    starting point), loaded when first needed; without it, base + adapter's reference is the base.
+    """
     from tunelab.infer.backend import LocalBackend
     from tunelab.infer.endpoint import PREFIX, EndpointBackend
 
     if isinstance(model, str) and model.startswith(PREFIX):
+        if reference is not None:
+            from tunelab.errors import ParameterError
+
+            raise ParameterError(f"{{reference}}: {model} is an endpoint, scored by its server; a reference model "
+                                 "is scored beside a local model only", "reference")
         return EndpointBackend(model, adapter=adapter)
-    return LocalBackend(load_local(model, adapter, device))
+    return LocalBackend(load_local(model, adapter, device), reference=reference)

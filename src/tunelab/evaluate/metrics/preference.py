@@ -75,9 +75,9 @@ class PrefAccNorm(PrefAcc):
 
 @register("reward_acc")
 class RewardAcc(Metric):
-    description = ("preference pairs, base + adapter: share where the chosen answer's implicit reward "
-                   "(log-probability minus the base's) beats the rejected one's")
-    needs_reference = True  # the runner scores the pairs a second time with the adapter off
+    description = ("preference pairs, base + adapter (or a full fine-tune with --reference): share where the chosen "
+                   "answer's implicit reward (log-probability minus the reference's) beats the rejected one's")
+    needs_reference = True  # the runner scores the pairs a second time: adapter off, or the --reference model
 
     def item_score(self, prediction: str, references: Sequence[str], item: dict) -> float:
         rc, rr = _rewards(item)
@@ -86,7 +86,7 @@ class RewardAcc(Metric):
 
 @register("reward_margin")
 class RewardMargin(Metric):
-    description = "preference pairs, base + adapter: mean of beta × (chosen's implicit reward − rejected's)"
+    description = "preference pairs, base + adapter (or --reference): mean of beta × (chosen's implicit reward − rejected's)"
     options_spec = {"beta": 0.1}
     options_help = {"beta": "the DPO beta that scales the implicit reward (training's default 0.1)"}
     needs_reference = True
