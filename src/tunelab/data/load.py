@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tunelab.data.formats import detect_format, to_conversation
-from tunelab.data.readers import SKIP_HINT, iter_spec_rows, read_rows, resolve_spec, skip_hint
+from tunelab.data.readers import SKIP_HINT, converted, iter_spec_rows, read_rows, resolve_spec, skip_hint
 from tunelab.data.records import Conversation, Row
 from tunelab.errors import TunelabError
 
@@ -48,31 +48,24 @@ def iter_conversations(
     the note on skipped records arrives after the last conversation.
     `skip_setting` is how the caller's user turns skip_bad on (a flag, or data.skip_bad=true).
     """
-    skipped, n_ok = [], 0
-    for row in iter_spec_rows(spec, skip_bad, base_dir, skip_hint(skip_setting), report):
-        if format == "auto":
-            format, why = detect_format(row, fields)
-            note = f"{spec}: detected format '{format}' because {why}"
-            log.info(note)
-            if report is not None:
-                report.append(note)
-        try:
-            conv = chosen_conversation(row, fields, system) if format == "chosen" else \
-                to_conversation(row, format, fields, system)
-        except TunelabError as e:
-            if not skip_bad:
-                raise TunelabError(f"{e}; {skip_hint(skip_setting)}") from None
-            skipped.append(str(e))
-            continue
-        n_ok += 1
-        yield conv
-    if skipped:
-        note = f"{spec}: skipped {len(skipped)} bad record(s); first: {skipped[0]}"
-        log.warning(note)
-        if report is not None:
-            report.append(note)
-    if not n_ok:
-        raise TunelabError(f"{spec}: every record was bad; see the first error above and fix the data")
+    def detected(rows: Iterator[Row]) -> Iterator[Row]:  # the format, told from the first record
+        nonlocal format
+        for row in rows:
+            if format == "auto":
+                format, why = detect_format(row, fields)
+                note = f"{spec}: detected format '{format}' because {why}"
+                log.info(note)
+                if report is not None:
+                    report.append(note)
+            yield row
+
+    def convert(row: Row) -> Conversation:
+        if format == "chosen":
+            return chosen_conversation(row, fields, system)
+        return to_conversation(row, format, fields, system)
+
+    rows = detected(iter_spec_rows(spec, skip_bad, base_dir, skip_hint(skip_setting), report))
+    yield from converted(rows, convert, spec=spec, skip_bad=skip_bad, skip_setting=skip_setting, report=report)
 
 
 def chosen_conversation(row: Row, fields: dict[str, str] | None, system: str | None) -> Conversation:

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tunelab.data.formats import FORMATS_DOC, detect_format
-from tunelab.data.readers import iter_spec_rows
-from tunelab.data.readers import skip_hint
+from tunelab.data.readers import converted, iter_spec_rows, skip_hint
 from tunelab.data.records import ROLES, Row
 from tunelab.errors import TunelabError
 
@@ -144,24 +143,16 @@ def iter_pairs(spec: str | Path, *, fields: dict[str, str] | None = None, skip_b
 
     `what` names the caller in the error for a file without pairs (method: dpo, a preference task).
     """
-    skipped, n_ok, first = [], 0, True
-    for row in iter_spec_rows(spec, skip_bad, base_dir, skip_hint(skip_setting), report):
-        if first and not is_pair_row(row, fields):
-            raise not_pairs_error(row, fields, what)
-        first = False
-        try:
-            pair = to_pair(row, fields, system)
-        except TunelabError as e:
-            if not skip_bad:
-                raise TunelabError(f"{e}; {skip_hint(skip_setting)}") from None
-            skipped.append(str(e))
-            continue
-        n_ok += 1
-        yield pair
-    if skipped and report is not None:
-        report.append(f"{spec}: skipped {len(skipped)} bad pair(s); first: {skipped[0]}")
-    if not n_ok:
-        raise TunelabError(f"{spec}: every record was bad; see the first error above and fix the data")
+    def checked(rows: Iterator[Row]) -> Iterator[Row]:  # a file without pairs stops at its first record
+        for i, row in enumerate(rows):
+            if i == 0 and not is_pair_row(row, fields):
+                raise not_pairs_error(row, fields, what)
+            yield row
+
+    rows = checked(iter_spec_rows(spec, skip_bad, base_dir, skip_hint(skip_setting), report))
+    # not logged here: each caller says it in its own words (a task's warning, the run's data notes)
+    yield from converted(rows, lambda row: to_pair(row, fields, system), spec=spec, skip_bad=skip_bad,
+                         skip_setting=skip_setting, noun="pair", report=report, warn=False)
 
 
 def load_pairs(spec: str | Path, **kw) -> list[Pair]:

@@ -13,13 +13,17 @@ import codecs
 import csv
 import gzip
 import json
+import logging
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from tunelab.data.json_stream import iter_array
 from tunelab.data.records import Row
 from tunelab.errors import TunelabError
+
+log = logging.getLogger("tunelab.data")
+T = TypeVar("T")
 
 def skip_hint(setting: str) -> str:
     """The advice that ends a bad-record error, naming the real switch of the caller."""
@@ -79,6 +83,32 @@ def iter_spec_rows(spec: str | Path, skip_bad: bool, base_dir, hint: str, report
     finish(where, n, bad)
     if bad and report is not None:  # also in the caller's notes (e.g. the cache entry's, shown by data prepare)
         report.append(f"{where}: skipped {len(bad)} unreadable record(s); first: {bad[0]}")
+
+
+def converted(rows: Iterator[Row], convert: Callable[[Row], T], *, spec, skip_bad: bool, skip_setting: str,
+              noun: str = "record", report: list[str] | None = None, warn: bool = True) -> Iterator[T]:
+    """Each row through `convert`; a row it refuses (TunelabError) stops the read with the setting that
+    skips it, or with skip_bad is counted, and the count is noted after the last one (logged when
+    `warn`, and in `report`). A read that converts nothing is an error whatever skip_bad says."""
+    skipped, n_ok = [], 0
+    for row in rows:
+        try:
+            item = convert(row)
+        except TunelabError as e:
+            if not skip_bad:
+                raise TunelabError(f"{e}; {skip_hint(skip_setting)}") from None
+            skipped.append(str(e))
+            continue
+        n_ok += 1
+        yield item
+    if skipped:
+        note = f"{spec}: skipped {len(skipped)} bad {noun}(s); first: {skipped[0]}"
+        if warn:
+            log.warning(note)
+        if report is not None:
+            report.append(note)
+    if not n_ok:
+        raise TunelabError(f"{spec}: every record was bad; see the first error above and fix the data")
 
 
 def kind(path: Path) -> str:
