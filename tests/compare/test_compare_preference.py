@@ -79,7 +79,7 @@ def test_the_example_plans(capsys):
     if not (example.parents[2] / "shared" / "data" / "hh_rlhf_harmless").is_dir():
         pytest.skip("shared data not here")
     plan = make_plan(str(example))
-    assert [a.id for a in plan.arms] == ["zero_shot", "lora-n128", "dpo-n128", "orpo-n128"]
+    assert [a.id for a in plan.arms] == ["zero_shot", "lora-n128", "dpo-n128", "orpo-n128", "dpo-n1024"]
     # HH-RLHF's first 1700 pairs hold a few broken ones (an empty answer): the plan draws from the rest
     assert 1690 <= len(plan.pool) < 1700 and "broken pairs of the pool skipped" in plan.rendering.note
 
