@@ -81,7 +81,7 @@ def test_the_example_plans(capsys):
     plan = make_plan(str(example))
     assert [a.id for a in plan.arms] == ["zero_shot", "lora-n128", "dpo-n128", "orpo-n128", "dpo-n1024"]
     # HH-RLHF's first 1700 pairs hold a few broken ones (an empty answer): the plan draws from the rest
-    assert 1690 <= len(plan.pool) < 1700 and "broken pairs of the pool skipped" in plan.rendering.note
+    assert 1690 <= len(plan.pool) < 1700 and "bad pair(s); first: " in plan.rendering.note
 
 
 def test_broken_pairs_stop_the_plan_or_are_left_out_of_every_arm(setup, tmp_path):
@@ -92,11 +92,11 @@ def test_broken_pairs_stop_the_plan_or_are_left_out_of_every_arm(setup, tmp_path
         f.write(json.dumps({"id": "empty", "prompt": "Hi?", "chosen": " ", "rejected": "No."}) + "\n")
         f.write(json.dumps({"id": "same", "prompt": "Hi?", "chosen": "Yes.", "rejected": "Yes."}) + "\n")
     setup["arms"] = ["zero_shot", {"lora": {"n": [24]}}, {"dpo": {"n": [24]}}]
-    with pytest.raises(TunelabError, match=r"pool.jsonl:25: the chosen answer is empty.*skip_bad: true"):
+    with pytest.raises(TunelabError, match=r"pool.jsonl:25: the chosen answer is empty; .*fix it, or set train: {data: {skip_bad: true}} to skip bad records$"):
         make_plan(setup)
     setup["train"] = {**TINY, "data": {**TINY["data"], "skip_bad": True}}
     plan = make_plan(setup)
-    assert len(plan.pool) == 24 and "2 broken pairs of the pool skipped" in plan.rendering.note
+    assert len(plan.pool) == 24 and "pool.jsonl: skipped 2 bad pair(s); first: " in plan.rendering.note
     setup["arms"] = [{"lora": {"n": [24]}}]  # every good pair: the SFT arm reads its subset without a skip
     compare(setup, out=tmp_path / "out", say=lambda m: None)
     ids = [json.loads(x)["id"] for x in (tmp_path / "out" / "data" / "train-n24.jsonl").read_text().splitlines()]

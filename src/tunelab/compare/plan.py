@@ -230,31 +230,26 @@ def load_compare_config(config, overrides: Optional[list[str]] = None) -> tuple[
     return cfg, source, base_dir
 
 
-def _good_pairs(pool: list, cfg: CompareConfig, source: str) -> tuple[list, list[str]]:
-    """A preference pool without its broken pairs, and why each was dropped.
+def _good_pairs(pool: list, cfg: CompareConfig) -> tuple[list, list[str]]:
+    """A preference pool without its broken pairs, and the note that counts them (empty: none).
 
     Checked here, not when an arm reads its subset: the subsets are drawn from the good pairs, so
     SFT, DPO and ORPO arms each train on exactly n pairs (the same n), and a broken pair stops the
     plan before anything runs unless the compare's train.data.skip_bad is set.
     """
     from tunelab.data.preference import to_pair
+    from tunelab.data.readers import converted
 
     data = cfg.train.get("data") or {}
-    good, skipped = [], []
-    for row in pool:
-        try:
-            to_pair(row, data.get("fields") or None, data.get("system"))
-        except TunelabError as e:
-            if not data.get("skip_bad"):
-                raise TunelabError(f"{source}: train_data: {e}; or set train: {{data: {{skip_bad: true}}}} to "
-                                   "draw the arms' pairs from the good ones") from None
-            skipped.append(str(e))
-            continue
-        good.append(row)
-    if not good:
-        raise TunelabError(f"{source}: train_data: {cfg.train_data} has no usable pair (the first problem: "
-                           f"{skipped[0]})")
-    return good, skipped
+
+    def good(row):
+        to_pair(row, data.get("fields") or None, data.get("system"))
+        return row
+
+    notes: list[str] = []
+    rows = list(converted(iter(pool), good, spec=cfg.train_data, skip_bad=bool(data.get("skip_bad")),
+                          skip_setting="train: {data: {skip_bad: true}}", noun="pair", report=notes, warn=False))
+    return rows, notes
 
 
 def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Union[str, Path]] = None) -> Plan:
@@ -278,7 +273,7 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
                            + (f" in train_split {cfg.train_split!r}" if cfg.train_split else ""))
     skipped: list[str] = []
     if task.type == "preference":
-        pool, skipped = _good_pairs(pool, cfg, source)
+        pool, skipped = _good_pairs(pool, cfg)
     # demonstrations come from the same pool the fine-tunes train on
     task.fewshot.pool = pool_spec
     metric, higher = check_metric(task, cfg.metric, source)
@@ -316,9 +311,8 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
                                    few_shot=any(a.k for a in arms if not a.fine_tuned),
                                    fine_tune=any(a.fine_tuned for a in arms),
                                    forced_format=(cfg.train.get("data") or {}).get("format"))
-    if skipped:
-        plan.rendering.note += (f"; {len(skipped)} broken pairs of the pool skipped (train.data.skip_bad), so every "
-                                f"arm trains on n good ones; the first: {skipped[0]}")
+    if skipped:  # every arm trains on n good pairs
+        plan.rendering.note += f"; {skipped[0]}"
     plan.retention = retention.plan_tasks(cfg, source, base_dir, task)
     plan.drift = retention.plan_drift(cfg, source, base_dir) if any(a.fine_tuned for a in arms) else None
     replay_read: set[tuple[str, str]] = set()

@@ -25,6 +25,7 @@ from tunelab.errors import TunelabError
 log = logging.getLogger("tunelab.data")
 T = TypeVar("T")
 
+
 def skip_hint(setting: str) -> str:
     """The advice that ends a bad-record error, naming the real switch of the caller."""
     return f"fix it, or {'pass' if setting.startswith('--') else 'set'} {setting} to skip bad records"

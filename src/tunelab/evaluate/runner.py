@@ -215,10 +215,10 @@ def evaluate(
     `cache=True` uses $TUNELAB_HOME/cache.sqlite (a path picks another file). `progress(done, total)`
     is called as items finish. `reference` (a name, folder or LoadedModel) is the model that
     implicit-reward metrics (reward_acc) measure against: the model a full-weights DPO fine-tune
-    started from; base + adapter needs none (its reference is the base). `toxicity(texts) -> scores` fills each generated output's toxicity
-    (e.g. tunelab.safety.toxicity.toxicity_scores; None leaves it empty). Under `accelerate
-    launch` items are sharded; rank 0 returns the
-    Results and writes the files, other ranks return None.
+    started from; base + adapter needs none (its reference is the base). `toxicity(texts) -> scores`
+    fills each generated output's toxicity (e.g. tunelab.safety.toxicity.toxicity_scores; None
+    leaves it empty). Under `accelerate launch` items are sharded; rank 0 returns the Results and
+    writes the files, other ranks return None.
     """
     from tunelab.evaluate.metrics import get_metrics
 
@@ -414,7 +414,7 @@ def signature(task, backend, metrics, sampler=None) -> str:
     template is the hash of the model's chat template (or the plain format when it has none), or
     `endpoint` when a server applies its own; an endpoint's NAME is `openai:URL#NAME`.
     """
-    ref = getattr(backend, "reference_identity", lambda: None)()
+    ref = backend.reference_identity()  # a --reference model: part of what reward_acc measured
     given = {} if ref is None else {"reference": f"{ref.name} sha256:{(ref.sha256 or 'none')[:16]}"}
     return results_mod.signature(
         backend.identity, results_mod.task_sha256(task), template=backend.template_id(),

@@ -123,6 +123,9 @@ class EndpointBackend:
     def reference(self):
         raise TunelabError(self.no_reference())
 
+    def reference_identity(self):
+        return None
+
     def max_length(self) -> int:
         return 0  # unknown; the server rejects an over-long prompt itself
 
