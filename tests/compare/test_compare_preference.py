@@ -47,6 +47,8 @@ def test_base_sft_dpo_orpo_on_pairs(setup, tmp_path):
     for arm in ("dpo-n8", "orpo-n8"):
         rows = [json.loads(x) for x in (tmp_path / "out" / arms[arm]["run_dir"] / "metrics.jsonl").read_text().splitlines()]
         assert "rewards/accuracies" in rows[0]
+        assert arms[arm]["training"]["train_reward_acc_q4"] == round(rows[-1]["rewards/accuracies"], 4)  # 2 steps: the last
+    assert "train_reward_acc_q4" not in arms["lora-n8"]["training"]
     cfg = yaml.safe_load((tmp_path / "out" / arms["lora-n8"]["run_dir"] / "config.yaml").read_text())
     assert cfg["data"]["format"] == "chosen" and cfg["method"] == "lora"
     assert yaml.safe_load((tmp_path / "out" / arms["dpo-n8"]["run_dir"] / "config.yaml").read_text())["method"] == "dpo"

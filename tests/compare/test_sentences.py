@@ -139,3 +139,18 @@ def test_training_warnings_name_the_arm_and_the_fix():
     assert len(out) == 2
     assert out[0].startswith("lora-n128 trained for only 2 optimizer step(s)")
     assert out[1].startswith("lora-n800's training loss was still falling steeply at its last step (2.100 to 1.700")
+
+
+def test_a_dpo_run_that_fitted_its_pairs_is_not_called_undertrained():
+    """A preference loss falls toward 0 as the pairs are memorised: with them ranked right, more
+    epochs are not the advice; a run that has not fitted them gets the usual one."""
+    from tunelab.compare.sentences import training_warnings
+
+    fitted = {"steps": 96, "still_falling": True, "loss_q3": 0.534, "loss_q4": 0.470, "train_reward_acc_q4": 1.0}
+    out = training_warnings([{"id": "dpo-n128", "training": fitted},
+                             {"id": "orpo-n128", "training": {**fitted, "train_reward_acc_q4": 0.39}}])
+    assert out[0] == ("dpo-n128's loss was still falling at its last step (0.534 to 0.470 over the last two quarters "
+                      "of its 96 optimizer steps), but it already ranked 100% of its training pairs right there "
+                      "(rewards/accuracies): more epochs would fit those pairs harder; more pairs are what could "
+                      "change this table.")
+    assert out[1].startswith("orpo-n128's training loss was still falling steeply") and "epochs" in out[1]

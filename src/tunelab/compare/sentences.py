@@ -58,6 +58,8 @@ def _signed(d: dict) -> str:
 # before by more than both of these: 10% and 0.05 nats per token (a memorising run at loss 0.05
 # falls by 30% and by 0.015 nats: that is done, not undertrained)
 STEEP_SHARE, STEEP_NATS, MIN_STEPS = 0.10, 0.05, 8
+# a DPO / ORPO run that ranks this share of its own training pairs right has fitted them
+FITTED_PAIRS = 0.9
 
 
 def loss_trend(losses: list[float]) -> dict:
@@ -83,6 +85,12 @@ def training_warnings(arms: list[dict]) -> list[str]:
         if t["steps"] < MIN_STEPS:
             out.append(f"{a['id']} trained for only {t['steps']} optimizer step(s): too few to judge a fine-tune; "
                        "leave train.epochs and train.batch_tokens unset (automatic) or raise the epochs.")
+        elif t.get("still_falling") and (t.get("train_reward_acc_q4") or 0) >= FITTED_PAIRS:
+            # a preference loss falls toward 0 as the run memorises its pairs: not a sign of too few epochs
+            out.append(f"{a['id']}'s loss was still falling at its last step ({t['loss_q3']:.3f} to {t['loss_q4']:.3f} "
+                       f"over the last two quarters of its {t['steps']} optimizer steps), but it already ranked "
+                       f"{t['train_reward_acc_q4']:.0%} of its training pairs right there (rewards/accuracies): more "
+                       "epochs would fit those pairs harder; more pairs are what could change this table.")
         elif t.get("still_falling"):
             out.append(f"{a['id']}'s training loss was still falling steeply at its last step ({t['loss_q3']:.3f} to "
                        f"{t['loss_q4']:.3f} nats per token over the last two quarters of its {t['steps']} optimizer "

@@ -29,11 +29,17 @@ def _training(run_dir: Path) -> Optional[dict]:
         return None
     s = json.loads(path.read_text(encoding="utf-8"))
     sched = s.get("schedule") or {}
-    losses = [r["loss"] for r in read_metrics_rows(run_dir / paths.METRICS_FILE)
-              if isinstance(r.get("loss"), (int, float))]
-    return {"steps": s.get("steps"), "epochs": sched.get("epochs"), "lr": sched.get("lr"),
-            "examples_per_step": sched.get("examples_per_step"), "auto": sched.get("auto") or [],
-            "train_rows": s.get("train_rows"), "final_loss": s.get("final_loss"), **sent.loss_trend(losses)}
+    rows = read_metrics_rows(run_dir / paths.METRICS_FILE)
+    losses = [r["loss"] for r in rows if isinstance(r.get("loss"), (int, float))]
+    out = {"steps": s.get("steps"), "epochs": sched.get("epochs"), "lr": sched.get("lr"),
+           "examples_per_step": sched.get("examples_per_step"), "auto": sched.get("auto") or [],
+           "train_rows": s.get("train_rows"), "final_loss": s.get("final_loss"), **sent.loss_trend(losses)}
+    # DPO / ORPO: how often the run ranked its own training pairs right over its last quarter of steps
+    won = [r["rewards/accuracies"] for r in rows if isinstance(r.get("rewards/accuracies"), (int, float))]
+    if won:
+        last = won[len(won) - max(1, len(won) // 4):]
+        out["train_reward_acc_q4"] = round(sum(last) / len(last), 4)
+    return out
 
 
 def _per_1k(res: Results) -> dict:
