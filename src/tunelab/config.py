@@ -287,7 +287,10 @@ class CompareConfig(_Strict):
     seed: int = Field(1, description="seed of the one permutation of the pool that gives the nested training sets")
     train: dict[str, Any] = Field(default_factory=dict, description="training-config keys (docs/train-config.md) for every "
                                                                     "fine-tuned arm, e.g. {train: {epochs: 2}, lora: {r: 8}}")
-    safety: bool = Field(False, description="score every arm's outputs with the packaged toxicity classifier")
+    safety: bool = Field(False, description="score every arm's outputs with the packaged toxicity classifier; on a "
+                                            "preference task (no outputs) run the safety probe on every arm instead")
+    probe_limit: int = Field(100, ge=1, description="preference task with safety: true: how many test pairs' first "
+                                                    "user turns the probe asks (3 seeded samples each)")
     toxicity_threshold: float = Field(0.5, ge=0.0, le=1.0, description="an output scoring above this counts as toxic")
     batch_size: Union[int, Literal["auto"]] = Field("auto", description="evaluation batch size")
     retention: list[Union[str, "RetentionSpec"]] = Field(

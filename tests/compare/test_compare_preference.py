@@ -122,3 +122,43 @@ def test_implicit_reward_of_adapter_and_full_weights_arms(setup, tmp_path):
         assert 0.0 <= res[arm]["metrics"]["reward_acc"]["value"] <= 1.0
     assert "|reference tiny-llama sha256:" in res["dpo-n8-full"]["signature"]
     assert (tmp_path / "out" / "arms" / "dpo-n8-full" / "train" / "model").is_dir()
+
+
+def test_safety_probe_of_every_arm_on_the_test_prompts(setup, tmp_path, capsys):
+    """safety: true on a preference task: each arm answers the test pairs' first user turns (the probe),
+    compare.json and the sentences give toxicity and refusals against the base; adding it to a finished
+    compare probes only."""
+    from tunelab.cli.compare import print_compare
+
+    setup["arms"] = ["zero_shot", {"dpo": {"n": [8]}}]
+    out = tmp_path / "out"
+    compare(setup, out=out, say=lambda m: None)
+    assert not (out / "arms" / "dpo-n8" / "probe").exists()
+    before = (out / "arms" / "dpo-n8" / "eval" / "results.json").stat().st_mtime_ns
+    said = []
+    compare({**setup, "safety": True, "probe_limit": 3}, out=out, say=said.append)
+    assert any("dpo-n8: finished earlier, running its safety probe" in m for m in said)
+    assert (out / "arms" / "dpo-n8" / "eval" / "results.json").stat().st_mtime_ns == before  # not evaluated again
+    prompts = [json.loads(x) for x in (out / "data" / "probe-prompts.jsonl").read_text().splitlines()]
+    test = [json.loads(x) for x in (tmp_path / "test.jsonl").read_text().splitlines()][:3]
+    assert [p["prompt"] for p in prompts] == [t["prompt"] for t in test]
+    s = json.loads((out / "compare.json").read_text())
+    arms = {a["id"]: a for a in s["arms"]}
+    base, tuned = arms["zero_shot"]["probe"], arms["dpo-n8"]["probe"]
+    assert base["n_prompts"] == tuned["n_prompts"] == 3 and base["vs"] is None and "diff" not in base
+    assert tuned["vs"] == "zero_shot" and set(tuned["diff"]) == {"mean_toxicity", "toxic_fraction", "refusal_rate"}
+    assert tuned["diff"]["refusal_rate"]["n"] == 3 and 0.0 <= tuned["refusal_rate"]["value"] <= 1.0
+    res = json.loads((out / "arms" / "dpo-n8" / "probe" / "results.json").read_text())
+    assert "chat yes" in res["signature"] and "adapter sha256:" in res["signature"]
+    assert any(x.startswith("On the safety probe (3 test prompts, answered in chat)") for x in s["sentences"])
+    said.clear()
+    compare({**setup, "safety": True, "probe_limit": 3}, out=out, say=said.append)
+    assert any("dpo-n8: finished earlier, kept" in m for m in said)
+    print_compare(s)
+    assert "safety probe" in capsys.readouterr().out
+    from tunelab.report import render
+
+    html = render(out)
+    table = html[html.index('<table id="probe-table">'):]
+    table = table[:table.index("</table>")]
+    assert table.count("<tr>") == 3 and "<td>zero_shot</td><td>3</td>" in table and "<td>dpo-n8</td><td>3</td>" in table

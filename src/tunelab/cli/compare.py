@@ -69,6 +69,7 @@ def print_compare(summary: dict) -> None:
     if train.row_count:
         console.print(train)
     print_retention(summary)
+    print_probe(summary)
     safety = any(a.get("toxicity") for a in summary["arms"])
     infer = Table(title="inference cost per 1,000 queries" + (" and output toxicity" if safety else ""))
     for c in ["arm", "wall s", "prompt tok", "generated tok"] + (["toxicity mean", "max"] if safety else []):
@@ -115,6 +116,32 @@ def print_retention(summary: dict) -> None:
     console.print(table)
 
 
+def print_probe(summary: dict) -> None:
+    """The safety probe per arm (a preference task with safety: true): toxicity and refusals, and
+    the refusal rate's change against the base model."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from tunelab.cli import console
+    from tunelab.compare.sentences import fmt
+
+    probed = [a for a in summary["arms"] if a.get("probe")]
+    if not probed:
+        return
+    table = Table(title=f"safety probe: each arm's own answers to {probed[0]['probe']['n_prompts']} test prompts "
+                        "(3 samples each, chat)")
+    for c in ("arm", "mean toxicity", "toxic share", "refusal rate", "95% CI", "Δ refusal", "Δ 95% CI", "p"):
+        table.add_column(c, justify="left" if c == "arm" else "right", overflow="fold")
+    for a in probed:
+        p = a["probe"]
+        d = (p.get("diff") or {}).get("refusal_rate")
+        table.add_row(escape(a["id"]), fmt(p["mean_toxicity"]["value"]), fmt(p["toxic_fraction"]["value"]),
+                      fmt(p["refusal_rate"]["value"]), _ci(p["refusal_rate"]["ci95"]),
+                      "base" if p.get("vs") is None else (f"{d['delta']:+.3g}" if d else "-"),
+                      _ci(d.get("ci95")) if d else "-", f"{d['p']:.3g}" if d else "-")
+    console.print(table)
+
+
 def print_plan(plan, estimates) -> None:
     from rich.markup import escape
     from rich.table import Table
@@ -148,6 +175,12 @@ def print_plan(plan, estimates) -> None:
     console.print(table)
     if plan.rendering is not None and any(a.fine_tuned for a in plan.arms):
         console.print(escape(plan.rendering.note), highlight=False)
+    from tunelab.compare import probe
+
+    if probe.planned(plan):
+        todo = [a for a in plan.arms if probe.missing(plan, a)]
+        console.print(f"safety probe: {plan.config.probe_limit} test prompts x 3 samples for {len(todo)} arm(s), not in "
+                      "the estimate (about 4 min an arm for the default model on a 2-core CPU)", highlight=False)
     console.print(f"estimated total: ~{_clock(total)}", highlight=False)
 
 

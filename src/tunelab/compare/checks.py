@@ -1,5 +1,5 @@
 """What plan.py shares with the modules it plans for: the ranking metric, a config's paths, a model's
-slug, the folder's JSON reader, a sweep's settings.
+slug, the folder's JSON reader, a sweep's settings, the paired difference of two arms' items.
 
 Its own module, below plan.py: plan.py checks the retention tasks (with retention.py) and every
 sweep's settings before any arm runs, so retention.py and tune.py take what they share with it from
@@ -15,6 +15,8 @@ from typing import Optional
 
 from tunelab.errors import TunelabError
 
+N_RESAMPLES = 1000  # bootstrap resamples of every paired difference in a compare
+
 # metrics that describe outputs rather than score them against the gold answer: they cannot say
 # which arm solves the task better
 NOT_QUALITY = {"refusal": "it counts refusals, not correct answers"}
@@ -24,6 +26,19 @@ def slug(model: str) -> str:
     """A folder-safe short name of a model string (openai:URL#NAME -> NAME, a path -> its last part)."""
     text = model.rsplit("#", 1)[-1] if model.startswith("openai:") else Path(model.rstrip("/")).name or model
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:40]
+
+
+def paired_items(a_items: dict, b_items: dict, metric: str, seed: int) -> Optional[dict]:
+    """The paired bootstrap difference b − a of one metric over the items both results scored
+    ({item id: {metric: value}}, as Results.items); None when no item has both numbers."""
+    from tunelab.evaluate.stats import paired_bootstrap
+
+    pairs = [(a_items[i].get(metric), b_items[i].get(metric)) for i in a_items if i in b_items]
+    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+    if not pairs:
+        return None
+    r = paired_bootstrap([a for a, _ in pairs], [b for _, b in pairs], n_resamples=N_RESAMPLES, seed=seed)
+    return {"delta": r.delta, "ci95": list(r.ci95), "p": r.p_value, "n": r.n}
 
 
 def read_json(path: Path) -> dict:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from tunelab.compare.checks import read_json
+from tunelab.compare.checks import paired_items, read_json
 from tunelab.errors import TunelabError
 from tunelab.io import atomic_write_json, atomic_write_jsonl
 
@@ -234,17 +234,6 @@ def run_drift(plan, arm, model, load_base: Callable[[], object], say) -> None:
 
 
 # ---------------------------------------------------------------- the table
-def _paired(base_items: dict, arm_items: dict, metric: str, seed: int) -> Optional[dict]:
-    from tunelab.evaluate.stats import paired_bootstrap
-
-    pairs = [(base_items[i].get(metric), arm_items[i].get(metric)) for i in base_items if i in arm_items]
-    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-    if not pairs:
-        return None
-    r = paired_bootstrap([a for a, _ in pairs], [b for _, b in pairs], n_resamples=1000, seed=seed)
-    return {"delta": r.delta, "ci95": list(r.ci95), "p": r.p_value, "n": r.n}
-
-
 def _wall(path: Path) -> float:
     """Seconds recorded in a results folder's done.json (or in a drift.json file)."""
     return float(read_json(path if path.suffix == ".json" else path / DONE_JSON).get("wall_s") or 0.0)
@@ -275,7 +264,7 @@ def summarize(plan, arms: list, rows: list[dict]) -> Optional[dict]:
             base = base_results.get((a.model, rt.name))
             own = read_results(arm_folder(plan, a) / rt.name) if a.fine_tuned else base
             m = own.metrics.get(rt.metric) or {}
-            diff = (_paired(base.items, own.items, rt.metric, plan.config.seed) if a.fine_tuned
+            diff = (paired_items(base.items, own.items, rt.metric, plan.config.seed) if a.fine_tuned
                     else {"delta": 0.0, "ci95": [0.0, 0.0], "p": 1.0, "n": base.n})
             entries.append({"task": rt.name, "metric": rt.metric, "higher_is_better": rt.higher_is_better,
                             "value": own.value(rt.metric), "ci95": m.get("ci95"), "base_value": base.value(rt.metric),
@@ -299,7 +288,7 @@ def between(plan, a, b) -> dict:
     out = {}
     for rt in plan.retention:
         ra, rb = (read_results(arm_folder(plan, x) / rt.name) for x in (a, b))
-        out[rt.name] = _paired(ra.items, rb.items, rt.metric, plan.config.seed)
+        out[rt.name] = paired_items(ra.items, rb.items, rt.metric, plan.config.seed)
     return out
 
 

@@ -238,15 +238,17 @@ def _run_arms(plan: Plan, result: CompareResult, say, only: Optional[str] = None
 
 
 def _run_arm(plan: Plan, arm: Arm, label: str, models: "_Models", result: CompareResult, say) -> None:
-    from tunelab.compare import retention
+    from tunelab.compare import probe, retention
 
     marker = plan.arm_dir(arm) / ARM_JSON
     finished = is_finished(plan, arm)
-    if finished and not retention.missing(plan, arm):
+    lacks = [what for what, missing in (("scoring its retention", retention.missing(plan, arm)),
+                                        ("running its safety probe", probe.missing(plan, arm))) if missing]
+    if finished and not lacks:
         say(f"{label}: finished earlier, kept")
         result.reused.append(arm.id)
         return
-    say(label + (": finished earlier, scoring its retention" if finished else ""))
+    say(label + (": finished earlier, " + " and ".join(lacks) if finished else ""))
     if not finished:
         old = read_json(marker) or None
         if old is not None and old.get("signature") != plan.arm_signature(arm):
@@ -271,6 +273,7 @@ def _run_arm(plan: Plan, arm: Arm, label: str, models: "_Models", result: Compar
         with folder_lock(plan.out, ".retention.lock", wait=True):
             retention.run_tasks(plan, arm, model, say)
             retention.run_drift(plan, arm, model, lambda: models.base_of(arm.model), say)
+    probe.run(plan, arm, model, say)
 
 
 __all__ = ["compare", "CompareResult", "make_plan"]

@@ -284,8 +284,39 @@ def sentences(summary: dict) -> list[str]:
     elif summary.get("break_even") is None and any(a.get("train_cost") for a in arms):
         out.append("No break-even: there is no few-shot arm to set the fine-tune's training cost against.")
     out += retention_sentences(summary)
+    out += probe_sentences(summary)
     out += replay_sentences(summary)
     out += tune_sentences(arms)
+    return out
+
+
+PROBE_NAMES = {"mean_toxicity": "mean toxicity", "toxic_fraction": "share of toxic answers",
+               "refusal_rate": "refusal rate"}
+
+
+def probe_sentences(summary: dict) -> list[str]:
+    """The safety probe (a preference task with safety: true): each arm whose toxicity or refusals
+    changed significantly against its base model, and the arms that changed neither."""
+    by_id = {a["id"]: a for a in summary["arms"]}
+    probed = [a for a in summary["arms"] if a.get("probe") and a["probe"].get("diff")]
+    if not probed:
+        return []
+    out, unchanged = [], []
+    for a in probed:
+        p = a["probe"]
+        base = by_id[p["vs"]]["probe"]
+        changes = [f"{PROBE_NAMES[m]} {fmt(p[m]['value'])} vs {fmt(base[m]['value'])}, change {_signed(d)}"
+                   for m, d in p["diff"].items() if significant(d)]
+        if changes:
+            out.append(f"On the safety probe ({p['n_prompts']} test prompts, answered in chat), {a['id']} differs "
+                       f"significantly from {p['vs']}: " + "; ".join(changes) + ".")
+        else:
+            unchanged.append(a)
+    if unchanged:
+        vs = {a["probe"]["vs"] for a in unchanged}
+        out.append(f"On the safety probe ({unchanged[0]['probe']['n_prompts']} test prompts, answered in chat), "
+                   f"{_names(unchanged)} did not change toxicity or refusals significantly against "
+                   f"{', '.join(sorted(vs))}.")
     return out
 
 

@@ -11,13 +11,11 @@ from typing import Optional
 
 from tunelab import paths
 from tunelab.compare import sentences as sent
+from tunelab.compare.checks import paired_items
 from tunelab.compare.plan import ARMS_DIR, Arm, Plan, train_cost
 from tunelab.compare.tune import tune_summary
 from tunelab.errors import TunelabError
 from tunelab.evaluate.results import Results, read_results
-from tunelab.evaluate.stats import paired_bootstrap
-
-N_RESAMPLES = 1000
 
 
 def _training(run_dir: Path) -> Optional[dict]:
@@ -71,15 +69,11 @@ def toxicity(res: Results, threshold: float) -> Optional[dict]:
 
 
 def _paired(best: Results, arm: Results, metric: str, seed: int) -> dict:
-    a_items, b_items = best.items, arm.items
-    ids = [i for i in a_items if i in b_items]
-    pairs = [(a_items[i].get(metric), b_items[i].get(metric)) for i in ids]
-    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-    if not pairs:
+    diff = paired_items(best.items, arm.items, metric, seed)
+    if diff is None:
         raise TunelabError(f"{arm.out}: metric '{metric}' has no per-item numbers in {paths.PREDICTIONS_FILE}, so "
                            "arms cannot be compared item by item; pick another metric: in the compare config")
-    r = paired_bootstrap([a for a, _ in pairs], [b for _, b in pairs], n_resamples=N_RESAMPLES, seed=seed)
-    return {"delta": r.delta, "ci95": list(r.ci95), "p": r.p_value, "n": r.n}
+    return diff
 
 
 def summarize(plan: Plan, arms: Optional[list[Arm]] = None) -> dict:
@@ -119,8 +113,9 @@ def summarize(plan: Plan, arms: Optional[list[Arm]] = None) -> dict:
             "run_dir": f"{ARMS_DIR}/{a.id}/train" if a.fine_tuned else None,
             "signature": res.signature,
         })
-    from tunelab.compare import retention
+    from tunelab.compare import probe, retention
 
+    probe.summarize(plan, arms, rows)
     for row in rows:  # a tuned arm costs its whole sweep, not only the run it kept
         if row["tune"] is not None:
             row["train_cost"] = row["tune"]["train_cost"]

@@ -123,6 +123,11 @@ def to_pair(row: Row, fields: dict[str, str] | None = None, system: str | None =
     return Pair(str(rid) if rid is not None else str(row.line), prompt_c, chosen, rejected, where)
 
 
+def first_user_turn(pair: Pair) -> str:
+    """The dialogue's opening question: what a safety probe asks the model (safety/probe.py)."""
+    return next(m["content"] for m in pair.prompt if m["role"] == "user")
+
+
 def not_pairs_error(row: Row, fields: dict[str, str] | None, what: str) -> TunelabError:
     """`method: dpo` (or a preference task) on data that holds no pairs: say which format it found."""
     try:

@@ -245,7 +245,7 @@ def compare_context(folder: Path) -> dict:
         "many_models": len({str(a.get("model")) for a in arms}) > 1,  # one model: named once, not per row
         "plots": figs, "toxicity": [(str(a["id"]), num(a["toxicity"].get("mean")), num(a["toxicity"].get("max")),
                                      num(a["toxicity"].get("share_over_threshold"))) for a in tox],
-        "retention": retention_rows(arms) if retention else None,
+        "retention": retention_rows(arms) if retention else None, "probe": probe_rows(arms),
         "retention_wall_s": num((retention or {}).get("wall_s", {}).get("total")),
         "disagreements": disagreements(arms, evals, main), "arm_ids": [str(a["id"]) for a in arms],
         "signatures": signatures, "configs": configs, "missing": missing,
@@ -270,6 +270,30 @@ def retention_rows(arms: list[dict]) -> list[dict]:
         if not a.get("retention") and a.get("drift"):
             rows.append({"id": str(a["id"]), "task": "–", "value": "", "ci": "", "delta": "", "delta_ci": "", "p": "",
                          "drift": drift})
+    return rows
+
+
+def probe_rows(arms: list[dict]) -> list[dict]:
+    """One row per arm the compare probed (a preference task with safety: true): toxicity and
+    refusals, and the paired changes against its base model ("base" on the base's own row)."""
+    rows = []
+    for a in arms:
+        p = a.get("probe")
+        if not isinstance(p, dict):
+            continue
+        diff = p.get("diff") or {}
+        dr, dt = diff.get("refusal_rate") or {}, diff.get("toxic_fraction") or {}
+        base = p.get("vs") is None
+
+        def value(m):
+            return num((p.get(m) or {}).get("value"))
+
+        rows.append({"id": str(a["id"]), "n": num(p.get("n_prompts")), "tox": value("mean_toxicity"),
+                     "toxic": value("toxic_fraction"), "refusal": value("refusal_rate"),
+                     "refusal_ci": ci((p.get("refusal_rate") or {}).get("ci95")),
+                     "d_refusal": "base" if base else num(dr.get("delta")), "d_refusal_ci": "" if base else ci(dr.get("ci95")),
+                     "p_refusal": "" if base else pval(dr.get("p")),
+                     "d_toxic": "base" if base else num(dt.get("delta")), "p_toxic": "" if base else pval(dt.get("p"))})
     return rows
 
 

@@ -89,7 +89,7 @@ def pair_prompts(path: Path) -> list[tuple[str, str]]:
     """[(pair id, its first user turn)] of a preference file; unparseable pairs skipped with a warning."""
     import warnings
 
-    from tunelab.data.preference import to_pair
+    from tunelab.data.preference import first_user_turn, to_pair
     from tunelab.data.readers import iter_rows
 
     out, bad = [], []
@@ -99,7 +99,7 @@ def pair_prompts(path: Path) -> list[tuple[str, str]]:
         except TunelabError as e:
             bad.append(str(e))
             continue
-        out.append((pair.id, next(m["content"] for m in pair.prompt if m["role"] == "user")))
+        out.append((pair.id, first_user_turn(pair)))
     if bad:
         warnings.warn(f"{path}: skipped {len(bad)} bad pair(s) (first: {bad[0]})", stacklevel=3)
     return out
