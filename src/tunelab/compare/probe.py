@@ -18,13 +18,13 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 from tunelab.compare.checks import paired_items, read_json
+from tunelab.compare.retention import DONE_JSON  # the same marker: {key, wall_s} of what made the folder
 from tunelab.io import atomic_write_json, atomic_write_jsonl
 
 PROBE_DIR = "probe"
-DONE_JSON = "done.json"
 PROMPTS_FILE = "probe-prompts.jsonl"
 SHOWN = ("mean_toxicity", "toxic_fraction", "refusal_rate")  # the table's columns, of safety/probe.py's five
 
@@ -115,7 +115,3 @@ def summarize(plan, arms: list, rows: list[dict]) -> None:
             entry["diff"] = {m: paired_items(results[base.id].items, res.items, m, plan.config.seed) for m in SHOWN}
         by_id[a.id]["probe"] = entry
 
-
-def probe_wall_s(rows: list[dict]) -> Optional[float]:
-    walls = [r["probe"]["wall_s"] for r in rows if r.get("probe") and r["probe"].get("wall_s") is not None]
-    return round(sum(walls), 3) if walls else None
