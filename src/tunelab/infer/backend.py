@@ -26,11 +26,11 @@ OnBatch = Optional[Callable[[int], None]]
 class LocalBackend:
     """A LoadedModel in this process."""
 
-    def __init__(self, lm, reference=None):
+    def __init__(self, lm, reference: Optional[Callable[[], object]] = None, reference_name: Optional[str] = None):
         self.lm = lm
-        # DPO's reference for a full-weights fine-tune: the model it started from (a name, folder or
-        # LoadedModel), loaded on first use; None: base + adapter's reference is the base itself
-        self.reference_spec, self._reference = reference, None
+        # DPO's reference for a full-weights fine-tune: the model it started from, loaded by
+        # `reference()` on first use (infer/load.py gives it); None: base + adapter's reference is the base
+        self.load_reference, self.reference_spec, self._reference = reference, reference_name, None
         # the model as a person names it (an endpoint's is openai:URL#NAME), and its adapter
         self.spec, self.adapter = lm.name, getattr(lm, "adapter", None)
         self.identity = lm  # what results.json's model block and the signature are built from
@@ -74,7 +74,7 @@ class LocalBackend:
         """None when this model has a reference (a given one; base + adapter: the base); else why not, in one line."""
         from peft import PeftModel
 
-        if self.reference_spec is not None:
+        if self.load_reference is not None:
             return None
         if getattr(self.lm, "adapter", None) is None or not isinstance(self.lm.model, PeftModel):
             return (f"model '{getattr(self.lm, 'name', 'model')}' has no adapter, so no reference model to measure "
@@ -96,7 +96,7 @@ class LocalBackend:
             from tunelab.errors import TunelabError
 
             raise TunelabError(reason)
-        if self.reference_spec is not None:
+        if self.load_reference is not None:
             yield self._given_reference()
             return
         scope = self.cache_scope
@@ -112,9 +112,8 @@ class LocalBackend:
         adapter to switch off), loaded once, on this model's device, its scores cached under its own scope."""
         if self._reference is None:
             from tunelab.errors import TunelabError
-            from tunelab.infer.load import load_local
 
-            ref = LocalBackend(load_local(self.reference_spec, device=str(self.device)))
+            ref = LocalBackend(self.load_reference())
             if ref.tokenizer.get_vocab() != self.tokenizer.get_vocab():
                 raise TunelabError(f"reference {self.reference_spec}: its tokenizer differs from {self.spec}'s, and an "
                                    "implicit reward compares the same tokens under both models; give the model the "

@@ -38,4 +38,9 @@ def open_backend(model, adapter=None, device=None, reference=None):
             raise ParameterError(f"{{reference}}: {model} is an endpoint, scored by its server; a reference model "
                                  "is scored beside a local model only", "reference")
         return EndpointBackend(model, adapter=adapter)
-    return LocalBackend(load_local(model, adapter, device), reference=reference)
+    lm = load_local(model, adapter, device)
+    if reference is None:
+        return LocalBackend(lm)
+    # loaded only when a metric asks for it, on the model's own device
+    return LocalBackend(lm, reference=lambda: load_local(reference, device=str(next(lm.model.parameters()).device)),
+                        reference_name=str(getattr(reference, "name", reference)))
