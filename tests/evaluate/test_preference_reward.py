@@ -202,8 +202,10 @@ def test_a_full_fine_tune_measures_its_reward_against_the_given_reference(tiny_d
     assert same.metrics["reward_acc"]["value"] == 0.0 and same.metrics["reward_margin"]["value"] == 0.0
 
 
-def test_a_bad_reference_is_a_one_line_error(tiny_dir, tmp_path):
+def test_a_bad_reference_is_a_one_line_error(tiny_dir, tmp_path, monkeypatch):
     from transformers import AutoTokenizer
+
+    from tunelab.infer.backend import LocalBackend
 
     other = tmp_path / "other"
     import shutil
@@ -212,8 +214,12 @@ def test_a_bad_reference_is_a_one_line_error(tiny_dir, tmp_path):
     tok = AutoTokenizer.from_pretrained(tiny_dir)
     tok.add_tokens(["<an-extra-token>"])
     tok.save_pretrained(other)
+    calls = []
+    real = LocalBackend.score_choices
+    monkeypatch.setattr(LocalBackend, "score_choices", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
     with pytest.raises(TunelabError, match=r"^reference .*other: its tokenizer differs from .*give the model the fine-tune started from$"):
         evaluate(str(tiny_dir), _task(tmp_path, REWARD), reference=str(other))
+    assert calls == []  # refused before the model scored a single pair
     with pytest.raises(TunelabError, match=r"^reference is the model implicit-reward metrics measure against, and .*asks for none"):
         evaluate(str(tiny_dir), _task(tmp_path, ["pref_acc"]), reference=str(tiny_dir))
     with pytest.raises(TunelabError, match=r"^reference: openai:http://127.0.0.1:9/v1#m is an endpoint"):

@@ -136,7 +136,8 @@ def _run_perplexity(backend, task, rows, texts, bs, cache, progress):
 
 def _run_preference(backend, task, rows, bs, cache, progress, reference=False):
     """Each pair's two answers scored after one copy of its prompt (the multiple-choice token tree);
-    with `reference`, scored again by the backend's reference model (the adapter switched off)."""
+    with `reference`, scored again by the backend's reference model (the adapter switched off, or
+    the --reference model)."""
     from tunelab.data.preference import is_pair_row, not_pairs_error, to_pair
     from tunelab.templates.preference import answer_text
     from tunelab.templates.render import render_prompt

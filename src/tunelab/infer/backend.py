@@ -75,6 +75,7 @@ class LocalBackend:
         from peft import PeftModel
 
         if self.load_reference is not None:
+            self._given_reference()  # loaded and its tokenizer checked now, not after the model's own pass
             return None
         if getattr(self.lm, "adapter", None) is None or not isinstance(self.lm.model, PeftModel):
             return (f"model '{getattr(self.lm, 'name', 'model')}' has no adapter, so no reference model to measure "

@@ -118,7 +118,7 @@ class EndpointBackend:
 
     def no_reference(self) -> Optional[str]:
         return (f"{self.spec}: an endpoint serves one model, with no reference model beside it to measure an "
-                "implicit reward against; evaluate base + adapter locally (--adapter DIR)")
+                "implicit reward against; evaluate locally, base + adapter (--adapter DIR) or with --reference MODEL")
 
     def reference(self):
         raise TunelabError(self.no_reference())

@@ -69,8 +69,8 @@ class Metric:
     backend: ClassVar[tuple[str, str] | None] = None
     higher_is_better: ClassVar[bool] = True
     description: ClassVar[str] = ""
-    # True: the items need the reference model's scores too (the runner scores them a second time
-    # with the adapter off); without a reference the metric is `not_computed`, not an error.
+    # True: the items need the reference model's scores too (the runner scores them a second time,
+    # with the adapter off or on the --reference model); without one the metric is `not_computed`.
     needs_reference: ClassVar[bool] = False
 
     def __init__(self, **options: Any):

@@ -16,8 +16,8 @@ difference DPO training sees.)
 - `pref_acc_norm`: the same on per-token means, so a longer answer is not penalised for its length
 A tie counts 0 (strictly better, as TRL's reward accuracy). `prediction` and `references` are ignored.
 
-With a reference model (base + adapter: the base, the adapter switched off) the runner scores both
-answers a second time and adds
+With a reference model (base + adapter: the base, the adapter switched off; a full fine-tune: the
+`--reference` model it started from) the runner scores both answers a second time and adds
 
     item["ref_pair_logliks"]: [chosen, rejected]   the same sums under the reference
 
@@ -26,7 +26,8 @@ answers a second time and adds
                    an adapter that has not moved yet, all rewards 0, scores 0, as in TRL)
 - `reward_margin`: the mean of β·(r(chosen) − r(rejected)), the `rewards/margins` of a DPO run (β:
                    the option `beta`, default 0.1 as training's)
-Without a reference (no adapter) the runner does not compute them and says why in the entry's `note`.
+Without a reference (no adapter, no --reference) the runner does not compute them and says why in
+the entry's `note`.
 """
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def _rewards(item: dict) -> tuple[float, float]:
     ref = item.get("ref_pair_logliks")
     if ref is None or len(ref) != 2:
         raise TunelabError(f"item {item.get('id', '?')}: reward metrics need field 'ref_pair_logliks' = [chosen, rejected] "
-                           "(a task of type: preference, on base + adapter)")
+                           "(a task of type: preference, on base + adapter or with --reference)")
     return c - float(ref[0]), r - float(ref[1])
 
 
