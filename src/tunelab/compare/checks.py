@@ -28,17 +28,14 @@ def slug(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:40]
 
 
-def paired_items(a_items: dict, b_items: dict, metric: str, seed: int) -> Optional[dict]:
-    """The paired bootstrap difference b − a of one metric over the items both results scored
-    ({item id: {metric: value}}, as Results.items); None when no item has both numbers."""
-    from tunelab.evaluate.stats import paired_bootstrap
+def paired_items(a, b, metric: str, seed: int) -> Optional[dict]:
+    """The paired bootstrap difference b − a of one metric over the items both results scored (two
+    Results read with their predictions), in compare.json's form {delta, ci95, p, n} (+ basis and
+    note for corpus metrics: tunelab.evaluate.paired); None when no item has both numbers."""
+    from tunelab.evaluate.paired import PairedOptions, paired_metric
 
-    pairs = [(a_items[i].get(metric), b_items[i].get(metric)) for i in a_items if i in b_items]
-    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-    if not pairs:
-        return None
-    r = paired_bootstrap([a for a, _ in pairs], [b for _, b in pairs], n_resamples=N_RESAMPLES, seed=seed)
-    return {"delta": r.delta, "ci95": list(r.ci95), "p": r.p_value, "n": r.n}
+    d = paired_metric(a, b, metric, PairedOptions(n_resamples=N_RESAMPLES, seed=seed))
+    return None if d is None else d.to_json()
 
 
 def read_json(path: Path) -> dict:

@@ -264,7 +264,7 @@ def summarize(plan, arms: list, rows: list[dict]) -> Optional[dict]:
             base = base_results.get((a.model, rt.name))
             own = read_results(arm_folder(plan, a) / rt.name) if a.fine_tuned else base
             m = own.metrics.get(rt.metric) or {}
-            diff = (paired_items(base.items, own.items, rt.metric, plan.config.seed) if a.fine_tuned
+            diff = (paired_items(base, own, rt.metric, plan.config.seed) if a.fine_tuned
                     else {"delta": 0.0, "ci95": [0.0, 0.0], "p": 1.0, "n": base.n})
             entries.append({"task": rt.name, "metric": rt.metric, "higher_is_better": rt.higher_is_better,
                             "value": own.value(rt.metric), "ci95": m.get("ci95"), "base_value": base.value(rt.metric),
@@ -288,7 +288,7 @@ def between(plan, a, b) -> dict:
     out = {}
     for rt in plan.retention:
         ra, rb = (read_results(arm_folder(plan, x) / rt.name) for x in (a, b))
-        out[rt.name] = paired_items(ra.items, rb.items, rt.metric, plan.config.seed)
+        out[rt.name] = paired_items(ra, rb, rt.metric, plan.config.seed)
     return out
 
 
