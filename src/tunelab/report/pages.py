@@ -207,6 +207,7 @@ def compare_context(folder: Path) -> dict:
             if cfg:
                 configs.append((f"arm {aid}: training config", cfg))
     main = data.get("main_metric") or _first_metric(evals)
+    missing += stale_differences(arms, main)
     compare_yaml = _text(folder / COMPARE_YAML, missing, "the resolved compare config")
     if compare_yaml:
         configs.insert(0, (COMPARE_YAML, compare_yaml))
@@ -250,6 +251,22 @@ def compare_context(folder: Path) -> dict:
         "disagreements": disagreements(arms, evals, main), "arm_ids": [str(a["id"]) for a in arms],
         "signatures": signatures, "configs": configs, "missing": missing,
     }
+
+
+def stale_differences(arms: list[dict], metric: Optional[str]) -> list[str]:
+    """compare.json written before the differences of corpus metrics were corpus differences (issue 34):
+    its Δ, sentences and gain plot are of the mean per-item score, not of the values in the table."""
+    from tunelab.evaluate.metrics.registry import known_metrics
+
+    cls = known_metrics().get(metric or "")
+    if cls is None or not cls.corpus:
+        return []
+    diffs = [a.get(k) for a in arms for k in ("diff_vs_best", "diff_vs_zero_shot") if isinstance(a.get(k), dict)]
+    if not any("basis" not in d for d in diffs):
+        return []
+    return [f"{COMPARE_JSON} was written by an earlier tunelab: its differences in {metric} (Δ, the sentences, the "
+            f"gain plot) are of the mean per-item {metric}, not of the corpus values in the table; run the same "
+            "tunelab compare again (finished arms are kept) to rewrite it"]
 
 
 def retention_rows(arms: list[dict]) -> list[dict]:
