@@ -117,3 +117,18 @@ def test_report_flags_a_compare_json_from_before(arm_folders, tmp_path):
             a[key].pop("basis")
     (out / "compare.json").write_text(json.dumps(s))
     assert any("earlier tunelab" in m and "mean per-item bleu" in m for m in pages.compare_context(out)["missing"])
+
+
+def test_retention_differences_of_a_perplexity_task_are_corpus_differences(tmp_path):
+    """Retention scores each arm against its base model with checks.paired_items on Results read
+    from disk; a perplexity retention task's change is the difference of the two corpus values."""
+    from test_paired_corpus import PPL_METRICS, write_perplexity
+
+    from tunelab.compare.checks import paired_items
+    from tunelab.evaluate.results import read_results
+
+    base, own = read_results(write_perplexity(tmp_path / "base", 1)), read_results(write_perplexity(tmp_path / "own", 2))
+    for metric in PPL_METRICS:
+        d = paired_items(base, own, metric, seed=1)
+        assert d["delta"] == own.value(metric) - base.value(metric) and d["basis"] == "corpus", metric
+        assert d["ci95"][0] <= d["delta"] <= d["ci95"][1]

@@ -121,8 +121,8 @@ def _corpus(res_a: Results, res_b: Results, metric: str, ids: list[str], whole: 
         raise TunelabError(f"the two runs computed {metric} with different settings "
                            f"({res_a.metrics[metric]['signature']} vs {res_b.metrics[metric]['signature']})")
     stats_a, stats_b = _checked_stats(m, res_a, metric), _checked_stats(m, res_b, metric)
-    rows_a = stats_a[[_row(res_a)[i] for i in ids]]
-    rows_b = stats_b[[_row(res_b)[i] for i in ids]]
+    row_a, row_b = _row(res_a), _row(res_b)
+    rows_a, rows_b = stats_a[[row_a[i] for i in ids]], stats_b[[row_b[i] for i in ids]]
     values = (res_a.value(metric), res_b.value(metric)) if whole else (m.corpus_value(rows_a), m.corpus_value(rows_b))
     r = paired_corpus(rows_a, rows_b, m.values_from_stats, replace(options, p_rule="sacrebleu", values=values))
     return PairedDiff(metric, r.n, r.a, r.b, r.delta, r.ci95, r.p_value, "corpus")
@@ -132,8 +132,27 @@ def _row(res: Results) -> dict[str, int]:
     return {str(line.get("id")): j for j, line in enumerate(res.predictions)}
 
 
+# (id of a Results, metric signature) -> (that Results, its checked statistics): a compare pairs each
+# arm with several others, and TER's statistics take a millisecond an item. The Results is kept so
+# that its id cannot be reused by another object while the entry lives.
+_CACHE: dict[tuple[int, str], tuple[Results, object]] = {}
+_CACHE_SIZE = 16
+
+
 def _checked_stats(m, res: Results, metric: str):
     """The (n, k) statistics of every item of `res`, checked against the value in results.json."""
+    key = (id(res), m.signature())
+    hit = _CACHE.get(key)
+    if hit is not None and hit[0] is res:
+        return hit[1]
+    matrix = _recompute(m, res, metric)
+    if len(_CACHE) >= _CACHE_SIZE:
+        _CACHE.pop(next(iter(_CACHE)))
+    _CACHE[key] = (res, matrix)
+    return matrix
+
+
+def _recompute(m, res: Results, metric: str):
     matrix = m.stats_matrix([m.line_score(line) for line in res.predictions])
     got, want = m.corpus_value(matrix), res.value(metric)
     if want is None or not _close(got, want):

@@ -7,8 +7,8 @@ A metric is a small object with options fixed at construction. Subclasses fill h
   gold texts (a list; metrics that accept several take the best match), `item` the full record
   the runner keeps for the item (multiple choice and perplexity read their inputs from it).
 - `aggregate(item_scores) -> float`: the headline value; default the mean.
-- `item_value(score) -> float`: the per-item number written to predictions.jsonl and used by
-  `tunelab diff` (default: the score itself).
+- `item_value(score) -> float`: the per-item number written to predictions.jsonl, which the paired
+  differences of mean metrics use (default: the score itself).
 - `bootstrap_statistic(item_scores)`: for non-mean metrics, a function of an index matrix
   (B, n) -> (B,) used for the CI and stderr; None means "mean of item values".
 
