@@ -32,6 +32,11 @@ def agreement_cmd(
     judge: Optional[str] = typer.Option(None, "--judge", help="Run this judge on the pairs: a model name or folder, "
                                                               "or openai:URL#NAME."),
     out: Optional[Path] = typer.Option(None, "--out", dir_okay=False, help="With --judge: write its verdicts here (jsonl)."),
+    template: Optional[str] = typer.Option(None, "--template", help="With --judge: a pairwise judge template of your own (.j2)."),
+    rubric: Optional[str] = typer.Option(None, "--rubric", help="With --judge: what the judge weighs, e.g. harmlessness."),
+    concurrency: int = typer.Option(8, "--concurrency", min=1, help="With --judge: requests in flight (endpoint) "
+                                                                    "or prompts per batch (local)."),
+    max_new_tokens: int = typer.Option(512, "--max-new-tokens", min=1, help="With --judge: most tokens of one judgment."),
     seed: int = typer.Option(1234, "--seed", help="Bootstrap seed."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: measure -> value, 95% CI, n."),
 ):
@@ -48,18 +53,31 @@ def agreement_cmd(
 
     if (verdicts is None) == (judge is None):
         raise TunelabError("give --verdicts FILE (verdicts already recorded) or --judge MODEL (run a judge), one of the two")
+    if out is not None:
+        from tunelab.io import check_writable
+
+        check_writable(out, setting="out", folder=False)
     pairs = load_pairs(data)
+    cost = None
     if verdicts is not None:
         recorded = load_verdicts(verdicts, pairs, swapped)
     else:
         from tunelab.evaluate.judge.check import judge_pairs
+        from tunelab.evaluate.judge.run import Judge, JudgeSettings
 
-        recorded = judge_pairs(judge, pairs, out=out)
+        runner = Judge(JudgeSettings(judge, concurrency=concurrency, max_new_tokens=max_new_tokens))
+        recorded = judge_pairs(judge, pairs, out=out, template=template, rubric=rubric, judge=runner)
+        cost = runner.cost.to_json()
     measures = agreement(pairs, recorded, seed=seed)
     if as_json:
-        print(json.dumps({m.name: m.to_json() for m in measures}))
+        print(json.dumps({**{m.name: m.to_json() for m in measures}, **({"judge_cost": cost} if cost else {})}))
         return
     _print(measures, data, recorded.source)
+    if cost:
+        from tunelab.cli import console
+
+        console.print(f"judge cost: {cost['calls']} calls ({cost['cached']} more from the cache), {cost['tokens']} tokens, "
+                      f"{cost['wall_s']:.1f} s", highlight=False)
 
 
 def _print(measures, data: str, source: str) -> None:
