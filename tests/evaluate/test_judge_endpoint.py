@@ -106,3 +106,22 @@ def test_no_judge_model_is_refused_in_one_line(tmp_path, tiny_dir, capsys):
         main(["eval", str(tiny_dir), "--task", str(task)])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "there is no default judge" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_local_judge_goes_through_the_engine_in_batches(tiny_dir, tmp_path, monkeypatch):
+    from tunelab.infer.backend import LocalBackend
+
+    batches = []
+    real = LocalBackend.generate
+
+    def spy(self, contexts, seeds, *, batch_size, **k):
+        batches.append((len(contexts), batch_size, k["temperature"]))
+        return real(self, contexts, seeds, batch_size=batch_size, **k)
+
+    monkeypatch.setattr(LocalBackend, "generate", spy)
+    task = _task(tmp_path, str(tiny_dir))
+    res = evaluate(str(tiny_dir), task)
+    # the model's own answers (one call), then the judge: 4 ratings in one call, 8 pairwise prompts in one call
+    assert batches[1:] == [(4, 4, 0.0), (8, 4, 0.0)]
+    assert res.cost["judge"]["calls"] == 12 and res.cost["judge"]["prompt_tokens"] > 0
+    assert res.metrics["judge_win_rate"]["unparsed"] + res.metrics["judge_win_rate"]["n"] == 4

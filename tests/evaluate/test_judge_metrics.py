@@ -218,3 +218,27 @@ def test_length_control_fit_matches_a_general_optimiser():
     idx = rng.integers(0, 200, size=(5, 200))
     per_row = lc_win_rate(y, 500 + d, np.full(200, 500.0), idx)
     assert per_row.shape == (5,) and np.all((per_row > 0) & (per_row < 1))
+
+
+def test_judge_check_measures_the_judge_first(tmp_path):
+    fake = FakeJudge(lambda p: "[[A]]")  # always the answer shown first
+    m = _metric("judge_win_rate", _task(tmp_path, baseline="reference", check="builtin:llmbar-natural"), fake,
+                tmp_path / "c.sqlite")
+    r = m.compute(["good"], [["plain"]], [{"question": "q"}], n_resamples=100)
+    check = r.extra["judge_check"]
+    assert check["data"] == "builtin:llmbar-natural"
+    # a judge that always names the first answer is right exactly when the label is the one shown first
+    assert check["accuracy"]["value"] == 0.5 and check["order consistency"]["value"] == 0.0
+    assert check["right in both orders"]["value"] == 0.0 and check["accuracy"]["n"] == 100
+    assert fake.calls == 2 + 200 and r.cost["judge"]["calls"] == 202
+    with pytest.raises(TunelabError, match="no such file"):
+        get_metric("judge_score").for_task(_task(tmp_path, check="labels.json"))
+
+
+def test_cache_false_judges_again(tmp_path):
+    calls = []
+    for _ in range(2):
+        fake = FakeJudge(score_rule)
+        _metric("judge_score", _task(tmp_path, cache=False), fake, tmp_path / "c.sqlite").compute(["score=3"], [["r"]], [{}])
+        calls.append(fake.calls)
+    assert calls == [1, 1] and not (tmp_path / "c.sqlite").exists()

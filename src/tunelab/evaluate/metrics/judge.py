@@ -8,19 +8,26 @@ of the value, never scored 0); and the judge's own cost (`cost.judge` in results
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar, Optional, Sequence
 
 import numpy as np
 
 from tunelab.errors import TunelabError
 from tunelab.evaluate import stats
+from tunelab.evaluate.judge.agreement import agreement
+from tunelab.evaluate.judge.check import judge_pairs
+from tunelab.evaluate.judge.labels import load_pairs
 from tunelab.evaluate.judge.pairwise import Pair, judge_both_orders, lc_win_rate
 from tunelab.evaluate.judge.parse import parse_rating
 from tunelab.evaluate.judge.prompts import JudgeTemplate
 from tunelab.evaluate.judge.run import Judge, JudgeRequest, JudgeSettings
 from tunelab.evaluate.metrics.base import Metric, MetricResult
 from tunelab.evaluate.metrics.registry import register
+from tunelab.infer.endpoint import PREFIX
 
+CHECK_MEASURES = ("accuracy", "right in both orders", "order consistency", "agreement with ties", "Cohen's kappa",
+                  "prefers longer", "unparsed")
 NO_JUDGE = ("there is no default judge: which model judges, and how far it agrees with people on your kind of data, "
             "is a choice to make and measure (docs/judge.md); name one in the task file, e.g. "
             "judge: {model: \"openai:http://127.0.0.1:8000/v1#NAME\"} or judge: {model: MODEL_NAME_OR_FOLDER}")
@@ -35,6 +42,7 @@ class _JudgeMetric(Metric):
         self.template: Optional[JudgeTemplate] = None
         self.judge: Optional[Judge] = None  # built on first use; tests set one with a fake backend
         self.where = "the task"
+        self.check_pairs: Optional[list] = None  # judge.check's labelled pairs
 
     def for_task(self, task) -> None:
         self.where = task.source or f"task '{task.name}'"
@@ -47,6 +55,10 @@ class _JudgeMetric(Metric):
         self.template = JudgeTemplate.load(self.kind, self.cfg.template, task.base_dir)
         self.template.check(needs_reference=self.kind == "score" and self.cfg.reference)
         self._check(task)
+        if self.cfg.check:  # a missing or unknown-shape check file fails now, not after the answers are made
+            self.check_pairs = load_pairs(_beside(self.cfg.check, task.base_dir))
+        if self.cfg.model.startswith(PREFIX):
+            self._judge()._open()  # an endpoint judge that is down fails before the model under test runs
 
     def _check(self, task) -> None:
         """Settings only this metric needs."""
@@ -70,8 +82,10 @@ class _JudgeMetric(Metric):
     def _result(self, values: list[Optional[float]], details: list[dict], extra: dict, *, n_resamples: int,
                 seed: int) -> MetricResult:
         parsed = [v for v in values if v is not None]
-        cost = {"judge": self._judge().cost.to_json()}
         extra = {**extra, "unparsed": len(values) - len(parsed)}
+        if self.check_pairs:
+            extra["judge_check"] = self._agreement(n_resamples, seed)
+        cost = {"judge": self._judge().cost.to_json()}
         if not parsed:
             return MetricResult(self.name, None, None, None, self.signature(), 0, values, extra=extra, item_details=details,
                                 cost=cost, note=f"not computed: none of the {len(values)} judgments could be parsed; "
@@ -79,6 +93,20 @@ class _JudgeMetric(Metric):
         ci = stats.bootstrap_ci(parsed, n_resamples=n_resamples, seed=seed)
         return MetricResult(self.name, float(np.mean(parsed)), stats.stderr(parsed), ci, self.signature(), len(parsed),
                             values, extra=extra, item_details=details, cost=cost)
+
+
+    def _agreement(self, n_resamples: int, seed: int) -> dict:
+        """judge.check: the judge's agreement with the human labels, measured with the same judge and cache."""
+        v = judge_pairs(self.cfg.model, self.check_pairs, rubric=self.cfg.rubric, judge=self._judge())
+        measures = agreement(self.check_pairs, v, n_resamples=n_resamples, seed=seed)
+        return {"data": self.cfg.check, **{m.name: m.to_json() for m in measures if m.name in CHECK_MEASURES}}
+
+
+def _beside(path: str, base_dir: Optional[str]) -> str:
+    """A check file named relative to the task file (builtin: names pass through)."""
+    if path.startswith("builtin:") or not base_dir or Path(path).expanduser().is_absolute():
+        return path
+    return str(Path(base_dir) / path)
 
 
 def _question(item: dict) -> str:
