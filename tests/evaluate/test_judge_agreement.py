@@ -186,3 +186,13 @@ def test_cli_bad_input_is_one_line(capsys, tmp_path):
     assert code == 2 and "give --verdicts FILE" in err and len(err.strip().splitlines()) == 1
     code, _, err = _cli(capsys, "judge", "agreement", "--data", "builtin:llmbar-natural", "--verdicts", str(tmp_path / "v.json"))
     assert code == 2 and "no such file; give a verdicts file" in err
+
+
+def test_hh_rlhf_harmless_pairs_alternate_the_chosen_position(shared_data):
+    with pytest.warns(UserWarning, match=r"skipped 8 bad pair\(s\); first: .*:87: the chosen answer is empty"):
+        pairs = load_pairs(shared_data / "hh_rlhf_harmless" / "harmless-2000.jsonl.gz")
+    assert len(pairs) == 1992 and sum(p.gold == 1 for p in pairs) == 996
+    assert pairs[0].question.startswith("User: ") and "\n\nAssistant: " in pairs[0].question
+    # a judge that always prefers the first answer shown is at chance, in either order
+    m = _measures(pairs, Verdicts([1] * len(pairs), [2] * len(pairs)))
+    assert m["accuracy"].value == 0.5 and m["order consistency"].value == 0.0

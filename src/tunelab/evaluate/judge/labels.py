@@ -10,13 +10,17 @@ Three published shapes are known (their fields, from ../shared/data/README.md):
 - Auto-J pairwise: jsonl {prompt, "response 1", "response 2", label: 0|1|2} (0 = response 1
   better, 2 = tie); its verdict files jsonl {output: 0|1|2}, one per presentation order, the
   swapped one NOT mapped back (`swapped=True` here maps it).
+- A preference file (HH-RLHF's {chosen, rejected} dialogues, or {prompt, chosen, rejected}; any of
+  tunelab's data formats, .gz too): the chosen answer is the better one.
 
 Everything becomes a `LabelledPair` (gold: 1 = first answer better, 2 = second, 0 = tie) and a
 `Verdicts` (one list per order, in the original order's terms; None = unparsed).
 """
 from __future__ import annotations
 
+import gzip
 import json
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from importlib import resources
@@ -30,6 +34,7 @@ SHAPES = {  # shape -> the fields its records must hold (the error for an unknow
     "llmbar": ("input", "output_1", "output_2", "label"),
     "pandalm": ("instruction", "response1", "response2", "annotator1", "annotator2", "annotator3"),
     "autoj": ("prompt", "response 1", "response 2", "label"),
+    "preference": ("chosen", "rejected"),
 }
 
 
@@ -66,7 +71,8 @@ def read_records(path: str | Path, what: str = "a human-labelled pairs file") ->
     p = Path(path)
     if not p.is_file():
         raise TunelabError(f"{p}: no such file; give {what} (.json or .jsonl; see docs/judge.md)")
-    text = p.read_text("utf-8")
+    with (gzip.open(p, "rt", encoding="utf-8") if p.suffix == ".gz" else open(p, encoding="utf-8")) as f:
+        text = f.read()
     if text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
@@ -107,6 +113,8 @@ def load_pairs(path: str | Path) -> list[LabelledPair]:
     """The labelled pairs of a file in one of the known shapes."""
     rows = read_records(path)
     shape = shape_of(rows, str(path))
+    if shape == "preference":
+        return _preference_pairs(path)
     pairs = []
     for n, r in enumerate(rows):
         where = f"{path} record {n + 1}"
@@ -122,6 +130,25 @@ def load_pairs(path: str | Path) -> list[LabelledPair]:
             pair = LabelledPair(str(n), r["prompt"], (r["response 1"], r["response 2"]), gold)
         pairs.append(pair)
     return pairs
+
+
+def _preference_pairs(path: str | Path) -> list[LabelledPair]:
+    """A preference file (HH-RLHF's {chosen, rejected} dialogues, or {prompt, chosen, rejected}) as labelled
+    pairs: the dialogue before the last answer is the question; the chosen answer is shown first in
+    even records and second in odd ones, so a judge that always picks one position scores 50%."""
+    from tunelab.data.preference import load_pairs as load_preference
+
+    skipped: list[str] = []
+    out = []
+    for n, p in enumerate(load_preference(path, skip_bad=True, what="tunelab judge agreement", report=skipped)):
+        question = "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in p.prompt)
+        first = n % 2 == 0
+        out.append(LabelledPair(p.id, question, (p.chosen, p.rejected) if first else (p.rejected, p.chosen), 1 if first else 2))
+    if not out:
+        raise TunelabError(f"{path}: no usable preference pair; the first problem: {skipped[0] if skipped else 'none found'}")
+    if skipped:
+        warnings.warn("; ".join(skipped))  # the data layer's own count and first reason
+    return out
 
 
 def _text(value: Any) -> str:
