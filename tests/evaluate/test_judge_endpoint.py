@@ -125,3 +125,15 @@ def test_a_local_judge_goes_through_the_engine_in_batches(tiny_dir, tmp_path, mo
     assert batches[1:] == [(4, 4, 0.0), (8, 4, 0.0)]
     assert res.cost["judge"]["calls"] == 12 and res.cost["judge"]["prompt_tokens"] > 0
     assert res.metrics["judge_win_rate"]["unparsed"] + res.metrics["judge_win_rate"]["n"] == 4
+
+
+def test_a_prompt_too_long_for_a_local_judge_is_not_judged_but_counted(tiny_dir, tmp_path):
+    from tunelab.config import TaskConfig
+    from tunelab.evaluate.metrics import get_metric
+
+    m = get_metric("judge_score")
+    # the tiny judge reads 1024 tokens; keeping 1000 for its answer leaves 24 for a prompt of ~200
+    m.for_task(TaskConfig(name="t", data="x.jsonl", judge={"model": str(tiny_dir), "max_new_tokens": 1000}))
+    r = m.compute(["an answer"], [["ref"]], [{"question": "q"}])
+    assert r.value is None and r.extra["unparsed"] == 1 and r.cost["judge"]["calls"] == 0
+    assert r.item_details[0]["judge_text"].startswith("(not judged: the judge prompt has ")

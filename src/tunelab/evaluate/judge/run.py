@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from tunelab.errors import TunelabError
 from tunelab.evaluate.cache import RequestCache
+
+log = logging.getLogger("tunelab.evaluate")
 
 
 @dataclass
@@ -80,6 +83,24 @@ class Judge:
 
         return Context(text=render_prompt(tok, messages), demos=[], messages=messages)
 
+    def _too_long(self, requests: list[JudgeRequest], todo: list[int]) -> dict[int, str]:
+        """A local judge's prompts that do not fit its context beside max_new_tokens: the engine would cut
+        their start (the instructions), so they are not judged; their text says why (counted as unparsed)."""
+        b, s = self.backend, self.settings
+        if b.tokenizer is None or b.max_length() <= 0:
+            return {}  # an endpoint refuses an over-long prompt itself
+        limit = b.max_length() - s.max_new_tokens
+        out = {}
+        for i in todo:
+            n = b.count_tokens(self._context(requests[i].messages).text)
+            if n > limit:
+                out[i] = (f"(not judged: the judge prompt has {n} tokens and {s.model} reads at most {limit} beside "
+                          f"judge.max_new_tokens {s.max_new_tokens}; use a judge with a longer context)")
+        if out:
+            log.warning(f"judge: {len(out)} prompt(s) too long for {s.model} were not judged (counted as unparsed); "
+                        f"the first: {next(iter(out.values()))}")
+        return out
+
     def _generate(self, todo: list[JudgeRequest]) -> list[dict]:
         s = self.settings
         seeds = [None if s.temperature == 0 else int(_sha(r.key)[:8], 16) for r in todo]
@@ -102,13 +123,17 @@ class Judge:
             found = cache.get_many(keys) if cache else {}
             todo = [i for i, k in enumerate(keys) if k not in found]
             self.cost.cached += len(requests) - len(todo)
+            skipped = self._too_long(requests, todo)  # not cached: a judge with a longer context judges them
+            todo = [i for i in todo if i not in skipped]
+            found.update({(keys[i] if cache else i): {"text": t} for i, t in skipped.items()})
+            before = len(requests) - len(todo) - len(skipped)  # judgments the cache already held
             chunk = max(32, 4 * s.concurrency)
             for start in range(0, len(todo), chunk):
                 part = todo[start:start + chunk]
                 try:
                     outs = self._generate([requests[i] for i in part])
                 except TunelabError as e:
-                    raise TunelabError(f"judge {s.model}: {e}; the {start + len(requests) - len(todo)} judgments made "
+                    raise TunelabError(f"judge {s.model}: {e}; the {before + start} judgments made "
                                        "so far are cached: run the same command again to continue") from None
                 if cache:
                     cache.put_many((keys[i], o) for i, o in zip(part, outs))
