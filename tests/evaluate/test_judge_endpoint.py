@@ -137,3 +137,16 @@ def test_a_prompt_too_long_for_a_local_judge_is_not_judged_but_counted(tiny_dir,
     r = m.compute(["an answer"], [["ref"]], [{"question": "q"}])
     assert r.value is None and r.extra["unparsed"] == 1 and r.cost["judge"]["calls"] == 0
     assert r.item_details[0]["judge_text"].startswith("(not judged: the judge prompt has ")
+
+
+def test_two_judge_metrics_share_one_loaded_judge(tiny_dir, tmp_path, monkeypatch):
+    import tunelab.infer.load as load
+
+    opened = []
+    real = load.open_backend
+    monkeypatch.setattr(load, "open_backend", lambda model, *a, **k: opened.append(model) or real(model, *a, **k))
+    from tunelab.evaluate.judge import run
+
+    monkeypatch.setattr(run, "_OPENED", {})
+    evaluate(str(tiny_dir), _task(tmp_path, str(tiny_dir) + "/"))  # the judge named apart from the model under test
+    assert opened.count(str(tiny_dir) + "/") == 1

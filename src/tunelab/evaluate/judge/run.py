@@ -25,6 +25,7 @@ from tunelab.errors import TunelabError
 from tunelab.evaluate.cache import RequestCache
 
 log = logging.getLogger("tunelab.evaluate")
+_OPENED: dict[str, Any] = {}  # the judge backend opened last, by model spec
 
 
 @dataclass
@@ -65,9 +66,13 @@ class Judge:
 
     def _open(self):
         if self.backend is None:
-            from tunelab.infer.load import open_backend
+            model = self.settings.model
+            if model not in _OPENED:  # judge_score and judge_win_rate in one task share one loaded judge
+                from tunelab.infer.load import open_backend
 
-            self.backend = open_backend(self.settings.model)
+                _OPENED.clear()  # keep one judge in memory, not every judge a long session ever used
+                _OPENED[model] = open_backend(model)
+            self.backend = _OPENED[model]
         return self.backend
 
     def identity(self) -> str:
