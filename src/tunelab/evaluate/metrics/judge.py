@@ -8,6 +8,7 @@ of the value, never scored 0); and the judge's own cost (`cost.judge` in results
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Sequence
 
@@ -26,6 +27,7 @@ from tunelab.evaluate.metrics.base import Metric, MetricResult
 from tunelab.evaluate.metrics.registry import register
 from tunelab.infer.endpoint import PREFIX
 
+log = logging.getLogger("tunelab.evaluate")
 CHECK_MEASURES = ("accuracy", "right in both orders", "order consistency", "agreement with ties", "Cohen's kappa",
                   "prefers longer", "unparsed")
 NO_JUDGE = ("there is no default judge: which model judges, and how far it agrees with people on your kind of data, "
@@ -83,12 +85,17 @@ class _JudgeMetric(Metric):
                 seed: int) -> MetricResult:
         parsed = [v for v in values if v is not None]
         extra = {**extra, "unparsed": len(values) - len(parsed)}
+        if extra["unparsed"]:
+            what = "judgments held no readable rating" if self.kind == "score" else \
+                "pairs had no readable verdict in one order or both"
+            log.warning(f"{self.name}: {extra['unparsed']} of {len(values)} {what}; they are left out of the value "
+                        "(not scored 0): read them in predictions.jsonl")
         if self.check_pairs:
             extra["judge_check"] = self._agreement(n_resamples, seed)
         cost = {"judge": self._judge().cost.to_json()}
         if not parsed:
             return MetricResult(self.name, None, None, None, self.signature(), 0, values, extra=extra, item_details=details,
-                                cost=cost, note=f"not computed: none of the {len(values)} judgments could be parsed; "
+                                cost=cost, note=f"not computed: none of the {len(values)} items has a readable judgment; "
                                             "read them in predictions.jsonl, and try a stronger judge (docs/judge.md)")
         ci = stats.bootstrap_ci(parsed, n_resamples=n_resamples, seed=seed)
         return MetricResult(self.name, float(np.mean(parsed)), stats.stderr(parsed), ci, self.signature(), len(parsed),
