@@ -208,6 +208,26 @@ class GenerationConfig(_Strict):
     seed: int = Field(1234, description="sampling seed; each item gets its own, derived from it")
 
 
+class JudgeConfig(_Strict):
+    """The judge of judge_score / judge_win_rate (docs/judge.md): there is no default judge model."""
+
+    model: Optional[str] = Field(None, description="the judge: a model name or folder, or openai:URL#NAME")
+    template: Optional[str] = Field(None, description="a Jinja2 judge prompt of your own (relative to the task "
+                                                      "file); default: tunelab's template for the metric")
+    rubric: Optional[str] = Field(None, description="what the judge weighs, e.g. harmlessness; default: helpfulness, "
+                                                    "correctness and clarity")
+    reference: bool = Field(False, description="judge_score: show the judge the task's answer (reference-guided)")
+    baseline: Optional[str] = Field(None, description="judge_win_rate: reference (the task's answers) or, in a "
+                                                      "compare, another arm")
+    concurrency: int = Field(8, ge=1, le=256, description="judge requests in flight at once (an endpoint judge) "
+                                                          "or judge prompts per batch (a local one)")
+    max_new_tokens: int = Field(512, ge=1, le=32768, description="most tokens of one judgment")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0: greedy judging")
+    cache: bool = Field(True, description="keep judgments on disk ($TUNELAB_HOME/cache.sqlite): a re-run judges nothing twice")
+    check: Optional[str] = Field(None, description="human-labelled pairs to measure the judge on first, e.g. "
+                                                   "builtin:llmbar-natural")
+
+
 class TaskConfig(_Strict):
     name: str = Field(..., description="the task's name, written to results.json")
     data: Optional[str] = Field(None, description="the items: a file (relative to the task YAML) or "
@@ -229,6 +249,7 @@ class TaskConfig(_Strict):
     system: Optional[str] = Field(None, description="system prompt before the demonstrations")
     fewshot: FewShotConfig = Field(default_factory=FewShotConfig, description="demonstrations")
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="decoding (generate)")
+    judge: Optional[JudgeConfig] = Field(None, description="the LLM judge of judge_score / judge_win_rate (docs/judge.md)")
     metrics: list[Union[str, dict[str, Any]]] = Field(
         default_factory=lambda: ["exact_match"], description="metric names, or {name: {option: value}}; "
                                                              "the first is the headline")

@@ -82,6 +82,7 @@ COMMAND_GROUPS = (
     "cache",       # cache list|clear
     "models",      # models pull|list
     "metrics",     # metrics retrieval|list
+    "judge",       # judge agreement
     "safety",      # safety scan|train-classifier|probe|bias
     "chat",        # chat
     "serve",       # serve

@@ -55,6 +55,10 @@ class MetricResult:
     n: int
     item_values: list[float | None] = field(default_factory=list, repr=False)
     note: str | None = None  # why the metric was not computed (value None); see Metric.not_computed
+    # judge metrics: counts beside the value (wins, ties, unparsed...), written into its results.json entry
+    extra: dict[str, Any] = field(default_factory=dict)
+    item_details: list[dict] | None = field(default=None, repr=False)  # per item, written to predictions.jsonl
+    cost: dict[str, dict] | None = None  # cost of computing the metric itself (a judge model's calls), by kind
 
     def to_json(self) -> dict[str, Any]:
         """The results.json form (docs/results.md): value, stderr, ci95 (+ signature, n; + note when not computed)."""
@@ -63,6 +67,7 @@ class MetricResult:
                "signature": self.signature, "n": self.n}
         if self.note is not None:
             out["note"] = self.note
+        out.update(self.extra)
         return out
 
     def __str__(self) -> str:
@@ -98,6 +103,10 @@ class Metric:
 
     def _check_options(self) -> None:
         """Subclasses validate option values here and raise TunelabError naming the option."""
+
+    def for_task(self, task) -> None:
+        """A metric that reads task-level settings takes them here (the judge metrics read the task's
+        `judge:` block); the runner calls it once, before any model loads, so a bad setting fails early."""
 
     # ---- hooks -----------------------------------------------------------------------------
     def item_score(self, prediction: str, references: Sequence[str], item: dict) -> ItemScore:
