@@ -1,0 +1,307 @@
+"""Parity with TRL's GRPOTrainer: one step's log-probs, advantages, loss, KL, statistics and gradients.
+
+Checked against TRL 1.16.0 (`pip install trl==1.16.0 datasets`, the `test` extra) with transformers
+5.25 and PEFT 0.21 on the tiny model with a random LoRA (so the policy differs from the reference, the
+base with the adapter off). Fixed prompts, completions and rewards go through TRL's own step:
+
+- `rollout_func` (a GRPOTrainer argument, marked experimental in 1.16) returns our fixed token ids in
+  place of generation; the reward functions return fixed rewards read from the input rows;
+- `GRPOTrainer._generate_and_score_completions(rows)` (private) builds the inputs dict: padded ids and
+  masks, advantages, old and reference log-probs, and logs the reward statistics;
+- `GRPOTrainer._get_per_token_logps_and_entropies` (private) gives TRL's per-token log-probs;
+- `GRPOTrainer.compute_loss(model, inputs)` gives the loss and logs kl, entropy and clip ratios in
+  `trainer._metrics["eval"]` (the model is in eval mode: no dropout, no accumulation scaling).
+
+Clipping is made active by perturbing the old log-probs of a num_iterations > 1 step (TRL computes
+them at generation, where they equal the current ones). Tolerance 1e-5.
+
+TRL issue #3739 (GRPO hangs on CPU) does not reproduce here: calling the loss directly takes well
+under a second, and a whole `GRPOTrainer.train()` with generation on this tiny model on CPU (Linux,
+torch 2.13, TRL 1.16.0) ran 2 steps in 0.4 s; the issue was filed against TRL 0.19.1 on Windows.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+trl = pytest.importorskip("trl")
+datasets = pytest.importorskip("datasets")
+
+from tunelab.train.grpo_math import (  # noqa: E402
+    GRPOLossSettings, LossNorms, StepStats, collate_completions, completion_logps, grpo_loss, group_advantages,
+)
+
+TOL = 1e-5
+G = 4
+MAX_COMPLETION = 10
+PROMPTS = ["What is 2 plus 3?", "Reverse the words: Hello, world!", "Convert the date March 5, 2021 to ISO format."]
+# per prompt, G completions; "$" marks one that ended with the end-of-turn token (the others are cut at
+# MAX_COMPLETION tokens: truncated)
+COMPLETIONS = [
+    ["The answer is 5.$", "5$", "The answer is 6, maybe. The quick brown fox", "yes$"],
+    ["world! Hello,$", "Hello$", "Hello, world! Hello, world! Hello, world!", "no$"],
+    ["2021-03-05$", "03/05/2021$", "March 5, 2021 is the answer, yes yes yes", "2021$"],
+]
+# two reward functions, weighted 1.0 and 0.5; the second prompt's rewards are all equal (no signal)
+REWARDS = [
+    [(1.0, 1.0), (0.0, 1.0), (0.0, 0.0), (0.5, 0.0)],
+    [(0.2, 0.4), (0.2, 0.4), (0.2, 0.4), (0.2, 0.4)],
+    [(1.0, 1.0), (0.0, 1.0), (0.0, 0.0), (0.0, 1.0)],
+]
+WEIGHTS = [1.0, 0.5]
+
+# (name, GRPOConfig keywords beyond the loss type); "perturb" makes the old log-probs differ from the
+# current ones, so ratios leave [1 - ε, 1 + ε_high] and clipping acts
+SETUPS = {
+    "on_policy": dict(beta=0.0, num_iterations=1),
+    "on_policy_kl": dict(beta=0.04, num_iterations=1, scale_rewards="none"),
+    "clipped": dict(beta=0.0, num_iterations=2, perturb=True, epsilon_high=0.28, mask_truncated_completions=True),
+    "clipped_kl": dict(beta=0.1, num_iterations=3, perturb=True, delta=1.5, temperature=0.7, scale_rewards="batch"),
+    "clipped_kl_plain": dict(beta=0.1, num_iterations=2, perturb=True, use_bias_correction_kl=False,
+                             mask_truncated_completions=True, scale_rewards=False),
+}
+
+
+def _rollouts(tokenizer):
+    """(prompt ids, completion ids, truncated flags, rewards (N, 2)) in TRL's order: G rows per prompt."""
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    prompts, completions, truncated, rewards = [], [], [], []
+    for prompt, texts, group in zip(PROMPTS, COMPLETIONS, REWARDS):
+        for text, reward in zip(texts, group):
+            ended = text.endswith("$")
+            ids = tokenizer(text.rstrip("$"), add_special_tokens=False)["input_ids"]
+            ids = ids[:MAX_COMPLETION - 1] + [eos] if ended else ids[:MAX_COMPLETION]
+            assert ended or len(ids) == MAX_COMPLETION, "a truncated completion fills the length"
+            prompts.append(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+            completions.append(ids)
+            truncated.append(not ended)
+            rewards.append(reward)
+    return prompts, completions, truncated, torch.tensor(rewards)
+
+
+def _trl_step(tiny_dir, tmp_path, loss_type: str, setup: dict):
+    """TRL's trainer over the tiny model + a random LoRA, its inputs dict for the fixed rollouts, and the rollouts."""
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"  # rollout_func's experimental-API warning
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    rollouts = _rollouts(tokenizer)
+    prompt_ids, completion_ids = rollouts[0], rollouts[1]
+    keys = {k: v for k, v in setup.items() if k != "perturb"}
+    args = GRPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, bf16=False, loss_type=loss_type,
+                      num_generations=G, per_device_train_batch_size=len(prompt_ids),
+                      max_completion_length=MAX_COMPLETION, reward_weights=WEIGHTS, **keys)
+
+    def rollout(prompts, trainer):  # the fixed completions in place of generation
+        return {"prompt_ids": prompt_ids, "completion_ids": completion_ids, "logprobs": None}
+
+    def first(completions, r1, **_):
+        return r1
+
+    def second(completions, r2, **_):
+        return r2
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
+    dataset = datasets.Dataset.from_list([{"prompt": p} for p in PROMPTS])
+    trainer = GRPOTrainer(model=base, reward_funcs=[first, second], args=args, train_dataset=dataset,
+                          processing_class=tokenizer, peft_config=lora, rollout_func=rollout)
+    model = trainer.model
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(0.3)  # a policy near the reference, as a few steps of training leave it
+    model.eval()
+    rewards = rollouts[3]
+    rows = [{"prompt": PROMPTS[i // G], "r1": float(rewards[i, 0]), "r2": float(rewards[i, 1])}
+            for i in range(len(prompt_ids))]
+    inputs = trainer._generate_and_score_completions(rows)
+    if setup.get("perturb"):
+        assert "old_per_token_logps" in inputs, "num_iterations > 1: TRL keeps the old log-probs"
+        noise = torch.randn(inputs["completion_ids"].shape, generator=torch.Generator().manual_seed(1)) * 0.3
+        inputs["old_per_token_logps"] = inputs["old_per_token_logps"] + noise * inputs["completion_mask"]
+    return trainer, model, inputs, rollouts
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def _check_logps(trainer, model, inputs, batch, cfg):
+    """Per-token log-probs and entropies of the policy, and the reference's (the adapter off), equal TRL's."""
+    temperature = cfg.get("temperature", 1.0)
+    input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
+    attention = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], 1)
+    with torch.no_grad():
+        trl_logps, trl_entropy, _ = trainer._get_per_token_logps_and_entropies(
+            model, input_ids, attention, inputs["completion_ids"].shape[1], compute_entropy=True)
+        with model.disable_adapter():
+            ref, _ = completion_logps(model, batch, temperature=temperature)
+    logps, entropy = completion_logps(model, batch, temperature=temperature, entropy=True)
+    m = batch.mask
+    assert m.sum() > 20
+    torch.testing.assert_close(logps.detach(), trl_logps, atol=TOL, rtol=0)
+    torch.testing.assert_close(entropy * m, trl_entropy * m, atol=TOL, rtol=0)
+    if cfg["beta"]:
+        torch.testing.assert_close(ref, inputs["ref_per_token_logps"], atol=TOL, rtol=0)
+        assert (ref - logps.detach()).abs().max() > 1e-2, "the policy differs from the reference"
+    else:
+        assert "ref_per_token_logps" not in inputs
+    return logps, entropy, ref
+
+
+def _check_advantages(trainer, inputs, rewards, cfg):
+    """Advantages equal TRL's, and so do the reward statistics it logged."""
+    adv = group_advantages(rewards, G, scale_rewards=cfg.get("scale_rewards", "group"), weights=WEIGHTS,
+                           names=["first", "second"])
+    torch.testing.assert_close(adv.values, inputs["advantages"], atol=TOL, rtol=0)
+    logged = {k: v[-1] for k, v in trainer._metrics["eval"].items()}
+    for key in ("reward", "reward_std", "rewards/first/mean", "rewards/first/std", "rewards/second/mean",
+                "rewards/second/std"):
+        assert adv.stats[key] == pytest.approx(logged[key], abs=TOL), key
+    # one group of three has equal rewards; under "batch" TRL logs whether the whole batch's are equal
+    assert adv.stats["frac_reward_zero_std"] == pytest.approx(1 / 3)
+    if cfg.get("scale_rewards", "group") != "batch":
+        assert logged["frac_reward_zero_std"] == pytest.approx(1 / 3)
+    return adv
+
+
+@pytest.mark.parametrize("setup", list(SETUPS))
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo", "bnpo"])
+def test_grpo_step_equals_trl(tiny_dir, tmp_path, loss_type, setup):
+    cfg = SETUPS[setup]
+    trainer, model, inputs, (prompts, completions, truncated, rewards) = _trl_step(tiny_dir, tmp_path, loss_type, cfg)
+    masked = truncated if cfg.get("mask_truncated_completions") else None
+    batch = collate_completions(prompts, completions, truncated=masked, pad_id=trainer.processing_class.pad_token_id)
+    torch.testing.assert_close(batch.mask.long(), inputs["completion_mask"], atol=0, rtol=0)
+    logps, entropy, ref = _check_logps(trainer, model, inputs, batch, cfg)
+    adv = _check_advantages(trainer, inputs, rewards, cfg)
+
+    # the loss, its gradient and the statistics TRL logs with it
+    settings = GRPOLossSettings(loss_type=loss_type, epsilon=0.2, epsilon_high=cfg.get("epsilon_high"),
+                                delta=cfg.get("delta"), beta=cfg["beta"],
+                                kl_ratio_correction=cfg.get("use_bias_correction_kl", True),
+                                max_completion_length=MAX_COMPLETION)
+    trl_loss = trainer.compute_loss(model, inputs)
+    trl_loss.backward()
+    trl_grads = _grads(model)
+    logged = {k: v[-1] for k, v in trainer._metrics["eval"].items()}
+    old = inputs["old_per_token_logps"] if cfg.get("perturb") else None
+    loss, stats = grpo_loss(logps, batch.mask, adv.values, settings, old_logps=old,
+                            ref_logps=ref if cfg["beta"] else None, entropies=entropy)
+    assert float(loss.detach()) == pytest.approx(float(trl_loss.detach()), abs=TOL)
+    loss.backward()
+    ours = _grads(model)
+    assert ours.keys() == trl_grads.keys() and ours
+    for name, g in ours.items():
+        torch.testing.assert_close(g, trl_grads[name], atol=TOL, rtol=1e-4, msg=name)
+    means = stats.means()
+    for key in ["entropy", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean",
+                "clip_ratio/low_min", "clip_ratio/high_max"] + (["kl"] if cfg["beta"] else []):
+        assert means[key] == pytest.approx(logged[key], abs=TOL), key
+    assert ("kl" in means) == bool(cfg["beta"])
+    if cfg.get("perturb"):
+        assert means["clip_ratio/low_mean"] > 0 and means["clip_ratio/high_mean"] > 0, "clipping acts"
+
+
+def test_on_policy_ratio_is_one_with_the_policy_gradient():
+    """num_iterations == 1: ρ = 1, no clipping, and the gradient is -A ∇log π per token (before the mean)."""
+    logps = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.7, 0.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+    adv = torch.tensor([0.5, -2.0])
+    loss, stats = grpo_loss(logps, mask, adv, GRPOLossSettings(loss_type="dapo"))
+    assert float(loss) == pytest.approx(-(0.5 * 3 - 2.0 * 2) / 5)
+    loss.backward()
+    expected = torch.tensor([[-0.1, -0.1, -0.1], [0.4, 0.4, 0.0]])
+    torch.testing.assert_close(logps.grad, expected)
+    assert stats.means()["clip_ratio/region_mean"] == 0.0 and stats.tokens == 5
+
+
+def test_loss_types_normalise_by_hand():
+    """Token losses of 1 everywhere scored, read through each loss type's denominator."""
+    logps = torch.zeros(2, 4)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)
+    adv = torch.tensor([-1.0, -1.0])  # ρ = 1: each scored token's loss is -ρA = 1
+    want = {"grpo": (1 + 1) / 2, "bnpo": 5 / 5, "dr_grpo": 5 / (2 * 8), "dapo": 5 / 5}
+    for loss_type, value in want.items():
+        settings = GRPOLossSettings(loss_type=loss_type, max_completion_length=8)
+        assert float(grpo_loss(logps, mask, adv, settings)[0]) == pytest.approx(value), loss_type
+    # two micro-batches of one step: global denominators make the shares sum to the whole step's loss
+    norms = LossNorms(seqs=4, tokens=10, micro_batches=2)
+    for loss_type in want:
+        settings = GRPOLossSettings(loss_type=loss_type, max_completion_length=8)
+        whole = grpo_loss(torch.zeros(4, 4), torch.cat([mask, mask]), adv.repeat(2), settings)[0]
+        halves = sum(grpo_loss(logps, mask, adv, settings, norms=norms)[0] for _ in range(2))
+        assert float(halves) == pytest.approx(float(whole)), loss_type
+
+
+def test_advantages_by_hand():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0, 2.0, 2.0, 2.0, 2.0])
+    adv = group_advantages(rewards, 4, scale_rewards="none")
+    torch.testing.assert_close(adv.values, torch.tensor([0.75, -0.25, -0.25, -0.25, 0.0, 0.0, 0.0, 0.0]))
+    assert adv.stats["frac_reward_zero_std"] == 0.5
+    std = float(torch.tensor([1.0, 0.0, 0.0, 0.0]).std())  # Bessel: sqrt(0.25)
+    scaled = group_advantages(rewards, 4)  # "group" is the default, as in TRL
+    assert float(scaled.values[0]) == pytest.approx(0.75 / (std + 1e-4))
+    assert group_advantages(rewards, 4, scale_rewards=True).values.equal(scaled.values)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(num_generations=1), "at least 2"),
+    (dict(num_generations=3), "groups of 3"),
+    (dict(scale_rewards="std"), "scale_rewards must be one of"),
+    (dict(rewards=torch.tensor([1.0, float("nan"), 0.0, 0.0])), "NaN"),
+    (dict(weights=[1.0, 2.0]), "2 reward weights for 1"),
+])
+def test_bad_advantage_inputs(bad, message):
+    kwargs = dict(rewards=torch.tensor([1.0, 0.0, 0.0, 1.0]), num_generations=2) | bad
+    with pytest.raises(ValueError, match=message):
+        group_advantages(kwargs.pop("rewards"), kwargs.pop("num_generations"), **kwargs)
+
+
+def test_bad_loss_settings():
+    with pytest.raises(ValueError, match="loss_type must be one of"):
+        GRPOLossSettings(loss_type="ppo")
+    with pytest.raises(ValueError, match="delta must exceed"):
+        GRPOLossSettings(epsilon_high=0.28, delta=1.2)
+    with pytest.raises(ValueError, match="ref_logps"):
+        grpo_loss(torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), torch.ones(1), GRPOLossSettings(beta=0.1))
+
+
+def test_stats_merge_across_micro_batches():
+    a = StepStats(tokens=4, kl=0.4, entropy=8.0, clip_low=1, clip_high=0, clip_low_min=0.0, clip_high_max=0.0)
+    b = StepStats(tokens=6, kl=0.2, entropy=6.0, clip_low=0, clip_high=3, clip_low_min=0.0, clip_high_max=0.5)
+    means = a.merge(b).means()
+    assert means["kl"] == pytest.approx(0.06) and means["entropy"] == pytest.approx(1.4)
+    assert means["clip_ratio/region_mean"] == pytest.approx(0.4) and means["clip_ratio/high_max"] == 0.5
+
+
+def test_chunked_logps_equal_one_pass(tiny_dir, monkeypatch):
+    """Chunks of 3 positions, and the recompute-in-backward route, give the one-pass values and gradients."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    batch = collate_completions([[5, 6, 7], [8, 9]], [[10, 11, 12, 13], [14]])
+    whole, ent = completion_logps(model, batch, entropy=True)
+    whole.sum().backward()
+    ref_grad = model.lm_head.weight.grad.clone()
+    model.zero_grad(set_to_none=True)
+    monkeypatch.setattr("tunelab.train.grpo_math.KEEP_LOGITS_BYTES", 0)  # the checkpointed route
+    chunked, ent2 = completion_logps(model, batch, entropy=True, chunk=3)
+    chunked.sum().backward()
+    torch.testing.assert_close(chunked, whole)
+    torch.testing.assert_close(ent2, ent)
+    torch.testing.assert_close(model.lm_head.weight.grad, ref_grad)
+    # the values themselves: log-softmax of the full forward's logits at the positions before each token
+    with torch.no_grad():
+        logits = model(input_ids=batch.input_ids).logits.log_softmax(-1)
+    assert float(whole[0, 1]) == pytest.approx(float(logits[0, 3, 11]), abs=1e-5)
+    assert float(whole[1, 0]) == pytest.approx(float(logits[1, 1, 14]), abs=1e-5)
+    assert float(whole[1, 1]) == 0.0 and not batch.mask[1, 1]
