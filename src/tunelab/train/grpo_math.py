@@ -132,7 +132,9 @@ def completion_logps(model: nn.Module, batch: CompletionBatch, *, temperature: f
 
     The decoder runs once over the rows; hidden states are kept only at the positions that
     predict a scored token (the one before it), so logits exist only there, chunk by chunk.
-    Returns (logps, entropies or None), both (B, C).
+    Returns (logps, entropies or None), both (B, C). TRL 1.16.0: GRPOTrainer._get_per_token_logps_and_entropies
+    with the fused head of trl.trainer.utils.add_fused_lm_head (which TRL runs on every position of a
+    left-padded batch; the values are the same).
     """
     lm = base_causal_lm(model)
     hidden = lm.get_decoder()(input_ids=batch.input_ids, use_cache=False).last_hidden_state  # (B, T, H)
@@ -166,7 +168,8 @@ def group_advantages(rewards: torch.Tensor, num_generations: int, *, scale_rewar
     before normalising (TRL's "sum_then_normalize"). scale_rewards: "group" (True), "batch" or
     "none" (False), as GRPOConfig takes it. frac_reward_zero_std is the share of GROUPS whose
     rewards are all equal (no learning signal); TRL 1.16 logs the same under "group" and "none",
-    and under "batch" whether the whole batch's rewards are equal.
+    and under "batch" whether the whole batch's rewards are equal. TRL 1.16.0:
+    GRPOTrainer._generate_and_score_completions (the advantages and the reward/* logs).
     """
     scale = {True: "group", False: "none"}.get(scale_rewards, scale_rewards)
     if scale not in SCALE_REWARDS:
@@ -241,7 +244,11 @@ class LossNorms:
 
 @dataclass
 class StepStats:
-    """Sums and extremes over scored tokens, mergeable across micro-batches; `means()` gives TRL's names."""
+    """Sums and extremes over scored tokens, mergeable across micro-batches; `means()` gives TRL's names.
+
+    TRL 1.16.0 logs these in GRPOTrainer._compute_loss: kl, entropy and clip_ratio/*_mean as means over
+    every scored token of the step, clip_ratio/low_min and high_max over per-completion shares.
+    """
 
     tokens: float = 0.0
     kl: Optional[float] = None  # Σ KL_t (None when beta == 0: TRL logs no kl then)
@@ -291,7 +298,8 @@ def grpo_loss(logps: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
 
     logps, old_logps, ref_logps, entropies: (B, C) per completion token; mask: (B, C), the scored
     tokens; advantages: (B,). old_logps None means the rollout is on-policy (num_iterations == 1).
-    ref_logps is needed when beta != 0. Returns (loss, StepStats).
+    ref_logps is needed when beta != 0. Returns (loss, StepStats). TRL 1.16.0: GRPOTrainer._compute_loss
+    (token-level importance sampling, no entropy bonus, no off-policy mask).
     """
     if settings.beta != 0.0 and ref_logps is None:
         raise ValueError("beta != 0 needs the reference log-probabilities (ref_logps)")
