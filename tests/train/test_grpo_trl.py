@@ -10,7 +10,9 @@ base with the adapter off). Fixed prompts, completions and rewards go through TR
   masks, advantages, old and reference log-probs, and logs the reward statistics;
 - `GRPOTrainer._get_per_token_logps_and_entropies` (private) gives TRL's per-token log-probs;
 - `GRPOTrainer.compute_loss(model, inputs)` gives the loss and logs kl, entropy and clip ratios in
-  `trainer._metrics["eval"]` (the model is in eval mode: no dropout, no accumulation scaling).
+  `trainer._metrics["eval"]` (the model is in eval mode: no dropout, no accumulation scaling);
+- for gradient accumulation, `trl.trainer.utils.split_tensor_dict` splits the inputs into micro-batches
+  and `trainer.current_gradient_accumulation_steps` (set by transformers' Trainer loop) is set by hand.
 
 Clipping is made active by perturbing the old log-probs of a num_iterations > 1 step (TRL computes
 them at generation, where they equal the current ones). Tolerance 1e-5.
@@ -21,8 +23,6 @@ torch 2.13, TRL 1.16.0) ran 2 steps in 0.4 s; the issue was filed against TRL 0.
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -30,7 +30,7 @@ trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 
 from tunelab.train.grpo_math import (  # noqa: E402
-    GRPOLossSettings, collate_completions, completion_logps, grpo_loss, group_advantages,
+    GRPOLossSettings, LossNorms, collate_completions, completion_logps, grpo_loss, group_advantages,
 )
 
 TOL = 1e-5
@@ -81,20 +81,28 @@ def _rollouts(tokenizer):
     return prompts, completions, truncated, torch.tensor(rewards)
 
 
-def _trl_step(tiny_dir, tmp_path, loss_type: str, setup: dict):
-    """TRL's trainer over the tiny model + a random LoRA, its inputs dict for the fixed rollouts, and the rollouts."""
+@pytest.fixture(autouse=True)
+def _quiet_trl(monkeypatch):
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func's experimental-API warning
+
+
+def _trl_step(tiny_dir, tmp_path, loss_type: str, setup: dict, *, train_mode: bool = False):
+    """TRL's trainer over the tiny model + a random LoRA, its inputs dict for the fixed rollouts, and the rollouts.
+
+    The model is in eval mode unless train_mode (TRL then scales for accumulation; no dropout either way).
+    """
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"  # rollout_func's experimental-API warning
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
     rollouts = _rollouts(tokenizer)
     prompt_ids, completion_ids = rollouts[0], rollouts[1]
     keys = {k: v for k, v in setup.items() if k != "perturb"}
+    micro_batches = setup.get("gradient_accumulation_steps", 1)
     args = GRPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, bf16=False, loss_type=loss_type,
-                      num_generations=G, per_device_train_batch_size=len(prompt_ids),
+                      num_generations=G, per_device_train_batch_size=len(prompt_ids) // micro_batches,
                       max_completion_length=MAX_COMPLETION, reward_weights=WEIGHTS, **keys)
 
     def rollout(prompts, trainer):  # the fixed completions in place of generation
@@ -116,7 +124,7 @@ def _trl_step(tiny_dir, tmp_path, loss_type: str, setup: dict):
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.mul_(0.3)  # a policy near the reference, as a few steps of training leave it
-    model.eval()
+    model.train(train_mode)
     rewards = rollouts[3]
     rows = [{"prompt": PROMPTS[i // G], "r1": float(rewards[i, 0]), "r2": float(rewards[i, 1])}
             for i in range(len(prompt_ids))]
@@ -209,3 +217,35 @@ def test_grpo_step_equals_trl(tiny_dir, tmp_path, loss_type, setup):
     assert ("kl" in means) == bool(cfg["beta"])
     if cfg.get("perturb"):
         assert means["clip_ratio/low_mean"] > 0 and means["clip_ratio/high_mean"] > 0, "clipping acts"
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo", "bnpo"])
+def test_accumulated_micro_batches_equal_trl(tiny_dir, tmp_path, loss_type):
+    """A step of two micro-batches (gradient_accumulation_steps=2, train mode): LossNorms over the whole step
+    give TRL's summed gradient, whose normalisation differs per loss type (dapo: the generation batch's tokens;
+    bnpo: each micro-batch's own tokens; grpo, dr_grpo: divided by the accumulation steps)."""
+    from trl.trainer.utils import split_tensor_dict
+
+    setup = dict(beta=0.04, gradient_accumulation_steps=2)
+    trainer, model, inputs, (prompts, completions, _, rewards) = _trl_step(tiny_dir, tmp_path, loss_type, setup,
+                                                                          train_mode=True)
+    trainer.current_gradient_accumulation_steps = 2  # set by Trainer's loop for each accumulation window
+    for half in split_tensor_dict(inputs, 2):  # TRL's own split of a generation batch (unshuffled here)
+        trainer.compute_loss(model, half).backward()
+    trl_grads = _grads(model)
+
+    adv = group_advantages(rewards, G, weights=WEIGHTS).values
+    norms = LossNorms(seqs=len(prompts), tokens=int(inputs["completion_mask"].sum()), micro_batches=2)
+    settings = GRPOLossSettings(loss_type=loss_type, beta=0.04, max_completion_length=MAX_COMPLETION)
+    half = len(prompts) // 2
+    for rows in (slice(0, half), slice(half, None)):
+        batch = collate_completions(prompts[rows], completions[rows])
+        logps, _ = completion_logps(model, batch)
+        with torch.no_grad(), model.disable_adapter():
+            ref, _ = completion_logps(model, batch)
+        loss, _ = grpo_loss(logps, batch.mask, adv[rows], settings, ref_logps=ref, norms=norms)
+        loss.backward()
+    ours = _grads(model)
+    assert ours.keys() == trl_grads.keys() and ours
+    for name, g in ours.items():
+        torch.testing.assert_close(g, trl_grads[name], atol=TOL, rtol=1e-4, msg=name)
