@@ -64,9 +64,11 @@ def token_logps(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, *,
                 softcap: Optional[float] = None, chunk: int = CHUNK_TOKENS, entropy: bool = False):
     """Log-probabilities (S,) of `targets` given the final hidden states (S, H) that predict them.
 
-    The LM head runs over chunks of `chunk` positions, so at most one chunk's (chunk, V) logits
-    exist at a time; above KEEP_LOGITS_BYTES each chunk is recomputed in the backward instead of
-    kept (loss.py's reasoning). Returns (logps, entropies (S,) or None); entropies carry no gradient.
+    The LM head runs over chunks of `chunk` positions, and only at the S scored positions, so the
+    [tokens × vocab] logits of the whole rows never exist. When the S × V logits together exceed
+    KEEP_LOGITS_BYTES each chunk is recomputed in the backward instead of kept, so peak logit memory
+    is one chunk (loss.py's reasoning). Returns (logps, entropies (S,) or None); entropies carry no
+    gradient.
     """
     recompute = (torch.is_grad_enabled() and hidden.requires_grad
                  and hidden.shape[0] * head.weight.shape[0] * 4 > KEEP_LOGITS_BYTES)
