@@ -43,7 +43,7 @@ def config(tiny_dir, files, **over):
     ({"retention": ["builtin:dates"]}, "retention[0]: builtin:dates is the compare's own task"),
     ({"retention": ["SEARCH"]}, "retention[0]: task 'search' is a retrieval task"),
     ({"retention": ["nope.yaml"]}, "retention[0]: nope.yaml not found"),
-    ({"retention": [{"task": "EVENS", "limit": 0}]}, "retention.0"),
+    ({"retention": [{"task": "EVENS", "limit": 0}]}, "retention[0].limit: must be greater than or equal to 1"),
     ({"arms": [{"lora": {"n": [8], "train": {"replay": {"data": "GENERAL", "ratio": 1.5}}}}]},
      "replay.ratio: must be less than 1"),
     ({"arms": [{"lora": {"n": [8], "train": {"replay": {"data": "BROKEN"}}}}]},
