@@ -17,13 +17,19 @@ from tunelab.config import TrainConfig
 Say = Callable[[str], None]
 
 
-def data_path(spec: str, base_dir: str | Path | None) -> str:
-    """A relative data path is looked up next to the config file first, then in the cwd."""
+def data_path(spec: str, base_dir: str | Path | None, key: str = "data.train") -> str:
+    """A relative data path is looked up next to the config file first, then in the cwd; in
+    neither, the error names both places and the config `key`."""
+    from tunelab.data.readers import not_found
+
     p = Path(spec)
     if spec.startswith("builtin:") or p.is_absolute() or base_dir is None:
         return spec
     beside = Path(base_dir) / p
-    return str(beside) if beside.exists() or not p.exists() else spec
+    if beside.exists() or p.exists():
+        return str(beside) if beside.exists() else spec
+    raise not_found(spec, [beside, Path.cwd() / p], f"relative paths in a train config are looked up in its "
+                    f"folder, {base_dir}, then in the current folder", key)
 
 
 def hold_out(candidates: list[int], fraction, seed: int) -> tuple[list[int], list[int]]:
@@ -63,7 +69,7 @@ def load_examples(cfg: TrainConfig, tokenizer, *, base_dir, say: Say,
         candidates = [i for i, c in enumerate(convs) if id(c) in keep]
     train_idx, eval_idx, eval_ex = candidates, [], []
     if isinstance(d.eval, str):
-        eval_ex = prepare(data_path(d.eval, base_dir), tokenizer, **kw).trainable(log=log)
+        eval_ex = prepare(data_path(d.eval, base_dir, "data.eval"), tokenizer, **kw).trainable(log=log)
     else:
         train_idx, eval_idx = hold_out(candidates, d.eval, cfg.train.seed)
     train_ex = full.select(train_idx).trainable(log=log)
@@ -80,7 +86,7 @@ def mix_replay(cfg: TrainConfig, train_ex, tokenizer, kw: dict, *, base_dir, say
     from tunelab.train.replay import Mixed, draw, replay_count
 
     r = cfg.replay
-    pool = prepare(data_path(r.data, base_dir), tokenizer, **{**kw, "format": r.format, "fields": None})
+    pool = prepare(data_path(r.data, base_dir, "replay.data"), tokenizer, **{**kw, "format": r.format, "fields": None})
     pool = pool.trainable(log=logging.getLogger("tunelab.templates"))
     k = replay_count(len(train_ex), r.ratio)
     mixed = Mixed(train_ex, pool.select(draw(len(pool), k, cfg.train.seed)))
@@ -98,7 +104,8 @@ def load_pairs(cfg: TrainConfig, tokenizer, *, base_dir):
     d = cfg.data
 
     def encoded(spec: str):
-        pairs = iter_pairs(data_path(spec, base_dir), fields=d.fields or None, skip_bad=d.skip_bad, system=d.system,
+        path = data_path(spec, base_dir, "data.train" if spec == d.train else "data.eval")
+        pairs = iter_pairs(path, fields=d.fields or None, skip_bad=d.skip_bad, system=d.system,
                            what=f"method: {cfg.method}", skip_setting="data.skip_bad=true")
         return encode_pairs(tokenizer, pairs, max_length=d.max_length)
 
