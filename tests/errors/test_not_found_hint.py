@@ -54,12 +54,12 @@ def test_train_config_data_names_both_places_it_looked(cli, layout, tiny_dir):
     files, elsewhere = layout
     good = files / "good.jsonl"
     good.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
-    for key, data in (("data.train", {"train": "train.jsonl"}), ("data.eval", {"train": "good.jsonl", "eval": "ev.jsonl"})):
+    for lead, data in (("data.train: ", {"train": "train.jsonl"}), ("", {"train": "good.jsonl", "eval": "ev.jsonl"})):
         path = _write(files / "run.yaml", {"model": str(tiny_dir), "data": data, "out": str(elsewhere / "run")})
         code, _, err = cli("train", path)
         line = one_line(err)
         missing = data.get("eval", data["train"])
-        assert code == 2 and line.startswith(f"error: {key}: data file not found"), line
+        assert code == 2 and line.startswith(f"error: {lead}data file not found"), line
         assert f"looked for {missing} at {files / missing}, then at {elsewhere / missing}" in line, line
         assert f"relative paths in a train config are looked up in its folder, {files}, then in the current folder" in line
 

@@ -13,7 +13,7 @@ def train_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint of the run."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over in an existing run folder."),
 ):
-    """Fine-tune a model ({methods}) and write a run folder.
+    """Fine-tune a model (METHODS) and write a run folder.
 
     Examples:
 
@@ -101,17 +101,12 @@ def export_cmd(
                       f"Ollama: cd {done.path.parent} && ollama create NAME -f {done.modelfile.name}", highlight=False)
 
 
-def _methods() -> str:
-    """'full | lora | ...': the methods a training config may name, read from their one list (the
-    values TrainConfig.method accepts), so the help never lags behind it."""
+def register(app: typer.Typer) -> None:
     from typing import get_args
 
-    from tunelab.config import TrainConfig
+    from tunelab.config import TrainConfig  # the one list of methods: the values TrainConfig.method accepts
 
-    return " | ".join(get_args(TrainConfig.model_fields["method"].annotation))
-
-
-def register(app: typer.Typer) -> None:
-    app.command("train", context_settings={"allow_extra_args": False},
-                help=train_cmd.__doc__.replace("{methods}", _methods()))(train_cmd)
+    methods = get_args(TrainConfig.model_fields["method"].annotation)
+    train_cmd.__doc__ = train_cmd.__doc__.replace("METHODS", " | ".join(methods), 1)
+    app.command("train", context_settings={"allow_extra_args": False})(train_cmd)
     app.command("export")(export_cmd)

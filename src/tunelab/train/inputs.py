@@ -17,9 +17,9 @@ from tunelab.config import TrainConfig
 Say = Callable[[str], None]
 
 
-def data_path(spec: str, base_dir: str | Path | None, key: str = "data.train") -> str:
+def data_path(spec: str, base_dir: str | Path | None, key: str | None = None) -> str:
     """A relative data path is looked up next to the config file first, then in the cwd; in
-    neither, the error names both places and the config `key`."""
+    neither, the error names both places (and the config `key` when given)."""
     from tunelab.data.readers import not_found
 
     p = Path(spec)
@@ -53,7 +53,7 @@ def load_examples(cfg: TrainConfig, tokenizer, *, base_dir, say: Say,
     kw = dict(format=d.format, fields=d.fields or None, skip_bad=d.skip_bad, system=d.system,
               skip_setting="data.skip_bad=true", train_on=d.train_on, max_length=d.max_length, truncate=d.truncate)
     log = logging.getLogger("tunelab.templates")
-    full = prepare(data_path(d.train, base_dir), tokenizer, **kw)
+    full = prepare(data_path(d.train, base_dir, "data.train"), tokenizer, **kw)
     say(f"encoded data {'from the cache' if full.hit else 'cached'}: {full.folder}")
     candidates = list(range(len(full)))
     if d.max_toxicity is not None:  # screened in the data stage, on the records' text
@@ -69,7 +69,7 @@ def load_examples(cfg: TrainConfig, tokenizer, *, base_dir, say: Say,
         candidates = [i for i, c in enumerate(convs) if id(c) in keep]
     train_idx, eval_idx, eval_ex = candidates, [], []
     if isinstance(d.eval, str):
-        eval_ex = prepare(data_path(d.eval, base_dir, "data.eval"), tokenizer, **kw).trainable(log=log)
+        eval_ex = prepare(data_path(d.eval, base_dir), tokenizer, **kw).trainable(log=log)
     else:
         train_idx, eval_idx = hold_out(candidates, d.eval, cfg.train.seed)
     train_ex = full.select(train_idx).trainable(log=log)
@@ -86,7 +86,7 @@ def mix_replay(cfg: TrainConfig, train_ex, tokenizer, kw: dict, *, base_dir, say
     from tunelab.train.replay import Mixed, draw, replay_count
 
     r = cfg.replay
-    pool = prepare(data_path(r.data, base_dir, "replay.data"), tokenizer, **{**kw, "format": r.format, "fields": None})
+    pool = prepare(data_path(r.data, base_dir), tokenizer, **{**kw, "format": r.format, "fields": None})
     pool = pool.trainable(log=logging.getLogger("tunelab.templates"))
     k = replay_count(len(train_ex), r.ratio)
     mixed = Mixed(train_ex, pool.select(draw(len(pool), k, cfg.train.seed)))
@@ -104,8 +104,7 @@ def load_pairs(cfg: TrainConfig, tokenizer, *, base_dir):
     d = cfg.data
 
     def encoded(spec: str):
-        path = data_path(spec, base_dir, "data.train" if spec == d.train else "data.eval")
-        pairs = iter_pairs(path, fields=d.fields or None, skip_bad=d.skip_bad, system=d.system,
+        pairs = iter_pairs(data_path(spec, base_dir), fields=d.fields or None, skip_bad=d.skip_bad, system=d.system,
                            what=f"method: {cfg.method}", skip_setting="data.skip_bad=true")
         return encode_pairs(tokenizer, pairs, max_length=d.max_length)
 
