@@ -6,13 +6,13 @@ allowed keys or range.
 """
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tunelab.config_errors import problems
 from tunelab.errors import TunelabError
 
 
@@ -468,38 +468,10 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def _describe(model_cls: type[BaseModel], loc: tuple) -> str:
-    """Allowed keys at the location of an 'extra_forbidden' error."""
-    cls = model_cls
-    for part in loc[:-1]:
-        field = cls.model_fields.get(part) if isinstance(part, str) else None
-        ann = getattr(field, "annotation", None)
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            cls = ann
-        else:
-            return ""
-    allowed = [k for k, f in cls.model_fields.items() if not f.exclude]
-    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    return f"{hint}allowed keys: {', '.join(allowed)}"
-
-
 def validation_message(model_cls: type[BaseModel], err: ValidationError, source: str) -> str:
-    problems = []
-    for e in err.errors():
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))
-        key = ".".join(str(p) for p in loc) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            problems.append(f"{key}: unknown key ({_describe(model_cls, loc)})")
-        elif e["type"] == "missing":
-            problems.append(f"{key}: required key is missing")
-        else:
-            got = e.get("input")
-            got_s = f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
-            msg = e["msg"].replace("Input should be", "must be").replace("Value error, ", "")
-            problems.append(f"{key}: {msg}{got_s}")
+    """Every problem of `err` in one line: 'source: key: what is wrong; key: ... (every key: docs/...)'."""
     ref = KEY_DOCS.get(model_cls)
-    return f"{source}: " + "; ".join(problems) + (f" (every key: {ref})" if ref else "")
+    return f"{source}: " + "; ".join(problems(model_cls, err)) + (f" (every key: {ref})" if ref else "")
 
 
 def build(model_cls: type[BaseModel], data: dict, source: str):

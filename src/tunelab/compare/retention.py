@@ -73,6 +73,7 @@ def plan_tasks(cfg, source: str, base_dir: Path, target) -> list[RetentionTask]:
     """The retention tasks of a compare config, checked: found, not retrieval, not the target task itself."""
     from tunelab.compare.checks import check_metric, resolve_path
     from tunelab.config import RetentionSpec
+    from tunelab.data.readers import base_why
     from tunelab.evaluate.results import task_sha256
     from tunelab.evaluate.tasks import resolve_task
 
@@ -83,7 +84,8 @@ def plan_tasks(cfg, source: str, base_dir: Path, target) -> list[RetentionTask]:
         spec = spec if isinstance(spec, RetentionSpec) else RetentionSpec(task=spec)
         path = resolve_path(spec.task, base_dir)
         if not path.startswith("builtin:") and not Path(path).is_file():
-            raise TunelabError(f"{source}: {where}: {spec.task} not found (looked at {path}); give a task YAML "
+            why = base_why(base_dir, None if source == "config" else source)
+            raise TunelabError(f"{source}: {where}: {spec.task} not found (looked at {path}: {why}); give a task YAML "
                                "(docs/tasks.md) or builtin:<name>")
         task = resolve_task(path)
         if task.type == "retrieval":

@@ -57,6 +57,29 @@ def check_folder(plan: Plan) -> None:
                            f"with this one's. Delete {plan.out} to start fresh, or set out=<another folder>")
 
 
+def check_items(plan: Plan) -> None:
+    """Read what `--dry-run` reads (compare/estimate.py) before any arm starts: the test items and
+    each retention task's items, rendered through their templates. make_plan checked everything
+    else; without this a missing retention data file failed only once the first arm was scored."""
+    from tunelab.evaluate.prompts import TaskTemplates
+    from tunelab.evaluate.runner import load_task_rows
+
+    tasks = [(plan.task, None, plan.config.limit)] + [(r.task, r.where, r.limit) for r in plan.retention]
+    for task, where, limit in tasks:
+        if task.type == "perplexity":  # read by its own reader when scored, as the estimate leaves it
+            continue
+        try:
+            rows = load_task_rows(task)
+            templates = TaskTemplates(task, task.source or where or plan.source)
+            if task.type != "preference":  # a pair is read as it is, nothing rendered
+                for row in rows[:limit] if limit else rows:
+                    templates.render(row)
+        except TunelabError as e:
+            if where is None:  # the compare's own task: its messages name the task file already
+                raise
+            raise TunelabError(f"{plan.source}: {where}: {e}") from None
+
+
 def plan_settings(plan: Plan) -> dict:
     """The settings every arm shares (what plan.signature covers), as written to plan.json."""
     from tunelab.evaluate.results import task_sha256
@@ -195,6 +218,7 @@ def compare(config, overrides: Optional[list[str]] = None, *, out=None,
     if arm is not None and arm not in {a.id for a in plan.arms}:
         raise TunelabError(f"--arm {arm}: no such arm in this compare; its arms: {', '.join(a.id for a in plan.arms)} "
                            "(tunelab compare CONFIG --plan lists them)")
+    check_items(plan)
     # the folder lock is held only while writing what every arm reads: workers wait for each other here
     with folder_lock(plan.out, LOCK_FILE, wait=True):
         check_folder(plan)

@@ -44,7 +44,8 @@ def load_task_rows(task, spec: Optional[str] = None) -> list:
     spec = spec if spec is not None else task.data
     if not spec:
         raise TunelabError(f"task '{task.name}': no 'data' file given; add data: path/to/file.jsonl (docs/tasks.md)")
-    rows = load_rows(spec, base_dir=task.base_dir, hint=f"fix that record of the data of {_task_source(task)}")
+    rows = load_rows(spec, base_dir=task.base_dir, hint=f"fix that record of the data of {_task_source(task)}",
+                     named_in=task.source)
     if spec == task.data and task.split:
         a, b = (int(x) if x.strip() else None for x in task.split.split(":"))
         rows = rows[a:b]
@@ -348,7 +349,8 @@ def load_rows_full(task) -> list:
     """The whole data file (the demo pool when `split` selects only part of it for evaluation)."""
     from tunelab.data.load import load_rows
 
-    return load_rows(task.data, base_dir=task.base_dir, hint=f"fix that record of the data of {_task_source(task)}")
+    return load_rows(task.data, base_dir=task.base_dir, hint=f"fix that record of the data of {_task_source(task)}",
+                     named_in=task.source)
 
 
 def _finish(task, backend, metrics, items, tokens, t0, out, with_response, sampler, dev, toxicity=None,
