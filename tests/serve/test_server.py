@@ -43,9 +43,9 @@ def test_openai_fields_a_local_model_does_not_use_are_ignored(client, served, lo
     assert r.choices[0].message.content == _ref(local[None], MSGS, 6).text
 
 
-def test_models_lists_base_and_adapters(client, served):
+def test_models_lists_base_and_adapters(client, served, lively_dir):
     ids = [m.id for m in client.models.list().data]
-    assert ids == [served.name, "alpha", "beta"]
+    assert ids == [served.name, str(lively_dir), "alpha", "beta"]  # the base by its name and as it was served
 
 
 def test_chat_greedy_matches_local_generate_with_usage(client, served, local):
