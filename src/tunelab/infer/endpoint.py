@@ -81,6 +81,10 @@ def set_timeout(seconds) -> None:
     os.environ[TIMEOUT_VAR] = repr(check_timeout(seconds))
 
 
+class _NotSent(Exception):
+    """A request not sent because an earlier one of its batch failed."""
+
+
 class _Notice:
     """One line, once per batch or chat turn, when no answer has come for NOTICE_AFTER_S seconds."""
 
@@ -255,9 +259,19 @@ class EndpointBackend:
     # ------------------------------------------------------------ the work, `batch_size` requests at a time
     def _map(self, fn, items: list, batch_size: int, on_batch: OnBatch) -> list:
         """[fn(x) for x in items], `batch_size` at a time; a failure raises Unfinished with the answers that came."""
-        notice = self._notice()
+        notice, failed = self._notice(), threading.Event()
+
+        def one(x):
+            if failed.is_set():  # set by the first failure, in its own worker: no request starts after it
+                raise _NotSent
+            try:
+                return fn(x)
+            except BaseException:
+                failed.set()
+                raise
+
         with ThreadPoolExecutor(max_workers=max(1, batch_size), thread_name_prefix="tunelab-endpoint") as pool:
-            futures = [pool.submit(fn, x) for x in items]
+            futures = [pool.submit(one, x) for x in items]
             out = []
             try:
                 for f in futures:  # in order; progress as each finishes
