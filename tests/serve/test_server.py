@@ -163,3 +163,17 @@ def test_mixed_adapters_at_once_each_get_their_own(client, served, local):
             model=n, messages=MSGS, max_tokens=8, temperature=0).choices[0].message.content, names))
     expect = {n: _ref(local[None if n == served.name else n], MSGS, 8).text for n in set(names)}
     assert texts == [expect[n] for n in names]
+
+
+def test_the_name_it_was_served_as_is_a_model_name(served):
+    """`tunelab serve default` serves smollm2-135m-instruct; `openai:URL#default` is that model too."""
+    from tunelab.infer.endpoint import EndpointBackend
+    from tunelab.serve.engine import ServedModel
+    from tunelab.serve.server import BackgroundServer, create_app
+
+    with BackgroundServer(create_app(ServedModel(served.lm, alias="default"))) as srv:
+        by_alias = EndpointBackend(f"openai:{srv.url}#default")  # refused before: "does not serve 'default'"
+        assert [m.id for m in by_alias.client.models.list().data] == [served.name, "default"]
+        by_name = EndpointBackend(f"openai:{srv.url}#{served.name}")
+        answers = ["".join(b.stream_chat(MSGS, max_new_tokens=6, temperature=0.0, top_p=1.0)) for b in (by_alias, by_name)]
+        assert answers[0] == answers[1] and answers[0]
