@@ -16,6 +16,7 @@ import tunelab
 from tunelab.infer.backend import LocalBackend
 from tunelab.infer.endpoint import PREFIX, EndpointBackend
 from tunelab.infer.protocol import Backend, members, prefixed, registered
+from tunelab.infer.replay import ReplayBackend
 
 SRC = Path(tunelab.__file__).resolve().parent
 ARCHITECTURE = SRC.parents[1] / "docs" / "architecture.md"
@@ -58,7 +59,14 @@ def _params(fn) -> list[tuple[str, object]]:
     return [(p.name, p.kind) for p in inspect.signature(fn).parameters.values()]
 
 
-@pytest.mark.parametrize("which", ["local", "endpoint"])
+@pytest.fixture()
+def replay(tmp_path):
+    preds = tmp_path / "predictions.jsonl"
+    preds.write_text('{"prompt": "p", "output": "o"}\n')
+    return ReplayBackend(f"replay:{preds}")
+
+
+@pytest.mark.parametrize("which", ["local", "endpoint", "replay"])
 def test_both_backends_have_every_member_with_the_protocols_parameters(which, request):
     backend = request.getfixturevalue(which)
     assert isinstance(backend, Backend)  # the runtime check: names only, so the rest is checked by hand
@@ -70,8 +78,19 @@ def test_both_backends_have_every_member_with_the_protocols_parameters(which, re
     assert own == set(METHODS)  # a method a caller could use is in the Protocol
 
 
+@pytest.mark.parametrize("cls", [LocalBackend, *registered().values()], ids=lambda c: c.__name__)
+def test_every_backend_class_declares_the_protocol(cls):
+    """Class-level, so a new backend module is checked without an instance: attributes annotated,
+    methods with the Protocol's parameters, no other public method."""
+    declared = set(getattr(cls, "__annotations__", {})) | set(vars(cls))
+    assert [m for m in members() if m not in declared] == []
+    for m in METHODS:
+        assert _params(getattr(cls, m)) == _params(getattr(Backend, m)), m
+    assert {n for n, v in vars(cls).items() if callable(v) and not n.startswith("_")} == set(METHODS)
+
+
 def test_a_prefixed_backend_is_found_by_its_prefix_and_checked_when_registered():
-    assert registered()[PREFIX] is EndpointBackend and LocalBackend.prefix is None
+    assert registered() == {PREFIX: EndpointBackend, "replay:": ReplayBackend} and LocalBackend.prefix is None
     with pytest.raises(TypeError, match="missing: .*stream_chat"):
         @prefixed
         class Half:
