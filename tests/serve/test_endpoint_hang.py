@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 import tunelab
+from tunelab.infer.waiting import TIMEOUT_VAR
 
 ROWS = [{"q": f"question {i}", "a": f"answer-{i}"} for i in range(6)]
 BOUND_S = 120  # a subprocess that has not finished by then hangs: the test fails rather than waits forever
@@ -137,9 +138,6 @@ def _one_line(r) -> str:
     return lines[0]
 
 
-from tunelab.infer.endpoint import TIMEOUT_VAR  # noqa: E402
-
-
 @pytest.mark.parametrize("mode", ["silent", "half"])
 def test_eval_gives_up_keeps_what_it_scored_and_resumes(fake, tmp_path, mode):
     fake.mode, fake.answer = mode, 3
@@ -220,13 +218,13 @@ def test_a_bad_timeout_is_one_line(fake, tmp_path):
 def test_a_slow_answer_says_what_it_waits_for(fake, monkeypatch, caplog):
     """After NOTICE_AFTER_S without an answer, one line says what is awaited and for how long."""
     from tunelab.errors import TunelabError
-    from tunelab.infer import endpoint
+    from tunelab.infer import endpoint, waiting
 
-    monkeypatch.setattr(endpoint, "NOTICE_AFTER_S", 0.05)
+    monkeypatch.setattr(waiting, "NOTICE_AFTER_S", 0.05)
     fake.mode = "silent"
     backend = endpoint.EndpointBackend(fake.spec, timeout=1)
     with pytest.raises(TunelabError, match="sent nothing for 1 s"):
         list(backend.stream_chat([{"role": "user", "content": "hi"}], max_new_tokens=4, temperature=0.0, top_p=1.0))
-    said = [r.getMessage() for r in caplog.records if r.name == "tunelab.infer.endpoint"]
+    said = [r.getMessage() for r in caplog.records if r.name == "tunelab.infer.waiting"]
     assert said == [f"waiting for an answer from {fake.url} (model fake); it gives up after 1 s without a byte "
                     f"(--timeout SECONDS, {TIMEOUT_VAR})"]

@@ -43,7 +43,7 @@ def chat_command(
         import readline  # noqa: F401  (line editing and history for input(), where the platform has it)
     except ImportError:
         pass
-    from tunelab.infer.endpoint import set_timeout
+    from tunelab.infer.waiting import set_timeout
     from tunelab.infer.load import open_backend
     from tunelab.serve.chat import Chat, run_chat
 

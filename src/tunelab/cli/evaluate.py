@@ -39,7 +39,7 @@ def eval_command(
     from tunelab.safety.toxicity import toxicity_scores
 
     if timeout is not None:
-        from tunelab.infer.endpoint import set_timeout
+        from tunelab.infer.waiting import set_timeout
 
         set_timeout(timeout)
     task_cfg = resolve_task(task, override)

@@ -20,33 +20,27 @@ A server that accepts a request and then says nothing is not busy, it is stuck: 
 `timeout_s` seconds without a byte (before the answer starts, or between two pieces of it) the
 request fails at once, unretried, with one line (docs/serve.md). The timeout is --timeout on the
 commands that take a model, or TUNELAB_ENDPOINT_TIMEOUT (every command, compare included).
-After NOTICE_AFTER_S seconds without an answer a line says what is awaited, so a slow answer
-never looks like a hang. A batch that fails part-way raises `Unfinished` with the answers it has,
+After a few seconds without an answer a line says what is awaited, so a slow answer never looks
+like a hang (infer/waiting.py). A batch that fails part-way raises `Unfinished` with the answers it has,
 which the evaluation keeps in its request cache (evaluate/cache.py).
 """
 from __future__ import annotations
 
-import logging
-import math
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import ClassVar, Iterator, Optional, Sequence
 
-from tunelab.errors import ParameterError, TunelabError
+from tunelab.errors import TunelabError
 from tunelab.infer.protocol import OnBatch, Unfinished, prefixed
+from tunelab.infer.waiting import CONNECT_TIMEOUT_S, TIMEOUT_VAR, Notice, check_timeout, default_timeout, http_client
 
-log = logging.getLogger("tunelab.infer.endpoint")
 PREFIX = "openai:"
 KEY_VARS = ("TUNELAB_OPENAI_API_KEY", "OPENAI_API_KEY")
 MAX_RETRIES = 6  # ~0.5+1+2+4+8+8 s of backoff before a busy endpoint counts as failed
-# a non-streamed answer's first byte comes when the whole answer is generated: room for a long
-# answer on a slow, busy server, yet a stuck one is told within two minutes
-TIMEOUT_S = 120.0
-TIMEOUT_VAR = "TUNELAB_ENDPOINT_TIMEOUT"
-CONNECT_TIMEOUT_S = 10.0
-NOTICE_AFTER_S = 3.0
+NEEDS_LOGPROBS = ("multiple_choice tasks need prompt log-probabilities (/v1/completions with echo=true and logprobs=1, "
+                  "as vLLM and `tunelab serve` answer); generate tasks run without them")
 
 
 def is_endpoint(model) -> bool:
@@ -54,62 +48,8 @@ def is_endpoint(model) -> bool:
     return isinstance(model, str) and model.startswith(PREFIX)
 
 
-def check_timeout(seconds, name: str = "timeout") -> float:
-    """A timeout in seconds: a finite number > 0 (a ParameterError naming `name` otherwise)."""
-    try:
-        value = float(seconds)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise ParameterError(f"{{{name}}} must be a number of seconds > 0 (got {seconds!r})", name)
-    return value
-
-
-def default_timeout() -> float:
-    """The first-byte timeout: TUNELAB_ENDPOINT_TIMEOUT (what --timeout sets), else TIMEOUT_S."""
-    raw = os.environ.get(TIMEOUT_VAR, "").strip()
-    if not raw:
-        return TIMEOUT_S
-    try:
-        return check_timeout(raw, TIMEOUT_VAR)
-    except ParameterError as e:
-        raise TunelabError(f"{e}; set it to the endpoint timeout in seconds, or unset it (default {TIMEOUT_S:g})") from None
-
-
-def set_timeout(seconds) -> None:
-    """--timeout SECONDS: every endpoint this process opens waits that long for a byte."""
-    os.environ[TIMEOUT_VAR] = repr(check_timeout(seconds))
-
-
 class _NotSent(Exception):
     """A request not sent because an earlier one of its batch failed."""
-
-
-class _Notice:
-    """One line, once per batch or chat turn, when no answer has come for NOTICE_AFTER_S seconds."""
-
-    def __init__(self, text: str):
-        self.text, self.said, self.timer = text, False, None
-        self.reset()
-
-    def _say(self) -> None:
-        if not self.said:
-            self.said = True
-            log.warning(self.text)
-
-    def reset(self) -> None:
-        """An answer came: the wait starts again (said once at most)."""
-        self.stop()
-        if not self.said:
-            self.timer = threading.Timer(NOTICE_AFTER_S, self._say)
-            self.timer.daemon = True
-            self.timer.start()
-
-    def stop(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-NEEDS_LOGPROBS = ("multiple_choice tasks need prompt log-probabilities (/v1/completions with echo=true and logprobs=1, "
-                  "as vLLM and `tunelab serve` answer); generate tasks run without them")
 
 
 class NoLogprobs(TunelabError):
@@ -124,24 +64,6 @@ def parse_spec(spec: str) -> tuple[str, str]:
         raise TunelabError(f"model '{spec}': write openai:URL#NAME, e.g. openai:http://127.0.0.1:8000/v1#my-model "
                            "(URL is the API base that ends in /v1, NAME the model it serves)")
     return url.rstrip("/"), name
-
-
-def _http_client(timeout):
-    """openai's HTTP client, except that a read timeout (no byte for `timeout.read` seconds) is not
-    retried: an OpenAIError raised in `send` passes the client's retry loop untouched, so a silent
-    server costs one timeout, not 1 + max_retries of them. 429s, 5xx and refused connections are
-    still retried (they come back at once)."""
-    import httpx2
-    import openai
-
-    class GiveUpOnSilence(openai.DefaultHttpxClient):
-        def send(self, request, **kwargs):
-            try:
-                return super().send(request, **kwargs)
-            except httpx2.ReadTimeout as e:
-                raise openai.APITimeoutError(request=request) from e
-
-    return GiveUpOnSilence(timeout=timeout)
 
 
 @prefixed
@@ -172,7 +94,7 @@ class EndpointBackend:
         limits = httpx2.Timeout(self.timeout_s, connect=min(CONNECT_TIMEOUT_S, self.timeout_s))
         # a local server without a key still needs a non-empty value for the client to start
         self.client = OpenAI(base_url=self.url, api_key=key or "no-key", max_retries=max_retries, timeout=limits,
-                             http_client=_http_client(limits))
+                             http_client=http_client(limits))
         self.spec = f"{PREFIX}{self.url}#{self.name}"
         self.adapter = None  # a served adapter is a model name of its own
         # results.json's model block: the endpoint is the model's identity (no weights to hash)
@@ -206,8 +128,8 @@ class EndpointBackend:
             return TunelabError(f"{self.spec}: cannot reach the endpoint ({e.__cause__ or e}); is the server running at {self.url}?")
         return TunelabError(f"{self.spec}: {what} failed ({type(e).__name__}: {e})")
 
-    def _notice(self) -> _Notice:
-        return _Notice(f"waiting for an answer from {self.url} (model {self.name}); it gives up after "
+    def _notice(self) -> Notice:
+        return Notice(f"waiting for an answer from {self.url} (model {self.name}); it gives up after "
                        f"{self.timeout_s:g} s without a byte (--timeout SECONDS, {TIMEOUT_VAR})")
 
     def _check_model(self) -> None:
@@ -415,7 +337,7 @@ class EndpointBackend:
             raise self._fail(e, "a chat request") from None
         return self._pieces(stream, notice)
 
-    def _pieces(self, stream, notice: _Notice) -> Iterator[str]:
+    def _pieces(self, stream, notice: Notice) -> Iterator[str]:
         import openai
 
         started = False
