@@ -228,3 +228,27 @@ def test_a_slow_answer_says_what_it_waits_for(fake, monkeypatch, caplog):
     said = [r.getMessage() for r in caplog.records if r.name == "tunelab.infer.waiting"]
     assert said == [f"waiting for an answer from {fake.url} (model fake); it gives up after 1 s without a byte "
                     f"(--timeout SECONDS, {TIMEOUT_VAR})"]
+
+
+def test_scoring_that_stops_part_way_keeps_the_items_whose_every_choice_was_scored(fake):
+    """multiple_choice through an endpoint: an item counts as answered only with all its choices."""
+    from tunelab.errors import TunelabError
+    from tunelab.infer.endpoint import EndpointBackend
+    from tunelab.infer.protocol import Unfinished
+
+    backend = EndpointBackend(fake.spec, timeout=1)
+    sent = []
+
+    def score(context, continuation):
+        sent.append(continuation)
+        if continuation == "z":
+            raise TunelabError("the server went silent")
+        return -1.0, True
+
+    backend._score = score
+    reqs = [("a", ["x", "y"]), ("b", ["q", "z"]), ("c", ["w"])]
+    with pytest.raises(Unfinished) as info:
+        backend.score_choices(reqs, batch_size=1)
+    assert info.value.done == {0: [(-1.0, True), (-1.0, True)]} and info.value.total == 3
+    assert sent == ["x", "y", "q", "z"]  # nothing is sent after the failure
+    assert str(info.value) == "the server went silent"
