@@ -107,9 +107,8 @@ class EndpointBackend:
 
     # ------------------------------------------------------------ errors in one voice
     def _fail(self, e: Exception, what: str, partway: bool = False) -> TunelabError:
-        import openai
-
         import httpx2
+        import openai
 
         silent = not isinstance(e.__cause__, (httpx2.ConnectTimeout, httpx2.PoolTimeout))  # else: never connected
         if isinstance(e, openai.APITimeoutError) and silent:  # before APIConnectionError, its base class
