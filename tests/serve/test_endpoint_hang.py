@@ -4,7 +4,7 @@ A real HTTP server on 127.0.0.1 (the standard library's, on a thread) that answe
 of requests and then goes silent: it accepts the connection, reads the request and sends nothing
 (`silent`), or sends half of the answer and stalls (`half`: half a JSON body, or the first piece
 of a streamed chat answer). eval, compare, chat and the safety probe run against it as a user
-runs them, with a 1 s timeout (--timeout or TUNELAB_ENDPOINT_TIMEOUT); each must stop with one
+runs them, with a 2 s timeout (--timeout or TUNELAB_ENDPOINT_TIMEOUT); each must stop with one
 line, exit 2, and keep what it had scored: a re-run sends only the requests not answered before.
 Timings are never asserted; subprocess timeouts only bound a test that would otherwise hang.
 """
@@ -25,6 +25,7 @@ import tunelab
 from tunelab.infer.waiting import TIMEOUT_VAR
 
 ROWS = [{"q": f"question {i}", "a": f"answer-{i}"} for i in range(6)]
+WAIT = "2"  # seconds without a byte before a command gives up: short, yet far above a local answer's time
 BOUND_S = 120  # a subprocess that has not finished by then hangs: the test fails rather than waits forever
 
 
@@ -141,10 +142,10 @@ def _one_line(r) -> str:
 @pytest.mark.parametrize("mode", ["silent", "half"])
 def test_eval_gives_up_keeps_what_it_scored_and_resumes(fake, tmp_path, mode):
     fake.mode, fake.answer = mode, 3
-    args = ["eval", fake.spec, "--task", str(_task(tmp_path)), "--batch-size", "1", "--cache", "--timeout", "1",
+    args = ["eval", fake.spec, "--task", str(_task(tmp_path)), "--batch-size", "1", "--cache", "--timeout", WAIT,
             "--out", str(tmp_path / "o")]
     line = _one_line(_run(tmp_path, *args))
-    assert line.startswith(f"error: {fake.spec}: the endpoint sent nothing for 1 s (after accepting a generation request)")
+    assert line.startswith(f"error: {fake.spec}: the endpoint sent nothing for {WAIT} s (after accepting a generation request)")
     assert "--timeout SECONDS" in line and "3 of 6 answers are kept in the request cache" in line
     assert len(fake.requests) == 4  # one timeout ends the request: it is not sent again 6 times
     assert not (tmp_path / "o" / "results.json").exists()
@@ -159,15 +160,15 @@ def test_eval_gives_up_keeps_what_it_scored_and_resumes(fake, tmp_path, mode):
 def test_eval_without_cache_says_what_was_lost(fake, tmp_path):
     fake.mode, fake.answer = "half", 2
     line = _one_line(_run(tmp_path, "eval", fake.spec, "--task", str(_task(tmp_path)), "--batch-size", "1",
-                          "--timeout", "1"))
-    assert "sent nothing for 1 s" in line and "the 2 of 6 answers that came are not kept: with --cache" in line
+                          "--timeout", WAIT))
+    assert f"sent nothing for {WAIT} s" in line and "the 2 of 6 answers that came are not kept: with --cache" in line
 
 
 def test_a_server_that_never_answers_at_all(fake, tmp_path):
     """The issue's case: `tunelab chat` on a server that accepts and says nothing, not even its models."""
     fake.models = False
-    line = _one_line(_run(tmp_path, "chat", fake.spec, "--timeout", "1", stdin="hello\n"))
-    assert line == (f"error: {fake.spec}: the endpoint sent nothing for 1 s (after accepting the request for its "
+    line = _one_line(_run(tmp_path, "chat", fake.spec, "--timeout", WAIT, stdin="hello\n"))
+    assert line == (f"error: {fake.spec}: the endpoint sent nothing for {WAIT} s (after accepting the request for its "
                     f"models); check the server is not stuck or overloaded, or wait longer with --timeout SECONDS "
                     f"({TIMEOUT_VAR})")
 
@@ -176,10 +177,10 @@ def test_a_server_that_never_answers_at_all(fake, tmp_path):
                                        ("half", "(after part of a chat answer)")])
 def test_chat_turn_gives_up_and_the_chat_goes_on(fake, tmp_path, mode, said):
     fake.mode = mode
-    r = _run(tmp_path, "chat", fake.spec, "--timeout", "1", stdin="hello\nagain\n")
+    r = _run(tmp_path, "chat", fake.spec, "--timeout", WAIT, stdin="hello\nagain\n")
     assert r.returncode == 0, r.stderr  # the user leaves with Ctrl-D; a failed turn does not end the chat
     errors = [x for x in r.stdout.splitlines() if x.startswith("error:")]
-    assert len(errors) == 2 and all(said in x and "sent nothing for 1 s" in x for x in errors)
+    assert len(errors) == 2 and all(said in x and f"sent nothing for {WAIT} s" in x for x in errors)
     assert len(fake.requests) == 2  # one request per turn, none retried
     if mode == "half":
         assert "assistant> Hel" in r.stdout  # what came is shown
@@ -191,10 +192,10 @@ def test_compare_gives_up_keeps_the_arms_answers_and_resumes(fake, tmp_path):
         "model": fake.spec, "task": str(task), "train_data": str(tmp_path / "gen.jsonl"), "batch_size": 1,
         "arms": [{"endpoint": {"model": fake.spec, "k": [0]}}], "retention_prompts": None, "out": "cmp"}))
     fake.mode, fake.answer = "silent", 2
-    line = _one_line(_run(tmp_path, "compare", "c.yaml", timeout_var="1"))
-    assert "sent nothing for 1 s" in line and "2 of 6 answers are kept in the request cache" in line
+    line = _one_line(_run(tmp_path, "compare", "c.yaml", timeout_var=WAIT))
+    assert f"sent nothing for {WAIT} s" in line and "2 of 6 answers are kept in the request cache" in line
     fake.answer = 99
-    r = _run(tmp_path, "compare", "c.yaml", timeout_var="1")
+    r = _run(tmp_path, "compare", "c.yaml", timeout_var=WAIT)
     assert r.returncode == 0, r.stderr
     assert len(fake.requests) == 3 + 4  # the second run asked only for the 4 answers it lacked
 
@@ -203,8 +204,8 @@ def test_safety_probe_gives_up_and_writes_nothing(fake, tmp_path):
     (tmp_path / "p.txt").write_text("one\ntwo\nthree\n")
     fake.mode, fake.answer = "half", 1
     line = _one_line(_run(tmp_path, "safety", "probe", fake.spec, "--prompts", "p.txt", "--samples", "1", "--temperature", "0",
-                          "--out", "probe", timeout_var="1"))
-    assert "sent nothing for 1 s" in line
+                          "--out", "probe", timeout_var=WAIT))
+    assert f"sent nothing for {WAIT} s" in line
     assert not (tmp_path / "probe" / "results.json").exists()
 
 
@@ -220,9 +221,9 @@ def test_a_slow_answer_says_what_it_waits_for(fake, monkeypatch, caplog):
     from tunelab.errors import TunelabError
     from tunelab.infer import endpoint, waiting
 
-    monkeypatch.setattr(waiting, "NOTICE_AFTER_S", 0.05)
     fake.mode = "silent"
-    backend = endpoint.EndpointBackend(fake.spec, timeout=1)
+    backend = endpoint.EndpointBackend(fake.spec, timeout=1)  # its models answer: no line (at the usual 3 s)
+    monkeypatch.setattr(waiting, "NOTICE_AFTER_S", 0.05)
     with pytest.raises(TunelabError, match="sent nothing for 1 s"):
         list(backend.stream_chat([{"role": "user", "content": "hi"}], max_new_tokens=4, temperature=0.0, top_p=1.0))
     said = [r.getMessage() for r in caplog.records if r.name == "tunelab.infer.waiting"]
