@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from tunelab.errors import TunelabError
+from tunelab.infer.endpoint import is_endpoint
 
 N_RESAMPLES = 1000  # bootstrap resamples of every paired difference in a compare
 
@@ -24,7 +25,7 @@ NOT_QUALITY = {"refusal": "it counts refusals, not correct answers"}
 
 def slug(model: str) -> str:
     """A folder-safe short name of a model string (openai:URL#NAME -> NAME, a path -> its last part)."""
-    text = model.rsplit("#", 1)[-1] if model.startswith("openai:") else Path(model.rstrip("/")).name or model
+    text = model.rsplit("#", 1)[-1] if is_endpoint(model) else Path(model.rstrip("/")).name or model
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:40]
 
 
@@ -75,7 +76,7 @@ def check_metric(task, wanted: Optional[str], source: str) -> tuple[str, bool]:
 
 
 def resolve_path(spec: str, base_dir: Path) -> str:
-    if spec.startswith(("builtin:", "openai:")):
+    if spec.startswith("builtin:") or is_endpoint(spec):
         return spec
     p = Path(spec).expanduser()
     return str(p if p.is_absolute() else (base_dir / p).resolve())

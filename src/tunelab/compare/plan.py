@@ -24,6 +24,7 @@ from tunelab.compare.checks import check_metric, read_json, resolve_path, settin
 from tunelab.config import (CompareConfig, EndpointArmSpec, FewShotArmSpec, FineTuneArmSpec, PromptArmSpec,
                             TrainConfig, build, deep_merge, load_config)
 from tunelab.errors import TunelabError
+from tunelab.infer.endpoint import is_endpoint
 
 FINE_TUNE_METHODS = ("lora", "dora", "full", "qlora", "dpo", "orpo")  # dpo / orpo: on a pool of preference pairs
 ARM_KINDS = ("zero_shot", "few_shot", *FINE_TUNE_METHODS, "endpoint")
@@ -188,7 +189,7 @@ def expand_arms(cfg: CompareConfig, source: str, pool_size: int, pool_name: str)
                     aid = f"endpoint-{slug(model)}-k{k}-{s}" if kind == "endpoint" else f"few_shot-k{k}-{s}{suffix}"
                     arms.append(Arm(aid, kind, model, k=k, sampler=s, where=where))
         else:
-            if model.startswith("openai:"):
+            if is_endpoint(model):
                 raise TunelabError(f"{source}: {where}.model: '{model}' is an endpoint; tunelab cannot fine-tune a served "
                                    "model; fine-tune a local model folder instead")
             tag = spec.tag if spec.tag is not None else ("replay" if spec.train.get("replay") else None)

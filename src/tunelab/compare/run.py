@@ -28,6 +28,8 @@ from tunelab.compare.plan import (ARM_JSON, COMPARE_JSON, COMPARE_YAML, FIRST_EX
                                   Plan, make_plan, read_json)
 from tunelab.config import to_yaml
 from tunelab.errors import Interrupted, TunelabError
+from tunelab.evaluate.cache import CACHE_FILE
+from tunelab.infer.endpoint import is_endpoint
 from tunelab.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
 log = logging.getLogger("tunelab.compare")
@@ -160,7 +162,7 @@ class _Models:
     def get(self, arm: Arm, weights: Optional[Path]):
         from tunelab.models.loading import load_model
 
-        if arm.model.startswith("openai:"):  # an endpoint: evaluate takes the string
+        if is_endpoint(arm.model):  # an endpoint: evaluate takes the string
             return arm.model
         if arm.fine_tuned:
             return load_model(weights) if weights.name == paths.MODEL_DIR else load_model(arm.model, adapter=weights)
@@ -186,10 +188,13 @@ def _evaluate(plan: Plan, arm: Arm, model) -> None:
     # started from; an adapter's reference is its base, switched off inside the same weights
     reference = arm.model if arm.fine_tuned and _full_weights(plan, arm) and any(
         m.needs_reference for m in get_metrics(plan.task.metrics)) else None
+    # an endpoint's answers go to a request cache in the arm's folder as they come, so an arm
+    # stopped part-way (a silent server) goes on from them when the compare runs again
+    cache = plan.arm_dir(arm) / CACHE_FILE if is_endpoint(arm.model) else False
     with Progress(f"eval {arm.id}") as progress:
         evaluate(model, plan.task, shots=arm.k or 0, sampler=arm.sampler, limit=cfg.limit,
                  batch_size=cfg.batch_size, out=plan.arm_dir(arm) / "eval", response_metrics=False,
-                 progress=progress, reference=reference)
+                 progress=progress, reference=reference, cache=cache)
 
 
 def _record(plan: Plan, summary: dict, started: float) -> None:
