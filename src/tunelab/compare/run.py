@@ -90,7 +90,7 @@ def _write_first_example(plan: Plan, arm: Arm) -> None:
     from tunelab.models.loading import load_tokenizer, resolve
 
     path = plan.arm_dir(arm) / FIRST_EXAMPLE
-    if path.is_file() or plan.task.type == "perplexity" and not plan.task.data:
+    if path.is_file() or not plan.task.data:  # a task without a data file (perplexity) has no test row to show
         return
     tokenizer = load_tokenizer(resolve(arm.model)[1])
     test_row = load_task_rows(plan.task)[0]
