@@ -144,3 +144,47 @@ def test_every_task_type_declares_what_the_runner_and_compare_ask():
             assert type(tt).run is not TaskType.run and tt.default_batch
         else:
             assert type(tt).evaluate is not TaskType.evaluate
+
+
+def test_text_only_metrics_are_the_ones_that_read_only_predictions_and_references():
+    """`text_only` (what score_files accepts) is declared by each metric: the text, sacrebleu and rouge ones."""
+    from tunelab.evaluate.metrics import known_metrics
+
+    declared = {name for name, cls in known_metrics().items() if cls.text_only}
+    by_module = {name for name, cls in known_metrics().items()
+                 if cls.__module__.rsplit(".", 1)[-1] in ("text", "sacre", "rouge")}
+    assert declared == by_module and {"exact_match", "bleu", "chrf", "ter", "rougeL", "json_schema"} <= declared
+
+
+def _doc_example(path_comment: str) -> str:
+    """The code block of docs/architecture.md that starts with `# src/tunelab/...<path_comment>`."""
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text(encoding="utf-8")
+    block = next(b for b in page.split("```python\n")[1:] if b.startswith(f"# {path_comment}"))
+    return block.split("```", 1)[0]
+
+
+def test_the_docs_worked_metric_example_registers_and_scores(metric_registry, monkeypatch, tmp_path):
+    """docs/architecture.md's metric example, dropped in as its one module, is found and scores."""
+    import tunelab.evaluate.metrics as package
+
+    _drop(package, monkeypatch, tmp_path, "brevity", _doc_example("src/tunelab/evaluate/metrics/brevity.py"))
+    m = metric_registry.get_metric({"brevity": {"slack": 1}})
+    assert m.text_only and m.compute(["abc", "abcdef"], [["ab"], ["abc", "abcd"]], n_resamples=10).item_values == [1.0, 0.0]
+
+
+def test_the_docs_worked_task_type_example_runs(task_type_registry, monkeypatch, tmp_path, tiny_dir):
+    """docs/architecture.md's task-type example, dropped in as its one module, runs end to end."""
+    import tunelab.evaluate.task_types as package
+    from tunelab.evaluate.runner import evaluate
+
+    _drop(package, monkeypatch, tmp_path, "continuation", _doc_example("src/tunelab/evaluate/task_types/continuation.py"))
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"q": f"{i} plus one is", "a": str(i + 1)}) + "\n"
+                                              for i in range(3)))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"name": "c", "data": "c.jsonl", "type": "continuation",
+                                                     "prompt": "{{ q }}", "answer": "{{ a }}", "metrics": []}))
+    res = evaluate(str(tiny_dir), tmp_path / "c.yaml", out=tmp_path / "out", shots=1)
+    lines = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert res.n == 3 and all(x["loglik"] < 0 and len(x["demos"]) == 1 for x in lines)
+    assert set(lines[0]) == {"id", "prompt", "loglik", "demos", "metrics"}

@@ -72,6 +72,8 @@ class Metric:
     # True: the items need the reference model's scores too (the runner scores them a second time,
     # with the adapter off or on the --reference model); without one the metric is `not_computed`.
     needs_reference: ClassVar[bool] = False
+    # True: it scores (prediction, references) alone, so it also scores files of outputs (score_files.py)
+    text_only: ClassVar[bool] = False
 
     def __init__(self, **options: Any):
         unknown = sorted(set(options) - set(self.options_spec))

@@ -30,6 +30,7 @@ from tunelab.evaluate.metrics.registry import register
 
 class _Sacre(Metric):
     backend = ("sacrebleu", sacrebleu.__version__)
+    text_only = True  # scores (prediction, references) alone
     sacre_cls: Any = None
 
     def _check_options(self) -> None:
