@@ -2,13 +2,15 @@
 
 Few-shot demonstrations are `prompt` + `answer` of pool records, rendered by the task's templates;
 test prompts are the same `prompt` template. A fine-tuned arm trains on the same rendering, so it
-learns from exactly the text it is tested on:
+learns from exactly the text it is tested on. The task's type decides how (its `record_format`,
+`training_record` and `test_prompt`, evaluate/task_types/); the built-in types:
 
 | task                          | a pool record becomes (data format)                                  |
 |-------------------------------|----------------------------------------------------------------------|
 | chat: true                    | messages: [system?, user: prompt, assistant: answer]  (`messages`)   |
 | chat: false (generate, MC)    | prompt, completion = target_delimiter + answer         (`plain`)     |
 | perplexity                    | the document's text                                    (`text`)      |
+| preference                    | the pair as it is (its `pool_format`)                  (`chosen`)    |
 
 `answer` is the gold choice's text (multiple choice) or the first reference (generate), as a
 demonstration shows it. A pool the task's templates cannot render (it lacks a field they use) is

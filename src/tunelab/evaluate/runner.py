@@ -32,8 +32,6 @@ log = logging.getLogger("tunelab.evaluate")
 
 
 # ---------------------------------------------------------------- inputs
-_task_source = task_source  # older name, kept for callers
-
 
 def load_task_rows(task, spec: Optional[str] = None) -> list:
     """The task's records (or another file's, e.g. the demo pool), after `split`."""
@@ -42,7 +40,7 @@ def load_task_rows(task, spec: Optional[str] = None) -> list:
     spec = spec if spec is not None else task.data
     if not spec:
         raise TunelabError(f"task '{task.name}': no 'data' file given; add data: path/to/file.jsonl (docs/tasks.md)")
-    rows = load_rows(spec, base_dir=task.base_dir, hint=f"fix that record of the data of {_task_source(task)}")
+    rows = load_rows(spec, base_dir=task.base_dir, hint=f"fix that record of the data of {task_source(task)}")
     if spec == task.data and task.split:
         a, b = (int(x) if x.strip() else None for x in task.split.split(":"))
         rows = rows[a:b]
@@ -165,11 +163,11 @@ def _check_metrics(task, tt, opts: EvalOptions) -> list:
     if not tt.pairs:
         for m in metrics:
             if m.needs_reference:
-                raise TunelabError(f"metric '{m.name}' in {_task_source(task)} needs preference pairs scored against a "
+                raise TunelabError(f"metric '{m.name}' in {task_source(task)} needs preference pairs scored against a "
                                    f"reference model, and this task is type: {task.type}; use it in a type: preference task")
     if opts.reference is not None and not any(m.needs_reference for m in metrics):
         raise ParameterError(f"{{reference}} is the model implicit-reward metrics measure against, and "
-                             f"{_task_source(task)} asks for none; add reward_acc to its metrics (a type: preference "
+                             f"{task_source(task)} asks for none; add reward_acc to its metrics (a type: preference "
                              "task) or leave the reference out", "reference")
     return metrics
 
@@ -211,7 +209,7 @@ def _evaluate(model, run: _Run, sh) -> Optional[Results]:
     rows = load_task_rows(task)
     if o.limit is not None:
         rows = rows[:o.limit]
-    templates = tt.templates(task, _task_source(task))
+    templates = tt.templates(task, task_source(task))
     with_ref = _open(model, run, sh)
     mine = sh.take(rows)
     my_rows = [rows[i] for i in mine]
@@ -222,10 +220,9 @@ def _evaluate(model, run: _Run, sh) -> Optional[Results]:
     ran = tt.run(Job(run.backend, task, my_rows, templates, builder, bs, rcache, tick, reference=with_ref))
     if rcache is not None:
         rcache.close()
-    if ran.kept is not None:  # some rows left out (skip_bad)
-        mine = [mine[j] for j in ran.kept]
+    kept = ran.kept if ran.kept is not None else range(len(my_rows))  # a type may leave rows out (skip_bad)
     demos = ran.demos or [[] for _ in ran.items]
-    for i, j, it, d in zip(mine, ran.kept or range(len(my_rows)), ran.items, demos):
+    for i, j, it, d in zip([mine[j] for j in kept], kept, ran.items, demos):
         it["index"], it["id"] = i, str(my_rows[j].data.get("id", my_rows[j].line))
         if task.fewshot.k > 0:
             it["demos"] = d
@@ -243,7 +240,7 @@ def load_rows_full(task) -> list:
     """The whole data file (the demo pool when `split` selects only part of it for evaluation)."""
     from tunelab.data.load import load_rows
 
-    return load_rows(task.data, base_dir=task.base_dir, hint=f"fix that record of the data of {_task_source(task)}")
+    return load_rows(task.data, base_dir=task.base_dir, hint=f"fix that record of the data of {task_source(task)}")
 
 
 def _finish(run: _Run, items: list[dict], tokens: tuple[int, int]) -> Results:

@@ -9,7 +9,7 @@ answers (generate, multiple_choice).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Optional
 
 
@@ -42,7 +42,6 @@ class Ran:
     generated_tokens: int
     kept: Optional[list[int]] = None  # positions in job.rows of the items; None: every row, in order
     demos: Optional[list[list[int]]] = None  # demonstrations of each item; None: none
-    extra: dict = field(default_factory=dict)
 
 
 class TaskType:
