@@ -29,6 +29,7 @@ from tunelab.io import check_writable
 from tunelab.progress import counter
 
 log = logging.getLogger("tunelab.evaluate")
+_task_source = task_source  # the name older callers (and tests) import from here
 
 
 # ---------------------------------------------------------------- inputs
