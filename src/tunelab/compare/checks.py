@@ -57,8 +57,10 @@ def check_metric(task, wanted: Optional[str], source: str) -> tuple[str, bool]:
     """The metric that ranks arms and its direction; errors when the task cannot rank arms."""
     from tunelab.evaluate.metrics import get_metrics
 
-    if task.type == "retrieval":
-        raise TunelabError(f"{source}: task '{task.name}' is a retrieval task: it scores a retriever, not a language "
+    from tunelab.evaluate.task_types import task_type
+
+    if not task_type(task).runs_model:
+        raise TunelabError(f"{source}: task '{task.name}' is a {task.type} task: it scores a retriever, not a language "
                            "model, so every arm would score the same; compare needs a generate, multiple_choice or "
                            "perplexity task")
     names = _metric_names(task)

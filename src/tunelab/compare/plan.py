@@ -258,6 +258,7 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
     from tunelab.data.load import load_rows
     from tunelab.data.readers import base_why, not_found
     from tunelab.evaluate.results import task_sha256
+    from tunelab.evaluate.task_types import task_type
     from tunelab.evaluate.tasks import resolve_task
 
     cfg, source, base_dir = load_compare_config(config, overrides)
@@ -278,7 +279,8 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
         raise TunelabError(f"{source}: train_data: {cfg.train_data} has no records"
                            + (f" in train_split {cfg.train_split!r}" if cfg.train_split else ""))
     skipped: list[str] = []
-    if task.type == "preference":
+    tt = task_type(task)
+    if tt.pairs:
         pool, skipped = _good_pairs(pool, cfg)
     # demonstrations come from the same pool the fine-tunes train on
     task.fewshot.pool = pool_spec
@@ -287,16 +289,13 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
     if cfg.train_split and any(a.method in ("few_shot", "endpoint") and a.k for a in arms):
         raise TunelabError(f"{source}: train_split applies to the fine-tuned arms' pool; demonstrations would still "
                            "come from the whole file: drop train_split or the few_shot arms")
-    if task.type == "perplexity" and any(a.method in ("few_shot", "endpoint") and a.k for a in arms):
-        raise TunelabError(f"{source}: task '{task.name}' is a perplexity task: demonstrations do not change its "
-                           "score; drop the few_shot arms")
     preference = [a.id for a in arms if a.method in ("dpo", "orpo")]
-    if preference and task.type != "preference":
+    if preference and not tt.pairs:
         raise TunelabError(f"{source}: arms {', '.join(preference)} train on preference pairs: give a task of type: "
                            "preference and a train_data file of pairs (docs/compare.md)")
-    if task.type == "preference" and any(a.method in ("few_shot", "endpoint") and a.k for a in arms):
-        raise TunelabError(f"{source}: task '{task.name}' is a preference task: it scores the model's preference "
-                           "between two given answers, which demonstrations do not ask for; drop the few_shot arms")
+    if tt.why_no_demonstrations and any(a.method in ("few_shot", "endpoint") and a.k for a in arms):
+        raise TunelabError(f"{source}: task '{task.name}' is a {task.type} task: {tt.why_no_demonstrations}; "
+                           "drop the few_shot arms")
     if any(a.method == "qlora" for a in arms):
         import torch
 

@@ -30,7 +30,9 @@ SHOWN = ("mean_toxicity", "toxic_fraction", "refusal_rate")  # the table's colum
 
 
 def planned(plan) -> bool:
-    return bool(plan.config.safety) and plan.task.type == "preference"
+    from tunelab.evaluate.task_types import task_type
+
+    return bool(plan.config.safety) and task_type(plan.task).pairs
 
 
 def _prompts_path(plan) -> Path:

@@ -75,6 +75,7 @@ def plan_tasks(cfg, source: str, base_dir: Path, target) -> list[RetentionTask]:
     from tunelab.config import RetentionSpec
     from tunelab.data.readers import base_why
     from tunelab.evaluate.results import task_sha256
+    from tunelab.evaluate.task_types import task_type
     from tunelab.evaluate.tasks import resolve_task
 
     out: list[RetentionTask] = []
@@ -88,8 +89,8 @@ def plan_tasks(cfg, source: str, base_dir: Path, target) -> list[RetentionTask]:
             raise TunelabError(f"{source}: {where}: {spec.task} not found (looked at {path}: {why}); give a task YAML "
                                "(docs/tasks.md) or builtin:<name>")
         task = resolve_task(path)
-        if task.type == "retrieval":
-            raise TunelabError(f"{source}: {where}: task '{task.name}' is a retrieval task: it scores a retriever, "
+        if not task_type(task).runs_model:
+            raise TunelabError(f"{source}: {where}: task '{task.name}' is a {task.type} task: it scores a retriever, "
                                "not the model, so fine-tuning cannot change it; give a multiple_choice, generate or "
                                "perplexity task")
         if _same_items(task, target) or task_sha256(task) == target_hash:

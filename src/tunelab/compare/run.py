@@ -65,15 +65,17 @@ def check_items(plan: Plan) -> None:
     else; without this a missing retention data file failed only once the first arm was scored."""
     from tunelab.evaluate.prompts import TaskTemplates
     from tunelab.evaluate.runner import load_task_rows
+    from tunelab.evaluate.task_types import task_type
 
     tasks = [(plan.task, None, plan.config.limit)] + [(r.task, r.where, r.limit) for r in plan.retention]
     for task, where, limit in tasks:
-        if task.type == "perplexity":  # read by its own reader when scored, as the estimate leaves it
+        tt = task_type(task)
+        if not tt.dry_run_counts:  # read by its own reader when scored, as the estimate leaves it
             continue
         try:
             rows = load_task_rows(task)
             templates = TaskTemplates(task, task.source or where or plan.source)
-            if task.type != "preference":  # a pair is read as it is, nothing rendered
+            if not tt.pairs:  # a pair is read as it is, nothing rendered
                 for row in rows[:limit] if limit else rows:
                     templates.render(row)
         except TunelabError as e:
@@ -115,7 +117,7 @@ def _write_first_example(plan: Plan, arm: Arm) -> None:
     from tunelab.models.loading import load_tokenizer, resolve
 
     path = plan.arm_dir(arm) / FIRST_EXAMPLE
-    if path.is_file() or plan.task.type == "perplexity" and not plan.task.data:
+    if path.is_file() or not plan.task.data:  # a task without a data file (perplexity) has no test row to show
         return
     tokenizer = load_tokenizer(resolve(arm.model)[1])
     test_row = load_task_rows(plan.task)[0]

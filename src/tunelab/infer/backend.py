@@ -1,7 +1,7 @@
 """What the runner asks of a model, as one small interface with two implementations.
 
     backend = open_backend(model, adapter, device)   # infer/load.py: a local model, or "openai:URL#NAME"
-    backend.check_task(task)                          # fail early on what it cannot run
+    backend.check_task(task, needs)                   # fail early on what it cannot run (needs: the task type's)
     backend.generate(contexts, seeds, batch_size=..., on_batch=..., **settings) -> list[dict]
     backend.score_choices([(context, [continuation, ...]), ...], ...) -> [[(loglik, is_greedy), ...]]
     backend.rolling_loglik(texts, ...) -> [(loglik, n_tokens)]
@@ -54,8 +54,8 @@ class LocalBackend:
 
         return f"sha256:{template_sha256(self.tokenizer)[:16]}"
 
-    def check_task(self, task) -> None:
-        pass  # a local model runs every task type
+    def check_task(self, task, needs: frozenset = frozenset()) -> None:
+        pass  # a local model offers everything a task type needs (generation, loglik, rolling_loglik, chat_template)
 
     def max_length(self) -> int:
         from tunelab.models.loading import max_length

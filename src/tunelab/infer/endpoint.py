@@ -39,6 +39,13 @@ from tunelab.infer.waiting import CONNECT_TIMEOUT_S, TIMEOUT_VAR, Notice, check_
 PREFIX = "openai:"
 KEY_VARS = ("TUNELAB_OPENAI_API_KEY", "OPENAI_API_KEY")
 MAX_RETRIES = 6  # ~0.5+1+2+4+8+8 s of backoff before a busy endpoint counts as failed
+# what a task type may need that an endpoint cannot give, and what to do instead
+_LACKS = {
+    "rolling_loglik": "scores whole texts in windows of the model's context, which needs a local model; through an "
+                      "endpoint run generate or multiple_choice tasks",
+    "chat_template": "renders its items with the model's chat template to score them, and an endpoint does not expose "
+                     "it; evaluate the model locally, or, where the task type allows it, set chat: false for chat: true",
+}
 NEEDS_LOGPROBS = ("multiple_choice tasks need prompt log-probabilities (/v1/completions with echo=true and logprobs=1, "
                   "as vLLM and `tunelab serve` answer); generate tasks run without them")
 
@@ -149,17 +156,11 @@ class EndpointBackend:
     def template_id(self) -> str:
         return "endpoint"  # the server applies its own chat template; its text is not visible here
 
-    def check_task(self, task) -> None:
-        if task.type == "perplexity":
-            raise TunelabError(f"{self.spec}: perplexity tasks need a local model; through an endpoint run generate tasks, "
-                               f"and {NEEDS_LOGPROBS.split(';')[0]}")
-        if task.type == "preference":
-            raise TunelabError(f"{self.spec}: task '{task.name}' is a preference task, which renders each pair with the "
-                               "model's chat template to score its answers, and an endpoint does not expose it; "
-                               "evaluate the model locally")
-        if task.type == "multiple_choice" and task.chat:
-            raise TunelabError(f"{self.spec}: task '{task.name}' is multiple_choice with chat: true, which needs the model's "
-                               "chat template to score choices, and an endpoint does not expose it; set chat: false")
+    def check_task(self, task, needs: frozenset = frozenset()) -> None:
+        """Refuse a task whose type needs what an endpoint lacks (`needs`: the task type's, evaluate/task_types/)."""
+        lacking = sorted(needs & set(_LACKS))
+        if lacking:
+            raise TunelabError(f"{self.spec}: task '{task.name}' (type: {task.type}) {_LACKS[lacking[0]]}")
 
     def no_reference(self) -> Optional[str]:
         return (f"{self.spec}: an endpoint serves one model, with no reference model beside it to measure an "

@@ -68,7 +68,11 @@ class ReplayBackend:
     def template_id(self) -> str:
         return "replay"
 
-    def check_task(self, task) -> None:
+    def check_task(self, task, needs: frozenset = frozenset()) -> None:
+        if needs - {"generation"}:  # it holds answers, no model to score likelihoods with
+            raise TunelabError(f"{self.spec}: task '{task.name}' (type: {task.type}) needs {', '.join(sorted(needs))} "
+                               "from the model, and a replay holds only the answers a run wrote; replay a generate "
+                               "task, or evaluate the model itself")
         if task.chat:  # its prompts were rendered by the model's template, which a replay does not have
             raise TunelabError(f"{self.spec}: task '{task.name}' has chat: true; a replay answers plain prompts "
                                "only, so evaluate the model itself")

@@ -30,11 +30,12 @@ from typing import Any, Optional
 from tunelab.errors import TunelabError
 
 BUILTIN = {"llmbar-natural": "llmbar_natural.json"}
+PREFERENCE_SHAPE = "preference"  # a file of chosen/rejected pairs (a data shape, not the task type)
 SHAPES = {  # shape -> the fields its records must hold (the error for an unknown shape lists these)
     "llmbar": ("input", "output_1", "output_2", "label"),
     "pandalm": ("instruction", "response1", "response2", "annotator1", "annotator2", "annotator3"),
     "autoj": ("prompt", "response 1", "response 2", "label"),
-    "preference": ("chosen", "rejected"),
+    PREFERENCE_SHAPE: ("chosen", "rejected"),
 }
 
 
@@ -113,7 +114,7 @@ def load_pairs(path: str | Path) -> list[LabelledPair]:
     """The labelled pairs of a file in one of the known shapes."""
     rows = read_records(path)
     shape = shape_of(rows, str(path))
-    if shape == "preference":
+    if shape == PREFERENCE_SHAPE:
         return _preference_pairs(path)
     pairs = []
     for n, r in enumerate(rows):

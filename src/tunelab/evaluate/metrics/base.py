@@ -92,6 +92,8 @@ class Metric:
     # True: the value is computed from the items' summed sufficient statistics, not a mean of
     # per-item values (see the module docstring)
     corpus: ClassVar[bool] = False
+    # True: it scores (prediction, references) alone, so it also scores files of outputs (score_files.py)
+    text_only: ClassVar[bool] = False
 
     def __init__(self, **options: Any):
         unknown = sorted(set(options) - set(self.options_spec))

@@ -48,7 +48,9 @@ class _JudgeMetric(Metric):
 
     def for_task(self, task) -> None:
         self.where = task.source or f"task '{task.name}'"
-        if task.type != "generate":
+        from tunelab.evaluate.task_types import task_type
+
+        if "generation" not in task_type(task).needs(task):
             raise TunelabError(f"metric '{self.name}' in {self.where} judges generated answers, and this task is "
                                f"type: {task.type}; use it in a type: generate task")
         if task.judge is None or not task.judge.model:

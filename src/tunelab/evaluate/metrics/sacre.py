@@ -34,6 +34,7 @@ from tunelab.evaluate.metrics.registry import register
 
 class _Sacre(Metric):
     backend = ("sacrebleu", sacrebleu.__version__)
+    text_only = True  # scores (prediction, references) alone
     sacre_cls: Any = None
     corpus = True
 
