@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from tunelab.compare import judge
 from tunelab.compare.checks import check_metric, read_json, resolve_path, settings, slug
 from tunelab.config import (CompareConfig, EndpointArmSpec, FewShotArmSpec, FineTuneArmSpec, PromptArmSpec,
                             TrainConfig, build, deep_merge, load_config)
@@ -303,6 +304,7 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
             raise TunelabError(f"{source}: {where}: {e}") from None
     out_dir = Path(out) if out is not None else Path(cfg.out.format(name=cfg.name))
     plan = Plan(cfg, source, base_dir, out_dir, task, metric, higher, pool, arms)
+    judge.check_plan(plan)  # judge_win_rate's baseline arm; self-preference (compare/judge.py)
     # how the pool becomes demonstrations and training records: rendering every record now means a
     # record the arms cannot read fails here (and in --dry-run), not after the arms before it ran
     from tunelab.compare import render, retention
