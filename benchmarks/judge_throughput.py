@@ -1,7 +1,7 @@
 """Judge throughput: does judging add overhead of its own? (issue 35's goals; docs/judge.md)
 
-    python benchmarks/judge_throughput.py                          # default model, CPU, both sides
-    python benchmarks/judge_throughput.py --device cuda --pairs 100 --endpoint-pairs 48
+    python benchmarks/judge_throughput.py                          # default model, CPU, both sides (~10 min)
+    python benchmarks/judge_throughput.py --device cuda --pairs 100 --endpoint-pairs 48 --max-new-tokens 128
     python benchmarks/judge_throughput.py --only local --pairs 20 --max-new-tokens 32
 
 The judge prompts are tunelab's pairwise template over the built-in LLMBar Natural pairs (shipped
@@ -153,9 +153,9 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="default")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--only", choices=["local", "endpoint"], default=None)
-    ap.add_argument("--pairs", type=int, default=100, help="local side: LLMBar Natural pairs (2 prompts each)")
+    ap.add_argument("--pairs", type=int, default=60, help="local side: LLMBar Natural pairs (2 prompts each)")
     ap.add_argument("--endpoint-pairs", type=int, default=24, help="endpoint side: pairs (2 prompts each)")
-    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=8, help="local side: prompts per batch (judge.concurrency)")
     ap.add_argument("--concurrency", type=int, default=8, help="endpoint side: requests in flight")
     ap.add_argument("--server-batch-size", type=int, default=8, help="the server's --batch-size")
