@@ -37,6 +37,9 @@ class FakeJudge:
                  "finish": "stop"} for c in contexts]
 
     def rule(self, prompt: str) -> str:
+        if "[Answer A]" not in prompt:  # judge_score: a rating read from the answer's hash
+            answer = prompt.split("[The assistant's answer]\n", 1)[1].rsplit("\n\nExplain your judgment", 1)[0]
+            return f"[[{rating(answer)}]]"
         a = prompt.split("[Answer A]\n", 1)[1].split("\n\n[Answer B]\n", 1)[0]
         b = prompt.split("\n\n[Answer B]\n", 1)[1].rsplit("\n\nCompare the two answers", 1)[0]
         self.pairs.append((a, b))
@@ -47,6 +50,10 @@ class FakeJudge:
 
 def _h(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def rating(answer: str) -> int:
+    return 1 + int(_h(answer)[:4], 16) % 10
 
 
 def expected_win_rate(outputs: list[str], baseline: list[str]) -> float:
@@ -212,3 +219,38 @@ def test_judge_sentences_follow_the_block_only():
     assert "judged metrics rest on" in compare_judge.sentences(block, "exact_match")[0]
     unmeasured = compare_judge.sentences({**block, "check": None}, "judge_score")
     assert unmeasured[0].startswith("The judge m was not measured against human labels")
+
+
+def test_a_sweep_ranked_by_the_win_rate_is_refused_at_plan_time(tiny_dir, tmp_path):
+    from tunelab.compare.plan import make_plan
+
+    task = _files(tmp_path, "fake-judge")
+    rows = [{"id": f"p{i}", "q": f"Name colour {i}.", "a": WORDS[i % len(WORDS)]} for i in range(20)]
+    (tmp_path / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tuned = {"lora": {"n": [4], "tune": {"lr": [1e-4, 3e-4], "val": 8}}}
+    with pytest.raises(TunelabError, match=r"arms\[1\]\.lora\.tune picks its run by the compare's metric on its "
+                                           r"validation items, and judge_win_rate there would need arm zero_shot's"):
+        make_plan(_config(tiny_dir, task, tmp_path, ["zero_shot", tuned]), out=tmp_path / "c")
+    plan = make_plan({**_config(tiny_dir, task, tmp_path, ["zero_shot", tuned]), "metric": "exact_match"},
+                     out=tmp_path / "c")
+    assert plan.task.judge.baseline == "arm:zero_shot"  # ranked by another metric: the sweep is fine
+
+
+def test_judge_score_ranks_the_arms_with_the_check_its_evaluations_measured(fake, tiny_dir, tiny2, tmp_path):
+    fake.name("fake-judge")
+    task = _files(tmp_path, "fake-judge", check_labels="wrong")
+    spec = yaml.safe_load(open(task))
+    spec["metrics"] = ["judge_score"]
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(spec))
+    cfg = {**_config(tiny_dir, task, tmp_path, _arms(tiny2)), "metric": "judge_score"}
+    s = compare(cfg, out=tmp_path / "c", say=lambda m: None).summary
+    rows = {a["id"]: a for a in s["arms"]}
+    want = {arm: sum(map(rating, _outputs(tmp_path / "c", arm))) / N_ITEMS for arm in ("zero_shot", OTHER)}
+    assert {arm: rows[arm]["metric"]["value"] for arm in want} == pytest.approx(want)
+    assert s["best"] == max(want, key=lambda arm: (want[arm], arm == "zero_shot"))
+    # the check each arm's evaluation measured (the second from the cache), read back into the judge block
+    assert s["judge"]["baseline"] is None and s["judge"]["check"]["accuracy"]["value"] == 0.0
+    distinct = {(i, o) for arm in want for i, o in enumerate(_outputs(tmp_path / "c", arm))}  # the same answer: cached
+    assert fake.calls == 2 * 4 + len(distinct) and rows[OTHER]["judge_cost_per_1k"]["calls"] > 0
+    said = " ".join(s["sentences"])
+    assert "The ranking rests on a judge below the agreement threshold" in said and "win rate against" not in said

@@ -86,10 +86,22 @@ def check_plan(plan) -> None:
                                f"'{base}', and this compare has no such arm (its arms: {', '.join(ids)}); add a "
                                f"{base} arm, or set judge: {{baseline: <one of those arm ids>}} (or baseline: "
                                f"reference, the task's answers) in {where} (docs/judge.md)")
+        _no_tuned_arm(plan, base)
         cfg.baseline = ARM_BASELINE + base
     same = self_preference(task, plan.arms)
     if same:
         log.warning(_self_preference_line(cfg.model, same))
+
+
+def _no_tuned_arm(plan, base: str) -> None:
+    """A sweep that picks its run by judge_win_rate would need the baseline arm's answers on its validation items."""
+    from tunelab.compare.tune import ranked_by
+
+    tuned = [a for a in plan.arms if a.tune is not None]
+    if tuned and plan.metric == WIN_RATE and ranked_by(plan)[0] == WIN_RATE:
+        raise TunelabError(f"{plan.source}: {tuned[0].where}.tune picks its run by the compare's metric on its "
+                           f"validation items, and judge_win_rate there would need arm {base}'s answers to those "
+                           "items, which no arm makes; rank the compare by another metric, or drop tune:")
 
 
 def _self_preference_line(model: str, arms: list[str]) -> str:

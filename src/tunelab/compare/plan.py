@@ -304,7 +304,6 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
             raise TunelabError(f"{source}: {where}: {e}") from None
     out_dir = Path(out) if out is not None else Path(cfg.out.format(name=cfg.name))
     plan = Plan(cfg, source, base_dir, out_dir, task, metric, higher, pool, arms)
-    judge.check_plan(plan)  # judge_win_rate's baseline arm; self-preference (compare/judge.py)
     # how the pool becomes demonstrations and training records: rendering every record now means a
     # record the arms cannot read fails here (and in --dry-run), not after the arms before it ran
     from tunelab.compare import render, retention
@@ -315,6 +314,7 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
                                    forced_format=(cfg.train.get("data") or {}).get("format"))
     if skipped:  # every arm trains on n good pairs
         plan.rendering.note += f"; {skipped[0]}"
+    judge.check_plan(plan)  # judge_win_rate's baseline arm; self-preference (compare/judge.py)
     plan.retention = retention.plan_tasks(cfg, source, base_dir, task)
     plan.drift = retention.plan_drift(cfg, source, base_dir) if any(a.fine_tuned for a in arms) else None
     replay_read: set[tuple[str, str]] = set()
