@@ -5,7 +5,8 @@
     python benchmarks/judge_throughput.py --only local --pairs 20 --max-new-tokens 32
 
 The judge prompts are tunelab's pairwise template over the built-in LLMBar Natural pairs (shipped
-with tunelab; the shortest first when fewer than its 100 are asked for), each pair in both orders, greedy, at most --max-new-tokens each.
+with tunelab; the shortest when fewer than its 100 are asked for), each pair in both orders,
+greedy, at most --max-new-tokens each.
 
 - local: the same loaded model (tunelab's LocalBackend), two ways over the same prompts, batch
   --batch-size: the engine's plain batched generation of the rendered judge prompts
@@ -104,7 +105,8 @@ def local_side(args, cache_dir: str) -> float:
     run_judge(make_judge(args.model, args.batch_size, args.max_new_tokens, cache_dir, backend), pairs[:2])
     plain = run_plain(backend, pairs, args.batch_size, args.max_new_tokens)
     judged = run_judge(make_judge(args.model, args.batch_size, args.max_new_tokens, cache_dir, backend), pairs)
-    print(f"local: {args.model} on {args.device}, batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, {len(pairs)} pairs in both orders")
+    print(f"local: {args.model} on {args.device}, batch {args.batch_size}, max_new_tokens {args.max_new_tokens}, "
+          f"{len(pairs)} pairs in both orders")
     a, b = show("engine, plain batched generation", plain), show("judge (same engine, cached, parsed)", judged)
     ratio = b / a
     print(f"ratios: local judge / plain generation = {ratio:.3f} prompts/s (goal >= {LOCAL_GOAL:.2f}); "
@@ -114,21 +116,22 @@ def local_side(args, cache_dir: str) -> float:
 
 def endpoint_side(args, cache_dir: str) -> float:
     spec, proc = args.endpoint, None
-    if spec is None:
-        sys.path.insert(0, str(HERE))
-        from serve_load import free_port, start_server, wait_ready
-
-        port = free_port()
-        url = f"http://127.0.0.1:{port}/v1"
-        proc = start_server(args.model, port, args.server_batch_size, 64, args.device)
-        wait_ready(proc, url)
-        from openai import OpenAI
-
-        with OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120) as c:
-            spec = f"openai:{url}#{c.models.list().data[0].id}"
     try:
+        if spec is None:  # tunelab serve in its own process, so its work does not share a GIL with the judge's threads
+            sys.path.insert(0, str(HERE))
+            from serve_load import free_port, start_server, wait_ready
+
+            port = free_port()
+            url = f"http://127.0.0.1:{port}/v1"
+            proc = start_server(args.model, port, args.server_batch_size, 64, args.device)
+            wait_ready(proc, url)
+            from openai import OpenAI
+
+            with OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120) as c:
+                spec = f"openai:{url}#{c.models.list().data[0].id}"
         pairs = judge_pairs(args.endpoint_pairs)
-        run_judge(make_judge(spec, args.concurrency, args.max_new_tokens, cache_dir), pairs[:args.concurrency // 2 or 1])
+        warm = pairs[:max(1, args.concurrency // 2)]  # one round of concurrent requests, untimed
+        run_judge(make_judge(spec, args.concurrency, args.max_new_tokens, cache_dir), warm)
         many = run_judge(make_judge(spec, args.concurrency, args.max_new_tokens, cache_dir), pairs)
         one = run_judge(make_judge(spec, 1, args.max_new_tokens, cache_dir), pairs)
     finally:

@@ -91,7 +91,8 @@ def _files(tmp_path, judge_model: str, check_labels: str = "good", **judge) -> s
     task = tmp_path / "task.yaml"
     task.write_text(yaml.safe_dump({
         "name": "colours", "data": "items.jsonl", "prompt": "{{ q }}", "answer": "{{ a }}",
-        "generation": {"max_new_tokens": 4, "stop": [], "temperature": 1.0}, "metrics": ["judge_win_rate", "exact_match"],
+        "generation": {"max_new_tokens": 4, "stop": [], "temperature": 1.0},
+        "metrics": ["judge_win_rate", "exact_match"],
         "judge": {"model": judge_model, "max_new_tokens": 8, "check": "check.json", **judge}}))
     return str(task)
 
@@ -254,3 +255,12 @@ def test_judge_score_ranks_the_arms_with_the_check_its_evaluations_measured(fake
     assert fake.calls == 2 * 4 + len(distinct) and rows[OTHER]["judge_cost_per_1k"]["calls"] > 0
     said = " ".join(s["sentences"])
     assert "The ranking rests on a judge below the agreement threshold" in said and "win rate against" not in said
+
+
+def test_the_same_model_is_recognised_by_alias_folder_or_path(tiny_dir):
+    from tunelab.models import registry
+
+    same = compare_judge._same_model
+    assert same("default", registry.DEFAULT) and same("default", str(registry.cached_dir(registry.DEFAULT)))
+    assert same(str(tiny_dir), str(tiny_dir) + "/") and same(str(tiny_dir), str(tiny_dir / ".." / tiny_dir.name))
+    assert not same("default", str(tiny_dir)) and not same("openai:http://h/v1#a", "openai:http://h/v1#b")

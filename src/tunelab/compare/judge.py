@@ -54,9 +54,13 @@ def baseline_arm(task) -> Optional[str]:
 
 
 def _same_model(a: str, b: str) -> bool:
+    """Two model strings name the same weights: a registry name or alias ("default"), its folder, or a path."""
+    from tunelab.models import registry
+
     def norm(x: str) -> str:
-        p = Path(x).expanduser()
-        return str(p.resolve()) if p.exists() else x.rstrip("/")
+        key = None if x.startswith("openai:") else registry.canonical(x)
+        p = registry.cached_dir(key) if key is not None else Path(x).expanduser()
+        return str(p.resolve()) if key is not None or p.exists() else x.rstrip("/")
     return norm(a) == norm(b)
 
 
