@@ -99,10 +99,11 @@ def check_plan(plan) -> None:
 
 def _no_tuned_arm(plan, base: str) -> None:
     """A sweep that picks its run by judge_win_rate would need the baseline arm's answers on its validation items."""
-    from tunelab.compare.tune import ranked_by
+    from tunelab.compare.render import TASK
 
     tuned = [a for a in plan.arms if a.tune is not None]
-    if tuned and plan.metric == WIN_RATE and ranked_by(plan)[0] == WIN_RATE:
+    # a sweep ranks by the compare's metric when the pool is rendered through the task (compare/tune.ranked_by)
+    if tuned and plan.metric == WIN_RATE and plan.rendering is not None and plan.rendering.mode == TASK:
         raise TunelabError(f"{plan.source}: {tuned[0].where}.tune picks its run by the compare's metric on its "
                            f"validation items, and judge_win_rate there would need arm {base}'s answers to those "
                            "items, which no arm makes; rank the compare by another metric, or drop tune:")
