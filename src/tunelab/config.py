@@ -218,7 +218,7 @@ class JudgeConfig(_Strict):
                                                     "correctness and clarity")
     reference: bool = Field(False, description="judge_score: show the judge the task's answer (reference-guided)")
     baseline: Optional[str] = Field(None, description="judge_win_rate: reference (the task's answers) or, in a "
-                                                      "compare, another arm")
+                                                      "compare, another arm's id (default there: zero_shot)")
     concurrency: int = Field(8, ge=1, le=256, description="judge requests in flight at once (an endpoint judge) "
                                                           "or judge prompts per batch (a local one)")
     max_new_tokens: int = Field(512, ge=1, le=32768, description="most tokens of one judgment")
@@ -226,6 +226,8 @@ class JudgeConfig(_Strict):
     cache: bool = Field(True, description="keep judgments on disk ($TUNELAB_HOME/cache.sqlite): a re-run judges nothing twice")
     check: Optional[str] = Field(None, description="human-labelled pairs to measure the judge on first, e.g. "
                                                    "builtin:llmbar-natural")
+    min_agreement: float = Field(0.7, ge=0.0, le=1.0, description="a compare's sentences say its ranking rests on "
+                                                                  "a judge below this accuracy on judge.check")
 
 
 class TaskConfig(_Strict):

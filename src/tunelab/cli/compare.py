@@ -71,12 +71,17 @@ def print_compare(summary: dict) -> None:
     print_retention(summary)
     print_probe(summary)
     safety = any(a.get("toxicity") for a in summary["arms"])
+    judged = any(a.get("judge_cost_per_1k") for a in summary["arms"])  # the judge's cost, apart from the arm's own
     infer = Table(title="inference cost per 1,000 queries" + (" and output toxicity" if safety else ""))
-    for c in ["arm", "wall s", "prompt tok", "generated tok"] + (["toxicity mean", "max"] if safety else []):
+    for c in (["arm", "wall s", "prompt tok", "generated tok"] + (["judge s", "judge tok"] if judged else [])
+              + (["toxicity mean", "max"] if safety else [])):
         infer.add_column(c, justify="left" if c == "arm" else "right", overflow="fold")
     for a in summary["arms"]:
         inf, tox = a["infer_cost_per_1k"], a.get("toxicity")
         row = [escape(a["id"]), _si(inf.get("wall_s")), _si(inf.get("prompt_tokens")), _si(inf.get("generated_tokens"))]
+        if judged:
+            j = a.get("judge_cost_per_1k") or {}
+            row += [_si(j.get("wall_s")), _si(j.get("tokens"))]
         if safety:
             row += [f"{tox['mean']:.3f}", f"{tox['max']:.3f}"] if tox else ["-", "-"]
         infer.add_row(*row)

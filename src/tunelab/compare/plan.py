@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from tunelab.compare import judge
 from tunelab.compare.checks import check_metric, read_json, resolve_path, settings, slug
 from tunelab.config import (CompareConfig, EndpointArmSpec, FewShotArmSpec, FineTuneArmSpec, PromptArmSpec,
                             TrainConfig, build, deep_merge, load_config)
@@ -318,6 +319,7 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
                                    forced_format=(cfg.train.get("data") or {}).get("format"))
     if skipped:  # every arm trains on n good pairs
         plan.rendering.note += f"; {skipped[0]}"
+    judge.check_plan(plan)  # judge_win_rate's baseline arm; self-preference (compare/judge.py)
     plan.retention = retention.plan_tasks(cfg, source, base_dir, task)
     plan.drift = retention.plan_drift(cfg, source, base_dir) if any(a.fine_tuned for a in arms) else None
     replay_read: set[tuple[str, str]] = set()

@@ -243,9 +243,11 @@ def compare(config, overrides: Optional[list[str]] = None, *, out=None,
                               "run the same command again to resume") from None
         if arm is not None or result.pending:
             return result
+        from tunelab.compare import judge
         from tunelab.compare.table import summarize
 
         with folder_lock(plan.out, LOCK_FILE, wait=True):
+            judge.judge_arms(plan, say)  # judge_win_rate against another arm, once every arm has its answers
             result.summary = summarize(plan)
             atomic_write_json(plan.out / COMPARE_JSON, result.summary)
     _record(plan, result.summary, started)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from tunelab import paths
+from tunelab.compare import judge
 from tunelab.compare import sentences as sent
 from tunelab.compare.checks import paired_items
 from tunelab.compare.plan import ARMS_DIR, Arm, Plan, train_cost
@@ -138,6 +139,7 @@ def summarize(plan: Plan, arms: Optional[list[Arm]] = None) -> dict:
                 "target_diff": _paired(results[twin.id], results[a.id], metric, cfg.seed),
                 "retention_diff": retention.between(plan, twin, a)}
     summary["sentences"] = sent.sentences(summary)
+    judge.summarize(plan, results, rows, summary)  # the judge's cost, check and sentences
     return summary
 
 

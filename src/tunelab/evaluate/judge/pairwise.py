@@ -49,14 +49,19 @@ def combine(a: Optional[int], b: Optional[int]) -> Optional[int]:
     return a if a == b else 0
 
 
-def judge_both_orders(judge: Judge, template: JudgeTemplate, pairs: list[Pair], rubric: Optional[str]) -> list[PairJudgment]:
+def pair_requests(template: JudgeTemplate, pairs: list[Pair], rubric: Optional[str]) -> list[JudgeRequest]:
+    """Two judge requests per pair, the first answer shown as A and then as B (in that order)."""
     requests = []
     for p in pairs:
         for a, b, order in ((p.first, p.second, "first-as-A"), (p.second, p.first, "first-as-B")):
             key = {"template": template.sha256, "kind": "pairwise", "question": p.question, "answers": [a, b],
                    "order": order, "rubric": rubric}
             requests.append(JudgeRequest(template.messages(question=p.question, answer_a=a, answer_b=b, rubric=rubric), key))
-    texts = judge.run(requests)
+    return requests
+
+
+def judge_both_orders(judge: Judge, template: JudgeTemplate, pairs: list[Pair], rubric: Optional[str]) -> list[PairJudgment]:
+    texts = judge.run(pair_requests(template, pairs, rubric))
     out = []
     for j in range(len(pairs)):
         t = (texts[2 * j], texts[2 * j + 1])

@@ -88,23 +88,26 @@ class Judge:
 
         return Context(text=render_prompt(tok, messages), demos=[], messages=messages)
 
-    def _too_long(self, requests: list[JudgeRequest], todo: list[int]) -> dict[int, str]:
-        """A local judge's prompts that do not fit its context beside max_new_tokens: the engine would cut
-        their start (the instructions), so they are not judged; their text says why (counted as unparsed)."""
+    def _local_order(self, requests: list[JudgeRequest], todo: list[int]) -> tuple[list[int], dict[int, str]]:
+        """A local judge's requests to generate, longest prompt first, and the texts of those not judged.
+
+        Longest first: each chunk sent to the engine then holds prompts of similar length (the engine sorts
+        within a call; chunks cut from an unsorted list would pad more). Not judged: prompts that do not fit
+        the judge's context beside max_new_tokens (the engine would cut their start, the instructions);
+        their text says why and they count as unparsed.
+        """
         b, s = self.backend, self.settings
         if b.tokenizer is None or b.max_length() <= 0:
-            return {}  # an endpoint refuses an over-long prompt itself
+            return todo, {}  # an endpoint refuses an over-long prompt itself
         limit = b.max_length() - s.max_new_tokens
-        out = {}
-        for i in todo:
-            n = b.count_tokens(self._context(requests[i].messages).text)
-            if n > limit:
-                out[i] = (f"(not judged: the judge prompt has {n} tokens and {s.model} reads at most {limit} beside "
-                          f"judge.max_new_tokens {s.max_new_tokens}; use a judge with a longer context)")
+        lengths = {i: b.count_tokens(self._context(requests[i].messages).text) for i in todo}
+        out = {i: (f"(not judged: the judge prompt has {n} tokens and {s.model} reads at most {limit} beside "
+                   f"judge.max_new_tokens {s.max_new_tokens}; use a judge with a longer context)")
+               for i, n in lengths.items() if n > limit}
         if out:
             log.warning(f"judge: {len(out)} prompt(s) too long for {s.model} were not judged (counted as unparsed); "
                         f"the first: {next(iter(out.values()))}")
-        return out
+        return sorted((i for i in todo if i not in out), key=lambda i: (-lengths[i], i)), out
 
     def _generate(self, todo: list[JudgeRequest]) -> list[dict]:
         s = self.settings
@@ -128,8 +131,7 @@ class Judge:
             found = cache.get_many(keys) if cache else {}
             todo = [i for i, k in enumerate(keys) if k not in found]
             self.cost.cached += len(requests) - len(todo)
-            skipped = self._too_long(requests, todo)  # not cached: a judge with a longer context judges them
-            todo = [i for i in todo if i not in skipped]
+            todo, skipped = self._local_order(requests, todo)  # skipped: not cached, a longer context judges them
             found.update({(keys[i] if cache else i): {"text": t} for i, t in skipped.items()})
             before = len(requests) - len(todo) - len(skipped)  # judgments the cache already held
             chunk = max(32, 4 * s.concurrency)

@@ -22,7 +22,7 @@ from tunelab.evaluate.judge.labels import load_pairs
 from tunelab.evaluate.judge.pairwise import Pair, judge_both_orders, lc_win_rate
 from tunelab.evaluate.judge.parse import parse_rating
 from tunelab.evaluate.judge.prompts import JudgeTemplate
-from tunelab.evaluate.judge.run import Judge, JudgeRequest, JudgeSettings
+from tunelab.evaluate.judge.run import Judge, JudgeCost, JudgeRequest, JudgeSettings
 from tunelab.evaluate.metrics.base import Metric, MetricResult
 from tunelab.evaluate.metrics.registry import register
 from tunelab.infer.endpoint import PREFIX
@@ -30,6 +30,7 @@ from tunelab.infer.endpoint import PREFIX
 log = logging.getLogger("tunelab.evaluate")
 CHECK_MEASURES = ("accuracy", "right in both orders", "order consistency", "agreement with ties", "Cohen's kappa",
                   "prefers longer", "unparsed")
+ARM_BASELINE = "arm:"  # judge.baseline as a compare's plan sets it: "arm:<id>", that arm's answers
 NO_JUDGE = ("there is no default judge: which model judges, and how far it agrees with people on your kind of data, "
             "is a choice to make and measure (docs/judge.md); name one in the task file, e.g. "
             "judge: {model: \"openai:http://127.0.0.1:8000/v1#NAME\"} or judge: {model: MODEL_NAME_OR_FOLDER}")
@@ -45,6 +46,7 @@ class _JudgeMetric(Metric):
         self.judge: Optional[Judge] = None  # built on first use; tests set one with a fake backend
         self.where = "the task"
         self.check_pairs: Optional[list] = None  # judge.check's labelled pairs
+        self.deferred = False  # judge_win_rate in a compare's arm: judged after every arm ran (compare/judge.py)
 
     def for_task(self, task) -> None:
         self.where = task.source or f"task '{task.name}'"
@@ -75,6 +77,12 @@ class _JudgeMetric(Metric):
             self.judge = Judge(JudgeSettings(c.model, c.concurrency, c.max_new_tokens, c.temperature, c.cache))
         return self.judge
 
+    def new_cost(self) -> dict:
+        """Start counting the judge's cost afresh (a compare costs each arm's judgments apart); the old count."""
+        judge = self._judge()
+        old, judge.cost = judge.cost.to_json(), JudgeCost()
+        return old
+
     def signature_options(self) -> dict[str, Any]:
         if self.cfg is None:
             return {}
@@ -93,7 +101,7 @@ class _JudgeMetric(Metric):
             log.warning(f"{self.name}: {extra['unparsed']} of {len(values)} {what}; they are left out of the value "
                         "(not scored 0): read them in predictions.jsonl")
         if self.check_pairs:
-            extra["judge_check"] = self._agreement(n_resamples, seed)
+            extra["judge_check"] = self.check_agreement(self.check_pairs, n_resamples, seed)
         cost = {"judge": self._judge().cost.to_json()}
         if not parsed:
             return MetricResult(self.name, None, None, None, self.signature(), 0, values, extra=extra, item_details=details,
@@ -104,10 +112,10 @@ class _JudgeMetric(Metric):
                             values, extra=extra, item_details=details, cost=cost)
 
 
-    def _agreement(self, n_resamples: int, seed: int) -> dict:
+    def check_agreement(self, pairs: list, n_resamples: int, seed: int) -> dict:
         """judge.check: the judge's agreement with the human labels, measured with the same judge and cache."""
-        v = judge_pairs(self.cfg.model, self.check_pairs, rubric=self.cfg.rubric, judge=self._judge())
-        measures = agreement(self.check_pairs, v, n_resamples=n_resamples, seed=seed)
+        v = judge_pairs(self.cfg.model, pairs, rubric=self.cfg.rubric, judge=self._judge())
+        measures = agreement(pairs, v, n_resamples=n_resamples, seed=seed)
         return {"data": self.cfg.check, **{m.name: m.to_json() for m in measures if m.name in CHECK_MEASURES}}
 
 
@@ -165,18 +173,27 @@ class JudgeWinRate(_JudgeMetric):
                    "also wins/ties/losses, order consistency and the length-controlled win rate")
 
     def _check(self, task) -> None:
-        if self.cfg.baseline != "reference":
-            got = "none" if self.cfg.baseline is None else repr(self.cfg.baseline)
+        b = self.cfg.baseline
+        self.deferred = b is not None and b.startswith(ARM_BASELINE)  # set by a compare's plan: compare/judge.py
+        if b != "reference" and not self.deferred:
+            got = "none" if b is None else repr(b)
             raise TunelabError(f"metric 'judge_win_rate' in {self.where}: judge.baseline is {got}; in an evaluation "
-                               "the baseline is the task's own answers: set judge: {baseline: reference} (a compare's "
-                               "arms come later, docs/judge.md)")
+                               "the baseline is the task's own answers: set judge: {baseline: reference}; another "
+                               "model's answers are a baseline in a compare (judge.baseline: <arm id>, docs/judge.md)")
 
     def compute(self, predictions: Sequence[str], references=None, items=None, *, n_resamples: int = 1000,
                 seed: int = 1234) -> MetricResult:
         n = len(predictions)
+        if self.deferred:  # the baseline arm's answers exist only once every arm has run
+            arm = self.cfg.baseline[len(ARM_BASELINE):]
+            return self.not_computed(n, f"judged by the compare against arm {arm}'s answers once every arm has run")
         refs, its = references or [[] for _ in range(n)], items or [{} for _ in range(n)]
         pairs = [Pair(_question(it), p, _first(r, "judge.baseline: reference", it, self.where))
                  for p, r, it in zip(predictions, refs, its)]
+        return self.score_pairs(pairs, n_resamples=n_resamples, seed=seed)
+
+    def score_pairs(self, pairs: list[Pair], *, n_resamples: int = 1000, seed: int = 1234) -> MetricResult:
+        """The win rate of each pair's first answer over its second (the baseline's), both orders judged."""
         judged = judge_both_orders(self._judge(), self.template, pairs, self.cfg.rubric)
         score = {1: 1.0, 0: 0.5, 2: 0.0}
         values = [None if j.verdict is None else score[j.verdict] for j in judged]
