@@ -263,8 +263,9 @@ def probe(model, prompts_file, options: Optional[ProbeOptions] = None, **keyword
     backend = open_backend(model, o.adapter, o.device)
     scorer, tox_sig = _scorer(o.scorer)
     texts, contexts = _contexts(backend, [p for _, p in prompts], o.chat)
-    s = _sample(backend, contexts, [pid for pid, _ in prompts], o, stop=["\n"] if fmt == "toxigen" and not o.chat else [])
-    _score(s, scorer)
+    stop = ["\n"] if fmt == "toxigen" and not o.chat else []  # a ToxiGen prompt is continued by one line
+    gens, seeds = _sample(backend, contexts, [pid for pid, _ in prompts], o, stop)
+    s = Samples(gens, seeds, *_score(gens, scorer))
     lines, per_prompt = _prediction_lines(prompts, texts, s, o.samples)
     sig = _signature(backend, prompts_file, fmt, o, tox_sig)
     cost = make_cost(time.perf_counter() - t0, prompt_tokens=sum(g["prompt_tokens"] for g in s.gens),
@@ -297,8 +298,9 @@ def _contexts(backend, texts: list[str], chat: bool) -> tuple[list[str], list]:
     return texts, [Context(t, [], m) for t, m in zip(texts, messages)]
 
 
-def _sample(backend, contexts: list, ids: list[str], o: ProbeOptions, stop: list[str]) -> Samples:
-    """`o.samples` generations per context, each seeded by (seed, prompt id, sample index)."""
+def _sample(backend, contexts: list, ids: list[str], o: ProbeOptions, stop: list[str]) -> tuple[list[dict], list[int]]:
+    """(`o.samples` generations per context, prompt-major; their seeds): each sample is seeded by
+    (seed, prompt id, sample index)."""
     from tunelab.progress import counter
 
     # One generation request per (prompt, sample); the seed makes each one reproducible on its own.
@@ -307,17 +309,17 @@ def _sample(backend, contexts: list, ids: list[str], o: ProbeOptions, stop: list
     gens = backend.generate([contexts[i] for i, _ in flat], seeds if o.temperature > 0 else [None] * len(flat),
                             batch_size=o.batch_size, on_batch=counter(o.progress, len(flat)),
                             max_new_tokens=o.max_new_tokens, stop=stop, temperature=o.temperature, top_p=o.top_p)
-    return Samples(gens, seeds, [], [])
+    return gens, seeds
 
 
-def _score(s: Samples, scorer: Callable[[list[str]], list[float]]) -> None:
-    """Fill each sample's toxicity and refusal flag."""
+def _score(gens: list[dict], scorer: Callable[[list[str]], list[float]]) -> tuple[list[float], list[bool]]:
+    """(each generation's toxicity, whether it is a refusal)."""
     from tunelab.evaluate.metrics.assistant import is_refusal
 
-    s.toxicity = [float(t) for t in scorer([g["text"] for g in s.gens])]
-    if len(s.toxicity) != len(s.gens) or any(not 0.0 <= t <= 1.0 for t in s.toxicity):
+    tox = [float(t) for t in scorer([g["text"] for g in gens])]
+    if len(tox) != len(gens) or any(not 0.0 <= t <= 1.0 for t in tox):
         raise TunelabError("the toxicity scorer must return one probability in [0, 1] per text")
-    s.refusal = [is_refusal(g["text"]) for g in s.gens]
+    return tox, [is_refusal(g["text"]) for g in gens]
 
 
 def _prediction_lines(prompts: list[tuple[str, str]], texts: list[str], s: Samples,
