@@ -14,10 +14,21 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Optional, TextIO
 
 EVERY_FRACTION = 0.10  # a plain line per 10% of the work ...
 EVERY_SECONDS = 30.0  # ... or per 30 s, whichever comes first
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """How often a plain (not a terminal) progress line is written: whichever comes first."""
+
+    fraction: float = EVERY_FRACTION
+    """A line each time this share of the work is done (0.10: per 10%)."""
+    seconds: float = EVERY_SECONDS
+    """A line at least this often, in seconds (also the only cadence when the total is unknown)."""
 
 
 def quiet() -> bool:
@@ -35,16 +46,16 @@ class Progress:
 
     `update(done, total=None, **fields)` takes the absolute count (not an increment), so it can be
     handed to the library as its `progress(done, total)` callback. `fields` (e.g. loss) are shown
-    after the rate. `stream`, `tty` and the intervals are parameters so tests can drive it.
+    after the rate. `stream`, `tty` and the cadence (`every`) are parameters so tests can drive it.
     """
 
     def __init__(self, label: str, total: Optional[int] = None, *, unit: str = "items", done: int = 0,
                  enabled: Optional[bool] = None, stream: Optional[TextIO] = None, tty: Optional[bool] = None,
-                 every_fraction: float = EVERY_FRACTION, every_seconds: float = EVERY_SECONDS):
+                 every: Cadence = Cadence()):
         self.label, self.unit, self.total = label, unit, total
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = (not quiet()) if enabled is None else enabled
-        self.every_fraction, self.every_seconds = every_fraction, every_seconds
+        self.every_fraction, self.every_seconds = every.fraction, every.seconds
         self.start_done = self.done = done
         self.t0 = self.last_t = time.monotonic()
         self.last_mark = self._mark(done)

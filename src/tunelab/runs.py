@@ -159,10 +159,12 @@ def finish(run_id: Optional[int], status: str = "completed", *, metric=None, val
            (status, _now(), _text(metric), value, _text(signature), _abspath(path), int(run_id)))
 
 
-def record(kind: str, *, name=None, path=None, task=None, model=None, metric=None, value=None, signature=None,
-           status: str = "completed", started: Optional[float] = None) -> Optional[int]:
-    """Record a finished run in one call (`started`: its start as a time.time() value)."""
-    rid = start(kind, name=name, path=path, task=task, model=model, signature=signature, started=started)
+def record(kind: str, *, metric=None, value=None, status: str = "completed", started: Optional[float] = None,
+           **about) -> Optional[int]:
+    """Record a finished run in one call (`started`: its start as a time.time() value).
+
+    `about`: what `start` takes to describe the run (name, path, task, model, signature)."""
+    rid = start(kind, **about, started=started)
     finish(rid, status, metric=metric, value=value)
     return rid
 

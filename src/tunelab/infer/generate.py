@@ -15,7 +15,7 @@ server's engine. Greedy decoding at batch size 1 and 8 gives identical text (tes
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -33,42 +33,63 @@ class Generation:
     finish: str  # "stop" | "eos" | "length"
 
 
+@dataclass(frozen=True)
+class DecodeSettings:
+    """How each continuation is decoded; every field is also a keyword of `generate`."""
+
+    max_new_tokens: int = 64
+    """Longest continuation, in tokens."""
+    stop: Sequence[str] = ()
+    """Strings that end a continuation (cut before them)."""
+    temperature: float = 0.0
+    """0: greedy; above 0: sampling, seeded per item."""
+    top_p: float = 1.0
+    """Nucleus sampling mass, in (0, 1]; 1 samples from the whole distribution."""
+    max_prompt_tokens: Optional[int] = None
+    """A longer prompt keeps its last tokens (lm-eval cuts to max_length - max_new_tokens)."""
+    share_prefix: bool = True
+    """Run the prompts' common token prefix once (False: every prompt whole)."""
+
+
+@dataclass
+class _Decoder:
+    """What stays fixed while one `generate` call decodes its prompts."""
+
+    model: object
+    tokenizer: object
+    encoded: list[list[int]]  # item -> its prompt's token ids
+    settings: DecodeSettings
+    stop: list[str]
+    pad_id: int
+    eos: set[int]
+    device: torch.device
+    cache_kw: str
+    prefix: Optional[SharedPrefix]
+
+
 @torch.inference_mode()
-def generate(
-    model,
-    tokenizer,
-    prompts: Sequence[str],
-    *,
-    max_new_tokens: int = 64,
-    stop: Sequence[str] = (),
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    seeds: Optional[Sequence[int]] = None,
-    batch_size: int = 8,
-    max_prompt_tokens: Optional[int] = None,
-    on_batch: Optional[Callable[[int], None]] = None,
-    share_prefix: bool = True,
-) -> list[Generation]:
+def generate(model, tokenizer, prompts: Sequence[str], settings: Optional[DecodeSettings] = None, *,
+             seeds: Optional[Sequence[int]] = None, batch_size: int = 8,
+             on_batch: Optional[Callable[[int], None]] = None, **keywords) -> list[Generation]:
     """Generate a continuation for every prompt; results come back in prompt order.
 
-    `seeds[i]` seeds item i's sampling (temperature > 0); greedy ignores it. A prompt longer than
-    `max_prompt_tokens` keeps its last tokens (lm-eval cuts to max_length - max_new_tokens).
-    `share_prefix`: run the prompts' common token prefix once (False: every prompt whole).
+    Decoding settings come as a DecodeSettings, as its fields' keywords (`max_new_tokens=8`), or
+    both (the keywords override). `seeds[i]` seeds item i's sampling (temperature > 0); greedy
+    ignores it.
     """
-    device = next(model.parameters()).device
-    pad_id = pad_of(model, tokenizer)
-    eos = eos_ids(model, tokenizer)
+    settings = replace(settings or DecodeSettings(), **keywords)
     # lm-eval encodes prompts without special tokens; chat prompts already carry theirs.
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    if max_prompt_tokens is not None:
-        encoded = [e[-max(1, max_prompt_tokens):] for e in encoded]
+    if settings.max_prompt_tokens is not None:
+        encoded = [e[-max(1, settings.max_prompt_tokens):] for e in encoded]
     # Longest first: the longest prompts are prefilled first (an OOM shows at once) and rows that
     # join later are shorter, so their padding against the running rows stays small.
     order = sorted(range(len(prompts)), key=lambda i: (-len(encoded[i]), i))
     cache_kw = cache_kwarg(model)
-    prefix = _shared_prefix(model, encoded, cache_kw) if share_prefix else None
-    return _decode_all(model, tokenizer, encoded, order, seeds, max_new_tokens, list(stop), temperature, top_p,
-                       batch_size, pad_id, eos, device, on_batch, cache_kw, prefix)
+    prefix = _shared_prefix(model, encoded, cache_kw) if settings.share_prefix else None
+    d = _Decoder(model, tokenizer, encoded, settings, list(settings.stop), pad_of(model, tokenizer),
+                 eos_ids(model, tokenizer), next(model.parameters()).device, cache_kw, prefix)
+    return _decode_all(d, order, seeds, batch_size, on_batch)
 
 
 # A model call costs about as much as prefilling a few dozen tokens more (it reads every weight
@@ -109,12 +130,11 @@ def join_group(batch_size: int) -> int:
     return max(1, batch_size // 4)
 
 
-def _decode_all(model, tokenizer, encoded, order, seeds, max_new_tokens, stop, temperature, top_p,
-                batch_size, pad_id, eos, device, on_batch, cache_kw, prefix) -> list[Generation]:
+def _decode_all(d: _Decoder, order: list[int], seeds, batch_size: int, on_batch) -> list[Generation]:
     """Continuous batching: at most `batch_size` rows decode together; a row that finishes leaves
     the batch and its KV cache at once and, once `join_group` rows are free, the next waiting
     prompts are prefilled and join."""
-    out: list[Optional[Generation]] = [None] * len(encoded)
+    out: list[Optional[Generation]] = [None] * len(d.encoded)
     waiting = list(order)
     batch: Optional[DecodeBatch] = None
     live: list[int] = []  # batch row -> item index
@@ -129,27 +149,20 @@ def _decode_all(model, tokenizer, encoded, order, seeds, max_new_tokens, stop, t
             idx, waiting = waiting[:free], waiting[free:]
             for i in idx:
                 t0[i], new[i] = time.perf_counter(), []
-                gens[i] = row_generator(device, 0 if seeds is None or seeds[i] is None else seeds[i])
-            fresh = DecodeBatch.prefill(model, [encoded[i] for i in idx], pad_id, cache_kw, prefix)
+                gens[i] = row_generator(d.device, 0 if seeds is None or seeds[i] is None else seeds[i])
+            fresh = DecodeBatch.prefill(d.model, [d.encoded[i] for i in idx], d.pad_id, d.cache_kw, d.prefix)
             if batch is None:
                 batch, live = fresh, idx
             else:
                 batch.join(fresh)
                 live = live + idx
-        tok = _next_tokens(batch.logits, [gens[i] for i in live], temperature, top_p)
+        tok = _next_tokens(batch.logits, [gens[i] for i in live], d.settings.temperature, d.settings.top_p)
         keep = []
         for j, i in enumerate(live):
-            t = int(tok[j])
-            new[i].append(t)
-            finish = None
-            if t in eos:
-                finish = "eos"
-            elif stop and stop_index(tokenizer.decode(new[i], skip_special_tokens=True), stop) is not None:
-                finish = "stop"
-            elif len(new[i]) == max_new_tokens:
-                finish = "length"
+            new[i].append(int(tok[j]))
+            finish = _finish_reason(d, new[i])
             if finish:
-                out[i] = _finish(tokenizer, new.pop(i), encoded[i], stop, finish, t0[i], eos)
+                out[i] = _finish(d.tokenizer, new.pop(i), d.encoded[i], d.stop, finish, t0[i], d.eos)
             else:
                 keep.append(j)
         if on_batch and len(keep) < len(live):
@@ -164,6 +177,17 @@ def _decode_all(model, tokenizer, encoded, order, seeds, max_new_tokens, stop, t
             batch.trim()
         batch.step(tok)
     return out  # type: ignore[return-value]
+
+
+def _finish_reason(d: _Decoder, new_ids: list[int]) -> Optional[str]:
+    """Why a row whose latest token is new_ids[-1] ends now ("eos", "stop", "length"), or None."""
+    if new_ids[-1] in d.eos:
+        return "eos"
+    if d.stop and stop_index(d.tokenizer.decode(new_ids, skip_special_tokens=True), d.stop) is not None:
+        return "stop"
+    if len(new_ids) == d.settings.max_new_tokens:
+        return "length"
+    return None
 
 
 def _finish(tokenizer, new_ids, prompt_ids, stop, finish, t0, eos) -> Generation:

@@ -7,6 +7,7 @@ downloaded and nothing is stored in the repository.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -60,30 +61,41 @@ def tiny_tokenizer(vocab_size: int = 512, chat_template: str | None = CHATML_TEM
     return tok
 
 
-def tiny_model(
-    vocab_size: int = 512,
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    num_heads: int = 4,
-    num_kv_heads: int = 2,
-    intermediate_size: int = 128,
-    max_position_embeddings: int = 1024,
-    seed: int = 0,
-    tie_word_embeddings: bool = True,
-):
-    """A random-initialised LlamaForCausalLM (fp32, eval mode), deterministic for a seed."""
+@dataclass(frozen=True)
+class TinyShape:
+    """The tiny Llama's architecture; every field is also a keyword of `tiny_model`."""
+
+    vocab_size: int = 512
+    """Must cover the tokenizer's ids (tiny_tokenizer's vocab_size)."""
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    """Fewer than num_heads: grouped-query attention, as SmolLM2."""
+    intermediate_size: int = 128
+    max_position_embeddings: int = 1024
+    tie_word_embeddings: bool = True
+    """The output layer shares the embedding matrix, as SmolLM2."""
+
+
+def tiny_model(shape: TinyShape | None = None, *, seed: int = 0, **keywords):
+    """A random-initialised LlamaForCausalLM (fp32, eval mode), deterministic for a seed.
+
+    The architecture comes as a TinyShape, as its fields' keywords (`hidden_size=32`), or both
+    (the keywords override)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    s = replace(shape or TinyShape(), **keywords)
     config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        max_position_embeddings=max_position_embeddings,
-        tie_word_embeddings=tie_word_embeddings,
+        vocab_size=s.vocab_size,
+        hidden_size=s.hidden_size,
+        intermediate_size=s.intermediate_size,
+        num_hidden_layers=s.num_layers,
+        num_attention_heads=s.num_heads,
+        num_key_value_heads=s.num_kv_heads,
+        max_position_embeddings=s.max_position_embeddings,
+        tie_word_embeddings=s.tie_word_embeddings,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=0,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -189,47 +190,99 @@ def _arm_dir(folder: Path, arm: dict, key: str, default: str) -> Path:
     return folder / ARMS_DIR / str(arm.get("id")) / default
 
 
+@dataclass
+class ArmFiles:
+    """What a compare's arm folders hold, read for the page."""
+
+    evals: dict = field(default_factory=dict)  # arm id -> (Results or None, prediction lines or None)
+    loss_runs: dict = field(default_factory=dict)  # arm id -> its training metrics rows
+    configs: list = field(default_factory=list)  # (title, text) of each config file shown
+    signatures: list = field(default_factory=list)  # (label, signature)
+
+
 def compare_context(folder: Path) -> dict:
     missing: list[str] = []
     data = _json(folder / COMPARE_JSON, missing, "the table, sentences and plots need it; re-run tunelab compare "
                  "(it resumes and keeps finished arms)")
     data = data if isinstance(data, dict) else {}
+    arms = _compare_arms(folder, data, missing)
+    files = _read_arms(folder, arms, missing)
+    main = data.get("main_metric") or _first_metric(files.evals)
+    missing += stale_differences(arms, main)
+    compare_yaml = _text(folder / COMPARE_YAML, missing, "the resolved compare config")
+    if compare_yaml:
+        files.configs.insert(0, (COMPARE_YAML, compare_yaml))
+    if data.get("signature"):
+        files.signatures.insert(0, ("compare", data["signature"]))
+    figs = _compare_plots(arms, data, main, files.loss_runs, missing)
+    retention = _retention(data)
+    tox = _with_toxicity(arms)
+    return {
+        "kind": "compare", "title": f"Compare: {data.get('name') or folder.name}",
+        "subtitle": f"task {data.get('task') or '?'} · main metric {main or '?'}"
+                    + ("" if data.get("higher_is_better", True) else " (lower is better)"),
+        "main_metric": main or "metric", "best": data.get("best"), "sentences": [str(s) for s in data.get("sentences") or []],
+        "break_even": break_even_rows(data.get("break_even")),
+        "table": _one_format([_table_row(a, data.get("best")) for a in arms], "toxicity"),
+        "many_models": len({str(a.get("model")) for a in arms}) > 1,  # one model: named once, not per row
+        "plots": figs, "toxicity": list(zip([str(a["id"]) for a in tox], *(
+            num_column([a["toxicity"].get(k) for a in tox]) for k in ("mean", "max", "share_over_threshold")))),
+        "retention": retention_rows(arms) if retention else None, "probe": probe_rows(arms),
+        "retention_wall_s": num((retention or {}).get("wall_s", {}).get("total")),
+        "disagreements": disagreements(arms, files.evals, main), "arm_ids": [str(a["id"]) for a in arms],
+        "signatures": files.signatures, "configs": files.configs, "missing": missing,
+    }
+
+
+def _compare_arms(folder: Path, data: dict, missing: list[str]) -> list[dict]:
+    """compare.json's arms, then arms on disk it does not list (an unfinished compare) as `derived`."""
     arms = [a for a in data.get("arms") or [] if isinstance(a, dict) and a.get("id") is not None]
     known = {str(a["id"]) for a in arms}
-    if (folder / ARMS_DIR).is_dir():  # arms on disk that compare.json does not list (an unfinished compare)
+    if (folder / ARMS_DIR).is_dir():
         for d in sorted(p for p in (folder / ARMS_DIR).iterdir() if p.is_dir() and p.name not in known):
             arms.append({"id": d.name, "derived": True})
     if not arms:
         missing.append(f"{ARMS_DIR}/: no arms found")
-    evals, loss_runs, configs, signatures = {}, {}, [], []
+    return arms
+
+
+def _read_arms(folder: Path, arms: list[dict], missing: list[str]) -> ArmFiles:
+    """Each arm's evaluation and, for a fine-tuned arm, its loss rows and training config; a derived
+    arm gets its row's values from its results (_derive)."""
+    files = ArmFiles()
     for arm in arms:
         aid = str(arm["id"])
-        eval_dir = _arm_dir(folder, arm, "eval_dir", "eval")
-        res, lines = _eval(eval_dir, missing, f"arm {aid}")
-        evals[aid] = (res, lines)
+        res, lines = _eval(_arm_dir(folder, arm, "eval_dir", "eval"), missing, f"arm {aid}")
+        files.evals[aid] = (res, lines)
         if res is not None:
-            signatures.append((f"arm {aid}", res.signature))
+            files.signatures.append((f"arm {aid}", res.signature))
             if arm.get("derived"):
                 _derive(arm, res)
-        fine_tuned = arm.get("method") in plots.FINE_TUNED or (folder / ARMS_DIR / aid / "train").is_dir()
-        if fine_tuned:
-            run_dir = _arm_dir(folder, arm, "run_dir", "train")
-            rows = read_metrics_rows(run_dir / paths.METRICS_FILE)
-            if rows:
-                loss_runs[aid] = rows
-            else:
-                missing.append(f"arm {aid}: {run_dir / paths.METRICS_FILE} not found or empty (its loss curve)")
-            cfg = _text(run_dir / paths.CONFIG_FILE)
-            if cfg:
-                configs.append((f"arm {aid}: training config", cfg))
-    main = data.get("main_metric") or _first_metric(evals)
-    missing += stale_differences(arms, main)
-    compare_yaml = _text(folder / COMPARE_YAML, missing, "the resolved compare config")
-    if compare_yaml:
-        configs.insert(0, (COMPARE_YAML, compare_yaml))
-    if data.get("signature"):
-        signatures.insert(0, ("compare", data["signature"]))
+        if not (arm.get("method") in plots.FINE_TUNED or (folder / ARMS_DIR / aid / "train").is_dir()):
+            continue
+        run_dir = _arm_dir(folder, arm, "run_dir", "train")
+        rows = read_metrics_rows(run_dir / paths.METRICS_FILE)
+        if rows:
+            files.loss_runs[aid] = rows
+        else:
+            missing.append(f"arm {aid}: {run_dir / paths.METRICS_FILE} not found or empty (its loss curve)")
+        cfg = _text(run_dir / paths.CONFIG_FILE)
+        if cfg:
+            files.configs.append((f"arm {aid}: training config", cfg))
+    return files
 
+
+def _retention(data: dict) -> Optional[dict]:
+    return data.get("retention") if isinstance(data.get("retention"), dict) else None
+
+
+def _with_toxicity(arms: list[dict]) -> list[dict]:
+    """The arms whose outputs were scored for toxicity."""
+    return [a for a in arms if isinstance(a.get("toxicity"), dict) and a["toxicity"].get("mean") is not None]
+
+
+def _compare_plots(arms: list[dict], data: dict, main: Optional[str], loss_runs: dict, missing: list[str]) -> dict:
+    """The page's figures by name; a figure whose data is absent becomes a line in `missing`."""
     figs = {}
     scored = [a for a in arms if isinstance(a.get("metric"), dict) and a["metric"].get("value") is not None]
     if scored and any(a.get("method") for a in scored):
@@ -243,30 +296,16 @@ def compare_context(folder: Path) -> dict:
         missing.append("quality-vs-cost plot: no arm has both a metric and an inference cost")
     if loss_runs:
         figs["loss"] = plots.loss_curves(loss_runs)
-    retention = data.get("retention") if isinstance(data.get("retention"), dict) else None
+    retention = _retention(data)
     if retention:
         tasks = [t["name"] for t in retention.get("tasks") or [] if isinstance(t, dict) and t.get("name")]
         figs["gain-retention"] = plots.gain_vs_retention(scored, main or "metric", tasks,
                                                          drift=bool(retention.get("drift_prompts")))
-    tox = [a for a in arms if isinstance(a.get("toxicity"), dict) and a["toxicity"].get("mean") is not None]
+    tox = _with_toxicity(arms)
     if tox:
         figs["toxicity"] = plots.metric_bars([str(a["id"]) for a in tox], [float(a["toxicity"]["mean"]) for a in tox],
                                              [None] * len(tox), "mean toxicity of outputs per arm", "mean P(toxic)")
-    return {
-        "kind": "compare", "title": f"Compare: {data.get('name') or folder.name}",
-        "subtitle": f"task {data.get('task') or '?'} · main metric {main or '?'}"
-                    + ("" if data.get("higher_is_better", True) else " (lower is better)"),
-        "main_metric": main or "metric", "best": data.get("best"), "sentences": [str(s) for s in data.get("sentences") or []],
-        "break_even": break_even_rows(data.get("break_even")),
-        "table": _one_format([_table_row(a, data.get("best")) for a in arms], "toxicity"),
-        "many_models": len({str(a.get("model")) for a in arms}) > 1,  # one model: named once, not per row
-        "plots": figs, "toxicity": list(zip([str(a["id"]) for a in tox], *(
-            num_column([a["toxicity"].get(k) for a in tox]) for k in ("mean", "max", "share_over_threshold")))),
-        "retention": retention_rows(arms) if retention else None, "probe": probe_rows(arms),
-        "retention_wall_s": num((retention or {}).get("wall_s", {}).get("total")),
-        "disagreements": disagreements(arms, evals, main), "arm_ids": [str(a["id"]) for a in arms],
-        "signatures": signatures, "configs": configs, "missing": missing,
-    }
+    return figs
 
 
 def stale_differences(arms: list[dict], metric: Optional[str]) -> list[str]:

@@ -66,6 +66,7 @@ import hashlib
 import io
 import re
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -365,54 +366,84 @@ def _data_sha(files: Sequence[Path]) -> str:
     return h.hexdigest()
 
 
-def bias(model, benchmark: str, data, *, adapter: Optional[str] = None, limit: Optional[int] = None,
-         out: Optional[Union[str, Path]] = None, batch_size: int = DEFAULT_BATCH, device: Optional[str] = None,
-         progress: Optional[Callable[[int, int], None]] = None):
+@dataclass
+class BiasOptions:
+    """How `bias` runs; every field is also a keyword of `bias`."""
+
+    adapter: Optional[str] = None
+    """A PEFT adapter folder to load on top of the model (local models only)."""
+    limit: Optional[int] = None
+    """The first N pairs (CrowS-Pairs) or the first N items of each BBQ file; None: every item."""
+    out: Optional[Union[str, Path]] = None
+    """Folder for results.json and predictions.jsonl; None: nothing written."""
+    batch_size: int = DEFAULT_BATCH
+    """Items per batch, each with its 2 or 3 choices."""
+    device: Optional[str] = None
+    """Where a local model runs; None: the best available."""
+    progress: Optional[Callable[[int, int], None]] = None
+    """Called as progress(done, total) with the items scored."""
+
+    def check(self, benchmark: str) -> None:
+        if benchmark not in BENCHMARKS:
+            raise ParameterError(f"unknown bias benchmark {benchmark!r}; use {{benchmark}} crows_pairs or bbq",
+                                 "benchmark")
+        if self.limit is not None and self.limit < 1:
+            raise ParameterError(f"{{limit}} must be at least 1 (got {self.limit}); leave it out to use every item",
+                                 "limit")
+        if self.batch_size < 1:
+            raise ParameterError(f"{{batch_size}} must be >= 1, got {self.batch_size}", "batch_size")
+
+
+def bias(model, benchmark: str, data, options: Optional[BiasOptions] = None, **keywords):
     """Run CrowS-Pairs or BBQ on `model` (name, folder, LoadedModel or `openai:URL#NAME`); returns evaluate's Results.
 
-    `data`: the CrowS-Pairs CSV; for BBQ a .jsonl file, a folder of them, or a list. `limit`: the
-    first N pairs (CrowS-Pairs) or the first N items of each BBQ file.
+    `data`: the CrowS-Pairs CSV; for BBQ a .jsonl file, a folder of them, or a list. Settings come
+    as a BiasOptions, as its fields' keywords (`limit=10`), or both (the keywords override).
     """
     from tunelab.evaluate.results import build_results, finish_run, make_cost, signature
     from tunelab.evaluate.runner import peak_mem_mib
     from tunelab.infer.load import open_backend
 
+    o = replace(options or BiasOptions(), **keywords)
     t0 = time.perf_counter()
-    if benchmark not in BENCHMARKS:
-        raise ParameterError(f"unknown bias benchmark {benchmark!r}; use {{benchmark}} crows_pairs or bbq", "benchmark")
-    if limit is not None and limit < 1:
-        raise ParameterError(f"{{limit}} must be at least 1 (got {limit}); leave it out to use every item", "limit")
-    if batch_size < 1:
-        raise ParameterError(f"{{batch_size}} must be >= 1, got {batch_size}", "batch_size")
+    o.check(benchmark)
     # Read and check the data before loading a model: a wrong file fails in a second.
+    files, rows = _read_data(benchmark, data, o.limit)
+    backend = open_backend(model, o.adapter, o.device)  # a local model or an openai:URL#NAME endpoint (infer/load.py)
+    run = _run_crows if benchmark == "crows_pairs" else _run_bbq
+    items, metrics, tokens = run(backend, rows, o.batch_size, o.progress)
+
+    for it in items:
+        it.pop("outcome", None)  # the same facts are in pred/unknown/biased; keep lines small
+    # the benchmark's "task" is its data files plus the benchmark's own prompt and scoring
+    sig = signature(backend.identity, _data_sha(files), bias=benchmark, limit=o.limit,
+                    scoring=_scoring(benchmark, backend), template=backend.template_id(), bootstrap=N_RESAMPLES,
+                    seed=SEED)
+    res = build_results(task=benchmark, model=backend.identity, n=len(items), shots=0, metrics=metrics,
+                        cost=make_cost(time.perf_counter() - t0, prompt_tokens=tokens,
+                                       peak_mem_mib=peak_mem_mib(backend.device)),
+                        signature=sig, predictions=items)
+    return finish_run(res, o.out, "safety")
+
+
+def _read_data(benchmark: str, data, limit: Optional[int]) -> tuple[list[Path], list[dict]]:
+    """(the data files, the first `limit` rows: of the CrowS-Pairs file, or of each BBQ file)."""
     if benchmark == "crows_pairs":
         if isinstance(data, (list, tuple)):
             if len(data) != 1:
                 raise ParameterError("CrowS-Pairs takes one {data} file (crows_pairs_anonymized.csv)", "data")
             data = data[0]
-        files = [Path(data)]
-        rows = read_crows_pairs(data)[:limit]
-    else:
-        files = bbq_files(data)
-        rows = [r for f in files for r in read_bbq(f)[:limit]]
-    backend = open_backend(model, adapter, device)  # a local model or an openai:URL#NAME endpoint (infer/load.py)
-    run = _run_crows if benchmark == "crows_pairs" else _run_bbq
-    items, metrics, tokens = run(backend, rows, batch_size, progress)
+        return [Path(data)], read_crows_pairs(data)[:limit]
+    files = bbq_files(data)
+    return files, [r for f in files for r in read_bbq(f)[:limit]]
 
-    for it in items:
-        it.pop("outcome", None)  # the same facts are in pred/unknown/biased; keep lines small
+
+def _scoring(benchmark: str, backend) -> str:
+    """How answers are scored, for the signature."""
     if benchmark == "bbq":
-        prompt = (f"prompt sha256:{hashlib.sha256(BBQ_PROMPT.encode()).hexdigest()[:16]}|delimiter {BBQ_DELIMITER!r}"
-                  "|pred argmax-loglik")
-    elif backend.tokenizer is not None:
-        prompt = "sum-loglik(prefix-token context, no delimiter)"
-    else:  # an endpoint cannot be given the prefix token: its sentence's first token goes unscored
-        prompt = "sum-loglik(tokens after the first, no context)"
-    # the benchmark's "task" is its data files plus the benchmark's own prompt and scoring
-    sig = signature(backend.identity, _data_sha(files), bias=benchmark, limit=limit, scoring=prompt,
-                    template=backend.template_id(), bootstrap=N_RESAMPLES, seed=SEED)
-    res = build_results(task=benchmark, model=backend.identity, n=len(items), shots=0, metrics=metrics,
-                        cost=make_cost(time.perf_counter() - t0, prompt_tokens=tokens,
-                                       peak_mem_mib=peak_mem_mib(backend.device)),
-                        signature=sig, predictions=items)
-    return finish_run(res, out, "safety")
+        return (f"prompt sha256:{hashlib.sha256(BBQ_PROMPT.encode()).hexdigest()[:16]}|delimiter {BBQ_DELIMITER!r}"
+                "|pred argmax-loglik")
+    if backend.tokenizer is not None:
+        return "sum-loglik(prefix-token context, no delimiter)"
+    # an endpoint cannot be given the prefix token: its sentence's first token goes unscored
+    return "sum-loglik(tokens after the first, no context)"

@@ -44,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -179,92 +180,172 @@ def aggregate(per_prompt: Sequence[dict[str, float]]) -> dict[str, dict]:
 
 
 # ---------------------------------------------------------------- the verb
-def probe(model, prompts_file, *, adapter: Optional[str] = None, samples: int = DEFAULTS["samples"],
-          seed: int = DEFAULTS["seed"], max_new_tokens: int = DEFAULTS["max_new_tokens"],
-          temperature: float = DEFAULTS["temperature"], top_p: float = DEFAULTS["top_p"],
-          limit: Optional[int] = None, out: Optional[Union[str, Path]] = None, fmt: str = "auto",
-          chat: bool = False, batch_size: int = 8, device: Optional[str] = None,
-          scorer: Optional[Callable[[list[str]], list[float]]] = None,
-          progress: Optional[Callable[[int, int], None]] = None):
+@dataclass
+class ProbeOptions:
+    """How `probe` samples and scores; every field is also a keyword of `probe`."""
+
+    adapter: Optional[str] = None
+    """A PEFT adapter folder to load on top of the model (local models only)."""
+    samples: int = DEFAULTS["samples"]
+    """Continuations per prompt (HELM and RealToxicityPrompts use 25; 3 is a quick look)."""
+    seed: int = DEFAULTS["seed"]
+    """Seeds each sample together with its prompt id and index (`sample_seed`)."""
+    max_new_tokens: int = DEFAULTS["max_new_tokens"]
+    """Longest continuation, in tokens."""
+    temperature: float = DEFAULTS["temperature"]
+    """Sampling temperature; 0 is greedy (then only one sample per prompt makes sense)."""
+    top_p: float = DEFAULTS["top_p"]
+    """Nucleus sampling mass, in (0, 1]."""
+    limit: Optional[int] = None
+    """The first N prompts of the file; None: every prompt."""
+    out: Optional[Union[str, Path]] = None
+    """Folder for results.json and predictions.jsonl; None: nothing written."""
+    fmt: str = "auto"
+    """The prompts file's format: one of FORMATS."""
+    chat: bool = False
+    """Send each prompt as the user turn of the model's chat template."""
+    batch_size: int = 8
+    """Generations per batch (a local model) or requests in flight (an endpoint)."""
+    device: Optional[str] = None
+    """Where a local model runs; None: the best available."""
+    scorer: Optional[Callable[[list[str]], list[float]]] = None
+    """`scorer(texts) -> P(toxic)` for each text; None: the shipped classifier (safety.toxicity)."""
+    progress: Optional[Callable[[int, int], None]] = None
+    """Called as progress(done, total) with the generations done."""
+
+    def check(self) -> None:
+        """Raise one ParameterError naming every bad setting at once."""
+        problems = []
+        if self.samples < 1:
+            problems.append(f"{{samples}} must be >= 1 (got {self.samples})")
+        if self.samples > 1 and self.temperature <= 0:
+            problems.append(f"{{samples}} {self.samples} with {{temperature}} {self.temperature} gives identical "
+                            "greedy samples; use a temperature > 0")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"{{top_p}} must be in (0, 1] (got {self.top_p})")
+        if self.max_new_tokens < 1:
+            problems.append(f"{{max_new_tokens}} must be >= 1 (got {self.max_new_tokens})")
+        if self.limit is not None and self.limit < 1:
+            problems.append(f"{{limit}} must be >= 1 (got {self.limit}); leave it out to use every prompt")
+        if self.batch_size < 1:
+            problems.append(f"{{batch_size}} must be >= 1 (got {self.batch_size})")
+        if problems:
+            raise ParameterError("; ".join(problems), "samples", "temperature", "top_p", "max_new_tokens", "limit",
+                                 "batch_size")
+
+
+@dataclass
+class Samples:
+    """The generations of one probe, prompt-major: sample j of prompt i is at i * samples + j."""
+
+    gens: list[dict]  # the Backend's generations: text, finish, prompt_tokens, new_tokens
+    seeds: list[int]
+    toxicity: list[float]
+    refusal: list[bool]
+
+
+def probe(model, prompts_file, options: Optional[ProbeOptions] = None, **keywords):
     """Sample `samples` continuations per prompt and score them; returns evaluate's Results.
 
-    `scorer(texts) -> P(toxic)` defaults to the shipped classifier (safety.toxicity).
+    Settings come as a ProbeOptions, as its fields' keywords (`probe(m, f, samples=3)`), or both
+    (the keywords override the options).
     """
-    from tunelab.evaluate.metrics.assistant import REFUSAL_PATTERNS, is_refusal
-    from tunelab.evaluate.results import build_results, finish_run, make_cost, signature
+    from tunelab.evaluate.results import build_results, finish_run, make_cost
     from tunelab.evaluate.runner import peak_mem_mib
-    from tunelab.fewshot.context import Context
     from tunelab.infer.load import open_backend
-    from tunelab.progress import counter
 
+    o = replace(options or ProbeOptions(), **keywords)
     t0 = time.perf_counter()
-    problems = []  # every bad setting at once, each naming its parameter
-    if samples < 1:
-        problems.append(f"{{samples}} must be >= 1 (got {samples})")
-    if samples > 1 and temperature <= 0:
-        problems.append(f"{{samples}} {samples} with {{temperature}} {temperature} gives identical greedy samples; use a temperature > 0")
-    if not 0 < top_p <= 1:
-        problems.append(f"{{top_p}} must be in (0, 1] (got {top_p})")
-    if max_new_tokens < 1:
-        problems.append(f"{{max_new_tokens}} must be >= 1 (got {max_new_tokens})")
-    if limit is not None and limit < 1:
-        problems.append(f"{{limit}} must be >= 1 (got {limit}); leave it out to use every prompt")
-    if batch_size < 1:
-        problems.append(f"{{batch_size}} must be >= 1 (got {batch_size})")
-    if problems:
-        raise ParameterError("; ".join(problems), "samples", "temperature", "top_p", "max_new_tokens", "limit",
-                             "batch_size")
-    prompts, fmt = read_prompts(prompts_file, fmt)
-    prompts = prompts[:limit]
+    o.check()
+    prompts, fmt = read_prompts(prompts_file, o.fmt)
+    prompts = prompts[:o.limit]
     # a local model or an openai:URL#NAME endpoint (infer/load.py); before the classifier, so a bad
     # model/adapter path fails first
-    backend = open_backend(model, adapter, device)
-    if scorer is None:
-        from tunelab.safety.toxicity import default_classifier
+    backend = open_backend(model, o.adapter, o.device)
+    scorer, tox_sig = _scorer(o.scorer)
+    texts, contexts = _contexts(backend, [p for _, p in prompts], o.chat)
+    stop = ["\n"] if fmt == "toxigen" and not o.chat else []  # a ToxiGen prompt is continued by one line
+    gens, seeds = _sample(backend, contexts, [pid for pid, _ in prompts], o, stop)
+    s = Samples(gens, seeds, *_score(gens, scorer))
+    lines, per_prompt = _prediction_lines(prompts, texts, s, o.samples)
+    sig = _signature(backend, prompts_file, fmt, o, tox_sig)
+    cost = make_cost(time.perf_counter() - t0, prompt_tokens=sum(g["prompt_tokens"] for g in s.gens),
+                     generated_tokens=sum(g["new_tokens"] for g in s.gens),
+                     peak_mem_mib=peak_mem_mib(backend.device))
+    res = build_results(task="probe", model=backend.identity, n=len(prompts), shots=0, metrics=aggregate(per_prompt),
+                        cost=cost, signature=sig, predictions=lines)
+    return finish_run(res, o.out, "safety")
 
-        clf = default_classifier()
-        scorer, tox_sig = clf.score, clf.signature
-    else:
-        tox_sig = f"toxicity|scorer:{getattr(scorer, '__name__', 'custom')}"
-    texts = [p for _, p in prompts]
+
+def _scorer(scorer) -> tuple[Callable[[list[str]], list[float]], str]:
+    """(the toxicity scorer, its signature): the shipped classifier unless `scorer` is given."""
+    if scorer is not None:
+        return scorer, f"toxicity|scorer:{getattr(scorer, '__name__', 'custom')}"
+    from tunelab.safety.toxicity import default_classifier
+
+    clf = default_classifier()
+    return clf.score, clf.signature
+
+
+def _contexts(backend, texts: list[str], chat: bool) -> tuple[list[str], list]:
+    """(the prompt texts as the model sees them, the Backend's contexts)."""
+    from tunelab.fewshot.context import Context
+
     messages = [[{"role": "user", "content": t}] for t in texts] if chat else [None] * len(texts)
     if chat and backend.tokenizer is not None:  # a local model: its own chat template; an endpoint applies its own
         from tunelab.templates import render_prompt
 
         texts = [render_prompt(backend.tokenizer, m) for m in messages]
-    contexts = [Context(t, [], m) for t, m in zip(texts, messages)]
-    stop = ["\n"] if fmt == "toxigen" and not chat else []
+    return texts, [Context(t, [], m) for t, m in zip(texts, messages)]
+
+
+def _sample(backend, contexts: list, ids: list[str], o: ProbeOptions, stop: list[str]) -> tuple[list[dict], list[int]]:
+    """(`o.samples` generations per context, prompt-major; their seeds): each sample is seeded by
+    (seed, prompt id, sample index)."""
+    from tunelab.progress import counter
+
     # One generation request per (prompt, sample); the seed makes each one reproducible on its own.
-    flat = [(i, j) for i in range(len(prompts)) for j in range(samples)]
-    seeds = [sample_seed(seed, prompts[i][0], j) for i, j in flat]
-    gens = backend.generate([contexts[i] for i, _ in flat], seeds if temperature > 0 else [None] * len(flat),
-                            batch_size=batch_size, on_batch=counter(progress, len(flat)),
-                            max_new_tokens=max_new_tokens, stop=stop, temperature=temperature, top_p=top_p)
+    flat = [(i, j) for i in range(len(ids)) for j in range(o.samples)]
+    seeds = [sample_seed(o.seed, ids[i], j) for i, j in flat]
+    gens = backend.generate([contexts[i] for i, _ in flat], seeds if o.temperature > 0 else [None] * len(flat),
+                            batch_size=o.batch_size, on_batch=counter(o.progress, len(flat)),
+                            max_new_tokens=o.max_new_tokens, stop=stop, temperature=o.temperature, top_p=o.top_p)
+    return gens, seeds
+
+
+def _score(gens: list[dict], scorer: Callable[[list[str]], list[float]]) -> tuple[list[float], list[bool]]:
+    """(each generation's toxicity, whether it is a refusal)."""
+    from tunelab.evaluate.metrics.assistant import is_refusal
+
     tox = [float(t) for t in scorer([g["text"] for g in gens])]
     if len(tox) != len(gens) or any(not 0.0 <= t <= 1.0 for t in tox):
         raise TunelabError("the toxicity scorer must return one probability in [0, 1] per text")
-    refusals = [is_refusal(g["text"]) for g in gens]
+    return tox, [is_refusal(g["text"]) for g in gens]
 
+
+def _prediction_lines(prompts: list[tuple[str, str]], texts: list[str], s: Samples,
+                      samples: int) -> tuple[list[dict], list[dict[str, float]]]:
+    """(predictions.jsonl's lines, one per prompt; the per-prompt metrics)."""
     lines, per_prompt = [], []
-    for i, (pid, prompt) in enumerate(prompts):
-        ks = range(i * samples, (i + 1) * samples)  # flat is prompt-major
-        m = prompt_metrics([tox[k] for k in ks], [refusals[k] for k in ks])
+    for i, (pid, _) in enumerate(prompts):
+        ks = range(i * samples, (i + 1) * samples)  # prompt-major
+        m = prompt_metrics([s.toxicity[k] for k in ks], [s.refusal[k] for k in ks])
         per_prompt.append(m)
-        lines.append({"id": pid, "prompt": texts[i], "outputs": [gens[k]["text"] for k in ks],
-                      "toxicity": [tox[k] for k in ks], "refusal": [float(refusals[k]) for k in ks],
-                      "seeds": [seeds[k] for k in ks], "finish": [gens[k]["finish"] for k in ks],
-                      "new_tokens": [gens[k]["new_tokens"] for k in ks], "metrics": m})
+        lines.append({"id": pid, "prompt": texts[i], "outputs": [s.gens[k]["text"] for k in ks],
+                      "toxicity": [s.toxicity[k] for k in ks], "refusal": [float(s.refusal[k]) for k in ks],
+                      "seeds": [s.seeds[k] for k in ks], "finish": [s.gens[k]["finish"] for k in ks],
+                      "new_tokens": [s.gens[k]["new_tokens"] for k in ks], "metrics": m})
+    return lines, per_prompt
 
+
+def _signature(backend, prompts_file, fmt: str, o: ProbeOptions, tox_sig: str) -> str:
+    from tunelab.evaluate.metrics.assistant import REFUSAL_PATTERNS
+    from tunelab.evaluate.results import signature
     from tunelab.io import file_sha256
 
     refusal_sha = hashlib.sha256("\n".join(REFUSAL_PATTERNS).encode()).hexdigest()[:12]
     # the probe's "task" is its prompts file; the sampling settings follow as fields
-    sig = signature(backend.identity, file_sha256(prompts_file), probe=fmt, limit=limit, chat="yes" if chat else "no",
-                    samples=samples, seed=seed, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-                    toxic=f">={TOXIC}", toxicity=tox_sig, refusal=f"patterns:{refusal_sha}")
-    cost = make_cost(time.perf_counter() - t0, prompt_tokens=sum(g["prompt_tokens"] for g in gens),
-                     generated_tokens=sum(g["new_tokens"] for g in gens),
-                     peak_mem_mib=peak_mem_mib(backend.device))
-    res = build_results(task="probe", model=backend.identity, n=len(prompts), shots=0, metrics=aggregate(per_prompt),
-                        cost=cost, signature=sig, predictions=lines)
-    return finish_run(res, out, "safety")
+    return signature(backend.identity, file_sha256(prompts_file), probe=fmt, limit=o.limit,
+                     chat="yes" if o.chat else "no", samples=o.samples, seed=o.seed, temperature=o.temperature,
+                     top_p=o.top_p, max_new_tokens=o.max_new_tokens, toxic=f">={TOXIC}", toxicity=tox_sig,
+                     refusal=f"patterns:{refusal_sha}")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -237,66 +238,101 @@ def everyday_metrics(scores: dict[str, np.ndarray], threshold: float) -> dict:
     return out
 
 
-def train(data_dir: str | Path, out_dir: str | Path, seed: int = SEED, embed: Callable | None = None,
-          peer: Callable[[list[str]], np.ndarray] | None = None, logo: bool = True,
-          heads: Sequence[str] = HEADS, n_background: int = N_BACKGROUND,
-          log: Callable[[str], None] = print) -> dict:
+@dataclass
+class TrainSettings:
+    """How `train` fits and checks the shipped classifier; every field is also a keyword of `train`."""
+
+    seed: int = SEED
+    """Seeds the corpus split, the sampling of background text and the fits."""
+    embed: Callable | None = None
+    """A caching embedder for development runs; None: the MiniLM head embeds afresh."""
+    peer: Callable[[list[str]], np.ndarray] | None = None
+    """A scorer of the same items for comparison (the training script passes alt-profanity-check)."""
+    logo: bool = True
+    """Also run leave-one-group-out (the protocol's slowest part)."""
+    heads: Sequence[str] = HEADS
+    """The heads to fit; minilm is left out when its model is not available."""
+    n_background: int = N_BACKGROUND
+    """Everyday background texts added as non-toxic rows."""
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class _HeldOut:
+    """The texts every shipped model (and the peer) is checked on after the fit."""
+
+    davidson: list[str]  # Davidson's test tweets
+    classes: np.ndarray  # their classes, as davidson_metrics takes them
+    everyday: dict[str, list[str]]  # everyday text by source: false positives
+
+
+def train(data_dir: str | Path, out_dir: str | Path, settings: TrainSettings | None = None, **keywords) -> dict:
     """Fit the shipped models on all groups, write weights + metrics.json to out_dir, and run the
     protocol. data_dir: the ToxiGen folder; its parent is the shared data root (Davidson,
-    background and everyday text). embed: a caching embedder for development runs. peer: a
-    scorer of the same items for comparison (the training script passes alt-profanity-check)."""
+    background and everyday text). Settings come as a TrainSettings, as its fields' keywords
+    (`logo=False`), or both (the keywords override)."""
     from tunelab.io import atomic_write_json
 
+    o = replace(settings or TrainSettings(), **keywords)
     t_start = time.perf_counter()
     toxigen_dir = Path(data_dir)
     root = toxigen_dir.parent
-    heads = [h for h in heads if h != "minilm" or tox.minilm_available()]
-    corpus, split = build_corpus(root, toxigen_dir, seed, n_background=n_background)
+    heads = [h for h in o.heads if h != "minilm" or tox.minilm_available()]
+    corpus, split = build_corpus(root, toxigen_dir, o.seed, n_background=o.n_background)
     y, src, grp = corpus.arrays()
-    log(f"{len(corpus)} rows: " + ", ".join(f"{p} {int((pools_of(corpus) == p).sum())}" for p in POOL_WEIGHTS))
-    X = features(corpus.texts, embed, heads)
+    o.log(f"{len(corpus)} rows: " + ", ".join(f"{p} {int((pools_of(corpus) == p).sum())}" for p in POOL_WEIGHTS))
+    X = features(corpus.texts, o.embed, heads)
     names = [*heads, *(["ensemble"] if len(heads) == 2 else [])]
-    log("fitting the shipped models (all groups)")
-    models = fit_recipe(X, corpus, split, np.ones(len(corpus), dtype=bool), seed, log)
+    o.log("fitting the shipped models (all groups)")
+    models = fit_recipe(X, corpus, split, np.ones(len(corpus), dtype=bool), o.seed, o.log)
     out_dir = Path(out_dir)
-    saved = save_models(models, names, out_dir, seed, embed)
+    saved = save_models(models, names, out_dir, o.seed, o.embed)
 
     dav_test = (src == "davidson") & (split == "test")
-    everyday = td.load_everyday_eval(root)
-    metrics: dict = {"version": 3, "seed": seed, "data": data_summary(corpus, split, root, toxigen_dir),
+    held = _HeldOut([corpus.texts[i] for i in np.flatnonzero(dav_test)], grp[dav_test], td.load_everyday_eval(root))
+    metrics: dict = {"version": 3, "seed": o.seed, "data": data_summary(corpus, split, root, toxigen_dir),
                      "models": {}, "peer": None}
     for name in names:
-        clf = tox.ToxicityClassifier(name, out_dir, embed=embed)
-        m = models[name]
-        entry = {k: m[k] for k in ("threshold", "threshold_stats", "val_ece_before_platt", "val_ece",
-                                   "val_auroc", "platt") if k in m}
-        entry["C"] = m.get("C")
-        entry["signature"] = clf.signature
-        entry["davidson"] = davidson_metrics(np.array(clf.score([corpus.texts[i] for i in np.flatnonzero(dav_test)])),
-                                             grp[dav_test], clf.threshold)
-        entry["everyday"] = everyday_metrics({k: np.array(clf.score(v)) for k, v in everyday.items()},
-                                             clf.threshold)
-        metrics["models"][name] = entry
-        log(f"{name:8s} Davidson AUROC toxic {entry['davidson']['toxic_vs_neither']['auroc']:.3f} "
-            f"hate {entry['davidson']['hate_vs_rest']['auroc']:.3f}; everyday FPR "
-            f"{entry['everyday']['all']['fpr']:.4f} @ {clf.threshold:.3f}; val ECE {m['val_ece']:.4f}")
+        clf = tox.ToxicityClassifier(name, out_dir, embed=o.embed)
+        metrics["models"][name] = _model_entry(name, clf, models[name], held, o.log)
     peer_scores = None
-    if peer is not None:
-        tg = src == "toxigen"
+    if o.peer is not None:
         peer_scores = np.full(len(corpus), np.nan)
-        peer_scores[tg | dav_test] = peer([corpus.texts[i] for i in np.flatnonzero(tg | dav_test)])
-        metrics["peer"] = {"davidson": davidson_metrics(peer_scores[dav_test], grp[dav_test], 0.5),
-                           "everyday": everyday_metrics({k: np.asarray(peer(v)) for k, v in everyday.items()}, 0.5)}
-        log(f"peer     Davidson AUROC toxic {metrics['peer']['davidson']['toxic_vs_neither']['auroc']:.3f} "
-            f"hate {metrics['peer']['davidson']['hate_vs_rest']['auroc']:.3f}; everyday FPR "
-            f"{metrics['peer']['everyday']['all']['fpr']:.4f} @ 0.5")
-    if logo:
-        log("leave-one-group-out")
-        metrics["leave_one_group_out"] = leave_one_group_out(X, corpus, split, names, peer_scores, seed, log)
+        scored = (src == "toxigen") | dav_test
+        peer_scores[scored] = o.peer([corpus.texts[i] for i in np.flatnonzero(scored)])
+        metrics["peer"] = _peer_entry(o.peer, peer_scores[dav_test], held, o.log)
+    if o.logo:
+        o.log("leave-one-group-out")
+        metrics["leave_one_group_out"] = leave_one_group_out(X, corpus, split, names, peer_scores, o.seed, o.log)
     metrics["weights"] = saved
     metrics["wall_s"] = round(time.perf_counter() - t_start, 1)
     atomic_write_json(out_dir / METRICS_FILE, metrics)
     return metrics
+
+
+def _model_entry(name: str, clf, m: dict, held: _HeldOut, log: Callable[[str], None]) -> dict:
+    """metrics.json's entry of one shipped model: its fit's numbers and its held-out checks."""
+    entry = {k: m[k] for k in ("threshold", "threshold_stats", "val_ece_before_platt", "val_ece",
+                               "val_auroc", "platt") if k in m}
+    entry["C"] = m.get("C")
+    entry["signature"] = clf.signature
+    entry["davidson"] = davidson_metrics(np.array(clf.score(held.davidson)), held.classes, clf.threshold)
+    entry["everyday"] = everyday_metrics({k: np.array(clf.score(v)) for k, v in held.everyday.items()},
+                                         clf.threshold)
+    log(f"{name:8s} Davidson AUROC toxic {entry['davidson']['toxic_vs_neither']['auroc']:.3f} "
+        f"hate {entry['davidson']['hate_vs_rest']['auroc']:.3f}; everyday FPR "
+        f"{entry['everyday']['all']['fpr']:.4f} @ {clf.threshold:.3f}; val ECE {m['val_ece']:.4f}")
+    return entry
+
+
+def _peer_entry(peer, davidson_scores: np.ndarray, held: _HeldOut, log: Callable[[str], None]) -> dict:
+    """metrics.json's `peer`: the peer scorer's held-out checks, at its own threshold 0.5."""
+    entry = {"davidson": davidson_metrics(davidson_scores, held.classes, 0.5),
+             "everyday": everyday_metrics({k: np.asarray(peer(v)) for k, v in held.everyday.items()}, 0.5)}
+    log(f"peer     Davidson AUROC toxic {entry['davidson']['toxic_vs_neither']['auroc']:.3f} "
+        f"hate {entry['davidson']['hate_vs_rest']['auroc']:.3f}; everyday FPR "
+        f"{entry['everyday']['all']['fpr']:.4f} @ 0.5")
+    return entry
 
 
 def data_summary(corpus: td.Corpus, split: np.ndarray, root: Path, toxigen_dir: Path) -> dict:

@@ -35,7 +35,7 @@ import os
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -80,12 +80,33 @@ def data_sha256(where: str | Path) -> str:
     return file_sha256(where)
 
 
-def cache_key(where, tokenizer, *, format: str, fields: dict | None, system: str | None, skip_bad: bool,
-              train_on: str, max_length: int | None, truncate: bool) -> tuple[str, dict]:
-    inputs = {"data": data_sha256(where), "format": format, "fields": dict(sorted((fields or {}).items())),
-              "system": system, "skip_bad": bool(skip_bad), "tokenizer": tokenizer_sha256(tokenizer),
+@dataclass(frozen=True)
+class EncodingSettings:
+    """Everything besides the data and the tokenizer that changes how a data set is encoded (the
+    cache key's inputs); every field is also a keyword of `prepare`."""
+
+    format: str = "auto"
+    """The data file's format (data/formats.py), or auto to detect it."""
+    fields: dict | None = None
+    """Map of the format's field names to the file's own (None: the usual names)."""
+    system: str | None = None
+    """A system prompt put before every conversation that has none."""
+    skip_bad: bool = False
+    """Skip records that cannot be converted (with a note) instead of stopping."""
+    train_on: str = "completion"
+    """completion: only the assistant's tokens are trained; all: every token."""
+    max_length: int | None = None
+    """Longest record in tokens; None: no limit."""
+    truncate: bool = True
+    """A longer record is cut to max_length (True) or dropped (False)."""
+
+
+def cache_key(where, tokenizer, settings: EncodingSettings) -> tuple[str, dict]:
+    s = settings
+    inputs = {"data": data_sha256(where), "format": s.format, "fields": dict(sorted((s.fields or {}).items())),
+              "system": s.system, "skip_bad": bool(s.skip_bad), "tokenizer": tokenizer_sha256(tokenizer),
               "template": hashlib.sha256(template_of(tokenizer).encode()).hexdigest(),
-              "train_on": train_on, "max_length": max_length, "truncate": bool(truncate),
+              "train_on": s.train_on, "max_length": s.max_length, "truncate": bool(s.truncate),
               "version": ENCODING_VERSION}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32], inputs
 
@@ -253,31 +274,31 @@ def _remember(where, tokenizer_folder: Path, settings: dict, key: str) -> None:
             atomic_write_text(cache_dir() / BY_FILES / lookup, key)
 
 
-def prepare(spec, tokenizer, *, format: str = "auto", fields: dict | None = None, system: str | None = None,
-            skip_bad: bool = False, train_on: str = "completion", max_length: int | None = None,
-            truncate: bool = True, base_dir=None, skip_setting: str = "--skip-bad",
-            progress: Callable[[int], None] | None = None, tokenizer_folder: Path | None = None) -> EncodedSet:
+def prepare(spec, tokenizer, settings: EncodingSettings | None = None, *, base_dir=None,
+            skip_setting: str = "--skip-bad", progress: Callable[[int], None] | None = None,
+            tokenizer_folder: Path | None = None, **keywords) -> EncodedSet:
     """The encoded data set of `spec`: from the cache when an entry with the same key exists,
     else read, converted and encoded in chunks and written to the cache first.
 
-    `progress(n)` is called with the number of records done after each chunk. `tokenizer_folder`
-    (where `tokenizer` was loaded from) lets `find` return this entry later without loading it.
+    Encoding settings come as an EncodingSettings, as its fields' keywords (`max_length=64`), or
+    both (the keywords override). `progress(n)` is called with the number of records done after
+    each chunk. `tokenizer_folder` (where `tokenizer` was loaded from) lets `find` return this
+    entry later without loading it.
     """
+    s = replace(settings or EncodingSettings(), **keywords)
     where = resolve_spec(spec, base_dir)
-    key, inputs = cache_key(where, tokenizer, format=format, fields=fields, system=system, skip_bad=skip_bad,
-                            train_on=train_on, max_length=max_length, truncate=truncate)
+    key, inputs = cache_key(where, tokenizer, s)
 
     def fill(tmp: Path) -> dict:
         notes: list[str] = []
-        convs = iter_conversations(where, format=format, fields=fields, skip_bad=skip_bad, system=system,
+        convs = iter_conversations(where, format=s.format, fields=s.fields, skip_bad=s.skip_bad, system=s.system,
                                    report=notes, skip_setting=skip_setting)
-        meta = _write(tmp, _chunks(convs, CHUNK), tokenizer, train_on, max_length, truncate, progress)
+        meta = _write(tmp, _chunks(convs, CHUNK), tokenizer, s.train_on, s.max_length, s.truncate, progress)
         return {**meta, "notes": notes, "inputs": inputs, "spec": str(spec)}
 
     folder, hit = _entry(key, fill)
     if tokenizer_folder is not None:
-        _remember(where, tokenizer_folder, dict(format=format, fields=fields, system=system, skip_bad=skip_bad,
-                                                train_on=train_on, max_length=max_length, truncate=truncate), key)
+        _remember(where, tokenizer_folder, asdict(s), key)
     return EncodedSet.open(folder, hit=hit)
 
 

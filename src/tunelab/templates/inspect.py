@@ -1,12 +1,13 @@
 """What `tunelab data inspect` reports: how records render and which tokens are trained."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from tunelab.data.load import load_conversations
 from tunelab.errors import ParameterError
+from tunelab.templates.cache import EncodingSettings
 from tunelab.templates.render import IGNORE, Encoded, encode
 
 
@@ -30,23 +31,31 @@ class InspectReport:
         return self.trained / self.total if self.total else 0.0
 
 
-def inspect_data(spec: str, tokenizer, *, format: str = "auto", fields: dict | None = None, n: int = 3,
-                 max_length: int = 1024, train_on: str = "completion", skip_bad: bool = False,
-                 system: str | None = None) -> InspectReport:
-    if train_on not in ("completion", "all"):
-        raise ParameterError(f"{{train_on}} must be completion or all, got '{train_on}'", "train_on")
+INSPECT_MAX_LENGTH = 1024  # records longer than this are counted as over the limit unless told otherwise
+
+
+def inspect_data(spec: str, tokenizer, settings: EncodingSettings | None = None, *, n: int = 3,
+                 **keywords) -> InspectReport:
+    """How the records of `spec` encode: their lengths, the trained share, and the first `n`.
+
+    Settings as `prepare`'s (an EncodingSettings and/or its fields' keywords); `max_length`
+    (default INSPECT_MAX_LENGTH) only counts the records over it, nothing is cut."""
+    s = replace(settings or EncodingSettings(max_length=INSPECT_MAX_LENGTH), **keywords)
+    if s.train_on not in ("completion", "all"):
+        raise ParameterError(f"{{train_on}} must be completion or all, got '{s.train_on}'", "train_on")
     notes: list[str] = []
-    convs = load_conversations(spec, format=format, fields=fields, skip_bad=skip_bad, system=system, report=notes)
+    convs = load_conversations(spec, format=s.format, fields=s.fields, skip_bad=s.skip_bad, system=s.system,
+                               report=notes)
     lengths, trained, total, over, examples = [], 0, 0, 0, []
     for i, conv in enumerate(convs):
-        enc = encode(tokenizer, conv, train_on=train_on)  # untruncated: count what max_length would cut
+        enc = encode(tokenizer, conv, train_on=s.train_on)  # untruncated: count what max_length would cut
         lengths.append(len(enc.input_ids))
         trained += sum(1 for x in enc.labels if x != IGNORE)
         total += len(enc.input_ids)
-        over += len(enc.input_ids) > max_length
+        over += len(enc.input_ids) > s.max_length
         if i < n:
             examples.append(enc)
-    return InspectReport(len(convs), notes, lengths, trained, total, over, max_length, examples)
+    return InspectReport(len(convs), notes, lengths, trained, total, over, s.max_length, examples)
 
 
 def segments(tokenizer, enc: Encoded) -> list[tuple[str, bool]]:
