@@ -207,9 +207,11 @@ def compare(config, overrides: Optional[list[str]] = None, *, out=None,
     with logs.run_log(plan.out):
         try:
             _run_arms(plan, result, say, only=arm)
-        except KeyboardInterrupt:  # one line from the CLI (exit 130), instead of the inner command's
-            raise Interrupted(f"finished arms are kept in {plan.out} (a half-trained arm keeps its last checkpoint); "
-                              "run the same command again to resume") from None
+        except KeyboardInterrupt:  # one line from the CLI (exit 130, 143 on SIGTERM), instead of the inner command's
+            done = [a.id for a in plan.arms if is_finished(plan, a)]
+            raise Interrupted(f"finished arms are kept in {plan.out} ({len(done)} of {len(plan.arms)}"
+                              f"{': ' + ', '.join(done) if done else ''}; a half-trained arm keeps its last "
+                              "checkpoint); run the same command again to resume") from None
         if arm is not None or result.pending:
             return result
         from tunelab.compare.table import summarize

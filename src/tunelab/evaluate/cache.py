@@ -4,7 +4,7 @@ A request's key is the SHA-256 of the model's weight hash, the adapter's hash, t
 and the request itself (the exact prompt text plus generation settings, or the context plus
 continuations), so any change to the model, the template, the demonstrations or the settings is
 a miss rather than a stale hit. Values are JSON (never pickle). Each `put_many` is one SQLite
-transaction: a crash leaves either all of a batch's entries or none.
+transaction: a crash leaves either all of a chunk's entries or none, and the chunks before it.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from tunelab import paths
 from tunelab.io import write_errors
 
 CACHE_FILE = "cache.sqlite"
+STORE_EVERY = 256  # requests computed, then stored, at a time: what an interrupted evaluation can lose at most
 
 
 def default_path() -> Path:
@@ -66,15 +67,21 @@ class RequestCache:
 
 
 def cached_call(cache: Optional[RequestCache], kind: str, requests: list[Any], compute) -> list[Any]:
-    """`compute(missing_requests) -> values` runs only on the requests the cache does not hold."""
+    """`compute(missing_requests) -> values` runs only on the requests the cache does not hold.
+
+    The missing requests are computed and stored STORE_EVERY at a time, so an evaluation stopped
+    part-way (Ctrl-C, SIGTERM, a crash) keeps all but the chunk it was in, and its rerun starts
+    from there. A chunk is still many batches, so batching by length loses little.
+    """
     if cache is None:
         return compute(requests)
     keys = [cache.key(kind, r) for r in requests]
     found = cache.get_many(keys)
     todo = [i for i, k in enumerate(keys) if k not in found]
-    if todo:
-        fresh = compute([requests[i] for i in todo])
-        cache.put_many((keys[i], v) for i, v in zip(todo, fresh))
-        for i, v in zip(todo, fresh):
+    for s in range(0, len(todo), STORE_EVERY):
+        chunk = todo[s : s + STORE_EVERY]
+        fresh = compute([requests[i] for i in chunk])
+        cache.put_many((keys[i], v) for i, v in zip(chunk, fresh))
+        for i, v in zip(chunk, fresh):
             found[keys[i]] = v
     return [found[k] for k in keys]

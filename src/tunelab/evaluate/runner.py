@@ -258,14 +258,25 @@ def evaluate(
                              "task) or leave the reference out", "reference")
     sh = shard_mod.current()
     # other libraries' log lines (and lines held from before): <out>/log.txt, written by rank 0 only
-    kept = (f"nothing written to {out} (results are written once every item is scored)" if out is not None
-            else "no results (they are shown once every item is scored)")
-    if cache:
-        kept += "; model outputs already in the cache are reused"
-    with logs.run_log(out if sh.is_main else None), on_interrupt(kept + "; run the same command again"):
+    with logs.run_log(out if sh.is_main else None) as log_file, \
+            on_interrupt(lambda: interrupted_note(out, cache, log_file)):
         return _evaluate(model, task, metrics, sh, adapter=adapter, reference=reference, sampler=sampler, limit=limit,
                          batch_size=batch_size, out=out, cache=cache, device=device,
                          response_metrics=response_metrics, toxicity=toxicity, progress=progress, t0=t0)
+
+
+def interrupted_note(out, cache, log_file: Optional[Path]) -> str:
+    """What an interrupted evaluation kept, for its one line: no results; the log, if one was
+    written (issue 34: the line said "nothing written" beside a log.txt); the request cache."""
+    if out is None:
+        kept = "no results (they are shown once every item is scored)"
+    elif log_file is not None and log_file.is_file():
+        kept = f"no results written to {out} (they are written once every item is scored), only its log {log_file}"
+    else:
+        kept = f"nothing written to {out} (results are written once every item is scored)"
+    if cache:
+        kept += "; the model outputs computed so far are kept in the request cache and reused"
+    return kept + "; run the same command again"
 
 
 def _evaluate(model, task, metrics, sh, *, adapter, reference, sampler, limit, batch_size, out, cache, device,
@@ -325,7 +336,8 @@ def _evaluate(model, task, metrics, sh, *, adapter, reference, sampler, limit, b
         if task.type == "generate":
             for it, x in zip(items, rendered):
                 it["question"] = x.prompt  # the item's own prompt, for answer relevance
-    if rcache is not None:
+    if rcache is not None:  # the count says what a rerun after an interrupt did not redo
+        log.info(f"request cache {rcache.path}: {rcache.hits} of {rcache.hits + rcache.misses} requests reused")
         rcache.close()
     for i, row, it, d in zip(mine, my_rows, items, demos):
         it["index"], it["id"] = i, str(row.data.get("id", row.line))
