@@ -20,7 +20,7 @@ from tunelab import logs
 from tunelab.errors import ParameterError, TunelabError, on_interrupt
 from tunelab.evaluate import results as results_mod
 from tunelab.evaluate import shard as shard_mod
-from tunelab.evaluate.cache import RequestCache, cached_call
+from tunelab.evaluate.cache import STORE_EVERY, RequestCache, cached_call
 from tunelab.evaluate.prompts import TaskTemplates
 from tunelab.evaluate.results import Results, write_results  # noqa: F401  (re-exported: older imports)
 from tunelab.evaluate.tasks import resolve_task
@@ -275,7 +275,7 @@ def interrupted_note(out, cache, log_file: Optional[Path]) -> str:
     else:
         kept = f"nothing written to {out} (results are written once every item is scored)"
     if cache:
-        kept += "; the model outputs computed so far are kept in the request cache and reused"
+        kept += f"; the request cache keeps the model outputs finished so far (stored {STORE_EVERY} at a time) for the rerun"
     return kept + "; run the same command again"
 
 
