@@ -80,6 +80,7 @@ class Plan:
     rendering: Any = None  # compare.render.Rendering: how the fine-tunes' training records are made
     retention: list = field(default_factory=list)  # compare.retention.RetentionTask
     drift: Any = None  # compare.retention.Drift, or None
+    pool_skipped: Any = None  # data.readers.Skipped: pool records train.data.skip_bad left out
 
     def arm_dir(self, arm: Arm) -> Path:
         return self.out / ARMS_DIR / arm.id
@@ -230,7 +231,7 @@ def load_compare_config(config, overrides: Optional[list[str]] = None) -> tuple[
     return cfg, source, base_dir
 
 
-def _good_pairs(pool: list, cfg: CompareConfig) -> tuple[list, list[str]]:
+def _good_pairs(pool: list, cfg: CompareConfig, tally) -> tuple[list, list[str]]:
     """A preference pool without its broken pairs, and the note that counts them (empty: none).
 
     Checked here, not when an arm reads its subset: the subsets are drawn from the good pairs, so
@@ -248,7 +249,8 @@ def _good_pairs(pool: list, cfg: CompareConfig) -> tuple[list, list[str]]:
 
     notes: list[str] = []
     rows = list(converted(iter(pool), good, spec=cfg.train_data, skip_bad=bool(data.get("skip_bad")),
-                          skip_setting="train: {data: {skip_bad: true}}", noun="pair", report=notes, warn=False))
+                          skip_setting="train: {data: {skip_bad: true}}", noun="pair", report=notes, warn=False,
+                          tally=tally))
     return rows, notes
 
 
@@ -263,8 +265,12 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
     if not task_spec.startswith("builtin:") and not Path(task_spec).is_file():
         raise TunelabError(f"{source}: task: {cfg.task} not found (looked at {task_spec}); give a task YAML or builtin:<name>")
     task = resolve_task(task_spec)
+    from tunelab.data.readers import Skipped, skip_hint
+
     pool_spec = resolve_path(cfg.train_data, base_dir)
-    pool = load_rows(pool_spec)
+    pool_skipped = Skipped()  # unreadable records and bad pairs, with train.data.skip_bad: in compare.json
+    pool = load_rows(pool_spec, skip_bad=bool((cfg.train.get("data") or {}).get("skip_bad")), skipped=pool_skipped,
+                     hint=skip_hint("train: {data: {skip_bad: true}}"))
     if cfg.train_split:  # e.g. "0:1700" of a file whose last records are the test items
         a, b = (int(x) if x.strip() else None for x in cfg.train_split.split(":"))
         pool = pool[a:b]
@@ -273,7 +279,7 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
                            + (f" in train_split {cfg.train_split!r}" if cfg.train_split else ""))
     skipped: list[str] = []
     if task.type == "preference":
-        pool, skipped = _good_pairs(pool, cfg)
+        pool, skipped = _good_pairs(pool, cfg, pool_skipped)
     # demonstrations come from the same pool the fine-tunes train on
     task.fewshot.pool = pool_spec
     metric, higher = check_metric(task, cfg.metric, source)
@@ -302,7 +308,7 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
             where = next(a.where for a in arms if a.method == "qlora")
             raise TunelabError(f"{source}: {where}: {e}") from None
     out_dir = Path(out) if out is not None else Path(cfg.out.format(name=cfg.name))
-    plan = Plan(cfg, source, base_dir, out_dir, task, metric, higher, pool, arms)
+    plan = Plan(cfg, source, base_dir, out_dir, task, metric, higher, pool, arms, pool_skipped=pool_skipped)
     # how the pool becomes demonstrations and training records: rendering every record now means a
     # record the arms cannot read fails here (and in --dry-run), not after the arms before it ran
     from tunelab.compare import render, retention

@@ -37,20 +37,26 @@ def _task_source(task) -> str:
     return task.source or f"task '{task.name}'"
 
 
-def load_task_rows(task, spec: Optional[str] = None) -> list:
-    """The task's records (or another file's, e.g. the demo pool), after `split`."""
+def load_task_rows(task, spec: Optional[str] = None, skipped=None) -> list:
+    """The task's records (or another file's, e.g. the demo pool), after `split`; with the task's
+    skip_bad, unreadable records are left out and counted in `skipped` (data.readers.Skipped)."""
     from tunelab.data.load import load_rows
 
     spec = spec if spec is not None else task.data
     if not spec:
         raise TunelabError(f"task '{task.name}': no 'data' file given; add data: path/to/file.jsonl (docs/tasks.md)")
-    rows = load_rows(spec, base_dir=task.base_dir, hint=f"fix that record of the data of {_task_source(task)}")
+    rows = load_rows(spec, base_dir=task.base_dir, hint=_bad_record_hint(task), skip_bad=task.skip_bad,
+                     skipped=skipped)
     if spec == task.data and task.split:
         a, b = (int(x) if x.strip() else None for x in task.split.split(":"))
         rows = rows[a:b]
         if not rows:
             raise TunelabError(f"task '{task.name}': split '{task.split}' selects no records of {spec}")
     return rows
+
+
+def _bad_record_hint(task) -> str:
+    return f"fix that record of the data of {_task_source(task)}, or set skip_bad: true there to skip bad records"
 
 
 def _sha(text: str) -> str:
@@ -134,11 +140,12 @@ def _run_perplexity(backend, task, rows, texts, bs, cache, progress):
     return items, (sum(i["n_tokens"] for i in items), 0)
 
 
-def _run_preference(backend, task, rows, bs, cache, progress, reference=False):
+def _run_preference(backend, task, rows, bs, cache, progress, reference=False, skipped=None):
     """Each pair's two answers scored after one copy of its prompt (the multiple-choice token tree);
     with `reference`, scored again by the backend's reference model (the adapter switched off, or
     the --reference model)."""
     from tunelab.data.preference import is_pair_row, not_pairs_error, to_pair
+    from tunelab.data.readers import bad_record
     from tunelab.templates.preference import answer_text
     from tunelab.templates.render import render_prompt
 
@@ -153,6 +160,8 @@ def _run_preference(backend, task, rows, bs, cache, progress, reference=False):
             if not task.skip_bad:
                 raise TunelabError(f"{e}; fix it, or set skip_bad: true in {_task_source(task)}") from None
             bad.append(str(e))
+            if skipped is not None:  # counted beside the file's unreadable records, for results.json
+                skipped.add(bad_record(str(e), row.line))
             continue
         prompt = render_prompt(tok, pair.prompt)
         reqs.append([prompt, [answer_text(tok, pair, a, prompt) for a in (pair.chosen, pair.rejected)]])
@@ -282,7 +291,10 @@ def interrupted_note(out, cache, log_file: Optional[Path]) -> str:
 def _evaluate(model, task, metrics, sh, *, adapter, reference, sampler, limit, batch_size, out, cache, device,
               response_metrics, toxicity, progress, t0) -> Optional[Results]:
     """`evaluate()` once its arguments are checked: load, build contexts, run, gather, score, write."""
-    rows = load_task_rows(task)
+    from tunelab.data.readers import Skipped
+
+    skipped = Skipped()  # what the task's skip_bad leaves out: warned about, and kept in results.json
+    rows = load_task_rows(task, skipped=skipped)
     if limit is not None:
         rows = rows[:limit]
     templates = TaskTemplates(task, _task_source(task))
@@ -322,7 +334,7 @@ def _evaluate(model, task, metrics, sh, *, adapter, reference, sampler, limit, b
         items, tokens = _run_perplexity(backend, task, my_rows, [text_t.prompt(r) for r in my_rows], bs, rcache, tick)
         demos = [[] for _ in my_rows]
     elif task.type == "preference":
-        items, tokens = _run_preference(backend, task, my_rows, bs, rcache, tick, reference=with_ref)
+        items, tokens = _run_preference(backend, task, my_rows, bs, rcache, tick, reference=with_ref, skipped=skipped)
         kept = {id(it.pop("row")) for it in items}  # skip_bad may have left some rows out
         at = [j for j, r in enumerate(my_rows) if id(r) in kept]
         mine, my_rows = [mine[j] for j in at], [my_rows[j] for j in at]
@@ -351,18 +363,18 @@ def _evaluate(model, task, metrics, sh, *, adapter, reference, sampler, limit, b
         return None
     items.sort(key=lambda it: it["index"])
     return _finish(task, backend, metrics, items, tokens, t0, out, response_metrics, sampler, dev, toxicity,
-                   no_reference=no_ref)
+                   no_reference=no_ref, skipped=skipped.to_json())
 
 
 def load_rows_full(task) -> list:
     """The whole data file (the demo pool when `split` selects only part of it for evaluation)."""
     from tunelab.data.load import load_rows
 
-    return load_rows(task.data, base_dir=task.base_dir, hint=f"fix that record of the data of {_task_source(task)}")
+    return load_rows(task.data, base_dir=task.base_dir, hint=_bad_record_hint(task), skip_bad=task.skip_bad)
 
 
 def _finish(task, backend, metrics, items, tokens, t0, out, with_response, sampler, dev, toxicity=None,
-            no_reference: Optional[str] = None) -> Results:
+            no_reference: Optional[str] = None, skipped: Optional[dict] = None) -> Results:
     from tunelab.evaluate.metrics import assistant
 
     preds = [it.get("output", "") for it in items]
@@ -405,7 +417,7 @@ def _finish(task, backend, metrics, items, tokens, t0, out, with_response, sampl
     results = results_mod.build_results(
         task=task.name, model=backend.identity, n=len(items), shots=task.fewshot.k,
         metrics={name: r.to_json() for name, r in scored.items()},
-        cost=cost, signature=signature(task, backend, metrics, sampler), predictions=lines,
+        cost=cost, signature=signature(task, backend, metrics, sampler), predictions=lines, skipped=skipped,
     )
     return results_mod.finish_run(results, out, "eval")
 
