@@ -88,14 +88,20 @@ SIGTERM_EXIT = 128 + signal.SIGTERM  # 143: the same for SIGTERM, so a job scrip
 _received: dict = {"signum": None}  # the stop signal of the running command (None: none, or Ctrl-C)
 
 
+def sigterm_received() -> bool:
+    """True once SIGTERM arrived during this command: code that lets Ctrl-C stop only the current
+    part (a chat answer) and goes on must stop altogether then, as the machine is going away."""
+    return _received["signum"] == signal.SIGTERM
+
+
 def interrupted_by() -> str:
     """How the one line starts: "interrupted", or "interrupted by SIGTERM" after a SIGTERM."""
-    return "interrupted by SIGTERM" if _received["signum"] == signal.SIGTERM else "interrupted"
+    return "interrupted by SIGTERM" if sigterm_received() else "interrupted"
 
 
 def interrupt_exit_code() -> int:
     """130 after Ctrl-C, 143 after SIGTERM."""
-    return SIGTERM_EXIT if _received["signum"] == signal.SIGTERM else SIGINT_EXIT
+    return SIGTERM_EXIT if sigterm_received() else SIGINT_EXIT
 
 
 def _on_sigterm(signum, frame) -> None:
