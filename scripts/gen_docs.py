@@ -129,9 +129,15 @@ def _compare_retention() -> str:
 
 
 def _predictions() -> str:
-    from tunelab.evaluate.results import PREDICTION_KEYS
+    from tunelab.evaluate.task_types import prediction_keys
 
-    return "\n".join(f"**{kind}**\n\n{dict_table(keys)}" for kind, keys in PREDICTION_KEYS.items())
+    return "\n".join(f"**{kind}**\n\n{dict_table(keys)}" for kind, keys in prediction_keys().items())
+
+
+def _task_types() -> str:
+    from tunelab.evaluate.task_types import known_task_types
+
+    return dict_table({name: t.description for name, t in known_task_types().items()}, "type")
 
 
 def sections() -> dict[str, Callable[[], str]]:
@@ -141,6 +147,7 @@ def sections() -> dict[str, Callable[[], str]]:
 
     return {
         "task-keys": lambda: keys_table(config.TaskConfig),
+        "task-types": _task_types,
         "metrics": _metrics,
         "train-keys": lambda: keys_table(config.TrainConfig),
         "compare-keys": lambda: keys_table(config.CompareConfig),

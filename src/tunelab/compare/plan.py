@@ -24,6 +24,7 @@ from tunelab.compare.checks import check_metric, read_json, resolve_path, settin
 from tunelab.config import (CompareConfig, EndpointArmSpec, FewShotArmSpec, FineTuneArmSpec, PromptArmSpec,
                             TrainConfig, build, deep_merge, load_config)
 from tunelab.errors import TunelabError
+from tunelab.infer.endpoint import is_endpoint
 
 FINE_TUNE_METHODS = ("lora", "dora", "full", "qlora", "dpo", "orpo")  # dpo / orpo: on a pool of preference pairs
 ARM_KINDS = ("zero_shot", "few_shot", *FINE_TUNE_METHODS, "endpoint")
@@ -189,7 +190,7 @@ def expand_arms(cfg: CompareConfig, source: str, pool_size: int, pool_name: str)
                     aid = f"endpoint-{slug(model)}-k{k}-{s}" if kind == "endpoint" else f"few_shot-k{k}-{s}{suffix}"
                     arms.append(Arm(aid, kind, model, k=k, sampler=s, where=where))
         else:
-            if model.startswith("openai:"):
+            if is_endpoint(model):
                 raise TunelabError(f"{source}: {where}.model: '{model}' is an endpoint; tunelab cannot fine-tune a served "
                                    "model; fine-tune a local model folder instead")
             tag = spec.tag if spec.tag is not None else ("replay" if spec.train.get("replay") else None)
@@ -257,17 +258,23 @@ def _good_pairs(pool: list, cfg: CompareConfig, tally) -> tuple[list, list[str]]
 def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Union[str, Path]] = None) -> Plan:
     """Read, resolve and check a compare config; nothing is trained or evaluated."""
     from tunelab.data.load import load_rows
+    from tunelab.data.readers import base_why, not_found
     from tunelab.evaluate.results import task_sha256
+    from tunelab.evaluate.task_types import task_type
     from tunelab.evaluate.tasks import resolve_task
 
     cfg, source, base_dir = load_compare_config(config, overrides)
+    why = base_why(base_dir, None if source == "config" else source)  # where a relative path is looked for
     task_spec = resolve_path(cfg.task, base_dir)
     if not task_spec.startswith("builtin:") and not Path(task_spec).is_file():
-        raise TunelabError(f"{source}: task: {cfg.task} not found (looked at {task_spec}); give a task YAML or builtin:<name>")
+        raise TunelabError(f"{source}: task: {cfg.task} not found (looked at {task_spec}: {why}); "
+                           "give a task YAML or builtin:<name>")
     task = resolve_task(task_spec)
     from tunelab.data.readers import Skipped, skip_hint
 
     pool_spec = resolve_path(cfg.train_data, base_dir)
+    if not pool_spec.startswith("builtin:") and not Path(pool_spec).exists():
+        raise not_found(cfg.train_data, [Path(pool_spec)], why, f"{source}: train_data")
     pool_skipped = Skipped()  # unreadable records and bad pairs, with train.data.skip_bad: in compare.json
     pool = load_rows(pool_spec, skip_bad=bool((cfg.train.get("data") or {}).get("skip_bad")), skipped=pool_skipped,
                      hint=skip_hint("train: {data: {skip_bad: true}}"))
@@ -278,7 +285,8 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
         raise TunelabError(f"{source}: train_data: {cfg.train_data} has no records"
                            + (f" in train_split {cfg.train_split!r}" if cfg.train_split else ""))
     skipped: list[str] = []
-    if task.type == "preference":
+    tt = task_type(task)
+    if tt.pairs:
         pool, skipped = _good_pairs(pool, cfg, pool_skipped)
     # demonstrations come from the same pool the fine-tunes train on
     task.fewshot.pool = pool_spec
@@ -287,16 +295,13 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
     if cfg.train_split and any(a.method in ("few_shot", "endpoint") and a.k for a in arms):
         raise TunelabError(f"{source}: train_split applies to the fine-tuned arms' pool; demonstrations would still "
                            "come from the whole file: drop train_split or the few_shot arms")
-    if task.type == "perplexity" and any(a.method in ("few_shot", "endpoint") and a.k for a in arms):
-        raise TunelabError(f"{source}: task '{task.name}' is a perplexity task: demonstrations do not change its "
-                           "score; drop the few_shot arms")
     preference = [a.id for a in arms if a.method in ("dpo", "orpo")]
-    if preference and task.type != "preference":
+    if preference and not tt.pairs:
         raise TunelabError(f"{source}: arms {', '.join(preference)} train on preference pairs: give a task of type: "
                            "preference and a train_data file of pairs (docs/compare.md)")
-    if task.type == "preference" and any(a.method in ("few_shot", "endpoint") and a.k for a in arms):
-        raise TunelabError(f"{source}: task '{task.name}' is a preference task: it scores the model's preference "
-                           "between two given answers, which demonstrations do not ask for; drop the few_shot arms")
+    if tt.why_no_demonstrations and any(a.method in ("few_shot", "endpoint") and a.k for a in arms):
+        raise TunelabError(f"{source}: task '{task.name}' is a {task.type} task: {tt.why_no_demonstrations}; "
+                           "drop the few_shot arms")
     if any(a.method == "qlora" for a in arms):
         import torch
 
