@@ -251,3 +251,55 @@ def test_export_leaves_nothing_half_written(tiny_dir, tmp_path, monkeypatch, cli
     assert _the_line(err) == (f"{SAID[sig]}nothing written to {folder / 'm.gguf'} (it is written under a "
                               "temporary name and renamed when complete); run the same command again")
     assert list(folder.iterdir()) == []  # no m.gguf, no .m.gguf.*.tmp, no Modelfile
+
+
+# ---------------------------------------------------------------- chat: SIGTERM ends it, Ctrl-C only the answer
+class _Stream:
+    """An answer that is signalled after its first piece (as a terminal or a scheduler would)."""
+
+    def __init__(self, sig):
+        self.sig, self.closed = sig, False
+
+    def __iter__(self):
+        yield "first "
+        os.kill(os.getpid(), self.sig)
+        for _ in range(10_000_000):  # the handler runs here
+            pass
+        yield "never"
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_chat_answer_stops_and_sigterm_also_ends_the_chat(sig):
+    import io
+    from types import SimpleNamespace
+
+    from tunelab.serve.chat import Chat, run_chat
+
+    streams = []
+
+    def stream_chat(messages, **kw):
+        streams.append(_Stream(sig))
+        return streams[-1]
+
+    lines = iter(["hello", "again"])
+
+    def read(prompt):
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    backend = SimpleNamespace(stream_chat=stream_chat, spec="fake", adapter=None)
+    out = io.StringIO()
+    with sigterm_as_ctrl_c():
+        if sig == signal.SIGTERM:  # before: "[stopped]", then the chat waited for input until SIGKILL
+            with pytest.raises(KeyboardInterrupt):
+                run_chat(Chat(backend), read=read, out=out)
+            assert len(streams) == 1 and streams[0].closed and "[stopped]" not in out.getvalue()
+            assert interrupt_exit_code() == 143
+        else:  # Ctrl-C stops the answer; the chat goes on with the next line
+            run_chat(Chat(backend), read=read, out=out)
+            assert len(streams) == 2 and out.getvalue().count("first  [stopped]") == 2
