@@ -255,9 +255,26 @@ def _good_pairs(pool: list, cfg: CompareConfig, tally) -> tuple[list, list[str]]
     return rows, notes
 
 
+def _read_pool(cfg: CompareConfig, pool_spec: str, source: str) -> tuple[list, Any]:
+    """The pool's records (its train_split), and the tally of those train.data.skip_bad left out
+    (data.readers.Skipped: unreadable records here, bad pairs later in _good_pairs; compare.json)."""
+    from tunelab.data.load import load_rows
+    from tunelab.data.readers import Skipped, skip_hint
+
+    tally = Skipped()
+    pool = load_rows(pool_spec, skip_bad=bool((cfg.train.get("data") or {}).get("skip_bad")), skipped=tally,
+                     hint=skip_hint("train: {data: {skip_bad: true}}"))
+    if cfg.train_split:  # e.g. "0:1700" of a file whose last records are the test items
+        a, b = (int(x) if x.strip() else None for x in cfg.train_split.split(":"))
+        pool = pool[a:b]
+    if not pool:
+        raise TunelabError(f"{source}: train_data: {cfg.train_data} has no records"
+                           + (f" in train_split {cfg.train_split!r}" if cfg.train_split else ""))
+    return pool, tally
+
+
 def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Union[str, Path]] = None) -> Plan:
     """Read, resolve and check a compare config; nothing is trained or evaluated."""
-    from tunelab.data.load import load_rows
     from tunelab.data.readers import base_why, not_found
     from tunelab.evaluate.results import task_sha256
     from tunelab.evaluate.task_types import task_type
@@ -270,20 +287,10 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
         raise TunelabError(f"{source}: task: {cfg.task} not found (looked at {task_spec}: {why}); "
                            "give a task YAML or builtin:<name>")
     task = resolve_task(task_spec)
-    from tunelab.data.readers import Skipped, skip_hint
-
     pool_spec = resolve_path(cfg.train_data, base_dir)
     if not pool_spec.startswith("builtin:") and not Path(pool_spec).exists():
         raise not_found(cfg.train_data, [Path(pool_spec)], why, f"{source}: train_data")
-    pool_skipped = Skipped()  # unreadable records and bad pairs, with train.data.skip_bad: in compare.json
-    pool = load_rows(pool_spec, skip_bad=bool((cfg.train.get("data") or {}).get("skip_bad")), skipped=pool_skipped,
-                     hint=skip_hint("train: {data: {skip_bad: true}}"))
-    if cfg.train_split:  # e.g. "0:1700" of a file whose last records are the test items
-        a, b = (int(x) if x.strip() else None for x in cfg.train_split.split(":"))
-        pool = pool[a:b]
-    if not pool:
-        raise TunelabError(f"{source}: train_data: {cfg.train_data} has no records"
-                           + (f" in train_split {cfg.train_split!r}" if cfg.train_split else ""))
+    pool, pool_skipped = _read_pool(cfg, pool_spec, source)
     skipped: list[str] = []
     tt = task_type(task)
     if tt.pairs:
