@@ -261,8 +261,10 @@ class TaskConfig(_Strict):
     # perplexity
     text: Optional[str] = Field(None, description="perplexity: Jinja expression for the document text")
     # preference
-    skip_bad: bool = Field(False, description="preference: skip bad pairs (an empty answer, sides that do not share "
-                                              "the prompt; counted in a warning) instead of stopping at the first")
+    skip_bad: bool = Field(False, description="skip unreadable records of the data file and, for preference, bad "
+                                              "pairs (an empty answer, sides that do not share the prompt) instead of "
+                                              "stopping at the first; counted, with the first one's error, in a "
+                                              "warning and in results.json's skipped")
     # where the YAML lives; relative data paths resolve against it (not a user key)
     base_dir: Optional[str] = Field(None, exclude=True)
     source: Optional[str] = Field(None, exclude=True)  # the YAML file itself, named in errors

@@ -1,10 +1,11 @@
 """Ctrl-C during every long command: exit 130, one line saying it was interrupted and what was
-kept, no traceback, and nothing the user had is damaged.
+kept, no traceback, and nothing the user had is damaged. SIGTERM (a scheduler taking the machine)
+takes the same path and exits 143 (issue 34 item 7; test_signals.py checks what the reruns reuse).
 
 Each command runs as a real subprocess on the tiny model; the test waits until the command shows
 it is working (its first progress line on stderr, or the server's "serving" line) and then sends
-SIGINT, as a terminal does on Ctrl-C. Typer turns a KeyboardInterrupt into a silent exit code
-that the CLI used to drop, so `tunelab eval` exited 0 after Ctrl-C (issue 26 case 4).
+SIGINT, as a terminal does on Ctrl-C (or SIGTERM). Typer turns a KeyboardInterrupt into a silent
+exit code that the CLI used to drop, so `tunelab eval` exited 0 after Ctrl-C (issue 26 case 4).
 """
 from __future__ import annotations
 
@@ -21,6 +22,9 @@ import pytest
 import yaml
 
 WAIT_S = 240  # the command's start-up (imports, model load) on a busy machine
+SIGNALS = [pytest.param(signal.SIGINT, id="SIGINT"), pytest.param(signal.SIGTERM, id="SIGTERM")]
+CODE = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + the signal, as a shell reports it
+SAID = {signal.SIGINT: "interrupted: ", signal.SIGTERM: "interrupted by SIGTERM: "}
 
 
 def _answers(url: str) -> None:
@@ -35,8 +39,9 @@ def _answers(url: str) -> None:
             time.sleep(0.1)
 
 
-def _interrupt(args: list[str], ready: str, *, cwd: Path, env: dict | None = None, wait=None) -> tuple[int, str]:
-    """Start `tunelab ARGS`, send SIGINT once a stderr line contains `ready` (and `wait()` returned);
+def _interrupt(args: list[str], ready: str, *, cwd: Path, env: dict | None = None, wait=None,
+               sig: int = signal.SIGINT) -> tuple[int, str]:
+    """Start `tunelab ARGS`, send `sig` once a stderr line contains `ready` (and `wait()` returned);
     returns (exit code, stderr)."""
     env = {**os.environ, "TUNELAB_NO_ENERGY": "1", **(env or {})}
     env.pop("TUNELAB_QUIET", None)  # the progress lines are the signal that work has started
@@ -61,7 +66,7 @@ def _interrupt(args: list[str], ready: str, *, cwd: Path, env: dict | None = Non
         if wait is not None:
             wait()
         assert proc.poll() is None, f"finished before it could be interrupted: {''.join(lines)[-2000:]}"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         code = proc.wait(WAIT_S)
     finally:
         if proc.poll() is None:
@@ -133,35 +138,40 @@ def test_compare_keeps_finished_arms(tiny_dir, tmp_path):
     assert (tmp_path / "c" / "arms" / "zero_shot" / "arm.json").exists()  # finished before the Ctrl-C
 
 
-def test_safety_probe(tiny_dir, tmp_path):
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_safety_probe(tiny_dir, tmp_path, sig):
     (tmp_path / "p.txt").write_text("".join(f"prompt number {i} says\n" for i in range(300)))
     code, err = _interrupt(["safety", "probe", str(tiny_dir), "--prompts", "p.txt", "--samples", "2",
-                            "--max-new-tokens", "16", "--batch-size", "4", "--out", "o"], "sampling:", cwd=tmp_path)
-    assert code == 130
-    assert _the_line(err).startswith("interrupted: nothing written to o ")
+                            "--max-new-tokens", "16", "--batch-size", "4", "--out", "o"], "sampling:", cwd=tmp_path,
+                           sig=sig)
+    assert code == CODE[sig]
+    assert _the_line(err).startswith(SAID[sig] + "nothing written to o ")
     assert not (tmp_path / "o").exists()
 
 
-def test_safety_bias(tiny_dir, tmp_path, shared_data):
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_safety_bias(tiny_dir, tmp_path, shared_data, sig):
     code, err = _interrupt(["safety", "bias", str(tiny_dir), "--benchmark", "crows_pairs", "--batch-size", "2",
                             "--data", str(shared_data / "crows_pairs" / "crows_pairs_anonymized.csv")],
-                           "scoring:", cwd=tmp_path)
-    assert code == 130
-    assert _the_line(err).startswith("interrupted: no results")
+                           "scoring:", cwd=tmp_path, sig=sig)
+    assert code == CODE[sig]
+    assert _the_line(err).startswith(SAID[sig] + "no results")
 
 
-def test_data_prepare_leaves_no_cache_entry(tiny_dir, tmp_path):
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_data_prepare_leaves_no_cache_entry(tiny_dir, tmp_path, sig):
     rows = [{"instruction": f"Add one to {i}.", "input": "", "output": f"{i + 1}"} for i in range(200_000)]
     (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     home = tmp_path / "home"
     code, err = _interrupt(["data", "prepare", "a.jsonl", "--model", str(tiny_dir)], "encoding:", cwd=tmp_path,
-                           env={"TUNELAB_HOME": str(home)})
-    assert code == 130
-    assert _the_line(err).startswith("interrupted: the encoded-data cache is unchanged")
+                           env={"TUNELAB_HOME": str(home)}, sig=sig)
+    assert code == CODE[sig]
+    assert _the_line(err).startswith(SAID[sig] + "the encoded-data cache is unchanged")
     assert not list(home.rglob("meta.json"))  # no entry, complete or half-written
 
 
-def test_serve(tiny_dir, tmp_path):
+@pytest.mark.parametrize("sig", SIGNALS)
+def test_serve(tiny_dir, tmp_path, sig):
     pytest.importorskip("uvicorn")
     import socket
 
@@ -169,6 +179,6 @@ def test_serve(tiny_dir, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     code, err = _interrupt(["serve", str(tiny_dir), "--port", str(port)], "serving ", cwd=tmp_path,
-                           wait=lambda: _answers(f"http://127.0.0.1:{port}/v1/models"))
-    assert code == 130
-    assert _the_line(err).startswith("interrupted: server stopped")
+                           wait=lambda: _answers(f"http://127.0.0.1:{port}/v1/models"), sig=sig)
+    assert code == CODE[sig]
+    assert _the_line(err).startswith(SAID[sig] + "server stopped")

@@ -32,7 +32,8 @@ def _mc_task(tmp_path, **extra):
 def test_multiple_choice_writes_both_artifacts(tiny_dir, tmp_path):
     res = evaluate(str(tiny_dir), _mc_task(tmp_path), out=tmp_path / "out", shots=2)
     results = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert set(results) == {"task", "model", "n", "shots", "metrics", "cost", "signature"}
+    assert set(results) == {"task", "model", "n", "shots", "metrics", "cost", "signature", "skipped"}
+    assert results["skipped"] is None  # no skip_bad, nothing left out
     assert results["task"] == "mc" and results["n"] == 12 and results["shots"] == 2
     assert set(results["model"]) == {"name", "sha256", "adapter"} and len(results["model"]["sha256"]) == 64
     for name in ("acc", "acc_norm", "acc_bytes"):

@@ -162,7 +162,7 @@ def test_crows_pairs_on_tiny_model(tiny_dir, shared_data, tmp_path):
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     lines = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     assert results["task"] == "crows_pairs" and results["n"] == 20 == len(lines)
-    assert set(results) == {"task", "model", "n", "shots", "metrics", "cost", "signature"}
+    assert set(results) == {"task", "model", "n", "shots", "metrics", "cost", "signature", "skipped"}
     types = {r["bias_type"] for r in read_crows_pairs(data)}
     assert {"pct_stereotype", "likelihood_diff"} | {f"pct_stereotype/{t}" for t in types} == set(results["metrics"])
     m = results["metrics"]["pct_stereotype"]

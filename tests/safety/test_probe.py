@@ -82,7 +82,7 @@ def test_probe_seeded_samples_and_contract(tiny_lm, tmp_path):
 
     results = json.loads((tmp_path / "a" / "results.json").read_text())
     lines = [json.loads(x) for x in (tmp_path / "a" / "predictions.jsonl").read_text().splitlines()]
-    assert set(results) == {"task", "model", "n", "shots", "metrics", "cost", "signature"}
+    assert set(results) == {"task", "model", "n", "shots", "metrics", "cost", "signature", "skipped"}
     assert results["task"] == "probe" and results["n"] == 3 == len(lines)
     assert [x["id"] for x in lines] == ["1", "2", "3"]
     assert set(results["metrics"]) == {"mean_toxicity", "toxic_fraction", "expected_max_toxicity",

@@ -16,7 +16,7 @@ import sys
 import typer
 from rich.console import Console
 
-from tunelab.errors import Interrupted, TunelabError
+from tunelab.errors import Interrupted, TunelabError, interrupt_exit_code, interrupted_by, sigterm_as_ctrl_c
 
 app = typer.Typer(
     name="tunelab",
@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the console script and `python -m tunelab`.
 
     Exit codes: 0 done, 2 a problem the user can fix (one line on stderr: bad input, usage error,
-    unwritable output), 130 interrupted; anything else is a bug and shows its traceback.
+    unwritable output), 130 interrupted (Ctrl-C), 143 stopped by SIGTERM, which takes the Ctrl-C
+    path (docs/errors.md); anything else is a bug and shows its traceback.
     """
     args = sys.argv[1:] if argv is None else argv
     import warnings
@@ -131,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
         with warnings.catch_warnings():  # restores the filters afterwards
             # a deprecation inside PEFT/transformers that users cannot act on
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            _run(command, args, debug)
+            with sigterm_as_ctrl_c():  # preemption (SLURM, Kubernetes, spot) keeps what Ctrl-C keeps
+                _run(command, args, debug)
     finally:
         warnings.formatwarning = plain_format
 
@@ -148,16 +150,16 @@ def _run(command, args: list[str], debug: bool) -> None:
             import traceback
 
             traceback.print_exception(e, file=sys.stderr)
-        err_console.print(f"[yellow]{e if isinstance(e, Interrupted) else 'interrupted'}[/]", highlight=False, soft_wrap=True)
-        sys.exit(130)
+        err_console.print(f"[yellow]{e if isinstance(e, Interrupted) else interrupted_by()}[/]", highlight=False, soft_wrap=True)
+        sys.exit(interrupt_exit_code())
     except TunelabError as e:
         if debug:
             raise
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except (KeyboardInterrupt, typer.Abort):  # Ctrl-C while the arguments were parsed
-        err_console.print("[yellow]interrupted[/]")
-        sys.exit(130)
+        err_console.print(f"[yellow]{interrupted_by()}[/]")
+        sys.exit(interrupt_exit_code())
     except SystemExit:
         raise
     except Exception as e:

@@ -77,12 +77,19 @@ def inspect_cmd(
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("records", str(rep.records))
+    _skipped_row(table, rep.skipped)
     table.add_row("tokens min / median / p95 / max",
                   f"{stats['min']} / {stats['median']:.0f} / {stats['p95']:.0f} / {stats['max']}")
     table.add_row("tokens total", str(rep.total))
     table.add_row("trained-token share", f"{rep.trained_share:.1%}")
     table.add_row(f"rows over max_length={rep.max_length}", str(rep.over_max))
     console.print(table)
+
+
+def _skipped_row(table, skipped) -> None:
+    """The records --skip-bad left out, all kinds together (the notes above give each kind's first error)."""
+    if skipped.count:
+        table.add_row("skipped (--skip-bad)", str(skipped.count))
 
 
 def _inspect_pairs(file: str, tokenizer, model: str, **kw) -> None:
@@ -107,6 +114,7 @@ def _inspect_pairs(file: str, tokenizer, model: str, **kw) -> None:
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("pairs", str(rep.pairs))
+    _skipped_row(table, rep.skipped)
     table.add_row("prompt tokens median / max", f"{statistics.median(rep.prompt_lengths):.0f} / {max(rep.prompt_lengths)}")
     table.add_row("tokens fed, prompt once per pair", str(rep.packed))
     table.add_row("tokens fed, prompt twice (usual DPO)", f"{rep.standard} (sharing saves {rep.saved_share:.0%})")

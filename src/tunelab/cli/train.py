@@ -79,7 +79,7 @@ def export_cmd(
       tunelab export default --adapter runs/dates/adapter --gguf models/dates-q8_0.gguf --quant q8_0
     """
     from tunelab.cli import console, err_console
-    from tunelab.errors import TunelabError
+    from tunelab.errors import TunelabError, on_interrupt
 
     if out is None and gguf is None:
         raise TunelabError("give --out DIR (a merged Hugging Face folder) or --gguf OUT.gguf (one GGUF file), or both")
@@ -88,12 +88,17 @@ def export_cmd(
 
         if adapter is None:
             raise TunelabError("--out needs --adapter DIR (a model without an adapter is already a folder)")
-        folder = export_merged(model, adapter, out, dtype=dtype)
+        with on_interrupt(f"nothing written to {out} (it is written under a temporary name and renamed when complete)"
+                          "; run the same command again"):
+            folder = export_merged(model, adapter, out, dtype=dtype)
         console.print(f"merged model written to [bold]{folder}[/]")
     if gguf is not None:
         from tunelab.models.export import export_gguf
 
-        done = export_gguf(model, adapter, gguf, quant=quant, force=force)
+        with on_interrupt(f"nothing written to {gguf} (it is written under a temporary name and renamed when complete)"
+                          + (f"; the merged folder {out} is complete: run the command again without --out"
+                             if out is not None else "; run the same command again")):
+            done = export_gguf(model, adapter, gguf, quant=quant, force=force)
         for w in done.warnings:
             err_console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
         console.print(f"GGUF ({done.quant}, {done.bytes / 2**20:.1f} MiB, {done.seconds:.1f} s) written to "

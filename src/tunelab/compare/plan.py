@@ -82,6 +82,7 @@ class Plan:
     rendering: Any = None  # compare.render.Rendering: how the fine-tunes' training records are made
     retention: list = field(default_factory=list)  # compare.retention.RetentionTask
     drift: Any = None  # compare.retention.Drift, or None
+    pool_skipped: Any = None  # data.readers.Skipped: pool records train.data.skip_bad left out
 
     def arm_dir(self, arm: Arm) -> Path:
         return self.out / ARMS_DIR / arm.id
@@ -232,7 +233,7 @@ def load_compare_config(config, overrides: Optional[list[str]] = None) -> tuple[
     return cfg, source, base_dir
 
 
-def _good_pairs(pool: list, cfg: CompareConfig) -> tuple[list, list[str]]:
+def _good_pairs(pool: list, cfg: CompareConfig, tally) -> tuple[list, list[str]]:
     """A preference pool without its broken pairs, and the note that counts them (empty: none).
 
     Checked here, not when an arm reads its subset: the subsets are drawn from the good pairs, so
@@ -250,13 +251,31 @@ def _good_pairs(pool: list, cfg: CompareConfig) -> tuple[list, list[str]]:
 
     notes: list[str] = []
     rows = list(converted(iter(pool), good, spec=cfg.train_data, skip_bad=bool(data.get("skip_bad")),
-                          skip_setting="train: {data: {skip_bad: true}}", noun="pair", report=notes, warn=False))
+                          skip_setting="train: {data: {skip_bad: true}}", noun="pair", report=notes, warn=False,
+                          tally=tally))
     return rows, notes
+
+
+def _read_pool(cfg: CompareConfig, pool_spec: str, source: str) -> tuple[list, Any]:
+    """The pool's records (its train_split), and the tally of those train.data.skip_bad left out
+    (data.readers.Skipped: unreadable records here, bad pairs later in _good_pairs; compare.json)."""
+    from tunelab.data.load import load_rows
+    from tunelab.data.readers import Skipped, skip_hint
+
+    tally = Skipped()
+    pool = load_rows(pool_spec, skip_bad=bool((cfg.train.get("data") or {}).get("skip_bad")), skipped=tally,
+                     hint=skip_hint("train: {data: {skip_bad: true}}"))
+    if cfg.train_split:  # e.g. "0:1700" of a file whose last records are the test items
+        a, b = (int(x) if x.strip() else None for x in cfg.train_split.split(":"))
+        pool = pool[a:b]
+    if not pool:
+        raise TunelabError(f"{source}: train_data: {cfg.train_data} has no records"
+                           + (f" in train_split {cfg.train_split!r}" if cfg.train_split else ""))
+    return pool, tally
 
 
 def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Union[str, Path]] = None) -> Plan:
     """Read, resolve and check a compare config; nothing is trained or evaluated."""
-    from tunelab.data.load import load_rows
     from tunelab.data.readers import base_why, not_found
     from tunelab.evaluate.results import task_sha256
     from tunelab.evaluate.task_types import task_type
@@ -272,17 +291,11 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
     pool_spec = resolve_path(cfg.train_data, base_dir)
     if not pool_spec.startswith("builtin:") and not Path(pool_spec).exists():
         raise not_found(cfg.train_data, [Path(pool_spec)], why, f"{source}: train_data")
-    pool = load_rows(pool_spec)
-    if cfg.train_split:  # e.g. "0:1700" of a file whose last records are the test items
-        a, b = (int(x) if x.strip() else None for x in cfg.train_split.split(":"))
-        pool = pool[a:b]
-    if not pool:
-        raise TunelabError(f"{source}: train_data: {cfg.train_data} has no records"
-                           + (f" in train_split {cfg.train_split!r}" if cfg.train_split else ""))
+    pool, pool_skipped = _read_pool(cfg, pool_spec, source)
     skipped: list[str] = []
     tt = task_type(task)
     if tt.pairs:
-        pool, skipped = _good_pairs(pool, cfg)
+        pool, skipped = _good_pairs(pool, cfg, pool_skipped)
     # demonstrations come from the same pool the fine-tunes train on
     task.fewshot.pool = pool_spec
     metric, higher = check_metric(task, cfg.metric, source)
@@ -308,7 +321,7 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
             where = next(a.where for a in arms if a.method == "qlora")
             raise TunelabError(f"{source}: {where}: {e}") from None
     out_dir = Path(out) if out is not None else Path(cfg.out.format(name=cfg.name))
-    plan = Plan(cfg, source, base_dir, out_dir, task, metric, higher, pool, arms)
+    plan = Plan(cfg, source, base_dir, out_dir, task, metric, higher, pool, arms, pool_skipped=pool_skipped)
     # how the pool becomes demonstrations and training records: rendering every record now means a
     # record the arms cannot read fails here (and in --dry-run), not after the arms before it ran
     from tunelab.compare import render, retention

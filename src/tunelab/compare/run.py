@@ -235,12 +235,16 @@ def compare(config, overrides: Optional[list[str]] = None, *, out=None,
                                                           for a in plan.arms]})
         _write_subsets(plan)
     result = CompareResult(plan.out, {})
+    if plan.pool_skipped is not None and plan.pool_skipped.count:  # also in compare.json (skipped_records)
+        say(plan.pool_skipped.note(f"train_data {plan.config.train_data} (train.data.skip_bad)"))
     with logs.run_log(plan.out):
         try:
             _run_arms(plan, result, say, only=arm)
-        except KeyboardInterrupt:  # one line from the CLI (exit 130), instead of the inner command's
-            raise Interrupted(f"finished arms are kept in {plan.out} (a half-trained arm keeps its last checkpoint); "
-                              "run the same command again to resume") from None
+        except KeyboardInterrupt:  # one line from the CLI (exit 130, 143 on SIGTERM), instead of the inner command's
+            done = [a.id for a in plan.arms if is_finished(plan, a)]
+            raise Interrupted(f"finished arms are kept in {plan.out} ({len(done)} of {len(plan.arms)}"
+                              f"{': ' + ', '.join(done) if done else ''}; a half-trained arm keeps its last "
+                              "checkpoint); run the same command again to resume") from None
         if arm is not None or result.pending:
             return result
         from tunelab.compare import judge
@@ -249,9 +253,19 @@ def compare(config, overrides: Optional[list[str]] = None, *, out=None,
         with folder_lock(plan.out, LOCK_FILE, wait=True):
             judge.judge_arms(plan, say)  # judge_win_rate against another arm, once every arm has its answers
             result.summary = summarize(plan)
+            result.summary["skipped"] = skipped_records(plan)
             atomic_write_json(plan.out / COMPARE_JSON, result.summary)
     _record(plan, result.summary, started)
     return result
+
+
+def skipped_records(plan: Plan) -> dict:
+    """compare.json's `skipped`: {"pool", "task"}, each {"count", "first"} or None. The pool's come
+    from the plan (train.data.skip_bad); the task's from the arms' evaluations (the task's skip_bad),
+    which read the same test file, so the first arm's results say it for all."""
+    task = (read_json(plan.arm_dir(plan.arms[0]) / "eval" / paths.RESULTS_FILE) or {}).get("skipped")
+    pool = plan.pool_skipped.to_json() if plan.pool_skipped is not None else None
+    return {"pool": pool, "task": task}
 
 
 def _run_arms(plan: Plan, result: CompareResult, say, only: Optional[str] = None) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator
 
 from tunelab.data.formats import detect_format, to_conversation
-from tunelab.data.readers import SKIP_HINT, converted, iter_spec_rows, read_rows, resolve_spec, skip_hint
+from tunelab.data.readers import SKIP_HINT, Skipped, converted, iter_spec_rows, read_rows, resolve_spec, skip_hint
 from tunelab.data.records import Conversation, Row
 from tunelab.errors import TunelabError
 
@@ -18,18 +18,19 @@ log = logging.getLogger("tunelab.data")
 
 
 def load_rows(spec: str | Path, *, skip_bad: bool = False, base_dir: str | Path | None = None,
-              hint: str = SKIP_HINT, named_in: str | None = None) -> list[Row]:
+              hint: str = SKIP_HINT, named_in: str | None = None, skipped: Skipped | None = None) -> list[Row]:
     """Rows of a file, or of a built-in task when spec is builtin:<task>?n=..&seed=..&split=..
 
     `hint` ends the message of a bad record (see readers.read_rows); `named_in`, the file whose
-    folder is base_dir, is named when the file is not found (readers.resolve_spec).
+    folder is base_dir, is named when the file is not found (readers.resolve_spec); `skipped`
+    counts the records skip_bad left out, with the first one's error.
     """
     where = resolve_spec(spec, base_dir, named_in)
     if isinstance(where, str):
         from tunelab.data.builtin import load_builtin_rows
 
         return load_builtin_rows(where)
-    return read_rows(where, skip_bad=skip_bad, hint=hint)
+    return read_rows(where, skip_bad=skip_bad, hint=hint, skipped=skipped)
 
 
 def iter_conversations(
@@ -42,11 +43,13 @@ def iter_conversations(
     base_dir: str | Path | None = None,
     report: list[str] | None = None,
     skip_setting: str = "--skip-bad",
+    skipped: Skipped | None = None,
 ) -> Iterator[Conversation]:
     """Read and convert record by record; bad records stop the load unless skip_bad.
 
     `report`, when given, receives human-readable notes (detected format, skipped records);
-    the note on skipped records arrives after the last conversation.
+    the note on skipped records arrives after the last conversation. `skipped` counts every
+    record skip_bad left out, unreadable or unconvertible, with the first one's error.
     `skip_setting` is how the caller's user turns skip_bad on (a flag, or data.skip_bad=true).
     """
     def detected(rows: Iterator[Row]) -> Iterator[Row]:  # the format, told from the first record
@@ -65,8 +68,9 @@ def iter_conversations(
             return chosen_conversation(row, fields, system)
         return to_conversation(row, format, fields, system)
 
-    rows = detected(iter_spec_rows(spec, skip_bad, base_dir, skip_hint(skip_setting), report))
-    yield from converted(rows, convert, spec=spec, skip_bad=skip_bad, skip_setting=skip_setting, report=report)
+    rows = detected(iter_spec_rows(spec, skip_bad, base_dir, skip_hint(skip_setting), report, skipped))
+    yield from converted(rows, convert, spec=spec, skip_bad=skip_bad, skip_setting=skip_setting, report=report,
+                         tally=skipped)
 
 
 def chosen_conversation(row: Row, fields: dict[str, str] | None, system: str | None) -> Conversation:

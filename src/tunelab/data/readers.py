@@ -15,8 +15,9 @@ import gzip
 import json
 import logging
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Callable, Iterator, Optional, TypeVar
 
 from tunelab.data.json_stream import iter_array
 from tunelab.data.records import Row
@@ -32,6 +33,36 @@ def skip_hint(setting: str) -> str:
 
 
 SKIP_HINT = skip_hint("--skip-bad")  # commands with that flag; train says data.skip_bad=true
+
+
+@dataclass
+class Skipped:
+    """What reads under skip_bad left out, for a command's output and its result file: how many
+    records, and the first one's error (which names its file and line and says why).
+
+    One tally per data file: the reader (unreadable records) and `converted` (records the format
+    refuses) add to it as they meet them; `first` is the first skipped line of the file.
+    """
+
+    count: int = 0
+    first: Optional[str] = None
+
+    def add(self, error: str) -> None:
+        """Count one; `error` becomes `first` when it is the first, or sits earlier in the file than
+        `first` (both BadRecords with a line: a later pass may meet an earlier line)."""
+        self.count += 1
+        here, there = getattr(error, "line", None), getattr(self.first, "line", None)
+        if self.first is None or (here is not None and there is not None and here < there):
+            self.first = error
+
+    def to_json(self) -> Optional[dict]:
+        """{"count", "first"} for a result file; None when nothing was skipped."""
+        return {"count": self.count, "first": self.first} if self.count else None
+
+    def note(self, what: str, noun: str = "record") -> str:
+        """One line for the output: `WHAT: skipped N bad record(s); first: FILE:LINE: why`."""
+        return f"{what}: skipped {self.count} bad {noun}(s); first: {self.first}"
+
 SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
 COMPRESSED = ".gz"  # any text reader takes its file gzipped (data.jsonl.gz): decompressed as it streams
 PARQUET_BATCH = 4096  # rows per record batch read from a parquet file
@@ -96,7 +127,10 @@ def resolve_spec(spec: str | Path, base_dir: str | Path | None = None, named_in:
     return path
 
 
-def iter_spec_rows(spec: str | Path, skip_bad: bool, base_dir, hint: str, report: list[str] | None = None) -> Iterator[Row]:
+def iter_spec_rows(spec: str | Path, skip_bad: bool, base_dir, hint: str, report: list[str] | None = None,
+                   skipped: Optional[Skipped] = None) -> Iterator[Row]:
+    """The rows of a file or builtin: spec; unreadable records skipped (skip_bad) are noted in
+    `report` and counted in `skipped`, each before the next good row, so the tally keeps file order."""
     where = resolve_spec(spec, base_dir)
     if isinstance(where, str):
         from tunelab.data.builtin import load_builtin_rows
@@ -104,20 +138,24 @@ def iter_spec_rows(spec: str | Path, skip_bad: bool, base_dir, hint: str, report
         yield from load_builtin_rows(where)  # generated in memory (at most 100k rows)
         return
     bad: list[str] = []
-    n = 0
+    n = counted = 0
     for row in iter_rows(where, skip_bad=skip_bad, hint=hint, bad=bad):
         n += 1
+        counted = _tally(skipped, bad, counted)
         yield row
+    _tally(skipped, bad, counted)
     finish(where, n, bad)
     if bad and report is not None:  # also in the caller's notes (e.g. the cache entry's, shown by data prepare)
         report.append(f"{where}: skipped {len(bad)} unreadable record(s); first: {bad[0]}")
 
 
 def converted(rows: Iterator[Row], convert: Callable[[Row], T], *, spec, skip_bad: bool, skip_setting: str,
-              noun: str = "record", report: list[str] | None = None, warn: bool = True) -> Iterator[T]:
+              noun: str = "record", report: list[str] | None = None, warn: bool = True,
+              tally: Optional[Skipped] = None) -> Iterator[T]:
     """Each row through `convert`; a row it refuses (TunelabError) stops the read with the setting that
     skips it, or with skip_bad is counted, and the count is noted after the last one (logged when
-    `warn`, and in `report`). A read that converts nothing is an error whatever skip_bad says."""
+    `warn`, and in `report`; added to `tally` as met). A read that converts nothing is an error
+    whatever skip_bad says."""
     skipped, n_ok = [], 0
     for row in rows:
         try:
@@ -126,6 +164,8 @@ def converted(rows: Iterator[Row], convert: Callable[[Row], T], *, spec, skip_ba
             if not skip_bad:
                 raise TunelabError(f"{e}; {skip_hint(skip_setting)}") from None
             skipped.append(str(e))
+            if tally is not None:
+                tally.add(bad_record(str(e), row.line))
             continue
         n_ok += 1
         yield item
@@ -165,15 +205,26 @@ def _guarded(rows: Iterator[Row], path: Path, hint: str) -> Iterator[Row]:
         raise TunelabError(f"{path}: cannot read the file ({why}); check it is a readable UTF-8 text file") from None
 
 
-def read_rows(path: str | Path, *, skip_bad: bool = False, hint: str = SKIP_HINT) -> list[Row]:
+def read_rows(path: str | Path, *, skip_bad: bool = False, hint: str = SKIP_HINT,
+              skipped: Optional[Skipped] = None) -> list[Row]:
     """All records of a data file, in file order. An empty file is an error.
 
     `hint` ends the message of a bad record: callers without --skip-bad say what to do instead.
+    Records skipped (skip_bad) are counted in `skipped`.
     """
     bad: list[str] = []
     rows = list(iter_rows(path, skip_bad=skip_bad, hint=hint, bad=bad))
+    _tally(skipped, bad, 0)
     finish(Path(path).expanduser(), len(rows), bad)
     return rows
+
+
+def _tally(skipped: Optional[Skipped], bad: list[str], counted: int) -> int:
+    """Add bad[counted:] to the tally; return how many of `bad` are counted now."""
+    if skipped is not None:
+        for error in bad[counted:]:
+            skipped.add(error)
+    return len(bad)
 
 
 def finish(path: Path, n_rows: int, bad: list[str]) -> None:
@@ -184,10 +235,23 @@ def finish(path: Path, n_rows: int, bad: list[str]) -> None:
         raise TunelabError(f"{path}: no records in the file; it is empty or every record was skipped")
 
 
-def _bad(msg: str, skip_bad: bool, bad: list[str]) -> None:
+class BadRecord(str):
+    """A skipped record's error that also knows the record's line (or record number), so a tally
+    fed by two passes (reading, then converting) can still name the first skipped line of the file."""
+
+    line: Optional[int] = None
+
+
+def bad_record(msg: str, line: Optional[int]) -> BadRecord:
+    rec = BadRecord(msg)
+    rec.line = line
+    return rec
+
+
+def _bad(msg: str, skip_bad: bool, bad: list[str], line: Optional[int] = None) -> None:
     if not skip_bad:
         raise TunelabError(f"{msg}; {SKIP_HINT}")
-    bad.append(msg)
+    bad.append(bad_record(msg, line))
 
 
 def _decode(raw: bytes, path: Path, lineno: int, skip_bad: bool, bad: list[str]) -> str | None:
@@ -195,7 +259,8 @@ def _decode(raw: bytes, path: Path, lineno: int, skip_bad: bool, bad: list[str])
     try:
         return raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
     except UnicodeDecodeError as e:
-        _bad(f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})", skip_bad, bad)
+        _bad(f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})", skip_bad, bad,
+             lineno)
         return None
 
 
@@ -208,10 +273,10 @@ def _jsonl(path: Path, skip_bad: bool, bad: list[str]) -> Iterator[Row]:
             try:
                 data = json.loads(line)
             except json.JSONDecodeError as e:
-                _bad(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})", skip_bad, bad)
+                _bad(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})", skip_bad, bad, lineno)
                 continue
             if not isinstance(data, dict):
-                _bad(f"{path}:{lineno}: expected a JSON object, got {type(data).__name__}", skip_bad, bad)
+                _bad(f"{path}:{lineno}: expected a JSON object, got {type(data).__name__}", skip_bad, bad, lineno)
                 continue
             yield Row(lineno, data, f"{path}:{lineno}")
 
@@ -223,7 +288,7 @@ def _json(path: Path, skip_bad: bool, bad: list[str]) -> Iterator[Row]:
             f.seek(0)
             for i, item in iter_array(path, f):
                 if not isinstance(item, dict):
-                    _bad(f"{path}: record {i}: expected a JSON object, got {type(item).__name__}", skip_bad, bad)
+                    _bad(f"{path}: record {i}: expected a JSON object, got {type(item).__name__}", skip_bad, bad, i)
                     continue
                 yield Row(i, item, f"{path}: record {i}")
             return
@@ -279,7 +344,7 @@ def _json_whole(path: Path, skip_bad: bool, bad: list[str]) -> Iterator[Row]:
         raise TunelabError(f"{path}: expected a JSON array of records, got {type(data).__name__}")
     for i, item in enumerate(data, start=1):
         if not isinstance(item, dict):
-            _bad(f"{path}: record {i}: expected a JSON object, got {type(item).__name__}", skip_bad, bad)
+            _bad(f"{path}: record {i}: expected a JSON object, got {type(item).__name__}", skip_bad, bad, i)
             continue
         yield Row(i, item, f"{path}: record {i}")
 
@@ -301,12 +366,13 @@ def _csv(path: Path, skip_bad: bool, bad: list[str]) -> Iterator[Row]:
         for item in reader:
             line = reader.line_num
             if None in item:  # more cells than header columns
-                _bad(f"{path}:{line}: {len(item[None]) + len(reader.fieldnames)} cells but {len(reader.fieldnames)} header columns", skip_bad, bad)
+                _bad(f"{path}:{line}: {len(item[None]) + len(reader.fieldnames)} cells but {len(reader.fieldnames)} header columns",
+                     skip_bad, bad, line)
                 continue
             short = [k for k, v in item.items() if v is None]  # DictReader's filler for missing cells
             if short:  # fewer cells than header columns: not "None" values
                 _bad(f"{path}:{line}: {len(reader.fieldnames) - len(short)} cells but {len(reader.fieldnames)} header "
-                     f"columns (no cell for {', '.join(short)})", skip_bad, bad)
+                     f"columns (no cell for {', '.join(short)})", skip_bad, bad, line)
                 continue
             yield Row(line, dict(item), f"{path}:{line}")
 

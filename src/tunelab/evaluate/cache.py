@@ -4,9 +4,9 @@ A request's key is the SHA-256 of the model's weight hash, the adapter's hash, t
 and the request itself (the exact prompt text plus generation settings, or the context plus
 continuations), so any change to the model, the template, the demonstrations or the settings is
 a miss rather than a stale hit. Values are JSON (never pickle). Each `put_many` is one SQLite
-transaction: a crash leaves either all of a batch's entries or none. A backend that stops part-way
-(an endpoint that went silent: infer.protocol.Unfinished) hands over the answers it has; they are
-stored before the error goes on, so the same command resumes from them.
+transaction: a crash leaves either all of a chunk's entries or none, and the chunks before it. A
+backend that stops part-way (an endpoint that went silent: infer.protocol.Unfinished) hands over
+the answers it has; they are stored before the error goes on, so the same command resumes from them.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from tunelab.infer.protocol import Unfinished
 from tunelab.io import write_errors
 
 CACHE_FILE = "cache.sqlite"
+STORE_EVERY = 256  # requests computed, then stored, at a time: what an interrupted evaluation can lose at most
 
 
 def default_path() -> Path:
@@ -72,8 +73,11 @@ class RequestCache:
 def cached_call(cache: Optional[RequestCache], kind: str, requests: list[Any], compute) -> list[Any]:
     """`compute(missing_requests) -> values` runs only on the requests the cache does not hold.
 
-    When compute raises Unfinished, the answers it carries are stored (they are the backend's
-    values, which compute passes on as they are, JSON-equal) and the error says so in its line.
+    The missing requests are computed and stored STORE_EVERY at a time, so an evaluation stopped
+    part-way (Ctrl-C, SIGTERM, a crash) keeps all but the chunk it was in, and its rerun starts
+    from there. A chunk is still many batches, so batching by length loses little. When compute
+    raises Unfinished, the answers it carries are stored (they are the backend's values, which
+    compute passes on as they are, JSON-equal) and the error says so in its line.
     """
     if cache is None:
         try:
@@ -86,14 +90,15 @@ def cached_call(cache: Optional[RequestCache], kind: str, requests: list[Any], c
     keys = [cache.key(kind, r) for r in requests]
     found = cache.get_many(keys)
     todo = [i for i, k in enumerate(keys) if k not in found]
-    if todo:
+    for s in range(0, len(todo), STORE_EVERY):
+        chunk = todo[s : s + STORE_EVERY]
         try:
-            fresh = compute([requests[i] for i in todo])
+            fresh = compute([requests[i] for i in chunk])
         except Unfinished as e:
-            cache.put_many((keys[todo[j]], v) for j, v in e.done.items())
+            cache.put_many((keys[chunk[j]], v) for j, v in e.done.items())
             raise TunelabError(f"{e}; {len(found) + len(e.done)} of {len(keys)} answers are kept in the request "
                                f"cache ({cache.path}): the same command goes on from them", exit_code=e.exit_code) from None
-        cache.put_many((keys[i], v) for i, v in zip(todo, fresh))
-        for i, v in zip(todo, fresh):
+        cache.put_many((keys[i], v) for i, v in zip(chunk, fresh))
+        for i, v in zip(chunk, fresh):
             found[keys[i]] = v
     return [found[k] for k in keys]

@@ -39,6 +39,8 @@ RESULTS_KEYS = {
     "metrics": "{metric name: {value, stderr, ci95, signature, n}}, the task's metrics in its order",
     "cost": "what the evaluation cost (keys below)",
     "signature": "what produced the numbers: version, model, task hash, template, shots, sampler, seed, metrics",
+    "skipped": "records of the data file the task's skip_bad left out: {count, first} (first: the first one's error, "
+               "naming its file and line), or null",
 }
 METRIC_ENTRY_KEYS = {
     "value": "the score over all items",
@@ -113,10 +115,11 @@ class Results:
     signature: str
     predictions: list[dict] = field(default_factory=list, repr=False)
     out: Optional[Path] = None
+    skipped: Optional[dict] = None  # {"count", "first"}: records the task's skip_bad left out (data.readers.Skipped)
 
     def to_json(self) -> dict:
         return {"task": self.task, "model": self.model, "n": self.n, "shots": self.shots,
-                "metrics": self.metrics, "cost": self.cost, "signature": self.signature}
+                "metrics": self.metrics, "cost": self.cost, "signature": self.signature, "skipped": self.skipped}
 
     def value(self, metric: str) -> Optional[float]:
         """The headline value of one metric (None if absent or not a number)."""
@@ -163,7 +166,7 @@ def merge_costs(costs: list[dict[str, dict]]) -> dict[str, dict]:
 
 
 def build_results(*, task: str, model: Any, n: int, shots: int, metrics: dict, cost: dict, signature: str,
-                  predictions: Optional[list[dict]] = None) -> Results:
+                  predictions: Optional[list[dict]] = None, skipped: Optional[dict] = None) -> Results:
     """A checked Results; `model` is a LoadedModel or an already-made model block."""
     block = dict(model) if isinstance(model, dict) else model_info(model)
     for key in ("name", "sha256", "adapter"):
@@ -172,7 +175,7 @@ def build_results(*, task: str, model: Any, n: int, shots: int, metrics: dict, c
     if missing:
         raise ValueError(f"cost block lacks {missing}; build it with make_cost()")  # a bug, not user input
     return Results(task=str(task), model=block, n=int(n), shots=int(shots), metrics=metrics, cost=dict(cost),
-                   signature=signature, predictions=list(predictions or []))
+                   signature=signature, predictions=list(predictions or []), skipped=skipped)
 
 
 # ---------------------------------------------------------------- signature
@@ -345,4 +348,4 @@ def read_results(folder: Union[str, Path], *, predictions: bool = True) -> Resul
     return Results(task=str(data.get("task", folder.name)), model=model,
                    n=int(n) if isinstance(n, (int, float)) else len(lines), shots=int(data.get("shots") or 0),
                    metrics=data["metrics"], cost=cost, signature=str(data.get("signature") or ""),
-                   predictions=lines, out=folder)
+                   predictions=lines, out=folder, skipped=data.get("skipped") or None)

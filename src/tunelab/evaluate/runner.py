@@ -21,7 +21,7 @@ from tunelab import logs
 from tunelab.errors import ParameterError, TunelabError, on_interrupt
 from tunelab.evaluate import results as results_mod
 from tunelab.evaluate import shard as shard_mod
-from tunelab.evaluate.cache import RequestCache
+from tunelab.evaluate.cache import STORE_EVERY, RequestCache
 from tunelab.evaluate.results import Results, write_results  # noqa: F401  (re-exported: older imports)
 from tunelab.evaluate.task_types import Job, task_source, task_type
 from tunelab.evaluate.tasks import resolve_task
@@ -34,21 +34,26 @@ _task_source = task_source  # the name older callers (and tests) import from her
 
 # ---------------------------------------------------------------- inputs
 
-def load_task_rows(task, spec: Optional[str] = None) -> list:
-    """The task's records (or another file's, e.g. the demo pool), after `split`."""
+def load_task_rows(task, spec: Optional[str] = None, skipped=None) -> list:
+    """The task's records (or another file's, e.g. the demo pool), after `split`; with the task's
+    skip_bad, unreadable records are left out and counted in `skipped` (data.readers.Skipped)."""
     from tunelab.data.load import load_rows
 
     spec = spec if spec is not None else task.data
     if not spec:
         raise TunelabError(f"task '{task.name}': no 'data' file given; add data: path/to/file.jsonl (docs/tasks.md)")
-    rows = load_rows(spec, base_dir=task.base_dir, hint=f"fix that record of the data of {task_source(task)}",
-                     named_in=task.source)
+    rows = load_rows(spec, base_dir=task.base_dir, hint=_bad_record_hint(task), skip_bad=task.skip_bad,
+                     named_in=task.source, skipped=skipped)
     if spec == task.data and task.split:
         a, b = (int(x) if x.strip() else None for x in task.split.split(":"))
         rows = rows[a:b]
         if not rows:
             raise TunelabError(f"task '{task.name}': split '{task.split}' selects no records of {spec}")
     return rows
+
+
+def _bad_record_hint(task) -> str:
+    return f"fix that record of the data of {task_source(task)}, or set skip_bad: true there to skip bad records"
 
 
 def check_batch_size(batch_size) -> Union[int, str]:
@@ -100,6 +105,7 @@ class _Run:
     t0: float
     backend: Any = None
     no_reference: Optional[str] = None  # why reference metrics are not computed (None: they are, or none asked)
+    skipped: Any = None  # data.readers.Skipped: what the task's skip_bad left out (warned; results.json)
 
 
 def evaluate(model, task, options: Optional[EvalOptions] = None, **keywords) -> Optional[Results]:
@@ -131,12 +137,23 @@ def evaluate(model, task, options: Optional[EvalOptions] = None, **keywords) -> 
     sh = shard_mod.current()
     # other libraries' log lines (and lines held from before): <out>/log.txt, written by rank 0 only
     out = opts.out
-    kept = (f"nothing written to {out} (results are written once every item is scored)" if out is not None
-            else "no results (they are shown once every item is scored)")
-    if opts.cache:
-        kept += "; model outputs already in the cache are reused"
-    with logs.run_log(out if sh.is_main else None), on_interrupt(kept + "; run the same command again"):
+    with logs.run_log(out if sh.is_main else None) as log_file, \
+            on_interrupt(lambda: interrupted_note(out, opts.cache, log_file)):
         return _evaluate(model, run, sh)
+
+
+def interrupted_note(out, cache, log_file: Optional[Path]) -> str:
+    """What an interrupted evaluation kept, for its one line: no results; the log, if one was
+    written (issue 34: the line said "nothing written" beside a log.txt); the request cache."""
+    if out is None:
+        kept = "no results (they are shown once every item is scored)"
+    elif log_file is not None and log_file.is_file():
+        kept = f"no results written to {out} (they are written once every item is scored), only its log {log_file}"
+    else:
+        kept = f"nothing written to {out} (results are written once every item is scored)"
+    if cache:
+        kept += f"; the request cache keeps the model outputs finished so far (stored {STORE_EVERY} at a time) for the rerun"
+    return kept + "; run the same command again"
 
 
 def _check_options(task, opts: EvalOptions) -> None:
@@ -209,8 +226,11 @@ def _open(model, run: _Run, sh):
 
 def _evaluate(model, run: _Run, sh) -> Optional[Results]:
     """`evaluate()` once its arguments are checked: load, build contexts, run, gather, score, write."""
+    from tunelab.data.readers import Skipped
+
     task, tt, o = run.task, run.task_type, run.opts
-    rows = load_task_rows(task)
+    run.skipped = Skipped()  # unreadable records here, bad pairs in the task type (Job.skipped)
+    rows = load_task_rows(task, skipped=run.skipped)
     if o.limit is not None:
         rows = rows[:o.limit]
     templates = tt.templates(task, task_source(task))
@@ -221,8 +241,10 @@ def _evaluate(model, run: _Run, sh) -> Optional[Results]:
     rcache = RequestCache(*run.backend.cache_scope, None if o.cache is True else o.cache) if o.cache else None
     tick = counter(o.progress, len(my_rows) * (2 if with_ref else 1))  # the reference pass scores every pair again
     bs = _batch(o.batch_size, tt.default_batch, run.backend.device)
-    ran = tt.run(Job(run.backend, task, my_rows, templates, builder, bs, rcache, tick, reference=with_ref))
-    if rcache is not None:
+    ran = tt.run(Job(run.backend, task, my_rows, templates, builder, bs, rcache, tick, reference=with_ref,
+                     skipped=run.skipped))
+    if rcache is not None:  # the count says what a rerun after an interrupt did not redo
+        log.info(f"request cache {rcache.path}: {rcache.hits} of {rcache.hits + rcache.misses} requests reused")
         rcache.close()
     kept = ran.kept if ran.kept is not None else range(len(my_rows))  # a type may leave rows out (skip_bad)
     demos = ran.demos or [[] for _ in ran.items]
@@ -244,7 +266,7 @@ def load_rows_full(task) -> list:
     """The whole data file (the demo pool when `split` selects only part of it for evaluation)."""
     from tunelab.data.load import load_rows
 
-    return load_rows(task.data, base_dir=task.base_dir, hint=f"fix that record of the data of {task_source(task)}",
+    return load_rows(task.data, base_dir=task.base_dir, hint=_bad_record_hint(task), skip_bad=task.skip_bad,
                      named_in=task.source)
 
 
@@ -286,6 +308,7 @@ def _finish(run: _Run, items: list[dict], tokens: tuple[int, int]) -> Results:
         task=task.name, model=backend.identity, n=len(items), shots=task.fewshot.k,
         metrics={name: r.to_json() for name, r in scored.items()},
         cost=cost, signature=signature(task, backend, run.metrics, o.sampler), predictions=lines,
+        skipped=run.skipped.to_json() if run.skipped is not None else None,
     )
     return results_mod.finish_run(results, o.out, "eval")
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, TextIO
 
-from tunelab.errors import TunelabError
+from tunelab.errors import TunelabError, sigterm_received
 
 HELP = ("commands: /reset (forget the conversation, keep the system text)  /system TEXT (set the system text; "
         "/system alone clears it)  /save FILE (write the messages as JSON)  /exit")
@@ -55,6 +55,8 @@ class Chat:
                 write(piece)
         except KeyboardInterrupt:
             pieces_in.close()  # stops the generation (a local thread, or the endpoint's connection)
+            if sigterm_received():  # SIGTERM: the machine is going away, so the chat ends, not only this answer
+                raise
             write(" [stopped]")
         answer = "".join(pieces)
         self.history += [{"role": "user", "content": user_text}, {"role": "assistant", "content": answer}]
@@ -84,6 +86,8 @@ def run_chat(chat: Chat, *, read: Callable[[str], str] = input, out: TextIO = sy
             line = read(USER_PROMPT)
         except (EOFError, KeyboardInterrupt):
             write("\n")
+            if sigterm_received():  # exit 143 and its line (cli), not a quiet 0
+                raise
             return
         text = line.strip()
         if not text:

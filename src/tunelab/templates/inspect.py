@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from tunelab.data.load import load_conversations
+from tunelab.data.readers import Skipped
 from tunelab.errors import ParameterError
 from tunelab.templates.cache import EncodingSettings
 from tunelab.templates.render import IGNORE, Encoded, encode
@@ -21,6 +22,7 @@ class InspectReport:
     over_max: int
     max_length: int
     examples: list[Encoded] = field(default_factory=list)
+    skipped: Skipped = field(default_factory=Skipped)  # records --skip-bad left out, with the first one's error
 
     def length_stats(self) -> dict[str, float]:
         a = np.asarray(self.lengths)
@@ -44,8 +46,9 @@ def inspect_data(spec: str, tokenizer, settings: EncodingSettings | None = None,
     if s.train_on not in ("completion", "all"):
         raise ParameterError(f"{{train_on}} must be completion or all, got '{s.train_on}'", "train_on")
     notes: list[str] = []
+    skipped = Skipped()
     convs = load_conversations(spec, format=s.format, fields=s.fields, skip_bad=s.skip_bad, system=s.system,
-                               report=notes)
+                               report=notes, skipped=skipped)
     lengths, trained, total, over, examples = [], 0, 0, 0, []
     for i, conv in enumerate(convs):
         enc = encode(tokenizer, conv, train_on=s.train_on)  # untruncated: count what max_length would cut
@@ -55,7 +58,7 @@ def inspect_data(spec: str, tokenizer, settings: EncodingSettings | None = None,
         over += len(enc.input_ids) > s.max_length
         if i < n:
             examples.append(enc)
-    return InspectReport(len(convs), notes, lengths, trained, total, over, s.max_length, examples)
+    return InspectReport(len(convs), notes, lengths, trained, total, over, s.max_length, examples, skipped)
 
 
 def segments(tokenizer, enc: Encoded) -> list[tuple[str, bool]]:
@@ -87,6 +90,7 @@ class PairReport:
     over_max: int
     max_length: int
     examples: list = field(default_factory=list)  # EncodedPair
+    skipped: Skipped = field(default_factory=Skipped)  # records --skip-bad left out, with the first one's error
 
     @property
     def saved_share(self) -> float:
@@ -109,9 +113,10 @@ def inspect_pairs(spec: str, tokenizer, *, fields: dict | None = None, n: int = 
     from tunelab.templates.preference import encode_pair
 
     notes: list[str] = []
+    skipped = Skipped()
     prompt_lengths, packed, standard, over, examples = [], 0, 0, 0, []
     for i, pair in enumerate(iter_pairs(spec, fields=fields, skip_bad=skip_bad, system=system, report=notes,
-                                        what="a preference inspect")):
+                                        what="a preference inspect", skipped=skipped)):
         enc = encode_pair(tokenizer, pair)  # untruncated: count what max_length would cut
         prompt_lengths.append(len(enc.prompt))
         packed += enc.length
@@ -119,4 +124,4 @@ def inspect_pairs(spec: str, tokenizer, *, fields: dict | None = None, n: int = 
         over += len(enc.prompt) + max(len(enc.chosen), len(enc.rejected)) > max_length
         if i < n:
             examples.append(enc)
-    return PairReport(len(prompt_lengths), notes, prompt_lengths, packed, standard, over, max_length, examples)
+    return PairReport(len(prompt_lengths), notes, prompt_lengths, packed, standard, over, max_length, examples, skipped)

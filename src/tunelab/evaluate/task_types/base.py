@@ -31,6 +31,7 @@ class Job:
     cache: Any = None  # a RequestCache, or None
     progress: Optional[Callable[[int], None]] = None
     reference: bool = False  # also score against the backend's reference model (reward_acc)
+    skipped: Any = None  # a data.readers.Skipped: rows the type leaves out under skip_bad are counted in it
 
 
 @dataclass

@@ -25,6 +25,7 @@ def _scorer(backend, job: Job):
 def _requests(job: Job) -> tuple[list, list[int]]:
     """[prompt, [chosen, rejected]] per good pair, and the positions of those pairs in job.rows."""
     from tunelab.data.preference import is_pair_row, not_pairs_error, to_pair
+    from tunelab.data.readers import bad_record
     from tunelab.templates.preference import answer_text
     from tunelab.templates.render import render_prompt
 
@@ -39,6 +40,8 @@ def _requests(job: Job) -> tuple[list, list[int]]:
             if not task.skip_bad:
                 raise TunelabError(f"{e}; fix it, or set skip_bad: true in {task_source(task)}") from None
             bad.append(str(e))
+            if job.skipped is not None:  # beside the file's unreadable records, for results.json
+                job.skipped.add(bad_record(str(e), row.line))
             continue
         prompt = render_prompt(tok, pair.prompt)
         reqs.append([prompt, [answer_text(tok, pair, a, prompt) for a in (pair.chosen, pair.rejected)]])
