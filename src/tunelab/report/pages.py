@@ -195,7 +195,7 @@ def compare_context(folder: Path) -> dict:
             signatures.append((f"arm {aid}", res.signature))
             if arm.get("derived"):
                 _derive(arm, res)
-        fine_tuned = arm.get("method") in plots.FINE_TUNED or (folder / ARMS_DIR / aid / "train").is_dir()
+        fine_tuned = arm.get("method") in plots.fine_tune_methods() or (folder / ARMS_DIR / aid / "train").is_dir()
         if fine_tuned:
             run_dir = _arm_dir(folder, arm, "run_dir", "train")
             rows = read_metrics_rows(run_dir / paths.METRICS_FILE)

@@ -22,11 +22,13 @@ class Base:
     sha256: Optional[str]  # of the weights; None for a quantised (qlora) load
 
 
-def load_base(cfg: TrainConfig, device, *, adapter: bool, precision: str, attn: str) -> Base:
-    """The base model and tokenizer, on `device`, loaded with attention kernel `attn`."""
+def load_base(cfg: TrainConfig, device, *, weights, precision: str, attn: str) -> Base:
+    """The base model and tokenizer, on `device`, loaded with attention kernel `attn`, as the
+    method's `weights` (objectives.Weights) need it."""
     from tunelab.models.loading import load_model, load_tokenizer, resolve
 
-    if cfg.method == "qlora":
+    adapter = weights.adapter
+    if weights.quantized:
         from transformers import AutoModelForCausalLM
 
         from tunelab.train.methods import quantization_config
