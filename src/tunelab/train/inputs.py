@@ -33,12 +33,14 @@ class DataSource:
     toxicity: Optional[Scorer] = None
     skipped: list[str] = field(default_factory=list)  # one note per file: its count and first bad line
 
-    def note_skips(self, notes: list[str]) -> None:
-        """Say each note on skipped records (count and first line) and keep it for summary.json."""
+    def note_skips(self, notes: list[str], *, said: bool = False) -> None:
+        """Keep each note on skipped records (count and first line) for summary.json, and say it
+        unless the data layer `said` it already (a cache entry written just now)."""
         for note in notes:
             if _SKIPPED.search(note) and note not in self.skipped:
                 self.skipped.append(note)
-                self.say(note)
+                if not said:
+                    self.say(note)
 
 
 def skipped_summary(notes: list[str]) -> Optional[dict]:
@@ -81,7 +83,7 @@ def load_examples(src: DataSource):
     log = logging.getLogger("tunelab.templates")
     full = prepare(data_path(d.train, base_dir), tokenizer, **kw)
     say(f"encoded data {'from the cache' if full.hit else 'cached'}: {full.folder}")
-    src.note_skips(full.meta.get("notes", []))
+    src.note_skips(full.meta.get("notes", []), said=not full.hit)
     candidates = list(range(len(full)))
     if d.max_toxicity is not None:  # screened in the data stage, on the records' text
         from tunelab.data.load import load_conversations
@@ -97,7 +99,7 @@ def load_examples(src: DataSource):
     train_idx, eval_idx, eval_ex = candidates, [], []
     if isinstance(d.eval, str):
         held = prepare(data_path(d.eval, base_dir), tokenizer, **kw)
-        src.note_skips(held.meta.get("notes", []))
+        src.note_skips(held.meta.get("notes", []), said=not held.hit)
         eval_ex = held.trainable(log=log)
     else:
         train_idx, eval_idx = hold_out(candidates, d.eval, cfg.train.seed)
@@ -116,7 +118,7 @@ def mix_replay(src: DataSource, train_ex, kw: dict):
 
     cfg, say, r = src.cfg, src.say, src.cfg.replay
     pool = prepare(data_path(r.data, src.base_dir), src.tokenizer, **{**kw, "format": r.format, "fields": None})
-    src.note_skips(pool.meta.get("notes", []))
+    src.note_skips(pool.meta.get("notes", []), said=not pool.hit)
     pool = pool.trainable(log=logging.getLogger("tunelab.templates"))
     k = replay_count(len(train_ex), r.ratio)
     mixed = Mixed(train_ex, pool.select(draw(len(pool), k, cfg.train.seed)))

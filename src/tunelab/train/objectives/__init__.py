@@ -166,14 +166,12 @@ def register_objective(cls: type) -> type:
         raise ValueError(f"objective {cls.name}: family {cls.family!r} is not one of {FAMILIES}")
     if cls.name in _OBJECTIVES and _OBJECTIVES[cls.name] is not cls:
         raise ValueError(f"two objectives are named {cls.name!r}")
-    _OBJECTIVES[cls.name] = cls
-    bound = []
-    for m in cls.methods:
+    for m in cls.methods:  # all checked before anything is entered
         if m.name in _METHODS and _METHODS[m.name].objective is not cls:
             raise ValueError(f"method {m.name!r} is declared twice")
-        m = Method(m.name, m.lr, m.weights, m.lr_full, cls)
-        _METHODS[m.name] = m
-        bound.append(m)
+    _OBJECTIVES[cls.name] = cls
+    bound = [Method(m.name, m.lr, m.weights, m.lr_full, cls) for m in cls.methods]
+    _METHODS.update({m.name: m for m in bound})
     cls.methods = tuple(bound)
     return cls
 

@@ -68,9 +68,10 @@ class DPO(PairObjective):
         if not live.adapter:  # full weights: the initial weights are gone after the first step
             self._ensure("train", data.plan(0))
             self._ensure("eval", data.eval_plan)
-            self.save()
-            live.say(f"reference log-probabilities of {len(data.train_ex) + len(data.eval_ex)} pairs in "
-                     f"{self.seconds:.1f} s -> {self.path}")
+            if self.store.changed:
+                self.save()
+                live.say(f"reference log-probabilities of {len(data.train_ex) + len(data.eval_ex)} pairs in "
+                         f"{self.seconds:.1f} s -> {self.path}")
 
     def before_step(self, batches) -> None:
         self._ensure("train", batches)
