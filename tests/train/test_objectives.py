@@ -2,7 +2,6 @@
 found by scanning the package, read without torch; DPO's reference computed for the pairs a run uses."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from types import SimpleNamespace

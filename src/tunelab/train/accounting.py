@@ -41,10 +41,10 @@ class Accounting:
         self.steady.add(state.step, n_tok, step_flops, dt, compiled)
         return step_flops
 
-    def row(self, state, *, epoch: float, loss: float, lr: float, grad_norm: float, n_tok: int, dt: float,
-            step_flops: float, device) -> dict:
-        """The step's own figures, the start of its metrics.jsonl line."""
-        return {"step": state.step, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+    def row(self, state, res, *, epoch: float, lr: float, dt: float, step_flops: float, device) -> dict:
+        """The step's own figures (res: step.StepResult), the start of its metrics.jsonl line."""
+        n_tok = res.counts.tokens
+        return {"step": state.step, "epoch": epoch, "loss": res.loss, "lr": lr, "grad_norm": res.grad_norm,
                 "tokens": n_tok, "tokens_per_s": n_tok / dt if dt > 0 else None,
                 "mfu": cost.mfu(step_flops, dt, self.peak_flops, self.world),
                 "mem_mib": round(cost.current_memory_mib(device), 1)}

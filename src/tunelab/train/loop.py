@@ -8,15 +8,8 @@
 The recipe holds one objective (objectives/: sft, dpo, orpo, ...), which owns the data, the
 batches, the loss, the evaluation and the statistics; nothing here asks which method runs. The
 run's state is a few typed parts (state.py). `train(config)` is the public verb (`tunelab.train`).
-
-Multi-process runs come from Accelerate: `accelerate launch --multi_gpu --num_processes 2 -m tunelab
-train cfg.yaml` gives DDP (gloo on a CPU-only box; accelerate 1.15's `--cpu` launcher starts a single
-process unless MPI is installed); `accelerate launch --config_file fsdp.yaml ...` gives FSDP2, on
-GPUs or on CPU (shard.py, docs/scale.md).
-
-Test hook: TUNELAB_FAULT=kind@step injects a fault at an optimizer step, so the reliability
-paths are tested through the real code: `kill@N` SIGKILLs the process after step N, `sigint@N` /
-`sigterm@N` send it SIGINT / SIGTERM during step N, `nan@N` makes the loss of step N NaN.
+Multi-process runs (DDP, FSDP2) come from `accelerate launch` (shard.py, docs/scale.md); the
+TUNELAB_FAULT test hook (kill, sigint, sigterm, nan at a step) is step.py's.
 """
 from __future__ import annotations
 
@@ -28,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional
 
 import torch
 
@@ -41,23 +34,16 @@ from tunelab.models.threads import choose_threads
 from tunelab.train import checkpoint as ckpt
 from tunelab.train import cost, inputs, objectives, schedule, shard
 from tunelab.train.accounting import Accounting, RunEnd, RunParts, add_energy, append_row, rewind_rows, run_summary
-from tunelab.train.attention import DOC_ATTN
-from tunelab.train.attention import register as register_doc_attention
 from tunelab.train.checks import check_run_folder, check_settings, oom_message
+from tunelab.train.inputs import Scorer
 from tunelab.train.interrupt import StopRequest, TrainingInterrupted
-from tunelab.train.loss import base_causal_lm
-from tunelab.train.methods import apply_method, count_parameters
-from tunelab.train.model import compile_layers, load_base
+from tunelab.train.methods import apply_method
+from tunelab.train.model import choose_kernels, compile_layers, load_base, measure, memory_budget
 from tunelab.train.packing import check_budget, plan_batches, row_width
 from tunelab.train.state import ModelFacts, Procs, RunClock, RunData, RunSetup, Trainables
-from tunelab.train.step import evaluate, optimizer_step
+from tunelab.train.step import evaluate, fault, optimizer_step
 
 log = logging.getLogger("tunelab.train")
-
-FAULT_ENV = "TUNELAB_FAULT"
-SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
-Scorer = Callable[[list[str]], Sequence[float]]
-
 
 @dataclass
 class RunResult:
@@ -65,12 +51,6 @@ class RunResult:
     weights_dir: Path  # adapter/ (adapter methods) or model/ (full)
     summary: dict = field(default_factory=dict)
     stopped: str = "completed"  # completed | early_stopping
-
-
-def _fault() -> tuple[str, int]:
-    raw = os.environ.get(FAULT_ENV, "")
-    kind, _, step = raw.partition("@")
-    return (kind, int(step)) if kind and step.isdigit() else ("", -1)
 
 
 class Recipe:
@@ -86,7 +66,7 @@ class Recipe:
         self.run = RunSetup(
             cfg, run_dir, how, check_settings(cfg, how, cuda=self.cuda, base_dir=base_dir, toxicity=toxicity),
             resume, resume_command or shlex.join(["tunelab", "train", "CONFIG", "--resume"]),
-            Path(base_dir) if base_dir is not None else None, _fault())
+            Path(base_dir) if base_dir is not None else None, fault())
         self.toxicity = toxicity
         self.resume_changes, self.finished = check_run_folder(cfg, run_dir, resume=resume, overwrite=overwrite)
         self.stop = StopRequest(self._say, self.run.resume_command)
@@ -116,7 +96,8 @@ class Recipe:
         # ---- data: the objective's rows → seeded per-epoch batch plans
         self._setup_data(lm)
         # ---- optimizer and schedule (the schedule needs the step count from the data)
-        optimizer, scheduler = self._setup_optimizer(lm)
+        optimizer, scheduler = schedule.optimizer(lm, cfg.train, self.data.schedule.lr, self.data.total_steps,
+                                                  fused=self.procs.device.type == "cuda")
         folder = ckpt.latest(run.run_dir) if run.resume else None
         if folder is not None:
             # a checkpoint of N processes continues with M when the global batch stays the same
@@ -158,38 +139,22 @@ class Recipe:
     def _setup_model(self):
         """The base with the method applied, wrapped in the objective's module; sets self.facts."""
         cfg, device, run = self.run.cfg, self.procs.device, self.run
-        # compile: auto = on CUDA only (on CPU the compile time rarely pays back in a short run)
-        compiled = device.type == "cuda" if cfg.train.compile == "auto" else bool(cfg.train.compile)
-        # flex_attention computes only the diagonal blocks of packed documents on CUDA; it has
-        # no CPU backward (DESIGN §7). On CPU each packed document gets its own causal sdpa call
-        # (attention.py), which skips the O(T²) block-diagonal mask; under torch.compile the
-        # per-row document lengths would force a recompile every step, so compile keeps the mask.
-        default_attn = "flex_attention" if device.type == "cuda" else ("sdpa" if compiled else DOC_ATTN)
-        attn = os.environ.get("TUNELAB_ATTN", default_attn)
-        # the per-document function: the model loads with plain sdpa (what its saved config will
-        # say) and switches to the registered function for training only
-        self.load_attn = "sdpa" if attn == DOC_ATTN else attn
-        if attn == DOC_ATTN:
-            register_doc_attention()
+        k = choose_kernels(cfg.train.compile, device)
+        self.load_attn = k.load_attn
         model, self.facts = self._load_base(device)
-        self.facts.attn, self.facts.compile = attn, compiled
+        self.facts.attn, self.facts.compile = k.attn, k.compiled
         # whatever _load_base did (a benchmark's override builds its own model), the kernel must be
         # the one the batches build masks for: a BlockMask reaching sdpa is a crash
-        if model.config._attn_implementation != attn:
-            model.set_attn_implementation(attn)
+        if model.config._attn_implementation != k.attn:
+            model.set_attn_implementation(k.attn)
         model.config.use_cache = False  # no KV cache while training
         if cfg.train.grad_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model = apply_method(model, cfg, run.how.weights)
         model.train()  # from_pretrained returns eval mode: dropout would be off
-        f = self.facts
-        f.n_params, f.n_trainable = count_parameters(model)
-        emb = cost.embedding_params(base_causal_lm(model))
-        f.flops_per_token = cost.flops_per_token(f.n_params, f.n_trainable, emb, adapter=run.adapter)
-        f.attn_dims = cost.attention_dims(base_causal_lm(model).config)  # (layers, heads × head_dim)
-        f.peak_flops = cost.device_peak_flops(device, run.precision)
+        measure(self.facts, model, device, adapter=run.adapter, precision=run.precision)
         lm = self.objective.wrap(model)
-        if compiled:
+        if k.compiled:
             compile_layers(model)
         return lm
 
@@ -233,33 +198,15 @@ class Recipe:
 
     def _memory_budget(self, lm, lengths) -> Optional[int]:
         """With train.batch_tokens unset on CUDA: the micro-batch that fills free GPU memory; else None."""
-        run, f = self.run, self.facts
+        run = self.run
         if run.cfg.train.batch_tokens is not None or self.procs.device.type != "cuda":
             return None
-        w = run.how.weights
-        weight_bytes = 1 if w.quantized else (2 if (run.adapter and run.precision == "bf16") else 4)
-        budget, free = cost.fill_free_memory(
-            base_causal_lm(lm.model).config, self.procs.device, n_params=f.n_params, n_trainable=f.n_trainable,
-            weight_bytes=weight_bytes, grad_checkpointing=run.cfg.train.grad_checkpointing,
-            longest=max(lengths, default=1))
+        weight_bytes = 1 if run.how.weights.quantized else (2 if (run.adapter and run.precision == "bf16") else 4)
+        budget, free = memory_budget(lm.model, self.procs.device, self.facts, weight_bytes=weight_bytes,
+                                     grad_checkpointing=run.cfg.train.grad_checkpointing, longest=max(lengths, default=1))
         self._say(f"train.batch_tokens unset: micro-batches of up to {budget} tokens fit {free / 2**30:.1f} GiB of "
                   "free GPU memory")
         return budget
-
-    def _setup_optimizer(self, lm):
-        from transformers import get_scheduler
-
-        t = self.run.cfg.train
-        params = [p for p in lm.parameters() if p.requires_grad]
-        # no weight decay on vectors (norms, biases, DoRA magnitudes): the usual AdamW practice
-        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": t.weight_decay},
-                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-        fused = self.procs.device.type == "cuda"  # one kernel for all params; CUDA only
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.data.schedule.lr, fused=fused or None)
-        total = self.data.total_steps
-        warmup = int(round(t.warmup * total)) if t.warmup < 1 else int(t.warmup)
-        return optimizer, get_scheduler(SCHEDULES[t.schedule], optimizer, num_warmup_steps=warmup,
-                                        num_training_steps=total)
 
     # ------------------------------------------------------------------ train
     def train(self) -> RunResult:
@@ -317,8 +264,7 @@ class Recipe:
                                     compiled=cost.compile_count() > compiled_before)
         state.train_s = time.perf_counter() - loop_start
         epoch = round(state.epoch + state.step_in_epoch / max(data.steps_in_epoch(state.epoch), 1), 4)
-        row = {**self.acct.row(state, epoch=epoch, loss=res.loss, lr=lr, grad_norm=res.grad_norm, n_tok=c.tokens,
-                               dt=dt, step_flops=step_flops, device=self.procs.device),
+        row = {**self.acct.row(state, res, epoch=epoch, lr=lr, dt=dt, step_flops=step_flops, device=self.procs.device),
                **res.stats, **self.acct.rates(state)}
         if self.procs.world > 1:  # how evenly the step's supervised tokens fell on the processes
             row["supervised_per_process"] = c.per_process
@@ -327,21 +273,12 @@ class Recipe:
         if data.eval_ex and (state.step % train.eval_every == 0 or state.step == data.total_steps):
             row["eval_loss"], eval_stats = evaluate(self.procs, self.facts, data, self.parts)
             row.update(eval_stats)
-            best_now, stop = self._early_stopping(row["eval_loss"])
+            best_now, stop = state.record_eval(row["eval_loss"], train.early_stopping.patience)
         # every log_every-th step, plus every eval and the last step (the summary and the
         # report read the eval loss from these lines)
         if state.step % train.log_every == 0 or "eval_loss" in row or state.step == data.total_steps:
             self._log(row)
         return row, best_now, stop
-
-    def _early_stopping(self, eval_loss: float) -> tuple[bool, bool]:
-        """(is this the best eval so far, should training stop)."""
-        st, patience = self.state, self.run.cfg.train.early_stopping.patience
-        if st.best_eval_loss is None or eval_loss < st.best_eval_loss:
-            st.best_eval_loss, st.best_step, st.evals_without_improvement = eval_loss, st.step, 0
-            return True, False
-        st.evals_without_improvement += 1
-        return False, patience is not None and st.evals_without_improvement >= patience
 
     # ------------------------------------------------------------------ saving and logging
     def _inner(self):
@@ -361,10 +298,9 @@ class Recipe:
         weights, optim = shard.full_states(tr.model, tr.optimizer) if p.sharded else (None, None)
         if p.main:
             self.objective.save()  # what the objective keeps beside the run (DPO's reference), before the step folder
-            ckpt.save_checkpoint(run.run_dir, model=self._inner(), optimizer=tr.optimizer,
-                                 model_state=weights, optimizer_state=optim, scheduler=tr.scheduler,
-                                 state=st, rng=rngs, config_yaml=self.config_yaml,
-                                 template=self.facts.tokenizer.chat_template or "", adapter=run.adapter)
+            ckpt.save_checkpoint(run.run_dir, ckpt.Snapshot(
+                self._inner(), tr.optimizer, tr.scheduler, st, rngs, self.config_yaml,
+                self.facts.tokenizer.chat_template or "", run.adapter, model_state=weights, optimizer_state=optim))
             ckpt.prune(run.run_dir, keep=run.cfg.train.keep_checkpoints, best_step=st.best_step)
         p.acc.wait_for_everyone()
 

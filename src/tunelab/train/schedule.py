@@ -119,7 +119,25 @@ def resolve(loop, usual_lr: float, lengths: list[int], *, world: int = 1,
     return Schedule(epochs, int(batch_tokens), int(grad_accum), float(lr), per_step, auto)
 
 
-__all__ = ["Schedule", "resolve", "examples_per_step", "auto_epochs", "TOKEN_BUDGET"]
+SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}  # transformers' names
+
+
+def optimizer(module, loop, lr: float, total: int, *, fused: bool):
+    """(AdamW over the module's trainable parameters, its learning-rate schedule over `total` steps)."""
+    import torch
+    from transformers import get_scheduler
+
+    params = [p for p in module.parameters() if p.requires_grad]
+    # no weight decay on vectors (norms, biases, DoRA magnitudes): the usual AdamW practice
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": loop.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    # fused: one kernel for all parameters, CUDA only
+    adamw = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, fused=fused or None)
+    warmup = int(round(loop.warmup * total)) if loop.warmup < 1 else int(loop.warmup)
+    return adamw, get_scheduler(SCHEDULES[loop.schedule], adamw, num_warmup_steps=warmup, num_training_steps=total)
+
+
+__all__ = ["Schedule", "resolve", "optimizer", "examples_per_step", "auto_epochs", "TOKEN_BUDGET"]
 
 
 def total_steps(epochs: float, steps_in_epoch, max_steps: Optional[int] = None) -> int:

@@ -24,8 +24,17 @@ from tunelab.train.accounting import StepCounts, step_counts
 from tunelab.train.checks import oom_message
 from tunelab.train.state import ModelFacts, Procs, RunData, RunSetup, Trainables
 
-# TUNELAB_FAULT=kind@N sends the process this signal during step N (loop.py's test hook)
+# Test hook: TUNELAB_FAULT=kind@N injects a fault at optimizer step N, so the reliability paths are
+# tested through the real code: kill@N SIGKILLs the process after step N (loop.py), sigint@N /
+# sigterm@N send it SIGINT / SIGTERM during step N, nan@N makes the loss of step N NaN.
+FAULT_ENV = "TUNELAB_FAULT"
 FAULT_SIGNALS = {"sigint": signal.SIGINT, "sigterm": signal.SIGTERM}
+
+
+def fault() -> tuple[str, int]:
+    """(kind, step) of TUNELAB_FAULT, or ("", -1)."""
+    kind, _, step = os.environ.get(FAULT_ENV, "").partition("@")
+    return (kind, int(step)) if kind and step.isdigit() else ("", -1)
 
 
 @dataclass
