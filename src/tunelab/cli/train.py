@@ -13,7 +13,7 @@ def train_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest complete checkpoint of the run."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start over in an existing run folder."),
 ):
-    """Fine-tune a model (full | lora | dora | qlora) and write a run folder.
+    """Fine-tune a model (METHODS) and write a run folder.
 
     Examples:
 
@@ -102,5 +102,8 @@ def export_cmd(
 
 
 def register(app: typer.Typer) -> None:
+    from tunelab.train.objectives import methods  # the declared methods (reading them loads no torch)
+
+    train_cmd.__doc__ = train_cmd.__doc__.replace("METHODS", " | ".join(methods()), 1)
     app.command("train", context_settings={"allow_extra_args": False})(train_cmd)
     app.command("export")(export_cmd)
