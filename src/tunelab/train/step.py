@@ -57,7 +57,7 @@ def optimizer_step(setup: RunSetup, procs: Procs, facts: ModelFacts, data: RunDa
     # all-reduce, FSDP's per-layer all-gathers in every forward and backward)
     pad = math.ceil(len(step_batches) / world) - len(mine)
     mine, weights = mine + step_batches[:1] * pad, weights + [0.0] * pad
-    batches = [obj.collate([data.train_ex[i] for i in b], pad_id=facts.pad_id, width=data.row_width) for b in mine]
+    batches = [obj.batch(data.train_ex, b, pad_id=facts.pad_id, width=data.row_width) for b in mine]
     counts = step_counts(batches, weights, rank=procs.rank, world=world, reduce=procs.sum)
     n_sup = max(counts.supervised, 1)
     loss_sum = torch.zeros((), dtype=torch.float32, device=procs.device)
@@ -116,7 +116,7 @@ def evaluate(procs: Procs, facts: ModelFacts, data: RunData, tr: Trainables) -> 
     if procs.sharded:  # same number of forwards everywhere: each one all-gathers the layers
         mine += [(data.eval_plan[0], 0.0)] * (math.ceil(len(data.eval_plan) / procs.world) - len(mine))
     for b, w in mine:
-        batch = obj.collate([data.eval_ex[i] for i in b], pad_id=facts.pad_id, width=data.row_width)
+        batch = obj.batch(data.eval_ex, b, pad_id=facts.pad_id, width=data.row_width)
         total += torch.tensor(obj.eval_part(tr.model, batch.to(procs.device), b, w), dtype=torch.float64)
     tr.model.train()
     s, n = procs.sum(total).tolist()

@@ -119,6 +119,11 @@ class Objective:
     def collate(self, examples, *, pad_id: int, width: Optional[int]):
         raise NotImplementedError
 
+    def batch(self, rows: Sequence, idx: list[int], *, pad_id: int, width: Optional[int]):
+        """The micro-batch of rows `idx` (of the train or held-out rows). An objective whose batches
+        are made during the step (GRPO: completions generated in before_step) builds them here."""
+        return self.collate([rows[i] for i in idx], pad_id=pad_id, width=width)
+
     def start(self, live: Live, data) -> None:
         """Called once the model is prepared and the data planned (data: state.RunData)."""
         self.live = live
