@@ -11,9 +11,12 @@ its weight gradients (tested: after backward every base parameter's .grad is Non
 """
 from __future__ import annotations
 
+from typing import Optional
+
 from tunelab.config import TrainConfig
 from tunelab.errors import TunelabError
-from tunelab.train.objectives import Weights
+from tunelab.train.objectives import Weights, resolve
+
 
 def check_method_available(weights: Weights, device: str) -> None:
     """Fail before loading anything when the method's weights cannot train here (a 4-bit base: CUDA)."""
@@ -41,8 +44,11 @@ def quantization_config():
     )
 
 
-def apply_method(model, cfg: TrainConfig, weights: Weights):
-    """Return the model to train: the model itself (full weights) or a PeftModel (adapter methods)."""
+def apply_method(model, cfg: TrainConfig, weights: Optional[Weights] = None):
+    """Return the model to train: the model itself (full weights) or a PeftModel (adapter methods).
+    `weights`: the run's (objectives.resolve(cfg).weights, the default)."""
+    if weights is None:
+        weights = resolve(cfg).weights
     if not weights.adapter:
         for p in model.parameters():
             p.requires_grad_(True)
