@@ -70,9 +70,9 @@ METRICS_OPTIONAL = {"eval_loss", "supervised_per_process"}
 SUMMARY_KEYS = {
     "wall_s": "seconds of the whole run, every launch added up",
     "train_s": "seconds inside the training loop",
-    "reference_s": "method: dpo: seconds of this launch's reference passes (with an adapter each batch's "
-                   "reference is computed when the batch is first used; with full weights all come before step 1; "
-                   "0 when a --resume read them all back; null for other methods)",
+    "reference_s": "method: dpo: seconds of this launch's reference forwards, not counted in train_s (with an "
+                   "adapter each batch's reference is computed when the batch is first used; with full weights all "
+                   "come before step 1; 0 when a --resume read them all back; null for other methods)",
     "tokens_seen": "real tokens through the model",
     "tokens_trained": "supervised tokens (with train_on: completion, fewer than seen)",
     "tokens_per_s": "tokens_seen / train_s",

@@ -227,12 +227,19 @@ class Recipe:
                     continue
                 t_step, compiled_before = time.perf_counter(), cost.compile_count()
                 lr = self.parts.scheduler.get_last_lr()[0]  # the rate this step uses (step() moves to the next)
+                prep = self.objective.prep_s
                 res = optimizer_step(run, self.procs, self.facts, data, self.parts, step_batches, state.step + 1)
+                # the objective's preparation (DPO's reference forwards) is neither step nor training
+                # time: summary.json keeps it apart (reference_s), as when it all came before step 1
+                prep = self.objective.prep_s - prep
+                t_step, loop_start = t_step + prep, loop_start + prep
                 state.step += 1
                 state.step_in_epoch += 1
                 if state.step_in_epoch >= data.steps_in_epoch(state.epoch):
                     state.epoch, state.step_in_epoch = state.epoch + 1, 0
+                prep = self.objective.prep_s
                 row, best_now, stop = self._record(res, t_step, compiled_before, loop_start, lr)
+                loop_start += self.objective.prep_s - prep  # the held-out pairs' reference, at the first evaluation
                 stopped = "early_stopping" if stop else stopped
                 progress.update(state.step, loss=f"{res.loss:.4f}",
                                 **{"tok/s": f"{row['tokens_per_s']:,.0f}" if row["tokens_per_s"] else "-"})

@@ -99,6 +99,7 @@ class Objective:
     packed: ClassVar[bool] = False  # True: rows are always packed, whatever data.packing says
     needs: ClassVar[tuple[str, ...]] = ()  # providers the caller must pass (a rollout function, rewards)
     adapter_meta: ClassVar[dict] = {}  # extra keys of the saved adapter's tunelab_adapter.json
+    prep_s: float = 0.0  # seconds spent preparing batches in this launch (kept out of the training time)
 
     def __init__(self, cfg, providers: Mapping[str, Callable] | None = None):
         self.cfg, self.providers = cfg, dict(providers or {})

@@ -61,7 +61,7 @@ class DPO(PairObjective):
         super().start(live, data)
         self.examples = {"train": data.train_ex, "eval": data.eval_ex}
         self.store = ReferenceStore(len(data.train_ex), len(data.eval_ex))
-        self.path, self.seconds = live.run_dir / paths.REFERENCE_FILE, 0.0
+        self.path = live.run_dir / paths.REFERENCE_FILE
         self.batch_tokens, self.grad_accum = data.batch_tokens, data.schedule.grad_accum  # for the OOM advice
         if live.resume and self.path.is_file():  # what an earlier launch computed is never computed again
             self.store.read(self.path)
@@ -71,7 +71,7 @@ class DPO(PairObjective):
             if self.store.changed:
                 self.save()
                 live.say(f"reference log-probabilities of {len(data.train_ex) + len(data.eval_ex)} pairs in "
-                         f"{self.seconds:.1f} s -> {self.path}")
+                         f"{self.prep_s:.1f} s -> {self.path}")
 
     def before_step(self, batches) -> None:
         self._ensure("train", batches)
@@ -103,11 +103,11 @@ class DPO(PairObjective):
                                f"{self.grad_accum * 2}), or preference.weights=lora") from None
         rows = sorted({i for b in todo for i in b})
         self.store.fill(split, rows, values[rows])
-        self.seconds += time.perf_counter() - t0
+        self.prep_s += time.perf_counter() - t0
 
     def save(self) -> None:
         if self.live.main and self.store.changed:
             self.store.write(self.path)
 
     def summary(self) -> dict:
-        return {"reference_s": round(self.seconds, 3), "reference_pairs": self.store.computed("train")}
+        return {"reference_s": round(self.prep_s, 3), "reference_pairs": self.store.computed("train")}
