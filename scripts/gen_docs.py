@@ -71,6 +71,16 @@ def default_text(field) -> str:
     return "`" + _cell(json.dumps(value, ensure_ascii=False)) + "`"
 
 
+def _registered(model_cls: type[BaseModel], name: str) -> str | None:
+    """The values of a key checked against a registry rather than a Literal: TrainConfig.method takes the
+    methods train/objectives/ declares (config.py, in the base layer, cannot import them)."""
+    if model_cls.__name__ == "TrainConfig" and name == "method":
+        from tunelab.train.objectives import methods
+
+        return " \\| ".join(methods())
+    return None
+
+
 def model_rows(model_cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
     """(key, type, default, description) for every user key, sub-sections flattened as `a.b`."""
     rows = []
@@ -78,7 +88,8 @@ def model_rows(model_cls: type[BaseModel], prefix: str = "") -> list[tuple[str, 
         if field.exclude:
             continue  # internal (set by the loader), not a key the user writes
         key = prefix + (field.alias or name)  # `lambda` is a Python keyword: its field is orpo_lambda
-        rows.append((f"`{key}`", type_name(field.annotation), default_text(field), _prose(field.description or "")))
+        kind = _registered(model_cls, name) or type_name(field.annotation)
+        rows.append((f"`{key}`", kind, default_text(field), _prose(field.description or "")))
         # a section, also when it may be null or a plain value instead (replay: null | {data, ratio})
         for sub in (field.annotation, *typing.get_args(field.annotation)):
             if isinstance(sub, type) and issubclass(sub, BaseModel):
@@ -129,9 +140,15 @@ def _compare_retention() -> str:
 
 
 def _predictions() -> str:
-    from tunelab.evaluate.results import PREDICTION_KEYS
+    from tunelab.evaluate.task_types import prediction_keys
 
-    return "\n".join(f"**{kind}**\n\n{dict_table(keys)}" for kind, keys in PREDICTION_KEYS.items())
+    return "\n".join(f"**{kind}**\n\n{dict_table(keys)}" for kind, keys in prediction_keys().items())
+
+
+def _task_types() -> str:
+    from tunelab.evaluate.task_types import known_task_types
+
+    return dict_table({name: t.description for name, t in known_task_types().items()}, "type")
 
 
 def sections() -> dict[str, Callable[[], str]]:
@@ -141,6 +158,7 @@ def sections() -> dict[str, Callable[[], str]]:
 
     return {
         "task-keys": lambda: keys_table(config.TaskConfig),
+        "task-types": _task_types,
         "metrics": _metrics,
         "train-keys": lambda: keys_table(config.TrainConfig),
         "compare-keys": lambda: keys_table(config.CompareConfig),

@@ -34,7 +34,7 @@ PACKAGE = "tunelab"
 PARTS = {
     # base: below everything, imports no other part
     "__init__": "base",  # the package facade; its verbs are imported lazily by name, on first use
-    "config": "base", "io": "base", "errors": "base", "paths": "base", "memory": "base",
+    "config": "base", "config_errors": "base", "io": "base", "errors": "base", "paths": "base", "memory": "base",
     "progress": "base", "logs": "base", "runs": "base",  # runs: the run registry every layer records into
     "discover": "base",  # registries import every module of their package (metrics, task types, objectives)
     "models": "models",
@@ -152,6 +152,33 @@ def test_docs_architecture_tells_the_same_table():
     want = {part: sorted(lower) for part, lower in DEPENDS_ON.items()}
     assert rows == want, (f"docs/architecture.md's table and tests/test_imports.py DEPENDS_ON differ: "
                           f"{ {k: rows.get(k) for k in set(rows) | set(want) if rows.get(k) != want.get(k)} }")
+
+
+def _drawing(text: str) -> str:
+    """The layer drawing in a text: the lines from the one starting `cli ─┬─>` to the one with `serve`, unindented."""
+    lines = text.splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.strip().startswith("cli ─┬─>")), None)
+    end = next((i for i in range(start or 0, len(lines)) if "└─> serve" in lines[i]), None)
+    if start is None or end is None:
+        return "(no layer drawing)"
+    return "\n".join(ln[len(lines[start]) - len(lines[start].lstrip()):].rstrip() for ln in lines[start:end + 1])
+
+
+def test_readme_and_docs_draw_the_layers_as_this_test():
+    """README's pipeline, docs/architecture.md and this module's docstring hold the same drawing; it
+    names every part, and README's sentence under 'The pipeline' names every layer above base too."""
+    import re
+
+    mine = _drawing(__doc__)
+    readme = (SRC.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## The pipeline", 1)[1].split("\n## ", 1)[0]
+    for name, text in (("README.md", section), ("docs/architecture.md",
+                                                 (SRC.parent / "docs" / "architecture.md").read_text(encoding="utf-8"))):
+        assert _drawing(text) == mine, f"{name}'s layer drawing differs from tests/test_imports.py's"
+    assert set(re.findall(r"[a-z]+", mine)) == set(DEPENDS_ON), "the drawing names every part, and only parts"
+    prose = section.split("```", 1)[0]
+    missing = [p for p in DEPENDS_ON if p != "base" and f"`{p}`" not in prose]
+    assert not missing, f"README's pipeline sentence does not name {missing}"
 
 
 def test_imports_point_down():

@@ -7,12 +7,14 @@ from tunelab.config import TaskConfig
 from tunelab.data.records import Row
 from tunelab.errors import TunelabError
 from tunelab.evaluate.prompts import TaskTemplates
+from tunelab.evaluate.task_types import get_task_type
 
 
 def _mc(**kw) -> TaskTemplates:
+    """A multiple_choice task's templates, as its task type builds them (choices rendered)."""
     spec = dict(name="t", type="multiple_choice", prompt="{{ question }}", choices="{{ options }}", answer="{{ label }}")
     spec.update(kw)
-    return TaskTemplates(TaskConfig(**spec), "t.yaml")
+    return get_task_type("multiple_choice").templates(TaskConfig(**spec), "t.yaml")
 
 
 def _row(**data) -> Row:
@@ -72,8 +74,15 @@ def test_generate_references_stay_strings_or_lists():
 
 
 def test_multiple_choice_without_choices_template_is_an_error():
-    with pytest.raises(TunelabError, match="needs both 'choices' and 'answer'"):
-        TaskTemplates(TaskConfig(name="t", type="multiple_choice", prompt="{{ q }}"), "t.yaml")
+    with pytest.raises(TunelabError, match="t.yaml: a multiple_choice task needs both 'choices' and 'answer'"):
+        _mc(choices=None)
+
+
+def test_a_generate_task_ignores_a_choices_key():
+    """Only the multiple_choice type renders choices: a generate task's gold stays its reference text."""
+    task = TaskConfig(name="g", prompt="{{ q }}", choices="{{ opts }}", answer="{{ a }}")
+    r = get_task_type("generate").templates(task, "g.yaml").render(_row(q="x", opts=["y", "z"], a="z"))
+    assert (r.choices, r.gold) == (None, "z")
 
 
 def test_syntax_error_names_the_key():

@@ -116,8 +116,10 @@ def _retrieval_task(tmp_path: Path) -> dict:
 @pytest.mark.parametrize("kind", ["generate", "multiple_choice", "perplexity", "retrieval"])
 def test_prediction_lines_carry_exactly_the_documented_keys(kind, tmp_path, tiny_dir):
     from tunelab.config import load_task
-    from tunelab.evaluate.results import PREDICTION_KEYS
     from tunelab.evaluate.runner import evaluate
+    from tunelab.evaluate.task_types import prediction_keys
+
+    PREDICTION_KEYS = prediction_keys()  # every line's keys, then each task type's own
 
     if kind == "retrieval":
         task = load_task(_retrieval_task(tmp_path))

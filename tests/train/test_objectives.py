@@ -25,6 +25,7 @@ def test_every_method_is_declared_once_beside_its_objective():
     assert method_names("preference") == ("dpo", "orpo") and method_names("rl") == ()
     assert all(issubclass(m.objective, Objective) for m in found.values())
     assert [n for n, m in found.items() if m.quantized] == ["qlora"]
+    assert [n for n, m in found.items() if m.pairs] == ["dpo", "orpo"]
 
 
 def test_both_axes_resolve_from_the_config():

@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+PAIRS_FORMAT = "preference"  # --format of a file of chosen / rejected pairs (a data format)
 MAX_LISTED = 20  # dropped ids shown in the terminal; the full list goes to the .dropped.jsonl file
 
 data_app = typer.Typer(help="Look at training data: formats, rendering, trained tokens, built-in tasks.",
@@ -62,7 +63,7 @@ def inspect_cmd(
 
     _, folder = resolve(model)
     tokenizer = load_tokenizer(folder)
-    if format in ("auto", "preference") and is_pair_file(file, parse_fields(field)):
+    if format in ("auto", PAIRS_FORMAT) and is_pair_file(file, parse_fields(field)):
         _inspect_pairs(file, tokenizer, model, n=n, max_length=max_length, fields=parse_fields(field),
                        skip_bad=skip_bad)
         return

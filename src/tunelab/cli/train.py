@@ -102,7 +102,7 @@ def export_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    from tunelab.train.objectives import methods  # the declared methods (reading them loads no torch)
+    from tunelab.train.objectives import methods  # the one list: declared beside the objectives (no torch loaded)
 
     train_cmd.__doc__ = train_cmd.__doc__.replace("METHODS", " | ".join(methods()), 1)
     app.command("train", context_settings={"allow_extra_args": False})(train_cmd)

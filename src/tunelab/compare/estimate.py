@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Optional
 
 from tunelab.compare.plan import Arm, Plan
+from tunelab.infer.endpoint import is_endpoint
+from tunelab.evaluate.task_types import task_type
 
 # Measured on this 2-core CPU, default model, fp32: see docs/compare.md ("How --dry-run estimates").
 REFERENCE_PARAMS = 134.5e6
@@ -49,7 +51,7 @@ def _local_folder(model: str) -> Optional[Path]:
     """The model's HF folder when it is on disk already (nothing is pulled or converted for a dry run)."""
     from tunelab.models import registry
 
-    if model.startswith("openai:"):
+    if is_endpoint(model):
         return None
     key = registry.canonical(model)
     if key is not None and not Path(model).exists():
@@ -97,19 +99,11 @@ def _task_tokens(task, count: _Counter, rows, templates, pool=(), *, k: int = 0,
 
     builder = ContextBuilder(task, templates, list(pool), k=k, sampler=sampler, seed=task.fewshot.seed,
                              pool_is_eval=False, tokenizer=count.tokenizer)
+    tt = task_type(task)
     prompt = generated = 0
-    max_new = task.generation.max_new_tokens
     for row in rows:
-        if task.type == "preference":  # a pair: its prompt and both answers are read, nothing generated
-            prompt += count(json.dumps(row.data, ensure_ascii=False))
-            continue
-        r = templates.render(row)
-        prompt += count(builder.build(row, r.prompt).text)
-        if task.type == "generate":
-            gold = r.gold[0] if isinstance(r.gold, list) and r.gold else r.gold
-            generated += min(max_new, count(str(gold)) + 1) if gold is not None else max_new
-        elif task.type == "multiple_choice" and r.choices:
-            prompt += sum(count(c) for c in r.choices)
+        p, g = tt.estimate_tokens(task, count, row, templates, builder)
+        prompt, generated = prompt + p, generated + g
     return prompt, generated
 
 
@@ -149,7 +143,7 @@ def _tune_cost(plan: Plan, arm: Arm, count: _Counter, templates) -> tuple[int, f
     grid = settings(arm.tune)
     tokens = sum(_train_tokens(plan, arm, count, s) for s in grid)
     seconds, loads = 0.0, LOAD_S * (len(grid) - 1)
-    if ranked_by(plan)[0] != VAL_LOSS and plan.task.type != "perplexity":
+    if ranked_by(plan)[0] != VAL_LOSS and task_type(plan.task).dry_run_counts:
         p, g = _task_tokens(plan.task, count, plan.validation(arm.tune.val), templates)
         seconds = len(grid) * (p / PREFILL_TOKENS_PER_S + g / DECODE_TOKENS_PER_S)
         loads += LOAD_S * len(grid)
@@ -159,7 +153,6 @@ def _tune_cost(plan: Plan, arm: Arm, count: _Counter, templates) -> tuple[int, f
 def _retention_seconds(plan: Plan, arm: Arm, count: _Counter, shared: set) -> float:
     """Retention tasks and drift for this arm: its own for a fine-tune, the base model's once for prompted arms."""
     from tunelab.compare import retention
-    from tunelab.evaluate.prompts import TaskTemplates
     from tunelab.evaluate.runner import load_task_rows
 
     if not retention.scored(arm) or (not arm.fine_tuned and arm.model in shared):
@@ -168,9 +161,10 @@ def _retention_seconds(plan: Plan, arm: Arm, count: _Counter, shared: set) -> fl
         shared.add(arm.model)
     seconds = 0.0
     for rt in plan.retention:
-        rows = load_task_rows(rt.task) if rt.task.type != "perplexity" else []
+        tt = task_type(rt.task)
+        rows = load_task_rows(rt.task) if tt.dry_run_counts else []
         rows = rows[:rt.limit] if rt.limit else rows
-        templates = TaskTemplates(rt.task, rt.where)
+        templates = tt.templates(rt.task, rt.where)
         p, g = _task_tokens(rt.task, count, rows, templates)
         seconds += p / PREFILL_TOKENS_PER_S + g / DECODE_TOKENS_PER_S
     if plan.drift is not None and arm.fine_tuned:
@@ -185,14 +179,14 @@ def _retention_seconds(plan: Plan, arm: Arm, count: _Counter, shared: set) -> fl
 
 def estimate(plan: Plan) -> list[ArmEstimate]:
     from tunelab.compare.run import is_finished
-    from tunelab.evaluate.prompts import TaskTemplates
     from tunelab.evaluate.runner import load_task_rows
 
     task = plan.task
-    rows = load_task_rows(task) if task.type != "perplexity" else []
+    tt = task_type(task)
+    rows = load_task_rows(task) if tt.dry_run_counts else []
     if plan.config.limit is not None:
         rows = rows[:plan.config.limit]
-    templates = TaskTemplates(task, plan.source)
+    templates = tt.templates(task, plan.source)
     counters: dict[str, _Counter] = {}
     shared: set = set()
     out = []
@@ -208,9 +202,9 @@ def estimate(plan: Plan) -> list[ArmEstimate]:
             seconds += load_s + scale * tune_s
         if arm.fine_tuned:
             seconds += scale * t / TRAIN_TOKENS_PER_S[arm.method]
-        if arm.model.startswith("openai:"):
+        if is_endpoint(arm.model):
             seconds = p / PREFILL_TOKENS_PER_S + g / DECODE_TOKENS_PER_S  # unknown server: the local rates
-        scale_r = scale if not arm.model.startswith("openai:") else 1.0
+        scale_r = scale if not is_endpoint(arm.model) else 1.0
         ret = scale_r * _retention_seconds(plan, arm, count, shared)
         out.append(ArmEstimate(arm.id, p, g, t, round(seconds, 1), count.tokenizer is not None,
                                finished=is_finished(plan, arm), retention_s=round(ret, 1)))

@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from tunelab.compare import judge
 from tunelab.compare.checks import check_metric, read_json, resolve_path, settings, slug
 from tunelab.config import (CompareConfig, EndpointArmSpec, FewShotArmSpec, FineTuneArmSpec, PromptArmSpec,
                             TrainConfig, build, deep_merge, load_config)
 from tunelab.errors import TunelabError
+from tunelab.infer.endpoint import is_endpoint
 
 PROMPTED_KINDS = ("zero_shot", "few_shot", "endpoint")  # arms that prompt a model; the others fine-tune one
 
@@ -205,7 +207,7 @@ def expand_arms(cfg: CompareConfig, source: str, pool_size: int, pool_name: str)
                     aid = f"endpoint-{slug(model)}-k{k}-{s}" if kind == "endpoint" else f"few_shot-k{k}-{s}{suffix}"
                     arms.append(Arm(aid, kind, model, k=k, sampler=s, where=where))
         else:
-            if model.startswith("openai:"):
+            if is_endpoint(model):
                 raise TunelabError(f"{source}: {where}.model: '{model}' is an endpoint; tunelab cannot fine-tune a served "
                                    "model; fine-tune a local model folder instead")
             tag = spec.tag if spec.tag is not None else ("replay" if spec.train.get("replay") else None)
@@ -272,15 +274,21 @@ def _good_pairs(pool: list, cfg: CompareConfig) -> tuple[list, list[str]]:
 def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Union[str, Path]] = None) -> Plan:
     """Read, resolve and check a compare config; nothing is trained or evaluated."""
     from tunelab.data.load import load_rows
+    from tunelab.data.readers import base_why, not_found
     from tunelab.evaluate.results import task_sha256
+    from tunelab.evaluate.task_types import task_type
     from tunelab.evaluate.tasks import resolve_task
 
     cfg, source, base_dir = load_compare_config(config, overrides)
+    why = base_why(base_dir, None if source == "config" else source)  # where a relative path is looked for
     task_spec = resolve_path(cfg.task, base_dir)
     if not task_spec.startswith("builtin:") and not Path(task_spec).is_file():
-        raise TunelabError(f"{source}: task: {cfg.task} not found (looked at {task_spec}); give a task YAML or builtin:<name>")
+        raise TunelabError(f"{source}: task: {cfg.task} not found (looked at {task_spec}: {why}); "
+                           "give a task YAML or builtin:<name>")
     task = resolve_task(task_spec)
     pool_spec = resolve_path(cfg.train_data, base_dir)
+    if not pool_spec.startswith("builtin:") and not Path(pool_spec).exists():
+        raise not_found(cfg.train_data, [Path(pool_spec)], why, f"{source}: train_data")
     pool = load_rows(pool_spec)
     if cfg.train_split:  # e.g. "0:1700" of a file whose last records are the test items
         a, b = (int(x) if x.strip() else None for x in cfg.train_split.split(":"))
@@ -289,7 +297,8 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
         raise TunelabError(f"{source}: train_data: {cfg.train_data} has no records"
                            + (f" in train_split {cfg.train_split!r}" if cfg.train_split else ""))
     skipped: list[str] = []
-    if task.type == "preference":
+    tt = task_type(task)
+    if tt.pairs:
         pool, skipped = _good_pairs(pool, cfg)
     # demonstrations come from the same pool the fine-tunes train on
     task.fewshot.pool = pool_spec
@@ -298,16 +307,13 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
     if cfg.train_split and any(a.method in ("few_shot", "endpoint") and a.k for a in arms):
         raise TunelabError(f"{source}: train_split applies to the fine-tuned arms' pool; demonstrations would still "
                            "come from the whole file: drop train_split or the few_shot arms")
-    if task.type == "perplexity" and any(a.method in ("few_shot", "endpoint") and a.k for a in arms):
-        raise TunelabError(f"{source}: task '{task.name}' is a perplexity task: demonstrations do not change its "
-                           "score; drop the few_shot arms")
-    preference = [a.id for a in arms if a.fine_tuned and fine_tune_methods()[a.method].family == "preference"]
-    if preference and task.type != "preference":
+    preference = [a.id for a in arms if a.fine_tuned and fine_tune_methods()[a.method].pairs]
+    if preference and not tt.pairs:
         raise TunelabError(f"{source}: arms {', '.join(preference)} train on preference pairs: give a task of type: "
                            "preference and a train_data file of pairs (docs/compare.md)")
-    if task.type == "preference" and any(a.method in ("few_shot", "endpoint") and a.k for a in arms):
-        raise TunelabError(f"{source}: task '{task.name}' is a preference task: it scores the model's preference "
-                           "between two given answers, which demonstrations do not ask for; drop the few_shot arms")
+    if tt.why_no_demonstrations and any(a.method in ("few_shot", "endpoint") and a.k for a in arms):
+        raise TunelabError(f"{source}: task '{task.name}' is a {task.type} task: {tt.why_no_demonstrations}; "
+                           "drop the few_shot arms")
     quantized = [a for a in arms if a.fine_tuned and fine_tune_methods()[a.method].quantized]
     if quantized:
         import torch
@@ -331,6 +337,7 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
                                    forced_format=(cfg.train.get("data") or {}).get("format"))
     if skipped:  # every arm trains on n good pairs
         plan.rendering.note += f"; {skipped[0]}"
+    judge.check_plan(plan)  # judge_win_rate's baseline arm; self-preference (compare/judge.py)
     plan.retention = retention.plan_tasks(cfg, source, base_dir, task)
     plan.drift = retention.plan_drift(cfg, source, base_dir) if any(a.fine_tuned for a in arms) else None
     replay_read: set[tuple[str, str]] = set()

@@ -30,7 +30,9 @@ SHOWN = ("mean_toxicity", "toxic_fraction", "refusal_rate")  # the table's colum
 
 
 def planned(plan) -> bool:
-    return bool(plan.config.safety) and plan.task.type == "preference"
+    from tunelab.evaluate.task_types import task_type
+
+    return bool(plan.config.safety) and task_type(plan.task).pairs
 
 
 def _prompts_path(plan) -> Path:
@@ -112,6 +114,6 @@ def summarize(plan, arms: list, rows: list[dict]) -> None:
             entry[m] = {"value": res.value(m), "ci95": res.metrics[m].get("ci95")}
         if base is not None:
             entry["vs"] = base.id
-            entry["diff"] = {m: paired_items(results[base.id].items, res.items, m, plan.config.seed) for m in SHOWN}
+            entry["diff"] = {m: paired_items(results[base.id], res, m, plan.config.seed) for m in SHOWN}
         by_id[a.id]["probe"] = entry
 

@@ -2,13 +2,15 @@
 
 Few-shot demonstrations are `prompt` + `answer` of pool records, rendered by the task's templates;
 test prompts are the same `prompt` template. A fine-tuned arm trains on the same rendering, so it
-learns from exactly the text it is tested on:
+learns from exactly the text it is tested on. The task's type decides how (its `record_format`,
+`training_record` and `test_prompt`, evaluate/task_types/); the built-in types:
 
 | task                          | a pool record becomes (data format)                                  |
 |-------------------------------|----------------------------------------------------------------------|
 | chat: true                    | messages: [system?, user: prompt, assistant: answer]  (`messages`)   |
 | chat: false (generate, MC)    | prompt, completion = target_delimiter + answer         (`plain`)     |
 | perplexity                    | the document's text                                    (`text`)      |
+| preference                    | the pair as it is (its `pool_format`)                  (`chosen`)    |
 
 `answer` is the gold choice's text (multiple choice) or the first reference (generate), as a
 demonstration shows it. A pool the task's templates cannot render (it lacks a field they use) is
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from tunelab.errors import TunelabError
+from tunelab.evaluate.task_types import task_type
 
 TASK = "task"  # rendered through the task's templates
 OWN = "own"  # the pool's own training format (format detection)
@@ -36,33 +39,16 @@ class Rendering:
 
 
 def _templates(task, source: str):
-    from tunelab.evaluate.prompts import TaskTemplates
-
-    if task.type == "perplexity":  # the document is `text` (or `prompt`), never a question and answer
-        task = task.model_copy(update={"prompt": task.text or task.prompt, "answer": None})
-    return TaskTemplates(task, source)
+    return task_type(task).templates(task, source)
 
 
 def task_format(task) -> str:
-    if task.type == "perplexity":
-        return "text"
-    return "messages" if task.chat else "plain"
+    return task_type(task).record_format(task)
 
 
 def training_record(task, templates, row) -> dict:
     """One pool row as the fine-tune's training record (in task_format(task)), keeping its id."""
-    rid = str(row.data.get("id", row.line))
-    if task.type == "perplexity":
-        return {"id": rid, "text": templates.prompt(row)}
-    prompt, answer = templates.prompt(row), templates.answer_text(row)
-    if not str(answer).strip():
-        raise TunelabError(f"{row.source}: the task's 'answer' template gives an empty answer, so a fine-tune "
-                           f"has nothing to learn from this record; fix the record or the template")
-    if task.chat:
-        messages = [{"role": "system", "content": task.system}] if task.system else []
-        return {"id": rid, "messages": messages + [{"role": "user", "content": prompt},
-                                                   {"role": "assistant", "content": answer}]}
-    return {"id": rid, "prompt": prompt, "completion": task.target_delimiter + answer}
+    return task_type(task).training_record(task, templates, row)
 
 
 def choose(task, pool: list, source: str, pool_name: str, *, few_shot: bool, fine_tune: bool,
@@ -74,9 +60,10 @@ def choose(task, pool: list, source: str, pool_name: str, *, few_shot: bool, fin
     the pool's own training format when it has one. `forced_format` is a data.format the user
     set in the compare's train: keys (the pool as is, in that format).
     """
-    if task.type == "preference":  # the pool is pairs: the arms read them as they are
-        return Rendering(OWN, "chosen", f"dpo / orpo arms train on {pool_name}'s pairs; other fine-tuned arms on "
-                                        "their prompts and chosen answers (data.format: chosen)")
+    own = task_type(task).pool_format
+    if own:  # the pool is pairs: the arms read them as they are
+        return Rendering(OWN, own, f"dpo / orpo arms train on {pool_name}'s pairs; other fine-tuned arms on "
+                                   f"their prompts and chosen answers (data.format: {own})")
     if forced_format and forced_format != "auto":
         if few_shot:
             _render_all(task, pool, source)
@@ -121,28 +108,18 @@ def first_example(tokenizer, task, source: str, subset_file, record_format: str,
     the test prompt through the evaluation's own context builder (no demonstrations: k = 0).
     """
     from tunelab.data.load import load_conversations
-    from tunelab.fewshot import ContextBuilder
     from tunelab.templates.inspect import segments
     from tunelab.templates.render import encode
 
     conv = load_conversations(str(subset_file), format=record_format)[0]
     enc = encode(tokenizer, conv)
     trained = "".join(f"⟦{text}⟧" if on else text for text, on in segments(tokenizer, enc))
-    if task.type == "preference":
-        from tunelab.data.preference import to_pair
-        from tunelab.templates.render import render_prompt
-
-        prompt = render_prompt(tokenizer, to_pair(test_row, None, task.system).prompt)
+    tt = task_type(task)
+    prompt = tt.test_prompt(tokenizer, task, _templates(task, source), test_row)
+    if tt.pairs:
         return (f"# first training example ({subset_file.name}, {conv.source}): its prompt and chosen answer as "
                 f"SFT reads it (dpo / orpo also score the rejected one); scored text between ⟦ and ⟧\n{trained}\n\n"
                 f"# first test pair's prompt ({test_row.source}), after which both answers are scored\n{prompt}\n")
-    templates = _templates(task, source)
-    if task.type == "perplexity":
-        prompt = templates.prompt(test_row)
-    else:
-        builder = ContextBuilder(task, templates, [], k=0, sampler="random", seed=0, pool_is_eval=False,
-                                 tokenizer=tokenizer)
-        prompt = builder.build(test_row, templates.prompt(test_row)).text
     return (f"# first training example ({subset_file.name}, {conv.source}), as the fine-tune reads it; "
             f"trained text between ⟦ and ⟧\n{trained}\n\n"
             f"# first test prompt ({test_row.source}), as the evaluation feeds it\n{prompt}\n")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from tunelab import paths
+from tunelab.compare import judge
 from tunelab.compare import sentences as sent
 from tunelab.compare.checks import paired_items
 from tunelab.compare.plan import ARMS_DIR, Arm, Plan, train_cost
@@ -69,7 +70,7 @@ def toxicity(res: Results, threshold: float) -> Optional[dict]:
 
 
 def _paired(best: Results, arm: Results, metric: str, seed: int) -> dict:
-    diff = paired_items(best.items, arm.items, metric, seed)
+    diff = paired_items(best, arm, metric, seed)
     if diff is None:
         raise TunelabError(f"{arm.out}: metric '{metric}' has no per-item numbers in {paths.PREDICTIONS_FILE}, so "
                            "arms cannot be compared item by item; pick another metric: in the compare config")
@@ -138,6 +139,7 @@ def summarize(plan: Plan, arms: Optional[list[Arm]] = None) -> dict:
                 "target_diff": _paired(results[twin.id], results[a.id], metric, cfg.seed),
                 "retention_diff": retention.between(plan, twin, a)}
     summary["sentences"] = sent.sentences(summary)
+    judge.summarize(plan, results, rows, summary)  # the judge's cost, check and sentences
     return summary
 
 

@@ -39,15 +39,13 @@ def _missing(err: jinja2.UndefinedError) -> str:
 class TaskTemplates:
     """The compiled templates of one task; `render(row)` turns a data Row into a Rendered."""
 
-    def __init__(self, task, source: str = "task"):
+    def __init__(self, task, source: str = "task", *, with_choices: bool = False):
+        """`with_choices`: render the `choices` template too (the multiple_choice task type asks for it)."""
         self.task = task
         self.source = source  # the task file, named in errors so the user knows what to edit
         self._prompt = self._compile(task.prompt, "prompt")
-        self._choices = self._compile(task.choices, "choices", native=True) if task.choices else None
+        self._choices = self._compile(task.choices, "choices", native=True) if task.choices and with_choices else None
         self._answer = self._compile(task.answer, "answer", native=True) if task.answer else None
-        if task.type == "multiple_choice" and (self._choices is None or self._answer is None):
-            raise TunelabError(f"{source}: a multiple_choice task needs both 'choices' and 'answer' templates; add them "
-                                "(docs/tasks.md has an example)")
 
     def _compile(self, text: str, key: str, native: bool = False):
         try:
@@ -103,7 +101,7 @@ class TaskTemplates:
         return gold_index(value, choices, row.source)
 
     def render(self, row) -> Rendered:
-        choices = self.choices(row) if self._choices is not None and self.task.type == "multiple_choice" else None
+        choices = self.choices(row) if self._choices is not None else None
         return Rendered(self.prompt(row), choices, self.gold(row, choices))
 
     def answer_text(self, row) -> str:

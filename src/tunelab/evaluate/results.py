@@ -56,52 +56,15 @@ COST_DOC = {
     "tokens_per_s": "tokens / wall_s",
     "peak_mem_mib": "peak memory, MiB (null for an endpoint)",
 }
-# predictions.jsonl: one object per item. "every line" keys are on each line; the others by task type
-# (and for the safety benchmarks, which write the same two files, by benchmark).
+# predictions.jsonl: one object per item. "every line" keys are on each line; each task type declares
+# its own (its `prediction_keys`, in evaluate/task_types/); the safety benchmarks, which write the
+# same two files, theirs here. task_types.prediction_keys() gives them all, in that order.
 PREDICTION_KEYS = {
     "every line": {
         "id": "the item's `id` field, or its line number in the data file; unique",
         "prompt": "the full prompt the model saw (for perplexity the first 200 characters of the text)",
         "metrics": "{metric name: this item's value}; null where an item has none",
         "demos": "positions of the demonstrations in the pool, in prompt order (only when fewshot.k > 0)",
-    },
-    "generate": {
-        "output": "the generated text, stop string cut off",
-        "gold": "the reference text(s), a list",
-        "finish": "why generation ended: stop (a stop string), eos (end of turn) or length (max_new_tokens)",
-        "length_chars": "characters of the output",
-        "length_tokens": "tokens of the output",
-        "latency_s": "seconds from the start of its batch (or request) until this output finished",
-        "tokens_per_s": "length_tokens / latency_s",
-        "refusal": "1.0 if the output reads as a refusal, else 0.0",
-        "answer_relevance": "cosine similarity of the output to the item's own prompt (MiniLM)",
-        "toxicity": "toxicity score of the output (0..1; null unless a scorer is given)",
-    },
-    "multiple_choice": {
-        "choices": "the choices' texts",
-        "choice_logliks": "summed log-likelihood of each choice after the prompt",
-        "is_greedy": "per choice: would greedy decoding produce it",
-        "pred": "index of the likeliest choice",
-        "pred_norm": "index of the likeliest choice per character",
-        "gold": "index of the right choice",
-    },
-    "perplexity": {
-        "loglik": "log-likelihood of the whole text (rolling windows)",
-        "n_tokens": "its tokens",
-        "n_words": "its words (whitespace-separated)",
-        "n_bytes": "its UTF-8 bytes",
-    },
-    "preference": {
-        "chosen": "the chosen answer as scored (after the prompt, with the template's end of turn)",
-        "rejected": "the rejected answer, likewise",
-        "pair_logliks": "[chosen, rejected]: summed log-probability of each answer after the prompt",
-        "pair_tokens": "[chosen, rejected]: tokens scored for each",
-        "ref_pair_logliks": "[chosen, rejected] under the reference model (base + adapter: the base; else the --reference model); only when a "
-                            "metric needs it (reward_acc, reward_margin)",
-    },
-    "retrieval": {
-        "output": "the ids of the 10 best-ranked documents",
-        "gold": "the ids of the documents judged relevant",
     },
     "safety bias crows_pairs": {
         "sent_more": "the more stereotyping sentence of the pair",
@@ -186,6 +149,17 @@ def make_cost(wall_s: float, *, prompt_tokens: int = 0, generated_tokens: int = 
             "generated_tokens": int(generated_tokens),
             "tokens_per_s": round(tokens / wall_s, 1) if wall_s > 0 and tokens else None,
             "peak_mem_mib": None if peak_mem_mib is None else round(float(peak_mem_mib), 1)}
+
+
+def merge_costs(costs: list[dict[str, dict]]) -> dict[str, dict]:
+    """Metrics' own costs ({"judge": {calls, tokens, wall_s, ...}}) summed by kind, for the cost block."""
+    out: dict[str, dict] = {}
+    for cost in costs:
+        for kind, block in cost.items():
+            into = out.setdefault(kind, {})
+            for key, value in block.items():
+                into[key] = round(into.get(key, 0) + value, 3) if isinstance(value, float) else into.get(key, 0) + value
+    return out
 
 
 def build_results(*, task: str, model: Any, n: int, shots: int, metrics: dict, cost: dict, signature: str,

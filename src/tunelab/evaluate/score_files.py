@@ -20,12 +20,8 @@ from tunelab.errors import TunelabError
 from tunelab.evaluate.metrics import get_metrics
 from tunelab.evaluate.metrics.base import Metric, MetricResult
 
-# the registry modules whose metrics read only (prediction, references)
-TEXT_METRIC_MODULES = ("text", "sacre", "rouge")
-
-
 def _is_text_metric(metric: Metric) -> bool:
-    return type(metric).__module__.rsplit(".", 1)[-1] in TEXT_METRIC_MODULES
+    return metric.text_only  # it reads only (prediction, references), as a metric declares
 
 
 def read_segments(path: str | Path, field: str | None = None) -> list[Any]:

@@ -34,17 +34,19 @@ def builtin_task(name: str, *, n_test: int = 200, n_pool: int = 512, seed: int =
     )
 
 
-PREFERENCE_METRICS = ["pref_acc", "pref_acc_norm"]  # a preference task that names no metrics
-
-
 def resolve_task(task, overrides: Optional[list[str]] = None) -> TaskConfig:
     """A TaskConfig from a TaskConfig, a YAML path or `builtin:<name>`, with `key=value` overrides.
 
-    A `type: preference` task that names no metrics gets pref_acc and pref_acc_norm (`type` and
-    `data` are a whole task file)."""
+    Its task type checks its own keys (an unknown type is a one-line error listing the known ones),
+    and a task that names no metrics gets its type's default metrics when it has them (a `type:
+    preference` task: pref_acc and pref_acc_norm, so `type` and `data` are a whole task file)."""
+    from tunelab.evaluate.task_types import task_source, task_type
+
     task = _resolve(task, overrides)
-    if task.type == "preference" and "metrics" not in task.model_fields_set:
-        task.metrics = list(PREFERENCE_METRICS)
+    tt = task_type(task)
+    tt.check(task, task_source(task))
+    if tt.default_metrics and "metrics" not in task.model_fields_set:
+        task.metrics = list(tt.default_metrics)
     return task
 
 

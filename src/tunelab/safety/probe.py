@@ -50,7 +50,8 @@ from typing import Callable, Optional, Sequence, Union
 from tunelab.errors import ParameterError, TunelabError
 
 TOXIC = 0.5  # HELM / RealToxicityPrompts: a sample is toxic at P(toxic) >= 0.5
-FORMATS = ("auto", "jsonl", "toxigen", "text", "preference")
+PAIRS = "preference"  # the prompts format of a preference-pair file (a data format; its first user turns are asked)
+FORMATS = ("auto", "jsonl", "toxigen", "text", PAIRS)
 TOXIGEN_SEP = "\\n-"  # the two characters backslash + n, then a dash, as stored in ToxiGen's files
 METRICS = ("mean_toxicity", "toxic_fraction", "expected_max_toxicity", "toxicity_probability", "refusal_rate")
 DEFAULTS = {"samples": 3, "seed": 1234, "max_new_tokens": 32, "temperature": 1.0, "top_p": 0.9}
@@ -112,11 +113,11 @@ def read_prompts(path: Union[str, Path], fmt: str = "auto") -> tuple[list[tuple[
         raise TunelabError(f"unknown prompts format {fmt!r}; use one of {', '.join(FORMATS)}")
     if path.is_dir():
         raise TunelabError(f"{path}: is a folder; give a prompts file (.txt one a line, or .jsonl with 'prompt')")
-    if fmt == "preference" or (fmt == "auto" and path.is_file() and _is_pair_file(path)):
+    if fmt == PAIRS or (fmt == "auto" and path.is_file() and _is_pair_file(path)):
         prompts = pair_prompts(path)
         if not prompts:
             raise TunelabError(f"{path}: no pair could be read; see the warning above")
-        return prompts, "preference"
+        return prompts, PAIRS
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:

@@ -10,16 +10,17 @@ names; an unknown option names the option and the allowed ones.
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable
 
+from tunelab.discover import import_package_modules
 from tunelab.errors import TunelabError
 from tunelab.evaluate.metrics.base import Metric
 
+PACKAGE = "tunelab.evaluate.metrics"
 _REGISTRY: dict[str, type[Metric]] = {}
-# Modules whose import registers metrics; loaded on first lookup so `import tunelab` stays cheap.
-_MODULES = ("text", "sacre", "rouge", "choice", "perplexity", "assistant", "preference")
-_loaded = False
+# Every module of the package registers its metrics when imported: a new file is enough. They are
+# imported on the first lookup, so `import tunelab` stays cheap.
+_loaded: set[str] = set()
 
 
 def register(name: str) -> Callable[[type[Metric]], type[Metric]]:
@@ -35,12 +36,11 @@ def register(name: str) -> Callable[[type[Metric]], type[Metric]]:
     return deco
 
 
-def _load() -> None:
-    global _loaded
-    if not _loaded:
-        for mod in _MODULES:
-            importlib.import_module(f"tunelab.evaluate.metrics.{mod}")
-        _loaded = True
+def _load(package: str = PACKAGE) -> None:
+    """Import every module of `package` once (their @register decorators run); tests pass their own."""
+    if package not in _loaded:
+        import_package_modules(package, skip=("base", "registry"))
+        _loaded.add(package)
 
 
 def known_metrics() -> dict[str, type[Metric]]:

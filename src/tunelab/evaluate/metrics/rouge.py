@@ -26,6 +26,7 @@ except Exception:  # pragma: no cover - metadata missing in odd installs
 
 class _Rouge(Metric):
     backend = ("rouge_score", _VERSION)
+    text_only = True  # scores (prediction, references) alone
     rouge_type = "rouge1"
     options_spec = {"use_stemmer": False, "split_summaries": False}
     options_help = {"use_stemmer": "Porter-stem tokens (rouge-score's option)",

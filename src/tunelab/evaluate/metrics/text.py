@@ -57,6 +57,7 @@ class ExactMatch(Metric):
     """1 if the normalised prediction equals a normalised reference, else 0."""
 
     description = "prediction equals a reference after the chosen normalisers"
+    text_only = True  # scores (prediction, references) alone
     options_spec = {"strip": True, "ignore_case": False, "ignore_punctuation": False,
                     "ignore_articles": False, "normalize_numbers": False}
     options_help = {"strip": "drop leading/trailing whitespace",
@@ -110,6 +111,7 @@ class F1(Metric):
     """SQuAD token-overlap F1, max over references."""
 
     description = "SQuAD token F1 (SQuAD normalisation), max over references"
+    text_only = True  # scores (prediction, references) alone
 
     def item_score(self, prediction: str, references: Sequence[str], item: dict) -> float:
         return max((squad_f1(prediction, r) for r in references), default=0.0)
@@ -150,6 +152,7 @@ def gold_number(reference: str) -> str:
 
 class _NumericBase(Metric):
     mode = "strict"
+    text_only = True  # scores (prediction, references) alone
     options_help = {"as_number": "compare as numbers (1000.00 == 1000) instead of lm-eval's string match"}
 
     def _equal(self, pred: str, gold: str) -> bool:
@@ -196,6 +199,7 @@ class Numeric(_NumericBase):
 @register("contains")
 class Contains(Metric):
     description = "1 if the output contains the needle"
+    text_only = True  # scores (prediction, references) alone
     options_spec = {"needle": None, "ignore_case": False}
     options_help = {"needle": "text that must appear (default: the reference)", "ignore_case": "case-insensitive"}
 
@@ -209,6 +213,7 @@ class Contains(Metric):
 @register("regex")
 class Regex(Metric):
     description = "1 if re.search(pattern, output) matches"
+    text_only = True  # scores (prediction, references) alone
     options_spec = {"pattern": None, "flags": ""}
     options_help = {"pattern": "a Python regular expression (required)", "flags": "any of i, s, m"}
 
@@ -246,6 +251,7 @@ def parse_json(text: str, strip_fences: bool) -> tuple[bool, Any]:
 @register("valid_json")
 class ValidJson(Metric):
     description = "1 if the whole output parses as JSON"
+    text_only = True  # scores (prediction, references) alone
     options_spec = {"strip_fences": False}
     options_help = {"strip_fences": "accept a ```json fenced block"}
 
@@ -256,6 +262,7 @@ class ValidJson(Metric):
 @register("json_schema")
 class JsonSchema(Metric):
     description = "1 if the output is JSON that validates against the schema"
+    text_only = True  # scores (prediction, references) alone
     options_spec = {"schema": None, "strip_fences": False}
     options_help = {"schema": "a JSON Schema object, or a path to a .json file (required)",
                     "strip_fences": "accept a ```json fenced block"}

@@ -64,6 +64,11 @@ class Method:
         return self.objective.family
 
     @property
+    def pairs(self) -> bool:
+        """It trains on preference pairs (chosen / rejected), not on examples."""
+        return self.objective.pairs
+
+    @property
     def quantized(self) -> bool:
         """Its own weights sit on a 4-bit base (CUDA only): the planner checks before any arm runs."""
         return self.weights is not None and self.weights.quantized
@@ -97,6 +102,7 @@ class Objective:
     family: ClassVar[str]
     methods: ClassVar[tuple[Method, ...]]
     packed: ClassVar[bool] = False  # True: rows are always packed, whatever data.packing says
+    pairs: ClassVar[bool] = False  # trains on preference pairs (a compare arm needs a pool of pairs)
     needs: ClassVar[tuple[str, ...]] = ()  # providers the caller must pass (a rollout function, rewards)
     adapter_meta: ClassVar[dict] = {}  # extra keys of the saved adapter's tunelab_adapter.json
     prep_s: float = 0.0  # seconds spent preparing batches in this launch (kept out of the training time)

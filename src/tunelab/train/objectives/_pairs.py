@@ -18,6 +18,7 @@ class PairObjective(Objective):
 
     family = "preference"
     packed = True  # a pair is one packed document: its prompt once, both answers after it
+    pairs = True
 
     @classmethod
     def check(cls, cfg) -> None:

@@ -1,4 +1,4 @@
-"""The `retrieval` task type: corpus + queries + qrels -> a ranked run -> trec_eval measures.
+"""`type: retrieval`: corpus + queries + qrels -> a ranked run -> trec_eval measures (no language model).
 
 Files the task names (paths relative to the task YAML):
 - corpus:  a data file (.jsonl/.json/.csv/.parquet) with an id field (id, _id, docid, doc_id) and
@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Optional
 
 from tunelab.errors import TunelabError
+from tunelab.evaluate.task_types.base import TaskType
+from tunelab.evaluate.task_types.registry import register_task_type
 
 DOC_ID = ("id", "_id", "docid", "doc_id")
 QUERY_ID = ("id", "_id", "qid", "query_id")
@@ -39,7 +41,7 @@ def _texts(task, key: str, id_fields: tuple, text_fields: tuple) -> dict[str, st
     if path.is_file() and path.suffix.lower() not in (".jsonl", ".json", ".csv", ".parquet", ".ndjson") and _is_smart(path):
         return cranfield.read_docs(path) if key == "corpus" else cranfield.read_queries(path)
     out: dict[str, str] = {}
-    for row in load_rows(spec, base_dir=task.base_dir):
+    for row in load_rows(spec, base_dir=task.base_dir, named_in=task.source):
         idf = next((f for f in id_fields if f in row.data), None)
         texts = [str(row.data[f]) for f in text_fields if row.data.get(f)]
         if idf is None or not texts:
@@ -59,6 +61,20 @@ def _qrels(task):
         raise TunelabError(f"{path}: qrels file not found; check 'qrels' in the task (relative to the task file)")
     first = next((ln.split() for ln in path.open(encoding="utf-8", errors="replace") if ln.strip()), [])
     return cranfield.read_qrels(path) if len(first) == 3 else read_qrels(path)
+
+
+@register_task_type("retrieval")
+class Retrieval(TaskType):
+    description = "rank documents"
+    runs_model = False  # a retriever and trec_eval measures: every model scores the same
+    prediction_keys = {
+        "output": "the ids of the 10 best-ranked documents",
+        "gold": "the ids of the documents judged relevant",
+    }
+
+    def evaluate(self, task, *, limit: Optional[int] = None, out=None, t0: Optional[float] = None):
+        """Retrieve, score and write results.json + predictions.jsonl, as the runner does for a model."""
+        return run_retrieval(task, metrics_spec=task.metrics, limit=limit, out=out, t0=t0)
 
 
 def run_retrieval(task, *, metrics_spec, limit: Optional[int] = None, out=None, t0: Optional[float] = None):
