@@ -287,6 +287,7 @@ def arm_tunelab_random(args) -> dict:
     from tunelab.models.tiny import tiny_tokenizer
     from tunelab.templates import Encoded
     from tunelab.train.loop import Recipe
+    from tunelab.train.state import ModelFacts
     from tunelab.train.packing import row_width
 
     rows = random_rows(args)
@@ -298,14 +299,13 @@ def arm_tunelab_random(args) -> dict:
         """The real recipe with an in-memory random model and rows (no files to write)."""
 
         def _load_base(self, device_):
-            self.tokenizer = tiny_tokenizer()
-            self.base_name, self.base_path, self.base_sha = f"{model_config}-random", Path("."), None
+            facts = ModelFacts(tiny_tokenizer(), f"{model_config}-random", Path("."), None, self.load_attn, False)
             model = random_model(model_config, device)
             # the kernel the recipe chose (flex_attention on CUDA); Recipe._setup_model checks it again
             model.set_attn_implementation(self.load_attn)
-            return model.to(torch.bfloat16) if (self.adapter and device == "cuda") else model
+            return (model.to(torch.bfloat16) if (self.run.adapter and device == "cuda") else model), facts
 
-        def _load_examples(self):
+        def _load_data(self, source):
             return [Encoded(r, list(r)) for r in rows], []
 
     work = Path(tempfile.mkdtemp())
@@ -321,7 +321,7 @@ def arm_tunelab_random(args) -> dict:
     res = recipe.train()
     s = res.summary
     losses = [json.loads(x)["loss"] for x in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
-    return {"arm": f"tunelab ({args.method}, {recipe.attn}, compile={recipe.compile})", "tokens": s["tokens_seen"],
+    return {"arm": f"tunelab ({args.method}, {recipe.facts.attn}, compile={recipe.facts.compile})", "tokens": s["tokens_seen"],
             "train_s": s["train_s"], "tokens_per_s": s["tokens_per_s"],
             "steady_tokens_per_s": s["steady_tokens_per_s"], "peak_mem_mib": peak_mib(device), "losses": losses,
             "steps": s["steps"], "mfu": s["mfu"], "steady_mfu": s["steady_mfu"], "compiles": s["compiles"],

@@ -71,6 +71,16 @@ def default_text(field) -> str:
     return "`" + _cell(json.dumps(value, ensure_ascii=False)) + "`"
 
 
+def _registered(model_cls: type[BaseModel], name: str) -> str | None:
+    """The values of a key checked against a registry rather than a Literal: TrainConfig.method takes the
+    methods train/objectives/ declares (config.py, in the base layer, cannot import them)."""
+    if model_cls.__name__ == "TrainConfig" and name == "method":
+        from tunelab.train.objectives import methods
+
+        return " \\| ".join(methods())
+    return None
+
+
 def model_rows(model_cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str, str]]:
     """(key, type, default, description) for every user key, sub-sections flattened as `a.b`."""
     rows = []
@@ -78,7 +88,8 @@ def model_rows(model_cls: type[BaseModel], prefix: str = "") -> list[tuple[str, 
         if field.exclude:
             continue  # internal (set by the loader), not a key the user writes
         key = prefix + (field.alias or name)  # `lambda` is a Python keyword: its field is orpo_lambda
-        rows.append((f"`{key}`", type_name(field.annotation), default_text(field), _prose(field.description or "")))
+        kind = _registered(model_cls, name) or type_name(field.annotation)
+        rows.append((f"`{key}`", kind, default_text(field), _prose(field.description or "")))
         # a section, also when it may be null or a plain value instead (replay: null | {data, ratio})
         for sub in (field.annotation, *typing.get_args(field.annotation)):
             if isinstance(sub, type) and issubclass(sub, BaseModel):

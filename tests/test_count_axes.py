@@ -2,9 +2,8 @@
 
 - Task-type and training-method names compared as strings outside their registries: 0 per axis.
 - No function over 60 lines or with more than 8 parameters (the script's docstring defines both).
-The method axis reaches 0 when training objectives are objects (the train branch); the whole-src
-function goals when every area is done: those assertions are expected failures until then, strict,
-so they fail loudly the day they pass and the mark can go.
+The whole-src function goals are expected failures until every area is done, strict, so they fail
+loudly the day they pass and the mark can go.
 """
 from __future__ import annotations
 
@@ -31,10 +30,7 @@ def counts() -> dict:
     return _run()
 
 
-@pytest.mark.parametrize("axis", [
-    "task_type",
-    pytest.param("method", marks=pytest.mark.xfail(strict=True, reason="train branch: methods become objectives")),
-])
+@pytest.mark.parametrize("axis", ["task_type", "method"])
 def test_no_name_of_the_axis_is_compared_outside_its_registry(axis):
     c = counts()[axis]
     assert c["total"] == 0, f"{axis} names compared as strings: {json.dumps(c['files'])}"

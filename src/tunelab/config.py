@@ -172,10 +172,13 @@ class TrainConfig(_Strict):
     name: Optional[str] = Field(None, description="the run's name; default: the YAML file's name without .yaml")
     model: str = Field("default", description="base model: a registry name ('default', see `tunelab models`) or "
                                               "a Hugging Face model folder")
-    method: Literal["full", "lora", "dora", "qlora", "dpo", "orpo"] = Field(
+    # a plain string here: the methods are declared beside their objectives (train/objectives/), which
+    # this base-layer module cannot import; the run refuses an unknown name before anything loads,
+    # with the list of those declared (objectives.get_method)
+    method: str = Field(
         "lora", description="full: every weight; lora / dora: an adapter; qlora: LoRA over a 4-bit base "
                             "(CUDA only); dpo / orpo: preference tuning on chosen/rejected pairs (settings: "
-                            "preference)")
+                            "preference); the methods are those train/objectives/ declares")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="adapter settings (lora, dora, qlora)")
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig,
                                          description="DPO / ORPO settings (method: dpo | orpo)")

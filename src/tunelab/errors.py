@@ -104,11 +104,17 @@ def interrupt_exit_code() -> int:
     return SIGTERM_EXIT if sigterm_received() else SIGINT_EXIT
 
 
+def note_stop_signal(signum: int) -> None:
+    """Record the signal that is stopping this command, for code with a stop handler of its own
+    (training's: finish the step, save): the one line and the exit code then say which it was."""
+    _received["signum"] = signum
+
+
 def _on_sigterm(signum, frame) -> None:
     """Do what Ctrl-C does at this moment: call the SIGINT handler in force (training's finishes the
     step and saves a checkpoint), or raise KeyboardInterrupt where Ctrl-C would (Python's default
     handler, or SIGINT ignored, as it is for a `cmd &` in a batch script)."""
-    _received["signum"] = signum
+    note_stop_signal(signum)
     current = signal.getsignal(signal.SIGINT)
     if callable(current) and current is not signal.default_int_handler:
         current(signal.SIGINT, frame)

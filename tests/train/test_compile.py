@@ -22,11 +22,11 @@ def test_compile_per_layer_matches_eager(make_config, monkeypatch):
     # aot_eager: dynamo + AOTAutograd graphs without inductor's C++ build, so the test stays fast
     monkeypatch.setenv("TUNELAB_COMPILE_BACKEND", "aot_eager")
     eager_recipe, eager = _run(make_config, "eager", "auto")  # auto = off on CPU
-    assert eager_recipe.compile is False and eager.summary["compiles"] == 0
+    assert eager_recipe.facts.compile is False and eager.summary["compiles"] == 0
     recipe, compiled = _run(make_config, "compiled", True)
-    layers = recipe.lm.model.get_base_model().get_decoder().layers
+    layers = recipe._inner().get_base_model().get_decoder().layers
     assert all(layer._compiled_call_impl is not None for layer in layers)  # each layer, in place
-    assert recipe.attn == "sdpa"  # the per-document path would recompile for every new set of lengths
+    assert recipe.facts.attn == "sdpa"  # the per-document path would recompile for every new set of lengths
     # fixed shapes: a handful of graphs for the whole run (train and eval), not one per step
     assert 1 <= compiled.summary["compiles"] <= 4
     a, b = metrics(eager.run_dir), metrics(compiled.run_dir)

@@ -55,8 +55,8 @@ def test_peak_flops_table(monkeypatch):
     assert cost.device_peak_flops(torch.device("cpu"), "fp32") is None
 
 
-LLAMA_1B = dict(n_params=10**9, n_trainable=10**7, weight_bytes=2, layers=16, hidden=2048, intermediate=8192,
-                vocab=128256)
+LLAMA_1B = cost.MemoryModel(n_params=10**9, n_trainable=10**7, weight_bytes=2, layers=16, hidden=2048,
+                            intermediate=8192, vocab=128256)
 
 
 def test_auto_batch_tokens_formula():
@@ -64,11 +64,11 @@ def test_auto_batch_tokens_formula():
     # fixed = 2e9 (bf16 weights) + 12 × 1e7 + 3 × 1024 × 128256 × 4 = 3,696,009,728 B
     # per token = 2 B × 16 × (8 × 2048 + 4 × 8192) = 1,572,864 B
     # (0.85 × 80 GiB − fixed) / per token = 44071.5 → 44032 (a multiple of 128)
-    assert cost.auto_batch_tokens(gib80, **LLAMA_1B, grad_checkpointing=False) == 44032
+    assert cost.auto_batch_tokens(gib80, LLAMA_1B, grad_checkpointing=False) == 44032
     # checkpointing keeps one hidden state per layer (+ one layer's set): far above the cap
-    assert cost.auto_batch_tokens(gib80, **LLAMA_1B, grad_checkpointing=True) == cost.MAX_AUTO_TOKENS
+    assert cost.auto_batch_tokens(gib80, LLAMA_1B, grad_checkpointing=True) == cost.MAX_AUTO_TOKENS
     # too little memory: never below the longest row (training would refuse the data otherwise)
-    assert cost.auto_batch_tokens(4 * 2**30, **LLAMA_1B, grad_checkpointing=False, longest=1000) == 1024
+    assert cost.auto_batch_tokens(4 * 2**30, LLAMA_1B, grad_checkpointing=False, longest=1000) == 1024
 
 
 @pytest.mark.parametrize("cores, others, threads", [

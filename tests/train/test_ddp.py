@@ -34,3 +34,33 @@ def test_two_processes_match_one_process_with_twice_the_batch(make_config, tmp_p
             assert abs(a["eval_loss"] - b["eval_loss"]) < 1e-4
     assert (tmp_path / "two" / "adapter" / "adapter_config.json").is_file()
     assert "processes" in (tmp_path / "two" / "summary.json").read_text()
+
+
+def test_dpo_on_two_processes_matches_one_and_keeps_the_reference_of_every_pair_it_used(make_config, tmp_path):
+    """The reference of a step's pairs is computed on every process for the whole step (the main
+    process writes it), so two processes agree with one and the kept file covers both halves."""
+    import json
+    import random
+
+    data = tmp_path / "pairs.jsonl"
+    r = random.Random(0)
+    data.write_text("".join(json.dumps({"prompt": f"What is {a} plus {b}?", "chosen": f"The answer is {a + b}.",
+                                        "rejected": f"It is {a + b + 1}."}) + "\n"
+                            for a, b in ((r.randint(0, 99), r.randint(0, 99)) for _ in range(60))))
+    lora = {"dropout": 0.0}
+    loop = {"max_steps": 3, "batch_tokens": 120, "eval_every": 3, "save_every": 100, "lr": 1e-3}
+    common = dict(method="dpo", lora=lora, data={"train": str(data), "eval": 0.1})
+    one = train(make_config("one", train={**loop, "grad_accum": 2}, **common))
+    path = write_config(make_config("two", train=loop, **common), tmp_path / "two.yaml")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", "29518", "-m", "tunelab", "train", str(path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(OMP_NUM_THREADS="1"), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for a, b in zip(metrics(one.run_dir), metrics(tmp_path / "two")):
+        assert abs(a["loss"] - b["loss"]) < 1e-4 and abs(a["rewards/margins"] - b["rewards/margins"]) < 1e-4, (a, b)
+    kept = [json.loads((d / "reference_logps.json").read_text()) for d in (one.run_dir, tmp_path / "two")]
+    assert [row is None for row in kept[0]["train"]] == [row is None for row in kept[1]["train"]]
+    assert 0 < sum(row is not None for row in kept[1]["train"]) < len(kept[1]["train"])  # 3 steps: a part
+    pairs = [(x, y) for split in ("train", "eval") for x, y in zip(kept[0][split], kept[1][split]) if x is not None]
+    assert all(abs(a - b) < 1e-4 for x, y in pairs for a, b in zip(x, y))

@@ -115,7 +115,7 @@ def test_full_weights_dpo_resumes_without_recomputing_the_reference(pref_config,
     def no_second_pass(*a, **k):
         raise AssertionError("the reference pass ran again on resume")
 
-    monkeypatch.setattr("tunelab.train.loop.reference_logps", no_second_pass)
+    monkeypatch.setattr("tunelab.train.preference.reference_logps", no_second_pass)
     resumed = train(path, resume=True)
     assert (tmp_path / "full" / "reference_logps.json").read_text() == cached
     assert [m["loss"] for m in metrics(resumed.run_dir)] == [m["loss"] for m in metrics(straight.run_dir)]
@@ -138,3 +138,86 @@ def test_sft_on_the_chosen_answers_is_a_data_format(make_config, pair_data):
     res = train(make_config("sft_chosen", data={"train": str(pair_data), "format": "chosen", "eval": None},
                             train={"max_steps": 2}))
     assert res.summary["train_rows"] == 40 and res.summary["tokens_trained"] > 0
+
+
+def _big_pair_file(path, n: int):
+    r = random.Random(1)
+    with open(path, "w") as f:
+        for i in range(n):
+            a, b = r.randint(0, 99), r.randint(0, 99)
+            f.write(json.dumps({"prompt": f"What is {a} plus {b}?", "chosen": f"The answer is {a + b}.",
+                                "rejected": f"It is {a + b + r.randint(1, 9)}."}) + "\n")
+    return path
+
+
+def test_dpo_computes_the_reference_only_for_the_pairs_its_steps_use(pref_config, tmp_path, monkeypatch):
+    """Issue 34 item 9: a 2-step run on 300 pairs runs the reference forward for the pairs of its
+    two steps (and the held-out pairs it evaluates), not for the whole file first."""
+    from tunelab.config import load_train_config
+    from tunelab.train import preference
+    from tunelab.train.loop import Recipe
+
+    seen = []
+    real = preference.reference_logps
+
+    def counting(module, examples, plan, **kw):
+        seen.extend(i for b in plan for i in b)
+        return real(module, examples, plan, **kw)
+
+    monkeypatch.setattr(preference, "reference_logps", counting)
+    data = _big_pair_file(tmp_path / "big.jsonl", 300)
+    cfg = pref_config("lazy")
+    cfg["data"].update(train=str(data), eval=None)
+    cfg["train"]["max_steps"] = 2
+    recipe = Recipe(load_train_config(cfg))
+    recipe.setup()
+    res = recipe.train()
+    used = sorted(i for b in recipe.data.plan(0)[:2 * recipe.data.per_step] for i in b)
+    assert sorted(seen) == used and 0 < len(used) < 30  # every pair of the two steps, once; nothing else
+    assert res.summary["reference_pairs"] == len(used) and res.summary["train_rows"] == 300
+    ref = json.loads((res.run_dir / "reference_logps.json").read_text())
+    assert [i for i, row in enumerate(ref["train"]) if row is not None] == used
+    assert metrics(res.run_dir)[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_lora_dpo_resume_computes_only_the_reference_it_never_kept(pref_config, tmp_path, monkeypatch):
+    """Killed after step 3 (checkpoint at 2): the resumed run reads the kept reference rows back,
+    computes only the rows of batches never used before the checkpoint, and ends on the same losses."""
+    from tunelab.train import preference
+
+    straight = train(pref_config("straight_lora"))
+    cfg = pref_config("killed")
+    path = write_config(cfg, tmp_path / "killed.yaml")
+    proc = subprocess.run([sys.executable, "-m", "tunelab", "train", str(path)], capture_output=True, text=True,
+                          env=subprocess_env(TUNELAB_FAULT="kill@3"), timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    kept = json.loads((tmp_path / "killed" / "reference_logps.json").read_text())
+    known = {i for i, row in enumerate(kept["train"]) if row is not None}
+    assert known and len(known) < len(kept["train"])  # the pairs of steps 1-2, written with step-2
+    seen = []
+    real = preference.reference_logps
+
+    def counting(module, examples, plan, **kw):
+        seen.extend(i for b in plan for i in b)
+        return real(module, examples, plan, **kw)
+
+    monkeypatch.setattr(preference, "reference_logps", counting)
+    resumed = train(path, resume=True)
+    assert seen and not known & set(seen)  # nothing kept is computed again
+    after = json.loads((tmp_path / "killed" / "reference_logps.json").read_text())
+    assert all(after["train"][i] == kept["train"][i] for i in known)
+    assert [m["loss"] for m in metrics(resumed.run_dir)] == [m["loss"] for m in metrics(straight.run_dir)]
+    assert [m.get("eval_loss") for m in metrics(resumed.run_dir)] == [m.get("eval_loss") for m in metrics(straight.run_dir)]
+
+
+def test_a_reference_file_of_earlier_versions_reads_back(pref_config, tmp_path):
+    """Files written before the reference went lazy hold every row: a resume reads them as they are."""
+    from tunelab.train.preference import ReferenceStore
+
+    old = {"train": [[-1.5, -2.5], [-3.0, -4.0]], "eval": [[-0.5, -0.25]]}
+    (tmp_path / "ref.json").write_text(json.dumps(old))
+    store = ReferenceStore(2, 1)
+    store.read(tmp_path / "ref.json")
+    assert store.computed("train") == 2 and store.get("train", [1, 0]).tolist() == [-3.0, -4.0, -1.5, -2.5]
+    with pytest.raises(TunelabError, match="holds 2 \\+ 1 pairs but the data has 3 \\+ 1"):
+        ReferenceStore(3, 1).read(tmp_path / "ref.json")

@@ -90,6 +90,24 @@ def test_sigint_saves_checkpoint_and_exits_130(make_config, tmp_path):
     assert [m["step"] for m in metrics(res.run_dir)] == [1, 2, 3, 4, 5]
 
 
+def test_sigterm_saves_like_ctrl_c_and_resumes_to_the_same_loss(make_config, tmp_path):
+    """Issue 34 item 7: SIGTERM (SLURM, Kubernetes, spot) during step 3 finishes the step, saves it,
+    exits as Ctrl-C does, with 143 (errors.SIGTERM_EXIT) and one line naming the resume command; --resume ends on the
+    uninterrupted run's losses."""
+    straight = train(make_config("straight", train={"max_steps": 6}))
+    path = write_config(make_config("term", train={"max_steps": 6}), tmp_path / "term.yaml")
+    proc = subprocess.run([sys.executable, "-m", "tunelab", "train", str(path)], capture_output=True, text=True,
+                          env=subprocess_env(TUNELAB_FAULT="sigterm@3"), timeout=300)
+    assert proc.returncode == 143, proc.stderr[-2000:]
+    last = [x for x in proc.stderr.splitlines() if x.strip()][-1]
+    assert last == (f"interrupted by SIGTERM: at step 3; checkpoint saved to {tmp_path / 'term' / 'checkpoints' / 'step-3'}; "
+                    f"resume with: tunelab train {path} --resume")
+    assert ckpt.latest(tmp_path / "term").name == "step-3"
+    res = train(path, resume=True)
+    assert [m["loss"] for m in metrics(res.run_dir)] == [m["loss"] for m in metrics(straight.run_dir)]
+    assert res.summary["final_loss"] == straight.summary["final_loss"]
+
+
 def test_nan_loss_stops_with_last_good_checkpoint(make_config, monkeypatch):
     monkeypatch.setenv("TUNELAB_FAULT", "nan@7")
     cfg = make_config("nan")

@@ -8,6 +8,8 @@ import pytest
 from tunelab.config import TrainLoopConfig
 from tunelab.train import schedule
 
+LORA_LR = 2e-4  # LoRA's usual rate (objectives/sft.py)
+
 
 def loop(**kw):
     return TrainLoopConfig(**kw)
@@ -21,7 +23,7 @@ def test_examples_per_step(n, per_step):
 def test_the_issue_s_translation_subset_gets_dozens_of_steps():
     # issue 21: 128 Multi30K pairs (9978 tokens) made 2 optimizer steps of one 8192-token batch
     lengths = [78] * 128
-    s = schedule.resolve(loop(), "lora", lengths)
+    s = schedule.resolve(loop(), LORA_LR, lengths)
     assert s.examples_per_step == 4 and s.batch_tokens == 4 * 78 and s.grad_accum == 1
     assert s.epochs == 3 and s.lr == 2e-4
     assert 128 * 3 / 4 >= 64  # about 96 optimizer steps: several epochs, dozens of steps
@@ -30,46 +32,58 @@ def test_the_issue_s_translation_subset_gets_dozens_of_steps():
 
 @pytest.mark.parametrize("n, epochs", [(8, 20), (16, 16), (64, 4), (128, 3), (1000, 3)])
 def test_small_sets_get_more_epochs_up_to_twenty(n, epochs):
-    assert schedule.resolve(loop(), "lora", [50] * n).epochs == epochs
+    assert schedule.resolve(loop(), LORA_LR, [50] * n).epochs == epochs
 
 
 def test_token_budget_caps_epochs_but_one_epoch_always_runs():
     big = [500] * 4000  # 2M tokens: one epoch fits 3M, a second would not
-    assert schedule.resolve(loop(), "lora", big).epochs == 1
+    assert schedule.resolve(loop(), LORA_LR, big).epochs == 1
     huge = [1000] * 10_000  # 10M tokens: still one whole epoch
-    assert schedule.resolve(loop(), "lora", huge).epochs == 1
+    assert schedule.resolve(loop(), LORA_LR, huge).epochs == 1
     mid = [100] * 5000  # 0.5M tokens a pass: 3 epochs fit
-    assert schedule.resolve(loop(), "lora", mid).epochs == 3
+    assert schedule.resolve(loop(), LORA_LR, mid).epochs == 3
+
+
+def _usual(method: str, weights: str = "lora") -> float:
+    from types import SimpleNamespace
+
+    from tunelab.train.objectives import resolve
+
+    return resolve(SimpleNamespace(method=method, preference=SimpleNamespace(weights=weights))).usual_lr
 
 
 def test_usual_learning_rate_per_method():
-    assert schedule.resolve(loop(), "full", [10] * 40).lr == 2e-5
+    """Declared beside each objective (train/objectives/); lr: auto takes the run's."""
+    assert schedule.resolve(loop(), _usual("full"), [10] * 40).lr == 2e-5
     for m in ("lora", "dora", "qlora"):
-        assert schedule.resolve(loop(), m, [10] * 40).lr == 2e-4
+        assert schedule.resolve(loop(), _usual(m), [10] * 40).lr == 2e-4
+    assert [_usual(m) for m in ("dpo", "orpo")] == [5e-5, 5e-5]  # preference with an adapter
+    assert [_usual(m, "dora") for m in ("dpo", "orpo")] == [5e-5, 5e-5]
+    assert [_usual(m, "full") for m in ("dpo", "orpo")] == [5e-7, 8e-6]  # with full weights: TRL's, the ORPO paper's
 
 
 def test_values_the_user_set_win_and_are_not_called_automatic():
-    s = schedule.resolve(loop(epochs=2, lr=1e-3, batch_tokens=1024, grad_accum=2), "lora", [40] * 100)
+    s = schedule.resolve(loop(epochs=2, lr=1e-3, batch_tokens=1024, grad_accum=2), LORA_LR, [40] * 100)
     assert (s.epochs, s.lr, s.batch_tokens, s.grad_accum) == (2.0, 1e-3, 1024, 2) and s.auto == []
-    assert schedule.resolve(loop(max_steps=7), "lora", [40] * 100).epochs is None
+    assert schedule.resolve(loop(max_steps=7), LORA_LR, [40] * 100).epochs is None
 
 
 def test_epochs_follow_a_user_batch_when_only_epochs_are_automatic():
     # 100 rows of 40 tokens in 400-token steps: 10 examples a step -> ceil(64 * 10 / 100) = 7 epochs
-    s = schedule.resolve(loop(batch_tokens=400), "lora", [40] * 100)
+    s = schedule.resolve(loop(batch_tokens=400), LORA_LR, [40] * 100)
     assert s.epochs == 7 and s.auto == ["lr", "epochs"]
 
 
 def test_gpu_memory_budget_splits_the_step_into_micro_batches():
     lengths = [300] * 2000  # B = 32: a 9600-token step
-    s = schedule.resolve(loop(), "lora", lengths, memory_budget=4000)
+    s = schedule.resolve(loop(), LORA_LR, lengths, memory_budget=4000)
     assert s.batch_tokens == 4000 and s.grad_accum == 3 and "grad_accum" in s.auto
-    roomy = schedule.resolve(loop(), "lora", lengths, memory_budget=100_000)
+    roomy = schedule.resolve(loop(), LORA_LR, lengths, memory_budget=100_000)
     assert roomy.batch_tokens == 9600 and roomy.grad_accum == 1
 
 
 def test_a_step_holds_at_least_the_longest_row():
-    s = schedule.resolve(loop(), "lora", [10] * 99 + [900])
+    s = schedule.resolve(loop(), LORA_LR, [10] * 99 + [900])
     assert s.batch_tokens >= 900
 
 

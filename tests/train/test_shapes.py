@@ -115,7 +115,7 @@ def test_a_compiled_run_feeds_the_model_one_shape(make_config, tmp_path, monkeyp
     recipe = Recipe(load_train_config(cfg))
     recipe.setup()
     shapes = set()
-    decoder = recipe.lm.model.get_base_model().get_decoder()
+    decoder = recipe._inner().get_base_model().get_decoder()
     decoder.register_forward_pre_hook(lambda m, a, kw: shapes.add(tuple(kw["input_ids"].shape)), with_kwargs=True)
     res = recipe.train()
     assert res.summary["steps"] >= 3 and res.summary["row_width"] == 384
@@ -132,4 +132,4 @@ def test_eager_cpu_rows_keep_their_length(make_config):
 
     recipe = Recipe(load_train_config(make_config("exact", train={"max_steps": 1})))
     recipe.setup()
-    assert recipe.row_width is None and recipe.compile is False
+    assert recipe.data.row_width is None and recipe.facts.compile is False

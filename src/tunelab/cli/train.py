@@ -107,11 +107,8 @@ def export_cmd(
 
 
 def register(app: typer.Typer) -> None:
-    from typing import get_args
+    from tunelab.train.objectives import methods  # the one list: declared beside the objectives (no torch loaded)
 
-    from tunelab.config import TrainConfig  # the one list of methods: the values TrainConfig.method accepts
-
-    methods = get_args(TrainConfig.model_fields["method"].annotation)
-    train_cmd.__doc__ = train_cmd.__doc__.replace("METHODS", " | ".join(methods), 1)
+    train_cmd.__doc__ = train_cmd.__doc__.replace("METHODS", " | ".join(methods()), 1)
     app.command("train", context_settings={"allow_extra_args": False})(train_cmd)
     app.command("export")(export_cmd)

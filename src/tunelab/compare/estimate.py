@@ -118,6 +118,7 @@ def _train_tokens(plan: Plan, arm: Arm, count: _Counter, setting: Optional[dict]
     from tunelab.compare.render import subset_records
     from tunelab.config import TrainConfig
     from tunelab.train import schedule
+    from tunelab.train.objectives import resolve
     from tunelab.train.replay import replay_count
 
     cfg = TrainConfig.model_validate(plan.train_config(arm, setting))
@@ -128,7 +129,7 @@ def _train_tokens(plan: Plan, arm: Arm, count: _Counter, setting: Optional[dict]
         sample = _record_tokens(count, [r.data for r in load_rows(cfg.replay.data)[:64]])
         mean = sum(sample) / max(len(sample), 1)
         lengths += [round(mean)] * replay_count(len(lengths), cfg.replay.ratio)
-    s = schedule.resolve(cfg.train, cfg.method, lengths)
+    s = schedule.resolve(cfg.train, resolve(cfg).usual_lr, lengths)
     if cfg.train.max_steps:
         return min(int(cfg.train.max_steps * s.batch_tokens * s.grad_accum), int(sum(lengths) * 1000))
     return int(sum(lengths) * s.epochs)

@@ -27,8 +27,25 @@ from tunelab.config import (CompareConfig, EndpointArmSpec, FewShotArmSpec, Fine
 from tunelab.errors import TunelabError
 from tunelab.infer.endpoint import is_endpoint
 
-FINE_TUNE_METHODS = ("lora", "dora", "full", "qlora", "dpo", "orpo")  # dpo / orpo: on a pool of preference pairs
-ARM_KINDS = ("zero_shot", "few_shot", *FINE_TUNE_METHODS, "endpoint")
+PROMPTED_KINDS = ("zero_shot", "few_shot", "endpoint")  # arms that prompt a model; the others fine-tune one
+
+
+def fine_tune_methods() -> dict:
+    """The fine-tuned arm kinds: every training method (train/objectives/), name -> objectives.Method."""
+    from tunelab.train.objectives import methods
+
+    return methods()
+
+
+def arm_kinds() -> tuple[str, ...]:
+    return (*PROMPTED_KINDS[:2], *fine_tune_methods(), PROMPTED_KINDS[2])
+
+
+def trains_adapter(plan: "Plan", arm: "Arm") -> bool:
+    """The arm trains an adapter (an adapter/ folder), not every weight (model/)."""
+    from tunelab.train.objectives import resolve
+
+    return resolve(build(TrainConfig, plan.train_config(arm), f"{plan.source}: {arm.where}")).adapter
 
 # Folder layout (the contract in docs/compare.md)
 COMPARE_YAML = "compare.yaml"
@@ -46,7 +63,7 @@ class Arm:
     """One variant: a way of getting answers from a model, scored on the shared test items."""
 
     id: str
-    method: str  # zero_shot | few_shot | lora | dora | full | qlora | endpoint
+    method: str  # zero_shot | few_shot | endpoint, or a training method (train/objectives/)
     model: str
     k: Optional[int] = None  # demonstrations per prompt (prompted arms)
     sampler: Optional[str] = None
@@ -57,7 +74,7 @@ class Arm:
 
     @property
     def fine_tuned(self) -> bool:
-        return self.method in FINE_TUNE_METHODS
+        return self.method in fine_tune_methods()
 
     def describe(self) -> dict:
         d = {"id": self.id, "method": self.method, "model": self.model, "k": self.k, "sampler": self.sampler,
@@ -158,8 +175,8 @@ def _spec_of(item: Union[str, dict], i: int, source: str) -> tuple[str, dict]:
     else:
         raise TunelabError(f"{source}: arms[{i}] must be an arm name (zero_shot) or a one-key mapping such as "
                            f"{{lora: {{n: [32, 128]}}}}; got {item!r}")
-    if kind not in ARM_KINDS:
-        raise TunelabError(f"{source}: arms[{i}]: unknown arm '{kind}'; use one of {', '.join(ARM_KINDS)}")
+    if kind not in arm_kinds():
+        raise TunelabError(f"{source}: arms[{i}]: unknown arm '{kind}'; use one of {', '.join(arm_kinds())}")
     if not isinstance(body, dict):
         raise TunelabError(f"{source}: arms[{i}].{kind} must be a mapping of settings, e.g. {{n: [32]}}; got {body!r}")
     return kind, body
@@ -303,23 +320,24 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
     if cfg.train_split and any(a.method in ("few_shot", "endpoint") and a.k for a in arms):
         raise TunelabError(f"{source}: train_split applies to the fine-tuned arms' pool; demonstrations would still "
                            "come from the whole file: drop train_split or the few_shot arms")
-    preference = [a.id for a in arms if a.method in ("dpo", "orpo")]
+    preference = [a.id for a in arms if a.fine_tuned and fine_tune_methods()[a.method].pairs]
     if preference and not tt.pairs:
         raise TunelabError(f"{source}: arms {', '.join(preference)} train on preference pairs: give a task of type: "
                            "preference and a train_data file of pairs (docs/compare.md)")
     if tt.why_no_demonstrations and any(a.method in ("few_shot", "endpoint") and a.k for a in arms):
         raise TunelabError(f"{source}: task '{task.name}' is a {task.type} task: {tt.why_no_demonstrations}; "
                            "drop the few_shot arms")
-    if any(a.method == "qlora" for a in arms):
+    quantized = [a for a in arms if a.fine_tuned and fine_tune_methods()[a.method].quantized]
+    if quantized:
         import torch
 
         from tunelab.train.methods import check_method_available
 
         try:
-            check_method_available("qlora", "cuda" if torch.cuda.is_available() else "cpu")
+            check_method_available(fine_tune_methods()[quantized[0].method].weights,
+                                   "cuda" if torch.cuda.is_available() else "cpu")
         except TunelabError as e:
-            where = next(a.where for a in arms if a.method == "qlora")
-            raise TunelabError(f"{source}: {where}: {e}") from None
+            raise TunelabError(f"{source}: {quantized[0].where}: {e}") from None
     out_dir = Path(out) if out is not None else Path(cfg.out.format(name=cfg.name))
     plan = Plan(cfg, source, base_dir, out_dir, task, metric, higher, pool, arms, pool_skipped=pool_skipped)
     # how the pool becomes demonstrations and training records: rendering every record now means a

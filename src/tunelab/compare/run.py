@@ -25,7 +25,7 @@ from typing import Callable, Optional
 from tunelab import logs, paths
 from tunelab.compare.lock import ARM_LOCK, ArmBusy, arm_lock, folder_lock
 from tunelab.compare.plan import (ARM_JSON, COMPARE_JSON, COMPARE_YAML, FIRST_EXAMPLE, LOCK_FILE, PLAN_JSON, Arm,
-                                  Plan, make_plan, read_json)
+                                  Plan, make_plan, read_json, trains_adapter)
 from tunelab.config import to_yaml
 from tunelab.errors import Interrupted, TunelabError
 from tunelab.evaluate.cache import CACHE_FILE
@@ -127,7 +127,7 @@ def _write_first_example(plan: Plan, arm: Arm) -> None:
 
 def _full_weights(plan: Plan, arm: Arm) -> bool:
     """The arm trains every weight (a model/ folder), not an adapter."""
-    return arm.method == "full" or (plan.train_config(arm).get("preference") or {}).get("weights") == "full"
+    return not trains_adapter(plan, arm)
 
 
 def _train(plan: Plan, arm: Arm, say: Callable[[str], None]) -> Path:

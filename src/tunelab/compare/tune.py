@@ -23,7 +23,7 @@ from typing import Callable, Optional
 
 from tunelab import paths
 from tunelab.compare.checks import settings
-from tunelab.compare.plan import Arm, Plan, read_json, train_cost
+from tunelab.compare.plan import Arm, Plan, read_json, train_cost, trains_adapter
 from tunelab.io import atomic_write_json, atomic_write_jsonl
 
 TUNE_JSON = "tune.json"
@@ -50,8 +50,8 @@ def ranked_by(plan: Plan) -> tuple[str, bool]:
     return VAL_LOSS, False
 
 
-def _weights(run_dir: Path, arm: Arm) -> Path:
-    return run_dir / (paths.MODEL_DIR if arm.method == "full" else paths.ADAPTER_DIR)
+def _weights(plan: Plan, run_dir: Path, arm: Arm) -> Path:
+    return run_dir / (paths.ADAPTER_DIR if trains_adapter(plan, arm) else paths.MODEL_DIR)
 
 
 def _write_validation(plan: Plan, arm: Arm) -> Path:
@@ -72,8 +72,8 @@ def _score(plan: Plan, arm: Arm, run_dir: Path, val_path: Path, on: str) -> Opti
 
     out = run_dir.parent / "val"
     if not (out / paths.RESULTS_FILE).is_file():
-        weights = _weights(run_dir, arm)
-        model = load_model(weights) if arm.method == "full" else load_model(arm.model, adapter=weights)
+        weights = _weights(plan, run_dir, arm)
+        model = load_model(arm.model, adapter=weights) if trains_adapter(plan, arm) else load_model(weights)
         task = plan.task.model_copy(update={"data": str(val_path.resolve()), "split": None})
         evaluate(model, task, shots=0, batch_size=plan.config.batch_size, out=out, response_metrics=False)
         del model
@@ -90,7 +90,7 @@ def run(plan: Plan, arm: Arm, say: Callable[[str], None]) -> Path:
     record_path = arm_dir / TUNE_JSON
     record = read_json(record_path)
     if record.get("chosen") is not None and (final / paths.SUMMARY_FILE).is_file():
-        return _weights(final, arm)
+        return _weights(plan, final, arm)
     on, higher = ranked_by(plan)
     val_path = _write_validation(plan, arm)
     grid = settings(arm.tune)
@@ -130,7 +130,7 @@ def run(plan: Plan, arm: Arm, say: Callable[[str], None]) -> Path:
     atomic_write_json(record_path, {"val": arm.tune.val, "on": on, "higher_is_better": higher,
                                     "candidates": candidates, "chosen": best["label"]})
     say(f"  {arm.id}: tune chose {best['label']} ({on} {best['value']:.4g} on {arm.tune.val} validation records)")
-    return _weights(final, arm)
+    return _weights(plan, final, arm)
 
 
 def tune_summary(plan: Plan, arm: Arm) -> Optional[dict]:

@@ -20,12 +20,21 @@ from tunelab.io import atomic_dir, atomic_write_text, check_writable
 ADAPTER_META_FILE = "tunelab_adapter.json"  # written next to the adapter by tunelab.train
 
 
-def adapter_method(adapter: Path) -> str:
-    """'qlora', 'lora', 'dora', or 'lora' when the adapter was not made by tunelab."""
+# adapter_meta.json of runs before `quantized_base` was written names only the method; of those
+# names, these trained on a 4-bit base
+_QUANTIZED_BY_OLD_NAME = {"qlora": True}
+
+
+def quantized_base(adapter: Path) -> bool:
+    """Whether the adapter was trained on a 4-bit base (its merge then defaults to bf16); False for an
+    adapter not made by tunelab."""
     try:
-        return json.loads((Path(adapter) / ADAPTER_META_FILE).read_text()).get("method", "lora")
+        meta = json.loads((Path(adapter) / ADAPTER_META_FILE).read_text())
     except (OSError, ValueError):
-        return "lora"
+        return False
+    if "quantized_base" in meta:
+        return bool(meta["quantized_base"])
+    return _QUANTIZED_BY_OLD_NAME.get(meta.get("method"), False)
 
 
 def export_merged(model: str | os.PathLike, adapter: str | os.PathLike, out: str | os.PathLike, *,
@@ -39,7 +48,7 @@ def export_merged(model: str | os.PathLike, adapter: str | os.PathLike, out: str
                            "give the adapter/ folder of a run (a full fine-tune's model/ folder needs no export)")
     check_writable(out, setting="out")
     if dtype == "auto":
-        dtype = "bf16" if adapter_method(adapter) == "qlora" else "fp32"
+        dtype = "bf16" if quantized_base(adapter) else "fp32"
     # merge on the CPU in the chosen float dtype: no 4-bit weights, no GPU needed
     lm = load_model(model, adapter=adapter, device="cpu", dtype=dtype)
     merged = lm.model.merge_and_unload()

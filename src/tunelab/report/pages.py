@@ -258,7 +258,7 @@ def _read_arms(folder: Path, arms: list[dict], missing: list[str]) -> ArmFiles:
             files.signatures.append((f"arm {aid}", res.signature))
             if arm.get("derived"):
                 _derive(arm, res)
-        if not (arm.get("method") in plots.FINE_TUNED or (folder / ARMS_DIR / aid / "train").is_dir()):
+        if not (arm.get("method") in plots.fine_tune_methods() or (folder / ARMS_DIR / aid / "train").is_dir()):
             continue
         run_dir = _arm_dir(folder, arm, "run_dir", "train")
         rows = read_metrics_rows(run_dir / paths.METRICS_FILE)

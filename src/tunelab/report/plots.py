@@ -11,7 +11,7 @@ import math
 import re
 from typing import Optional, Sequence
 
-from tunelab.compare.plan import FINE_TUNE_METHODS as FINE_TUNED  # the arm methods that train
+from tunelab.compare.plan import fine_tune_methods  # the arm methods that train
 FLAT = ("zero_shot", "endpoint")  # no examples: a horizontal reference line on the example axis
 
 
@@ -72,7 +72,7 @@ def learning_curve(arms: Sequence[dict], metric: str, models: int = 1) -> str:
             continue
         lo, hi = (value if lo is None else lo), (value if hi is None else hi)
         label = _label(arm) + (f" · {arm.get('model')}" if models > 1 else "")
-        x = arm.get("n_train") if arm.get("method") in FINE_TUNED else arm.get("k")
+        x = arm.get("n_train") if arm.get("method") in fine_tune_methods() else arm.get("k")
         if arm.get("method") in FLAT or not x:
             flat.append((label if arm.get("method") in FLAT else arm.get("id", label), value, lo, hi))
         else:
@@ -164,7 +164,7 @@ def gain_vs_retention(arms: Sequence[dict], metric: str, tasks: Sequence[str], d
                 continue
             xerr = [[x - xlo if _finite(xlo) else 0], [xhi - x if _finite(xhi) else 0]]
             yerr = [[y - ylo if _finite(ylo) else 0], [yhi - y if _finite(yhi) else 0]]
-            marker = "s" if arm.get("method") in FINE_TUNED else "o"
+            marker = "s" if arm.get("method") in fine_tune_methods() else "o"
             ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt=marker, color=f"C{i % 10}", capsize=3, ms=5)
             ax.annotate(str(arm.get("id")), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
         ax.axvline(0, color="0.5", lw=0.8)

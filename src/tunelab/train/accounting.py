@@ -5,7 +5,7 @@ the figures of summary.json at the end (docs/run-folder.md names every key).
     flops = acct.step(state, n_tok=..., n_sup=..., attn_pairs=..., dt=..., compiled=...)
     row = acct.row(state, ...) | acct.rates(state)                     # one line of metrics.jsonl
     append_row(metrics_path, row); rewind_rows(metrics_path, step)     # the file, written and resumed
-    summary = run_summary(recipe, stopped, peak, energy)               # summary.json
+    summary = run_summary(parts, RunEnd(stopped, peak, energy, ...))    # summary.json
 
 The loop (loop.py) keeps the order of things; this module keeps the arithmetic, so the loop reads
 top to bottom without it.
@@ -13,7 +13,7 @@ top to bottom without it.
 from __future__ import annotations
 
 import json
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -41,10 +41,10 @@ class Accounting:
         self.steady.add(state.step, n_tok, step_flops, dt, compiled)
         return step_flops
 
-    def row(self, state, *, epoch: float, loss: float, lr: float, grad_norm: float, n_tok: int, dt: float,
-            step_flops: float, device) -> dict:
-        """The step's own figures, the start of its metrics.jsonl line."""
-        return {"step": state.step, "epoch": epoch, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+    def row(self, state, res, *, epoch: float, lr: float, dt: float, step_flops: float, device) -> dict:
+        """The step's own figures (res: step.StepResult), the start of its metrics.jsonl line."""
+        n_tok = res.counts.tokens
+        return {"step": state.step, "epoch": epoch, "loss": res.loss, "lr": lr, "grad_norm": res.grad_norm,
                 "tokens": n_tok, "tokens_per_s": n_tok / dt if dt > 0 else None,
                 "mfu": cost.mfu(step_flops, dt, self.peak_flops, self.world),
                 "mem_mib": round(cost.current_memory_mib(device), 1)}
@@ -78,52 +78,89 @@ def rewind_rows(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(keep))
 
 
-def run_summary(r, stopped: str, peak: float, energy: Optional[float]) -> dict:
-    """summary.json of the Recipe `r` at its end (docs/run-folder.md)."""
-    st, device = r.state, r.accelerator.device
-    rows = [json.loads(x) for x in r.metrics_path.read_text().splitlines() if x.strip()]
+@dataclass
+class RunEnd:
+    """How a run ended, for its summary.json."""
+
+    stopped: str  # completed | early_stopping
+    peak_mib: float  # per process (mean over processes), max over launches
+    energy_wh: Optional[float]
+    rates: dict  # Accounting.rates() at the end
+    objective: dict = field(default_factory=dict)  # what the objective adds (DPO: reference_s)
+
+
+@dataclass
+class RunParts:
+    """The typed parts of a run (state.py) that summary.json reads."""
+
+    setup: object  # state.RunSetup
+    procs: object  # state.Procs
+    facts: object  # state.ModelFacts
+    data: object  # state.RunData
+    clock: object  # state.RunClock
+    state: object  # checkpoint.ResumeState
+
+
+def run_summary(p: RunParts, end: RunEnd) -> dict:
+    """summary.json of a run at its end (docs/run-folder.md)."""
+    from tunelab.train.inputs import skipped_summary
+
+    st, device, data = p.state, p.procs.device, p.data
+    rows = [json.loads(x) for x in (p.setup.run_dir / paths.METRICS_FILE).read_text().splitlines() if x.strip()]
     last_eval = next((x["eval_loss"] for x in reversed(rows) if "eval_loss" in x), None)
     return {
-        "wall_s": round(time.perf_counter() - r.t0 + r.wall_before, 3),
+        "wall_s": round(p.clock.wall_s(), 3),
         "train_s": round(st.train_s, 3),
-        "reference_s": getattr(r, "reference_s", None),
+        "reference_s": end.objective.get("reference_s"),
         "tokens_seen": st.tokens_seen,
         "tokens_trained": st.tokens_trained,
         "tokens_per_s": st.tokens_seen / st.train_s if st.train_s > 0 else None,
         "flops": st.flops,
-        "mfu": cost.mfu(st.flops, st.train_s, r.peak_flops, r.world),
+        "mfu": cost.mfu(st.flops, st.train_s, p.facts.peak_flops, p.procs.world),
         # steady state (after the last compilation; see cost.SteadyState) and compilations
-        **{k: v for k, v in r.acct.rates(st).items() if not k.startswith("run_")},
-        "batch_tokens": r.batch_tokens,
-        "schedule": r.schedule.to_json(),
-        "row_width": r.row_width,
+        **{k: v for k, v in end.rates.items() if not k.startswith("run_")},
+        "batch_tokens": data.batch_tokens,
+        "schedule": data.schedule.to_json(),
+        "row_width": data.row_width,
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
-        "peak_mem_mib": round(peak, 1),  # per process (mean over processes)
-        "energy_wh": energy,
+        "peak_mem_mib": round(end.peak_mib, 1),  # per process (mean over processes)
+        "energy_wh": end.energy_wh,
         "best_checkpoint": (f"{paths.CHECKPOINTS_DIR}/step-{st.best_step}" if st.best_step else None),
         "best_eval_loss": st.best_eval_loss,
         "final_loss": rows[-1]["loss"] if rows else None,
         "final_eval_loss": last_eval,
         "steps": st.step,
-        "stopped": stopped,
-        "method": r.cfg.method,
-        "model": r.base_name,
-        "trainable_params": r.n_trainable,
-        "total_params": r.n_params,
-        "train_rows": len(r.train_ex),
-        "eval_rows": len(r.eval_ex),
+        "stopped": end.stopped,
+        "method": p.setup.cfg.method,
+        "model": p.facts.base_name,
+        "trainable_params": p.facts.n_trainable,
+        "total_params": p.facts.n_params,
+        "train_rows": len(data.train_ex),
+        "eval_rows": len(data.eval_ex),
+        "skipped": skipped_summary(data.skipped),  # records the data files held that were skipped (skip_bad)
+        "reference_pairs": end.objective.get("reference_pairs"),
         "device": str(device),
-        "processes": r.world,
-        "sharding": "fsdp2" if r.sharded else None,
-        "precision": r.precision,
+        "processes": p.procs.world,
+        "sharding": "fsdp2" if p.procs.sharded else None,
+        "precision": p.setup.precision,
     }
 
 
-def step_counts(batches, weights: list[float], *, rank: int, world: int, reduce) -> tuple:
+@dataclass
+class StepCounts:
+    """One optimizer step's counts over all processes."""
+
+    supervised: int  # tokens that carry a loss
+    tokens: int  # real tokens fed
+    attn_pairs: int  # (query, key) pairs attention computes
+    pairs: int  # preference pairs
+    chosen: int  # scored chosen-answer tokens (ORPO's NLL denominator)
+    per_process: list[int]  # supervised tokens of each process
+
+
+def step_counts(batches, weights: list[float], *, rank: int, world: int, reduce) -> StepCounts:
     """One step's counts over all processes (`reduce` sums a tensor over them), from this process's
-    micro-batches and their weights (0 for the copies that keep processes in step):
-    (supervised tokens, fed tokens, attention pairs, preference pairs, chosen-answer tokens,
-    supervised tokens of each process)."""
+    micro-batches and their weights (0 for the copies that keep processes in step)."""
     def total(key) -> float:
         return sum(getattr(b, key, 0) * w for b, w in zip(batches, weights))
 
@@ -131,7 +168,7 @@ def step_counts(batches, weights: list[float], *, rank: int, world: int, reduce)
     counts[:5] = torch.tensor([total(k) for k in ("n_supervised", "n_tokens", "attn_pairs", "n_pairs", "n_chosen")])
     counts[5 + rank] = counts[0]  # summed over processes: each one's count in its own slot
     counts = [int(x) for x in reduce(counts)]
-    return (*counts[:5], counts[5:])
+    return StepCounts(*counts[:5], counts[5:])
 
 
 def add_energy(before: Optional[float], now: Optional[float]) -> Optional[float]:

@@ -22,7 +22,7 @@ import re
 import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -58,6 +58,14 @@ class ResumeState:
     peak_mem_mib: float = 0.0  # peak memory of the run so far (the max over launches)
     processes: int = 0  # processes that saved it (0: a checkpoint older than this field)
     micro_batches: int = 0  # micro-batches per optimizer step: processes × grad_accum
+
+    def record_eval(self, eval_loss: float, patience: Optional[int]) -> tuple[bool, bool]:
+        """Count an evaluation (early stopping's state): (is it the best so far, should training stop)."""
+        if self.best_eval_loss is None or eval_loss < self.best_eval_loss:
+            self.best_eval_loss, self.best_step, self.evals_without_improvement = eval_loss, self.step, 0
+            return True, False
+        self.evals_without_improvement += 1
+        return False, patience is not None and self.evals_without_improvement >= patience
 
     @classmethod
     def from_json(cls, data: dict) -> "ResumeState":
@@ -252,35 +260,39 @@ def load_weights(model, folder: Path, *, adapter: bool) -> None:
                            f"({(unexpected or sorted(set(missing) - tied))[0]}); resume with the original config")
 
 
-def save_checkpoint(
-    run_dir: Path,
-    *,
-    model,
-    optimizer,
-    scheduler,
-    state: ResumeState,
-    rng: list[dict],
-    config_yaml: str,
-    template: str,
-    adapter: bool,
-    model_state: Optional[dict] = None,
-    optimizer_state: Optional[dict] = None,
-) -> Path:
-    """Write checkpoints/step-N atomically and return its path. Call on the main process only.
+@dataclass
+class Snapshot:
+    """What one checkpoint holds (save_checkpoint writes it).
 
     `rng` holds one rng_state() per process, in rank order. A sharded run passes its gathered
     `model_state` and `optimizer_state` (shard.full_states): the files are the same either way.
     """
+
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    state: ResumeState
+    rng: list
+    config_yaml: str
+    template: str
+    adapter: bool
+    model_state: Optional[dict] = None
+    optimizer_state: Optional[dict] = None
+
+
+def save_checkpoint(run_dir: Path, snap: Snapshot) -> Path:
+    """Write checkpoints/step-N atomically and return its path. Call on the main process only."""
+    state, optimizer, optimizer_state = snap.state, snap.optimizer, snap.optimizer_state
     final = Path(run_dir) / paths.CHECKPOINTS_DIR / f"step-{state.step}"
     before = latest(Path(run_dir))  # its size is what a full disk message says this one needs
     try:
         with atomic_dir(final, expect=tree_bytes(before) if before is not None else None) as tmp:
-            save_weights(model, tmp, adapter=adapter, state_dict=model_state)
+            save_weights(snap.model, tmp, adapter=snap.adapter, state_dict=snap.model_state)
             torch.save(optimizer.state_dict() if optimizer_state is None else optimizer_state, tmp / OPTIMIZER_FILE)
-            torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
-            torch.save(rng, tmp / RNG_FILE)
-            atomic_write_text(tmp / paths.CONFIG_FILE, config_yaml)
-            atomic_write_text(tmp / TEMPLATE_FILE, template)
+            torch.save(snap.scheduler.state_dict(), tmp / SCHEDULER_FILE)
+            torch.save(snap.rng, tmp / RNG_FILE)
+            atomic_write_text(tmp / paths.CONFIG_FILE, snap.config_yaml)
+            atomic_write_text(tmp / TEMPLATE_FILE, snap.template)
             # written last: a step-N folder with this file is complete by construction
             atomic_write_json(tmp / STATE_FILE, asdict(state))
     except OSError as e:

@@ -14,21 +14,18 @@ from tunelab.errors import ParameterError, TunelabError
 from tunelab.io import check_writable
 from tunelab.train import checkpoint as ckpt
 from tunelab.train import inputs
-from tunelab.train.methods import PREFERENCE_METHODS, check_method_available
+from tunelab.train.methods import check_method_available
+from tunelab.train.objectives import RunMethod
 
 
-def check_settings(cfg: TrainConfig, *, cuda: bool, base_dir, toxicity: Optional[Callable[[list[str]], Sequence[float]]]
-                   ) -> str:
-    """Settings that cannot work together or on this machine; returns the precision `auto` means here."""
-    if cfg.method in PREFERENCE_METHODS:
-        for key, value in (("data.max_toxicity", cfg.data.max_toxicity), ("replay", cfg.replay)):
-            if value is not None:
-                raise TunelabError(f"{key} is not supported with method: {cfg.method}; remove it (screen or "
-                                   "mix the preference file itself)")
+def check_settings(cfg: TrainConfig, how: RunMethod, *, cuda: bool, base_dir,
+                   toxicity: Optional[Callable[[list[str]], Sequence[float]]]) -> str:
+    """Settings that cannot work together or on this machine; returns the precision `auto` means here.
+    (The objective's own refusals: its `check`, objectives/.)"""
     if cfg.data.max_toxicity is not None and toxicity is None:
         raise TunelabError("data.max_toxicity needs a toxicity scorer: pass toxicity="
                            "tunelab.safety.toxicity.toxicity_scores to train() (the tunelab CLI does)")
-    check_method_available(cfg.method, "cuda" if cuda else "cpu")
+    check_method_available(how.weights, "cuda" if cuda else "cpu")
     precision = cfg.train.precision
     if precision == "auto":
         precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"

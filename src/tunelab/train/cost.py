@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from typing import Optional
 
 from tunelab import logs
@@ -124,9 +125,21 @@ HEADROOM = 0.85  # of free memory: allocator fragmentation, CUDA context, kernel
 MAX_AUTO_TOKENS = 65536
 
 
-def auto_batch_tokens(free_bytes: float, *, n_params: int, n_trainable: int, weight_bytes: int, layers: int,
-                      hidden: int, intermediate: int, vocab: int, grad_checkpointing: bool,
-                      longest: int = 0, multiple: int = 128, chunk_tokens: int = 1024) -> int:
+@dataclass(frozen=True)
+class MemoryModel:
+    """What auto_batch_tokens needs to know of a model being trained."""
+
+    n_params: int
+    n_trainable: int
+    weight_bytes: int  # bytes per frozen weight: 4 fp32, 2 bf16, 1 (about) for a 4-bit base
+    layers: int
+    hidden: int
+    intermediate: int
+    vocab: int
+
+
+def auto_batch_tokens(free_bytes: float, m: MemoryModel, *, grad_checkpointing: bool, longest: int = 0,
+                      multiple: int = 128, chunk_tokens: int = 1024) -> int:
     """A token budget that fills `free_bytes` of GPU memory (formula, no probe).
 
     fixed = weights (n_params × weight_bytes) + the trainable parameters' fp32 gradient and two
@@ -137,9 +150,9 @@ def auto_batch_tokens(free_bytes: float, *, n_params: int, n_trainable: int, wei
     MAX_AUTO_TOKENS and at least the longest row (rounded up).
     """
     a, b = ACT_VALUES_PER_TOKEN_LAYER
-    layer_values = a * hidden + b * intermediate
-    per_token = 2.0 * ((layers * hidden + layer_values) if grad_checkpointing else layers * layer_values)
-    fixed = n_params * weight_bytes + 12.0 * n_trainable + 3.0 * chunk_tokens * vocab * 4
+    layer_values = a * m.hidden + b * m.intermediate
+    per_token = 2.0 * ((m.layers * m.hidden + layer_values) if grad_checkpointing else m.layers * layer_values)
+    fixed = m.n_params * m.weight_bytes + 12.0 * m.n_trainable + 3.0 * chunk_tokens * m.vocab * 4
     budget = int((HEADROOM * free_bytes - fixed) / per_token) // multiple * multiple
     floor = -(-max(longest, 1) // multiple) * multiple
     return max(min(budget, MAX_AUTO_TOKENS), floor)
@@ -154,11 +167,9 @@ def fill_free_memory(config, device, *, n_params: int, n_trainable: int, weight_
     import torch
 
     free, _ = torch.cuda.mem_get_info(device)
-    budget = auto_batch_tokens(
-        free, n_params=n_params, n_trainable=n_trainable, weight_bytes=weight_bytes,
-        layers=config.num_hidden_layers, hidden=config.hidden_size,
-        intermediate=getattr(config, "intermediate_size", 4 * config.hidden_size),
-        vocab=config.vocab_size, grad_checkpointing=grad_checkpointing, longest=longest)
+    m = MemoryModel(n_params, n_trainable, weight_bytes, config.num_hidden_layers, config.hidden_size,
+                    getattr(config, "intermediate_size", 4 * config.hidden_size), config.vocab_size)
+    budget = auto_batch_tokens(free, m, grad_checkpointing=grad_checkpointing, longest=longest)
     return budget, free
 
 

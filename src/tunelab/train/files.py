@@ -24,9 +24,10 @@ RUN_FOLDER = {
     f"{paths.ADAPTER_DIR}/": "lora, dora, qlora: the final adapter, a PEFT folder plus the tokenizer and "
                              "tunelab_adapter.json (base model name, path and sha256, method)",
     f"{paths.MODEL_DIR}/": "full: the final model, a Hugging Face folder (safetensors) with its tokenizer",
-    paths.REFERENCE_FILE: "method: dpo only: the reference model's summed log-probabilities of every pair's chosen "
-                          "and rejected answer ({train: [[c, r], ...], eval: [...]}), computed once before step 1 "
-                          "and read back by --resume",
+    paths.REFERENCE_FILE: "method: dpo only: the reference model's summed log-probabilities of each pair's chosen "
+                          "and rejected answer ({train: [[c, r] or null, ...], eval: [...]}; null: not computed "
+                          "yet), each computed once, when its batch is first used (full weights: all before step 1), "
+                          "written with every checkpoint and read back by --resume",
     paths.RESUME_LOG_FILE: "one line per --resume: `time`, `from_step` and `changed` {key: {from, to}}",
     paths.REPORT_FILE: "the run's HTML report; `tunelab train` writes it, `tunelab report DIR` rebuilds it",
     paths.LOG_FILE: "`tunelab train` only: log lines at INFO and above, tunelab's and other libraries' (the "
@@ -69,8 +70,9 @@ METRICS_OPTIONAL = {"eval_loss", "supervised_per_process"}
 SUMMARY_KEYS = {
     "wall_s": "seconds of the whole run, every launch added up",
     "train_s": "seconds inside the training loop",
-    "reference_s": "method: dpo: seconds of the reference pass before step 1 (0 when a --resume read it back; "
-                   "null for other methods)",
+    "reference_s": "method: dpo: seconds of this launch's reference forwards, not counted in train_s (with an "
+                   "adapter each batch's reference is computed when the batch is first used; with full weights all "
+                   "come before step 1; 0 when a --resume read them all back; null for other methods)",
     "tokens_seen": "real tokens through the model",
     "tokens_trained": "supervised tokens (with train_on: completion, fewer than seen)",
     "tokens_per_s": "tokens_seen / train_s",
@@ -93,12 +95,16 @@ SUMMARY_KEYS = {
     "final_eval_loss": "the last eval loss",
     "steps": "optimizer steps done",
     "stopped": "completed or early_stopping",
-    "method": "full, lora, dora, qlora, dpo or orpo",
+    "method": "the config's method: full, lora, dora, qlora, dpo or orpo (train/objectives/)",
     "model": "base model name",
     "trainable_params": "parameters trained",
     "total_params": "parameters of the model",
     "train_rows": "training examples after preparation",
     "eval_rows": "held-out examples",
+    "skipped": "with data.skip_bad: {count, notes}: how many records of the data files were skipped, and per "
+               "file a note with the count and the first skipped record's line (null when none was)",
+    "reference_pairs": "method: dpo: training pairs whose reference log-probabilities are known (kept in "
+                       "reference_logps.json); fewer than train_rows when the run stopped within its first epoch",
     "device": "cpu, cuda:0, ...",
     "processes": "processes of the run (DDP / FSDP)",
     "sharding": "fsdp2 when parameters were sharded over the processes, null otherwise",

@@ -37,7 +37,7 @@ from torch.utils.checkpoint import checkpoint
 
 from tunelab.train.loss import CHUNK_TOKENS, KEEP_LOGITS_BYTES, base_causal_lm
 
-LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")  # the keys of _REDUCE, in the order the docs give them
 SCALE_REWARDS = ("group", "batch", "none")
 STD_EPS = 1e-4  # added to the reward std before dividing, as TRL does: a group of equal rewards gets A = 0
 
@@ -281,16 +281,31 @@ class StepStats:
         return out
 
 
+def _per_sequence_mean(masked, mask, settings, norms):  # grpo: each completion's token mean, averaged
+    per_seq = masked.sum(-1) / mask.sum(-1).clamp(min=1.0)  # (B,)
+    return per_seq.sum() / max(norms.seqs, 1)
+
+
+def _micro_batch_token_mean(masked, mask, settings, norms):  # bnpo: token mean of each micro-batch
+    return masked.sum() / mask.sum().clamp(min=1.0) / norms.micro_batches
+
+
+def _fixed_length_sum(masked, mask, settings, norms):  # dr_grpo: token sum / (completions x max length)
+    return masked.sum() / (max(norms.seqs, 1) * settings.max_completion_length)
+
+
+def _step_token_mean(masked, mask, settings, norms):  # dapo: token mean over the whole step
+    return masked.sum() / max(norms.tokens, 1)
+
+
+# loss_type -> how the (B, C) token losses of a micro-batch become its share of the step's loss
+_REDUCE = {"grpo": _per_sequence_mean, "bnpo": _micro_batch_token_mean, "dr_grpo": _fixed_length_sum,
+           "dapo": _step_token_mean}
+
+
 def _reduce(token_loss: torch.Tensor, mask: torch.Tensor, settings: GRPOLossSettings, norms: LossNorms):
     masked = token_loss * mask  # (B, C)
-    if settings.loss_type == "grpo":
-        per_seq = masked.sum(-1) / mask.sum(-1).clamp(min=1.0)  # (B,)
-        return per_seq.sum() / max(norms.seqs, 1)
-    if settings.loss_type == "bnpo":
-        return masked.sum() / mask.sum().clamp(min=1.0) / norms.micro_batches
-    if settings.loss_type == "dr_grpo":
-        return masked.sum() / (max(norms.seqs, 1) * settings.max_completion_length)
-    return masked.sum() / max(norms.tokens, 1)  # dapo
+    return _REDUCE[settings.loss_type](masked, mask, settings, norms)
 
 
 def grpo_loss(logps: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor, settings: GRPOLossSettings, *,

@@ -1,44 +1,26 @@
-"""Fine-tuning methods: which parameters train, via PEFT for the adapter methods.
+"""Which parameters train, via PEFT for the adapter methods: a method's `Weights` (objectives/).
 
 full   every parameter trains (fp32 master weights; bf16 autocast on CUDA)
 lora   low-rank adapters on every linear layer except the LM head (PEFT "all-linear")
 dora   LoRA with a learned magnitude per output (PEFT use_dora)
 qlora  LoRA over a 4-bit NF4 base (bitsandbytes; CUDA only)
-dpo    preference tuning (train/preference.py) of the weights `preference.weights` names:
-orpo   lora / dora (an adapter, as above) or full
+dpo / orpo train the weights `preference.weights` names (lora, dora or full).
 
 The frozen base of the adapter methods has requires_grad=False, so autograd never even builds
 its weight gradients (tested: after backward every base parameter's .grad is None).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 from tunelab.config import TrainConfig
 from tunelab.errors import TunelabError
-
-ADAPTER_METHODS = ("lora", "dora", "qlora")
-PREFERENCE_METHODS = ("dpo", "orpo")
+from tunelab.train.objectives import Weights, resolve
 
 
-def weights_method(cfg: TrainConfig) -> str:
-    """Which weights train: the method itself, or for dpo / orpo the one `preference.weights` names."""
-    return cfg.preference.weights if cfg.method in PREFERENCE_METHODS else cfg.method
-
-
-def lr_method(cfg: TrainConfig) -> str:
-    """The key of schedule.USUAL_LR for this run: dpo / orpo with an adapter, dpo_full / orpo_full without."""
-    if cfg.method in PREFERENCE_METHODS and cfg.preference.weights == "full":
-        return cfg.method + "_full"
-    return cfg.method
-
-
-def is_adapter(cfg: TrainConfig) -> bool:
-    """Whether the run trains (and saves) an adapter rather than every weight."""
-    return weights_method(cfg) in ADAPTER_METHODS
-
-
-def check_method_available(method: str, device: str) -> None:
-    """Fail before loading anything when the method cannot run here."""
-    if method != "qlora":
+def check_method_available(weights: Weights, device: str) -> None:
+    """Fail before loading anything when the method's weights cannot train here (a 4-bit base: CUDA)."""
+    if not weights.quantized:
         return
     if not device.startswith("cuda"):
         raise TunelabError(
@@ -62,16 +44,18 @@ def quantization_config():
     )
 
 
-def apply_method(model, cfg: TrainConfig):
-    """Return the model to train: the model itself (full) or a PeftModel (adapter methods)."""
-    method = weights_method(cfg)
-    if method == "full":
+def apply_method(model, cfg: TrainConfig, weights: Optional[Weights] = None):
+    """Return the model to train: the model itself (full weights) or a PeftModel (adapter methods).
+    `weights`: the run's (objectives.resolve(cfg).weights, the default)."""
+    if weights is None:
+        weights = resolve(cfg).weights
+    if not weights.adapter:
         for p in model.parameters():
             p.requires_grad_(True)
         return model
     from peft import LoraConfig, get_peft_model
 
-    if method == "qlora":
+    if weights.quantized:
         from peft import prepare_model_for_kbit_training
 
         # casts norms to fp32 and enables input grads, as the QLoRA recipe does
@@ -81,7 +65,7 @@ def apply_method(model, cfg: TrainConfig):
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
         target_modules=cfg.lora.targets,  # "all-linear": every nn.Linear but the output head
-        use_dora=method == "dora",
+        use_dora=weights.dora,
         task_type="CAUSAL_LM",
     )
     try:

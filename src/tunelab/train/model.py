@@ -1,5 +1,6 @@
-"""The model as a run trains it: the base loaded in the right dtype and attention kernel, and its
-decoder layers compiled. The method itself (which parameters train) is methods.py.
+"""The model as a run trains it: the attention kernel and compilation chosen for the device, the
+base loaded in the right dtype and kernel, its decoder layers compiled, and what it costs (the
+figures ModelFacts keeps). The method itself (which parameters train) is methods.py.
 """
 from __future__ import annotations
 
@@ -22,11 +23,61 @@ class Base:
     sha256: Optional[str]  # of the weights; None for a quantised (qlora) load
 
 
-def load_base(cfg: TrainConfig, device, *, adapter: bool, precision: str, attn: str) -> Base:
-    """The base model and tokenizer, on `device`, loaded with attention kernel `attn`."""
+@dataclass
+class Kernels:
+    attn: str  # the attention implementation training runs
+    load_attn: str  # the one the model loads (and saves) with
+    compiled: bool  # decoder layers compiled one by one
+
+
+def choose_kernels(compile_setting, device) -> Kernels:
+    """Attention and compilation for `device` (train.compile: auto | true | false; TUNELAB_ATTN overrides)."""
+    from tunelab.train.attention import DOC_ATTN
+    from tunelab.train.attention import register as register_doc_attention
+
+    # compile: auto = on CUDA only (on CPU the compile time rarely pays back in a short run)
+    compiled = device.type == "cuda" if compile_setting == "auto" else bool(compile_setting)
+    # flex_attention computes only the diagonal blocks of packed documents on CUDA; it has
+    # no CPU backward (DESIGN §7). On CPU each packed document gets its own causal sdpa call
+    # (attention.py), which skips the O(T²) block-diagonal mask; under torch.compile the
+    # per-row document lengths would force a recompile every step, so compile keeps the mask.
+    default_attn = "flex_attention" if device.type == "cuda" else ("sdpa" if compiled else DOC_ATTN)
+    attn = os.environ.get("TUNELAB_ATTN", default_attn)
+    if attn == DOC_ATTN:
+        # the model loads with plain sdpa (what its saved config will say) and switches to the
+        # registered per-document function for training only
+        register_doc_attention()
+    return Kernels(attn, "sdpa" if attn == DOC_ATTN else attn, compiled)
+
+
+def measure(facts, model, device, *, adapter: bool, precision: str) -> None:
+    """Fill ModelFacts' sizes and cost-model figures from the model with its method applied."""
+    from tunelab.train import cost
+    from tunelab.train.methods import count_parameters
+
+    facts.n_params, facts.n_trainable = count_parameters(model)
+    emb = cost.embedding_params(base_causal_lm(model))
+    facts.flops_per_token = cost.flops_per_token(facts.n_params, facts.n_trainable, emb, adapter=adapter)
+    facts.attn_dims = cost.attention_dims(base_causal_lm(model).config)  # (layers, heads × head_dim)
+    facts.peak_flops = cost.device_peak_flops(device, precision)
+
+
+def memory_budget(model, device, facts, *, weight_bytes: int, grad_checkpointing: bool, longest: int):
+    """(micro-batch tokens that fill free GPU memory, free bytes): train.batch_tokens left unset on CUDA."""
+    from tunelab.train import cost
+
+    return cost.fill_free_memory(base_causal_lm(model).config, device, n_params=facts.n_params,
+                                 n_trainable=facts.n_trainable, weight_bytes=weight_bytes,
+                                 grad_checkpointing=grad_checkpointing, longest=longest)
+
+
+def load_base(cfg: TrainConfig, device, *, weights, precision: str, attn: str) -> Base:
+    """The base model and tokenizer, on `device`, loaded with attention kernel `attn`, as the
+    method's `weights` (objectives.Weights) need it."""
     from tunelab.models.loading import load_model, load_tokenizer, resolve
 
-    if cfg.method == "qlora":
+    adapter = weights.adapter
+    if weights.quantized:
         from transformers import AutoModelForCausalLM
 
         from tunelab.train.methods import quantization_config

@@ -203,56 +203,22 @@ class Norms:
     chosen_tokens: int
 
 
-class PreferenceObjective:
-    """The loss of one method over per-sequence log-probabilities, and the statistics it logs."""
+def PreferenceObjective(method: str, settings):
+    """The pair loss of preference method `method` (its objective's own code, objectives/), bound to
+    `settings` (a PreferenceConfig): (logps, seq_tokens, norms, ref) -> (loss share, statistic SUMS)."""
+    from functools import partial
 
-    def __init__(self, method: str, settings):
-        self.method, self.s = method, settings
-        self.needs_reference = method == "dpo"
+    from tunelab.train.objectives import get_method
 
-    def __call__(self, logps: torch.Tensor, seq_tokens: torch.Tensor, norms: Norms,
-                 ref: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """(this micro-batch's share of the step loss, statistics as SUMS over its pairs).
+    return partial(get_method(method).objective.pair_loss, settings)
 
-        logps, seq_tokens, ref: (2n,) interleaved [chosen 0, rejected 0, chosen 1, ...].
-        """
-        c, r = logps[0::2], logps[1::2]  # (n,) each
-        n_c, n_r = seq_tokens[0::2].to(logps.dtype), seq_tokens[1::2].to(logps.dtype)
-        if self.method == "orpo":
-            return self._orpo(c, r, n_c, n_r, norms)
-        ref_c, ref_r = ref[0::2].to(logps.dtype), ref[1::2].to(logps.dtype)
-        beta, kind = self.s.beta, self.s.loss
-        chosen_ratio, rejected_ratio = c - ref_c, r - ref_r
-        if kind == "sigmoid":
-            delta = chosen_ratio - rejected_ratio
-            eps = self.s.label_smoothing
-            losses = -(1 - eps) * F.logsigmoid(beta * delta) - eps * F.logsigmoid(-beta * delta)
-        elif kind == "hinge":
-            losses = torch.relu(1 - beta * (chosen_ratio - rejected_ratio))
-        else:  # ipo: per-token mean log-ratios (as TRL and the IPO authors)
-            losses = (chosen_ratio / n_c - rejected_ratio / n_r - 1 / (2 * beta)) ** 2
-        chosen_rewards, rejected_rewards = beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
-        stats = self._reward_stats(chosen_rewards, rejected_rewards, c.detach(), r.detach())
-        return losses.sum() / norms.pairs, stats
 
-    def _orpo(self, c, r, n_c, n_r, norms: Norms):
-        lam = self.s.orpo_lambda
-        mean_c, mean_r = c / n_c, r / n_r  # mean token log-prob of each answer
-        log_odds = (mean_c - mean_r) - (log1mexp(mean_c) - log1mexp(mean_r))
-        ratio = F.logsigmoid(log_odds)
-        nll_sum = -c.sum()  # chosen tokens only: the answer, as train_on: completion does for SFT
-        loss = nll_sum / norms.chosen_tokens - lam * ratio.sum() / norms.pairs
-        stats = self._reward_stats(lam * mean_c.detach(), lam * mean_r.detach(), mean_c.detach(), mean_r.detach())
-        stats.update({"log_odds_ratio": ratio.detach().sum(), "log_odds_chosen": log_odds.detach().sum(),
-                      "nll_loss": nll_sum.detach() * norms.pairs / norms.chosen_tokens})
-        return loss, stats
-
-    @staticmethod
-    def _reward_stats(chosen, rejected, logps_c, logps_r) -> dict[str, torch.Tensor]:
-        return {"rewards/chosen": chosen.sum(), "rewards/rejected": rejected.sum(),
-                "rewards/accuracies": (chosen > rejected).float().sum(),
-                "rewards/margins": (chosen - rejected).sum(),
-                "logps/chosen": logps_c.sum(), "logps/rejected": logps_r.sum()}
+def reward_stats(chosen, rejected, logps_c, logps_r) -> dict[str, torch.Tensor]:
+    """TRL's rewards/* and logps/* statistics, as SUMS over the micro-batch's pairs."""
+    return {"rewards/chosen": chosen.sum(), "rewards/rejected": rejected.sum(),
+            "rewards/accuracies": (chosen > rejected).float().sum(),
+            "rewards/margins": (chosen - rejected).sum(),
+            "logps/chosen": logps_c.sum(), "logps/rejected": logps_r.sum()}
 
 
 def interleave(ref_rows: torch.Tensor) -> torch.Tensor:
@@ -267,7 +233,7 @@ def reference_logps(module: nn.Module, examples: Sequence, plan: list[list[int]]
 
     The reference is the model as it is now, before any step: with an adapter, the base with the
     adapter switched off (PEFT's disable_adapter: no second copy of the weights); with full weights,
-    the initial weights. Computed once and kept with the run (loop.py), never per step.
+    the initial weights. Computed once per pair and kept with the run (objectives/dpo.py).
     """
     import contextlib
 
@@ -286,48 +252,45 @@ def reference_logps(module: nn.Module, examples: Sequence, plan: list[list[int]]
     return out
 
 
-class PairRun:
-    """The preference side of one run, as the recipe (loop.py) sees it: where SFT calls the model
-    on a micro-batch, a preference run calls `loss`; the reference log-probabilities are computed
-    once and kept with the run; the statistics (TRL's rewards/*, logps/*) add up until `means`."""
+class ReferenceStore:
+    """Reference log-probabilities of a run's pairs, (n, 2) per split ("train", "eval"), NaN where
+    not computed yet. Saved as JSON {"train": [[chosen, rejected] or null, ...], "eval": [...]}; files
+    of earlier versions hold every row, and read back the same."""
 
-    def __init__(self, objective: PreferenceObjective):
-        self.objective = objective
-        self.ref: dict[str, torch.Tensor] = {}  # "train" / "eval" -> (n pairs, 2)
-        self.sums: dict[str, float] = {}
+    def __init__(self, n_train: int, n_eval: int):
+        self.rows = {"train": torch.full((n_train, 2), math.nan), "eval": torch.full((n_eval, 2), math.nan)}
+        self.changed = False
 
-    def reference(self, path, *, n_train: int, n_eval: int, resume: bool, write: bool, compute) -> bool:
-        """Read the reference log-probabilities back (a resumed run) or `compute()` them, as
-        (train, eval) rows, and write them beside the run; True when they were computed."""
-        if resume and path.is_file():
-            data = json.loads(path.read_text(encoding="utf-8"))
-            self.ref = {k: torch.tensor(data[k], dtype=torch.float32).reshape(-1, 2) for k in ("train", "eval")}
-            if len(self.ref["train"]) != n_train or len(self.ref["eval"]) != n_eval:
-                raise TunelabError(f"{path} holds {len(self.ref['train'])} + {len(self.ref['eval'])} pairs but the "
-                                   f"data has {n_train} + {n_eval}; the data changed since the run began: start over "
-                                   "with --overwrite")
-            return False
-        self.ref = dict(zip(("train", "eval"), compute()))
-        if write:
-            atomic_write_json(path, {k: v.tolist() for k, v in self.ref.items()})
-        return True
+    def missing(self, split: str, idx: Sequence[int]) -> bool:
+        return bool(torch.isnan(self.rows[split][torch.tensor(list(idx), dtype=torch.long)]).any())
 
-    def loss(self, model, batch: PairBatch, idx: list[int], norms: Norms, impl: str, split: str,
-             weight: float = 1.0) -> torch.Tensor:
-        """A micro-batch of pairs (rows `idx` of the split): its share of the step's loss."""
-        logps = batch_forward(model, batch, impl)  # (2n,) summed answer log-probs
-        ref = interleave(self.ref[split][idx]).to(logps.device) if self.objective.needs_reference else None
-        part, stats = self.objective(logps, batch.seq_tokens, norms, ref)
-        for k, v in stats.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v) * weight
-        return part
+    def fill(self, split: str, idx: Sequence[int], values: torch.Tensor) -> None:
+        self.rows[split][torch.tensor(list(idx), dtype=torch.long)] = values
+        self.changed = True
 
-    def means(self, n_pairs: int, reduce) -> dict[str, float]:
-        """Per-pair means, over all processes (`reduce` sums a tensor over them), of the statistics
-        added since the last call; starts the next sums."""
-        sums, self.sums = self.sums, {}
-        if not sums:
-            return {}
-        keys = sorted(sums)
-        total = reduce(torch.tensor([sums[k] for k in keys], dtype=torch.float64))
-        return {k: float(v) / max(n_pairs, 1) for k, v in zip(keys, total.tolist())}
+    def get(self, split: str, idx: Sequence[int]) -> torch.Tensor:
+        """(2n,) interleaved [c0, r0, c1, ...] of rows `idx`."""
+        return interleave(self.rows[split][idx])
+
+    def computed(self, split: str) -> int:
+        """Rows whose reference is known."""
+        return int((~torch.isnan(self.rows[split][:, 0])).sum())
+
+    def read(self, path) -> None:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        n_train, n_eval = len(self.rows["train"]), len(self.rows["eval"])
+        if len(data["train"]) != n_train or len(data["eval"]) != n_eval:
+            raise TunelabError(f"{path} holds {len(data['train'])} + {len(data['eval'])} pairs but the data has "
+                               f"{n_train} + {n_eval}; the data changed since the run began: start over with "
+                               "--overwrite")
+        for split, rows in self.rows.items():
+            for i, row in enumerate(data[split]):
+                if row is not None:
+                    rows[i] = torch.tensor(row, dtype=torch.float32)
+
+    def write(self, path) -> None:
+        def listed(t: torch.Tensor) -> list:
+            return [None if math.isnan(c) else [c, r] for c, r in t.tolist()]
+
+        atomic_write_json(path, {k: listed(v) for k, v in self.rows.items()})
+        self.changed = False

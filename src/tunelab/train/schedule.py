@@ -31,12 +31,8 @@ MIN_EXAMPLES_PER_STEP, MAX_EXAMPLES_PER_STEP = 4, 32
 TARGET_STEPS = 64  # optimizer steps a small set reaches through more epochs
 MIN_EPOCHS, MAX_EPOCHS = 3, 20
 TOKEN_BUDGET = 3_000_000  # tokens seen at most by an auto-length run (one epoch always runs)
-# Preference tuning moves far less than SFT: TRL 1.16's trl/scripts/dpo.py runs full-weight DPO at 5e-7
-# and LoRA (r 32) DPO at 5e-6 for one epoch of UltraFeedback (thousands of steps); the ORPO paper
-# (Hong et al., 2024, arXiv 2403.07691) trains full weights at 8e-6. An auto run here is about 64
-# steps, so adapters take the top of the usual LoRA range 5e-6..5e-5 and full weights 5e-7..8e-6's.
-USUAL_LR = {"lora": 2e-4, "dora": 2e-4, "qlora": 2e-4, "full": 2e-5,
-            "dpo": 5e-5, "orpo": 5e-5, "dpo_full": 5e-7, "orpo_full": 8e-6}
+# The usual learning rate of each method is declared beside its objective (objectives/: sft.py,
+# dpo.py, orpo.py); `resolve` takes the run's (objectives.RunMethod.usual_lr).
 
 
 @dataclass
@@ -79,13 +75,11 @@ def auto_epochs(n: int, per_step: int, total_tokens: int) -> float:
     return float(epochs)
 
 
-def usual_lr(method: str) -> float:
-    return USUAL_LR.get(method, USUAL_LR["lora"])
-
-
-def resolve(loop, method: str, lengths: list[int], *, world: int = 1,
+def resolve(loop, usual_lr: float, lengths: list[int], *, world: int = 1,
             memory_budget: Optional[int] = None) -> Schedule:
     """The Schedule of a run from its loop config (TrainLoopConfig) and its training rows' token lengths.
+
+    `usual_lr`: the rate `lr: auto` takes (the method's, objectives.RunMethod.usual_lr).
 
     `memory_budget`: the micro-batch token budget that fits free GPU memory (None on CPU: one
     micro-batch per process holds the whole step).
@@ -95,7 +89,7 @@ def resolve(loop, method: str, lengths: list[int], *, world: int = 1,
     auto: list[str] = []
     lr = loop.lr
     if lr == "auto":
-        lr, _ = usual_lr(method), auto.append("lr")
+        lr, _ = usual_lr, auto.append("lr")
     per_step = None
     grad_accum = loop.grad_accum
     if loop.batch_tokens is not None:
@@ -125,7 +119,25 @@ def resolve(loop, method: str, lengths: list[int], *, world: int = 1,
     return Schedule(epochs, int(batch_tokens), int(grad_accum), float(lr), per_step, auto)
 
 
-__all__ = ["Schedule", "resolve", "examples_per_step", "auto_epochs", "usual_lr", "TOKEN_BUDGET"]
+SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}  # transformers' names
+
+
+def optimizer(module, loop, lr: float, total: int, *, fused: bool):
+    """(AdamW over the module's trainable parameters, its learning-rate schedule over `total` steps)."""
+    import torch
+    from transformers import get_scheduler
+
+    params = [p for p in module.parameters() if p.requires_grad]
+    # no weight decay on vectors (norms, biases, DoRA magnitudes): the usual AdamW practice
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": loop.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    # fused: one kernel for all parameters, CUDA only
+    adamw = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, fused=fused or None)
+    warmup = int(round(loop.warmup * total)) if loop.warmup < 1 else int(loop.warmup)
+    return adamw, get_scheduler(SCHEDULES[loop.schedule], adamw, num_warmup_steps=warmup, num_training_steps=total)
+
+
+__all__ = ["Schedule", "resolve", "optimizer", "examples_per_step", "auto_epochs", "TOKEN_BUDGET"]
 
 
 def total_steps(epochs: float, steps_in_epoch, max_steps: Optional[int] = None) -> int:
