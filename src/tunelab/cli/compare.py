@@ -29,9 +29,25 @@ def print_compare(summary: dict) -> None:
     Three tables rather than one wide one: fifteen columns do not fit an 80-column terminal.
     """
     from rich.markup import escape
-    from rich.table import Table
 
     from tunelab.cli import console
+
+    console.print(_quality_table(summary))
+    train = _training_table(summary)
+    if train.row_count:
+        console.print(train)
+    print_retention(summary)
+    print_probe(summary)
+    console.print(_inference_table(summary))
+    for s in summary["sentences"]:
+        console.print(escape(s), highlight=False, soft_wrap=True)
+
+
+def _quality_table(summary: dict):
+    """Per arm: the main metric with its CI, and its paired difference against the best arm."""
+    from rich.markup import escape
+    from rich.table import Table
+
     from tunelab.compare.sentences import fmt
 
     best = summary["best"]
@@ -45,8 +61,16 @@ def print_compare(summary: dict) -> None:
         quality.add_row(escape(a["id"]) + (" (best)" if is_best else ""), fmt(a["metric"]["value"]),
                         _ci(a["metric"].get("ci95")), "-" if is_best else f"{d['delta']:+.3g}",
                         "-" if is_best else _ci(d["ci95"]), "-" if is_best else f"{d['p']:.3g}")
-    console.print(quality)
-    # training and inference apart: one cost table with ten columns does not fit 80 columns either
+    return quality
+
+
+def _training_table(summary: dict):
+    """The fine-tuned arms' one-off training cost, and how their epochs and lr were set (no rows: none trained).
+
+    Training and inference apart: one cost table with ten columns does not fit 80 columns either."""
+    from rich.markup import escape
+    from rich.table import Table
+
     train = Table(title="training (one-off cost; * = set by the automatic schedule, ^ = chosen by tune:, whose "
                         "cost counts every run of its sweep)")
     for c in ("arm", "steps", "epochs", "lr", "wall s", "tokens", "FLOPs", "peak MiB", "energy Wh"):
@@ -55,7 +79,6 @@ def print_compare(summary: dict) -> None:
         t, how = a.get("train_cost"), a.get("training") or {}
         if t:
             auto = how.get("auto") or []
-
             tuned = (a.get("tune") or {}).get("chosen") or {}
 
             def mark(key, text):
@@ -66,10 +89,14 @@ def print_compare(summary: dict) -> None:
                           mark("lr", f"{how['lr']:g}") if how.get("lr") is not None else "-",
                           _si(t.get("wall_s")), _si(t.get("tokens")), _si(t.get("flops")),
                           _si(t.get("peak_mem_mib")), _si(t.get("energy_wh")))
-    if train.row_count:
-        console.print(train)
-    print_retention(summary)
-    print_probe(summary)
+    return train
+
+
+def _inference_table(summary: dict):
+    """Per arm: the cost of 1,000 queries (and of judging them), and the outputs' toxicity when scored."""
+    from rich.markup import escape
+    from rich.table import Table
+
     safety = any(a.get("toxicity") for a in summary["arms"])
     judged = any(a.get("judge_cost_per_1k") for a in summary["arms"])  # the judge's cost, apart from the arm's own
     infer = Table(title="inference cost per 1,000 queries" + (" and output toxicity" if safety else ""))
@@ -85,9 +112,7 @@ def print_compare(summary: dict) -> None:
         if safety:
             row += [f"{tox['mean']:.3f}", f"{tox['max']:.3f}"] if tox else ["-", "-"]
         infer.add_row(*row)
-    console.print(infer)
-    for s in summary["sentences"]:
-        console.print(escape(s), highlight=False, soft_wrap=True)
+    return infer
 
 
 def _drift(arm: dict) -> str:

@@ -293,12 +293,37 @@ def _read_pool(cfg: CompareConfig, pool_spec: str, source: str) -> tuple[list, A
 
 def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Union[str, Path]] = None) -> Plan:
     """Read, resolve and check a compare config; nothing is trained or evaluated."""
-    from tunelab.data.readers import base_why, not_found
-    from tunelab.evaluate.results import task_sha256
     from tunelab.evaluate.task_types import task_type
-    from tunelab.evaluate.tasks import resolve_task
 
     cfg, source, base_dir = load_compare_config(config, overrides)
+    task, pool_spec = _find_inputs(cfg, source, base_dir)
+    pool, pool_skipped = _read_pool(cfg, pool_spec, source)
+    skipped: list[str] = []
+    if task_type(task).pairs:
+        pool, skipped = _good_pairs(pool, cfg, pool_skipped)
+    # demonstrations come from the same pool the fine-tunes train on
+    task.fewshot.pool = pool_spec
+    metric, higher = check_metric(task, cfg.metric, source)
+    arms = expand_arms(cfg, source, len(pool), cfg.train_data)
+    _check_arms(cfg, source, task, arms)
+    out_dir = Path(out) if out is not None else Path(cfg.out.format(name=cfg.name))
+    plan = Plan(cfg, source, base_dir, out_dir, task, metric, higher, pool, arms, pool_skipped=pool_skipped)
+    _choose_rendering(plan, skipped)
+    judge.check_plan(plan)  # judge_win_rate's baseline arm; self-preference (compare/judge.py)
+    from tunelab.compare import retention
+
+    plan.retention = retention.plan_tasks(cfg, source, base_dir, task)
+    plan.drift = retention.plan_drift(cfg, source, base_dir) if any(a.fine_tuned for a in arms) else None
+    _check_training(plan)
+    plan.signature = _plan_signature(plan)
+    return plan
+
+
+def _find_inputs(cfg: CompareConfig, source: str, base_dir: Path) -> tuple[Any, str]:
+    """The task (read) and the train pool's resolved path, each checked to exist (one line naming the key)."""
+    from tunelab.data.readers import base_why, not_found
+    from tunelab.evaluate.tasks import resolve_task
+
     why = base_why(base_dir, None if source == "config" else source)  # where a relative path is looked for
     task_spec = resolve_path(cfg.task, base_dir)
     if not task_spec.startswith("builtin:") and not Path(task_spec).is_file():
@@ -308,23 +333,23 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
     pool_spec = resolve_path(cfg.train_data, base_dir)
     if not pool_spec.startswith("builtin:") and not Path(pool_spec).exists():
         raise not_found(cfg.train_data, [Path(pool_spec)], why, f"{source}: train_data")
-    pool, pool_skipped = _read_pool(cfg, pool_spec, source)
-    skipped: list[str] = []
+    return task, pool_spec
+
+
+def _check_arms(cfg: CompareConfig, source: str, task, arms: list[Arm]) -> None:
+    """The arms fit the task, the pool and this machine (one line naming the arm or key to change)."""
+    from tunelab.evaluate.task_types import task_type
+
     tt = task_type(task)
-    if tt.pairs:
-        pool, skipped = _good_pairs(pool, cfg, pool_skipped)
-    # demonstrations come from the same pool the fine-tunes train on
-    task.fewshot.pool = pool_spec
-    metric, higher = check_metric(task, cfg.metric, source)
-    arms = expand_arms(cfg, source, len(pool), cfg.train_data)
-    if cfg.train_split and any(a.method in ("few_shot", "endpoint") and a.k for a in arms):
+    prompted_with_demos = any(a.method in ("few_shot", "endpoint") and a.k for a in arms)
+    if cfg.train_split and prompted_with_demos:
         raise TunelabError(f"{source}: train_split applies to the fine-tuned arms' pool; demonstrations would still "
                            "come from the whole file: drop train_split or the few_shot arms")
     preference = [a.id for a in arms if a.fine_tuned and fine_tune_methods()[a.method].pairs]
     if preference and not tt.pairs:
         raise TunelabError(f"{source}: arms {', '.join(preference)} train on preference pairs: give a task of type: "
                            "preference and a train_data file of pairs (docs/compare.md)")
-    if tt.why_no_demonstrations and any(a.method in ("few_shot", "endpoint") and a.k for a in arms):
+    if tt.why_no_demonstrations and prompted_with_demos:
         raise TunelabError(f"{source}: task '{task.name}' is a {task.type} task: {tt.why_no_demonstrations}; "
                            "drop the few_shot arms")
     quantized = [a for a in arms if a.fine_tuned and fine_tune_methods()[a.method].quantized]
@@ -338,34 +363,46 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
                                    "cuda" if torch.cuda.is_available() else "cpu")
         except TunelabError as e:
             raise TunelabError(f"{source}: {quantized[0].where}: {e}") from None
-    out_dir = Path(out) if out is not None else Path(cfg.out.format(name=cfg.name))
-    plan = Plan(cfg, source, base_dir, out_dir, task, metric, higher, pool, arms, pool_skipped=pool_skipped)
-    # how the pool becomes demonstrations and training records: rendering every record now means a
-    # record the arms cannot read fails here (and in --dry-run), not after the arms before it ran
-    from tunelab.compare import render, retention
 
-    plan.rendering = render.choose(task, pool, source, cfg.train_data,
+
+def _choose_rendering(plan: Plan, skipped: list[str]) -> None:
+    """How the pool becomes demonstrations and training records: rendering every record now means a
+    record the arms cannot read fails here (and in --dry-run), not after the arms before it ran."""
+    from tunelab.compare import render
+
+    cfg, arms = plan.config, plan.arms
+    plan.rendering = render.choose(plan.task, plan.pool, plan.source, cfg.train_data,
                                    few_shot=any(a.k for a in arms if not a.fine_tuned),
                                    fine_tune=any(a.fine_tuned for a in arms),
                                    forced_format=(cfg.train.get("data") or {}).get("format"))
     if skipped:  # every arm trains on n good pairs
         plan.rendering.note += f"; {skipped[0]}"
-    judge.check_plan(plan)  # judge_win_rate's baseline arm; self-preference (compare/judge.py)
-    plan.retention = retention.plan_tasks(cfg, source, base_dir, task)
-    plan.drift = retention.plan_drift(cfg, source, base_dir) if any(a.fine_tuned for a in arms) else None
+
+
+def _check_training(plan: Plan) -> None:
+    """Every fine-tuned arm's training config (and each tuned candidate's) validates: a bad training key
+    fails now, not after the arms before it have run."""
     replay_read: set[tuple[str, str]] = set()
-    for arm in arms:  # a bad training key fails now, not after the arms before it have run
+    for arm in plan.arms:
         if arm.fine_tuned:
-            _check_train(plan, arm, source, replay_read)
+            _check_train(plan, arm, plan.source, replay_read)
             if arm.tune is not None:
                 for setting in settings(arm.tune):
-                    build(TrainConfig, plan.train_config(arm, setting), f"{source}: {arm.where}.tune (training config)")
-    pool_hash = _sha(json.dumps([r.data for r in pool], sort_keys=True, default=str))
-    plan.signature = _sha(json.dumps({
-        "model": cfg.model, "task": task_sha256(task), "pool": pool_hash, "metric": metric, "limit": cfg.limit,
-        "seed": cfg.seed, "train": cfg.train, "render": [plan.rendering.mode, plan.rendering.format],
+                    build(TrainConfig, plan.train_config(arm, setting),
+                          f"{plan.source}: {arm.where}.tune (training config)")
+
+
+def _plan_signature(plan: Plan) -> str:
+    """What every finished arm must have been made with: model, task, pool, metric and the shared settings."""
+    from tunelab.evaluate.results import task_sha256
+
+    cfg = plan.config
+    pool_hash = _sha(json.dumps([r.data for r in plan.pool], sort_keys=True, default=str))
+    return _sha(json.dumps({
+        "model": cfg.model, "task": task_sha256(plan.task), "pool": pool_hash, "metric": plan.metric,
+        "limit": cfg.limit, "seed": cfg.seed, "train": cfg.train,
+        "render": [plan.rendering.mode, plan.rendering.format],
     }, sort_keys=True, default=str))
-    return plan
 
 
 def _check_train(plan: Plan, arm: Arm, source: str, replay_read: set[tuple[str, str]]) -> None:

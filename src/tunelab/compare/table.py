@@ -79,8 +79,31 @@ def _paired(best: Results, arm: Results, metric: str, seed: int) -> dict:
 
 def summarize(plan: Plan, arms: Optional[list[Arm]] = None) -> dict:
     """The compare.json object (docs/compare.md) for the plan's arms, all of which must be finished."""
+    from tunelab.compare import probe, retention
+
     arms = plan.arms if arms is None else arms
-    metric, cfg = plan.metric, plan.config
+    cfg = plan.config
+    results = _read_arm_results(plan, arms)
+    values, best = _rank(plan, arms, results)
+    rows = [_arm_row(plan, a, results[a.id], values[a.id], results[best]) for a in arms]
+    probe.summarize(plan, arms, rows)
+    for row in rows:  # a tuned arm costs its whole sweep, not only the run it kept
+        if row["tune"] is not None:
+            row["train_cost"] = row["tune"]["train_cost"]
+    summary = {"name": cfg.name, "task": plan.task.name, "main_metric": plan.metric,
+               "higher_is_better": plan.higher_is_better, "n_items": results[arms[0].id].n, "best": best,
+               "arms": rows, "sentences": [], "break_even": sent.break_even(rows, plan.higher_is_better),
+               "retention": retention.summarize(plan, arms, rows),
+               "rendering": plan.rendering.note if plan.rendering is not None else None,
+               "signature": plan.signature}
+    _add_gains(plan, arms, results, rows)
+    summary["sentences"] = sent.sentences(summary)
+    judge.summarize(plan, results, rows, summary)  # the judge's cost, check and sentences
+    return summary
+
+
+def _read_arm_results(plan: Plan, arms: list[Arm]) -> dict[str, Results]:
+    """Each arm's eval results, by arm id; every arm must have scored the same test items."""
     results = {a.id: read_results(plan.arm_dir(a) / "eval") for a in arms}
     first = arms[0]
     ids = set(results[first.id].items)
@@ -88,59 +111,59 @@ def summarize(plan: Plan, arms: Optional[list[Arm]] = None) -> dict:
         if set(results[a.id].items) != ids:  # the pairing promise: same items for every arm
             raise TunelabError(f"{plan.arm_dir(a) / 'eval'}: scored other test items than arm {first.id}; the compare "
                                "folder is damaged, delete that arm's folder and run the compare again")
+    return results
+
+
+def _rank(plan: Plan, arms: list[Arm], results: dict[str, Results]) -> tuple[dict, str]:
+    """Each arm's value of the main metric, and the id of the best arm."""
+    metric = plan.metric
     values = {aid: r.value(metric) for aid, r in results.items()}
     missing = [aid for aid, v in values.items() if v is None]
     if missing:
         raise TunelabError(f"{plan.arm_dir(arms[0]).parent / missing[0]}: results have no number for metric "
                            f"'{metric}'; it cannot rank arms, pick another metric: in the compare config")
     pick = max if plan.higher_is_better else min
-    best = pick(arms, key=lambda a: values[a.id]).id  # first listed wins a tie of point values
-    rows = []
-    for a in arms:
-        res = results[a.id]
-        m = res.metrics[metric]
-        rows.append({
-            "id": a.id, "method": a.method, "model": a.model, "n_train": a.n,
-            "k": a.k if a.method in ("few_shot", "endpoint", "zero_shot") else None,
-            "sampler": a.sampler,
-            "metric": {"value": values[a.id], "ci95": m.get("ci95")},
-            "diff_vs_best": _paired(results[best], res, metric, cfg.seed),
-            "train_cost": train_cost(plan.arm_dir(a) / "train") if a.fine_tuned else None,
-            "tune": tune_summary(plan, a) if a.tune is not None else None,
-            "training": _training(plan.arm_dir(a) / "train") if a.fine_tuned else None,
-            "infer_cost_per_1k": _per_1k(res),
-            "toxicity": toxicity(res, cfg.toxicity_threshold) if cfg.safety else None,
-            "eval_dir": f"{ARMS_DIR}/{a.id}/eval",
-            "run_dir": f"{ARMS_DIR}/{a.id}/train" if a.fine_tuned else None,
-            "signature": res.signature,
-        })
-    from tunelab.compare import probe, retention
+    return values, pick(arms, key=lambda a: values[a.id]).id  # first listed wins a tie of point values
 
-    probe.summarize(plan, arms, rows)
-    for row in rows:  # a tuned arm costs its whole sweep, not only the run it kept
-        if row["tune"] is not None:
-            row["train_cost"] = row["tune"]["train_cost"]
-    summary = {"name": cfg.name, "task": plan.task.name, "main_metric": metric,
-               "higher_is_better": plan.higher_is_better, "n_items": results[first.id].n, "best": best,
-               "arms": rows, "sentences": [], "break_even": sent.break_even(rows, plan.higher_is_better),
-               "retention": retention.summarize(plan, arms, rows),
-               "rendering": plan.rendering.note if plan.rendering is not None else None,
-               "signature": plan.signature}
-    for a in arms:  # the gain each arm brings over the zero-shot arm of its model (the report's gain axis)
+
+def _arm_row(plan: Plan, a: Arm, res: Results, value, best: Results) -> dict:
+    """One arm's entry of compare.json's arms: its settings, score against the best arm, and costs."""
+    cfg = plan.config
+    return {
+        "id": a.id, "method": a.method, "model": a.model, "n_train": a.n,
+        "k": a.k if a.method in ("few_shot", "endpoint", "zero_shot") else None,
+        "sampler": a.sampler,
+        "metric": {"value": value, "ci95": res.metrics[plan.metric].get("ci95")},
+        "diff_vs_best": _paired(best, res, plan.metric, cfg.seed),
+        "train_cost": train_cost(plan.arm_dir(a) / "train") if a.fine_tuned else None,
+        "tune": tune_summary(plan, a) if a.tune is not None else None,
+        "training": _training(plan.arm_dir(a) / "train") if a.fine_tuned else None,
+        "infer_cost_per_1k": _per_1k(res),
+        "toxicity": toxicity(res, cfg.toxicity_threshold) if cfg.safety else None,
+        "eval_dir": f"{ARMS_DIR}/{a.id}/eval",
+        "run_dir": f"{ARMS_DIR}/{a.id}/train" if a.fine_tuned else None,
+        "signature": res.signature,
+    }
+
+
+def _add_gains(plan: Plan, arms: list[Arm], results: dict[str, Results], rows: list[dict]) -> None:
+    """Each row's gain over the zero-shot arm of its model (the report's gain axis), and a replay arm's
+    difference from its plain twin: what replay recovered, at what cost on the task."""
+    from tunelab.compare import retention
+
+    metric, seed = plan.metric, plan.config.seed
+    for a in arms:
         zero = next((b for b in arms if b.method == "zero_shot" and b.model == a.model), None)
         if zero is not None:
             next(r for r in rows if r["id"] == a.id)["diff_vs_zero_shot"] = _paired(results[zero.id], results[a.id],
-                                                                                    metric, cfg.seed)
-    for a in arms:  # a replay arm against its plain twin: what replay recovered, at what cost on the task
+                                                                                    metric, seed)
+    for a in arms:
         twin = _replay_twin(a, arms)
         if twin is not None:
             next(r for r in rows if r["id"] == a.id)["replay"] = {
                 "twin": twin.id, "ratio": a.train["replay"].get("ratio", 0.1),
-                "target_diff": _paired(results[twin.id], results[a.id], metric, cfg.seed),
+                "target_diff": _paired(results[twin.id], results[a.id], metric, seed),
                 "retention_diff": retention.between(plan, twin, a)}
-    summary["sentences"] = sent.sentences(summary)
-    judge.summarize(plan, results, rows, summary)  # the judge's cost, check and sentences
-    return summary
 
 
 def _replay_twin(arm: Arm, arms: list[Arm]) -> Optional[Arm]:
