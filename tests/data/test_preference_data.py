@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tunelab.data.preference import load_pairs, parse_hh
+from tunelab.data.readers import ReadReport
 from tunelab.errors import TunelabError
 
 HH_PREFIX = "\n\nHuman: hi\n\nAssistant: hello, how can I help?\n\nHuman: how do I pick a lock?\n\nAssistant:"
@@ -49,7 +50,7 @@ def test_the_shared_hh_file_reads(shared_data):
     with pytest.raises(TunelabError, match=r"harmless-2000.jsonl.gz:87: the chosen answer is empty"):
         load_pairs(path)  # HH-RLHF has a few pairs with an empty answer: bad records, skipped on request
     notes: list[str] = []
-    pairs = load_pairs(path, skip_bad=True, report=notes)
+    pairs = load_pairs(path, skip_bad=True, report=ReadReport(notes))
     assert len(pairs) == 1992 and "skipped 8 bad pair(s)" in notes[0]
     assert all(p.prompt[-1]["role"] == "user" and p.chosen != p.rejected for p in pairs)
 

@@ -7,7 +7,7 @@ import pytest
 
 from tunelab.data.formats import detect_format, to_conversation
 from tunelab.data.load import load_conversations
-from tunelab.data.readers import read_rows
+from tunelab.data.readers import ReadReport, read_rows
 from tunelab.data.records import Row
 from tunelab.errors import TunelabError
 
@@ -89,7 +89,7 @@ def test_alpaca_input_joins_instruction():
 def test_fields_rename_map(tmp_path):
     p = write(tmp_path / "qa.jsonl", json.dumps({"question": "2+2?", "answer": "4", "id": "q1"}) + "\n")
     notes: list[str] = []
-    convs = load_conversations(p, fields={"prompt": "question", "completion": "answer"}, report=notes)
+    convs = load_conversations(p, fields={"prompt": "question", "completion": "answer"}, report=ReadReport(notes))
     assert convs[0].id == "q1" and convs[0].messages[1]["content"] == "4"
     assert "detected format 'prompt_completion'" in notes[0]
 

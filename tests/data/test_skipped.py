@@ -10,7 +10,7 @@ import pytest
 
 from tunelab.data.load import load_conversations, load_rows
 from tunelab.data.preference import load_pairs
-from tunelab.data.readers import Skipped
+from tunelab.data.readers import ReadReport, Skipped
 
 OK = json.dumps({"prompt": "What is 2 plus 2?", "completion": "4"})
 NO_COMPLETION = json.dumps({"prompt": "What is 3 plus 3?"})
@@ -38,7 +38,7 @@ def _quiet(fn):
 def test_conversations_count_every_skip_and_keep_the_first_in_file_order(tmp_path, lines, count, first):
     path = _file(tmp_path, lines)
     tally = Skipped()
-    convs = _quiet(lambda: load_conversations(path, skip_bad=True, skipped=tally))
+    convs = _quiet(lambda: load_conversations(path, skip_bad=True, report=ReadReport(skipped=tally)))
     assert len(convs) == len(lines) - count
     assert tally.count == count and tally.first.startswith(f"{path}{first}")
     assert tally.to_json() == {"count": count, "first": tally.first}
@@ -48,7 +48,7 @@ def test_conversations_count_every_skip_and_keep_the_first_in_file_order(tmp_pat
 def test_pairs_count_unreadable_lines_and_bad_pairs_together(tmp_path):
     path = _file(tmp_path, [PAIR, EMPTY_CHOSEN, "{bad", PAIR])
     tally = Skipped()
-    pairs = _quiet(lambda: load_pairs(path, skip_bad=True, skipped=tally))
+    pairs = _quiet(lambda: load_pairs(path, skip_bad=True, report=ReadReport(skipped=tally)))
     assert len(pairs) == 2
     assert tally.count == 2 and tally.first.startswith(f"{path}:2: the chosen answer is empty")
 
@@ -64,7 +64,7 @@ def test_a_second_pass_still_names_the_first_line_of_the_file(tmp_path):
     rows = _quiet(lambda: load_rows(path, skip_bad=True, skipped=tally))
     assert tally.first.startswith(f"{path}:3: expected a JSON object")
     pairs = list(converted(iter(rows), lambda r: to_pair(r, None, None), spec=path, skip_bad=True, skip_setting="x",
-                           warn=False, tally=tally))
+                           warn=False, report=ReadReport(skipped=tally)))
     assert len(pairs) == 2 and tally.count == 2
     assert tally.first.startswith(f"{path}:2: the chosen answer is empty")
 
@@ -79,5 +79,5 @@ def test_rows_count_unreadable_lines(tmp_path):
 
 def test_nothing_skipped_is_null_in_a_result_file(tmp_path):
     tally = Skipped()
-    load_conversations(_file(tmp_path, [OK, OK]), skip_bad=True, skipped=tally)
+    load_conversations(_file(tmp_path, [OK, OK]), skip_bad=True, report=ReadReport(skipped=tally))
     assert tally.count == 0 and tally.to_json() is None

@@ -258,7 +258,7 @@ def _good_pairs(pool: list, cfg: CompareConfig, tally) -> tuple[list, list[str]]
     plan before anything runs unless the compare's train.data.skip_bad is set.
     """
     from tunelab.data.preference import to_pair
-    from tunelab.data.readers import converted
+    from tunelab.data.readers import ReadReport, converted
 
     data = cfg.train.get("data") or {}
 
@@ -268,8 +268,8 @@ def _good_pairs(pool: list, cfg: CompareConfig, tally) -> tuple[list, list[str]]
 
     notes: list[str] = []
     rows = list(converted(iter(pool), good, spec=cfg.train_data, skip_bad=bool(data.get("skip_bad")),
-                          skip_setting="train: {data: {skip_bad: true}}", noun="pair", report=notes, warn=False,
-                          tally=tally))
+                          skip_setting="train: {data: {skip_bad: true}}", noun="pair", warn=False,
+                          report=ReadReport(notes, tally)))
     return rows, notes
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Iterator
 
 from tunelab.data.formats import detect_format, to_conversation
-from tunelab.data.readers import SKIP_HINT, Skipped, converted, iter_spec_rows, read_rows, resolve_spec, skip_hint
+from tunelab.data.readers import (SKIP_HINT, ReadReport, Skipped, converted, iter_spec_rows, read_rows, resolve_spec,
+                                  skip_hint)
 from tunelab.data.records import Conversation, Row
 from tunelab.errors import TunelabError
 
@@ -41,17 +42,18 @@ def iter_conversations(
     skip_bad: bool = False,
     system: str | None = None,
     base_dir: str | Path | None = None,
-    report: list[str] | None = None,
     skip_setting: str = "--skip-bad",
-    skipped: Skipped | None = None,
+    report: ReadReport | None = None,
 ) -> Iterator[Conversation]:
     """Read and convert record by record; bad records stop the load unless skip_bad.
 
-    `report`, when given, receives human-readable notes (detected format, skipped records);
-    the note on skipped records arrives after the last conversation. `skipped` counts every
+    `report.notes`, when given, receives human-readable notes (detected format, skipped records);
+    the note on skipped records arrives after the last conversation. `report.skipped` counts every
     record skip_bad left out, unreadable or unconvertible, with the first one's error.
     `skip_setting` is how the caller's user turns skip_bad on (a flag, or data.skip_bad=true).
     """
+    report = report or ReadReport()
+
     def detected(rows: Iterator[Row]) -> Iterator[Row]:  # the format, told from the first record
         nonlocal format
         for row in rows:
@@ -59,8 +61,8 @@ def iter_conversations(
                 format, why = detect_format(row, fields)
                 note = f"{spec}: detected format '{format}' because {why}"
                 log.info(note)
-                if report is not None:
-                    report.append(note)
+                if report.notes is not None:
+                    report.notes.append(note)
             yield row
 
     def convert(row: Row) -> Conversation:
@@ -68,9 +70,8 @@ def iter_conversations(
             return chosen_conversation(row, fields, system)
         return to_conversation(row, format, fields, system)
 
-    rows = detected(iter_spec_rows(spec, skip_bad, base_dir, skip_hint(skip_setting), report, skipped))
-    yield from converted(rows, convert, spec=spec, skip_bad=skip_bad, skip_setting=skip_setting, report=report,
-                         tally=skipped)
+    rows = detected(iter_spec_rows(spec, skip_bad, base_dir, skip_hint(skip_setting), report))
+    yield from converted(rows, convert, spec=spec, skip_bad=skip_bad, skip_setting=skip_setting, report=report)
 
 
 def chosen_conversation(row: Row, fields: dict[str, str] | None, system: str | None) -> Conversation:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tunelab.data.formats import FORMATS_DOC, detect_format
-from tunelab.data.readers import Skipped, converted, iter_spec_rows, skip_hint
+from tunelab.data.readers import ReadReport, converted, iter_spec_rows, skip_hint
 from tunelab.data.records import ROLES, Row
 from tunelab.errors import TunelabError
 
@@ -143,13 +143,13 @@ def not_pairs_error(row: Row, fields: dict[str, str] | None, what: str) -> Tunel
 
 def iter_pairs(spec: str | Path, *, fields: dict[str, str] | None = None, skip_bad: bool = False,
                system: str | None = None, base_dir: str | Path | None = None, what: str = "method: dpo",
-               skip_setting: str = "--skip-bad", report: list[str] | None = None,
-               skipped: Skipped | None = None) -> Iterator[Pair]:
+               skip_setting: str = "--skip-bad", report: ReadReport | None = None) -> Iterator[Pair]:
     """Pairs of a file (.jsonl, .json, .csv, .parquet, any of them .gz), record by record.
 
     `what` names the caller in the error for a file without pairs (method: dpo, a preference task).
-    `skipped` counts the records skip_bad left out, unreadable or not a good pair, with the first
-    one's error (for the caller's output and result file: readers.Skipped).
+    `report.skipped` counts the records skip_bad left out, unreadable or not a good pair, with the
+    first one's error (for the caller's output and result file: readers.Skipped); `report.notes`
+    receives the line that counts them.
     """
     def checked(rows: Iterator[Row]) -> Iterator[Row]:  # a file without pairs stops at its first record
         for i, row in enumerate(rows):
@@ -157,10 +157,10 @@ def iter_pairs(spec: str | Path, *, fields: dict[str, str] | None = None, skip_b
                 raise not_pairs_error(row, fields, what)
             yield row
 
-    rows = checked(iter_spec_rows(spec, skip_bad, base_dir, skip_hint(skip_setting), report, skipped))
+    rows = checked(iter_spec_rows(spec, skip_bad, base_dir, skip_hint(skip_setting), report))
     # not logged here: each caller says it in its own words (a task's warning, the run's data notes)
     yield from converted(rows, lambda row: to_pair(row, fields, system), spec=spec, skip_bad=skip_bad,
-                         skip_setting=skip_setting, noun="pair", report=report, warn=False, tally=skipped)
+                         skip_setting=skip_setting, noun="pair", report=report, warn=False)
 
 
 def load_pairs(spec: str | Path, **kw) -> list[Pair]:

@@ -63,6 +63,17 @@ class Skipped:
         """One line for the output: `WHAT: skipped N bad record(s); first: FILE:LINE: why`."""
         return f"{what}: skipped {self.count} bad {noun}(s); first: {self.first}"
 
+
+@dataclass
+class ReadReport:
+    """Where a read tells its caller more than its records: `notes` receives human-readable lines
+    (a conversation read's detected format; how many records skip_bad left out, after the last
+    one), and `skipped` counts those records with the first one's error. None: not wanted."""
+
+    notes: Optional[list[str]] = None
+    skipped: Optional[Skipped] = None
+
+
 SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
 COMPRESSED = ".gz"  # any text reader takes its file gzipped (data.jsonl.gz): decompressed as it streams
 PARQUET_BATCH = 4096  # rows per record batch read from a parquet file
@@ -127,35 +138,37 @@ def resolve_spec(spec: str | Path, base_dir: str | Path | None = None, named_in:
     return path
 
 
-def iter_spec_rows(spec: str | Path, skip_bad: bool, base_dir, hint: str, report: list[str] | None = None,
-                   skipped: Optional[Skipped] = None) -> Iterator[Row]:
+def iter_spec_rows(spec: str | Path, skip_bad: bool, base_dir, hint: str,
+                   report: Optional[ReadReport] = None) -> Iterator[Row]:
     """The rows of a file or builtin: spec; unreadable records skipped (skip_bad) are noted in
-    `report` and counted in `skipped`, each before the next good row, so the tally keeps file order."""
+    `report.notes` and counted in `report.skipped`, each before the next good row, so the tally
+    keeps file order."""
     where = resolve_spec(spec, base_dir)
     if isinstance(where, str):
         from tunelab.data.builtin import load_builtin_rows
 
         yield from load_builtin_rows(where)  # generated in memory (at most 100k rows)
         return
+    report = report or ReadReport()
     bad: list[str] = []
     n = counted = 0
     for row in iter_rows(where, skip_bad=skip_bad, hint=hint, bad=bad):
         n += 1
-        counted = _tally(skipped, bad, counted)
+        counted = _tally(report.skipped, bad, counted)
         yield row
-    _tally(skipped, bad, counted)
+    _tally(report.skipped, bad, counted)
     finish(where, n, bad)
-    if bad and report is not None:  # also in the caller's notes (e.g. the cache entry's, shown by data prepare)
-        report.append(f"{where}: skipped {len(bad)} unreadable record(s); first: {bad[0]}")
+    if bad and report.notes is not None:  # also in the caller's notes (e.g. the cache entry's, shown by data prepare)
+        report.notes.append(f"{where}: skipped {len(bad)} unreadable record(s); first: {bad[0]}")
 
 
 def converted(rows: Iterator[Row], convert: Callable[[Row], T], *, spec, skip_bad: bool, skip_setting: str,
-              noun: str = "record", report: list[str] | None = None, warn: bool = True,
-              tally: Optional[Skipped] = None) -> Iterator[T]:
+              noun: str = "record", report: Optional[ReadReport] = None, warn: bool = True) -> Iterator[T]:
     """Each row through `convert`; a row it refuses (TunelabError) stops the read with the setting that
     skips it, or with skip_bad is counted, and the count is noted after the last one (logged when
-    `warn`, and in `report`; added to `tally` as met). A read that converts nothing is an error
-    whatever skip_bad says."""
+    `warn`, and in `report.notes`; added to `report.skipped` as met). A read that converts nothing
+    is an error whatever skip_bad says."""
+    report = report or ReadReport()
     skipped, n_ok = [], 0
     for row in rows:
         try:
@@ -164,8 +177,8 @@ def converted(rows: Iterator[Row], convert: Callable[[Row], T], *, spec, skip_ba
             if not skip_bad:
                 raise TunelabError(f"{e}; {skip_hint(skip_setting)}") from None
             skipped.append(str(e))
-            if tally is not None:
-                tally.add(bad_record(str(e), row.line))
+            if report.skipped is not None:
+                report.skipped.add(bad_record(str(e), row.line))
             continue
         n_ok += 1
         yield item
@@ -173,8 +186,8 @@ def converted(rows: Iterator[Row], convert: Callable[[Row], T], *, spec, skip_ba
         note = f"{spec}: skipped {len(skipped)} bad {noun}(s); first: {skipped[0]}"
         if warn:
             log.warning(note)
-        if report is not None:
-            report.append(note)
+        if report.notes is not None:
+            report.notes.append(note)
     if not n_ok:
         raise TunelabError(f"{spec}: every record was bad; see the first error above and fix the data")
 

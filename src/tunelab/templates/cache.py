@@ -42,6 +42,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from tunelab.data.load import iter_conversations, resolve_spec
+from tunelab.data.readers import ReadReport
 from tunelab.io import (WriteFailed, atomic_write_text, file_sha256, is_write_failure, set_usual_mode, tree_bytes,
                         write_errors)
 from tunelab.paths import home
@@ -292,7 +293,7 @@ def prepare(spec, tokenizer, settings: EncodingSettings | None = None, *, base_d
     def fill(tmp: Path) -> dict:
         notes: list[str] = []
         convs = iter_conversations(where, format=s.format, fields=s.fields, skip_bad=s.skip_bad, system=s.system,
-                                   report=notes, skip_setting=skip_setting)
+                                   report=ReadReport(notes), skip_setting=skip_setting)
         meta = _write(tmp, _chunks(convs, CHUNK), tokenizer, s.train_on, s.max_length, s.truncate, progress)
         return {**meta, "notes": notes, "inputs": inputs, "spec": str(spec)}
 

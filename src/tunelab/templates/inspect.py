@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from tunelab.data.load import load_conversations
-from tunelab.data.readers import Skipped
+from tunelab.data.readers import ReadReport, Skipped
 from tunelab.errors import ParameterError
 from tunelab.templates.cache import EncodingSettings
 from tunelab.templates.render import IGNORE, Encoded, encode
@@ -48,7 +48,7 @@ def inspect_data(spec: str, tokenizer, settings: EncodingSettings | None = None,
     notes: list[str] = []
     skipped = Skipped()
     convs = load_conversations(spec, format=s.format, fields=s.fields, skip_bad=s.skip_bad, system=s.system,
-                               report=notes, skipped=skipped)
+                               report=ReadReport(notes, skipped))
     lengths, trained, total, over, examples = [], 0, 0, 0, []
     for i, conv in enumerate(convs):
         enc = encode(tokenizer, conv, train_on=s.train_on)  # untruncated: count what max_length would cut
@@ -115,8 +115,8 @@ def inspect_pairs(spec: str, tokenizer, *, fields: dict | None = None, n: int = 
     notes: list[str] = []
     skipped = Skipped()
     prompt_lengths, packed, standard, over, examples = [], 0, 0, 0, []
-    for i, pair in enumerate(iter_pairs(spec, fields=fields, skip_bad=skip_bad, system=system, report=notes,
-                                        what="a preference inspect", skipped=skipped)):
+    for i, pair in enumerate(iter_pairs(spec, fields=fields, skip_bad=skip_bad, system=system,
+                                        report=ReadReport(notes, skipped), what="a preference inspect")):
         enc = encode_pair(tokenizer, pair)  # untruncated: count what max_length would cut
         prompt_lengths.append(len(enc.prompt))
         packed += enc.length

@@ -137,6 +137,7 @@ def mix_replay(src: DataSource, train_ex, kw: dict):
 def load_pairs(src: DataSource):
     """(train, eval) preference pairs, encoded (templates/preference.py); skipped pairs are noted."""
     from tunelab.data.preference import iter_pairs
+    from tunelab.data.readers import ReadReport
     from tunelab.templates.preference import encode_pairs
 
     cfg, d = src.cfg, src.cfg.data
@@ -144,7 +145,8 @@ def load_pairs(src: DataSource):
     def encoded(spec: str):
         notes: list[str] = []
         pairs = iter_pairs(data_path(spec, src.base_dir), fields=d.fields or None, skip_bad=d.skip_bad,
-                           system=d.system, what=f"method: {cfg.method}", skip_setting=SKIP_SETTING, report=notes)
+                           system=d.system, what=f"method: {cfg.method}", skip_setting=SKIP_SETTING,
+                           report=ReadReport(notes))
         out = encode_pairs(src.tokenizer, pairs, max_length=d.max_length)
         src.note_skips(notes)  # after the encoding: the read has reached the file's end
         return out

@@ -138,10 +138,12 @@ def _preference_pairs(path: str | Path) -> list[LabelledPair]:
     pairs: the dialogue before the last answer is the question; the chosen answer is shown first in
     even records and second in odd ones, so a judge that always picks one position scores 50%."""
     from tunelab.data.preference import load_pairs as load_preference
+    from tunelab.data.readers import ReadReport
 
-    skipped: list[str] = []
+    skipped: list[str] = []  # the data layer's notes: the count of skipped pairs and the first reason
     out = []
-    for n, p in enumerate(load_preference(path, skip_bad=True, what="tunelab judge agreement", report=skipped)):
+    for n, p in enumerate(load_preference(path, skip_bad=True, what="tunelab judge agreement",
+                                          report=ReadReport(skipped))):
         question = "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in p.prompt)
         first = n % 2 == 0
         out.append(LabelledPair(p.id, question, (p.chosen, p.rejected) if first else (p.rejected, p.chosen), 1 if first else 2))
