@@ -141,13 +141,8 @@ def prepare_cmd(
     """
     import time
 
-    import numpy as np
-
-    from tunelab.cli import console
-    from tunelab.errors import TunelabError, on_interrupt
-    from tunelab.models.loading import load_tokenizer, resolve
-    from tunelab.progress import run_with_progress
-    from tunelab.templates.cache import find, prepare
+    from tunelab.errors import TunelabError
+    from tunelab.models.loading import resolve
 
     if train_on not in ("completion", "all"):
         raise TunelabError(f"--train-on must be completion or all, got '{train_on}'")
@@ -155,6 +150,17 @@ def prepare_cmd(
     t0 = time.perf_counter()
     settings = dict(format=format, fields=parse_fields(field) or None, system=system, skip_bad=skip_bad,
                     train_on=train_on, max_length=max_length, truncate=not drop_long)
+    enc = _cached_or_encoded(file, folder, settings)
+    _print_prepared(file, enc, time.perf_counter() - t0, max_length)
+
+
+def _cached_or_encoded(file: str, folder, settings: dict):
+    """The cache entry of FILE with these settings: found, or encoded now (with a progress bar)."""
+    from tunelab.errors import on_interrupt
+    from tunelab.models.loading import load_tokenizer
+    from tunelab.progress import run_with_progress
+    from tunelab.templates.cache import find, prepare
+
     # a cached entry is found from the tokenizer's files: no tokenizer (nor transformers) to load
     enc = find(file, folder, **settings)
     if enc is None:
@@ -165,7 +171,15 @@ def prepare_cmd(
             enc = run_with_progress("encoding", lambda p: prepare(
                 file, tokenizer, **settings, tokenizer_folder=folder,
                 progress=p.update if p is not None else None), unit="records")
-    wall = time.perf_counter() - t0
+    return enc
+
+
+def _print_prepared(file: str, enc, wall: float, max_length: int) -> None:
+    """The entry's notes, then a table of what it holds: records kept and dropped, token lengths."""
+    import numpy as np
+
+    from tunelab.cli import console
+
     for note in enc.meta["notes"]:
         console.print(f"[cyan]{note}[/]", highlight=False)
     m = enc.meta

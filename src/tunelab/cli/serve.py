@@ -68,7 +68,7 @@ def serve_command(
     adapters = parse_adapters(adapter or [])
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
         err_console.print(f"[yellow]warning:[/] listening on {host} without --api-key: anyone who can reach it can use the model")
-    from tunelab.serve.server import serve
+    from tunelab.serve.server import ServeOptions, serve
 
     def ready(served) -> None:
         base = served.name + (f" (also as {served.alias})" if served.alias else "")
@@ -77,8 +77,8 @@ def serve_command(
 
     # uvicorn finishes the requests in flight on Ctrl-C, then raises it again: one line, exit 130
     with on_interrupt("server stopped; it keeps nothing between runs (start it again with the same command)"):
-        serve(model, adapters=adapters, host=host, port=port, api_key=api_key, batch_size=batch_size,
-              queue_size=queue_size, device=device, on_ready=ready)
+        serve(model, ServeOptions(host=host, port=port, api_key=api_key, batch_size=batch_size, queue_size=queue_size),
+              adapters=adapters, device=device, on_ready=ready)
 
 
 def register(app: typer.Typer) -> None:

@@ -166,8 +166,9 @@ def merge_costs(costs: list[dict[str, dict]]) -> dict[str, dict]:
 
 
 def build_results(*, task: str, model: Any, n: int, shots: int, metrics: dict, cost: dict, signature: str,
-                  predictions: Optional[list[dict]] = None, skipped: Optional[dict] = None) -> Results:
-    """A checked Results; `model` is a LoadedModel or an already-made model block."""
+                  predictions: Optional[list[dict]] = None) -> Results:
+    """A checked Results; `model` is a LoadedModel or an already-made model block. The records the
+    data's skip_bad left out are the reader's to tell: the caller sets `skipped` on the Results."""
     block = dict(model) if isinstance(model, dict) else model_info(model)
     for key in ("name", "sha256", "adapter"):
         block.setdefault(key, None)
@@ -175,7 +176,7 @@ def build_results(*, task: str, model: Any, n: int, shots: int, metrics: dict, c
     if missing:
         raise ValueError(f"cost block lacks {missing}; build it with make_cost()")  # a bug, not user input
     return Results(task=str(task), model=block, n=int(n), shots=int(shots), metrics=metrics, cost=dict(cost),
-                   signature=signature, predictions=list(predictions or []), skipped=skipped)
+                   signature=signature, predictions=list(predictions or []))
 
 
 # ---------------------------------------------------------------- signature

@@ -308,8 +308,8 @@ def _finish(run: _Run, items: list[dict], tokens: tuple[int, int]) -> Results:
         task=task.name, model=backend.identity, n=len(items), shots=task.fewshot.k,
         metrics={name: r.to_json() for name, r in scored.items()},
         cost=cost, signature=signature(task, backend, run.metrics, o.sampler), predictions=lines,
-        skipped=run.skipped.to_json() if run.skipped is not None else None,
     )
+    results.skipped = run.skipped.to_json() if run.skipped is not None else None
     return results_mod.finish_run(results, o.out, "eval")
 
 

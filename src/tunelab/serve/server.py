@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import AsyncIterator, Optional
 
 from tunelab.errors import TunelabError
@@ -327,25 +328,37 @@ class BackgroundServer:
         self.thread.join(30)
 
 
-def serve(model: str, *, adapters: Optional[dict[str, str]] = None, host: str = "127.0.0.1", port: int = 8000,
-          api_key: Optional[str] = None, batch_size: int = 8, queue_size: int = 64, device: Optional[str] = None,
-          on_ready=None) -> None:
+@dataclass
+class ServeOptions:
+    """Where `serve` listens and how it takes requests (`tunelab serve`'s flags, checked there)."""
+
+    host: str = "127.0.0.1"  # 127.0.0.1 keeps it on this machine
+    port: int = 8000
+    api_key: Optional[str] = None  # when set, every request needs 'Authorization: Bearer KEY'
+    batch_size: int = 8  # most requests decoded together
+    queue_size: int = 64  # requests that may wait; more get HTTP 429
+
+
+def serve(model: str, options: Optional[ServeOptions] = None, *, adapters: Optional[dict[str, str]] = None,
+          device: Optional[str] = None, on_ready=None) -> None:
     """Load MODEL and its adapters, then serve until interrupted (Ctrl-C stops cleanly)."""
     import uvicorn
 
     from tunelab.serve.engine import load_served
 
-    check_bindable(host, port)
+    o = options or ServeOptions()
+    check_bindable(o.host, o.port)
     served = load_served(model, adapters, device=device)
-    app = create_app(served, api_key=api_key, batch_size=batch_size, queue_size=queue_size)
+    app = create_app(served, api_key=o.api_key, batch_size=o.batch_size, queue_size=o.queue_size)
     if on_ready is not None:
         on_ready(served)
     # uvicorn.Server rather than uvicorn.run: run() exits 3 ("startup failed") when Ctrl-C lands
     # while the server starts; Server.run raises the Ctrl-C again after shutting down, either way
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=5))
+    server = uvicorn.Server(uvicorn.Config(app, host=o.host, port=o.port, log_level="warning",
+                                           timeout_graceful_shutdown=5))
     server.run()
     if not server.started:
-        raise TunelabError(f"the server did not start on {host}:{port}; the lines above say why")
+        raise TunelabError(f"the server did not start on {o.host}:{o.port}; the lines above say why")
 
 
 def check_bindable(host: str, port: int) -> None:
