@@ -1,9 +1,9 @@
 """Issue 33's counting goals, shown by running scripts/count_axes.py (as a user would) on src/.
 
 - Task-type and training-method names compared as strings outside their registries: 0 per axis.
-- No function over 60 lines or with more than 8 parameters (the script's docstring defines both).
-The whole-src function goals are expected failures until every area is done, strict, so they fail
-loudly the day they pass and the mark can go.
+- No function over 60 lines or with more than 8 parameters (the script's docstring defines both),
+  except the functions the script's EXEMPT table lists, with a reason, for the parameter limit; every
+  entry of that table must still name a wide function, so it cannot rot.
 """
 from __future__ import annotations
 
@@ -36,17 +36,31 @@ def test_no_name_of_the_axis_is_compared_outside_its_registry(axis):
     assert c["total"] == 0, f"{axis} names compared as strings: {json.dumps(c['files'])}"
 
 
-@pytest.mark.parametrize("area", ["evaluate/", "compare/render.py", "compare/estimate.py"])
-def test_no_long_or_wide_function_in_the_refactored_areas(area):
-    c = counts()
-    over = [f for f in c["long_functions"] + c["wide_functions"] if f["where"].startswith(area)]
-    assert not over, over
-
-
 @pytest.mark.parametrize("kind", ["long_functions", "wide_functions"])
-@pytest.mark.xfail(strict=True, reason="issue 33: other areas (train, safety, report, cli, infer) still over")
 def test_no_long_or_wide_function_in_src(kind):
     assert counts()[kind] == []
+
+
+def test_every_exempt_function_still_exists_and_needs_it():
+    """An EXEMPT entry whose function was renamed, removed or narrowed is reported, not silently kept."""
+    c = counts()
+    assert c["exempt_unused"] == []
+    assert c["exempt"] and all(r["reason"] and r["params"] > 8 for r in c["exempt"])
+
+
+def test_an_exempt_function_is_exempt_from_the_parameter_limit_only(tmp_path):
+    """The table names functions by qualified name: the same name elsewhere is still counted, and an
+    exempt function over 60 lines is still long."""
+    pkg = tmp_path / "tunelab"
+    (pkg / "cli").mkdir(parents=True)
+    wide = "(a, b, c, d, e, f, g, h, i)"
+    (pkg / "cli" / "evaluate.py").write_text(f"def eval_command{wide}:\n" + "    x = 1\n" * 60)
+    (pkg / "cli" / "other.py").write_text(f"def eval_command{wide}:\n    pass\n")
+    c = _run("--src", str(pkg))
+    assert [(r["qualname"], r["params"]) for r in c["exempt"]] == [("tunelab.cli.evaluate.eval_command", 9)]
+    assert [r["qualname"] for r in c["wide_functions"]] == ["tunelab.cli.other.eval_command"]
+    assert [r["qualname"] for r in c["long_functions"]] == ["tunelab.cli.evaluate.eval_command"]
+    assert "tunelab.cli.data.prepare_cmd" in c["exempt_unused"]
 
 
 def test_the_counting_rule(tmp_path):
