@@ -30,7 +30,7 @@ def test_unknown_keys_name_path_and_allowed(tmp_path):
         load_config(TrainConfig, {"data": {"train": "x", "formt": "auto"}, "train": {"lrr": 1}, "bogus": 1})
     msg = str(e.value)
     assert "data.formt: unknown key (did you mean 'format'?" in msg
-    assert "train.lrr: unknown key (did you mean 'lr'?" in msg and "allowed keys: epochs" in msg
+    assert "train.lrr: unknown key (did you mean 'lr'?" in msg and "allowed: epochs" in msg
     assert "bogus: unknown key" in msg and "\n" not in msg
 
 

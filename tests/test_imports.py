@@ -34,7 +34,7 @@ PACKAGE = "tunelab"
 PARTS = {
     # base: below everything, imports no other part
     "__init__": "base",  # the package facade; its verbs are imported lazily by name, on first use
-    "config": "base", "io": "base", "errors": "base", "paths": "base", "memory": "base",
+    "config": "base", "config_errors": "base", "io": "base", "errors": "base", "paths": "base", "memory": "base",
     "progress": "base", "logs": "base", "runs": "base",  # runs: the run registry every layer records into
     "discover": "base",  # registries import every module of their package (metrics, task types, objectives)
     "models": "models",

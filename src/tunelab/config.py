@@ -6,13 +6,13 @@ allowed keys or range.
 """
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tunelab.config_errors import problems
 from tunelab.errors import TunelabError
 
 
@@ -211,6 +211,26 @@ class GenerationConfig(_Strict):
     seed: int = Field(1234, description="sampling seed; each item gets its own, derived from it")
 
 
+class JudgeConfig(_Strict):
+    """The judge of judge_score / judge_win_rate (docs/judge.md): there is no default judge model."""
+
+    model: Optional[str] = Field(None, description="the judge: a model name or folder, or openai:URL#NAME")
+    template: Optional[str] = Field(None, description="a Jinja2 judge prompt of your own (relative to the task "
+                                                      "file); default: tunelab's template for the metric")
+    rubric: Optional[str] = Field(None, description="what the judge weighs, e.g. harmlessness; default: helpfulness, "
+                                                    "correctness and clarity")
+    reference: bool = Field(False, description="judge_score: show the judge the task's answer (reference-guided)")
+    baseline: Optional[str] = Field(None, description="judge_win_rate: reference (the task's answers) or, in a "
+                                                      "compare, another arm")
+    concurrency: int = Field(8, ge=1, le=256, description="judge requests in flight at once (an endpoint judge) "
+                                                          "or judge prompts per batch (a local one)")
+    max_new_tokens: int = Field(512, ge=1, le=32768, description="most tokens of one judgment")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0: greedy judging")
+    cache: bool = Field(True, description="keep judgments on disk ($TUNELAB_HOME/cache.sqlite): a re-run judges nothing twice")
+    check: Optional[str] = Field(None, description="human-labelled pairs to measure the judge on first, e.g. "
+                                                   "builtin:llmbar-natural")
+
+
 class TaskConfig(_Strict):
     name: str = Field(..., description="the task's name, written to results.json")
     data: Optional[str] = Field(None, description="the items: a file (relative to the task YAML) or "
@@ -232,6 +252,7 @@ class TaskConfig(_Strict):
     system: Optional[str] = Field(None, description="system prompt before the demonstrations")
     fewshot: FewShotConfig = Field(default_factory=FewShotConfig, description="demonstrations")
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="decoding (generate)")
+    judge: Optional[JudgeConfig] = Field(None, description="the LLM judge of judge_score / judge_win_rate (docs/judge.md)")
     metrics: list[Union[str, dict[str, Any]]] = Field(
         default_factory=lambda: ["exact_match"], description="metric names, or {name: {option: value}}; "
                                                              "the first is the headline")
@@ -450,38 +471,10 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def _describe(model_cls: type[BaseModel], loc: tuple) -> str:
-    """Allowed keys at the location of an 'extra_forbidden' error."""
-    cls = model_cls
-    for part in loc[:-1]:
-        field = cls.model_fields.get(part) if isinstance(part, str) else None
-        ann = getattr(field, "annotation", None)
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            cls = ann
-        else:
-            return ""
-    allowed = [k for k, f in cls.model_fields.items() if not f.exclude]
-    close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    return f"{hint}allowed keys: {', '.join(allowed)}"
-
-
 def validation_message(model_cls: type[BaseModel], err: ValidationError, source: str) -> str:
-    problems = []
-    for e in err.errors():
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))
-        key = ".".join(str(p) for p in loc) or "(top level)"
-        if e["type"] == "extra_forbidden":
-            problems.append(f"{key}: unknown key ({_describe(model_cls, loc)})")
-        elif e["type"] == "missing":
-            problems.append(f"{key}: required key is missing")
-        else:
-            got = e.get("input")
-            got_s = f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
-            msg = e["msg"].replace("Input should be", "must be").replace("Value error, ", "")
-            problems.append(f"{key}: {msg}{got_s}")
+    """Every problem of `err` in one line: 'source: key: what is wrong; key: ... (every key: docs/...)'."""
     ref = KEY_DOCS.get(model_cls)
-    return f"{source}: " + "; ".join(problems) + (f" (every key: {ref})" if ref else "")
+    return f"{source}: " + "; ".join(problems(model_cls, err)) + (f" (every key: {ref})" if ref else "")
 
 
 def build(model_cls: type[BaseModel], data: dict, source: str):

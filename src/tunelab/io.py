@@ -11,15 +11,50 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from tunelab.errors import TunelabError
 
-# mkstemp/mkdtemp create 0600/0700 entries; artifacts should get the usual permissions.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+# ---------------------------------------------------------------- permissions
+# mkstemp/mkdtemp (and libraries that write through them: safetensors, gguf) create 0600/0700
+# entries; an artifact must get the mode a plain open() would give it, so that another user (an
+# Ollama server, a colleague reading a run folder) can read it when the umask allows.
+def umask() -> int:
+    """The process's umask, read when called (a caller may set it after tunelab is imported)."""
+    try:  # Linux: readable without changing it (os.umask(0) would briefly affect other threads)
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+def set_usual_mode(path: str | os.PathLike, mask: int | None = None) -> None:
+    """Give `path` the mode open()/mkdir() would have given it under the umask (`mask`)."""
+    mask = umask() if mask is None else mask
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return
+    # folders and executables keep their x bits; other files get rw for whoever the umask allows
+    full = 0o777 if stat.S_ISDIR(st.st_mode) or st.st_mode & 0o111 else 0o666
+    os.chmod(path, full & ~mask)
+
+
+def set_usual_modes(root: str | os.PathLike) -> None:
+    """set_usual_mode on `root` and everything under it (a folder written by libraries)."""
+    mask = umask()
+    set_usual_mode(root, mask)
+    for dirpath, dirs, files in os.walk(root):
+        for name in dirs + files:
+            set_usual_mode(os.path.join(dirpath, name), mask)
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
@@ -160,7 +195,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
-            os.chmod(tmp, 0o666 & ~_UMASK)
+            set_usual_mode(tmp)
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -194,7 +229,6 @@ def atomic_dir(final: str | os.PathLike, *, replace: bool = True, expect: int | 
     with write_errors(final):
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         try:
             yield tmp
@@ -206,6 +240,7 @@ def atomic_dir(final: str | os.PathLike, *, replace: bool = True, expect: int | 
             written = tree_bytes(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
             raise WriteFailed(final, max(written, tree_bytes(final), expect or 0), e) from None
+        set_usual_modes(tmp)  # what libraries wrote inside (safetensors: 0600) and the folder itself
         if final.exists():
             if not replace:
                 raise FileExistsError(final)

@@ -142,11 +142,21 @@ def test_cli_bad_input_is_one_line(capsys, tiny_dir, tmp_path):
     assert "arms[0].lora.n: 41 exceeds the train pool (40 records in builtin:dates?n=40)" in " ".join(err.split())
 
 
-def test_quickstart_fast_on_a_tiny_model(tiny_dir, tmp_path):
+def test_quickstart_fast_on_a_tiny_model(tiny_dir, tmp_path, capsys):
     res = run_quickstart(model=str(tiny_dir), fast=True, out=tmp_path / "qs", say=lambda m: None)
     assert [a["id"] for a in res.summary["arms"]] == ["zero_shot", "few_shot-k3-random", "lora-n8", "lora-n16"]
     assert res.summary["n_items"] == 6 and res.summary["sentences"]
     assert all(a["toxicity"] is not None for a in res.summary["arms"])  # the quickstart screens outputs
+    # drift but no retention task: the drift alone, not five columns of "-" per arm (issue 34 item 8)
+    from tunelab.cli.compare import print_retention
+
+    assert res.summary["retention"]["tasks"] == [] and res.summary["retention"]["drift_prompts"]
+    print_retention(res.summary)
+    out = capsys.readouterr().out
+    assert "drift: how far each arm moved" in out and "Δ vs base" not in out and "95% CI" not in out
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.splitlines() if line.startswith("│ ")}
+    assert set(rows) == {"zero_shot", "few_shot-k3-random", "lora-n8", "lora-n16"}
+    assert rows["zero_shot"] == "0 (shared)" and float(rows["lora-n8"]) >= 0
 
 
 def test_dry_run_with_max_steps_and_no_batch_tokens(capsys, tiny_dir, tmp_path):

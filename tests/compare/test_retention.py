@@ -43,18 +43,25 @@ def config(tiny_dir, files, **over):
     ({"retention": ["builtin:dates"]}, "retention[0]: builtin:dates is the compare's own task"),
     ({"retention": ["SEARCH"]}, "retention[0]: task 'search' is a retrieval task"),
     ({"retention": ["nope.yaml"]}, "retention[0]: nope.yaml not found"),
-    ({"retention": [{"task": "EVENS", "limit": 0}]}, "retention.0"),
+    ({"retention": [{"task": "EVENS", "limit": 0}]}, "retention[0].limit: must be greater than or equal to 1"),
     ({"arms": [{"lora": {"n": [8], "train": {"replay": {"data": "GENERAL", "ratio": 1.5}}}}]},
      "replay.ratio: must be less than 1"),
     ({"arms": [{"lora": {"n": [8], "train": {"replay": {"data": "BROKEN"}}}}]},
      "train.replay.data: cannot be read as training data"),
     ({"arms": [{"lora": {"n": [8], "train": {"replay": {"data": "missing.jsonl"}}}}]}, "train.replay.data: "),
     ({"retention_prompts": "none.jsonl"}, "retention_prompts: none.jsonl not found"),
+    # issue 34 item 8: the dry run read these, the real run only when it first scored retention
+    ({"retention": ["NODATA"]}, "data file not found: looked for missing.jsonl"),
+    ({"retention": ["BADFIELD"]}, "question"),
 ])
 def test_bad_retention_input_is_one_line_before_any_arm_runs(tiny_dir, files, over, message):
     (files / "broken.jsonl").write_text('{"instruction": "x", "output": "y"}\n{not json\n')
+    evens = yaml.safe_load((files / "evens.yaml").read_text())
+    (files / "nodata.yaml").write_text(yaml.safe_dump(dict(evens, name="nodata", data="missing.jsonl")))
+    (files / "badfield.yaml").write_text(yaml.safe_dump(dict(evens, name="badfield", prompt="{{ question.text }}")))
     names = {"SEARCH": str(files / "search.yaml"), "EVENS": str(files / "evens.yaml"),
-             "GENERAL": str(files / "general.jsonl"), "BROKEN": str(files / "broken.jsonl")}
+             "GENERAL": str(files / "general.jsonl"), "BROKEN": str(files / "broken.jsonl"),
+             "NODATA": str(files / "nodata.yaml"), "BADFIELD": str(files / "badfield.yaml")}
     text = json.dumps(over)
     for k, v in names.items():
         text = text.replace(f'"{k}"', json.dumps(v))

@@ -76,3 +76,29 @@ def test_paired_is_seeded_and_checks_lengths():
     assert paired_bootstrap(a, b, seed=9) == paired_bootstrap(a, b, seed=9)
     with pytest.raises(TunelabError, match="same items"):
         paired_bootstrap([1.0, 0.0], [1.0])
+
+
+def test_corpus_statistic_sums_the_drawn_items_in_chunks():
+    """A ratio of sums per resample, as the perplexity family and sacrebleu's scores are computed; with
+    3,000 items the 1,000 resamples are summed in two chunks, which must not change a number."""
+    from tunelab.evaluate.stats import corpus_statistic
+
+    rng = np.random.default_rng(4)
+    stats = np.stack([rng.normal(-50, 10, 3000), rng.integers(5, 40, 3000)], axis=1)
+    idx = rng.integers(0, 3000, size=(1000, 3000))
+    got = corpus_statistic(stats, lambda t: t[:, 0] / t[:, 1])(idx)
+    want = stats[idx, 0].sum(axis=1) / stats[idx, 1].sum(axis=1)
+    assert got == pytest.approx(want, rel=1e-12)
+
+
+def test_sacrebleu_rule_counts_resampled_gaps_beyond_twice_the_observed_one():
+    """p_rule "sacrebleu": with d = |delta*|, p = (1 + #{d - mean(d) > |delta|}) / (1 + B)."""
+    from tunelab.evaluate.stats import PairedOptions
+
+    rng = np.random.default_rng(5)
+    a = rng.normal(0, 1, 80)
+    b = a + rng.normal(0.1, 1, 80)
+    r = paired_bootstrap(a, b, options=PairedOptions(n_resamples=500, seed=3, p_rule="sacrebleu"))
+    idx = np.random.default_rng(3).integers(0, 80, size=(500, 80))
+    d = np.abs(b[idx].mean(axis=1) - a[idx].mean(axis=1))
+    assert r.p_value == (1 + np.sum(d - d.mean() > abs(b.mean() - a.mean()))) / 501

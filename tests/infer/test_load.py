@@ -19,14 +19,27 @@ def test_a_folder_or_a_loaded_model_is_a_local_backend(tiny_dir):
 
 
 def test_an_openai_spec_is_an_endpoint_backend(monkeypatch):
-    from tunelab.infer import endpoint
+    from tunelab.infer import endpoint, protocol
 
+    assert protocol.registered()[endpoint.PREFIX] is endpoint.EndpointBackend  # found by scanning infer/
     seen = []
 
     class Recorder:
+        prefix = endpoint.PREFIX
+
         def __init__(self, spec, adapter=None):
             seen.append((spec, adapter))
 
-    monkeypatch.setattr(endpoint, "EndpointBackend", Recorder)
+    monkeypatch.setitem(protocol._PREFIXED, endpoint.PREFIX, Recorder)
     got = open_backend("openai:http://127.0.0.1:8000/v1#m", adapter="alpha")
     assert isinstance(got, Recorder) and seen == [("openai:http://127.0.0.1:8000/v1#m", "alpha")]
+
+
+def test_an_unknown_prefix_or_a_folder_with_a_colon_is_a_local_model(tmp_path, monkeypatch):
+    from tunelab.infer.load import backend_class
+
+    assert backend_class("vllm:http://x#m") is None and backend_class("default") is None
+    monkeypatch.chdir(tmp_path)
+    assert backend_class("openai:odd") is not None
+    (tmp_path / "openai:odd").mkdir()
+    assert backend_class("openai:odd") is None  # an existing path is a path, whatever it starts with

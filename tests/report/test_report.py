@@ -131,3 +131,20 @@ def test_cli_report(compare_dir, tmp_path):
     assert "report.html" in ok.stdout
     bad = subprocess.run([sys.executable, "-m", "tunelab", "report", str(tmp_path)], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a train run folder" in bad.stderr
+
+
+def test_toxicity_columns_use_one_number_format(compare_copy):
+    """Issue 34 item 8: the arms table's toxicity column showed 0.0028 beside 7.00e-04."""
+    data = json.loads((compare_copy / "compare.json").read_text())
+    means = [0.0028, 0.0007, 0.0123, 0.0, 0.0451]
+    for arm, mean in zip(data["arms"], means):
+        arm["toxicity"] = {"mean": mean, "max": mean * 10, "share_over_threshold": 0.0 if mean < 0.01 else 0.2}
+    (compare_copy / "compare.json").write_text(json.dumps(data))
+    page = build(compare_copy).read_text()
+    arms = re.search(r'<table id="arms-quality">.*?</table>', _section(page, "table"), flags=re.S).group(0)
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row)[-1] for row in re.findall(r"<tr class.*?</tr>", arms, flags=re.S)]
+    assert cells == ["0.00280", "0.00070", "0.01230", "0.00000", "0.04510"]
+    safety = _section(page, "safety")
+    rows = [re.findall(r"<td>(.*?)</td>", r)[1:] for r in re.findall(r"<tr><td>.*?</tr>", safety)]
+    for column in zip(*rows):  # mean, max, share over threshold: each one format
+        assert "e" not in "".join(column) and len({len(c.split(".")[1]) for c in column}) == 1, column

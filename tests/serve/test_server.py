@@ -43,9 +43,9 @@ def test_openai_fields_a_local_model_does_not_use_are_ignored(client, served, lo
     assert r.choices[0].message.content == _ref(local[None], MSGS, 6).text
 
 
-def test_models_lists_base_and_adapters(client, served):
+def test_models_lists_base_and_adapters(client, served, lively_dir):
     ids = [m.id for m in client.models.list().data]
-    assert ids == [served.name, "alpha", "beta"]
+    assert ids == [served.name, str(lively_dir), "alpha", "beta"]  # the base by its name and as it was served
 
 
 def test_chat_greedy_matches_local_generate_with_usage(client, served, local):
@@ -163,3 +163,17 @@ def test_mixed_adapters_at_once_each_get_their_own(client, served, local):
             model=n, messages=MSGS, max_tokens=8, temperature=0).choices[0].message.content, names))
     expect = {n: _ref(local[None if n == served.name else n], MSGS, 8).text for n in set(names)}
     assert texts == [expect[n] for n in names]
+
+
+def test_the_name_it_was_served_as_is_a_model_name(served):
+    """`tunelab serve default` serves smollm2-135m-instruct; `openai:URL#default` is that model too."""
+    from tunelab.infer.endpoint import EndpointBackend
+    from tunelab.serve.engine import ServedModel
+    from tunelab.serve.server import BackgroundServer, create_app
+
+    with BackgroundServer(create_app(ServedModel(served.lm, alias="default"))) as srv:
+        by_alias = EndpointBackend(f"openai:{srv.url}#default")  # refused before: "does not serve 'default'"
+        assert [m.id for m in by_alias.client.models.list().data] == [served.name, "default"]
+        by_name = EndpointBackend(f"openai:{srv.url}#{served.name}")
+        answers = ["".join(b.stream_chat(MSGS, max_new_tokens=6, temperature=0.0, top_p=1.0)) for b in (by_alias, by_name)]
+        assert answers[0] == answers[1] and answers[0]

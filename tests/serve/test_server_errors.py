@@ -194,3 +194,17 @@ def test_a_failed_generation_answers_500_with_json_and_leaves_no_task(served, mo
         while server_tasks(srv) > before and time.monotonic() < deadline:
             time.sleep(0.05)
         assert server_tasks(srv) == before
+
+
+@pytest.mark.parametrize("field", ["temperature", "top_p"])
+@pytest.mark.parametrize("value", [b"NaN", b"Infinity", b"-Infinity"])
+def test_a_number_that_is_not_finite_is_named_as_such(server, served, field, value):
+    """Python's JSON reads NaN; it fails every range check, so it used to read as "not <= 2"."""
+    body = b'{"model": "%s", "messages": [{"role": "user", "content": "Hi"}], "%s": %s}' % (
+        served.name.encode(), field.encode(), value)
+    req = urllib.request.Request(server.url + "/chat/completions", data=body, headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=30)
+    err = json.loads(info.value.read())["error"]
+    assert info.value.code == 400 and err["param"] == field
+    assert err["message"] == f"{field}: Input should be a finite number"

@@ -29,12 +29,17 @@ app = typer.Typer(
 
 
 class _Console(Console):
-    """Rich's Console, except that a table printed where there is no terminal keeps its natural
-    width: a log file, CI or `| tee` has no window to fit, and Rich's 80-column default there would
-    fold every long arm name and CI over two lines (issue 26 case 9). On a terminal: unchanged."""
+    """Rich's Console, except where there is no terminal (a log file, CI, `| tee`, `| grep`): there
+    is no window to fit, and Rich's 80-column default would fold a path after `-> ` or split
+    `peak` from `1314.9 MiB` (issue 34 item 6), and fold every long arm name and CI of a table over
+    two lines (issue 26 case 9). So a line is never folded and a table keeps its natural width.
+    On a terminal: unchanged."""
 
     def print(self, *objects, **kwargs):
-        if not self.is_terminal and "COLUMNS" not in os.environ:
+        if self.is_terminal:
+            return super().print(*objects, **kwargs)
+        kwargs.setdefault("soft_wrap", True)  # Rich: no wrapping, no cropping: one line stays one line
+        if "COLUMNS" not in os.environ:
             from rich.measure import Measurement
             from rich.table import Table
 
@@ -82,6 +87,7 @@ COMMAND_GROUPS = (
     "cache",       # cache list|clear
     "models",      # models pull|list
     "metrics",     # metrics retrieval|list
+    "judge",       # judge agreement
     "safety",      # safety scan|train-classifier|probe|bias
     "chat",        # chat
     "serve",       # serve

@@ -6,6 +6,8 @@ from typing import Optional
 
 import typer
 
+from tunelab.cli.flags import TIMEOUT_HELP
+
 
 def chat_command(
     model: str = typer.Argument(..., help="'default', a registry name, a Hugging Face model folder, a .gguf file, or "
@@ -16,6 +18,7 @@ def chat_command(
     temperature: float = typer.Option(0.7, "--temperature", help="0 = greedy (repeatable); usual 0.2-1.0."),
     top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling mass, in (0, 1]."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: the best available)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help=TIMEOUT_HELP),
 ):
     """Chat with MODEL in the terminal; answers stream as they are generated.
 
@@ -40,8 +43,12 @@ def chat_command(
         import readline  # noqa: F401  (line editing and history for input(), where the platform has it)
     except ImportError:
         pass
+    from tunelab.infer.waiting import set_timeout
     from tunelab.infer.load import open_backend
     from tunelab.serve.chat import Chat, run_chat
+
+    if timeout is not None:
+        set_timeout(timeout)
 
     backend = open_backend(model, adapter, device)  # a local model, or an endpoint that streams over HTTP
     run_chat(Chat(backend, system=system, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p))

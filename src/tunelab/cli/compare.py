@@ -85,34 +85,47 @@ def print_compare(summary: dict) -> None:
         console.print(escape(s), highlight=False, soft_wrap=True)
 
 
+def _drift(arm: dict) -> str:
+    d = arm.get("drift") or {}
+    if d.get("kl_per_token") is None:
+        return "-"
+    return "0 (shared)" if d.get("shared_base") else f"{d['kl_per_token']:.3g}"
+
+
 def print_retention(summary: dict) -> None:
-    """Per arm and retention task: value, change against the base model (CI, p), and the drift."""
+    """Per arm and retention task: value, change against the base model (CI, p), and the drift.
+
+    With drift but no retention task (the quickstart) only the drift column has values: it is
+    shown alone, not beside five columns of '-' for every arm."""
     from rich.markup import escape
     from rich.table import Table
 
     from tunelab.cli import console
     from tunelab.compare.sentences import fmt
 
-    ret = summary.get("retention")
-    if not ret:
+    if not summary.get("retention"):
+        return
+    arms = [a for a in summary["arms"] if a.get("retention") is not None]
+    if not any(a["retention"] for a in arms):
+        table = Table(title="drift: how far each arm moved from the base model on general prompts")
+        table.add_column("arm", overflow="fold")
+        table.add_column("drift KL/token", justify="right")
+        for a in arms:
+            table.add_row(escape(a["id"]), _drift(a))
+        console.print(table)
         return
     table = Table(title="retention: what each arm kept of general ability (prompted arms share the base model's)")
     for c in ("arm", "task", "value", "95% CI", "Δ vs base", "Δ 95% CI", "p", "drift KL/token"):
         table.add_column(c, justify="left" if c in ("arm", "task") else "right", overflow="fold")
-    for a in summary["arms"]:
-        entries = a.get("retention")
-        if entries is None:
-            continue
-        d = a.get("drift") or {}
-        drift = "-" if d.get("kl_per_token") is None else ("0 (shared)" if d.get("shared_base") else f"{d['kl_per_token']:.3g}")
-        for i, e in enumerate(entries or [{}]):
+    for a in arms:
+        for i, e in enumerate(a["retention"] or [{}]):
             diff = e.get("diff_vs_base") or {}
             same = e.get("shared_base")
             table.add_row(escape(a["id"]) if i == 0 else "", escape(f"{e.get('task', '-')} {e.get('metric', '')}"),
                           fmt(e.get("value")), _ci(e.get("ci95")),
                           "base" if same else (f"{diff['delta']:+.3g}" if diff else "-"),
                           "-" if same or not diff else _ci(diff.get("ci95")),
-                          "-" if same or not diff else f"{diff['p']:.3g}", drift if i == 0 else "")
+                          "-" if same or not diff else f"{diff['p']:.3g}", _drift(a) if i == 0 else "")
     console.print(table)
 
 

@@ -18,6 +18,9 @@ def diff(
 ):
     """Compare two runs item by item: difference, 95% CI and p-value per metric.
 
+    For corpus metrics (BLEU, chrF, TER, perplexity) A and B are corpus values and every resample
+    recomputes them (as sacrebleu --paired-bs); other metrics are means of per-item values.
+
     Example: tunelab diff runs/zero_shot runs/lora --metric exact_match
     """
     from rich.table import Table
@@ -30,15 +33,18 @@ def diff(
         console.print_json(json.dumps([r.__dict__ for r in rows]))
         return
     table = Table(title=f"B - A   (A = {dir_a}, B = {dir_b})")
-    for col in ("metric", "n", "A", "B", "B - A", "95% CI", "p"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
+    for col in ("metric", "basis", "n", "A", "B", "B - A", "95% CI", "p"):
+        table.add_column(col, justify="left" if col in ("metric", "basis") else "right")
     for r in rows:
         better = ""
         if r.p_value < 0.05 and r.higher_is_better is not None:
             better = " (B better)" if (r.delta > 0) == r.higher_is_better else " (A better)"
-        table.add_row(r.metric, str(r.n), f"{r.a:.4g}", f"{r.b:.4g}", f"{r.delta:+.4g}",
+        table.add_row(r.metric, r.basis, str(r.n), f"{r.a:.4g}", f"{r.b:.4g}", f"{r.delta:+.4g}",
                       f"[{r.ci95[0]:+.4g}, {r.ci95[1]:+.4g}]", f"{r.p_value:.3g}{better}")
     console.print(table)
+    for r in rows:  # a corpus metric that could not be recomputed: say what its row shows instead
+        if r.note:
+            console.print(f"note: {r.metric}: {r.note}")
 
 
 def register(app: typer.Typer) -> None:

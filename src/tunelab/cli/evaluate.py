@@ -6,6 +6,8 @@ from typing import Optional
 
 import typer
 
+from tunelab.cli.flags import TIMEOUT_HELP
+
 
 def eval_command(
     model: str = typer.Argument(..., help="'default', a registry name, a Hugging Face model folder, a .gguf file, or an OpenAI-compatible endpoint openai:URL#NAME (docs/serve.md)."),
@@ -19,6 +21,7 @@ def eval_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write results.json and predictions.jsonl here."),
     cache: bool = typer.Option(False, "--cache", help="Reuse/store model outputs in $TUNELAB_HOME/cache.sqlite."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:1, mps (default: the best available)."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help=TIMEOUT_HELP),
     override: Optional[list[str]] = typer.Argument(None, help="Task overrides key=value, e.g. generation.max_new_tokens=128."),
 ):
     """Evaluate MODEL on a task: metrics with stderr and 95% bootstrap CIs, plus a signature.
@@ -35,6 +38,10 @@ def eval_command(
     from tunelab.progress import run_with_progress
     from tunelab.safety.toxicity import toxicity_scores
 
+    if timeout is not None:
+        from tunelab.infer.waiting import set_timeout
+
+        set_timeout(timeout)
     task_cfg = resolve_task(task, override)
     # evaluate() writes other libraries' log lines to <out>/log.txt (rank 0 only)
     res = run_with_progress("evaluating", lambda progress: evaluate(

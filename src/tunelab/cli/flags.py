@@ -13,6 +13,11 @@ import inspect
 import typer
 
 from tunelab.errors import ParameterError, TunelabError
+from tunelab.infer.waiting import TIMEOUT_S, TIMEOUT_VAR
+
+# --timeout of the commands that take a model (eval, chat); compare and safety read the variable
+TIMEOUT_HELP = (f"An openai:URL#NAME model: give up after this many seconds without a byte of an answer "
+                f"(default {TIMEOUT_S:g}; every command reads {TIMEOUT_VAR}).")
 
 
 def flag_names(callback) -> dict[str, str]:

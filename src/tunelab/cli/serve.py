@@ -71,7 +71,8 @@ def serve_command(
     from tunelab.serve.server import serve
 
     def ready(served) -> None:
-        names = ", ".join(served.model_names())
+        base = served.name + (f" (also as {served.alias})" if served.alias else "")
+        names = ", ".join([base, *served.adapters])
         err_console.print(f"serving {names} at http://{host}:{port}/v1 (Ctrl-C stops)", highlight=False)
 
     # uvicorn finishes the requests in flight on Ctrl-C, then raises it again: one line, exit 130

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from tunelab.errors import TunelabError
+from tunelab.infer.endpoint import is_endpoint
 
 N_RESAMPLES = 1000  # bootstrap resamples of every paired difference in a compare
 
@@ -24,21 +25,18 @@ NOT_QUALITY = {"refusal": "it counts refusals, not correct answers"}
 
 def slug(model: str) -> str:
     """A folder-safe short name of a model string (openai:URL#NAME -> NAME, a path -> its last part)."""
-    text = model.rsplit("#", 1)[-1] if model.startswith("openai:") else Path(model.rstrip("/")).name or model
+    text = model.rsplit("#", 1)[-1] if is_endpoint(model) else Path(model.rstrip("/")).name or model
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:40]
 
 
-def paired_items(a_items: dict, b_items: dict, metric: str, seed: int) -> Optional[dict]:
-    """The paired bootstrap difference b − a of one metric over the items both results scored
-    ({item id: {metric: value}}, as Results.items); None when no item has both numbers."""
-    from tunelab.evaluate.stats import paired_bootstrap
+def paired_items(a, b, metric: str, seed: int) -> Optional[dict]:
+    """The paired bootstrap difference b − a of one metric over the items both results scored (two
+    Results read with their predictions), in compare.json's form {delta, ci95, p, n} (+ basis and
+    note for corpus metrics: tunelab.evaluate.paired); None when no item has both numbers."""
+    from tunelab.evaluate.paired import PairedOptions, paired_metric
 
-    pairs = [(a_items[i].get(metric), b_items[i].get(metric)) for i in a_items if i in b_items]
-    pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
-    if not pairs:
-        return None
-    r = paired_bootstrap([a for a, _ in pairs], [b for _, b in pairs], n_resamples=N_RESAMPLES, seed=seed)
-    return {"delta": r.delta, "ci95": list(r.ci95), "p": r.p_value, "n": r.n}
+    d = paired_metric(a, b, metric, PairedOptions(n_resamples=N_RESAMPLES, seed=seed))
+    return None if d is None else d.to_json()
 
 
 def read_json(path: Path) -> dict:
@@ -78,7 +76,7 @@ def check_metric(task, wanted: Optional[str], source: str) -> tuple[str, bool]:
 
 
 def resolve_path(spec: str, base_dir: Path) -> str:
-    if spec.startswith(("builtin:", "openai:")):
+    if spec.startswith("builtin:") or is_endpoint(spec):
         return spec
     p = Path(spec).expanduser()
     return str(p if p.is_absolute() else (base_dir / p).resolve())

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from tunelab.compare.plan import Arm, Plan
+from tunelab.infer.endpoint import is_endpoint
 
 # Measured on this 2-core CPU, default model, fp32: see docs/compare.md ("How --dry-run estimates").
 REFERENCE_PARAMS = 134.5e6
@@ -49,7 +50,7 @@ def _local_folder(model: str) -> Optional[Path]:
     """The model's HF folder when it is on disk already (nothing is pulled or converted for a dry run)."""
     from tunelab.models import registry
 
-    if model.startswith("openai:"):
+    if is_endpoint(model):
         return None
     key = registry.canonical(model)
     if key is not None and not Path(model).exists():
@@ -208,9 +209,9 @@ def estimate(plan: Plan) -> list[ArmEstimate]:
             seconds += load_s + scale * tune_s
         if arm.fine_tuned:
             seconds += scale * t / TRAIN_TOKENS_PER_S[arm.method]
-        if arm.model.startswith("openai:"):
+        if is_endpoint(arm.model):
             seconds = p / PREFILL_TOKENS_PER_S + g / DECODE_TOKENS_PER_S  # unknown server: the local rates
-        scale_r = scale if not arm.model.startswith("openai:") else 1.0
+        scale_r = scale if not is_endpoint(arm.model) else 1.0
         ret = scale_r * _retention_seconds(plan, arm, count, shared)
         out.append(ArmEstimate(arm.id, p, g, t, round(seconds, 1), count.tokenizer is not None,
                                finished=is_finished(plan, arm), retention_s=round(ret, 1)))

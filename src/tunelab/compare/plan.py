@@ -24,6 +24,7 @@ from tunelab.compare.checks import check_metric, read_json, resolve_path, settin
 from tunelab.config import (CompareConfig, EndpointArmSpec, FewShotArmSpec, FineTuneArmSpec, PromptArmSpec,
                             TrainConfig, build, deep_merge, load_config)
 from tunelab.errors import TunelabError
+from tunelab.infer.endpoint import is_endpoint
 
 PROMPTED_KINDS = ("zero_shot", "few_shot", "endpoint")  # arms that prompt a model; the others fine-tune one
 
@@ -205,7 +206,7 @@ def expand_arms(cfg: CompareConfig, source: str, pool_size: int, pool_name: str)
                     aid = f"endpoint-{slug(model)}-k{k}-{s}" if kind == "endpoint" else f"few_shot-k{k}-{s}{suffix}"
                     arms.append(Arm(aid, kind, model, k=k, sampler=s, where=where))
         else:
-            if model.startswith("openai:"):
+            if is_endpoint(model):
                 raise TunelabError(f"{source}: {where}.model: '{model}' is an endpoint; tunelab cannot fine-tune a served "
                                    "model; fine-tune a local model folder instead")
             tag = spec.tag if spec.tag is not None else ("replay" if spec.train.get("replay") else None)
@@ -272,15 +273,20 @@ def _good_pairs(pool: list, cfg: CompareConfig) -> tuple[list, list[str]]:
 def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Union[str, Path]] = None) -> Plan:
     """Read, resolve and check a compare config; nothing is trained or evaluated."""
     from tunelab.data.load import load_rows
+    from tunelab.data.readers import base_why, not_found
     from tunelab.evaluate.results import task_sha256
     from tunelab.evaluate.tasks import resolve_task
 
     cfg, source, base_dir = load_compare_config(config, overrides)
+    why = base_why(base_dir, None if source == "config" else source)  # where a relative path is looked for
     task_spec = resolve_path(cfg.task, base_dir)
     if not task_spec.startswith("builtin:") and not Path(task_spec).is_file():
-        raise TunelabError(f"{source}: task: {cfg.task} not found (looked at {task_spec}); give a task YAML or builtin:<name>")
+        raise TunelabError(f"{source}: task: {cfg.task} not found (looked at {task_spec}: {why}); "
+                           "give a task YAML or builtin:<name>")
     task = resolve_task(task_spec)
     pool_spec = resolve_path(cfg.train_data, base_dir)
+    if not pool_spec.startswith("builtin:") and not Path(pool_spec).exists():
+        raise not_found(cfg.train_data, [Path(pool_spec)], why, f"{source}: train_data")
     pool = load_rows(pool_spec)
     if cfg.train_split:  # e.g. "0:1700" of a file whose last records are the test items
         a, b = (int(x) if x.strip() else None for x in cfg.train_split.split(":"))

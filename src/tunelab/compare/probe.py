@@ -112,6 +112,6 @@ def summarize(plan, arms: list, rows: list[dict]) -> None:
             entry[m] = {"value": res.value(m), "ci95": res.metrics[m].get("ci95")}
         if base is not None:
             entry["vs"] = base.id
-            entry["diff"] = {m: paired_items(results[base.id].items, res.items, m, plan.config.seed) for m in SHOWN}
+            entry["diff"] = {m: paired_items(results[base.id], res, m, plan.config.seed) for m in SHOWN}
         by_id[a.id]["probe"] = entry
 

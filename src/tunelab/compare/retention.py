@@ -73,6 +73,7 @@ def plan_tasks(cfg, source: str, base_dir: Path, target) -> list[RetentionTask]:
     """The retention tasks of a compare config, checked: found, not retrieval, not the target task itself."""
     from tunelab.compare.checks import check_metric, resolve_path
     from tunelab.config import RetentionSpec
+    from tunelab.data.readers import base_why
     from tunelab.evaluate.results import task_sha256
     from tunelab.evaluate.tasks import resolve_task
 
@@ -83,7 +84,8 @@ def plan_tasks(cfg, source: str, base_dir: Path, target) -> list[RetentionTask]:
         spec = spec if isinstance(spec, RetentionSpec) else RetentionSpec(task=spec)
         path = resolve_path(spec.task, base_dir)
         if not path.startswith("builtin:") and not Path(path).is_file():
-            raise TunelabError(f"{source}: {where}: {spec.task} not found (looked at {path}); give a task YAML "
+            why = base_why(base_dir, None if source == "config" else source)
+            raise TunelabError(f"{source}: {where}: {spec.task} not found (looked at {path}: {why}); give a task YAML "
                                "(docs/tasks.md) or builtin:<name>")
         task = resolve_task(path)
         if task.type == "retrieval":
@@ -264,7 +266,7 @@ def summarize(plan, arms: list, rows: list[dict]) -> Optional[dict]:
             base = base_results.get((a.model, rt.name))
             own = read_results(arm_folder(plan, a) / rt.name) if a.fine_tuned else base
             m = own.metrics.get(rt.metric) or {}
-            diff = (paired_items(base.items, own.items, rt.metric, plan.config.seed) if a.fine_tuned
+            diff = (paired_items(base, own, rt.metric, plan.config.seed) if a.fine_tuned
                     else {"delta": 0.0, "ci95": [0.0, 0.0], "p": 1.0, "n": base.n})
             entries.append({"task": rt.name, "metric": rt.metric, "higher_is_better": rt.higher_is_better,
                             "value": own.value(rt.metric), "ci95": m.get("ci95"), "base_value": base.value(rt.metric),
@@ -288,7 +290,7 @@ def between(plan, a, b) -> dict:
     out = {}
     for rt in plan.retention:
         ra, rb = (read_results(arm_folder(plan, x) / rt.name) for x in (a, b))
-        out[rt.name] = paired_items(ra.items, rb.items, rt.metric, plan.config.seed)
+        out[rt.name] = paired_items(ra, rb, rt.metric, plan.config.seed)
     return out
 
 

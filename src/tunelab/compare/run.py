@@ -28,6 +28,8 @@ from tunelab.compare.plan import (ARM_JSON, COMPARE_JSON, COMPARE_YAML, FIRST_EX
                                   Plan, make_plan, read_json, trains_adapter)
 from tunelab.config import to_yaml
 from tunelab.errors import Interrupted, TunelabError
+from tunelab.evaluate.cache import CACHE_FILE
+from tunelab.infer.endpoint import is_endpoint
 from tunelab.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 
 log = logging.getLogger("tunelab.compare")
@@ -55,6 +57,29 @@ def check_folder(plan: Plan) -> None:
         what = f" (changed: {', '.join(changed)})" if changed else ""
         raise TunelabError(f"{plan.out}: was made by a different compare config{what}; its arms would not be comparable "
                            f"with this one's. Delete {plan.out} to start fresh, or set out=<another folder>")
+
+
+def check_items(plan: Plan) -> None:
+    """Read what `--dry-run` reads (compare/estimate.py) before any arm starts: the test items and
+    each retention task's items, rendered through their templates. make_plan checked everything
+    else; without this a missing retention data file failed only once the first arm was scored."""
+    from tunelab.evaluate.prompts import TaskTemplates
+    from tunelab.evaluate.runner import load_task_rows
+
+    tasks = [(plan.task, None, plan.config.limit)] + [(r.task, r.where, r.limit) for r in plan.retention]
+    for task, where, limit in tasks:
+        if task.type == "perplexity":  # read by its own reader when scored, as the estimate leaves it
+            continue
+        try:
+            rows = load_task_rows(task)
+            templates = TaskTemplates(task, task.source or where or plan.source)
+            if task.type != "preference":  # a pair is read as it is, nothing rendered
+                for row in rows[:limit] if limit else rows:
+                    templates.render(row)
+        except TunelabError as e:
+            if where is None:  # the compare's own task: its messages name the task file already
+                raise
+            raise TunelabError(f"{plan.source}: {where}: {e}") from None
 
 
 def plan_settings(plan: Plan) -> dict:
@@ -137,7 +162,7 @@ class _Models:
     def get(self, arm: Arm, weights: Optional[Path]):
         from tunelab.models.loading import load_model
 
-        if arm.model.startswith("openai:"):  # an endpoint: evaluate takes the string
+        if is_endpoint(arm.model):  # an endpoint: evaluate takes the string
             return arm.model
         if arm.fine_tuned:
             return load_model(weights) if weights.name == paths.MODEL_DIR else load_model(arm.model, adapter=weights)
@@ -163,10 +188,13 @@ def _evaluate(plan: Plan, arm: Arm, model) -> None:
     # started from; an adapter's reference is its base, switched off inside the same weights
     reference = arm.model if arm.fine_tuned and _full_weights(plan, arm) and any(
         m.needs_reference for m in get_metrics(plan.task.metrics)) else None
+    # an endpoint's answers go to a request cache in the arm's folder as they come, so an arm
+    # stopped part-way (a silent server) goes on from them when the compare runs again
+    cache = plan.arm_dir(arm) / CACHE_FILE if is_endpoint(arm.model) else False
     with Progress(f"eval {arm.id}") as progress:
         evaluate(model, plan.task, shots=arm.k or 0, sampler=arm.sampler, limit=cfg.limit,
                  batch_size=cfg.batch_size, out=plan.arm_dir(arm) / "eval", response_metrics=False,
-                 progress=progress, reference=reference)
+                 progress=progress, reference=reference, cache=cache)
 
 
 def _record(plan: Plan, summary: dict, started: float) -> None:
@@ -195,6 +223,7 @@ def compare(config, overrides: Optional[list[str]] = None, *, out=None,
     if arm is not None and arm not in {a.id for a in plan.arms}:
         raise TunelabError(f"--arm {arm}: no such arm in this compare; its arms: {', '.join(a.id for a in plan.arms)} "
                            "(tunelab compare CONFIG --plan lists them)")
+    check_items(plan)
     # the folder lock is held only while writing what every arm reads: workers wait for each other here
     with folder_lock(plan.out, LOCK_FILE, wait=True):
         check_folder(plan)

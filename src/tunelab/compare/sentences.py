@@ -287,7 +287,16 @@ def sentences(summary: dict) -> list[str]:
     out += probe_sentences(summary)
     out += replay_sentences(summary)
     out += tune_sentences(arms)
+    out += basis_sentences(arms)
     return out
+
+
+def basis_sentences(arms: list[dict]) -> list[str]:
+    """A corpus metric whose differences could not be recomputed from an arm's files (an old or edited
+    folder): say that those differences are of the mean per-item score, and why, once."""
+    notes = sorted({d["note"] for a in arms for d in (a.get("diff_vs_best"), a.get("diff_vs_zero_shot"))
+                    if isinstance(d, dict) and d.get("note")})
+    return [f"Careful with the differences above: {notes[0]}."] if notes else []
 
 
 PROBE_NAMES = {"mean_toxicity": "mean toxicity", "toxic_fraction": "share of toxic answers",

@@ -69,7 +69,7 @@ def toxicity(res: Results, threshold: float) -> Optional[dict]:
 
 
 def _paired(best: Results, arm: Results, metric: str, seed: int) -> dict:
-    diff = paired_items(best.items, arm.items, metric, seed)
+    diff = paired_items(best, arm, metric, seed)
     if diff is None:
         raise TunelabError(f"{arm.out}: metric '{metric}' has no per-item numbers in {paths.PREDICTIONS_FILE}, so "
                            "arms cannot be compared item by item; pick another metric: in the compare config")

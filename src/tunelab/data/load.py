@@ -18,12 +18,13 @@ log = logging.getLogger("tunelab.data")
 
 
 def load_rows(spec: str | Path, *, skip_bad: bool = False, base_dir: str | Path | None = None,
-              hint: str = SKIP_HINT) -> list[Row]:
+              hint: str = SKIP_HINT, named_in: str | None = None) -> list[Row]:
     """Rows of a file, or of a built-in task when spec is builtin:<task>?n=..&seed=..&split=..
 
-    `hint` ends the message of a bad record (see readers.read_rows).
+    `hint` ends the message of a bad record (see readers.read_rows); `named_in`, the file whose
+    folder is base_dir, is named when the file is not found (readers.resolve_spec).
     """
-    where = resolve_spec(spec, base_dir)
+    where = resolve_spec(spec, base_dir, named_in)
     if isinstance(where, str):
         from tunelab.data.builtin import load_builtin_rows
 

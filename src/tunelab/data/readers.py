@@ -45,7 +45,9 @@ def iter_rows(path: str | Path, *, skip_bad: bool = False, hint: str = SKIP_HINT
     """
     path = Path(path).expanduser()
     if not path.exists():
-        raise TunelabError(f"{path}: data file not found; check the path (relative paths are from the current folder)")
+        if path.is_absolute():
+            raise TunelabError(f"{path}: data file not found; check the path")
+        raise not_found(path, [Path.cwd() / path], f"relative paths are resolved from the current folder, {Path.cwd()}")
     if path.is_dir():
         raise TunelabError(f"{path}: is a folder; give a {', '.join(SUFFIXES)} file")
     suffix = kind(path)
@@ -58,14 +60,39 @@ def iter_rows(path: str | Path, *, skip_bad: bool = False, hint: str = SKIP_HINT
     return _guarded(readers[suffix](path, skip_bad, [] if bad is None else bad), path, hint)
 
 
-def resolve_spec(spec: str | Path, base_dir: str | Path | None = None) -> str | Path:
-    """A builtin:<task> spec as is; a file path made absolute against base_dir when relative."""
+def not_found(spec: str | Path, looked: list[Path], why: str, key: str | None = None) -> TunelabError:
+    """'KEY: data file not found: looked for SPEC at PATH (WHY); check the path': where a missing
+    file was looked for and why there (a relative path's base folder is not always the current one)."""
+    lead = f"{key}: " if key else ""
+    if Path(spec).expanduser().is_absolute():
+        return TunelabError(f"{lead}{spec}: data file not found; check the path")
+    places = ", then at ".join(str(p) for p in looked)
+    return TunelabError(f"{lead}data file not found: looked for {spec} at {places} ({why}); check the path")
+
+
+def base_why(base_dir: str | Path, named_in: str | None = None) -> str:
+    """Why a relative path was looked for under base_dir: the folder of the file `named_in`."""
+    if named_in:
+        return f"relative paths in {named_in} are resolved from its folder, {base_dir}"
+    if Path(base_dir).resolve() == Path.cwd().resolve():
+        return f"relative paths are resolved from the current folder, {base_dir}"
+    return f"relative paths are resolved from the folder of the file that names them, {base_dir}"
+
+
+def resolve_spec(spec: str | Path, base_dir: str | Path | None = None, named_in: str | None = None) -> str | Path:
+    """A builtin:<task> spec as is; a file path made absolute against base_dir when relative.
+
+    A relative path that is not there is an error naming where it was looked for: base_dir is the
+    folder of the file that names the path (`named_in`, e.g. the task file), not the current one.
+    """
     spec = str(spec)
     if spec.startswith("builtin:"):
         return spec
     path = Path(spec).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = Path(base_dir) / path
+        if not path.exists():
+            raise not_found(spec, [path], base_why(base_dir, named_in), named_in)
     return path
 
 

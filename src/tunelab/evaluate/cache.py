@@ -4,7 +4,9 @@ A request's key is the SHA-256 of the model's weight hash, the adapter's hash, t
 and the request itself (the exact prompt text plus generation settings, or the context plus
 continuations), so any change to the model, the template, the demonstrations or the settings is
 a miss rather than a stale hit. Values are JSON (never pickle). Each `put_many` is one SQLite
-transaction: a crash leaves either all of a batch's entries or none.
+transaction: a crash leaves either all of a batch's entries or none. A backend that stops part-way
+(an endpoint that went silent: infer.protocol.Unfinished) hands over the answers it has; they are
+stored before the error goes on, so the same command resumes from them.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from tunelab import paths
+from tunelab.errors import TunelabError
+from tunelab.infer.protocol import Unfinished
 from tunelab.io import write_errors
 
 CACHE_FILE = "cache.sqlite"
@@ -66,14 +70,29 @@ class RequestCache:
 
 
 def cached_call(cache: Optional[RequestCache], kind: str, requests: list[Any], compute) -> list[Any]:
-    """`compute(missing_requests) -> values` runs only on the requests the cache does not hold."""
+    """`compute(missing_requests) -> values` runs only on the requests the cache does not hold.
+
+    When compute raises Unfinished, the answers it carries are stored (they are the backend's
+    values, which compute passes on as they are, JSON-equal) and the error says so in its line.
+    """
     if cache is None:
-        return compute(requests)
+        try:
+            return compute(requests)
+        except Unfinished as e:
+            if not e.done:
+                raise
+            raise TunelabError(f"{e}; the {len(e.done)} of {e.total} answers that came are not kept: with --cache "
+                               "they are, and the same command goes on from them", exit_code=e.exit_code) from None
     keys = [cache.key(kind, r) for r in requests]
     found = cache.get_many(keys)
     todo = [i for i, k in enumerate(keys) if k not in found]
     if todo:
-        fresh = compute([requests[i] for i in todo])
+        try:
+            fresh = compute([requests[i] for i in todo])
+        except Unfinished as e:
+            cache.put_many((keys[todo[j]], v) for j, v in e.done.items())
+            raise TunelabError(f"{e}; {len(found) + len(e.done)} of {len(keys)} answers are kept in the request "
+                               f"cache ({cache.path}): the same command goes on from them", exit_code=e.exit_code) from None
         cache.put_many((keys[i], v) for i, v in zip(todo, fresh))
         for i, v in zip(todo, fresh):
             found[keys[i]] = v

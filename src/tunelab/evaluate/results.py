@@ -188,6 +188,17 @@ def make_cost(wall_s: float, *, prompt_tokens: int = 0, generated_tokens: int = 
             "peak_mem_mib": None if peak_mem_mib is None else round(float(peak_mem_mib), 1)}
 
 
+def merge_costs(costs: list[dict[str, dict]]) -> dict[str, dict]:
+    """Metrics' own costs ({"judge": {calls, tokens, wall_s, ...}}) summed by kind, for the cost block."""
+    out: dict[str, dict] = {}
+    for cost in costs:
+        for kind, block in cost.items():
+            into = out.setdefault(kind, {})
+            for key, value in block.items():
+                into[key] = round(into.get(key, 0) + value, 3) if isinstance(value, float) else into.get(key, 0) + value
+    return out
+
+
 def build_results(*, task: str, model: Any, n: int, shots: int, metrics: dict, cost: dict, signature: str,
                   predictions: Optional[list[dict]] = None) -> Results:
     """A checked Results; `model` is a LoadedModel or an already-made model block."""

@@ -39,7 +39,7 @@ def _texts(task, key: str, id_fields: tuple, text_fields: tuple) -> dict[str, st
     if path.is_file() and path.suffix.lower() not in (".jsonl", ".json", ".csv", ".parquet", ".ndjson") and _is_smart(path):
         return cranfield.read_docs(path) if key == "corpus" else cranfield.read_queries(path)
     out: dict[str, str] = {}
-    for row in load_rows(spec, base_dir=task.base_dir):
+    for row in load_rows(spec, base_dir=task.base_dir, named_in=task.source):
         idf = next((f for f in id_fields if f in row.data), None)
         texts = [str(row.data[f]) for f in text_fields if row.data.get(f)]
         if idf is None or not texts:

@@ -44,7 +44,8 @@ def load_task_rows(task, spec: Optional[str] = None) -> list:
     spec = spec if spec is not None else task.data
     if not spec:
         raise TunelabError(f"task '{task.name}': no 'data' file given; add data: path/to/file.jsonl (docs/tasks.md)")
-    rows = load_rows(spec, base_dir=task.base_dir, hint=f"fix that record of the data of {_task_source(task)}")
+    rows = load_rows(spec, base_dir=task.base_dir, hint=f"fix that record of the data of {_task_source(task)}",
+                     named_in=task.source)
     if spec == task.data and task.split:
         a, b = (int(x) if x.strip() else None for x in task.split.split(":"))
         rows = rows[a:b]
@@ -247,6 +248,8 @@ def evaluate(
         with logs.run_log(out):
             return run_retrieval(task, metrics_spec=task.metrics, limit=limit, out=out, t0=t0)
     metrics = get_metrics(task.metrics)  # an unknown metric fails before any model is loaded
+    for m in metrics:
+        m.for_task(task)  # task-level settings (a judge metric's `judge:` block), checked before any model loads
     if task.type != "preference":
         for m in metrics:
             if m.needs_reference:
@@ -346,7 +349,8 @@ def load_rows_full(task) -> list:
     """The whole data file (the demo pool when `split` selects only part of it for evaluation)."""
     from tunelab.data.load import load_rows
 
-    return load_rows(task.data, base_dir=task.base_dir, hint=f"fix that record of the data of {_task_source(task)}")
+    return load_rows(task.data, base_dir=task.base_dir, hint=f"fix that record of the data of {_task_source(task)}",
+                     named_in=task.source)
 
 
 def _finish(task, backend, metrics, items, tokens, t0, out, with_response, sampler, dev, toxicity=None,
@@ -384,12 +388,16 @@ def _finish(task, backend, metrics, items, tokens, t0, out, with_response, sampl
         if "demos" in it:
             line["demos"] = it["demos"]
         line["metrics"] = {name: r.item_values[j] for name, r in scored.items()}
+        line.update({name: r.item_details[j] for name, r in scored.items() if r.item_details is not None})
         if resp is not None:
             line.update(resp[j])
         lines.append(line)
 
-    cost = results_mod.make_cost(time.perf_counter() - t0, prompt_tokens=tokens[0], generated_tokens=tokens[1],
+    extra_cost = results_mod.merge_costs([r.cost for r in scored.values() if r.cost])  # a judge's, kept apart
+    own_s = time.perf_counter() - t0 - sum(c.get("wall_s", 0.0) for c in extra_cost.values())
+    cost = results_mod.make_cost(own_s, prompt_tokens=tokens[0], generated_tokens=tokens[1],
                                  peak_mem_mib=peak_mem_mib(dev))
+    cost.update(extra_cost)
     results = results_mod.build_results(
         task=task.name, model=backend.identity, n=len(items), shots=task.fewshot.k,
         metrics={name: r.to_json() for name, r in scored.items()},

@@ -1,1 +1,1 @@
-"""The inference engine: load a model for inference, the Backend (local and openai:), decoding, scoring."""
+"""The inference engine: load a model for inference, the Backend Protocol and its backends (local, openai:, replay:), decoding, scoring."""

@@ -12,19 +12,30 @@
     with backend.reference() as ref: ref.score_choices(...)   # the same calls, scored by the reference
 
 `LocalBackend` runs a loaded model in this process (infer/generate.py, infer/loglik.py);
-`EndpointBackend` (infer/endpoint.py) sends the same work to an OpenAI-compatible server. The
-runner calls these methods and never asks which one it holds.
+`EndpointBackend` (infer/endpoint.py) sends the same work to an OpenAI-compatible server. Both
+satisfy the `Backend` Protocol of infer/protocol.py, which lists every member a caller uses; the
+callers use those members and never ask which backend they hold.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, ClassVar, Iterator, Optional, Sequence
 
-OnBatch = Optional[Callable[[int], None]]
+from tunelab.infer.protocol import OnBatch
+
+__all__ = ["LocalBackend", "OnBatch"]
 
 
 class LocalBackend:
-    """A LoadedModel in this process."""
+    """A LoadedModel in this process (the Backend of infer/protocol.py for every model string without a prefix)."""
+
+    prefix: ClassVar[Optional[str]] = None
+    spec: str
+    adapter: Optional[str]
+    identity: object
+    tokenizer: object
+    device: object
+    cache_scope: tuple
 
     def __init__(self, lm, reference: Optional[Callable[[], object]] = None, reference_name: Optional[str] = None):
         self.lm = lm

@@ -15,23 +15,41 @@ The official `openai` client does the HTTP: it retries 429 and 5xx answers and d
 connections with exponential backoff (0.5 s doubling to 8 s, with jitter, honouring Retry-After),
 `max_retries` times. The key comes from TUNELAB_OPENAI_API_KEY, else OPENAI_API_KEY; a local
 server without a key needs neither.
+
+A server that accepts a request and then says nothing is not busy, it is stuck: after
+`timeout_s` seconds without a byte (before the answer starts, or between two pieces of it) the
+request fails at once, unretried, with one line (docs/serve.md). The timeout is --timeout on the
+commands that take a model, or TUNELAB_ENDPOINT_TIMEOUT (every command, compare included).
+After a few seconds without an answer a line says what is awaited, so a slow answer never looks
+like a hang (infer/waiting.py). A batch that fails part-way raises `Unfinished` with the answers it has,
+which the evaluation keeps in its request cache (evaluate/cache.py).
 """
 from __future__ import annotations
 
 import os
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, Optional, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import ClassVar, Iterator, Optional, Sequence
 
 from tunelab.errors import TunelabError
-from tunelab.infer.backend import OnBatch
+from tunelab.infer.protocol import OnBatch, Unfinished, prefixed
+from tunelab.infer.waiting import CONNECT_TIMEOUT_S, TIMEOUT_VAR, Notice, check_timeout, default_timeout, http_client
 
 PREFIX = "openai:"
 KEY_VARS = ("TUNELAB_OPENAI_API_KEY", "OPENAI_API_KEY")
 MAX_RETRIES = 6  # ~0.5+1+2+4+8+8 s of backoff before a busy endpoint counts as failed
-TIMEOUT_S = 300.0
 NEEDS_LOGPROBS = ("multiple_choice tasks need prompt log-probabilities (/v1/completions with echo=true and logprobs=1, "
                   "as vLLM and `tunelab serve` answer); generate tasks run without them")
+
+
+def is_endpoint(model) -> bool:
+    """True for an `openai:URL#NAME` model string (the one place that spells the prefix)."""
+    return isinstance(model, str) and model.startswith(PREFIX)
+
+
+class _NotSent(Exception):
+    """A request not sent because an earlier one of its batch failed."""
 
 
 class NoLogprobs(TunelabError):
@@ -48,10 +66,19 @@ def parse_spec(spec: str) -> tuple[str, str]:
     return url.rstrip("/"), name
 
 
+@prefixed
 class EndpointBackend:
     """A model behind an OpenAI-compatible HTTP API (see the module docstring)."""
 
-    def __init__(self, spec: str, *, adapter=None, max_retries: int = MAX_RETRIES, timeout_s: float = TIMEOUT_S):
+    prefix: ClassVar[Optional[str]] = PREFIX
+    spec: str
+    adapter: Optional[str]
+    identity: object
+    tokenizer: object
+    device: object
+    cache_scope: tuple
+
+    def __init__(self, spec: str, *, adapter=None, max_retries: int = MAX_RETRIES, timeout: Optional[float] = None):
         if adapter is not None:
             raise TunelabError(f"--adapter {adapter}: an endpoint model takes no adapter; serve the adapter under a name "
                                "(tunelab serve MODEL --adapter NAME=DIR) and use openai:URL#NAME")
@@ -60,9 +87,14 @@ class EndpointBackend:
             from openai import OpenAI
         except ImportError:
             raise TunelabError(f"model '{spec}': endpoints need the openai client: pip install 'tunelab[openai]'") from None
+        import httpx2
+
         key = next((os.environ[v] for v in KEY_VARS if os.environ.get(v)), None)
+        self.timeout_s = default_timeout() if timeout is None else check_timeout(timeout)
+        limits = httpx2.Timeout(self.timeout_s, connect=min(CONNECT_TIMEOUT_S, self.timeout_s))
         # a local server without a key still needs a non-empty value for the client to start
-        self.client = OpenAI(base_url=self.url, api_key=key or "no-key", max_retries=max_retries, timeout=timeout_s)
+        self.client = OpenAI(base_url=self.url, api_key=key or "no-key", max_retries=max_retries, timeout=limits,
+                             http_client=http_client(limits))
         self.spec = f"{PREFIX}{self.url}#{self.name}"
         self.adapter = None  # a served adapter is a model name of its own
         # results.json's model block: the endpoint is the model's identity (no weights to hash)
@@ -74,9 +106,15 @@ class EndpointBackend:
         self._check_model()
 
     # ------------------------------------------------------------ errors in one voice
-    def _fail(self, e: Exception, what: str) -> TunelabError:
+    def _fail(self, e: Exception, what: str, partway: bool = False) -> TunelabError:
+        import httpx2
         import openai
 
+        silent = not isinstance(e.__cause__, (httpx2.ConnectTimeout, httpx2.PoolTimeout))  # else: never connected
+        if isinstance(e, openai.APITimeoutError) and silent:  # before APIConnectionError, its base class
+            return TunelabError(f"{self.spec}: the endpoint sent nothing for {self.timeout_s:g} s "
+                                f"({'after part of ' + what if partway else 'after accepting ' + what}); check the "
+                                f"server is not stuck or overloaded, or wait longer with --timeout SECONDS ({TIMEOUT_VAR})")
         if isinstance(e, openai.AuthenticationError):
             return TunelabError(f"{self.spec}: the endpoint refused the API key (401); set TUNELAB_OPENAI_API_KEY or OPENAI_API_KEY")
         if isinstance(e, openai.APIStatusError):
@@ -89,15 +127,22 @@ class EndpointBackend:
             return TunelabError(f"{self.spec}: cannot reach the endpoint ({e.__cause__ or e}); is the server running at {self.url}?")
         return TunelabError(f"{self.spec}: {what} failed ({type(e).__name__}: {e})")
 
+    def _notice(self) -> Notice:
+        return Notice(f"waiting for an answer from {self.url} (model {self.name}); it gives up after "
+                       f"{self.timeout_s:g} s without a byte (--timeout SECONDS, {TIMEOUT_VAR})")
+
     def _check_model(self) -> None:
         import openai
 
+        notice = self._notice()
         try:
             served = [m.id for m in self.client.models.list().data]
         except openai.NotFoundError:
             return  # some servers have no /models; the first request will tell
         except openai.OpenAIError as e:
-            raise self._fail(e, "listing models") from None
+            raise self._fail(e, "the request for its models") from None
+        finally:
+            notice.stop()
         if served and self.name not in served:
             raise TunelabError(f"{self.spec}: the endpoint does not serve '{self.name}'; it serves {', '.join(served)}")
 
@@ -134,18 +179,43 @@ class EndpointBackend:
 
     # ------------------------------------------------------------ the work, `batch_size` requests at a time
     def _map(self, fn, items: list, batch_size: int, on_batch: OnBatch) -> list:
+        """[fn(x) for x in items], `batch_size` at a time; a failure raises Unfinished with the answers that came."""
+        notice, failed = self._notice(), threading.Event()
+
+        def one(x):
+            if failed.is_set():  # set by the first failure, in its own worker: no request starts after it
+                raise _NotSent
+            try:
+                return fn(x)
+            except BaseException:
+                failed.set()
+                raise
+
         with ThreadPoolExecutor(max_workers=max(1, batch_size), thread_name_prefix="tunelab-endpoint") as pool:
-            futures = [pool.submit(fn, x) for x in items]
+            futures = [pool.submit(one, x) for x in items]
             out = []
             try:
                 for f in futures:  # in order; progress as each finishes
                     out.append(f.result())
+                    notice.reset()
                     if on_batch:
                         on_batch(1)
+            except NoLogprobs:  # what the server cannot do: a re-run fails the same, nothing to keep
+                for f in futures:
+                    f.cancel()
+                raise
+            except TunelabError as e:
+                for f in futures:
+                    f.cancel()
+                wait(futures)  # the requests already sent end (answered or timed out); their answers count too
+                done = {i: f.result() for i, f in enumerate(futures) if not f.cancelled() and f.exception() is None}
+                raise Unfinished(e, done, len(items)) from None
             except BaseException:
                 for f in futures:
                     f.cancel()
                 raise
+            finally:
+                notice.stop()
             return out
 
     def generate(self, contexts, seeds: Sequence[Optional[int]], *, batch_size: int, on_batch: OnBatch = None,
@@ -180,7 +250,15 @@ class EndpointBackend:
     def score_choices(self, reqs, *, batch_size: int, on_batch: OnBatch = None):
         """[(context, [continuation, ...])] -> [[(loglik, is_greedy), ...]] from echoed prompt logprobs."""
         pairs = [(ctx, cont) for ctx, conts in reqs for cont in conts]
-        scored = self._map(lambda p: self._score(*p), pairs, batch_size, None)
+        try:
+            scored = self._map(lambda p: self._score(*p), pairs, batch_size, None)
+        except Unfinished as e:  # keep the items whose every choice was scored
+            done, i = {}, 0
+            for r, (_, conts) in enumerate(reqs):
+                if all(j in e.done for j in range(i, i + len(conts))):
+                    done[r] = [e.done[j] for j in range(i, i + len(conts))]
+                i += len(conts)
+            raise Unfinished(e, done, len(reqs)) from None
         out, i = [], 0
         for _, conts in reqs:
             out.append(scored[i:i + len(conts)])
@@ -244,25 +322,32 @@ class EndpointBackend:
 
         from tunelab.infer.stream import ContextFull
 
+        notice = self._notice()  # stopped by the first piece (or the end of the stream)
         try:
             stream = self.client.chat.completions.create(model=self.name, messages=messages, max_tokens=max_new_tokens,
                                                          temperature=temperature, top_p=top_p, stream=True)
         except openai.BadRequestError as e:
+            notice.stop()
             if e.code == "context_length_exceeded":  # `tunelab serve` and vLLM's code for it
                 raise ContextFull(str(self._fail(e, "a chat request"))) from None
             raise self._fail(e, "a chat request") from None
         except openai.OpenAIError as e:
+            notice.stop()
             raise self._fail(e, "a chat request") from None
-        return self._pieces(stream)
+        return self._pieces(stream, notice)
 
-    def _pieces(self, stream) -> Iterator[str]:
+    def _pieces(self, stream, notice: Notice) -> Iterator[str]:
         import openai
 
+        started = False
         try:
             for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
+                    started = True
+                    notice.stop()
                     yield chunk.choices[0].delta.content
-        except openai.OpenAIError as e:  # an error the server reported inside the stream
-            raise self._fail(e, "a chat answer") from None
+        except openai.OpenAIError as e:  # an error the server reported inside the stream, or its silence
+            raise self._fail(e, "a chat answer" if started else "a chat request", partway=started) from None
         finally:
+            notice.stop()
             stream.close()

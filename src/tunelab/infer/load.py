@@ -3,8 +3,8 @@
     lm = load_local("default", adapter="runs/x/adapter")          # a LoadedModel (models/loading.py)
     backend = open_backend("openai:http://127.0.0.1:8000/v1#m")   # or a name / folder / .gguf / LoadedModel
 
-Kept apart from backend.py and endpoint.py so that each of them imports only what it implements
-(endpoint.py takes OnBatch from backend.py; this module picks between the two).
+Kept apart from backend.py and endpoint.py so that each of them imports only what it implements;
+this module picks between them (prefixed backends register themselves: infer/protocol.py).
 """
 from __future__ import annotations
 
@@ -23,24 +23,41 @@ def load_local(model, adapter=None, device=None):
 
 
 def open_backend(model, adapter=None, device=None, reference=None):
-    """A backend for a model name / folder / .gguf / LoadedModel, or an `openai:URL#NAME` endpoint.
+    """A backend for a model name / folder / .gguf / LoadedModel, or a prefixed model string such as
+    an `openai:URL#NAME` endpoint (the backend registered for that prefix: infer/protocol.py).
 
     `reference`: the model implicit-reward metrics measure against (a full-weights DPO model's
     starting point), loaded when first needed; without it, base + adapter's reference is the base.
     """
     from tunelab.infer.backend import LocalBackend
-    from tunelab.infer.endpoint import PREFIX, EndpointBackend
 
-    if isinstance(model, str) and model.startswith(PREFIX):
+    cls = backend_class(model)
+    if cls is not None:
         if reference is not None:
             from tunelab.errors import ParameterError
 
-            raise ParameterError(f"{{reference}}: {model} is an endpoint, scored by its server; a reference model "
-                                 "is scored beside a local model only", "reference")
-        return EndpointBackend(model, adapter=adapter)
+            raise ParameterError(f"{{reference}}: {model} is scored by its own backend ({cls.prefix}); a reference "
+                                 "model is scored beside a local model only", "reference")
+        return cls(model, adapter=adapter)
     lm = load_local(model, adapter, device)
     if reference is None:
         return LocalBackend(lm)
     # loaded only when a metric asks for it, on the model's own device
     return LocalBackend(lm, reference=lambda: load_local(reference, device=str(next(lm.model.parameters()).device)),
                         reference_name=str(getattr(reference, "name", reference)))
+
+
+def backend_class(model):
+    """The registered backend whose prefix starts `model` (e.g. "openai:"), or None: a local model.
+
+    Only a string that looks prefixed and is not an existing path pays for the scan of infer/'s
+    modules; names, folders and loaded models go straight to the local backend.
+    """
+    import re
+    from pathlib import Path
+
+    if not isinstance(model, str) or not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", model) or Path(model).exists():
+        return None
+    from tunelab.infer.protocol import registered
+
+    return next((cls for prefix, cls in registered().items() if model.startswith(prefix)), None)

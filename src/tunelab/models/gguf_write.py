@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+from tunelab.io import set_usual_mode
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,7 @@ def write_gguf(model, tokenizer, out: str | os.PathLike, *, quant: str = "f16", 
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
+        set_usual_mode(tmp)  # mkstemp made it 0600: an Ollama server running as its own user must read it
         os.replace(tmp, out)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

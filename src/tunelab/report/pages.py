@@ -85,6 +85,22 @@ def num(v, digits: int = 4) -> str:
     return f"{v:.{digits}f}".rstrip("0").rstrip(".")
 
 
+def num_column(values: list, digits: int = 4) -> list[str]:
+    """One format for a whole column of fractions (toxicity: 0.0028 beside 0.0007, not beside 7.00e-04):
+    fixed decimals, as many as the smallest non-zero value needs for two significant digits
+    (at least `digits`); scientific for every cell when that would pass 6 decimals."""
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    nums = [abs(v) for v in values if number(v)]
+    small = min((v for v in nums if v != 0), default=None)
+    if small is None or max(nums) >= 1000:
+        return [num(v, digits) for v in values]
+    decimals = max(digits, 1 - math.floor(math.log10(small)))
+    fmt = ".2e" if decimals > 6 else f".{decimals}f"
+    return [format(v, fmt) if number(v) else num(v) for v in values]
+
+
 def ci(pair) -> str:
     return "–" if not pair or pair[0] is None else f"[{num(pair[0])}, {num(pair[1])}]"
 
@@ -207,6 +223,7 @@ def compare_context(folder: Path) -> dict:
             if cfg:
                 configs.append((f"arm {aid}: training config", cfg))
     main = data.get("main_metric") or _first_metric(evals)
+    missing += stale_differences(arms, main)
     compare_yaml = _text(folder / COMPARE_YAML, missing, "the resolved compare config")
     if compare_yaml:
         configs.insert(0, (COMPARE_YAML, compare_yaml))
@@ -241,15 +258,31 @@ def compare_context(folder: Path) -> dict:
                     + ("" if data.get("higher_is_better", True) else " (lower is better)"),
         "main_metric": main or "metric", "best": data.get("best"), "sentences": [str(s) for s in data.get("sentences") or []],
         "break_even": break_even_rows(data.get("break_even")),
-        "table": [_table_row(a, data.get("best")) for a in arms],
+        "table": _one_format([_table_row(a, data.get("best")) for a in arms], "toxicity"),
         "many_models": len({str(a.get("model")) for a in arms}) > 1,  # one model: named once, not per row
-        "plots": figs, "toxicity": [(str(a["id"]), num(a["toxicity"].get("mean")), num(a["toxicity"].get("max")),
-                                     num(a["toxicity"].get("share_over_threshold"))) for a in tox],
+        "plots": figs, "toxicity": list(zip([str(a["id"]) for a in tox], *(
+            num_column([a["toxicity"].get(k) for a in tox]) for k in ("mean", "max", "share_over_threshold")))),
         "retention": retention_rows(arms) if retention else None, "probe": probe_rows(arms),
         "retention_wall_s": num((retention or {}).get("wall_s", {}).get("total")),
         "disagreements": disagreements(arms, evals, main), "arm_ids": [str(a["id"]) for a in arms],
         "signatures": signatures, "configs": configs, "missing": missing,
     }
+
+
+def stale_differences(arms: list[dict], metric: Optional[str]) -> list[str]:
+    """compare.json written before the differences of corpus metrics were corpus differences (issue 34):
+    its Δ, sentences and gain plot are of the mean per-item score, not of the values in the table."""
+    from tunelab.evaluate.metrics.registry import known_metrics
+
+    cls = known_metrics().get(metric or "")
+    if cls is None or not cls.corpus:
+        return []
+    diffs = [a.get(k) for a in arms for k in ("diff_vs_best", "diff_vs_zero_shot") if isinstance(a.get(k), dict)]
+    if not any("basis" not in d for d in diffs):
+        return []
+    return [f"{COMPARE_JSON} was written by an earlier tunelab: its differences in {metric} (Δ, the sentences, the "
+            f"gain plot) are of the mean per-item {metric}, not of the corpus values in the table; run the same "
+            "tunelab compare again (finished arms are kept) to rewrite it"]
 
 
 def retention_rows(arms: list[dict]) -> list[dict]:
@@ -288,13 +321,14 @@ def probe_rows(arms: list[dict]) -> list[dict]:
         def value(m):
             return num((p.get(m) or {}).get("value"))
 
-        rows.append({"id": str(a["id"]), "n": num(p.get("n_prompts")), "tox": value("mean_toxicity"),
+        rows.append({"id": str(a["id"]), "n": num(p.get("n_prompts")),
+                     "tox_value": (p.get("mean_toxicity") or {}).get("value"),
                      "toxic": value("toxic_fraction"), "refusal": value("refusal_rate"),
                      "refusal_ci": ci((p.get("refusal_rate") or {}).get("ci95")),
                      "d_refusal": "base" if base else num(dr.get("delta")), "d_refusal_ci": "" if base else ci(dr.get("ci95")),
                      "p_refusal": "" if base else pval(dr.get("p")),
                      "d_toxic": "base" if base else num(dt.get("delta")), "p_toxic": "" if base else pval(dt.get("p"))})
-    return rows
+    return _one_format(rows, "tox")
 
 
 def break_even_rows(be) -> list[tuple[str, str]]:
@@ -350,7 +384,14 @@ def _table_row(arm: dict, best) -> dict:
             "train_s": num(tc.get("wall_s"), 3), "train_tokens": num(tc.get("tokens")), "flops": _sci(tc.get("flops")),
             "train_mem": num(tc.get("peak_mem_mib"), 3), "energy": num(tc.get("energy_wh"), 3),
             "infer_s": num(ic.get("wall_s"), 3), "prompt_tokens": num(ic.get("prompt_tokens")),
-            "generated_tokens": num(ic.get("generated_tokens")), "toxicity": num(tox.get("mean"))}
+            "generated_tokens": num(ic.get("generated_tokens")), "toxicity_value": tox.get("mean")}
+
+
+def _one_format(rows: list[dict], key: str) -> list[dict]:
+    """Column `key` of a table in one number format: each row holds its raw value as KEY_value."""
+    for r, text in zip(rows, num_column([r.pop(f"{key}_value") for r in rows])):
+        r[key] = text
+    return rows
 
 
 def _sci(v) -> str:

@@ -130,6 +130,16 @@ def quality_vs_cost(arms: Sequence[dict], metric: str) -> str:
     return _svg(fig, f"quality vs cost: {metric} against inference and training time")
 
 
+def gain_point(arm: dict) -> tuple:
+    """The y of an arm in the gain plot with its CI: its paired difference to the zero-shot arm of its
+    model as compare.json holds it (for a corpus metric, the difference of the two corpus values shown
+    in the table), or its plain value when there is no zero-shot arm."""
+    gain = arm.get("diff_vs_zero_shot")
+    if gain:
+        return gain["delta"], gain["ci95"][0], gain["ci95"][1]
+    return _ci(arm.get("metric"))
+
+
 def gain_vs_retention(arms: Sequence[dict], metric: str, tasks: Sequence[str], drift: bool) -> str:
     """Target-task gain (y) against retention change (x), one point per arm, 95% CIs as bars.
 
@@ -141,11 +151,7 @@ def gain_vs_retention(arms: Sequence[dict], metric: str, tasks: Sequence[str], d
     fig, axes = _figure("gain-retention", size=(4.2 * len(panels), 3.8), ncols=len(panels))
     for ax, panel in zip(axes, panels):
         for i, arm in enumerate(arms):
-            gain = arm.get("diff_vs_zero_shot")
-            if gain:
-                y, (ylo, yhi) = gain["delta"], gain["ci95"]
-            else:
-                y, ylo, yhi = _ci(arm.get("metric"))
+            y, ylo, yhi = gain_point(arm)
             if panel == "drift":
                 d = arm.get("drift") or {}
                 x, (xlo, xhi) = d.get("kl_per_token"), (d.get("ci95") or [None, None])

@@ -80,6 +80,9 @@ class ServedModel:
         self.lm = lm
         self.tokenizer = lm.tokenizer
         self.name = lm.name
+        # the name the user typed (`tunelab serve default`) is the base model's too, so a client
+        # that asks for `openai:URL#default` gets it (and /v1/models lists it)
+        self.alias = alias if alias and alias != lm.name else None
         self.aliases = {lm.name} | ({alias} if alias else set())
         self.adapters: dict[str, str] = {}
         for name, folder in (adapters or {}).items():
@@ -97,7 +100,8 @@ class ServedModel:
         self.pad_id = pad_id(self.model, self.tokenizer)
 
     def model_names(self) -> list[str]:
-        return [self.name, *self.adapters]
+        """The names a request may give: the base model's, the one it was served as, then the adapters'."""
+        return [self.name, *([self.alias] if self.alias else []), *self.adapters]
 
     def adapter_of(self, requested: str) -> Optional[str]:
         """The adapter a request's `model` selects (None = base); KeyError when unknown."""

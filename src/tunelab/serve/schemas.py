@@ -33,8 +33,9 @@ class _Request(BaseModel):
 
     model: str = Field(min_length=1)
     max_tokens: Optional[int] = Field(default=None, ge=0)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    # allow_inf_nan=False: NaN passes no range check and would be refused as "not <= 2"; say what it is
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)
     n: int = Field(default=1, ge=1, le=1)  # one choice per request
     stop: Union[str, list[str], None] = None
     # torch's generators take seeds in [-2**63, 2**64); outside that a 400, not a failed generation

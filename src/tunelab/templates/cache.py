@@ -42,7 +42,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from tunelab.data.load import iter_conversations, resolve_spec
-from tunelab.io import WriteFailed, atomic_write_text, file_sha256, is_write_failure, tree_bytes, write_errors
+from tunelab.io import (WriteFailed, atomic_write_text, file_sha256, is_write_failure, set_usual_mode, tree_bytes,
+                        write_errors)
 from tunelab.paths import home
 from tunelab.templates.batch import (ID_DTYPE, KEPT, NOTHING_TRAINED, TOO_LONG, Chunk, render_chunk, tokenize_chunk,
                                      tokenize_many)
@@ -166,6 +167,7 @@ def _entry(key: str, fill: Callable[[Path], dict]) -> tuple[Path, bool]:
     with write_errors(final):
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=final.parent))
+        set_usual_mode(tmp)  # mkdtemp made it 0700; the cache is shared like any other artifact
     try:
         (tmp / "meta.json").write_text(json.dumps(fill(tmp), ensure_ascii=False))
         try:

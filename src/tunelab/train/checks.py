@@ -32,7 +32,7 @@ def check_settings(cfg: TrainConfig, how: RunMethod, *, cuda: bool, base_dir,
     if precision == "fp16" and not cuda:
         raise TunelabError("train.precision=fp16 needs a CUDA GPU; use train.precision=fp32 (or auto) on CPU")
     if cfg.replay is not None:
-        where = inputs.data_path(cfg.replay.data, base_dir)
+        where = inputs.data_path(cfg.replay.data, base_dir, "replay.data")
         if not where.startswith("builtin:") and not Path(where).is_file():
             raise TunelabError(f"replay.data: {cfg.replay.data} not found (looked at {where}); give a file of "
                                "general instruction data, or drop replay:")

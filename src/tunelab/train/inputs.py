@@ -50,13 +50,19 @@ def skipped_summary(notes: list[str]) -> Optional[dict]:
     return {"count": sum(int(m.group(1)) for n in notes if (m := _SKIPPED.search(n))), "notes": list(notes)}
 
 
-def data_path(spec: str, base_dir: str | Path | None) -> str:
-    """A relative data path is looked up next to the config file first, then in the cwd."""
+def data_path(spec: str, base_dir: str | Path | None, key: str | None = None) -> str:
+    """A relative data path is looked up next to the config file first, then in the cwd; in
+    neither, the error names both places (and the config `key` when given)."""
+    from tunelab.data.readers import not_found
+
     p = Path(spec)
     if spec.startswith("builtin:") or p.is_absolute() or base_dir is None:
         return spec
     beside = Path(base_dir) / p
-    return str(beside) if beside.exists() or not p.exists() else spec
+    if beside.exists() or p.exists():
+        return str(beside) if beside.exists() else spec
+    raise not_found(spec, [beside, Path.cwd() / p], f"relative paths in a train config are looked up in its "
+                    f"folder, {base_dir}, then in the current folder", key)
 
 
 def hold_out(candidates: list[int], fraction, seed: int) -> tuple[list[int], list[int]]:
@@ -81,7 +87,7 @@ def load_examples(src: DataSource):
     kw = dict(format=d.format, fields=d.fields or None, skip_bad=d.skip_bad, system=d.system,
               skip_setting=SKIP_SETTING, train_on=d.train_on, max_length=d.max_length, truncate=d.truncate)
     log = logging.getLogger("tunelab.templates")
-    full = prepare(data_path(d.train, base_dir), tokenizer, **kw)
+    full = prepare(data_path(d.train, base_dir, "data.train"), tokenizer, **kw)
     say(f"encoded data {'from the cache' if full.hit else 'cached'}: {full.folder}")
     src.note_skips(full.meta.get("notes", []), said=not full.hit)
     candidates = list(range(len(full)))

@@ -7,10 +7,22 @@ A metric is a small object with options fixed at construction. Subclasses fill h
   gold texts (a list; metrics that accept several take the best match), `item` the full record
   the runner keeps for the item (multiple choice and perplexity read their inputs from it).
 - `aggregate(item_scores) -> float`: the headline value; default the mean.
-- `item_value(score) -> float`: the per-item number written to predictions.jsonl and used by
-  `tunelab diff` (default: the score itself).
+- `item_value(score) -> float`: the per-item number written to predictions.jsonl, which the paired
+  differences of mean metrics use (default: the score itself).
 - `bootstrap_statistic(item_scores)`: for non-mean metrics, a function of an index matrix
   (B, n) -> (B,) used for the CI and stderr; None means "mean of item values".
+
+Corpus metrics (`corpus = True`: BLEU, chrF, TER, the perplexity family) are not means: their
+value is a function of sufficient statistics summed over the items. They fill two hooks instead
+of `aggregate` and `bootstrap_statistic`:
+
+- `item_stats(score) -> list[float]`: one item's sufficient statistics (a fixed-length vector);
+- `values_from_stats(totals)`: (B, k) summed statistics -> (B,) values.
+
+The value is then `corpus_value(stats_matrix(scores))`, and every resample of the CI, stderr and
+the paired test (tunelab.evaluate.paired) sums the statistics of the items it drew. `line_score`
+rebuilds an item's score from its predictions.jsonl line, and `from_signature` the metric from
+its results.json signature, so the statistics can be recomputed from the written files.
 
 `compute(predictions, references, items)` runs all of it and returns a `MetricResult`
 (value, stderr, ci95, signature, n, item_values). `str(result)` is `NAME|sig = value`.
@@ -43,6 +55,10 @@ class MetricResult:
     n: int
     item_values: list[float | None] = field(default_factory=list, repr=False)
     note: str | None = None  # why the metric was not computed (value None); see Metric.not_computed
+    # judge metrics: counts beside the value (wins, ties, unparsed...), written into its results.json entry
+    extra: dict[str, Any] = field(default_factory=dict)
+    item_details: list[dict] | None = field(default=None, repr=False)  # per item, written to predictions.jsonl
+    cost: dict[str, dict] | None = None  # cost of computing the metric itself (a judge model's calls), by kind
 
     def to_json(self) -> dict[str, Any]:
         """The results.json form (docs/results.md): value, stderr, ci95 (+ signature, n; + note when not computed)."""
@@ -51,6 +67,7 @@ class MetricResult:
                "signature": self.signature, "n": self.n}
         if self.note is not None:
             out["note"] = self.note
+        out.update(self.extra)
         return out
 
     def __str__(self) -> str:
@@ -72,6 +89,9 @@ class Metric:
     # True: the items need the reference model's scores too (the runner scores them a second time,
     # with the adapter off or on the --reference model); without one the metric is `not_computed`.
     needs_reference: ClassVar[bool] = False
+    # True: the value is computed from the items' summed sufficient statistics, not a mean of
+    # per-item values (see the module docstring)
+    corpus: ClassVar[bool] = False
 
     def __init__(self, **options: Any):
         unknown = sorted(set(options) - set(self.options_spec))
@@ -84,18 +104,75 @@ class Metric:
     def _check_options(self) -> None:
         """Subclasses validate option values here and raise TunelabError naming the option."""
 
+    def for_task(self, task) -> None:
+        """A metric that reads task-level settings takes them here (the judge metrics read the task's
+        `judge:` block); the runner calls it once, before any model loads, so a bad setting fails early."""
+
     # ---- hooks -----------------------------------------------------------------------------
     def item_score(self, prediction: str, references: Sequence[str], item: dict) -> ItemScore:
         raise NotImplementedError
 
     def aggregate(self, item_scores: Sequence[ItemScore]) -> float:
+        if self.corpus:
+            return self.corpus_value(self.stats_matrix(item_scores))
         return float(np.mean([self.item_value(s) for s in item_scores]))
 
     def item_value(self, score: ItemScore) -> float:
         return float(score)  # type: ignore[arg-type]
 
     def bootstrap_statistic(self, item_scores: Sequence[ItemScore]) -> Callable | None:
+        if self.corpus:
+            return stats.corpus_statistic(self.stats_matrix(item_scores), self.values_from_stats)
         return None
+
+    # ---- corpus metrics --------------------------------------------------------------------
+    def item_stats(self, score: ItemScore) -> list[float]:
+        """Corpus metrics: one item's sufficient statistics."""
+        raise NotImplementedError(f"metric '{self.name}' is not a corpus metric")
+
+    def values_from_stats(self, totals: np.ndarray) -> np.ndarray:
+        """Corpus metrics: (B, k) summed statistics -> (B,) values."""
+        raise NotImplementedError(f"metric '{self.name}' is not a corpus metric")
+
+    def stats_matrix(self, item_scores: Sequence[ItemScore]) -> np.ndarray:
+        """(n, k): the items' sufficient statistics, one row an item."""
+        return np.array([self.item_stats(s) for s in item_scores], dtype=np.float64)
+
+    def corpus_value(self, matrix: np.ndarray) -> float:
+        """The value over the items whose statistics are the rows of `matrix` (the one way it is
+        summed, so a value recomputed from the written files is the value written)."""
+        return float(self.values_from_stats(np.asarray(matrix).sum(axis=0)[None, :])[0])
+
+    def line_score(self, line: dict) -> ItemScore:
+        """An item's score again from its predictions.jsonl line (its output, gold and the task
+        type's own fields, e.g. loglik and n_tokens); TunelabError when the line lacks them."""
+        return self.item_score(str(line.get("output") or ""), _as_list(line.get("gold")), line)
+
+    @classmethod
+    def from_signature(cls, signature: str) -> "Metric":
+        """The metric with the settings its signature names (the inverse of `signature()`).
+
+        The library version is not compared (the caller checks the numbers instead); any other
+        difference between the given signature and the rebuilt metric's is a TunelabError.
+        """
+        name, *parts = str(signature).split("|")
+        fields = dict(part.split(":", 1) for part in parts if ":" in part)
+        if cls.backend is not None:
+            fields.pop(cls.backend[0], None)
+        try:
+            metric = cls(**cls.options_from_fields(fields))
+        except (TunelabError, ValueError, KeyError) as e:
+            raise TunelabError(f"metric signature {signature!r}: cannot rebuild its settings ({e})") from None
+        metric.name = name
+        if _without_backend(metric.signature(), cls) != _without_backend(signature, cls):
+            raise TunelabError(f"metric signature {signature!r}: not one tunelab writes for '{cls.name}' "
+                               f"(it would write {metric.signature()!r})")
+        return metric
+
+    @classmethod
+    def options_from_fields(cls, fields: dict[str, str]) -> dict[str, Any]:
+        """Signature fields {key: text} -> constructor options; default: the keys are the option names."""
+        return {k: _parse_field(v) for k, v in fields.items() if k in cls.options_spec}
 
     # ---- signature -------------------------------------------------------------------------
     def signature_options(self) -> dict[str, Any]:
@@ -155,6 +232,26 @@ class Metric:
             lo, hi = np.quantile(reps, [0.025, 0.975])
             ci = (float(lo), float(hi))
         return MetricResult(self.name, value, se, ci, self.signature(), n, values)
+
+
+def _parse_field(text: str) -> Any:
+    """A signature value back to Python: yes/no, None, numbers, else the text."""
+    if text in ("yes", "no"):
+        return text == "yes"
+    if text == "None":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _without_backend(signature: str, cls: type[Metric]) -> str:
+    if cls.backend is None:
+        return signature
+    return "|".join(p for p in signature.split("|") if not p.startswith(f"{cls.backend[0]}:"))
 
 
 def _as_list(refs: Any) -> list[str]:

@@ -15,15 +15,18 @@ Aggregation is over the whole corpus, NOT a mean of per-document perplexities:
     word_perplexity  = exp(-sum(loglik) / sum(n_words))
     byte_perplexity  = exp(-sum(loglik) / sum(n_bytes))
     bits_per_byte    = -sum(loglik) / sum(n_bytes) / ln(2)
-so long documents weigh more, as lm-eval's weighted_perplexity and bits_per_byte do. The CI
-resamples documents and recomputes the ratio. `item_value` (predictions.jsonl, diff) is the
-document's own value under the same formula. Lower is better for all four.
+so long documents weigh more, as lm-eval's weighted_perplexity and bits_per_byte do. They are
+corpus metrics (base.Metric.corpus): an item's sufficient statistics are (loglik, units), and
+the CI and the paired difference of `tunelab diff` and compare resample documents and recompute
+the ratio, read back from predictions.jsonl's loglik and n_* fields. `item_value`
+(predictions.jsonl) is the document's own value under the same formula, for reading item by item.
+Lower is better for all four.
 """
 from __future__ import annotations
 
 import math
 import re
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -39,6 +42,7 @@ def count_units(text: str) -> dict[str, int]:
 
 class _Perplexity(Metric):
     higher_is_better = False
+    corpus = True
     unit_field = "n_tokens"
 
     def item_score(self, prediction: str, references: Sequence[str], item: dict) -> dict[str, float]:
@@ -58,15 +62,12 @@ class _Perplexity(Metric):
     def item_value(self, score: ItemScore) -> float:
         return float(self._from_totals(score["loglik"], score["units"]))  # type: ignore[index]
 
-    def aggregate(self, item_scores: Sequence[ItemScore]) -> float:
-        ll = sum(s["loglik"] for s in item_scores)  # type: ignore[index]
-        units = sum(s["units"] for s in item_scores)  # type: ignore[index]
-        return float(self._from_totals(ll, units))
+    def item_stats(self, score: ItemScore) -> list[float]:
+        return [score["loglik"], score["units"]]  # type: ignore[index]
 
-    def bootstrap_statistic(self, item_scores: Sequence[ItemScore]) -> Callable:
-        ll = np.array([s["loglik"] for s in item_scores])  # type: ignore[index]  # (n,)
-        units = np.array([s["units"] for s in item_scores])  # type: ignore[index]  # (n,)
-        return lambda idx: self._from_totals(ll[idx].sum(axis=1), units[idx].sum(axis=1))
+    def values_from_stats(self, totals: np.ndarray) -> np.ndarray:
+        totals = np.atleast_2d(totals)
+        return np.asarray(self._from_totals(totals[:, 0], totals[:, 1]), dtype=np.float64)
 
 
 @register("token_perplexity")

@@ -18,7 +18,7 @@ from tunelab.evaluate.metrics.base import Metric
 
 _REGISTRY: dict[str, type[Metric]] = {}
 # Modules whose import registers metrics; loaded on first lookup so `import tunelab` stays cheap.
-_MODULES = ("text", "sacre", "rouge", "choice", "perplexity", "assistant", "preference")
+_MODULES = ("text", "sacre", "rouge", "choice", "perplexity", "assistant", "preference", "judge")
 _loaded = False
 
 

@@ -4,9 +4,13 @@ These are corpus-level metrics: the headline value is sacrebleu's `corpus_score`
 (n-gram / edit statistics summed over the corpus, then one score), never a mean of sentence
 scores. Each item's score is a dict `{"sentence": s, "s0": ..., "sK": ...}`: its sentence-level
 score (BLEU with effective order, as `sacrebleu.sentence_bleu` does) plus sacrebleu's sufficient
-statistics for that segment. Summing the statistics of a resample gives the corpus score of that
-resample, which makes the 1000-resample bootstrap cheap. `item_value` (predictions.jsonl,
-`tunelab diff`) is the sentence score.
+statistics for that segment (`_extract_corpus_statistics`). Summing the statistics of a
+resample and scoring the sum (`_compute_score_from_stats`) gives the corpus score of that
+resample, as `sacrebleu --paired-bs` does; that is the CI, and the paired difference of
+`tunelab diff` and compare (tunelab.evaluate.paired). `item_value` (predictions.jsonl) is the
+sentence score, for reading item by item; no number over several items is a mean of it. The
+statistics are not written: they are recomputed from predictions.jsonl's output and gold, with the
+settings read back from the signature (`from_signature`).
 
 Options map one to one onto sacrebleu's constructor arguments:
   bleu: tokenize (13a, intl, zh, char, none, ...), lowercase, smooth_method, smooth_value,
@@ -17,7 +21,7 @@ Several references per item are allowed; a varying number is padded as sacrebleu
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import sacrebleu
@@ -31,6 +35,7 @@ from tunelab.evaluate.metrics.registry import register
 class _Sacre(Metric):
     backend = ("sacrebleu", sacrebleu.__version__)
     sacre_cls: Any = None
+    corpus = True
 
     def _check_options(self) -> None:
         try:
@@ -57,30 +62,24 @@ class _Sacre(Metric):
     def item_value(self, score: ItemScore) -> float:
         return float(score["sentence"])  # type: ignore[index]
 
-    @staticmethod
-    def _matrix(scores: Sequence[ItemScore]) -> np.ndarray:
-        k = len(scores[0]) - 1  # type: ignore[arg-type]
-        return np.array([[s[f"s{i}"] for i in range(k)] for s in scores])  # type: ignore[index]  # (n, k)
+    def item_stats(self, score: ItemScore) -> list[float]:
+        k = len(score) - 1  # type: ignore[arg-type]
+        return [score[f"s{i}"] for i in range(k)]  # type: ignore[index]
 
     def _score_from_stats(self, summed: np.ndarray) -> float:
         # sacrebleu's hooks index and int() the stats; hand it plain Python numbers.
         vec = [int(v) if float(v).is_integer() else float(v) for v in summed]
         return float(self._corpus._compute_score_from_stats(vec).score)
 
-    def aggregate(self, item_scores: Sequence[ItemScore]) -> float:
-        return self._score_from_stats(self._matrix(item_scores).sum(axis=0))
+    def values_from_stats(self, totals: np.ndarray) -> np.ndarray:
+        return np.array([self._score_from_stats(row) for row in np.atleast_2d(totals)])
 
-    def bootstrap_statistic(self, item_scores: Sequence[ItemScore]) -> Callable:
-        stats = self._matrix(item_scores)
-
-        def stat(idx: np.ndarray) -> np.ndarray:
-            # counts[b, i] = how often item i is drawn in resample b; counts @ stats sums the
-            # statistics of each resample without building a (B, n, k) array.
-            counts = np.zeros((idx.shape[0], stats.shape[0]))
-            np.add.at(counts, (np.arange(idx.shape[0])[:, None], idx), 1.0)
-            return np.array([self._score_from_stats(row) for row in counts @ stats])
-
-        return stat
+    def line_score(self, line: dict) -> ItemScore:
+        missing = [key for key in ("output", "gold") if key not in line]
+        if missing:
+            raise TunelabError(f"item {line.get('id', '?')}: no '{missing[0]}' in its line, so its {self.name} "
+                               "statistics cannot be recomputed")
+        return super().line_score(line)
 
     def corpus_score(self, predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
         """sacrebleu's corpus score; references[i] is the list of references of item i."""
@@ -109,6 +108,14 @@ class Bleu(_Sacre):
         return {"tok": o["tokenize"], "smooth": smooth, "case": "lc" if o["lowercase"] else "mixed",
                 "eff": o["effective_order"], "ngram": o["max_ngram_order"]}
 
+    @classmethod
+    def options_from_fields(cls, fields: dict[str, str]) -> dict[str, Any]:
+        method, _, value = fields["smooth"].partition("[")
+        return {"tokenize": fields["tok"], "smooth_method": method,
+                "smooth_value": float(value.rstrip("]")) if value else None,
+                "lowercase": fields["case"] == "lc", "effective_order": fields["eff"] == "yes",
+                "max_ngram_order": int(fields["ngram"])}
+
 
 @register("chrf")
 class Chrf(_Sacre):
@@ -123,6 +130,12 @@ class Chrf(_Sacre):
                 "case": "lc" if o["lowercase"] else "mixed", "space": o["whitespace"],
                 "eps": o["eps_smoothing"]}
 
+    @classmethod
+    def options_from_fields(cls, fields: dict[str, str]) -> dict[str, Any]:
+        return {"char_order": int(fields["nc"]), "word_order": int(fields["nw"]), "beta": int(fields["beta"]),
+                "lowercase": fields["case"] == "lc", "whitespace": fields["space"] == "yes",
+                "eps_smoothing": fields["eps"] == "yes"}
+
 
 @register("ter")
 class Ter(_Sacre):
@@ -136,3 +149,8 @@ class Ter(_Sacre):
         o = self.options
         return {"case": "mixed" if o["case_sensitive"] else "lc", "norm": o["normalized"],
                 "punct": not o["no_punct"], "asian": o["asian_support"]}
+
+    @classmethod
+    def options_from_fields(cls, fields: dict[str, str]) -> dict[str, Any]:
+        return {"case_sensitive": fields["case"] == "mixed", "normalized": fields["norm"] == "yes",
+                "no_punct": fields["punct"] == "no", "asian_support": fields["asian"] == "yes"}

@@ -1,0 +1,342 @@
+"""The arithmetic of GRPO: completion log-probabilities, group advantages, the clipped loss, its statistics.
+
+Pure torch, no model loading, no generation: the GRPO objective feeds it rollouts (prompt and
+completion token ids, rewards) and the policy, and gets back a loss and what TRL logs for a step.
+Every definition follows TRL 1.16.0's `GRPOTrainer` (trl/trainer/grpo_trainer.py) and is checked
+against it in tests/train/test_grpo_trl.py:
+
+    log-probs   log π(y_t | x, y_<t) of the logits divided by the sampling temperature (after the
+                model's soft-capping), as `add_fused_lm_head` scores them (`_get_per_token_logps_and_entropies`)
+    advantage   A_i = r_i - mean(group of r_i), divided by (std + 1e-4) unless scale_rewards is "none";
+                std is the group's ("group") or the whole batch's ("batch"), with Bessel's correction
+                (`_generate_and_score_completions`, multi_objective_aggregation="sum_then_normalize")
+    ratio       ρ_t = exp(log π - log π_old); π_old is π itself, detached, when the rollout is used once
+                (num_iterations == 1): ρ = 1 but its gradient is ∇ log π
+    token loss  -min(min(ρ, δ) A, clip(ρ, 1 - ε, 1 + ε_high) A) + β KL_t,
+                KL_t = exp(d) - d - 1 with d = log π_ref - log π (the k3 estimator), times ρ when
+                kl_ratio_correction (TRL's use_bias_correction_kl, on by default)  (`_compute_loss`)
+    loss_type   grpo     mean over sequences of each sequence's token mean
+                bnpo     token mean over the micro-batch (TRL: "local batch"), averaged over micro-batches
+                dr_grpo  token sum / (sequences × max_completion_length)
+                dapo     token sum / tokens of the whole optimizer step (TRL's default)
+
+A micro-batch's loss uses the step's GLOBAL counts (LossNorms) as denominators, so gradient
+accumulation and processes sum to the loss of the whole step, as the SFT loss does (loss.py); TRL
+divides grpo, bnpo and dr_grpo by the number of accumulation steps instead, which is the same when
+micro-batches hold equally many sequences (TRL's are always equal).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from tunelab.train.loss import CHUNK_TOKENS, KEEP_LOGITS_BYTES, base_causal_lm
+
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+SCALE_REWARDS = ("group", "batch", "none")
+STD_EPS = 1e-4  # added to the reward std before dividing, as TRL does: a group of equal rewards gets A = 0
+
+
+# ---------------------------------------------------------------- log-probabilities
+
+
+def _chunk_logps(hidden, targets, weight, bias, softcap, temperature: float, with_entropy: bool):
+    logits = F.linear(hidden, weight, bias).float()  # (c, V): fp32 for a stable log-softmax
+    if softcap:
+        logits = softcap * torch.tanh(logits / softcap)
+    if temperature != 1.0:
+        logits = logits / temperature  # the sampling distribution: TRL scores with the same temperature
+    logp = logits.log_softmax(-1)  # (c, V)
+    token = logp.gather(1, targets.unsqueeze(1)).squeeze(1)  # (c,)
+    if not with_entropy:
+        return token, None
+    with torch.no_grad():  # entropy is logged, never trained
+        entropy = -(logp.exp() * logp).sum(-1)  # (c,)
+    return token, entropy
+
+
+def token_logps(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, *, temperature: float = 1.0,
+                softcap: Optional[float] = None, chunk: int = CHUNK_TOKENS, entropy: bool = False):
+    """Log-probabilities (S,) of `targets` given the final hidden states (S, H) that predict them.
+
+    The LM head runs over chunks of `chunk` positions, and only at the S scored positions, so the
+    [tokens × vocab] logits of the whole rows never exist. When the S × V logits together exceed
+    KEEP_LOGITS_BYTES each chunk is recomputed in the backward instead of kept, so peak logit memory
+    is one chunk (loss.py's reasoning). Returns (logps, entropies (S,) or None); entropies carry no
+    gradient.
+    """
+    recompute = (torch.is_grad_enabled() and hidden.requires_grad
+                 and hidden.shape[0] * head.weight.shape[0] * 4 > KEEP_LOGITS_BYTES)
+    logps, entropies = [], []
+    for s in range(0, hidden.shape[0], chunk):
+        args = (hidden[s:s + chunk], targets[s:s + chunk], head.weight, head.bias, softcap, temperature, entropy)
+        lp, ent = checkpoint(_chunk_logps, *args, use_reentrant=False) if recompute else _chunk_logps(*args)
+        logps.append(lp)
+        entropies.append(ent)
+    if not logps:  # no scored position: an empty, still differentiable result
+        empty = hidden.new_zeros(0, dtype=torch.float32) + hidden.sum() * 0
+        return empty, (empty.detach() if entropy else None)
+    return torch.cat(logps), (torch.cat(entropies) if entropy else None)
+
+
+@dataclass
+class CompletionBatch:
+    """Rollouts as rows [prompt | completion | padding]: (B, T) ids, and where each completion token sits.
+
+    Right padding needs no attention mask (a causal model never looks ahead at the padding) and
+    keeps every row's positions starting at 0.
+    """
+
+    input_ids: torch.Tensor  # (B, T)
+    prompt_lengths: torch.Tensor  # (B,)
+    completion_ids: torch.Tensor  # (B, C) completion tokens, right-padded with 0
+    mask: torch.Tensor  # (B, C) bool: the tokens that are scored and trained
+
+    def to(self, device) -> "CompletionBatch":
+        return CompletionBatch(*(t.to(device) for t in (self.input_ids, self.prompt_lengths, self.completion_ids,
+                                                        self.mask)))
+
+
+def collate_completions(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], *,
+                        truncated: Optional[Sequence[bool]] = None, pad_id: int = 0) -> CompletionBatch:
+    """Right-padded rows of prompt + completion; `truncated` rows (mask_truncated_completions) are not scored.
+
+    A completion is truncated when generation stopped at max_completion_length rather than at an
+    end-of-sequence token or a stop string: its reward judges an unfinished answer (DAPO, TRL's
+    mask_truncated_completions). Its tokens stay in the row but get no loss and no statistics.
+    """
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    B = len(prompts)
+    T = max((len(p) + len(c) for p, c in zip(prompts, completions)), default=0)
+    C = max((len(c) for c in completions), default=0)
+    input_ids = torch.full((B, T), pad_id, dtype=torch.long)
+    completion_ids = torch.zeros((B, C), dtype=torch.long)
+    mask = torch.zeros((B, C), dtype=torch.bool)
+    for i, (p, c) in enumerate(zip(prompts, completions)):
+        if not p:
+            raise ValueError(f"rollout {i} has an empty prompt: its first completion token has nothing to follow")
+        input_ids[i, :len(p) + len(c)] = torch.tensor([*p, *c], dtype=torch.long)
+        completion_ids[i, :len(c)] = torch.tensor(list(c), dtype=torch.long)
+        mask[i, :len(c)] = not (truncated is not None and truncated[i])
+    lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long)
+    return CompletionBatch(input_ids, lengths, completion_ids, mask)
+
+
+def completion_logps(model: nn.Module, batch: CompletionBatch, *, temperature: float = 1.0,
+                     entropy: bool = False, chunk: int = CHUNK_TOKENS):
+    """Per-token log-probabilities (B, C) of the scored completion tokens under `model` (0 elsewhere).
+
+    The decoder runs once over the rows; hidden states are kept only at the positions that
+    predict a scored token (the one before it), so logits exist only there, chunk by chunk.
+    Returns (logps, entropies or None), both (B, C). TRL 1.16.0: GRPOTrainer._get_per_token_logps_and_entropies
+    with the fused head of trl.trainer.utils.add_fused_lm_head (which TRL runs on every position of a
+    left-padded batch; the values are the same).
+    """
+    lm = base_causal_lm(model)
+    hidden = lm.get_decoder()(input_ids=batch.input_ids, use_cache=False).last_hidden_state  # (B, T, H)
+    rows, cols = batch.mask.nonzero(as_tuple=True)  # (S,), (S,): scored completion tokens
+    source = batch.prompt_lengths[rows] + cols - 1  # the position whose logits predict each of them
+    h = hidden[rows, source]  # (S, H)
+    softcap = getattr(lm.config, "final_logit_softcapping", None)
+    lp, ent = token_logps(h, batch.completion_ids[rows, cols], lm.get_output_embeddings(),
+                          temperature=temperature, softcap=softcap, chunk=chunk, entropy=entropy)
+    logps = lp.new_zeros(batch.mask.shape).index_put((rows, cols), lp)  # (B, C)
+    ents = None if ent is None else ent.new_zeros(batch.mask.shape).index_put((rows, cols), ent)
+    return logps, ents
+
+
+# ---------------------------------------------------------------- advantages
+
+
+@dataclass
+class Advantages:
+    """Group-normalised advantages and the reward statistics TRL logs with them."""
+
+    values: torch.Tensor  # (N,) one per completion
+    stats: dict  # reward, reward_std, frac_reward_zero_std, rewards/<name>/mean and /std
+
+
+def group_advantages(rewards: torch.Tensor, num_generations: int, *, scale_rewards: str | bool = "group",
+                     weights: Optional[Sequence[float]] = None, names: Optional[Sequence[str]] = None) -> Advantages:
+    """Advantages of N = prompts × G completions, laid out group by group (G consecutive rows per prompt).
+
+    rewards: (N,) or (N, K) for K reward functions, combined as Σ_k w_k r_k (weights default to 1)
+    before normalising (TRL's "sum_then_normalize"). scale_rewards: "group" (True), "batch" or
+    "none" (False), as GRPOConfig takes it. frac_reward_zero_std is the share of GROUPS whose
+    rewards are all equal (no learning signal); TRL 1.16 logs the same under "group" and "none",
+    and under "batch" whether the whole batch's rewards are equal. TRL 1.16.0:
+    GRPOTrainer._generate_and_score_completions (the advantages and the reward/* logs).
+    """
+    scale = {True: "group", False: "none"}.get(scale_rewards, scale_rewards)
+    if scale not in SCALE_REWARDS:
+        raise ValueError(f"scale_rewards must be one of {', '.join(SCALE_REWARDS)} (got {scale_rewards!r})")
+    if num_generations < 2:
+        raise ValueError(f"num_generations must be at least 2 to compare completions (got {num_generations})")
+    per_func = rewards.float().reshape(rewards.shape[0], -1)  # (N, K)
+    N, K = per_func.shape
+    if N == 0 or N % num_generations:
+        raise ValueError(f"{N} rewards do not split into groups of {num_generations}")
+    if not torch.isfinite(per_func).all():
+        raise ValueError("a reward is NaN or infinite")
+    w = torch.ones(K) if weights is None else torch.tensor(list(weights), dtype=torch.float32)
+    if w.numel() != K:
+        raise ValueError(f"{w.numel()} reward weights for {K} reward functions")
+    total = (per_func * w.to(per_func.device)).sum(1)  # (N,)
+    groups = total.view(-1, num_generations)  # (prompts, G)
+    group_std = groups.std(1)  # (prompts,) unbiased, as TRL's nanstd
+    centred = (groups - groups.mean(1, keepdim=True)).reshape(-1)  # (N,)
+    if scale == "group":
+        centred = centred / (group_std.repeat_interleave(num_generations) + STD_EPS)
+    elif scale == "batch":
+        centred = centred / (total.std() + STD_EPS)
+    zero_std = torch.isclose(group_std, torch.zeros_like(group_std))  # TRL's test for "all equal"
+    stats = {"reward": float(total.mean()), "reward_std": float(total.std()),
+             "frac_reward_zero_std": float(zero_std.float().mean())}
+    for k, name in enumerate(names or [f"reward_{k}" for k in range(K)]):
+        stats[f"rewards/{name}/mean"] = float(per_func[:, k].mean())
+        stats[f"rewards/{name}/std"] = float(per_func[:, k].std())
+    return Advantages(centred, stats)
+
+
+# ---------------------------------------------------------------- loss
+
+
+@dataclass(frozen=True)
+class GRPOLossSettings:
+    """The loss's knobs, named and defaulted as GRPOConfig (TRL 1.16) names them."""
+
+    loss_type: str = "dapo"
+    epsilon: float = 0.2  # lower clip: ρ below 1 - ε stops pushing a negative advantage down
+    epsilon_high: Optional[float] = None  # upper clip, default ε; DAPO's clip-higher uses 0.28
+    delta: Optional[float] = None  # two-sided clipping (INTELLECT-2): ρ capped at δ > 1 + ε_high
+    beta: float = 0.0  # KL coefficient; 0 needs no reference pass
+    kl_ratio_correction: bool = True  # KL_t × ρ_t (TRL's use_bias_correction_kl)
+    max_completion_length: int = 256  # dr_grpo's constant denominator
+
+    def __post_init__(self):
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {', '.join(LOSS_TYPES)} (got {self.loss_type!r})")
+        if self.delta is not None and self.delta <= 1 + self.eps_high:
+            raise ValueError(f"delta must exceed 1 + epsilon_high = {1 + self.eps_high} (got {self.delta})")
+
+    @property
+    def eps_high(self) -> float:
+        return self.epsilon if self.epsilon_high is None else self.epsilon_high
+
+
+@dataclass(frozen=True)
+class LossNorms:
+    """Denominators over the whole optimizer step (all micro-batches, all processes)."""
+
+    seqs: int  # completions in the step (grpo, dr_grpo)
+    tokens: int  # scored completion tokens in the step (dapo)
+    micro_batches: int = 1  # micro-batches the step averages (bnpo's local token means)
+
+    @staticmethod
+    def of(mask: torch.Tensor) -> "LossNorms":
+        """The norms of a step that is this one micro-batch."""
+        return LossNorms(seqs=mask.shape[0], tokens=int(mask.sum()))
+
+
+@dataclass
+class StepStats:
+    """Sums and extremes over scored tokens, mergeable across micro-batches; `means()` gives TRL's names.
+
+    TRL 1.16.0 logs these in GRPOTrainer._compute_loss: kl, entropy and clip_ratio/*_mean as means over
+    every scored token of the step, clip_ratio/low_min and high_max over per-completion shares.
+    """
+
+    tokens: float = 0.0
+    kl: Optional[float] = None  # Σ KL_t (None when beta == 0: TRL logs no kl then)
+    entropy: Optional[float] = None  # Σ entropy_t
+    clip_low: float = 0.0  # Σ [ρ < 1 - ε and A < 0]
+    clip_high: float = 0.0  # Σ [ρ > 1 + ε_high and A > 0]
+    clip_low_min: float = float("inf")  # the lowest per-completion share of low-clipped tokens
+    clip_high_max: float = float("-inf")  # the highest per-completion share of high-clipped tokens
+
+    def merge(self, other: "StepStats") -> "StepStats":
+        add = lambda a, b: None if a is None and b is None else (a or 0.0) + (b or 0.0)  # noqa: E731
+        return StepStats(self.tokens + other.tokens, add(self.kl, other.kl), add(self.entropy, other.entropy),
+                         self.clip_low + other.clip_low, self.clip_high + other.clip_high,
+                         min(self.clip_low_min, other.clip_low_min), max(self.clip_high_max, other.clip_high_max))
+
+    def means(self) -> dict[str, float]:
+        n = max(self.tokens, 1.0)  # TRL clamps the count at 1: no token logs 0
+        out = {"clip_ratio/low_mean": self.clip_low / n, "clip_ratio/high_mean": self.clip_high / n,
+               # a token is low- or high-clipped, never both, so the region share is their sum
+               "clip_ratio/region_mean": (self.clip_low + self.clip_high) / n}
+        if self.clip_low_min != float("inf"):
+            out["clip_ratio/low_min"] = self.clip_low_min
+            out["clip_ratio/high_max"] = self.clip_high_max
+        if self.kl is not None:
+            out["kl"] = self.kl / n
+        if self.entropy is not None:
+            out["entropy"] = self.entropy / n
+        return out
+
+
+def _reduce(token_loss: torch.Tensor, mask: torch.Tensor, settings: GRPOLossSettings, norms: LossNorms):
+    masked = token_loss * mask  # (B, C)
+    if settings.loss_type == "grpo":
+        per_seq = masked.sum(-1) / mask.sum(-1).clamp(min=1.0)  # (B,)
+        return per_seq.sum() / max(norms.seqs, 1)
+    if settings.loss_type == "bnpo":
+        return masked.sum() / mask.sum().clamp(min=1.0) / norms.micro_batches
+    if settings.loss_type == "dr_grpo":
+        return masked.sum() / (max(norms.seqs, 1) * settings.max_completion_length)
+    return masked.sum() / max(norms.tokens, 1)  # dapo
+
+
+def grpo_loss(logps: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor, settings: GRPOLossSettings, *,
+              old_logps: Optional[torch.Tensor] = None, ref_logps: Optional[torch.Tensor] = None,
+              entropies: Optional[torch.Tensor] = None, norms: Optional[LossNorms] = None):
+    """The clipped policy-gradient loss of one micro-batch (its share of the step) and its statistics.
+
+    logps, old_logps, ref_logps, entropies: (B, C) per completion token; mask: (B, C), the scored
+    tokens; advantages: (B,). old_logps None means the rollout is on-policy (num_iterations == 1).
+    ref_logps is needed when beta != 0. Returns (loss, StepStats). TRL 1.16.0: GRPOTrainer._compute_loss
+    (token-level importance sampling, no entropy bonus, no off-policy mask).
+    """
+    if settings.beta != 0.0 and ref_logps is None:
+        raise ValueError("beta != 0 needs the reference log-probabilities (ref_logps)")
+    m = mask.to(logps.dtype)
+    norms = norms or LossNorms.of(mask)
+    old = logps.detach() if old_logps is None else old_logps
+    adv = advantages.to(logps.dtype).unsqueeze(1)  # (B, 1)
+    ratio = torch.exp(logps - old)  # (B, C)
+    clipped = ratio.clamp(1 - settings.epsilon, 1 + settings.eps_high)
+    kl = None
+    if settings.beta != 0.0:
+        d = ref_logps - logps
+        kl = torch.exp(d) - d - 1  # k3: unbiased, non-negative estimate of KL(π ‖ π_ref)
+        if settings.kl_ratio_correction:
+            kl = kl * ratio  # the unclipped ratio, so the KL gradient is the reverse-KL one off-policy too
+    if settings.delta is not None:
+        ratio = ratio.clamp(max=settings.delta)
+    token_loss = -torch.min(ratio * adv, clipped * adv)  # (B, C)
+    if kl is not None:
+        token_loss = token_loss + settings.beta * kl
+    loss = _reduce(token_loss, m, settings, norms)
+    return loss, _stats(ratio.detach(), adv, m, settings, kl, entropies)
+
+
+def _stats(ratio, adv, m, settings: GRPOLossSettings, kl, entropies) -> StepStats:
+    low = ((ratio < 1 - settings.epsilon) & (adv < 0)).to(m.dtype) * m  # (B, C)
+    high = ((ratio > 1 + settings.eps_high) & (adv > 0)).to(m.dtype) * m
+    per_seq = m.sum(-1)  # (B,)
+    has = per_seq > 0  # completions without scored tokens have no share (TRL: NaN, skipped)
+    stats = StepStats(tokens=float(m.sum()), clip_low=float(low.sum()), clip_high=float(high.sum()))
+    if has.any():
+        stats.clip_low_min = float((low.sum(-1)[has] / per_seq[has]).min())
+        stats.clip_high_max = float((high.sum(-1)[has] / per_seq[has]).max())
+    if kl is not None:
+        stats.kl = float((kl.detach() * m).sum())
+    if entropies is not None:
+        stats.entropy = float((entropies.detach() * m).sum())
+    return stats
