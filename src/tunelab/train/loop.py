@@ -186,7 +186,7 @@ class Recipe:
         fixed = packing and (self.facts.compile or self.facts.attn == "flex_attention")
         d = self.data = RunData(train_ex, eval_ex, lengths, sched, cfg.train.seed, packing,
                                 per_step=procs.world * sched.grad_accum,
-                                skipped=source.skipped)
+                                skipped=source.skipped, repeat=self.objective.steps_per_batch())
         d.row_width = row_width(min(d.batch_tokens, sum(lengths) or 1)) if fixed else None
         d.eval_plan = plan_batches(inputs.lengths(eval_ex), d.batch_tokens, seed=cfg.train.seed,
                                    packing=packing) if eval_ex else []

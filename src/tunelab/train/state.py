@@ -95,6 +95,7 @@ class RunData:
     eval_plan: list = field(default_factory=list)
     total_steps: int = 0
     skipped: list[str] = field(default_factory=list)  # notes on skipped records (count, first line)
+    repeat: int = 1  # optimizer steps on each step's micro-batches (GRPO's num_iterations)
     _plans: dict = field(default_factory=dict)
 
     @property
@@ -104,8 +105,11 @@ class RunData:
     def plan(self, epoch: int) -> list[list[int]]:
         """The epoch's micro-batches (index lists), seeded: the same on every process and resume."""
         if epoch not in self._plans:
-            self._plans[epoch] = plan_batches(self.lengths, self.batch_tokens, seed=self.seed, epoch=epoch,
-                                              packing=self.packing)
+            plan = plan_batches(self.lengths, self.batch_tokens, seed=self.seed, epoch=epoch, packing=self.packing)
+            if self.repeat > 1:  # each step's micro-batches again for the next repeat - 1 steps
+                n = self.per_step
+                plan = [b for s in range(0, len(plan), n) for _ in range(self.repeat) for b in plan[s:s + n]]
+            self._plans[epoch] = plan
         return self._plans[epoch]
 
     def steps_in_epoch(self, epoch: int) -> int:
