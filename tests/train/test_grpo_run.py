@@ -57,3 +57,77 @@ def test_reward_rises(make_config, tiny_dir):
         assert key in got[0], key
     samples = [json.loads(line) for line in (result.run_dir / "completions.jsonl").read_text().splitlines()]
     assert samples and {"step", "prompt", "completion", "reward", "advantage"} <= set(samples[0])
+
+
+STEP_KEYS = ("loss", "grad_norm", "reward", "kl", "entropy", "clip_ratio/region_mean")
+
+
+def steps(run_dir):
+    return [{k: r.get(k) for k in ("step", *STEP_KEYS)} for r in rows(run_dir)]
+
+
+def test_interrupted_run_resumes_exactly_between_two_uses_of_a_batch(make_config, tiny_dir, monkeypatch):
+    """LoRA with the KL to the adapter-off reference and two optimizer steps per generation batch;
+    Ctrl-C during step 3 (the first use of batch 1) saves step 3, and the resumed run's step 4 reuses
+    that batch: every logged figure equals the uninterrupted run's."""
+    from tunelab.train.loop import TrainingInterrupted, train
+
+    settings = dict(steps=6, lr=5e-3, beta=0.04, num_iterations=2, epsilon_high=0.28)
+    straight = train(grpo_config(make_config, "straight", **settings), providers=providers(tiny_dir))
+    monkeypatch.setenv("TUNELAB_FAULT", "sigint@3")
+    cfg = grpo_config(make_config, "cut", **settings)
+    with pytest.raises(TrainingInterrupted):
+        train(cfg, providers=providers(tiny_dir))
+    monkeypatch.delenv("TUNELAB_FAULT")
+    resumed = train(cfg, resume=True, providers=providers(tiny_dir))
+    assert steps(resumed.run_dir) == steps(straight.run_dir)
+    got = rows(straight.run_dir)
+    assert [r["generation_use"] for r in got] == [r["generation_use"] for r in rows(resumed.run_dir)] == [1, 2] * 3
+    assert all(r["kl"] >= 0 for r in got) and got[1]["kl"] > 0  # the adapter moved away from the base
+    samples = (resumed.run_dir / "completions.jsonl").read_text()
+    assert samples == (straight.run_dir / "completions.jsonl").read_text()
+
+
+@pytest.mark.parametrize("grpo, message", [
+    ({"num_generations": 1}, "grpo.num_generations: must be at least 2"),
+    ({"beta": 0.1, "weights": "full"}, "grpo.beta > 0 with grpo.weights: full needs a second copy"),
+    ({"max_completion_length": 64}, r"data.max_length \(64\) leaves no room for a prompt"),
+])
+def test_bad_settings_are_one_line(make_config, tiny_dir, grpo, message):
+    from tunelab.train.loop import train
+
+    with pytest.raises(TunelabError, match=message) as e:
+        train(grpo_config(make_config, **grpo), providers=providers(tiny_dir))
+    assert "\n" not in str(e.value)
+
+
+def test_missing_provider_is_named(make_config):
+    from tunelab.train.loop import train
+
+    with pytest.raises(TunelabError, match=r"method: grpo needs prompts, rollout, rewards passed to train"):
+        train(grpo_config(make_config))
+
+
+def test_a_reward_that_raises_names_itself_and_the_completion(make_config, tiny_dir):
+    from tunelab.train.loop import train
+
+    def broken(completion, item):
+        return 1 / 0
+
+    with pytest.raises(TunelabError, match=r"^grpo reward broken raised ZeroDivisionError: division by zero on the "
+                                           r"completion '.*' of prompt \d+; fix the reward or the task$"):
+        train(grpo_config(make_config, steps=1), providers=providers(tiny_dir, rewards=[Reward("broken", 1.0, broken)]))
+
+
+def test_a_prompt_without_room_is_an_error_or_skipped(make_config, tiny_dir):
+    from tunelab.train.loop import train
+
+    long = Prompt("word " * 80, None, "prompts.jsonl line 3")
+    items = [Prompt(f"Question {i}", None, f"line {i}") for i in range(4)] + [long]
+    with pytest.raises(TunelabError, match=r"^prompts.jsonl line 3: \d+ prompt tokens, but data.max_length 64 "
+                                           r"leaves 56 beside grpo.max_completion_length 8; .*data.skip_bad=true"):
+        train(grpo_config(make_config, steps=1), providers=providers(tiny_dir, prompts=items))
+    cfg = grpo_config(make_config, "skip", steps=1)
+    cfg["data"]["skip_bad"] = True
+    res = train(cfg, providers=providers(tiny_dir, prompts=items))
+    assert res.summary["skipped"]["count"] == 1
