@@ -20,13 +20,10 @@ def vowel_share(completion: str, item) -> float:
 
 
 def providers(tiny_dir, *, n: int = 8, rewards=None, prompts=None):
-    from transformers import AutoTokenizer
+    from tunelab.infer.rollout import sample
 
-    from tunelab.infer.rollout import rollout_function
-
-    tok = AutoTokenizer.from_pretrained(tiny_dir)
     items = prompts or [Prompt(f"Question {i}: say something", {"answer": "x"}, f"prompt {i}") for i in range(n)]
-    return {"prompts": lambda source: items, "rollout": rollout_function(tok),
+    return {"prompts": lambda source: items, "rollout": sample,
             "rewards": rewards or [Reward("vowels", 1.0, vowel_share)]}
 
 

@@ -26,11 +26,16 @@ def train_cmd(
       accelerate launch --multi_gpu --num_processes 2 -m tunelab train examples/train_lora.yaml  (DDP; gloo on CPU)
     """
     from tunelab.cli import console, err_console
+    from tunelab.config import load_train_config
+    from tunelab.evaluate.rewards import providers
     from tunelab.safety.toxicity import toxicity_scores
     from tunelab.train.loop import train
 
+    # method: grpo's prompts, rewards and rollout function (train/ imports neither engine nor metrics)
+    given = providers(load_train_config(str(config), overrides or []), config.resolve().parent)
     # Ctrl-C: train() saves a checkpoint and raises Interrupted (one line, exit 130: cli/__init__.py)
-    result = train(str(config), overrides or [], resume=resume, overwrite=overwrite, toxicity=toxicity_scores)
+    result = train(str(config), overrides or [], resume=resume, overwrite=overwrite, toxicity=toxicity_scores,
+                   providers=given)
     if not result.summary:  # not the main process of a multi-process run
         return
     if result.stopped == "already_finished":

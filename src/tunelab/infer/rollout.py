@@ -29,7 +29,8 @@ def _base(model):
 
 
 def sample(model, tokenizer, texts: Sequence[str], seeds: Sequence[int], sampling, *, batch_size: int = 16) -> list[Sample]:
-    """One sampled completion per text; `sampling` has max_tokens, temperature, top_p and stop."""
+    """One sampled completion per text; `sampling` has max_tokens, temperature, top_p and stop.
+    method: grpo's `rollout` provider (evaluate/rewards.py passes it)."""
     base = _base(model)
     kernel = base.config._attn_implementation
     if kernel not in ("sdpa", "eager", "flash_attention_2"):
@@ -42,11 +43,3 @@ def sample(model, tokenizer, texts: Sequence[str], seeds: Sequence[int], samplin
         if base.config._attn_implementation != kernel:
             base.set_attn_implementation(kernel)
     return [Sample(g.prompt_ids, g.ids, g.text, g.finish == "length") for g in gens]
-
-
-def rollout_function(tokenizer, *, batch_size: int = 16):
-    """The `rollout` provider of method: grpo: (model, texts, seeds, sampling) -> [Sample]."""
-    def rollout(model, texts, seeds, sampling):
-        return sample(model, tokenizer, texts, seeds, sampling, batch_size=batch_size)
-
-    return rollout

@@ -4,7 +4,8 @@ train/ imports neither infer/ nor evaluate/ (docs/architecture.md), so the calle
 GRPO run (cli/train.py, the compare) passes three providers to `train(providers=...)`:
 
     prompts(source) -> list[Prompt]                        the training prompts, rendered (a task file)
-    rollout(model, texts, seeds, Sampling) -> [Rollout]    completions of the live model, one per text
+    rollout(model, tokenizer, texts, seeds, Sampling)      completions of the live model, one per text,
+                                                           as objects with Rollout's attributes
     rewards: list[Reward]                                  each Reward(name, weight, fn(completion, item))
 
 The buffer holds one generation batch: every completion of a step's prompts, their rewards and
@@ -61,7 +62,7 @@ class Reward:
     fn: Callable[[str, Any], float]
 
 
-RolloutFn = Callable[[Any, Sequence[str], Sequence[int], Sampling], list[Rollout]]
+RolloutFn = Callable[[Any, Any, Sequence[str], Sequence[int], Sampling], list]
 
 
 def score(rewards: Sequence[Reward], prompts: Sequence[Prompt], texts: Sequence[str]) -> list[list[float]]:

@@ -96,6 +96,7 @@ class GRPO(Objective):
     # ------------------------------------------------------------ data
     def load(self, source: inputs.DataSource):
         g, limit = self.cfg.grpo, self.cfg.data.max_length
+        self.tokenizer = source.tokenizer  # the rollout function decodes with it
         room = limit - g.max_completion_length
         rows, bad = [], []
         for p in self.providers["prompts"](source):
@@ -208,7 +209,8 @@ class GRPO(Objective):
         model = live.unwrapped.model
         model.eval()  # no dropout while sampling
         try:
-            raw = self.providers["rollout"](model, [p.text for p in prompts], seeds, self.sampling)
+            raw = self.providers["rollout"](model, self.tokenizer, [p.text for p in prompts], seeds,
+                                           self.sampling)
         finally:
             model.train()
         # any objects with these attributes (the engine's infer.rollout.Sample): train/ imports no engine
