@@ -128,3 +128,20 @@ def test_a_prompt_without_room_is_an_error_or_skipped(make_config, tiny_dir):
     cfg["data"]["skip_bad"] = True
     res = train(cfg, providers=providers(tiny_dir, prompts=items))
     assert res.summary["skipped"]["count"] == 1
+
+
+def test_rewards_equal_in_every_group_warn_of_no_learning_signal(make_config, tiny_dir, caplog):
+    import logging
+
+    from tunelab.train.loop import train
+    from tunelab.train.objectives.grpo import FLAT_STEPS
+
+    flat = [Reward("constant", 1.0, lambda completion, item: 1.0)]
+    with caplog.at_level(logging.INFO, logger="tunelab.train"):
+        res = train(grpo_config(make_config, steps=FLAT_STEPS), providers=providers(tiny_dir, rewards=flat))
+    assert [r["frac_reward_zero_std"] for r in rows(res.run_dir)] == [1.0] * FLAT_STEPS
+    assert all(r["loss"] == 0 and r["grad_norm"] == 0 for r in rows(res.run_dir))  # advantages are all 0
+    warned = [m for m in caplog.messages if "no learning signal" in m]
+    assert warned == [f"warning: at step {FLAT_STEPS}, 100% of the prompt groups got equal rewards for {FLAT_STEPS} "
+                      "generation batches in a row: no learning signal; use a graded reward, more "
+                      "grpo.num_generations or a higher grpo.temperature (docs/training.md, GRPO)"]
