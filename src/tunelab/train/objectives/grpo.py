@@ -29,8 +29,8 @@ from tunelab.train import inputs
 from tunelab.train.objectives import Method, Objective, register_objective
 from tunelab.train.rollouts import Buffer, Prompt, Rollout, Sampling, length_stats, score
 
-BUFFER_FILE = "grpo_rollouts.json"  # the current generation batch (a resume between two of its uses)
-COMPLETIONS_FILE = "completions.jsonl"  # sample completions, every grpo.log_completions_every steps
+BUFFER_FILE = paths.ROLLOUTS_FILE  # the current generation batch (a resume between two of its uses)
+COMPLETIONS_FILE = paths.COMPLETIONS_FILE  # sample completions, every grpo.log_completions_every steps
 SAMPLE_PROMPTS = 2  # prompts of a step whose completions go to completions.jsonl
 # no learning signal: a group whose rewards are all equal has advantage 0 everywhere
 FLAT_SHARE, FLAT_STEPS = 0.8, 8  # warn when this share of groups is flat for this many batches in a row
