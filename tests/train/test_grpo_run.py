@@ -52,6 +52,10 @@ def test_reward_rises(make_config, tiny_dir):
     for key in ("reward_std", "frac_reward_zero_std", "rewards/vowels/mean", "clip_ratio/region_mean", "entropy",
                 "completions/mean_length", "completions/clipped_ratio", "generate_s", "optimize_s"):
         assert key in got[0], key
+    from tunelab.train import files
+
+    documented = set(files.METRICS_KEYS) | {k.replace("NAME", "vowels") for k in files.GRPO_METRICS_KEYS}
+    assert set(got[0]) - documented == set()  # docs/run-folder.md names every key a GRPO line has
     samples = [json.loads(line) for line in (result.run_dir / "completions.jsonl").read_text().splitlines()]
     assert samples and {"step", "prompt", "completion", "reward", "advantage"} <= set(samples[0])
 
