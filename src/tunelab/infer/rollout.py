@@ -38,7 +38,7 @@ def sample(model, tokenizer, texts: Sequence[str], seeds: Sequence[int], samplin
     try:
         gens = generate(model, tokenizer, list(texts), max_new_tokens=sampling.max_tokens, stop=list(sampling.stop),
                         temperature=sampling.temperature, top_p=sampling.top_p, seeds=list(seeds),
-                        batch_size=batch_size, share_prefix=False)
+                        batch_size=batch_size)
     finally:
         if base.config._attn_implementation != kernel:
             base.set_attn_implementation(kernel)
