@@ -174,8 +174,9 @@ class RewardSpec(BaseModel):
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
     metric: Optional[str] = Field(None, description="a registry metric scored against the task's answer: "
-                                  "exact_match, numeric, contains, regex, valid_json, json_schema, f1, rouge1 / rouge2 / rougeL, bleu, "
-                                  "chrf; other keys are its options, e.g. pattern: for regex")
+                                  "exact_match, numeric, contains, regex, valid_json, json_schema, f1, "
+                                  "rouge1 / rouge2 / rougeL, bleu, chrf; other keys are its options, e.g. pattern: "
+                                  "for regex")
     function: Optional[str] = Field(None, description="module:function called as f(completion, item) -> float, "
                                     "for any other reward (the module is looked up beside the config first)")
     weight: float = Field(1.0, description="its weight in the summed reward; 0.1-1 is usual")

@@ -114,7 +114,8 @@ def reward_functions(cfg: TrainConfig, task: TaskConfig, base_dir) -> list[Rewar
         spec = spec if isinstance(spec, dict) else spec.model_dump(exclude_none=True)
         key = f"grpo.rewards[{i}]"
         if spec.get("function"):
-            out.append(RewardFunction(spec["function"], spec.get("weight", 1.0), _function(spec["function"], key, base_dir)))
+            fn = _function(spec["function"], key, base_dir)
+            out.append(RewardFunction(spec["function"], spec.get("weight", 1.0), fn))
         else:
             out.append(_metric_reward(spec, task, key))
     names = [r.name for r in out]

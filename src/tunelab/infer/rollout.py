@@ -28,7 +28,8 @@ def _base(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def sample(model, tokenizer, texts: Sequence[str], seeds: Sequence[int], sampling, *, batch_size: int = 16) -> list[Sample]:
+def sample(model, tokenizer, texts: Sequence[str], seeds: Sequence[int], sampling, *,
+           batch_size: int = 16) -> list[Sample]:
     """One sampled completion per text; `sampling` has max_tokens, temperature, top_p and stop.
     method: grpo's `rollout` provider (evaluate/rewards.py passes it)."""
     base = _base(model)

@@ -187,7 +187,16 @@ class GRPO(Objective):
         return loss * max(counts.supervised, 1)  # the loop divides the step's sum by this count
 
     def step_stats(self, counts, reduce) -> dict:
-        out = {**self.buffer.stats, **self.stats.means(), "generate_s": round(self.gen_now, 4),
+        import torch
+
+        from tunelab.train.grpo_math import StepStats
+
+        st = self.stats  # token sums over every process (the per-completion min / max stay this process's)
+        s = reduce(torch.tensor([st.tokens, st.kl or 0.0, st.entropy or 0.0, st.clip_low, st.clip_high],
+                                dtype=torch.float64)).tolist()
+        st = StepStats(s[0], None if st.kl is None else s[1], None if st.entropy is None else s[2], s[3], s[4],
+                       st.clip_low_min, st.clip_high_max)
+        out = {**self.buffer.stats, **st.means(), "generate_s": round(self.gen_now, 4),
                "optimize_s": round(time.perf_counter() - self.t_train, 4)}
         if self.cfg.grpo.num_iterations > 1:
             out["generation_use"] = self.buffer.uses
