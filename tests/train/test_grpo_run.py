@@ -149,3 +149,25 @@ def test_rewards_equal_in_every_group_warn_of_no_learning_signal(make_config, ti
     assert warned == [f"warning: at step {FLAT_STEPS}, 100% of the prompt groups got equal rewards for {FLAT_STEPS} "
                       "generation batches in a row: no learning signal; use a graded reward, more "
                       "grpo.num_generations or a higher grpo.temperature (docs/training.md, GRPO)"]
+
+
+@pytest.mark.parametrize("grpo", [
+    {"weights": "dora", "loss_type": "grpo", "scale_rewards": "batch"},
+    {"loss_type": "bnpo", "mask_truncated_completions": True, "top_p": 0.9},
+    {"loss_type": "dr_grpo", "scale_rewards": "none", "temperature": 0.7},
+])
+def test_weights_and_loss_settings_train(make_config, tiny_dir, grpo):
+    """Every weights kind and loss setting runs a step that moves the weights; a truncated completion
+    (all are, at 8 tokens) gets no loss when mask_truncated_completions says so."""
+    from tunelab.train.loop import train
+
+    res = train(grpo_config(make_config, steps=2, **grpo), providers=providers(tiny_dir))
+    got = rows(res.run_dir)
+    assert len(got) == 2
+    if grpo.get("mask_truncated_completions"):
+        assert [r["completions/clipped_ratio"] for r in got] == [1.0, 1.0]  # no end token within 8 tokens
+        assert all(r["loss"] == 0 and r["grad_norm"] == 0 for r in got)
+    else:
+        assert all(r["grad_norm"] > 0 for r in got)
+    meta = json.loads((res.run_dir / "adapter" / "tunelab_adapter.json").read_text())
+    assert meta["method"] == grpo.get("weights", "lora") and meta["objective"] == "grpo"
