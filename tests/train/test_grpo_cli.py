@@ -80,6 +80,8 @@ def test_bad_rewards_are_one_line(make_config, task_file, tmp_path):
     for grpo, message in cases:
         with pytest.raises(TunelabError, match=message):
             _providers(make_config, task_file, **grpo)
+    with pytest.raises(TunelabError, match=r"^grpo.task: task file nowhere.yaml not found \(looked beside the config"):
+        _providers(make_config, task_file, task="nowhere.yaml")
     no_answer = tmp_path / "open.yaml"
     no_answer.write_text(yaml.safe_dump({"name": "open", "data": "questions.jsonl", "prompt": "{{ q }}"}))
     with pytest.raises(TunelabError, match=r"^grpo.rewards\[0\]: metric exact_match compares with the task's answer, "

@@ -63,6 +63,9 @@ def grpo_task(cfg: TrainConfig, base_dir) -> TaskConfig:
         return task
     path = _beside(spec, base_dir)
     if Path(path).suffix in (".yaml", ".yml"):
+        if not Path(path).is_file():
+            raise TunelabError(f"{key}: task file {spec} not found (looked beside the config, in {base_dir}, and in "
+                               "the current folder); check the path")
         return load_task(path)
     if cfg.grpo.task:
         raise TunelabError(f"grpo.task: {spec} is not a task YAML (.yaml) or builtin:<name>; docs/training.md, GRPO")
