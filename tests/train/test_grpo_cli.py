@@ -62,12 +62,12 @@ def test_killed_cli_run_resumes_exactly(make_config, task_file, tmp_path):
     assert "What is" in samples[0]["prompt"] and "<|im_start|>" in samples[0]["prompt"]  # the task's chat prompt
 
 
-def _providers(make_config, task_file, **grpo):
+def _providers(make_config, task_file, base_dir, **grpo):
     from tunelab.config import load_train_config
     from tunelab.evaluate.rewards import providers
 
     cfg = load_train_config(cli_config(make_config, task_file, **grpo))
-    return providers(cfg, task_file.parent)
+    return providers(cfg, base_dir)  # where the config would be
 
 
 def test_bad_rewards_are_one_line(make_config, task_file, tmp_path):
@@ -79,15 +79,21 @@ def test_bad_rewards_are_one_line(make_config, task_file, tmp_path):
     ]
     for grpo, message in cases:
         with pytest.raises(TunelabError, match=message):
-            _providers(make_config, task_file, **grpo)
+            _providers(make_config, task_file, tmp_path, **grpo)
     with pytest.raises(TunelabError, match=r"^grpo.task: task file nowhere.yaml not found \(looked beside the config"):
-        _providers(make_config, task_file, task="nowhere.yaml")
+        _providers(make_config, "nowhere.yaml", tmp_path)
     no_answer = tmp_path / "open.yaml"
     no_answer.write_text(yaml.safe_dump({"name": "open", "data": "questions.jsonl", "prompt": "{{ q }}"}))
     with pytest.raises(TunelabError, match=r"^grpo.rewards\[0\]: metric exact_match compares with the task's answer, "
                                            r"and .*open.yaml has no answer template"):
-        _providers(make_config, no_answer)
-    assert _providers(make_config, no_answer, rewards=[{"metric": "regex", "pattern": "x"}])["rewards"][0].name == "regex"
+        _providers(make_config, no_answer, tmp_path)
+    regex = _providers(make_config, no_answer, tmp_path, rewards=[{"metric": "regex", "pattern": "x"}])["rewards"][0]
+    assert regex.name == "regex" and regex.fn("x1", {"gold": []}) == 1.0 and regex.fn("1", {"gold": []}) == 0.0
+    default = _providers(make_config, task_file, tmp_path, rewards=[])  # the task's first metric
+    (em,) = default["rewards"]
+    assert em.name == "exact_match" and em.fn(" 4 ", {"gold": ["4"]}) == 1.0 and em.fn("5", {"gold": ["4"]}) == 0.0
+    prompts = default["prompts"](type("Source", (), {"tokenizer": None})())  # no chat template needed to list them
+    assert len(prompts) == 12 and prompts[3].item["gold"] == ["6"]
 
 
 def test_a_task_that_is_not_generate_is_refused(make_config, task_file, tmp_path, capsys):
@@ -111,9 +117,9 @@ def test_a_python_reward_and_a_raising_one(make_config, task_file, tmp_path):
         "def broken(completion, item):\n    raise KeyError('score')\n")
     from tunelab.train.loop import train
 
-    got = _providers(make_config, task_file, rewards=[{"function": "my_rewards:short", "weight": 0.1}])
+    got = _providers(make_config, task_file, tmp_path, rewards=[{"function": "my_rewards:short", "weight": 0.1}])
     assert got["rewards"][0].fn("abc", {}) == -3
-    bad = _providers(make_config, task_file, rewards=[{"function": "my_rewards:broken"}])
+    bad = _providers(make_config, task_file, tmp_path, rewards=[{"function": "my_rewards:broken"}])
     with pytest.raises(TunelabError, match=r"^grpo reward my_rewards:broken raised KeyError: 'score' on the completion "
                                            r"'.*' of .*questions.jsonl"):
         train(cli_config(make_config, task_file, "broken", rewards=[{"function": "my_rewards:broken"}]), providers=bad)
