@@ -171,3 +171,16 @@ def test_weights_and_loss_settings_train(make_config, tiny_dir, grpo):
         assert all(r["grad_norm"] > 0 for r in got)
     meta = json.loads((res.run_dir / "adapter" / "tunelab_adapter.json").read_text())
     assert meta["method"] == grpo.get("weights", "lora") and meta["objective"] == "grpo"
+
+
+def test_each_step_of_the_plan_serves_num_iterations_steps():
+    """RunData.repeat: a step's micro-batches serve `repeat` steps in a row, the short last step too."""
+    from types import SimpleNamespace
+
+    from tunelab.train.state import RunData
+
+    data = RunData([], [], [10] * 5, SimpleNamespace(batch_tokens=10), seed=0, packing=False, per_step=2, repeat=2)
+    plan = data.plan(0)
+    assert len(plan) == 5 and data.steps_in_epoch(0) == 6
+    got = [data.step_batches(0, k) for k in range(7)]
+    assert got == [plan[0:2], plan[0:2], plan[2:4], plan[2:4], plan[4:], plan[4:], []]

@@ -220,8 +220,7 @@ class Recipe:
         self.acct = Accounting(self.facts.flops_per_token, self.facts.attn_dims, self.facts.peak_flops, self.procs.world)
         try:
             while state.step < data.total_steps:
-                first = state.step_in_epoch * data.per_step
-                step_batches = data.plan(state.epoch)[first:first + data.per_step]
+                step_batches = data.step_batches(state.epoch, state.step_in_epoch)
                 if not step_batches:  # epoch exhausted (max_steps beyond the epochs)
                     state.epoch, state.step_in_epoch = state.epoch + 1, 0
                     continue

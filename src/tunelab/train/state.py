@@ -105,15 +105,18 @@ class RunData:
     def plan(self, epoch: int) -> list[list[int]]:
         """The epoch's micro-batches (index lists), seeded: the same on every process and resume."""
         if epoch not in self._plans:
-            plan = plan_batches(self.lengths, self.batch_tokens, seed=self.seed, epoch=epoch, packing=self.packing)
-            if self.repeat > 1:  # each step's micro-batches again for the next repeat - 1 steps
-                n = self.per_step
-                plan = [b for s in range(0, len(plan), n) for _ in range(self.repeat) for b in plan[s:s + n]]
-            self._plans[epoch] = plan
+            self._plans[epoch] = plan_batches(self.lengths, self.batch_tokens, seed=self.seed, epoch=epoch,
+                                              packing=self.packing)
         return self._plans[epoch]
 
+    def step_batches(self, epoch: int, step_in_epoch: int) -> list[list[int]]:
+        """The micro-batches of the epoch's step `step_in_epoch` (0-based); with `repeat`, each
+        `per_step` group of the plan serves that many steps in a row (the last one may be short)."""
+        first = (step_in_epoch // self.repeat) * self.per_step
+        return self.plan(epoch)[first:first + self.per_step]
+
     def steps_in_epoch(self, epoch: int) -> int:
-        return math.ceil(len(self.plan(epoch)) / self.per_step)
+        return math.ceil(len(self.plan(epoch)) / self.per_step) * self.repeat
 
 
 @dataclass
