@@ -93,12 +93,15 @@ def test_interrupted_run_resumes_exactly_between_two_uses_of_a_batch(make_config
     ({"num_generations": 1}, "grpo.num_generations: must be at least 2"),
     ({"beta": 0.1, "weights": "full"}, "grpo.beta > 0 with grpo.weights: full needs a second copy"),
     ({"max_completion_length": 64}, r"data.max_length \(64\) leaves no room for a prompt"),
+    ({"data": {"eval": "held.jsonl"}}, r"data.eval: held.jsonl is not used by method: grpo"),
 ])
 def test_bad_settings_are_one_line(make_config, tiny_dir, grpo, message):
     from tunelab.train.loop import train
 
+    cfg = grpo_config(make_config, **{k: v for k, v in grpo.items() if k != "data"})
+    cfg["data"].update(grpo.get("data", {}))
     with pytest.raises(TunelabError, match=message) as e:
-        train(grpo_config(make_config, **grpo), providers=providers(tiny_dir))
+        train(cfg, providers=providers(tiny_dir))
     assert "\n" not in str(e.value)
 
 

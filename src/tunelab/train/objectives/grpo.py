@@ -83,6 +83,9 @@ class GRPO(Objective):
             raise TunelabError("grpo.beta > 0 with grpo.weights: full needs a second copy of the model as the "
                                "reference; use grpo.weights: lora (the reference is the adapter switched off) or "
                                "grpo.beta: 0")
+        if isinstance(cfg.data.eval, str):  # a held-out fraction (the default) is simply not taken
+            raise TunelabError(f"data.eval: {cfg.data.eval} is not used by method: grpo, whose progress is the reward "
+                               "(metrics.jsonl); set data.eval: null and evaluate the adapter with tunelab eval")
         for key, value in (("data.max_toxicity", cfg.data.max_toxicity), ("replay", cfg.replay)):
             if value is not None:
                 raise TunelabError(f"{key} is not supported with method: grpo; remove it")
