@@ -324,6 +324,10 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
     if preference and not tt.pairs:
         raise TunelabError(f"{source}: arms {', '.join(preference)} train on preference pairs: give a task of type: "
                            "preference and a train_data file of pairs (docs/compare.md)")
+    rl = [a.id for a in arms if a.fine_tuned and fine_tune_methods()[a.method].family == "rl"]
+    if rl:  # a GRPO arm needs its rollout and rewards from the compare, which does not pass them yet
+        raise TunelabError(f"{source}: arms {', '.join(rl)} use method: grpo, which a compare cannot run yet; train "
+                           "it with tunelab train and compare its adapter (docs/training.md, GRPO)")
     if tt.why_no_demonstrations and any(a.method in ("few_shot", "endpoint") and a.k for a in arms):
         raise TunelabError(f"{source}: task '{task.name}' is a {task.type} task: {tt.why_no_demonstrations}; "
                            "drop the few_shot arms")
