@@ -171,6 +171,7 @@ def sections() -> dict[str, Callable[[], str]]:
         "run-folder": lambda: dict_table(files.RUN_FOLDER, "file"),
         "checkpoint-files": lambda: dict_table(files.CHECKPOINT_FILES, "file"),
         "metrics-keys": lambda: dict_table(files.METRICS_KEYS),
+        "grpo-metrics-keys": lambda: dict_table(files.GRPO_METRICS_KEYS),
         "summary-keys": lambda: dict_table(files.SUMMARY_KEYS),
     }
 

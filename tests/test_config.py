@@ -41,7 +41,7 @@ def test_out_of_range_says_the_range():
         load_config(TrainConfig, {"data": {"train": "x", "eval": 0.9}})
     from tunelab.train.objectives import resolve  # the methods are declared beside their objectives
 
-    with pytest.raises(TunelabError, match=r"method: must be 'full', 'lora', 'dora', 'qlora', 'dpo' or 'orpo'"):
+    with pytest.raises(TunelabError, match=r"method: must be 'full', 'lora', 'dora', 'qlora', 'dpo', 'orpo' or 'grpo'"):
         resolve(load_config(TrainConfig, {"data": {"train": "x"}, "method": "qlorax"}))
     with pytest.raises(TunelabError, match=r"preference.beta: .*greater than 0"):
         load_config(TrainConfig, {"data": {"train": "x"}, "method": "dpo", "preference": {"beta": 0}})

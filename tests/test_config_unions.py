@@ -24,7 +24,7 @@ MINIMAL = {
     C.TaskConfig: {"name": "t"}, C.CompareConfig: {"task": "t.yaml", "train_data": "p.jsonl", "arms": ["zero_shot"]},
     C.RetentionSpec: {"task": "t.yaml"}, C.RetentionPromptsSpec: {}, C.PromptArmSpec: {}, C.FewShotArmSpec: {},
     C.FineTuneArmSpec: {"n": 8}, C.TuneSpec: {"lr": [1e-4]}, C.EndpointArmSpec: {"model": "openai:http://x#m"},
-    C.JudgeConfig: {"model": "default"},
+    C.JudgeConfig: {"model": "default"}, C.GRPOConfig: {}, C.RewardSpec: {"metric": "exact_match"},
 }
 BOGUS = "bogus_key"
 # words of a shape the user did not mean: pydantic's per-type messages and its member names

@@ -168,6 +168,74 @@ class PreferenceConfig(_Strict):
         return self
 
 
+class RewardSpec(BaseModel):
+    """One reward of method: grpo: a metric of the registry scored against the task's answer, or a
+    Python function; the keys besides metric / function / weight are the metric's options."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    metric: Optional[str] = Field(None, description="a registry metric scored against the task's answer: "
+                                  "exact_match, numeric, contains, regex, valid_json, json_schema, f1, "
+                                  "rouge1 / rouge2 / rougeL, bleu, chrf; other keys are its options, e.g. pattern: "
+                                  "for regex")
+    function: Optional[str] = Field(None, description="module:function called as f(completion, item) -> float, "
+                                    "for any other reward (the module is looked up beside the config first)")
+    weight: float = Field(1.0, description="its weight in the summed reward; 0.1-1 is usual")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.metric is None) == (self.function is None):
+            raise ValueError("a reward names either metric: NAME or function: module:function")
+        if self.function is not None and ":" not in self.function:
+            raise ValueError(f"function must look like module:function (got {self.function!r})")
+        return self
+
+
+class GRPOConfig(_Strict):
+    """GRPO (method: grpo): completions sampled from the model being trained, scored by rewards."""
+
+    weights: Literal["lora", "dora", "full"] = Field(
+        "lora", description="which weights train: lora or dora (an adapter; the KL reference is the base with the "
+                            "adapter off) or full (every weight; grpo.beta must then be 0)")
+    task: Optional[str] = Field(None, description="a task YAML whose prompt template renders the training prompts "
+                                "and whose answer the metric rewards score against; default: data.train when it is a "
+                                "task YAML")
+    rewards: list[RewardSpec] = Field(default_factory=list, description="the rewards, summed with their weights, e.g. "
+                                      "[{metric: exact_match, weight: 1.0}, {metric: regex, pattern: '^\\d', "
+                                      "weight: 0.2}]; default: the task's first metric")
+    num_generations: int = Field(8, description="completions sampled per prompt (G), compared within their group; "
+                                 "4-16 is usual")
+    num_iterations: int = Field(1, ge=1, le=16, description="optimizer steps on one batch of completions (TRL's "
+                                "num_iterations, μ); 1-4 is usual, 1 is on-policy")
+    beta: float = Field(0.0, ge=0.0, le=1.0, description="KL penalty towards the reference model; 0 (TRL's default, "
+                        "no reference pass) to 0.04 is usual")
+    epsilon: float = Field(0.2, gt=0.0, lt=1.0, description="lower clip of the probability ratio; 0.1-0.3 is usual")
+    epsilon_high: Optional[float] = Field(None, gt=0.0, lt=1.0, description="upper clip; default epsilon; DAPO's "
+                                          "clip-higher uses 0.28")
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field(
+        "dapo", description="how token losses are averaged (as TRL defines them): grpo per sequence, bnpo per "
+                            "micro-batch token, dr_grpo over a constant length, dapo over the step's tokens (TRL's "
+                            "default)")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="divide advantages by the group's reward std (group), the batch's (batch) or not at "
+                             "all (none: Dr. GRPO)")
+    mask_truncated_completions: bool = Field(False, description="no loss on completions cut at "
+                                             "max_completion_length (their reward judges an unfinished answer)")
+    temperature: float = Field(1.0, gt=0.0, le=2.0, description="sampling temperature; 0.7-1.0 is usual (0 would "
+                               "give every completion of a group the same text)")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling; 0.9-1.0 is usual")
+    max_completion_length: int = Field(128, ge=1, le=32768, description="most tokens of a completion; 64-1024 is "
+                                       "usual (a prompt must leave this much room below data.max_length)")
+    stop: list[str] = Field(default_factory=list, description="strings that end a completion (kept in it)")
+    log_completions_every: int = Field(10, ge=1, description="steps between samples written to completions.jsonl")
+
+    @field_validator("num_generations")
+    @classmethod
+    def _at_least_two(cls, v):
+        if v < 2:
+            raise ValueError("must be at least 2: an advantage compares a completion with the others of its group")
+        return v
+
+
 class TrainConfig(_Strict):
     name: Optional[str] = Field(None, description="the run's name; default: the YAML file's name without .yaml")
     model: str = Field("default", description="base model: a registry name ('default', see `tunelab models`) or "
@@ -178,10 +246,12 @@ class TrainConfig(_Strict):
     method: str = Field(
         "lora", description="full: every weight; lora / dora: an adapter; qlora: LoRA over a 4-bit base "
                             "(CUDA only); dpo / orpo: preference tuning on chosen/rejected pairs (settings: "
-                            "preference); the methods are those train/objectives/ declares")
+                            "preference); grpo: reinforcement learning from rewards (settings: grpo); the methods "
+                            "are those train/objectives/ declares")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="adapter settings (lora, dora, qlora)")
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig,
                                          description="DPO / ORPO settings (method: dpo | orpo)")
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="GRPO settings (method: grpo)")
     data: DataConfig = Field(..., description="what to train on")
     train: TrainLoopConfig = Field(default_factory=TrainLoopConfig, description="the optimisation loop")
     replay: Optional[ReplayConfig] = Field(None, description="mix general data into training to keep what the "

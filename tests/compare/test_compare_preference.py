@@ -60,6 +60,14 @@ def test_dpo_arms_need_a_preference_task(setup, tmp_path):
         compare(setup, out=tmp_path / "out2", say=lambda m: None)
 
 
+def test_grpo_arms_are_refused_before_any_arm_runs(setup, tmp_path):
+    from tunelab.compare.plan import make_plan
+
+    setup["arms"] = ["zero_shot", {"grpo": {"n": [8]}}]
+    with pytest.raises(TunelabError, match=r"arms grpo-n8 use method: grpo, which a compare cannot run yet"):
+        make_plan(setup)
+
+
 def test_train_split_keeps_the_test_pairs_out_of_the_pool(setup, tmp_path):
     from tunelab.compare.plan import make_plan
 

@@ -19,10 +19,10 @@ def _cfg(method: str, weights: str = "lora"):
 
 def test_every_method_is_declared_once_beside_its_objective():
     found = methods()
-    assert list(found) == ["full", "lora", "dora", "qlora", "dpo", "orpo"]  # SFT first, then preference
+    assert list(found) == ["full", "lora", "dora", "qlora", "dpo", "orpo", "grpo"]  # SFT, preference, RL
     assert {n: m.objective.name for n, m in found.items()} == {
-        "full": "sft", "lora": "sft", "dora": "sft", "qlora": "sft", "dpo": "dpo", "orpo": "orpo"}
-    assert method_names("preference") == ("dpo", "orpo") and method_names("rl") == ()
+        "full": "sft", "lora": "sft", "dora": "sft", "qlora": "sft", "dpo": "dpo", "orpo": "orpo", "grpo": "grpo"}
+    assert method_names("preference") == ("dpo", "orpo") and method_names("rl") == ("grpo",)
     assert all(issubclass(m.objective, Objective) for m in found.values())
     assert [n for n, m in found.items() if m.quantized] == ["qlora"]
     assert [n for n, m in found.items() if m.pairs] == ["dpo", "orpo"]
@@ -33,7 +33,7 @@ def test_both_axes_resolve_from_the_config():
     dpo_full = resolve(_cfg("dpo", "full"))
     assert dpo_full.method.name == "dpo" and dpo_full.weights_method.name == "full" and not dpo_full.adapter
     assert resolve(_cfg("orpo", "dora")).weights.dora
-    with pytest.raises(TunelabError, match=r"^method: must be 'full', 'lora', 'dora', 'qlora', 'dpo' or 'orpo' "
+    with pytest.raises(TunelabError, match=r"^method: must be 'full', 'lora', 'dora', 'qlora', 'dpo', 'orpo' or 'grpo' "
                                            r"\(got 'ppo'\); the methods: docs/train-config.md$"):
         get_method("ppo")
 

@@ -26,11 +26,19 @@ def train_cmd(
       accelerate launch --multi_gpu --num_processes 2 -m tunelab train examples/train_lora.yaml  (DDP; gloo on CPU)
     """
     from tunelab.cli import console, err_console
+    from tunelab.config import load_train_config
+    from tunelab.evaluate.rewards import providers
     from tunelab.safety.toxicity import toxicity_scores
     from tunelab.train.loop import train
+    from tunelab.train.objectives import get_method
 
+    # what the method's objective needs from above (method: grpo: its prompts, rewards and rollout
+    # function; train/ imports neither engine nor metrics)
+    cfg = load_train_config(str(config), overrides or [])
+    given = providers(cfg, config.resolve().parent) if get_method(cfg.method).objective.needs else {}
     # Ctrl-C: train() saves a checkpoint and raises Interrupted (one line, exit 130: cli/__init__.py)
-    result = train(str(config), overrides or [], resume=resume, overwrite=overwrite, toxicity=toxicity_scores)
+    result = train(str(config), overrides or [], resume=resume, overwrite=overwrite, toxicity=toxicity_scores,
+                   providers=given)
     if not result.summary:  # not the main process of a multi-process run
         return
     if result.stopped == "already_finished":

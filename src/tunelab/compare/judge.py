@@ -27,6 +27,7 @@ from typing import Callable, Optional
 
 from tunelab.compare.checks import N_RESAMPLES, read_json
 from tunelab.errors import TunelabError
+from tunelab.infer.endpoint import is_endpoint
 from tunelab.io import atomic_write_json
 
 log = logging.getLogger("tunelab.compare")
@@ -58,7 +59,7 @@ def _same_model(a: str, b: str) -> bool:
     from tunelab.models import registry
 
     def norm(x: str) -> str:
-        key = None if x.startswith("openai:") else registry.canonical(x)
+        key = None if is_endpoint(x) else registry.canonical(x)
         p = registry.cached_dir(key) if key is not None else Path(x).expanduser()
         return str(p.resolve()) if key is not None or p.exists() else x.rstrip("/")
     return norm(a) == norm(b)

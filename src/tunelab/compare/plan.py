@@ -349,6 +349,10 @@ def _check_arms(cfg: CompareConfig, source: str, task, arms: list[Arm]) -> None:
     if preference and not tt.pairs:
         raise TunelabError(f"{source}: arms {', '.join(preference)} train on preference pairs: give a task of type: "
                            "preference and a train_data file of pairs (docs/compare.md)")
+    rl = [a.id for a in arms if a.fine_tuned and fine_tune_methods()[a.method].family == "rl"]
+    if rl:  # a GRPO arm needs its rollout and rewards from the compare, which does not pass them yet
+        raise TunelabError(f"{source}: arms {', '.join(rl)} use method: grpo, which a compare cannot run yet; train "
+                           "it with tunelab train and compare its adapter (docs/training.md, GRPO)")
     if tt.why_no_demonstrations and prompted_with_demos:
         raise TunelabError(f"{source}: task '{task.name}' is a {task.type} task: {tt.why_no_demonstrations}; "
                            "drop the few_shot arms")

@@ -15,7 +15,7 @@ server's engine. Greedy decoding at batch size 1 and 8 gives identical text (tes
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -31,6 +31,8 @@ class Generation:
     new_tokens: int  # tokens generated up to and including the stop / EOS token
     latency_s: float  # from the start of its batch until this row finished
     finish: str  # "stop" | "eos" | "length"
+    prompt_ids: list[int] = field(default_factory=list, repr=False)  # the prompt's tokens as encoded
+    ids: list[int] = field(default_factory=list, repr=False)  # every generated token, the stop / EOS token included
 
 
 @dataclass(frozen=True)
@@ -195,4 +197,5 @@ def _finish(tokenizer, new_ids, prompt_ids, stop, finish, t0, eos) -> Generation
     text = tokenizer.decode(body, skip_special_tokens=True)
     cut = stop_index(text, stop)
     text = text if cut is None else text[:cut]
-    return Generation(text, len(prompt_ids), len(new_ids), time.perf_counter() - t0, finish)
+    return Generation(text, len(prompt_ids), len(new_ids), time.perf_counter() - t0, finish, list(prompt_ids),
+                      list(new_ids))

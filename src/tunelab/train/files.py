@@ -28,6 +28,12 @@ RUN_FOLDER = {
                           "and rejected answer ({train: [[c, r] or null, ...], eval: [...]}; null: not computed "
                           "yet), each computed once, when its batch is first used (full weights: all before step 1), "
                           "written with every checkpoint and read back by --resume",
+    paths.COMPLETIONS_FILE: "method: grpo only: every grpo.log_completions_every steps (and step 1), the completions "
+                            "of the step's first two prompts: {step, prompt, completion, reward, rewards {name: "
+                            "value}, advantage, truncated}",
+    paths.ROLLOUTS_FILE: "method: grpo only: the current generation batch (completions, rewards, advantages and, "
+                         "with num_iterations > 1 or beta > 0, their kept log-probabilities), written with every "
+                         "checkpoint so a --resume between two uses of one batch trains on the same completions",
     paths.RESUME_LOG_FILE: "one line per --resume: `time`, `from_step` and `changed` {key: {from, to}}",
     paths.REPORT_FILE: "the run's HTML report; `tunelab train` writes it, `tunelab report DIR` rebuilds it",
     paths.LOG_FILE: "`tunelab train` only: log lines at INFO and above, tunelab's and other libraries' (the "
@@ -64,6 +70,31 @@ METRICS_KEYS = {
     "eval_loss": "held-out loss (evaluation steps only)",
     "supervised_per_process": "supervised tokens of the step on each process, in rank order (several processes only)",
 }
+# method: grpo adds these to each line (TRL's names; `rewards/NAME/...` once per reward)
+GRPO_METRICS_KEYS = {
+    "reward": "mean weighted reward of the step's completions",
+    "reward_std": "their standard deviation",
+    "rewards/NAME/mean": "mean of one reward (NAME: the metric or module:function), before its weight",
+    "rewards/NAME/std": "its standard deviation",
+    "frac_reward_zero_std": "share of prompt groups whose rewards are all equal (advantage 0: no learning signal; "
+                            "a warning follows when it stays >= 0.8 for 8 generation batches)",
+    "kl": "mean per-token KL (k3) to the reference (grpo.beta > 0 only)",
+    "entropy": "mean per-token entropy of the policy on the completions",
+    "clip_ratio/low_mean": "share of tokens whose ratio was clipped below (1 - epsilon, negative advantage)",
+    "clip_ratio/high_mean": "share clipped above (1 + epsilon_high, positive advantage)",
+    "clip_ratio/region_mean": "share clipped either way",
+    "clip_ratio/low_min": "lowest per-completion share of low-clipped tokens",
+    "clip_ratio/high_max": "highest per-completion share of high-clipped tokens",
+    "completions/mean_length": "completion tokens, mean over the batch",
+    "completions/min_length": "the shortest completion's tokens",
+    "completions/max_length": "the longest completion's tokens",
+    "completions/clipped_ratio": "share of completions cut at grpo.max_completion_length",
+    "sample_s": "seconds the generation batch took to sample and score (logged with each of its uses)",
+    "generate_s": "seconds this step spent sampling (0 when it reused a batch)",
+    "optimize_s": "seconds of this step's forward and backward passes",
+    "generation_use": "which use of its generation batch the step is (num_iterations > 1 only)",
+}
+
 # keys a line has only sometimes: evaluation steps, runs on several processes
 METRICS_OPTIONAL = {"eval_loss", "supervised_per_process"}
 

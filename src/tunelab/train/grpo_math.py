@@ -151,6 +151,21 @@ def completion_logps(model: nn.Module, batch: CompletionBatch, *, temperature: f
     return logps, ents
 
 
+class CompletionLM(nn.Module):
+    """The module GRPO hands to `Accelerator.prepare`: its forward returns the per-token log-probs
+    and entropies (B, C) of completion rows, so DDP synchronises the gradients of this forward."""
+
+    def __init__(self, model: nn.Module, *, temperature: float = 1.0):
+        super().__init__()
+        self.model = model  # the PEFT or plain model: its parameters are the ones trained
+        self.temperature = temperature
+        self._no_split_modules = list(getattr(base_causal_lm(model), "_no_split_modules", None) or [])
+
+    def forward(self, input_ids, prompt_lengths, completion_ids, mask):
+        batch = CompletionBatch(input_ids, prompt_lengths, completion_ids, mask)
+        return completion_logps(self.model, batch, temperature=self.temperature, entropy=torch.is_grad_enabled())
+
+
 # ---------------------------------------------------------------- advantages
 
 

@@ -186,7 +186,7 @@ class Recipe:
         fixed = packing and (self.facts.compile or self.facts.attn == "flex_attention")
         d = self.data = RunData(train_ex, eval_ex, lengths, sched, cfg.train.seed, packing,
                                 per_step=procs.world * sched.grad_accum,
-                                skipped=source.skipped)
+                                skipped=source.skipped, repeat=self.objective.steps_per_batch())
         d.row_width = row_width(min(d.batch_tokens, sum(lengths) or 1)) if fixed else None
         d.eval_plan = plan_batches(inputs.lengths(eval_ex), d.batch_tokens, seed=cfg.train.seed,
                                    packing=packing) if eval_ex else []
@@ -220,8 +220,7 @@ class Recipe:
         self.acct = Accounting(self.facts.flops_per_token, self.facts.attn_dims, self.facts.peak_flops, self.procs.world)
         try:
             while state.step < data.total_steps:
-                first = state.step_in_epoch * data.per_step
-                step_batches = data.plan(state.epoch)[first:first + data.per_step]
+                step_batches = data.step_batches(state.epoch, state.step_in_epoch)
                 if not step_batches:  # epoch exhausted (max_steps beyond the epochs)
                     state.epoch, state.step_in_epoch = state.epoch + 1, 0
                     continue

@@ -95,6 +95,7 @@ class RunData:
     eval_plan: list = field(default_factory=list)
     total_steps: int = 0
     skipped: list[str] = field(default_factory=list)  # notes on skipped records (count, first line)
+    repeat: int = 1  # optimizer steps on each step's micro-batches (GRPO's num_iterations)
     _plans: dict = field(default_factory=dict)
 
     @property
@@ -108,8 +109,14 @@ class RunData:
                                               packing=self.packing)
         return self._plans[epoch]
 
+    def step_batches(self, epoch: int, step_in_epoch: int) -> list[list[int]]:
+        """The micro-batches of the epoch's step `step_in_epoch` (0-based); with `repeat`, each
+        `per_step` group of the plan serves that many steps in a row (the last one may be short)."""
+        first = (step_in_epoch // self.repeat) * self.per_step
+        return self.plan(epoch)[first:first + self.per_step]
+
     def steps_in_epoch(self, epoch: int) -> int:
-        return math.ceil(len(self.plan(epoch)) / self.per_step)
+        return math.ceil(len(self.plan(epoch)) / self.per_step) * self.repeat
 
 
 @dataclass

@@ -49,6 +49,7 @@ def optimizer_step(setup: RunSetup, procs: Procs, facts: ModelFacts, data: RunDa
                    step_batches: list[list[int]], step: int) -> StepResult:
     """One optimizer step over this process's share of the step's micro-batches."""
     obj, world = tr.objective, procs.world
+    obj.step = step
     obj.before_step(step_batches)  # every process sees the whole step: what its batches need comes first
     mine = step_batches[procs.rank::world]
     weights = [1.0] * len(mine)

@@ -104,6 +104,8 @@ class Objective:
     packed: ClassVar[bool] = False  # True: rows are always packed, whatever data.packing says
     pairs: ClassVar[bool] = False  # trains on preference pairs (a compare arm needs a pool of pairs)
     needs: ClassVar[tuple[str, ...]] = ()  # providers the caller must pass (a rollout function, rewards)
+    weights_key: ClassVar[str] = "preference"  # the config section whose `weights` a method without its own names
+    step: int = 0  # the optimizer step being taken (1-based), set by step.optimizer_step before before_step
     adapter_meta: ClassVar[dict] = {}  # extra keys of the saved adapter's tunelab_adapter.json
     prep_s: float = 0.0  # seconds spent preparing batches in this launch (kept out of the training time)
 
@@ -134,6 +136,10 @@ class Objective:
     def start(self, live: Live, data) -> None:
         """Called once the model is prepared and the data planned (data: state.RunData)."""
         self.live = live
+
+    def steps_per_batch(self) -> int:
+        """Optimizer steps each planned step's micro-batches are used for in a row (GRPO's num_iterations)."""
+        return 1
 
     def before_step(self, batches: list[list[int]]) -> None:
         """Before the step's forward passes, with ALL its micro-batches (every process's): a place
@@ -241,11 +247,15 @@ class RunMethod:
 
 
 def resolve(cfg) -> RunMethod:
-    """The RunMethod of a TrainConfig (or anything with .method and .preference.weights)."""
+    """The RunMethod of a TrainConfig (or anything with .method and the objective's section's .weights)."""
     m = get_method(cfg.method)
-    w = m if m.weights is not None else get_method(cfg.preference.weights, "preference.weights")
+    if m.weights is not None:
+        return RunMethod(m, m)
+    key = m.objective.weights_key  # preference.weights (dpo, orpo) or grpo.weights
+    named = getattr(cfg, key).weights
+    w = get_method(named, f"{key}.weights")
     if w.weights is None:
-        raise TunelabError(f"preference.weights: {cfg.preference.weights!r} names no weights; use lora, dora or full")
+        raise TunelabError(f"{key}.weights: {named!r} names no weights; use lora, dora or full")
     return RunMethod(m, w)
 
 
