@@ -40,7 +40,7 @@ def test_invalid_utf8_in_a_json_array_names_its_line(tmp_path):
 def test_train_advice_names_data_skip_bad(tmp_path, tiny):
     """train has no --skip-bad flag: its advice is the config key, and that key really works."""
     from tunelab.config import load_train_config
-    from tunelab.train.inputs import load_examples
+    from tunelab.train.inputs import DataSource, load_examples
 
     p = tmp_path / "d.jsonl"
     p.write_bytes(GOOD + b"\n" + json.dumps({"prompt": "q"}).encode() + b"\n" + GOOD + b"\n")
@@ -48,7 +48,7 @@ def test_train_advice_names_data_skip_bad(tmp_path, tiny):
     def load(skip_bad):
         cfg = load_train_config({"model": "x", "data": {"train": str(p), "eval": 0, "skip_bad": skip_bad},
                                  "out": str(tmp_path / "r")})
-        return load_examples(cfg, tiny[1], base_dir=None, say=lambda msg: None)  # the data stage: no model
+        return load_examples(DataSource(cfg, tiny[1], base_dir=None, say=lambda msg: None))  # the data stage: no model
 
     with pytest.raises(TunelabError) as e:
         load(False)
