@@ -6,7 +6,11 @@ judge at concurrency 2 vs one at a time) against tunelab's own server on 127.0.0
 """
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -15,19 +19,16 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("openai")
 
 
-def test_judge_throughput_runs_on_a_tiny_model(load_benchmark, tiny_dir, capsys, monkeypatch):
-    from tunelab.evaluate.judge import run
-    from tunelab.serve.engine import load_served
-    from tunelab.serve.server import BackgroundServer, create_app
-
-    monkeypatch.setattr(run, "_OPENED", {})
-    bench = load_benchmark("judge_throughput")
-    served = load_served(str(tiny_dir), {}, device="cpu")
-    with BackgroundServer(create_app(served, batch_size=2, queue_size=16)) as srv:
-        rc = bench.main(["--model", str(tiny_dir), "--pairs", "2", "--endpoint-pairs", "2", "--max-new-tokens", "3",
-                         "--batch-size", "2", "--concurrency", "2", "--endpoint", f"openai:{srv.url}#{served.name}"])
-    out = capsys.readouterr().out
-    assert rc == 0
+def test_judge_throughput_runs_on_a_tiny_model(tiny_dir, tmp_path):
+    """As a person runs it: the script in its own process, starting its own `tunelab serve` (the
+    endpoint side), so nothing of it shares this process's streams or threads."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "judge_throughput.py"
+    proc = subprocess.run([sys.executable, str(script), "--model", str(tiny_dir), "--pairs", "2", "--endpoint-pairs", "2",
+                           "--max-new-tokens", "3", "--batch-size", "2", "--concurrency", "2",
+                           "--server-batch-size", "2"], capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                          env=dict(os.environ))
+    rc, out = proc.returncode, proc.stdout
+    assert rc == 0, proc.stderr[-2000:]
     rows = re.findall(r"^(.+?)\s+(\d+) prompts\s+([\d.]+) s\s+([\d.]+) prompts/s\s+(\d+) tokens", out, re.M)
     assert [r[0].strip() for r in rows] == ["engine, plain batched generation", "judge (same engine, cached, parsed)",
                                             "judge, concurrency 2", "judge, one request at a time"]

@@ -222,7 +222,7 @@ def test_a_bad_reference_is_a_one_line_error(tiny_dir, tmp_path, monkeypatch):
     assert calls == []  # refused before the model scored a single pair
     with pytest.raises(TunelabError, match=r"^reference is the model implicit-reward metrics measure against, and .*asks for none"):
         evaluate(str(tiny_dir), _task(tmp_path, ["pref_acc"]), reference=str(tiny_dir))
-    with pytest.raises(TunelabError, match=r"^reference: openai:http://127.0.0.1:9/v1#m is an endpoint"):
+    with pytest.raises(TunelabError, match=r"^reference: openai:http://127.0.0.1:9/v1#m is scored by its own backend \(openai:\); a reference model is scored beside a local model only"):
         evaluate("openai:http://127.0.0.1:9/v1#m", _task(tmp_path, REWARD), reference=str(tiny_dir))
 
 
