@@ -150,12 +150,9 @@ def _big_pair_file(path, n: int):
     return path
 
 
-def test_dpo_computes_the_reference_only_for_the_pairs_its_steps_use(pref_config, tmp_path, monkeypatch):
-    """Issue 34 item 9: a 2-step run on 300 pairs runs the reference forward for the pairs of its
-    two steps (and the held-out pairs it evaluates), not for the whole file first."""
-    from tunelab.config import load_train_config
+def _count_reference_pairs(monkeypatch) -> list[int]:
+    """The indices of the pairs whose reference log-probabilities are computed from now on, in order."""
     from tunelab.train import preference
-    from tunelab.train.loop import Recipe
 
     seen = []
     real = preference.reference_logps
@@ -165,6 +162,16 @@ def test_dpo_computes_the_reference_only_for_the_pairs_its_steps_use(pref_config
         return real(module, examples, plan, **kw)
 
     monkeypatch.setattr(preference, "reference_logps", counting)
+    return seen
+
+
+def test_dpo_computes_the_reference_only_for_the_pairs_its_steps_use(pref_config, tmp_path, monkeypatch):
+    """Issue 34 item 9: a 2-step run on 300 pairs runs the reference forward for the pairs of its
+    two steps (and the held-out pairs it evaluates), not for the whole file first."""
+    from tunelab.config import load_train_config
+    from tunelab.train.loop import Recipe
+
+    seen = _count_reference_pairs(monkeypatch)
     data = _big_pair_file(tmp_path / "big.jsonl", 300)
     cfg = pref_config("lazy")
     cfg["data"].update(train=str(data), eval=None)
@@ -183,7 +190,6 @@ def test_dpo_computes_the_reference_only_for_the_pairs_its_steps_use(pref_config
 def test_lora_dpo_resume_computes_only_the_reference_it_never_kept(pref_config, tmp_path, monkeypatch):
     """Killed after step 3 (checkpoint at 2): the resumed run reads the kept reference rows back,
     computes only the rows of batches never used before the checkpoint, and ends on the same losses."""
-    from tunelab.train import preference
 
     straight = train(pref_config("straight_lora"))
     cfg = pref_config("killed")
@@ -194,14 +200,7 @@ def test_lora_dpo_resume_computes_only_the_reference_it_never_kept(pref_config, 
     kept = json.loads((tmp_path / "killed" / "reference_logps.json").read_text())
     known = {i for i, row in enumerate(kept["train"]) if row is not None}
     assert known and len(known) < len(kept["train"])  # the pairs of steps 1-2, written with step-2
-    seen = []
-    real = preference.reference_logps
-
-    def counting(module, examples, plan, **kw):
-        seen.extend(i for b in plan for i in b)
-        return real(module, examples, plan, **kw)
-
-    monkeypatch.setattr(preference, "reference_logps", counting)
+    seen = _count_reference_pairs(monkeypatch)
     resumed = train(path, resume=True)
     assert seen and not known & set(seen)  # nothing kept is computed again
     after = json.loads((tmp_path / "killed" / "reference_logps.json").read_text())
