@@ -327,10 +327,12 @@ def test_dry_run_counts_the_judge_apart_from_the_arms_and_a_finished_compare_as_
 
 
 def test_dry_run_judge_score_every_arm_once_per_item_and_the_cli_shows_it_apart(
-        capsys, tiny_dir, tiny2, tmp_path):
+        capsys, monkeypatch, tiny_dir, tiny2, tmp_path):
     from tunelab.cli import main
 
-    task = _files(tmp_path, "openai:http://127.0.0.1:9/v1#judge", reference=True)
+    monkeypatch.delenv("COLUMNS", raising=False)  # no terminal: the table keeps its natural width (cli/__init__.py)
+
+    task = _files(tmp_path, "openai:http://127.0.0.1:9/v1#judge", reference=True, check="builtin:llmbar-natural")
     spec = yaml.safe_load(open(task))
     spec["metrics"] = ["judge_score"]
     (tmp_path / "task.yaml").write_text(yaml.safe_dump(spec))
@@ -345,7 +347,7 @@ def test_dry_run_judge_score_every_arm_once_per_item_and_the_cli_shows_it_apart(
             for line in out.splitlines() if line.startswith("│ ")}
     assert rows["zero_shot"][-3] == rows[OTHER][-3] == str(N_ITEMS)  # judge calls: one per item, every arm
     assert rows["zero_shot"][-1].startswith("≤") and "judge calls" in out
-    assert "judge check check.json: 8 calls" in out
+    assert "judge check builtin:llmbar-natural: 200 calls (each pair in both orders)" in out  # 100 pairs
     flat = " ".join(out.split())
     assert "an endpoint: its speed is unknown" in flat and "(~4 chars a token)" in flat
     assert "8 generated tokens a call (judge.max_new_tokens)" in flat
