@@ -352,3 +352,41 @@ def test_dry_run_judge_score_every_arm_once_per_item_and_the_cli_shows_it_apart(
     assert "an endpoint: its speed is unknown" in flat and "(~4 chars a token)" in flat
     assert "8 generated tokens a call (judge.max_new_tokens)" in flat
     assert not (tmp_path / "c" / "arms").exists()  # nothing ran, no judge was called
+
+
+def test_dry_run_against_the_reference_judges_every_arm_and_an_arms_own_check_counts_as_done(
+        monkeypatch, tiny_dir, tiny2, tmp_path):
+    """judge_score and judge_win_rate against the task's answers: every arm is judged in its own evaluation (no
+    baseline arm), each item once for the score and twice for the pair; the check is measured there too."""
+    from tunelab.compare.estimate import estimate
+    from tunelab.compare.judge_estimate import add_judge, overall
+    from tunelab.compare.plan import make_plan
+    from tunelab.evaluate.judge import run
+
+    task = _files(tmp_path, "fake-judge", baseline="reference")
+    spec = yaml.safe_load(open(task))
+    spec["metrics"] = ["judge_score", "judge_win_rate"]
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(spec))
+    cfg = {**_config(tiny_dir, task, tmp_path, _arms(tiny2)), "metric": "judge_score"}
+
+    def judged():
+        plan = make_plan(cfg, out=tmp_path / "c")
+        est = estimate(plan)
+        add_judge(plan, est)
+        return {e.arm: e.judge for e in est}, overall(plan).check
+
+    arms, check = judged()
+    assert {a: (j.calls, j.done) for a, j in arms.items()} == {"zero_shot": (3 * N_ITEMS, False),
+                                                               OTHER: (3 * N_ITEMS, False)}
+    assert check.calls == 2 * 4 and not check.done and arms["zero_shot"].prompt_tokens == arms[OTHER].prompt_tokens
+    fake = FakeJudge()
+    monkeypatch.setattr(run, "_OPENED", {"fake-judge": fake})
+    compare(cfg, out=tmp_path / "c", say=lambda m: None)
+    costs = [json.loads((tmp_path / "c" / "arms" / a / "eval" / "results.json").read_text())["cost"]["judge"]
+             for a in arms]
+    for c in costs:  # each judgment the estimate counts, and the check once a judge metric (all but once from the cache)
+        assert c["calls"] + c["cached"] == 3 * N_ITEMS + 2 * check.calls
+    # the check is judged once; answers two arms share are judged once too (the estimate does not read the cache)
+    assert check.calls + 3 * N_ITEMS <= fake.calls <= check.calls + 2 * 3 * N_ITEMS
+    arms, check = judged()
+    assert all(j.done for j in arms.values()) and check.done

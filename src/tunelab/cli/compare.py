@@ -255,8 +255,9 @@ def print_judge_plan(plan, estimates) -> float:
     to_judge = any(e.judge is not None and e.judge.calls and not e.judge.done for e in estimates)
     added = o.load_s if to_judge or (o.check is not None and not o.check.done) else 0.0
     if o.check is not None:
-        what = "done (judge_check.json kept)" if o.check.done else (
-            f"{o.check.calls:,} calls (each pair in both orders), ~{o.check.tokens:,} tokens, ≤{_clock(o.check.seconds)}")
+        what = ("done (judge_check.json kept)" if o.check.done else
+                f"{o.check.calls:,} calls (each pair in both orders), ~{o.check.tokens:,} tokens, "
+                f"≤{_clock(o.check.seconds)}")
         console.print(escape(f"judge check {o.check_name}: {what}"), highlight=False)
         added += 0.0 if o.check.done else o.check.seconds
     speed = ("an endpoint: its speed is unknown, its time is taken at the local default-model rates" if o.endpoint
@@ -264,7 +265,8 @@ def print_judge_plan(plan, estimates) -> float:
     console.print(escape(f"judge {o.model} ({speed}); judge tok: its prompts"
                          + ("" if o.exact_tokens else " (~4 chars a token)")
                          + f" plus {o.max_new_tokens} generated tokens a call (judge.max_new_tokens), so its tokens "
-                         "and time are upper bounds; the judge's cache is not read: only finished arms' judging counts as done"), highlight=False)
+                         "and time are upper bounds; the judge's cache is not read: only finished arms' judging "
+                         "counts as done"), highlight=False)
     return added
 
 
