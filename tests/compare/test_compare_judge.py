@@ -264,3 +264,129 @@ def test_the_same_model_is_recognised_by_alias_folder_or_path(tiny_dir):
     assert same("default", registry.DEFAULT) and same("default", str(registry.cached_dir(registry.DEFAULT)))
     assert same(str(tiny_dir), str(tiny_dir) + "/") and same(str(tiny_dir), str(tiny_dir / ".." / tiny_dir.name))
     assert not same("default", str(tiny_dir)) and not same("openai:http://h/v1#a", "openai:http://h/v1#b")
+
+
+# ---------------------------------------------------------------- --dry-run: the judge's share (issue 35 item 2)
+class RecordingJudge(FakeJudge):
+    """The fake judge, keeping every prompt it is shown."""
+
+    def __init__(self):
+        super().__init__()
+        self.prompts = []
+
+    def rule(self, prompt: str) -> str:
+        self.prompts.append(prompt)
+        return super().rule(prompt)
+
+
+def _tokens(tiny_dir, texts) -> int:
+    from tunelab.models.loading import load_tokenizer
+
+    tok = load_tokenizer(tiny_dir)
+    return sum(len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts)
+
+
+def test_dry_run_counts_the_judge_apart_from_the_arms_and_a_finished_compare_as_done(
+        monkeypatch, tiny_dir, tiny2, tmp_path):
+    """A local judge (the tiny model's tokenizer counts exactly): the estimate's calls are the calls the compare
+    makes, and its prompt tokens those of the prompts the judge is shown, but for the answers' lengths."""
+    from tunelab.compare.estimate import estimate
+    from tunelab.compare.judge_estimate import add_judge, overall
+    from tunelab.compare.plan import make_plan
+    from tunelab.evaluate.judge import run
+
+    judge_model = str(tiny2)  # a local judge; not the base model of the first arm
+    cfg = _config(tiny_dir, _files(tmp_path, judge_model), tmp_path, _arms(tiny2))
+    plan = make_plan(cfg, out=tmp_path / "c")
+    est = estimate(plan)
+    add_judge(plan, est)
+    est = {e.arm: e for e in est}
+    check = overall(plan).check
+    assert est["zero_shot"].judge.calls == 0  # the baseline arm is not judged
+    other = est[OTHER].judge
+    assert other.calls == 2 * N_ITEMS and other.generated_tokens == 2 * N_ITEMS * 8  # judge.max_new_tokens each
+    assert check.calls == 2 * 4 and not check.done and not other.done
+    assert est[OTHER].prompt_tokens < other.prompt_tokens  # the arm's own tokens stay its own (short prompts)
+    assert overall(plan).exact_tokens and not overall(plan).endpoint
+
+    fake = RecordingJudge()
+    monkeypatch.setattr(run, "_OPENED", {judge_model: fake})
+    compare(cfg, out=tmp_path / "c", say=lambda m: None)
+    assert fake.calls == check.calls + other.calls
+    shown_check = [p for p in fake.prompts if "GOOD" in p]
+    assert _tokens(tiny2, shown_check) == check.prompt_tokens  # the check's pairs are known: exact
+    shown_arm = [p for p in fake.prompts if "GOOD" not in p]
+    # the answers' real lengths differ from the estimate's (gold + 1, at most 4 tokens): a few tokens each
+    assert abs(_tokens(tiny2, shown_arm) - other.prompt_tokens) <= 2 * N_ITEMS * 2 * 4
+
+    plan = make_plan(cfg, out=tmp_path / "c")  # the compare ran: nothing left to judge
+    est = estimate(plan)
+    add_judge(plan, est)
+    est = {e.arm: e for e in est}
+    assert est[OTHER].judge.done and overall(plan).check.done
+
+
+def test_dry_run_judge_score_every_arm_once_per_item_and_the_cli_shows_it_apart(
+        capsys, monkeypatch, tiny_dir, tiny2, tmp_path):
+    from tunelab.cli import main
+
+    monkeypatch.delenv("COLUMNS", raising=False)  # no terminal: the table keeps its natural width (cli/__init__.py)
+
+    task = _files(tmp_path, "openai:http://127.0.0.1:9/v1#judge", reference=True, check="builtin:llmbar-natural")
+    spec = yaml.safe_load(open(task))
+    spec["metrics"] = ["judge_score"]
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(spec))
+    cfg = {**_config(tiny_dir, task, tmp_path, _arms(tiny2)), "metric": "judge_score", "out": str(tmp_path / "c")}
+    (tmp_path / "cmp.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit) as e:
+        main(["compare", str(tmp_path / "cmp.yaml"), "--dry-run"])
+    got = capsys.readouterr()
+    out = got.out
+    assert e.value.code == 0, got.err
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+            for line in out.splitlines() if line.startswith("│ ")}
+    assert rows["zero_shot"][-3] == rows[OTHER][-3] == str(N_ITEMS)  # judge calls: one per item, every arm
+    assert rows["zero_shot"][-1].startswith("≤") and "judge calls" in out
+    assert "judge check builtin:llmbar-natural: 200 calls (each pair in both orders)" in out  # 100 pairs
+    flat = " ".join(out.split())
+    assert "an endpoint: its speed is unknown" in flat and "(~4 chars a token)" in flat
+    assert "8 generated tokens a call (judge.max_new_tokens)" in flat
+    assert not (tmp_path / "c" / "arms").exists()  # nothing ran, no judge was called
+
+
+def test_dry_run_against_the_reference_judges_every_arm_and_an_arms_own_check_counts_as_done(
+        monkeypatch, tiny_dir, tiny2, tmp_path):
+    """judge_score and judge_win_rate against the task's answers: every arm is judged in its own evaluation (no
+    baseline arm), each item once for the score and twice for the pair; the check is measured there too."""
+    from tunelab.compare.estimate import estimate
+    from tunelab.compare.judge_estimate import add_judge, overall
+    from tunelab.compare.plan import make_plan
+    from tunelab.evaluate.judge import run
+
+    task = _files(tmp_path, "fake-judge", baseline="reference")
+    spec = yaml.safe_load(open(task))
+    spec["metrics"] = ["judge_score", "judge_win_rate"]
+    (tmp_path / "task.yaml").write_text(yaml.safe_dump(spec))
+    cfg = {**_config(tiny_dir, task, tmp_path, _arms(tiny2)), "metric": "judge_score"}
+
+    def judged():
+        plan = make_plan(cfg, out=tmp_path / "c")
+        est = estimate(plan)
+        add_judge(plan, est)
+        return {e.arm: e.judge for e in est}, overall(plan).check
+
+    arms, check = judged()
+    assert {a: (j.calls, j.done) for a, j in arms.items()} == {"zero_shot": (3 * N_ITEMS, False),
+                                                               OTHER: (3 * N_ITEMS, False)}
+    assert check.calls == 2 * 4 and not check.done and arms["zero_shot"].prompt_tokens == arms[OTHER].prompt_tokens
+    fake = FakeJudge()
+    monkeypatch.setattr(run, "_OPENED", {"fake-judge": fake})
+    compare(cfg, out=tmp_path / "c", say=lambda m: None)
+    costs = [json.loads((tmp_path / "c" / "arms" / a / "eval" / "results.json").read_text())["cost"]["judge"]
+             for a in arms]
+    for c in costs:  # each judgment the estimate counts, and the check once a judge metric (all but once from the cache)
+        assert c["calls"] + c["cached"] == 3 * N_ITEMS + 2 * check.calls
+    # the check is judged once; answers two arms share are judged once too (the estimate does not read the cache)
+    assert check.calls + 3 * N_ITEMS <= fake.calls <= check.calls + 2 * 3 * N_ITEMS
+    arms, check = judged()
+    assert all(j.done for j in arms.values()) and check.done

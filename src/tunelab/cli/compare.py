@@ -200,8 +200,10 @@ def print_plan(plan, estimates) -> None:
                           "(docs/compare.md); rough")
     models = {a.model for a in plan.arms}
     retention = bool(plan.retention or plan.drift)
+    judged = any(e.judge is not None for e in estimates)  # the judge's share, apart from the arm's own
     cols = (["arm"] + (["model"] if len(models) > 1 else []) + ["eval prompt tok", "eval gen tok", "train tok"]
-            + (["retention"] if retention else []) + ["est. time"])
+            + (["retention"] if retention else []) + ["est. time"] + (["judge calls", "judge tok", "judge time"]
+                                                                     if judged else []))
     for c in cols:
         table.add_column(c, justify="left" if c in ("arm", "model") else "right", overflow="fold")
     total = 0.0
@@ -214,8 +216,11 @@ def print_plan(plan, estimates) -> None:
                 f"{approx}{e.train_tokens:,}" if arm.fine_tuned else "-"]
         if retention:
             row.append(f"~{_clock(e.retention_s)}" if e.retention_s else "-")
-        table.add_row(*row, when)
+        if judged:
+            total += 0 if e.judge is None or e.judge.done else e.judge.seconds
+        table.add_row(*row, when, *(_judge_cells(e.judge) if judged else []))
     console.print(table)
+    total += print_judge_plan(plan, estimates)
     if plan.rendering is not None and any(a.fine_tuned for a in plan.arms):
         console.print(escape(plan.rendering.note), highlight=False)
     from tunelab.compare import probe
@@ -225,6 +230,44 @@ def print_plan(plan, estimates) -> None:
         console.print(f"safety probe: {plan.config.probe_limit} test prompts x 3 samples for {len(todo)} arm(s), not in "
                       "the estimate (about 4 min an arm for the default model on a 2-core CPU)", highlight=False)
     console.print(f"estimated total: ~{_clock(total)}", highlight=False)
+
+
+def _judge_cells(j) -> list[str]:
+    """An arm's judging in the dry run: calls, tokens (generation at judge.max_new_tokens) and time."""
+    if j is None or not j.calls:
+        return ["-", "-", "-"]
+    if j.done:
+        return ["done (kept)", "-", "-"]
+    return [f"{j.calls:,}", f"~{j.tokens:,}", f"≤{_clock(j.seconds)}"]
+
+
+def print_judge_plan(plan, estimates) -> float:
+    """The judge's lines under the dry run's table: its check set and what its estimate assumes; the
+    seconds they add to the total (the check, and loading a local judge)."""
+    from rich.markup import escape
+
+    from tunelab.cli import console
+    from tunelab.compare.judge_estimate import overall
+
+    o = overall(plan)
+    if o is None:
+        return 0.0
+    to_judge = any(e.judge is not None and e.judge.calls and not e.judge.done for e in estimates)
+    added = o.load_s if to_judge or (o.check is not None and not o.check.done) else 0.0
+    if o.check is not None:
+        what = ("done (judge_check.json kept)" if o.check.done else
+                f"{o.check.calls:,} calls (each pair in both orders), ~{o.check.tokens:,} tokens, "
+                f"≤{_clock(o.check.seconds)}")
+        console.print(escape(f"judge check {o.check_name}: {what}"), highlight=False)
+        added += 0.0 if o.check.done else o.check.seconds
+    speed = ("an endpoint: its speed is unknown, its time is taken at the local default-model rates" if o.endpoint
+             else f"local: the arms' measured rates scaled to its size, plus {o.load_s:.0f} s to load it")
+    console.print(escape(f"judge {o.model} ({speed}); judge tok: its prompts"
+                         + ("" if o.exact_tokens else " (~4 chars a token)")
+                         + f" plus {o.max_new_tokens} generated tokens a call (judge.max_new_tokens), so its tokens "
+                         "and time are upper bounds; the judge's cache is not read: only finished arms' judging "
+                         "counts as done"), highlight=False)
+    return added
 
 
 def _clock(seconds: float) -> str:
@@ -275,7 +318,11 @@ def compare_command(
         from tunelab.compare.plan import make_plan
 
         plan = make_plan(config, override)
-        print_plan(plan, estimate(plan))
+        from tunelab.compare.judge_estimate import add_judge
+
+        estimates = estimate(plan)
+        add_judge(plan, estimates)  # a judge metric: the judging, apart from each arm's own tokens and time
+        print_plan(plan, estimates)
         return
     if plan_only:
         import shlex

@@ -45,6 +45,7 @@ class ArmEstimate:
     exact_tokens: bool  # counted with the model's tokenizer (else ~4 chars per token)
     finished: bool = False
     retention_s: float = 0.0  # retention tasks and drift (prompted arms: the base model's, once per model)
+    judge: Optional[object] = None  # a judge metric: the judging of its answers (compare/judge_estimate.py)
 
 
 def _local_folder(model: str) -> Optional[Path]:
@@ -85,6 +86,19 @@ class _Counter:
         if self.tokenizer is None:
             return max(1, round(len(text) / CHARS_PER_TOKEN))
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+Counter = _Counter  # compare/judge_estimate.py counts the judge's tokens the same way
+
+
+def counter(model: str) -> _Counter:
+    """Tokens of a text for `model`: its tokenizer when on disk, else ~4 characters a token."""
+    return _Counter(model)
+
+
+def size_scale(count: _Counter) -> float:
+    """The measured rates' time multiplier for the model `count` tokenizes for (its size / the reference's)."""
+    return _params(count.folder) / REFERENCE_PARAMS
 
 
 def _eval_tokens(plan: Plan, arm: Arm, count: _Counter, rows, templates, pool) -> tuple[int, int]:

@@ -38,7 +38,7 @@ CHECK_JSON = "judge_check.json"  # the judge's agreement on judge.check, kept in
 CHECK_MEASURE = "accuracy"       # what judge.min_agreement is compared with
 
 
-def _names(task) -> list[str]:
+def judge_metrics(task) -> list[str]:
     """The task's judge metrics, in its order."""
     names = [m if isinstance(m, str) else next(iter(m)) for m in task.metrics]  # a name, or {name: options}
     return [n for n in names if n in (WIN_RATE, SCORE)]
@@ -49,7 +49,7 @@ def baseline_arm(task) -> Optional[str]:
     from tunelab.evaluate.metrics.judge import ARM_BASELINE
 
     b = task.judge.baseline if task.judge is not None else None
-    if WIN_RATE not in _names(task) or not b or not b.startswith(ARM_BASELINE):
+    if WIN_RATE not in judge_metrics(task) or not b or not b.startswith(ARM_BASELINE):
         return None
     return b[len(ARM_BASELINE):]
 
@@ -76,7 +76,7 @@ def check_plan(plan) -> None:
     """Plan-time checks of the judge metrics (module docstring); one line each, nothing run."""
     from tunelab.evaluate.metrics.judge import ARM_BASELINE, NO_JUDGE
 
-    task, names = plan.task, _names(plan.task)
+    task, names = plan.task, judge_metrics(plan.task)
     if not names:
         return
     where = task.source or f"task '{task.name}'"
@@ -158,7 +158,7 @@ def judge_arms(plan, say: Callable[[str], None]) -> None:
     stamp = {"arm": base_id, "answers_sha256": _sha(base_out), "judge": cfg.model, "template": cfg.template,
              "rubric": cfg.rubric, "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature}
     todo = [a for a in plan.arms if (results[a.id].metrics.get(WIN_RATE) or {}).get("baseline") != stamp]
-    check_stale = bool(cfg.check) and (read_json(plan.out / CHECK_JSON).get("stamp") != _check_stamp(cfg))
+    check_stale = bool(cfg.check) and (read_json(plan.out / CHECK_JSON).get("stamp") != check_stamp(cfg))
     if not todo and not check_stale:
         return  # nothing to judge: the judge is not even opened
     m = _metric(plan.task)
@@ -167,7 +167,7 @@ def judge_arms(plan, say: Callable[[str], None]) -> None:
         say(f"judge: measuring {cfg.model} on {cfg.check} first")
         m.new_cost()
         check = m.check_agreement(pairs_to_check, N_RESAMPLES, plan.config.seed)
-        atomic_write_json(plan.out / CHECK_JSON, {"stamp": _check_stamp(cfg), "check": check, "cost": m.new_cost()})
+        atomic_write_json(plan.out / CHECK_JSON, {"stamp": check_stamp(cfg), "check": check, "cost": m.new_cost()})
     questions = _questions(plan.task, plan.config.limit) if todo else {}
     for a in todo:
         res = results[a.id]
@@ -184,7 +184,7 @@ def judge_arms(plan, say: Callable[[str], None]) -> None:
         _write(res, r, stamp)
 
 
-def _check_stamp(cfg) -> dict:
+def check_stamp(cfg) -> dict:
     return {"judge": cfg.model, "check": cfg.check, "template": cfg.template, "rubric": cfg.rubric,
             "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature}
 
@@ -227,7 +227,7 @@ def _per_1k(res) -> Optional[dict]:
 
 def summarize(plan, results: dict, rows: list[dict], summary: dict) -> None:
     """compare.json's judge block, each row's judge cost per 1,000 items, and the judge's sentences."""
-    names = _names(plan.task)
+    names = judge_metrics(plan.task)
     if not names:
         return
     for row in rows:

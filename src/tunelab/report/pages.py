@@ -146,13 +146,23 @@ def eval_context(folder: Path) -> dict:
                 cis.append(r.get("ci95"))
         if names:
             ctx["plots"]["metrics"] = plots.metric_bars(names, values, cis, "metrics with 95% CI", "value")
-        ctx["cost_rows"] = [(k, num(v)) for k, v in res.cost.items()]
+        ctx["cost_rows"] = cost_rows(res.cost)
         ctx["signatures"] = [(res.task, res.signature)]
     for line in (lines or [])[:20]:
         ctx["predictions"].append({"id": line.get("id"), "prompt": _tail(str(line.get("prompt", ""))),
                                    "output": output_of(line), "gold": _gold(line.get("gold"), line),
                                    "metrics": ", ".join(f"{k} {num(v)}" for k, v in (line.get("metrics") or {}).items())})
     return ctx
+
+
+def cost_rows(cost: dict) -> list[tuple[str, str]]:
+    """results.json's cost as labelled rows; a judge's own cost (cost.judge, a judged task) as rows of
+    its own after the model's, so the judging is never read as the model's inference cost."""
+    rows = [(k, num(v)) for k, v in cost.items() if not isinstance(v, dict)]
+    judge = cost.get("judge")
+    if isinstance(judge, dict):
+        rows += [(f"judge {k}", num(v)) for k, v in judge.items()]
+    return rows
 
 
 def output_of(line: dict) -> str:
@@ -225,6 +235,7 @@ def compare_context(folder: Path) -> dict:
         "break_even": break_even_rows(data.get("break_even")),
         "table": _one_format([_table_row(a, data.get("best")) for a in arms], "toxicity"),
         "many_models": len({str(a.get("model")) for a in arms}) > 1,  # one model: named once, not per row
+        "judged": any(a.get("judge_cost_per_1k") for a in arms),  # judge columns only in a judged compare
         "plots": figs, "toxicity": list(zip([str(a["id"]) for a in tox], *(
             num_column([a["toxicity"].get(k) for a in tox]) for k in ("mean", "max", "share_over_threshold")))),
         "retention": retention_rows(arms) if retention else None, "probe": probe_rows(arms),
@@ -407,6 +418,10 @@ def _derive(arm: dict, res) -> None:
     arm["model"] = res.model.get("name")
     arm["infer_cost_per_1k"] = {k: (c.get(k) * 1000 / n if isinstance(c.get(k), (int, float)) else None)
                                 for k in ("wall_s", "prompt_tokens", "generated_tokens")}
+    judge = c.get("judge")
+    if isinstance(judge, dict):  # as compare.json's judge_cost_per_1k (compare/judge.py)
+        arm["judge_cost_per_1k"] = {k: (judge.get(k) * 1000 / n if isinstance(judge.get(k), (int, float)) else None)
+                                    for k in ("calls", "tokens", "wall_s")}
 
 
 def _table_row(arm: dict, best) -> dict:
@@ -423,7 +438,14 @@ def _table_row(arm: dict, best) -> dict:
             "train_s": num(tc.get("wall_s"), 3), "train_tokens": num(tc.get("tokens")), "flops": _sci(tc.get("flops")),
             "train_mem": num(tc.get("peak_mem_mib"), 3), "energy": num(tc.get("energy_wh"), 3),
             "infer_s": num(ic.get("wall_s"), 3), "prompt_tokens": num(ic.get("prompt_tokens")),
-            "generated_tokens": num(ic.get("generated_tokens")), "toxicity_value": tox.get("mean")}
+            "generated_tokens": num(ic.get("generated_tokens")), "toxicity_value": tox.get("mean"),
+            **_judge_cells(arm)}
+
+
+def _judge_cells(arm: dict) -> dict:
+    """The judge's cost per 1,000 items, apart from the arm's own (a judged task; "–" for an arm not judged)."""
+    j = arm.get("judge_cost_per_1k") or {}
+    return {"judge_calls": num(j.get("calls")), "judge_s": num(j.get("wall_s"), 3), "judge_tokens": num(j.get("tokens"))}
 
 
 def _one_format(rows: list[dict], key: str) -> list[dict]:

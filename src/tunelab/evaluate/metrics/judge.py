@@ -62,7 +62,7 @@ class _JudgeMetric(Metric):
         self.template.check(needs_reference=self.kind == "score" and self.cfg.reference)
         self._check(task)
         if self.cfg.check:  # a missing or unknown-shape check file fails now, not after the answers are made
-            self.check_pairs = load_pairs(_beside(self.cfg.check, task.base_dir))
+            self.check_pairs = load_pairs(beside_task(self.cfg.check, task.base_dir))
         if self.cfg.model.startswith(PREFIX):
             self._judge()._open()  # an endpoint judge that is down fails before the model under test runs
 
@@ -119,7 +119,7 @@ class _JudgeMetric(Metric):
         return {"data": self.cfg.check, **{m.name: m.to_json() for m in measures if m.name in CHECK_MEASURES}}
 
 
-def _beside(path: str, base_dir: Optional[str]) -> str:
+def beside_task(path: str, base_dir: Optional[str]) -> str:
     """A check file named relative to the task file (builtin: names pass through)."""
     if path.startswith("builtin:") or not base_dir or Path(path).expanduser().is_absolute():
         return path
