@@ -250,13 +250,21 @@ def arm_parts(args) -> dict:
     cfg = grpo_cfg(args, str(work / "sft.jsonl"), str(work / "sft"))
     cfg.update(method="lora", name="sft-bench")
     cfg["data"]["format"] = "plain"
+    cfg["train"].pop("max_steps")
+    cfg["train"]["epochs"] = 1  # every rollout once, packed into the GRPO run's token budget
     cfg.pop("grpo")
     s = train(cfg).summary
     return {"plain_generated_tokens": generated, "plain_s": plain_s, "sft_tokens": s["tokens_seen"],
             "sft_s": s["train_s"], "sft_steps": s["steps"], "threads": torch.get_num_threads()}
 
 
-ARMS = {"trl": arm_trl, "tunelab": arm_tunelab, "parts": arm_parts}
+def arm_hang(args) -> dict:
+    """An arm that never ends (tests/train/test_grpo_bench_plumbing.py): what a hung side leaves as evidence."""
+    while True:
+        time.sleep(1)
+
+
+ARMS = {"trl": arm_trl, "tunelab": arm_tunelab, "parts": arm_parts, "hang": arm_hang}
 
 
 # ---------------------------------------------------------------- the parent: runs the arms, reports
@@ -265,7 +273,8 @@ def run_arm(name: str, spec: dict, timeout: int, threads: int, work: Path) -> di
     import signal
 
     result, log = work / f"{name}.json", work / f"{name}.log"
-    (work / f"{name}.spec.json").write_text(json.dumps({**spec, "hang_dump_s": max(timeout - 20, 1)}))
+    # the stacks are dumped a little before the kill (20 s, or a quarter of a short limit)
+    (work / f"{name}.spec.json").write_text(json.dumps({**spec, "hang_dump_s": timeout - min(20, timeout / 4)}))
     env = dict(os.environ, TUNELAB_QUIET="1", TUNELAB_NO_ENERGY="1", TOKENIZERS_PARALLELISM="false",
                OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))  # the same for every arm
     t0, failure = time.perf_counter(), None
@@ -277,9 +286,11 @@ def run_arm(name: str, spec: dict, timeout: int, threads: int, work: Path) -> di
             rc = proc.wait(timeout)
             failure = None if rc == 0 and result.is_file() else f"exit code {rc}"
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the arm's process group: nothing it started survives it
-            proc.wait()
             failure = f"no result after the {timeout} s limit (killed)"
+        finally:  # a hang, or Ctrl-C here: the arm's process group goes, nothing it started survives it
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
     wall = time.perf_counter() - t0
     if failure:
         print(f"arm {name} FAILED: {failure}; its log: {log}", flush=True)
@@ -305,6 +316,7 @@ def ratios(peer: dict, ours: dict, parts: dict) -> dict:
         out["tokens_per_s"] = rate(ours) / rate(peer)
         out["peak_memory"] = ours["peak_mem_mib"] / peer["peak_mem_mib"]
         out["same_prompt_tokens"] = ours["prompt_tokens"] == peer["prompt_tokens"]
+        out["trl_count_is_its_num_tokens"] = peer["trl_num_tokens"] == peer["trained_tokens"]
     if ours["ok"] and parts.get("ok"):
         out["rollout_vs_plain_generation"] = (ours["generated_tokens"] / ours["generate_s"]) / (
             parts["plain_generated_tokens"] / parts["plain_s"])
@@ -385,10 +397,11 @@ def main(argv=None) -> int:
     if args.arm:
         child(args)
         return 0
-    try:
-        import datasets  # noqa: F401
-        import trl
-    except ImportError:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:  # the version only: the arms import TRL in their own processes
+        trl_version, _ = version("trl"), version("datasets")
+    except PackageNotFoundError:
         sys.exit("the peer is TRL: pip install trl datasets   (test-only dependencies of tunelab)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -401,7 +414,7 @@ def main(argv=None) -> int:
     args.batch_tokens, args.max_length = chosen["batch_tokens"], chosen["max_length"]
     spec = {k: v for k, v in vars(args).items() if k not in ("arm", "spec", "result")}
     spec.update(data=chosen["data"], rollouts=str(out / "rollouts.json"))
-    res = {"settings": {**spec, **chosen}, "load_before": loadavg(), "trl_version": trl.__version__}
+    res = {"settings": {**spec, **chosen}, "load_before": loadavg(), "trl_version": trl_version}
     skipped = {"arm": "TRL GRPOTrainer + PEFT LoRA", "ok": False, "failure": "skipped (--skip-trl)"}
     res["trl"] = skipped if args.skip_trl else run_arm("trl", spec, args.timeout, args.threads, out)
     res["tunelab"] = run_arm("tunelab", spec, args.timeout, args.threads, out)
