@@ -223,27 +223,37 @@ def arm_tunelab(args) -> dict:
             "threads": torch.get_num_threads()}
 
 
-def arm_parts(args) -> dict:
-    """The fallback measures: the engine's plain generation of the rollouts' prompts, and tunelab's SFT rate
-    on the rollouts as prompt/completion rows."""
-    import torch
-
+def plain_generation(model, tokenizer, done: list, args) -> tuple[int, float]:
+    """(tokens generated, seconds): the engine's batched generation of the rollouts' prompt texts, with their
+    seeds, one call per step as the rollout function gets them, the rollout function's batch size."""
     from tunelab.infer.generate import generate
+
+    step, generated, t0 = args.prompts_per_step * args.G, 0, time.perf_counter()
+    for k in range(0, len(done), step):
+        chunk = done[k:k + step]
+        gens = generate(model, tokenizer, [r["text"] for r in chunk], seeds=[r["seed"] for r in chunk],
+                        max_new_tokens=args.max_completion_length, temperature=args.temperature, top_p=1.0,
+                        batch_size=ROLLOUT_BATCH)
+        generated += sum(len(g.ids) for g in gens)
+    return generated, time.perf_counter() - t0
+
+
+def arm_parts(args) -> dict:
+    """The fallback measures: the engine's plain generation of the rollouts' prompts (the base model, as
+    `tunelab eval` runs it; then with a fresh unmerged LoRA, as the rollouts run, to tell the adapter's cost
+    from the rollout path's), and tunelab's SFT rate on the rollouts as prompt/completion rows."""
+    import torch
+    from peft import get_peft_model
+
     from tunelab.infer.load import open_backend
     from tunelab.train.loop import train
 
     done = json.loads(Path(args.rollouts).read_text())
     backend = open_backend(args.model, device="cpu")
-    step = args.prompts_per_step * args.G
-    t0, generated = time.perf_counter(), 0
-    for k in range(0, len(done), step):  # one call per step, as the rollout function gets them
-        chunk = done[k:k + step]
-        gens = generate(backend.lm.model, backend.tokenizer, [r["text"] for r in chunk], seeds=[r["seed"] for r in chunk],
-                        max_new_tokens=args.max_completion_length, temperature=args.temperature, top_p=1.0,
-                        batch_size=ROLLOUT_BATCH)
-        generated += sum(len(g.ids) for g in gens)
-    plain_s = time.perf_counter() - t0
-    del backend
+    model, tok = backend.lm.model, backend.tokenizer
+    generated, plain_s = plain_generation(model, tok, done, args)
+    with_lora, lora_s = plain_generation(get_peft_model(model, lora_config()), tok, done, args)
+    del backend, model
     work = Path(tempfile.mkdtemp())  # the rollouts as SFT rows: the rendered prompt as it is, the completion trained
     (work / "sft.jsonl").write_text("".join(json.dumps({"prompt": r["text"], "completion": r["completion"]}) + "\n"
                                             for r in done))
@@ -254,7 +264,8 @@ def arm_parts(args) -> dict:
     cfg["train"]["epochs"] = 1  # every rollout once, packed into the GRPO run's token budget
     cfg.pop("grpo")
     s = train(cfg).summary
-    return {"plain_generated_tokens": generated, "plain_s": plain_s, "sft_tokens": s["tokens_seen"],
+    return {"plain_generated_tokens": generated, "plain_s": plain_s, "plain_lora_generated_tokens": with_lora,
+            "plain_lora_s": lora_s, "sft_tokens": s["tokens_seen"],
             "sft_s": s["train_s"], "sft_steps": s["steps"], "threads": torch.get_num_threads()}
 
 
@@ -320,6 +331,8 @@ def ratios(peer: dict, ours: dict, parts: dict) -> dict:
     if ours["ok"] and parts.get("ok"):
         out["rollout_vs_plain_generation"] = (ours["generated_tokens"] / ours["generate_s"]) / (
             parts["plain_generated_tokens"] / parts["plain_s"])
+        out["rollout_vs_plain_generation_with_lora"] = (ours["generated_tokens"] / ours["generate_s"]) / (
+            parts["plain_lora_generated_tokens"] / parts["plain_lora_s"])
         out["grpo_training_vs_sft"] = (ours["trained_tokens"] / (ours["run_s"] - ours["generate_s"])) / (
             parts["sft_tokens"] / parts["sft_s"])
     return out
@@ -351,7 +364,9 @@ def report(res: dict) -> str:
         p, o = res["parts"], res["tunelab"]
         lines.append(f"fallback: rollouts {o['generated_tokens'] / o['generate_s']:.1f} tok/s vs the engine's plain "
                      f"generation {p['plain_generated_tokens'] / p['plain_s']:.1f} tok/s = "
-                     f"{r['rollout_vs_plain_generation']:.2f} (goal >= {ROLLOUT_GOAL:g}); GRPO training "
+                     f"{r['rollout_vs_plain_generation']:.2f} (goal >= {ROLLOUT_GOAL:g}; with an unmerged LoRA "
+                     f"{p['plain_lora_generated_tokens'] / p['plain_lora_s']:.1f} tok/s = "
+                     f"{r['rollout_vs_plain_generation_with_lora']:.2f}); GRPO training "
                      f"{o['trained_tokens'] / (o['run_s'] - o['generate_s']):.1f} tok/s vs SFT "
                      f"{p['sft_tokens'] / p['sft_s']:.1f} tok/s = {r['grpo_training_vs_sft']:.2f}")
     return "\n".join(lines)

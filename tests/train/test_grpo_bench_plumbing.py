@@ -42,7 +42,8 @@ def test_grpo_throughput_runs_on_a_tiny_model(tmp_path):
     assert parts["ok"] and parts["plain_generated_tokens"] > 0 and parts["sft_tokens"] > 0
     r = res["ratios"]
     assert r["same_prompt_tokens"] and r["trl_count_is_its_num_tokens"]  # the same prompts, TRL's own count
-    for key in ("tokens_per_s", "peak_memory", "rollout_vs_plain_generation", "grpo_training_vs_sft"):
+    for key in ("tokens_per_s", "peak_memory", "rollout_vs_plain_generation", "rollout_vs_plain_generation_with_lora",
+                "grpo_training_vs_sft"):
         assert r[key] > 0, key
     assert res["goals"] == {"tokens_per_s": 3.0, "peak_memory": 0.7, "rollout_vs_plain_generation": 0.8}
     assert "ratios: tokens/s x" in proc.stdout and "fallback: rollouts" in proc.stdout
