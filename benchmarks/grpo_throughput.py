@@ -54,7 +54,6 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SPEED_GOAL, MEMORY_GOAL, ROLLOUT_GOAL = 3.0, 0.7, 0.8
-ROLLOUT_BATCH = 16  # infer.rollout.sample's default batch: the plain generation uses the same
 
 
 def peak_mib() -> float:
@@ -93,9 +92,7 @@ def rendered(args, data: str):
     cfg = TrainConfig.model_validate(grpo_cfg(args, data, "unused"))
     given = providers(cfg, None)
     tok = load_tokenizer(resolve(args.model)[1])
-    from tunelab.train.inputs import DataSource  # noqa: F401 - the prompts provider reads .tokenizer only
-
-    prompts = given["prompts"](argparse.Namespace(tokenizer=tok))
+    prompts = given["prompts"](argparse.Namespace(tokenizer=tok))  # the provider reads the source's tokenizer only
     return given, prompts, tok
 
 
@@ -126,11 +123,24 @@ def choose_prompts(args, work: Path) -> dict:
 
 
 # ---------------------------------------------------------------- the arms (each in its own process)
+def trl_config(args):
+    """GRPOConfig with tunelab's settings where TRL's defaults differ (the module docstring lists them)."""
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.prompts_per_step * args.G,
+        gradient_accumulation_steps=1, num_generations=args.G, max_completion_length=args.max_completion_length,
+        temperature=args.temperature, top_p=1.0, beta=0.0, num_iterations=1, loss_type="dapo", scale_rewards="group",
+        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, max_steps=args.steps,
+        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False, use_vllm=False, seed=42,
+        gradient_checkpointing=not args.trl_no_checkpointing, dataloader_num_workers=0)
+
+
 def arm_trl(args) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     from tunelab.models.loading import resolve
 
@@ -144,13 +154,7 @@ def arm_trl(args) -> dict:
     folder = resolve(args.model)[1]
     tok = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    cfg = GRPOConfig(
-        output_dir=tempfile.mkdtemp(), per_device_train_batch_size=args.prompts_per_step * args.G,
-        gradient_accumulation_steps=1, num_generations=args.G, max_completion_length=args.max_completion_length,
-        temperature=args.temperature, top_p=1.0, beta=0.0, num_iterations=1, loss_type="dapo", scale_rewards="group",
-        learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, max_steps=args.steps,
-        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False, use_vllm=False, seed=42,
-        gradient_checkpointing=not args.trl_no_checkpointing, dataloader_num_workers=0)
+    cfg = trl_config(args)
     trainer = GRPOTrainer(model=model, reward_funcs=[exact_match], args=cfg, processing_class=tok,
                           train_dataset=Dataset.from_list([{"prompt": p.text, "gold": p.item["gold"]} for p in prompts]),
                           peft_config=lora_config())
@@ -226,14 +230,18 @@ def arm_tunelab(args) -> dict:
 def plain_generation(model, tokenizer, done: list, args) -> tuple[int, float]:
     """(tokens generated, seconds): the engine's batched generation of the rollouts' prompt texts, with their
     seeds, one call per step as the rollout function gets them, the rollout function's batch size."""
-    from tunelab.infer.generate import generate
+    import inspect
 
+    from tunelab.infer.generate import generate
+    from tunelab.infer.rollout import sample
+
+    batch = inspect.signature(sample).parameters["batch_size"].default  # what the rollouts ran with
     step, generated, t0 = args.prompts_per_step * args.G, 0, time.perf_counter()
     for k in range(0, len(done), step):
         chunk = done[k:k + step]
         gens = generate(model, tokenizer, [r["text"] for r in chunk], seeds=[r["seed"] for r in chunk],
                         max_new_tokens=args.max_completion_length, temperature=args.temperature, top_p=1.0,
-                        batch_size=ROLLOUT_BATCH)
+                        batch_size=batch)
         generated += sum(len(g.ids) for g in gens)
     return generated, time.perf_counter() - t0
 
