@@ -27,13 +27,15 @@ sampling, rewards and training); the model loads before both clocks; no warm-up 
 Fallback measures (issue 36, where TRL hangs or fails; always measured, in a third process):
 tunelab's rollout throughput (generated tokens / the loop's sampling seconds) against the
 engine's plain generation of the same prompt texts, seeds, temperature and length on the base
-model (infer.generate, the same batch size, no warm-up), goal >= 80%; and its GRPO training
+model (infer.generate, the same batch size, no warm-up), goal >= 80%, and again on the base with a
+fresh unmerged LoRA (the adapter's own cost, apart from the rollout path's); and its GRPO training
 rate ((prompt + completion tokens) / (loop seconds - sampling seconds)) against its SFT rate
-(`method: lora` on the same rollouts as prompt/completion rows, same LoRA, budget and steps).
+(`method: lora`, one epoch over the same rollouts as plain prompt/completion rows, same LoRA and
+token budget).
 
     pip install trl datasets      # the peer (the `test` extra has them)
-    flock /tmp/heavy.lock python benchmarks/grpo_throughput.py     # ~15-25 min on a quiet 2-core CPU
-    python benchmarks/grpo_throughput.py --tiny --out /tmp/g       # plumbing: a tiny random model, seconds
+    flock /tmp/heavy.lock python benchmarks/grpo_throughput.py     # ~10-20 min on a quiet 2-core CPU
+    python benchmarks/grpo_throughput.py --tiny --threads 1 --out /tmp/g   # plumbing: a tiny random model
 
 A side that fails or runs past --timeout is recorded with its exit code and stderr tail (a hang:
 every thread's stack, dumped by faulthandler just before the limit: TRL issue #3739 reports GRPO
