@@ -337,7 +337,7 @@ def _compare_plots(arms: list[dict], data: dict, main: Optional[str], loss_runs:
         figs["loss"] = plots.loss_curves(loss_runs)
     grpo = {aid: rows for aid, rows in loss_runs.items() if plots.has_grpo_stats(rows)}
     if grpo:
-        figs["grpo"] = plots.grpo_curves(grpo)
+        figs["grpo"] = plots.grpo_curves(grpo, named=True)  # the arm's id on every line
     retention = _retention(data)
     if retention:
         tasks = [t["name"] for t in retention.get("tasks") or [] if isinstance(t, dict) and t.get("name")]

@@ -258,11 +258,11 @@ def _line(ax, rows, key: str, *, color, label: str, ls: str = "-", band: Optiona
         ax.fill_between(xs, [lo for lo, _ in lo_hi], [hi for _, hi in lo_hi], color=color, alpha=0.15, lw=0)
 
 
-def _reward_panel(ax, runs: dict) -> None:
+def _reward_panel(ax, runs: dict, named: bool) -> None:
     """Total reward ± std per run; each reward's own mean ± std when it is not the total itself."""
     many = len(runs) > 1
     for i, (name, rows) in enumerate(runs.items()):
-        _line(ax, rows, "reward", color=f"C{i % 10}", label=f"{name} total" if many else "total",
+        _line(ax, rows, "reward", color=f"C{i % 10}", label=f"{name} total" if named else "total",
               band=("reward", "reward_std"))
         names = sorted({k[len("rewards/"):-len("/mean")] for r in rows for k in r
                         if k.startswith("rewards/") and k.endswith("/mean")})
@@ -271,37 +271,39 @@ def _reward_panel(ax, runs: dict) -> None:
             if len(names) == 1 and all(r.get(key) == r.get("reward") for r in rows):
                 continue  # one reward of weight 1: its line is the total's
             color, ls = (f"C{i % 10}", (":", "-.", "--")[k % 3]) if many else (f"C{(k + 1) % 10}", "-")
-            _line(ax, rows, key, color=color, ls=ls, label=f"{name} {rname}" if many else rname,
+            _line(ax, rows, key, color=color, ls=ls, label=f"{name} {rname}" if named else rname,
                   band=None if many else (key, f"rewards/{rname}/std"))
     ax.set_title("reward (mean, band: ±1 std)")
     ax.set_ylabel("reward")
 
 
-def _length_panel(ax, runs: dict) -> None:
+def _length_panel(ax, runs: dict, named: bool) -> None:
     for i, (name, rows) in enumerate(runs.items()):
-        _line(ax, rows, "completions/mean_length", color=f"C{i % 10}", label=name if len(runs) > 1 else "mean",
+        _line(ax, rows, "completions/mean_length", color=f"C{i % 10}", label=f"{name} mean" if named else "mean",
               band=("completions/min_length", "completions/max_length"))
     ax.set_title("completion length (band: min to max)")
     ax.set_ylabel("tokens")
 
 
-def grpo_curves(runs: dict[str, Sequence[dict]]) -> str:
+def grpo_curves(runs: dict[str, Sequence[dict]], named: bool = False) -> str:
     """GRPO's training figures per optimizer step, one panel each: reward (total and per reward),
     the share of groups with equal rewards, KL (when logged: grpo.beta > 0), clipped ratios,
     completion length, truncated share, entropy, and generation against training seconds. Several
-    runs (a compare's GRPO arms): one colour per run, one line style per series."""
+    runs (a compare's GRPO arms): one colour per run, one line style per series. `named`: every
+    label starts with its run's name (always so with several runs)."""
+    named = named or len(runs) > 1
     panels = [p for p in GRPO_PANELS if any(_points(rows, key) for rows in runs.values() for key, _ in p[2])]
     cols = 4
     rows_n = math.ceil((len(panels) + 2) / cols)
     fig, axes = _figure("grpo", size=(12.0, 2.9 * rows_n), ncols=cols, nrows=rows_n)
-    _reward_panel(axes[0], runs)
-    _length_panel(axes[1], runs)
+    _reward_panel(axes[0], runs, named)
+    _length_panel(axes[1], runs, named)
+    many = len(runs) > 1
     for ax, (title, ylabel, keys, unit) in zip(axes[2:], panels):
         for i, (name, rows) in enumerate(runs.items()):
             for k, (key, label) in enumerate(keys):
-                many = len(runs) > 1
                 _line(ax, rows, key, color=f"C{i % 10}" if many else f"C{k}", ls=("-", "--", ":")[k % 3] if many else "-",
-                      label=f"{name} {label}" if many else label)
+                      label=f"{name} {label}" if named else label)
         ax.set_title(title)
         ax.set_ylabel(ylabel)
         if unit:
@@ -311,7 +313,7 @@ def grpo_curves(runs: dict[str, Sequence[dict]]) -> str:
     for ax in axes[:len(panels) + 2]:
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
-        if len(ax.get_legend_handles_labels()[1]) > 1:
+        if len(ax.get_legend_handles_labels()[1]) > (0 if named else 1):
             ax.legend(fontsize=7)
     return _svg(fig, "GRPO training statistics per step")
 
