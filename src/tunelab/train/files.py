@@ -129,7 +129,7 @@ SUMMARY_KEYS = {
     "final_eval_loss": "the last eval loss",
     "steps": "optimizer steps done",
     "stopped": "completed or early_stopping",
-    "method": "the config's method: full, lora, dora, qlora, dpo or orpo (train/objectives/)",
+    "method": "the config's method: full, lora, dora, qlora, dpo, orpo or grpo (train/objectives/)",
     "model": "base model name",
     "trainable_params": "parameters trained",
     "total_params": "parameters of the model",
