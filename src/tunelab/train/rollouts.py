@@ -11,12 +11,14 @@ GRPO run (cli/train.py, the compare) passes three providers to `train(providers=
 The buffer holds one generation batch: every completion of a step's prompts, their rewards and
 advantages, and the log-probabilities the loss needs when the batch is used more than once
 (num_iterations > 1) or a KL term is on. It is written beside the run with every checkpoint, so a
-run resumed between two uses of one batch continues on the same completions.
+run resumed between two uses of one batch continues on the same completions. Totals counts the
+whole run for summary.json (completions, tokens and seconds of generation, rewards at the start and
+the end), kept beside the run at each checkpoint's step so a resumed run continues them.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -179,7 +181,10 @@ class Totals:
     def read(cls, path: Path, step: int) -> Optional["Totals"]:
         """The totals at checkpoint `step`, or None when the file does not hold them."""
         entry = _read_json(path).get(str(step))
-        return cls(**entry) if isinstance(entry, dict) else None
+        if not isinstance(entry, dict):
+            return None
+        known = {f.name for f in fields(cls)}  # a key another version wrote is left out
+        return cls(**{k: v for k, v in entry.items() if k in known})
 
 
 def _read_json(path: Path) -> dict:
