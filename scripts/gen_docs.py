@@ -173,6 +173,7 @@ def sections() -> dict[str, Callable[[], str]]:
         "metrics-keys": lambda: dict_table(files.METRICS_KEYS),
         "grpo-metrics-keys": lambda: dict_table(files.GRPO_METRICS_KEYS),
         "summary-keys": lambda: dict_table(files.SUMMARY_KEYS),
+        "grpo-summary-keys": lambda: dict_table(files.GRPO_SUMMARY_KEYS),
     }
 
 

@@ -26,6 +26,7 @@ RESUME_LOG_FILE = "resume_log.jsonl"  # one line per --resume: from which step, 
 REFERENCE_FILE = "reference_logps.json"  # method: dpo: the reference pass, computed once per run
 COMPLETIONS_FILE = "completions.jsonl"  # method: grpo: sample completions with their rewards
 ROLLOUTS_FILE = "grpo_rollouts.json"  # method: grpo: the current generation batch (for --resume)
+GRPO_TOTALS_FILE = "grpo_totals.json"  # method: grpo: summary.json's whole-run counts at each checkpoint
 LOG_FILE = "log.txt"  # other libraries' log lines and tunelab's own (tunelab.logs)
 # Evaluation output (docs/results.md)
 RESULTS_FILE = "results.json"

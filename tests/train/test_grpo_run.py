@@ -87,6 +87,11 @@ def test_interrupted_run_resumes_exactly_between_two_uses_of_a_batch(make_config
     assert all(r["kl"] >= 0 for r in got) and got[1]["kl"] > 0  # the adapter moved away from the base
     samples = (resumed.run_dir / "completions.jsonl").read_text()
     assert samples == (straight.run_dir / "completions.jsonl").read_text()
+    # summary.json's GRPO totals cover both launches (grpo_totals.json at the checkpoint), not the last one
+    counts = ("generations", "completions_generated", "generated_tokens", "reward_start", "reward_end",
+              "frac_reward_zero_std", "completions_clipped_ratio")
+    assert {k: resumed.summary[k] for k in counts} == {k: straight.summary[k] for k in counts}
+    assert resumed.summary["generations"] == 3
 
 
 @pytest.mark.parametrize("grpo, message", [

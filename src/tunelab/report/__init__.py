@@ -5,8 +5,8 @@
 
 `tunelab report DIR` calls `build`; `tunelab train` calls it after training (a training run itself
 knows nothing of reports). Each section has a stable id (`table`, `plot-learning-curve`,
-`plot-quality-cost`, `plot-loss`, `plot-toxicity`, `plot-metrics`, `disagreements`, `safety`,
-`signatures`, `configs`, `missing`) so tests, and users' own tools, can find them.
+`plot-quality-cost`, `plot-loss`, `plot-grpo`, `plot-toxicity`, `plot-metrics`, `grpo-samples`,
+`disagreements`, `safety`, `signatures`, `configs`, `missing`) so tests, and users' own tools, can find them.
 """
 from __future__ import annotations
 
@@ -34,6 +34,12 @@ PLOTS = {
     "rewards": ("Preference rewards", "DPO / ORPO runs: the implicit rewards of the chosen and rejected answers and "
                 "their margin per step (left), and the share of pairs whose chosen reward is higher (right); "
                 "dashed: held-out pairs."),
+    "grpo": ("GRPO training", "GRPO runs, per optimizer step (metrics.jsonl, docs/run-folder.md): the reward: the "
+             "weighted total and each reward function's own value before its weight, with a ±1 std band; completion length (band: shortest to longest); the share "
+             "of prompt groups whose rewards were all equal (no learning signal); the KL to the reference "
+             "(grpo.beta > 0); the share of tokens whose ratio was clipped; the share of completions cut at "
+             "grpo.max_completion_length; the policy's entropy; and the seconds each step spent generating "
+             "against training."),
     "metrics": ("Metrics", "Each metric with its 95% bootstrap CI."),
     "toxicity": ("Toxicity per arm", "Mean toxicity of each arm's outputs (the shipped classifier's P(toxic))."),
 }
@@ -53,7 +59,7 @@ def render(folder: Union[str, Path]) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     for key, empty in (("subtitle", ""), ("main_metric", ""), ("plots", {}), ("signatures", []), ("configs", []),
-                       ("missing", [])):
+                       ("missing", []), ("grpo_samples", [])):
         ctx.setdefault(key, empty)
     return env.get_template("report.html.j2").render(
         **ctx, plot_order=list(PLOTS.items()), version=__version__, folder=str(folder),

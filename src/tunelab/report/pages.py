@@ -20,6 +20,7 @@ from tunelab.train.files import read_metrics_rows
 
 TOP_DISAGREEMENTS = 10
 PROMPT_CHARS = 600  # the end of a long (few-shot) prompt: the item's own question is last
+SAMPLE_PROMPTS, SAMPLE_EACH = 2, 4  # GRPO samples shown: prompts of the latest step, completions of each
 
 
 # ---------------------------------------------------------------- small readers
@@ -118,12 +119,46 @@ def train_context(folder: Path) -> dict:
     if not rows:
         missing.append(f"{paths.METRICS_FILE}: not found or empty (the loss curve needs it)")
     config = _text(folder / paths.CONFIG_FILE, missing, "the resolved training config")
+    figs, samples = {}, []
+    if rows:
+        figs["loss"] = plots.loss_curves({folder.name: rows})
+        if any("rewards/margins" in r for r in rows):
+            figs["rewards"] = plots.reward_curves(rows)
+    if plots.has_grpo_stats(rows):
+        figs["grpo"] = plots.grpo_curves({folder.name: rows})
+        samples = [grpo_samples(folder, "", missing)]
     return {"kind": "train", "title": f"Training run: {folder.name}",
             "summary_rows": [(k, num(v) if isinstance(v, (int, float)) else str(v)) for k, v in (summary or {}).items()],
-            "plots": ({"loss": plots.loss_curves({folder.name: rows}),
-                       **({"rewards": plots.reward_curves(rows)} if any("rewards/margins" in r for r in rows) else {})}
-                      if rows else {}),
+            "plots": figs, "grpo_samples": [x for x in samples if x],
             "configs": [(paths.CONFIG_FILE, config)] if config else [], "missing": missing}
+
+
+def grpo_samples(run_dir: Path, label: str, missing: list[str]) -> Optional[dict]:
+    """The latest step's sample completions of a GRPO run (completions.jsonl): for each of its first
+    prompts, the best and worst completions by reward (all of them when few), with their rewards."""
+    lines = [x for x in read_metrics_rows(run_dir / paths.COMPLETIONS_FILE) if isinstance(x.get("step"), int)]
+    if not lines:
+        missing.append(f"{label}{': ' if label else ''}{paths.COMPLETIONS_FILE}: not found or empty (sample completions)")
+        return None
+    step = max(x["step"] for x in lines)
+    groups: dict[str, list[dict]] = {}
+    for x in lines:
+        if x["step"] == step:
+            groups.setdefault(str(x.get("prompt", "")), []).append(x)
+    rows = []
+    for prompt, group in list(groups.items())[:SAMPLE_PROMPTS]:
+        ranked = sorted(group, key=lambda x: -x["reward"] if _finite(x.get("reward")) else math.inf)
+        shown = ranked if len(ranked) <= SAMPLE_EACH else ranked[:SAMPLE_EACH // 2] + ranked[-(SAMPLE_EACH // 2):]
+        for j, x in enumerate(shown):
+            rows.append({"first": j == 0, "span": len(shown), "prompt": _tail(prompt), "of": len(group),
+                         "completion": str(x.get("completion", "")), "reward": num(x.get("reward")),
+                         "rewards": ", ".join(f"{k} {num(v)}" for k, v in (x.get("rewards") or {}).items()),
+                         "advantage": num(x.get("advantage")), "truncated": "yes" if x.get("truncated") else ""})
+    return {"label": label, "step": step, "rows": rows}
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 # ---------------------------------------------------------------- eval folder
@@ -206,6 +241,7 @@ class ArmFiles:
 
     evals: dict = field(default_factory=dict)  # arm id -> (Results or None, prediction lines or None)
     loss_runs: dict = field(default_factory=dict)  # arm id -> its training metrics rows
+    grpo_samples: list = field(default_factory=list)  # grpo_samples() of each GRPO arm
     configs: list = field(default_factory=list)  # (title, text) of each config file shown
     signatures: list = field(default_factory=list)  # (label, signature)
 
@@ -242,6 +278,7 @@ def compare_context(folder: Path) -> dict:
         "retention_wall_s": num((retention or {}).get("wall_s", {}).get("total")),
         "disagreements": disagreements(arms, files.evals, main), "arm_ids": [str(a["id"]) for a in arms],
         "signatures": files.signatures, "configs": files.configs, "missing": missing,
+        "grpo_samples": [x for x in files.grpo_samples if x],
     }
 
 
@@ -275,6 +312,8 @@ def _read_arms(folder: Path, arms: list[dict], missing: list[str]) -> ArmFiles:
         rows = read_metrics_rows(run_dir / paths.METRICS_FILE)
         if rows:
             files.loss_runs[aid] = rows
+            if plots.has_grpo_stats(rows):
+                files.grpo_samples.append(grpo_samples(run_dir, f"arm {aid}", missing))
         else:
             missing.append(f"arm {aid}: {run_dir / paths.METRICS_FILE} not found or empty (its loss curve)")
         cfg = _text(run_dir / paths.CONFIG_FILE)
@@ -307,6 +346,9 @@ def _compare_plots(arms: list[dict], data: dict, main: Optional[str], loss_runs:
         missing.append("quality-vs-cost plot: no arm has both a metric and an inference cost")
     if loss_runs:
         figs["loss"] = plots.loss_curves(loss_runs)
+    grpo = {aid: rows for aid, rows in loss_runs.items() if plots.has_grpo_stats(rows)}
+    if grpo:
+        figs["grpo"] = plots.grpo_curves(grpo, named=True)  # the arm's id on every line
     retention = _retention(data)
     if retention:
         tasks = [t["name"] for t in retention.get("tasks") or [] if isinstance(t, dict) and t.get("name")]

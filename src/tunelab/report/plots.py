@@ -15,7 +15,7 @@ from tunelab.compare.plan import fine_tune_methods  # the arm methods that train
 FLAT = ("zero_shot", "endpoint")  # no examples: a horizontal reference line on the example axis
 
 
-def _figure(name: str, size=(7.5, 4.0), ncols: int = 1):
+def _figure(name: str, size=(7.5, 4.0), ncols: int = 1, nrows: int = 1):
     import matplotlib
 
     matplotlib.use("Agg")  # no display
@@ -24,8 +24,8 @@ def _figure(name: str, size=(7.5, 4.0), ncols: int = 1):
     plt.rcParams.update({"svg.fonttype": "none",  # text as <text>, rendered by the page's font
                          "svg.hashsalt": name,  # ids unique per plot: several SVGs share one page
                          "font.size": 9})
-    fig, axes = plt.subplots(1, ncols, figsize=size, dpi=100, squeeze=False)
-    return fig, list(axes[0])
+    fig, axes = plt.subplots(nrows, ncols, figsize=size, dpi=100, squeeze=False)
+    return fig, [ax for row in axes for ax in row]  # row by row
 
 
 def _svg(fig, title: str) -> str:
@@ -218,6 +218,104 @@ def reward_curves(rows: Sequence[dict]) -> str:
         if any(ax.get_legend_handles_labels()[1]):
             ax.legend(fontsize=8)
     return _svg(fig, "preference rewards per step")
+
+
+# ---------------------------------------------------------------- GRPO (metrics.jsonl's keys: train/files.py)
+# panels drawn the same way: (title, y label, [(key, label)], y between 0 and 1)
+GRPO_PANELS = (
+    ("groups with equal rewards", "share of prompt groups", [("frac_reward_zero_std", "all equal")], True),
+    ("KL to the reference", "KL per token (nats)", [("kl", "kl")], False),
+    ("clipped ratios", "share of tokens", [("clip_ratio/low_mean", "low"), ("clip_ratio/high_mean", "high"),
+                                           ("clip_ratio/region_mean", "either")], True),
+    ("truncated completions", "share cut at max length", [("completions/clipped_ratio", "truncated")], True),
+    ("entropy", "nats per token", [("entropy", "entropy")], False),
+    ("seconds per step", "s", [("generate_s", "generation"), ("optimize_s", "training")], False),
+)
+
+
+def has_grpo_stats(rows: Sequence[dict]) -> bool:
+    """Rows of a run that logged GRPO's reward and completion statistics."""
+    return any(_finite(r.get("reward")) and "completions/mean_length" in r for r in rows)
+
+
+def _points(rows: Sequence[dict], key: str) -> list[tuple]:
+    return [(r["step"], r[key]) for r in rows if _finite(r.get(key)) and "step" in r]
+
+
+def _line(ax, rows, key: str, *, color, label: str, ls: str = "-", band: Optional[tuple[str, str]] = None) -> None:
+    """One key against the step; band (low key, high key), or (key, std key) as ±1 std, shaded."""
+    pts = _points(rows, key)
+    if not pts:
+        return
+    xs, ys = zip(*pts)
+    ax.plot(xs, ys, ls, color=color, lw=1.2, label=label)
+    if band is None:
+        return
+    lo_hi = [(r.get(band[0]), r.get(band[1])) for r in rows if _finite(r.get(key)) and "step" in r]
+    if band[0] == key:  # (key, std): mean ± std
+        lo_hi = [(y - (s if _finite(s) else 0), y + (s if _finite(s) else 0)) for y, (_, s) in zip(ys, lo_hi)]
+    if all(_finite(lo) and _finite(hi) for lo, hi in lo_hi):
+        ax.fill_between(xs, [lo for lo, _ in lo_hi], [hi for _, hi in lo_hi], color=color, alpha=0.15, lw=0)
+
+
+def _reward_panel(ax, runs: dict, named: bool) -> None:
+    """Total reward ± std per run; each reward's own mean ± std when it is not the total itself."""
+    many = len(runs) > 1
+    for i, (name, rows) in enumerate(runs.items()):
+        _line(ax, rows, "reward", color=f"C{i % 10}", label=f"{name} total" if named else "total",
+              band=("reward", "reward_std"))
+        names = sorted({k[len("rewards/"):-len("/mean")] for r in rows for k in r
+                        if k.startswith("rewards/") and k.endswith("/mean")})
+        for k, rname in enumerate(names):
+            key = f"rewards/{rname}/mean"
+            if len(names) == 1 and all(r.get(key) == r.get("reward") for r in rows):
+                continue  # one reward of weight 1: its line is the total's
+            color, ls = (f"C{i % 10}", (":", "-.", "--")[k % 3]) if many else (f"C{(k + 1) % 10}", "-")
+            _line(ax, rows, key, color=color, ls=ls, label=f"{name} {rname}" if named else rname,
+                  band=None if many else (key, f"rewards/{rname}/std"))
+    ax.set_title("reward (mean, band: ±1 std)")
+    ax.set_ylabel("reward")
+
+
+def _length_panel(ax, runs: dict, named: bool) -> None:
+    for i, (name, rows) in enumerate(runs.items()):
+        _line(ax, rows, "completions/mean_length", color=f"C{i % 10}", label=f"{name} mean" if named else "mean",
+              band=("completions/min_length", "completions/max_length"))
+    ax.set_title("completion length (band: min to max)")
+    ax.set_ylabel("tokens")
+
+
+def grpo_curves(runs: dict[str, Sequence[dict]], named: bool = False) -> str:
+    """GRPO's training figures per optimizer step, one panel each: reward (total and per reward),
+    the share of groups with equal rewards, KL (when logged: grpo.beta > 0), clipped ratios,
+    completion length, truncated share, entropy, and generation against training seconds. Several
+    runs (a compare's GRPO arms): one colour per run, one line style per series. `named`: every
+    label starts with its run's name (always so with several runs)."""
+    named = named or len(runs) > 1
+    panels = [p for p in GRPO_PANELS if any(_points(rows, key) for rows in runs.values() for key, _ in p[2])]
+    cols = 4
+    rows_n = math.ceil((len(panels) + 2) / cols)
+    fig, axes = _figure("grpo", size=(12.0, 2.9 * rows_n), ncols=cols, nrows=rows_n)
+    _reward_panel(axes[0], runs, named)
+    _length_panel(axes[1], runs, named)
+    many = len(runs) > 1
+    for ax, (title, ylabel, keys, unit) in zip(axes[2:], panels):
+        for i, (name, rows) in enumerate(runs.items()):
+            for k, (key, label) in enumerate(keys):
+                _line(ax, rows, key, color=f"C{i % 10}" if many else f"C{k}", ls=("-", "--", ":")[k % 3] if many else "-",
+                      label=f"{name} {label}" if named else label)
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        if unit:
+            ax.set_ylim(-0.02, 1.02)
+    for ax in axes[len(panels) + 2:]:
+        ax.set_visible(False)
+    for ax in axes[:len(panels) + 2]:
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        if len(ax.get_legend_handles_labels()[1]) > (0 if named else 1):
+            ax.legend(fontsize=7)
+    return _svg(fig, "GRPO training statistics per step")
 
 
 def metric_bars(names: Sequence[str], values: Sequence[float], cis: Sequence[Optional[Sequence[float]]],

@@ -86,7 +86,7 @@ class RunEnd:
     peak_mib: float  # per process (mean over processes), max over launches
     energy_wh: Optional[float]
     rates: dict  # Accounting.rates() at the end
-    objective: dict = field(default_factory=dict)  # what the objective adds (DPO: reference_s)
+    objective: dict = field(default_factory=dict)  # what the objective adds (DPO: reference_s; GRPO: its totals)
 
 
 @dataclass
@@ -102,7 +102,14 @@ class RunParts:
 
 
 def run_summary(p: RunParts, end: RunEnd) -> dict:
-    """summary.json of a run at its end (docs/run-folder.md)."""
+    """summary.json of a run at its end (docs/run-folder.md): the keys of every run, then those only
+    its objective has (method: grpo: files.GRPO_SUMMARY_KEYS)."""
+    common = _common_summary(p, end)
+    return {**common, **{k: v for k, v in end.objective.items() if k not in common}}
+
+
+def _common_summary(p: RunParts, end: RunEnd) -> dict:
+    """The keys every run's summary.json has (files.SUMMARY_KEYS)."""
     from tunelab.train.inputs import skipped_summary
 
     st, device, data = p.state, p.procs.device, p.data

@@ -34,6 +34,9 @@ RUN_FOLDER = {
     paths.ROLLOUTS_FILE: "method: grpo only: the current generation batch (completions, rewards, advantages and, "
                          "with num_iterations > 1 or beta > 0, their kept log-probabilities), written with every "
                          "checkpoint so a --resume between two uses of one batch trains on the same completions",
+    paths.GRPO_TOTALS_FILE: "method: grpo only: the run's totals for summary.json (generated completions and "
+                            "tokens, seconds, rewards at the start) at each checkpoint's step, so a --resume "
+                            "continues them",
     paths.RESUME_LOG_FILE: "one line per --resume: `time`, `from_step` and `changed` {key: {from, to}}",
     paths.REPORT_FILE: "the run's HTML report; `tunelab train` writes it, `tunelab report DIR` rebuilds it",
     paths.LOG_FILE: "`tunelab train` only: log lines at INFO and above, tunelab's and other libraries' (the "
@@ -126,7 +129,7 @@ SUMMARY_KEYS = {
     "final_eval_loss": "the last eval loss",
     "steps": "optimizer steps done",
     "stopped": "completed or early_stopping",
-    "method": "the config's method: full, lora, dora, qlora, dpo or orpo (train/objectives/)",
+    "method": "the config's method: full, lora, dora, qlora, dpo, orpo or grpo (train/objectives/)",
     "model": "base model name",
     "trainable_params": "parameters trained",
     "total_params": "parameters of the model",
@@ -140,6 +143,23 @@ SUMMARY_KEYS = {
     "processes": "processes of the run (DDP / FSDP)",
     "sharding": "fsdp2 when parameters were sharded over the processes, null otherwise",
     "precision": "fp32, bf16 or fp16",
+}
+
+# method: grpo adds these to summary.json (train/rollouts.py Totals), counted over the whole run,
+# every launch of a resumed one included, whatever train.log_every thins from metrics.jsonl
+GRPO_SUMMARY_KEYS = {
+    "generations": "generation batches sampled (one per grpo.num_iterations optimizer steps)",
+    "completions_generated": "completions sampled: prompts × grpo.num_generations, over every generation batch",
+    "generated_tokens": "completion tokens sampled (the end token included)",
+    "generated_tokens_per_s": "generated_tokens / generate_s",
+    "generate_s": "seconds spent generating (sampling, scoring, the kept log-probabilities): the sum of metrics.jsonl's generate_s",
+    "optimize_s": "seconds of the forward and backward passes: the sum of metrics.jsonl's optimize_s",
+    "reward_start": "mean reward of the first reward_window generation batches",
+    "reward_end": "mean reward of the last reward_window generation batches",
+    "reward_window": "generation batches averaged for reward_start and reward_end: 5, fewer when the run has "
+                     "under 10 (the two windows never overlap)",
+    "frac_reward_zero_std": "share of all the run's prompt groups whose rewards were all equal (no learning signal)",
+    "completions_clipped_ratio": "share of all completions cut at grpo.max_completion_length",
 }
 
 

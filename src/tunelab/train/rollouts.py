@@ -11,12 +11,14 @@ GRPO run (cli/train.py, the compare) passes three providers to `train(providers=
 The buffer holds one generation batch: every completion of a step's prompts, their rewards and
 advantages, and the log-probabilities the loss needs when the batch is used more than once
 (num_iterations > 1) or a KL term is on. It is written beside the run with every checkpoint, so a
-run resumed between two uses of one batch continues on the same completions.
+run resumed between two uses of one batch continues on the same completions. Totals counts the
+whole run for summary.json (completions, tokens and seconds of generation, rewards at the start and
+the end), kept beside the run at each checkpoint's step so a resumed run continues them.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -121,3 +123,73 @@ def length_stats(rollouts: Sequence[Rollout]) -> dict:
     return {"completions/mean_length": sum(n) / len(n), "completions/min_length": min(n),
             "completions/max_length": max(n),
             "completions/clipped_ratio": sum(r.truncated for r in rollouts) / len(rollouts)}
+
+
+REWARD_WINDOW = 5  # generation batches averaged for summary.json's reward_start / reward_end
+
+
+@dataclass
+class Totals:
+    """Whole-run counts of a GRPO run for summary.json (files.GRPO_SUMMARY_KEYS). Kept beside the run
+    under the step of each checkpoint (TOTALS_FILE), so a resumed run counts from its checkpoint on
+    and summary.json covers every launch, however metrics.jsonl is thinned (train.log_every)."""
+
+    generations: int = 0  # generation batches sampled
+    groups: int = 0  # prompt groups sampled (prompts × generation batches)
+    flat_groups: int = 0  # groups whose rewards were all equal (no learning signal)
+    completions: int = 0
+    truncated: int = 0  # completions cut at max_completion_length
+    generated_tokens: int = 0
+    generate_s: float = 0.0  # the steps' generate_s, summed
+    optimize_s: float = 0.0  # the steps' optimize_s, summed
+    first_rewards: list[float] = field(default_factory=list)  # mean reward of the first generation batches
+    last_rewards: list[float] = field(default_factory=list)  # ... and of the latest ones
+
+    def add_batch(self, stats: dict, groups: int, rollouts: Sequence[Rollout]) -> None:
+        """One generation batch: `stats` are its reward statistics (grpo_math.group_advantages)."""
+        self.generations += 1
+        self.groups += groups
+        self.flat_groups += round(stats["frac_reward_zero_std"] * groups)  # a share of `groups`: exact
+        self.completions += len(rollouts)
+        self.truncated += sum(r.truncated for r in rollouts)
+        self.generated_tokens += sum(len(r.completion_ids) for r in rollouts)
+        if len(self.first_rewards) < REWARD_WINDOW:
+            self.first_rewards.append(stats["reward"])
+        self.last_rewards = (self.last_rewards + [stats["reward"]])[-REWARD_WINDOW:]
+
+    def summary(self) -> dict:
+        # the windows shrink on a short run so that start and end do not share a batch
+        w = max(1, min(REWARD_WINDOW, self.generations // 2))
+        mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+        share = lambda a, b: a / b if b else None  # noqa: E731
+        return {"generations": self.generations, "completions_generated": self.completions,
+                "generated_tokens": self.generated_tokens,
+                "generated_tokens_per_s": share(self.generated_tokens, self.generate_s),
+                "generate_s": round(self.generate_s, 3), "optimize_s": round(self.optimize_s, 3),
+                "reward_start": mean(self.first_rewards[:w]), "reward_end": mean(self.last_rewards[-w:]),
+                "reward_window": w if self.generations else None,
+                "frac_reward_zero_std": share(self.flat_groups, self.groups),
+                "completions_clipped_ratio": share(self.truncated, self.completions)}
+
+    @staticmethod
+    def write(path: Path, step: int, totals: "Totals") -> None:
+        """Add the totals at `step` to the file, dropping entries past it (a resumed run rewrote them)."""
+        kept = {k: v for k, v in _read_json(path).items() if k.isdigit() and int(k) < step}
+        atomic_write_text(path, json.dumps({**kept, str(step): asdict(totals)}))
+
+    @classmethod
+    def read(cls, path: Path, step: int) -> Optional["Totals"]:
+        """The totals at checkpoint `step`, or None when the file does not hold them."""
+        entry = _read_json(path).get(str(step))
+        if not isinstance(entry, dict):
+            return None
+        known = {f.name for f in fields(cls)}  # a key another version wrote is left out
+        return cls(**{k: v for k, v in entry.items() if k in known})
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # absent, or torn by a kill mid-write (atomic writes make that rare)
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -27,10 +27,11 @@ from tunelab import paths
 from tunelab.errors import TunelabError
 from tunelab.train import inputs
 from tunelab.train.objectives import Method, Objective, register_objective
-from tunelab.train.rollouts import Buffer, Prompt, Rollout, Sampling, length_stats, score
+from tunelab.train.rollouts import Buffer, Prompt, Rollout, Sampling, Totals, length_stats, score
 
 BUFFER_FILE = paths.ROLLOUTS_FILE  # the current generation batch (a resume between two of its uses)
 COMPLETIONS_FILE = paths.COMPLETIONS_FILE  # sample completions, every grpo.log_completions_every steps
+TOTALS_FILE = paths.GRPO_TOTALS_FILE  # summary.json's whole-run counts at each checkpoint (a resume continues them)
 SAMPLE_PROMPTS = 2  # prompts of a step whose completions go to completions.jsonl
 # no learning signal: a group whose rewards are all equal has advantage 0 everywhere
 FLAT_SHARE, FLAT_STEPS = 0.8, 8  # warn when this share of groups is flat for this many batches in a row
@@ -155,7 +156,7 @@ class GRPO(Objective):
         self.sampling = Sampling(g.max_completion_length, g.temperature, g.top_p, tuple(g.stop))
         self.buffer: Optional[Buffer] = None
         self.buffer_path = live.run_dir / BUFFER_FILE
-        self.flat_steps, self.generate_s, self.sampled = 0, 0.0, 0
+        self.flat_steps, self.totals = 0, Totals()
         self._resumed = not live.resume  # a resumed run first rewinds completions.jsonl and reads the buffer
 
     def before_step(self, batches) -> None:
@@ -201,6 +202,8 @@ class GRPO(Objective):
                        st.clip_low_min, st.clip_high_max)
         out = {**self.buffer.stats, **st.means(), "generate_s": round(self.gen_now, 4),
                "optimize_s": round(time.perf_counter() - self.t_train, 4)}
+        self.totals.generate_s += out["generate_s"]  # the logged figures, so the totals are their sums
+        self.totals.optimize_s += out["optimize_s"]
         if self.cfg.grpo.num_iterations > 1:
             out["generation_use"] = self.buffer.uses
         return out
@@ -229,11 +232,10 @@ class GRPO(Objective):
         outs = [Rollout(list(o.prompt_ids), list(o.completion_ids), o.text, bool(o.truncated)) for o in raw]
         if len(outs) != len(prompts):
             raise TunelabError(f"the grpo rollout function returned {len(outs)} completions for {len(prompts)} prompts")
-        self.generate_s += time.perf_counter() - t0
-        self.sampled += len(outs)
         values = score(self.rewards, prompts, [o.text for o in outs])
         adv = group_advantages(torch.tensor(values), G, scale_rewards=g.scale_rewards,
                                weights=[r.weight for r in self.rewards], names=[r.name for r in self.rewards])
+        self.totals.add_batch(adv.stats, len(rows), outs)
         per = lambda xs: {i: xs[k * G:(k + 1) * G] for k, i in enumerate(rows)}  # noqa: E731 - by prompt row
         stats = {**adv.stats, **length_stats(outs), "sample_s": round(time.perf_counter() - t0, 4)}
         buf = Buffer(generation, rows, per([asdict(o) for o in outs]), per(adv.values.tolist()), per(values), stats)
@@ -292,6 +294,11 @@ class GRPO(Objective):
 
         if self.live.main:
             rewind_rows(self.live.run_dir / COMPLETIONS_FILE, self.step - 1)
+        totals = Totals.read(self.live.run_dir / TOTALS_FILE, self.step - 1)
+        if totals is None and self.step > 1:  # a checkpoint written before the file existed
+            self.live.say(f"note: {TOTALS_FILE} holds no totals for step {self.step - 1}; summary.json's GRPO "
+                          "totals count this launch's steps only")
+        self.totals = totals or Totals()
         buf = Buffer.read(self.buffer_path)
         if buf is not None and buf.generation == generation and buf.uses < self.cfg.grpo.num_iterations:
             self.buffer = buf
@@ -300,9 +307,11 @@ class GRPO(Objective):
     def save(self) -> None:
         if self.live.main and self.buffer is not None:
             self.buffer.write(self.buffer_path)
+        if self.live.main:
+            Totals.write(self.live.run_dir / TOTALS_FILE, self.step, self.totals)
 
     def summary(self) -> dict:
-        return {"generate_s": round(self.generate_s, 3), "completions_sampled": self.sampled}
+        return self.totals.summary()
 
 
 def _padded(values: list[list[float]], shape):
