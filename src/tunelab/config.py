@@ -176,10 +176,14 @@ class RewardSpec(BaseModel):
     metric: Optional[str] = Field(None, description="a registry metric scored against the task's answer: "
                                   "exact_match, numeric, contains, regex, valid_json, json_schema, f1, "
                                   "rouge1 / rouge2 / rougeL, bleu, chrf; other keys are its options, e.g. pattern: "
-                                  "for regex")
+                                  "for regex; or judge_score, an LLM judge's 1-10 rating rescaled to 0-1 "
+                                  "((rating - 1) / 9; docs/judge.md)")
     function: Optional[str] = Field(None, description="module:function called as f(completion, item) -> float, "
                                     "for any other reward (the module is looked up beside the config first)")
     weight: float = Field(1.0, description="its weight in the summed reward; 0.1-1 is usual")
+    judge: Optional["JudgeConfig"] = Field(None, description="judge_score only: the judge, as the task's judge: block "
+                                           "(model, rubric, reference, template, concurrency, ...); keys set here "
+                                           "override the task's, a template is relative to this config")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -484,6 +488,9 @@ class EndpointArmSpec(_Strict):
 # The page listing every key of each model (generated from these Field descriptions); a
 # validation error ends by naming it.
 CompareConfig.model_rebuild()  # the retention specs are declared after it
+RewardSpec.model_rebuild()  # a judge_score reward's judge: block (JudgeConfig) is declared after it
+GRPOConfig.model_rebuild()
+TrainConfig.model_rebuild()
 FineTuneArmSpec.model_rebuild()  # and TuneSpec after the arm that uses it
 
 KEY_DOCS = {TrainConfig: "docs/train-config.md", TaskConfig: "docs/tasks.md", CompareConfig: "docs/compare.md",

@@ -139,6 +139,7 @@ def run_summary(p: RunParts, end: RunEnd) -> dict:
         "eval_rows": len(data.eval_ex),
         "skipped": skipped_summary(data.skipped),  # records the data files held that were skipped (skip_bad)
         "reference_pairs": end.objective.get("reference_pairs"),
+        "grpo": end.objective.get("grpo"),
         "device": str(device),
         "processes": p.procs.world,
         "sharding": "fsdp2" if p.procs.sharded else None,

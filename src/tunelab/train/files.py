@@ -93,6 +93,14 @@ GRPO_METRICS_KEYS = {
     "generate_s": "seconds this step spent sampling (0 when it reused a batch)",
     "optimize_s": "seconds of this step's forward and backward passes",
     "generation_use": "which use of its generation batch the step is (num_iterations > 1 only)",
+    # a judge_score reward adds these: numbers of the generation batch, logged with each of its uses
+    "judge_unparsed": "judge_score reward only: completions whose judgment held no readable rating; each got "
+                      "its group's mean judge reward (advantage 0 from the judge: docs/judge.md)",
+    "judge_calls": "judge_score reward only: judgments the judge model made for the batch (one batched call)",
+    "judge_cached": "judge_score reward only: judgments read back from the cache instead (a resumed run's redone "
+                    "step)",
+    "judge_tokens": "judge_score reward only: the judge's prompt plus generated tokens",
+    "judge_s": "judge_score reward only: seconds the batch's judging took",
 }
 
 # keys a line has only sometimes: evaluation steps, runs on several processes
@@ -134,6 +142,8 @@ SUMMARY_KEYS = {
     "eval_rows": "held-out examples",
     "skipped": "with data.skip_bad: {count, notes}: how many records of the data files were skipped, and per "
                "file a note with the count and the first skipped record's line (null when none was)",
+    "grpo": "method: grpo: this launch's {generate_s, completions_sampled} and, with a judge_score reward, judge: "
+            "{calls, cached, prompt_tokens, generated_tokens, tokens, wall_s, unparsed} (null for other methods)",
     "reference_pairs": "method: dpo: training pairs whose reference log-probabilities are known (kept in "
                        "reference_logps.json); fewer than train_rows when the run stopped within its first epoch",
     "device": "cpu, cuda:0, ...",

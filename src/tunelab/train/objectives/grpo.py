@@ -231,11 +231,13 @@ class GRPO(Objective):
             raise TunelabError(f"the grpo rollout function returned {len(outs)} completions for {len(prompts)} prompts")
         self.generate_s += time.perf_counter() - t0
         self.sampled += len(outs)
-        values = score(self.rewards, prompts, [o.text for o in outs])
+        values = score(self.rewards, prompts, [o.text for o in outs], group=G)
         adv = group_advantages(torch.tensor(values), G, scale_rewards=g.scale_rewards,
                                weights=[r.weight for r in self.rewards], names=[r.name for r in self.rewards])
         per = lambda xs: {i: xs[k * G:(k + 1) * G] for k, i in enumerate(rows)}  # noqa: E731 - by prompt row
-        stats = {**adv.stats, **length_stats(outs), "sample_s": round(time.perf_counter() - t0, 4)}
+        # a reward's own numbers about this batch (a judge's unparsed ratings and cost: rollouts.py)
+        own = {k: v for r in self.rewards if getattr(r, "stats", None) for k, v in r.stats().items()}
+        stats = {**adv.stats, **length_stats(outs), **own, "sample_s": round(time.perf_counter() - t0, 4)}
         buf = Buffer(generation, rows, per([asdict(o) for o in outs]), per(adv.values.tolist()), per(values), stats)
         self._keep_logps(buf, batches)
         self._watch_flat(adv.stats["frac_reward_zero_std"])
@@ -302,7 +304,8 @@ class GRPO(Objective):
             self.buffer.write(self.buffer_path)
 
     def summary(self) -> dict:
-        return {"generate_s": round(self.generate_s, 3), "completions_sampled": self.sampled}
+        own = {k: v for r in self.rewards if getattr(r, "summary", None) for k, v in r.summary().items()}
+        return {"grpo": {"generate_s": round(self.generate_s, 3), "completions_sampled": self.sampled, **own}}
 
 
 def _padded(values: list[list[float]], shape):
