@@ -142,10 +142,10 @@ SUMMARY_KEYS = {
     "eval_rows": "held-out examples",
     "skipped": "with data.skip_bad: {count, notes}: how many records of the data files were skipped, and per "
                "file a note with the count and the first skipped record's line (null when none was)",
-    "grpo": "method: grpo: this launch's {generate_s, completions_sampled} and, with a judge_score reward, judge: "
-            "{calls, cached, prompt_tokens, generated_tokens, tokens, wall_s, unparsed} (null for other methods)",
     "reference_pairs": "method: dpo: training pairs whose reference log-probabilities are known (kept in "
                        "reference_logps.json); fewer than train_rows when the run stopped within its first epoch",
+    "grpo": "method: grpo: this launch's {generate_s, completions_sampled} and, with a judge_score reward, judge: "
+            "{calls, cached, prompt_tokens, generated_tokens, tokens, wall_s, unparsed} (null for other methods)",
     "device": "cpu, cuda:0, ...",
     "processes": "processes of the run (DDP / FSDP)",
     "sharding": "fsdp2 when parameters were sharded over the processes, null otherwise",
