@@ -169,6 +169,8 @@ def test_the_reward_overrides_the_tasks_judge(make_config, task_file, tmp_path, 
     assert reward.batch(["abcd", "abc"], [{"question": "q", "gold": []}] * 2) == [pytest.approx(4 / 9), None]
     assert reward.stats()["judge_unparsed"] == 1 and reward.stats()["judge_calls"] == 2
     assert "Rate strictly." in reward.metric.requests(["a"], [[]], [{"question": "q"}])[0].messages[0]["content"]
+    (default,) = _providers({**cfg, "grpo": {**cfg["grpo"], "rewards": []}}, tmp_path)["rewards"]
+    assert default.name == "judge_score" and default.metric.cfg.rubric is None  # the task's first metric, its judge
 
 
 def test_bad_judge_rewards_are_one_line(make_config, task_file, tmp_path, fake):
@@ -187,6 +189,8 @@ def test_bad_judge_rewards_are_one_line(make_config, task_file, tmp_path, fake):
         (judge_config(make_config, task_file, judge={"model": "openai:http://127.0.0.1:9/v1#judge"}),
          r"^grpo.rewards\[0\]: openai:http://127.0.0.1:9/v1#judge: cannot reach the endpoint .*is the server running"),
     ]
+    cases.append((judge_config(make_config, task_file, judge={"check": "builtin:llmbar-natural"}),
+                  r"^config: grpo.rewards\[0\].judge.check: unknown key .*allowed: model, template, rubric"))
     cfg = judge_config(make_config, task_file)
     cfg["grpo"]["rewards"] = [{"metric": "exact_match", "judge": {"model": JUDGE}}]
     cases.append((cfg, r"^grpo.rewards\[0\]: judge: is a setting of metric: judge_score, not of exact_match"))

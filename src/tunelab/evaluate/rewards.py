@@ -32,7 +32,7 @@ REWARD_METRICS = ("exact_match", "numeric", "numeric_strict", "numeric_flexible"
                   "json_schema", "f1", "rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf", JUDGE_REWARD)
 UNPARSED_WARN = 0.25  # a batch with this share of unreadable judgments or more: warn once (little signal)
 AGAIN = ("the run stopped, its last checkpoint kept (train.save_every): start the judge again and resume with "
-         "tunelab train CONFIG --resume")
+         "tunelab train CONFIG --resume (in a compare: run the compare again)")
 log = logging.getLogger("tunelab.evaluate")
 NO_ANSWER = ("regex", "valid_json", "json_schema")  # judge the answer's form: no reference needed
 
