@@ -248,3 +248,38 @@ def test_a_local_judge_is_its_own_model(make_config, task_file, tmp_path, tiny_d
     judge = run._OPENED[str(tiny_dir)].lm.model
     base = load_local(str(tiny_dir)).model
     assert all(torch.equal(a, b) for a, b in zip(judge.state_dict().values(), base.state_dict().values()))
+
+
+@pytest.fixture(scope="module")
+def judge_server(tiny_dir):
+    """tunelab serve (a real HTTP server) with the tiny model: an endpoint judge."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("openai")
+    from tunelab.serve.engine import load_served
+    from tunelab.serve.server import BackgroundServer, create_app
+
+    served = load_served(str(tiny_dir), {}, device="cpu")
+    with BackgroundServer(create_app(served, batch_size=4, queue_size=64)) as srv:
+        yield f"openai:{srv.url}#{served.name}"
+
+
+def test_an_endpoint_judge_gets_each_batch_at_once(make_config, task_file, tmp_path, judge_server, monkeypatch):
+    """Through a real server: one backend call per generation batch, its requests `concurrency` in flight."""
+    from tunelab.infer.endpoint import EndpointBackend
+    from tunelab.train.loop import train
+
+    sent, real = [], EndpointBackend.generate
+
+    def counting(self, contexts, seeds, *, batch_size, **k):
+        sent.append((len(contexts), batch_size))
+        return real(self, contexts, seeds, batch_size=batch_size, **k)
+
+    monkeypatch.setattr(EndpointBackend, "generate", counting)
+    cfg = judge_config(make_config, task_file, "served", steps=2,
+                       judge={"model": judge_server, "max_new_tokens": 6, "concurrency": 4})
+    res = train(cfg, providers=_providers(cfg, tmp_path))
+    rows = metrics(res.run_dir)
+    assert sent == [(r["judge_calls"], 4) for r in rows] and all(n > 4 for n, _ in sent)
+    assert all(r["judge_tokens"] > 0 and 0 <= r["judge_unparsed"] <= r["judge_calls"] for r in rows)
+    assert res.summary["grpo"]["judge"]["calls"] == sum(n for n, _ in sent)
