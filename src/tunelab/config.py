@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from tunelab.config_errors import problems
 from tunelab.errors import TunelabError
@@ -176,10 +176,13 @@ class RewardSpec(BaseModel):
     metric: Optional[str] = Field(None, description="a registry metric scored against the task's answer: "
                                   "exact_match, numeric, contains, regex, valid_json, json_schema, f1, "
                                   "rouge1 / rouge2 / rougeL, bleu, chrf; other keys are its options, e.g. pattern: "
-                                  "for regex")
+                                  "for regex; or judge_score, an LLM judge's 1-10 rating rescaled to 0-1 "
+                                  "((rating - 1) / 9; docs/judge.md)")
     function: Optional[str] = Field(None, description="module:function called as f(completion, item) -> float, "
                                     "for any other reward (the module is looked up beside the config first)")
     weight: float = Field(1.0, description="its weight in the summed reward; 0.1-1 is usual")
+    judge: Optional["RewardJudgeConfig"] = Field(None, description="judge_score only: the judge, as the task's judge: "
+                                                 "block; keys set here override the task's (docs/judge.md)")
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -301,6 +304,16 @@ class JudgeConfig(_Strict):
                                                    "builtin:llmbar-natural")
     min_agreement: float = Field(0.7, ge=0.0, le=1.0, description="a compare's sentences say its ranking rests on "
                                                                   "a judge below this accuracy on judge.check")
+
+
+# a judge_score reward's judge: block (grpo.rewards): the keys of JudgeConfig a reward uses (no baseline, no
+# check: those belong to a compare and an evaluation); its template is relative to the training config
+_REWARD_JUDGE = ("model", "template", "rubric", "reference", "concurrency", "max_new_tokens", "temperature", "cache")
+_TEMPLATE = Field(None, description="a Jinja2 judge prompt of your own (relative to the training config); "
+                                    "default: the task's judge.template, else tunelab's")
+RewardJudgeConfig = create_model("RewardJudgeConfig", __base__=_Strict, **{
+    k: (Optional[str], _TEMPLATE) if k == "template" else (JudgeConfig.model_fields[k].annotation,
+                                                           JudgeConfig.model_fields[k]) for k in _REWARD_JUDGE})
 
 
 class TaskConfig(_Strict):
@@ -484,6 +497,9 @@ class EndpointArmSpec(_Strict):
 # The page listing every key of each model (generated from these Field descriptions); a
 # validation error ends by naming it.
 CompareConfig.model_rebuild()  # the retention specs are declared after it
+RewardSpec.model_rebuild()  # a judge_score reward's judge: block (RewardJudgeConfig) is declared after it
+GRPOConfig.model_rebuild()
+TrainConfig.model_rebuild()
 FineTuneArmSpec.model_rebuild()  # and TuneSpec after the arm that uses it
 
 KEY_DOCS = {TrainConfig: "docs/train-config.md", TaskConfig: "docs/tasks.md", CompareConfig: "docs/compare.md",

@@ -5,8 +5,9 @@ a run builds what GRPO needs here and passes it to `train(providers=...)`:
 
     prompts    the task's items, each rendered by its `prompt` template (chat template when the
                task says chat: true), with the item's references for the rewards
-    rewards    grpo.rewards: registry metrics scored against the task's `answer`, or a Python
-               `module:function` called as f(completion, item) -> float; weighted and summed
+    rewards    grpo.rewards: registry metrics scored against the task's `answer`, a Python
+               `module:function` called as f(completion, item) -> float, or judge_score: an LLM
+               judge's 1-10 rating rescaled to (rating - 1) / 9 in [0, 1]; weighted and summed
     rollout    infer.rollout.sample: the engine sampling on the live model
 
 Where the task comes from: grpo.task (a task YAML or builtin:<name>); else data.train when it is a
@@ -16,6 +17,7 @@ whose `completion` or `answer` field (when present) is the reference.
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +26,14 @@ from typing import Any, Callable, Optional
 from tunelab.config import TaskConfig, TrainConfig
 from tunelab.errors import TunelabError
 
-# metrics that score one generated answer on its own (judge_score comes with the judge)
+JUDGE_REWARD = "judge_score"  # an LLM judge's rating: judged a generation batch at a time (JudgeReward)
+# metrics that score one generated answer on its own, and the judge's
 REWARD_METRICS = ("exact_match", "numeric", "numeric_strict", "numeric_flexible", "contains", "regex", "valid_json",
-                  "json_schema", "f1", "rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf")
+                  "json_schema", "f1", "rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "chrf", JUDGE_REWARD)
+UNPARSED_WARN = 0.25  # a batch with this share of unreadable judgments or more: warn once (little signal)
+AGAIN = ("the run stopped, its last checkpoint kept (train.save_every): start the judge again and resume with "
+         "tunelab train CONFIG --resume (in a compare: run the compare again)")
+log = logging.getLogger("tunelab.evaluate")
 NO_ANSWER = ("regex", "valid_json", "json_schema")  # judge the answer's form: no reference needed
 
 
@@ -105,7 +112,9 @@ def task_prompts(task: TaskConfig, tokenizer) -> list[TaskPrompt]:
     for row in load_task_rows(task):
         r = templates.render(row)
         refs = r.gold if isinstance(r.gold, list) else ([] if r.gold is None else [r.gold])
-        out.append(TaskPrompt(builder.build(row, r.prompt).text, {"gold": refs, "fields": row.data}, str(row.source)))
+        # question: the item's own prompt, which a judge reads (as in an evaluation: task_types/generate.py)
+        item = {"gold": refs, "fields": row.data, "question": r.prompt, "id": str(row.source)}
+        out.append(TaskPrompt(builder.build(row, r.prompt).text, item, str(row.source)))
     return out
 
 
@@ -116,11 +125,19 @@ def reward_functions(cfg: TrainConfig, task: TaskConfig, base_dir) -> list[Rewar
                                  for m in task.metrics[:1]]
     out = []
     for i, spec in enumerate(specs):
-        spec = spec if isinstance(spec, dict) else spec.model_dump(exclude_none=True)
+        if not isinstance(spec, dict):  # a RewardSpec: its judge: block as written (unset keys fall back to the task's)
+            judge = spec.judge.model_dump(exclude_unset=True) if spec.judge is not None else None
+            spec = {k: v for k, v in spec.model_dump(exclude_none=True).items() if k != "judge"}
+            spec.update({} if judge is None else {"judge": judge})
         key = f"grpo.rewards[{i}]"
         if spec.get("function"):
             fn = _function(spec["function"], key, base_dir)
             out.append(RewardFunction(spec["function"], spec.get("weight", 1.0), fn))
+        elif spec.get("metric") == JUDGE_REWARD:
+            out.append(judge_reward(spec, task, key, cfg, base_dir))
+        elif spec.get("judge") is not None:
+            raise TunelabError(f"{key}: judge: is a setting of metric: {JUDGE_REWARD}, not of {spec.get('metric')}; "
+                               "remove it")
         else:
             out.append(_metric_reward(spec, task, key))
     names = [r.name for r in out]
@@ -165,6 +182,101 @@ def _function(spec: str, key: str, base_dir) -> Callable:
     if not callable(fn):
         raise TunelabError(f"{key}: {module} has no function {attr}")
     return fn
+
+
+class JudgeReward:
+    """judge_score as a GRPO reward: every completion of a generation batch judged in one batched, cached
+    call (a local judge through its engine's batching, an endpoint `judge.concurrency` requests at once),
+    the 1-10 rating rescaled to (rating - 1) / 9. A completion whose judgment holds no readable rating
+    is None: train/rollouts.py gives it its group's mean (advantage 0), and it is counted per step
+    (judge_unparsed) and in summary.json."""
+
+    def __init__(self, name: str, weight: float, metric):
+        self.name, self.weight, self.metric = name, weight, metric  # metric: a JudgeScore, for_task done
+        self.last: dict = {}
+        self.unparsed, self.warned = 0, False
+
+    def fn(self, completion: str, item) -> float:
+        """One completion alone (GRPO calls `batch`); an unreadable rating scores 0 here."""
+        v = self.batch([completion], [item])[0]
+        return 0.0 if v is None else v
+
+    def batch(self, completions: list[str], items: list) -> list[Optional[float]]:
+        from tunelab.evaluate.judge.parse import parse_rating
+
+        judge = self.metric._judge()
+        before = judge.cost.to_json()
+        refs = [it.get("gold", []) if isinstance(it, dict) else [] for it in items]
+        its = [it if isinstance(it, dict) else {} for it in items]
+        texts = judge.run(self.metric.requests(completions, refs, its), again=AGAIN)
+        ratings = [parse_rating(t) for t in texts]
+        now = judge.cost.to_json()
+        missed = sum(r is None for r in ratings)
+        self.unparsed += missed
+        self.last = {"judge_unparsed": missed, "judge_calls": now["calls"] - before["calls"],
+                     "judge_cached": now["cached"] - before["cached"], "judge_tokens": now["tokens"] - before["tokens"],
+                     "judge_s": round(now["wall_s"] - before["wall_s"], 4)}
+        if missed and missed >= UNPARSED_WARN * len(ratings) and not self.warned:
+            self.warned = True
+            first = next(t for t, r in zip(texts, ratings) if r is None)
+            log.warning(f"grpo reward {self.name}: the judge {self.metric.cfg.model} wrote no readable [[rating]] for "
+                        f"{missed} of {len(ratings)} completions; each gets its group's mean (no signal from the "
+                        f"judge; counted as judge_unparsed in metrics.jsonl); the first said: {first[:120]!r}")
+        return [None if r is None else (r - 1) / 9 for r in ratings]
+
+    def stats(self) -> dict:
+        return dict(self.last)
+
+    def summary(self) -> dict:
+        return {"judge": {**self.metric._judge().cost.to_json(), "unparsed": self.unparsed}}
+
+
+def judge_reward(spec: dict, task: TaskConfig, key: str, cfg: TrainConfig, base_dir) -> JudgeReward:
+    """grpo.rewards[i] with metric: judge_score: the task's judge: block, the reward's judge: keys over it."""
+    from tunelab.config import JudgeConfig
+    from tunelab.evaluate.metrics.judge import NO_JUDGE
+    from tunelab.evaluate.metrics.registry import get_metric
+
+    extra = sorted(set(spec) - {"metric", "weight", "judge"})
+    if extra:
+        raise TunelabError(f"{key}: metric {JUDGE_REWARD} takes weight and judge: {{...}}, not {', '.join(extra)}; "
+                           "the judge's settings go in its judge: block (docs/judge.md)")
+    own = spec.get("judge") or {}
+    own = own if isinstance(own, dict) else own.model_dump(exclude_unset=True)
+    if own.get("template"):  # the reward's own template: relative to the training config
+        own["template"] = str(Path(_beside(own["template"], base_dir)).resolve())
+    merged = {**(task.judge.model_dump() if task.judge else {}), **own}
+    merged.pop("check", None)  # judge.check is measured by an evaluation or `tunelab judge agreement`, not here
+    if not merged.get("model"):
+        raise TunelabError(f"{key}: metric {JUDGE_REWARD} needs a judge model; {NO_JUDGE} (or in this reward: "
+                           f"{{metric: {JUDGE_REWARD}, judge: {{model: ...}}}})")
+    if merged.get("reference") and not task.answer:
+        raise TunelabError(f"{key}: judge.reference: true shows the judge the task's answer, and "
+                           f"{task.source or task.name} has no answer template; add answer: to the task or drop it")
+    metric = get_metric(JUDGE_REWARD)
+    try:
+        metric.for_task(task.model_copy(update={"judge": JudgeConfig(**merged)}))  # checks template, opens an endpoint
+    except TunelabError as e:
+        raise TunelabError(f"{key}: {e}") from None
+    if _same_weights(cfg.model, merged["model"]):
+        log.warning(f"{key}: the judge {merged['model']} is the base model being trained (loaded apart from the "
+                    "policy, with the weights it started from): models tend to rate answers like their own higher "
+                    "(self-preference), so the policy may learn the judge's taste; a different judge is safer "
+                    "(docs/judge.md)")
+    return JudgeReward(JUDGE_REWARD, spec.get("weight", 1.0), metric)
+
+
+def _same_weights(a: str, b: str) -> bool:
+    """Two model strings name the same weights: a registry name or alias, its folder, or a path (as the
+    compare's self-preference check reads them: compare/judge.py)."""
+    from tunelab.infer.endpoint import is_endpoint
+    from tunelab.models import registry
+
+    def norm(x: str) -> str:
+        name = None if is_endpoint(x) else registry.canonical(x)
+        p = registry.cached_dir(name) if name is not None else Path(x).expanduser()
+        return str(p.resolve()) if name is not None or p.exists() else x.rstrip("/")
+    return norm(a) == norm(b)
 
 
 def providers(cfg: TrainConfig, base_dir: Optional[str | Path]) -> dict:

@@ -96,6 +96,14 @@ GRPO_METRICS_KEYS = {
     "generate_s": "seconds this step spent sampling (0 when it reused a batch)",
     "optimize_s": "seconds of this step's forward and backward passes",
     "generation_use": "which use of its generation batch the step is (num_iterations > 1 only)",
+    # a judge_score reward adds these: numbers of the generation batch, logged with each of its uses
+    "judge_unparsed": "judge_score reward only: completions whose judgment held no readable rating; each got "
+                      "its group's mean judge reward (advantage 0 from the judge: docs/judge.md)",
+    "judge_calls": "judge_score reward only: judgments the judge model made for the batch (one batched call)",
+    "judge_cached": "judge_score reward only: judgments read back from the cache instead (a resumed run's redone "
+                    "step)",
+    "judge_tokens": "judge_score reward only: the judge's prompt plus generated tokens",
+    "judge_s": "judge_score reward only: seconds the batch's judging took",
 }
 
 # keys a line has only sometimes: evaluation steps, runs on several processes
@@ -160,6 +168,8 @@ GRPO_SUMMARY_KEYS = {
                      "under 10 (the two windows never overlap)",
     "frac_reward_zero_std": "share of all the run's prompt groups whose rewards were all equal (no learning signal)",
     "completions_clipped_ratio": "share of all completions cut at grpo.max_completion_length",
+    "judge": "with a judge_score reward only: this launch's judge cost {calls, cached, prompt_tokens, "
+             "generated_tokens, tokens, wall_s} and unparsed (completions whose judgment held no readable rating)",
 }
 
 

@@ -8,6 +8,11 @@ GRPO run (cli/train.py, the compare) passes three providers to `train(providers=
                                                            as objects with Rollout's attributes
     rewards: list[Reward]                                  each Reward(name, weight, fn(completion, item))
 
+A reward may also score a whole generation batch at once (an LLM judge: one batched call, not one
+per completion) with `batch(completions, items) -> list[float | None]`, where None means "not
+scored" (the judge wrote no readable rating); `stats() -> dict` then gives numbers about its last
+batch for the step's metrics line and `summary() -> dict` its totals for summary.json (both optional).
+
 The buffer holds one generation batch: every completion of a step's prompts, their rewards and
 advantages, and the log-probabilities the loss needs when the batch is used more than once
 (num_iterations > 1) or a KL term is on. It is written beside the run with every checkpoint, so a
@@ -67,23 +72,63 @@ class Reward:
 RolloutFn = Callable[[Any, Any, Sequence[str], Sequence[int], Sampling], list]
 
 
-def score(rewards: Sequence[Reward], prompts: Sequence[Prompt], texts: Sequence[str]) -> list[list[float]]:
-    """(N, K) rewards of completions `texts` (texts[i] answers prompts[i]); a reward that raises or
-    returns no number is one line naming it and the completion."""
-    out = []
-    for p, text in zip(prompts, texts):
-        row = []
-        for r in rewards:
+def score(rewards: Sequence[Reward], prompts: Sequence[Prompt], texts: Sequence[str],
+          group: int = 1) -> list[list[float]]:
+    """(N, K) rewards of completions `texts` (texts[i] answers prompts[i], in groups of `group` completions
+    of one prompt); a reward that raises or returns no number is one line naming it and the completion."""
+    columns = []
+    for r in rewards:
+        if getattr(r, "batch", None) is not None:
+            columns.append(_batch_column(r, prompts, texts, group))
+            continue
+        column = []
+        for p, text in zip(prompts, texts):
             try:
                 v = float(r.fn(text, p.item))
             except Exception as e:  # noqa: BLE001 - any failure of user code becomes one line
                 raise TunelabError(f"grpo reward {r.name} raised {type(e).__name__}: {e} on the completion "
                                    f"{text[:80]!r} of {p.name or 'a prompt'}; fix the reward or the task") from None
-            if v != v or v in (float("inf"), float("-inf")):
-                raise TunelabError(f"grpo reward {r.name} gave {v} on the completion {text[:80]!r} of "
-                                   f"{p.name or 'a prompt'}; a reward must be a finite number")
-            row.append(v)
-        out.append(row)
+            _finite(r, v, text, p)
+            column.append(v)
+        columns.append(column)
+    return [list(row) for row in zip(*columns)] if columns else [[] for _ in texts]
+
+
+def _finite(r: Reward, v: float, text: str, p: Prompt) -> None:
+    if v != v or v in (float("inf"), float("-inf")):
+        raise TunelabError(f"grpo reward {r.name} gave {v} on the completion {text[:80]!r} of "
+                           f"{p.name or 'a prompt'}; a reward must be a finite number")
+
+
+def _batch_column(r: Reward, prompts: Sequence[Prompt], texts: Sequence[str], group: int) -> list[float]:
+    """A batch reward's values; a completion it did not score gets the mean of its group's scored ones.
+
+    That mean leaves the completion's advantage from this reward at 0: no push either way from a
+    score that does not exist (0 would punish the policy for the judge's failure to answer; its
+    group's scores are what it is compared with). A group with nothing scored takes the batch's mean
+    (any constant gives it advantage 0; the mean keeps the logged reward a mean of real scores), and
+    a batch with nothing scored 0.
+    """
+    try:
+        got = list(r.batch(list(texts), [p.item for p in prompts]))
+    except TunelabError:
+        raise  # already one line (a judge that is down says so, and how to carry on)
+    except Exception as e:  # noqa: BLE001 - any failure of user code becomes one line
+        raise TunelabError(f"grpo reward {r.name} raised {type(e).__name__}: {e} on a batch of {len(texts)} "
+                           "completions; fix the reward or the task") from None
+    if len(got) != len(texts):
+        raise TunelabError(f"grpo reward {r.name} gave {len(got)} values for {len(texts)} completions")
+    for v, text, p in zip(got, texts, prompts):
+        if v is not None:
+            _finite(r, float(v), text, p)
+    scored = [float(v) for v in got if v is not None]
+    overall = sum(scored) / len(scored) if scored else 0.0
+    out = []
+    for start in range(0, len(got), group):
+        part = got[start:start + group]
+        known = [float(v) for v in part if v is not None]
+        fill = sum(known) / len(known) if known else overall
+        out += [fill if v is None else float(v) for v in part]
     return out
 
 

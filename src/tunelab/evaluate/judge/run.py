@@ -119,8 +119,9 @@ class Judge:
         self.cost.generated_tokens += sum(o["new_tokens"] for o in outs)
         return [{"text": o["text"], "prompt_tokens": o["prompt_tokens"], "new_tokens": o["new_tokens"]} for o in outs]
 
-    def run(self, requests: list[JudgeRequest]) -> list[str]:
-        """The judge's text for each request, from the cache where it has one."""
+    def run(self, requests: list[JudgeRequest], again: str = "run the same command again to continue") -> list[str]:
+        """The judge's text for each request, from the cache where it has one; `again`: how to carry on
+        after a judge failure (the end of its one line)."""
         t0 = time.perf_counter()
         self._open()
         s = self.settings
@@ -141,7 +142,7 @@ class Judge:
                     outs = self._generate([requests[i] for i in part])
                 except TunelabError as e:
                     raise TunelabError(f"judge {s.model}: {e}; the {before + start} judgments made "
-                                       "so far are cached: run the same command again to continue") from None
+                                       "so far are cached: " + again) from None
                 if cache:
                     cache.put_many((keys[i], o) for i, o in zip(part, outs))
                 found.update({(keys[i] if cache else i): o for i, o in zip(part, outs)})

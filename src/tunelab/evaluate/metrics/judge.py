@@ -145,10 +145,9 @@ class JudgeScore(_JudgeMetric):
     kind = "score"
     description = "LLM judge's rating of each answer, 1-10 (task judge: block; reference-guided with judge.reference)"
 
-    def compute(self, predictions: Sequence[str], references=None, items=None, *, n_resamples: int = 1000,
-                seed: int = 1234) -> MetricResult:
-        judge, c = self._judge(), self.cfg
-        n = len(predictions)
+    def requests(self, predictions: Sequence[str], references=None, items=None) -> list[JudgeRequest]:
+        """One judge request per answer (GRPO's judge_score reward sends the same: evaluate/rewards.py)."""
+        c, n = self.cfg, len(predictions)
         refs, its = references or [[] for _ in range(n)], items or [{} for _ in range(n)]
         requests = []
         for answer, r, it in zip(predictions, refs, its):
@@ -157,7 +156,11 @@ class JudgeScore(_JudgeMetric):
                    "reference": reference, "rubric": c.rubric}
             messages = self.template.messages(question=_question(it), answer=answer, reference=reference, rubric=c.rubric)
             requests.append(JudgeRequest(messages, key))
-        texts = judge.run(requests)
+        return requests
+
+    def compute(self, predictions: Sequence[str], references=None, items=None, *, n_resamples: int = 1000,
+                seed: int = 1234) -> MetricResult:
+        texts = self._judge().run(self.requests(predictions, references, items))
         ratings = [parse_rating(t) for t in texts]
         details = [{"judge_text": t, "rating": r} for t, r in zip(texts, ratings)]
         values = [None if r is None else float(r) for r in ratings]

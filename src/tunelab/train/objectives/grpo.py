@@ -232,12 +232,14 @@ class GRPO(Objective):
         outs = [Rollout(list(o.prompt_ids), list(o.completion_ids), o.text, bool(o.truncated)) for o in raw]
         if len(outs) != len(prompts):
             raise TunelabError(f"the grpo rollout function returned {len(outs)} completions for {len(prompts)} prompts")
-        values = score(self.rewards, prompts, [o.text for o in outs])
+        values = score(self.rewards, prompts, [o.text for o in outs], group=G)
         adv = group_advantages(torch.tensor(values), G, scale_rewards=g.scale_rewards,
                                weights=[r.weight for r in self.rewards], names=[r.name for r in self.rewards])
         self.totals.add_batch(adv.stats, len(rows), outs)
         per = lambda xs: {i: xs[k * G:(k + 1) * G] for k, i in enumerate(rows)}  # noqa: E731 - by prompt row
-        stats = {**adv.stats, **length_stats(outs), "sample_s": round(time.perf_counter() - t0, 4)}
+        # a reward's own numbers about this batch (a judge's unparsed ratings and cost: rollouts.py)
+        own = {k: v for r in self.rewards if getattr(r, "stats", None) for k, v in r.stats().items()}
+        stats = {**adv.stats, **length_stats(outs), **own, "sample_s": round(time.perf_counter() - t0, 4)}
         buf = Buffer(generation, rows, per([asdict(o) for o in outs]), per(adv.values.tolist()), per(values), stats)
         self._keep_logps(buf, batches)
         self._watch_flat(adv.stats["frac_reward_zero_std"])
@@ -311,7 +313,9 @@ class GRPO(Objective):
             Totals.write(self.live.run_dir / TOTALS_FILE, self.step, self.totals)
 
     def summary(self) -> dict:
-        return self.totals.summary()
+        # a reward's own totals beside the run's (a judge_score reward: {"judge": its cost, unparsed})
+        own = {k: v for r in self.rewards if getattr(r, "summary", None) for k, v in r.summary().items()}
+        return {**self.totals.summary(), **own}
 
 
 def _padded(values: list[list[float]], shape):
