@@ -82,6 +82,27 @@ def test_a_finished_compare_is_kept_not_retrained(done, tiny_dir):
     assert summary.stat().st_mtime_ns == before
 
 
+def test_a_worker_runs_the_grpo_arm_and_an_interrupted_one_resumes(tiny_dir, tmp_path, monkeypatch):
+    """`tunelab compare --arm grpo-n8` (a worker) builds the providers as the plain run does; Ctrl-C
+    during its training keeps a checkpoint, and the next run resumes the arm from it."""
+    from tunelab.errors import Interrupted
+
+    cfg = config(tiny_dir, retention_prompts=None,
+                 train={**GRPO_TRAIN, "train": {"max_steps": 4, "save_every": 1, "keep_checkpoints": 1}})
+    monkeypatch.setenv("TUNELAB_FAULT", "sigint@3")
+    with pytest.raises(Interrupted, match="run the same command again to resume"):
+        compare(cfg, out=tmp_path / "c", say=lambda m: None, arm="grpo-n8")
+    assert list((tmp_path / "c" / "arms" / "grpo-n8" / "train" / "checkpoints").glob("step-*"))
+    monkeypatch.delenv("TUNELAB_FAULT")
+    said = []
+    res = compare(cfg, out=tmp_path / "c", say=said.append, arm="grpo-n8")
+    assert res.ran == ["grpo-n8"] and any("resuming grpo" in m for m in said)
+    rows = read_rows(tmp_path / "c" / "arms" / "grpo-n8" / "train" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and "reward" in rows[-1]
+    res = compare(cfg, out=tmp_path / "c", say=lambda m: None)  # the other arm, then the table
+    assert res.ran == ["zero_shot"] and res.reused == ["grpo-n8"] and (tmp_path / "c" / "compare.json").is_file()
+
+
 def test_grpo_settings_are_in_the_arms_signature(tiny_dir, tmp_path):
     plan = make_plan(config(tiny_dir), out=tmp_path / "a")
     other = make_plan(config(tiny_dir, arms=["zero_shot", {"grpo": {"n": [8], "train": {"grpo": {"beta": 0.04}}}}]),
@@ -118,6 +139,7 @@ def test_a_metric_that_cannot_be_a_reward_is_refused_in_one_line(tiny_dir, tmp_p
     ({"grpo": {"rewards": [{"metric": "acc"}]}}, "arms[1].grpo: grpo.rewards[0]: metric acc does not score one"),
     ({"grpo": {"max_completion_length": 300}}, "arms[1].grpo: data.max_length (256) leaves no room"),
     ({"data": {"eval": "held_out.jsonl"}}, "arms[1].grpo: data.eval: held_out.jsonl is not used by method: grpo"),
+    ({"grpo": {"task": "builtin:arith"}}, "arms[1].grpo: grpo.task: builtin:arith is not used in a compare"),
 ])
 def test_bad_grpo_arm_settings_fail_before_any_arm_runs(tiny_dir, tmp_path, train, message):
     with pytest.raises(TunelabError, match=re.escape(message)):

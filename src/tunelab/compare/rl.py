@@ -113,6 +113,9 @@ def check(plan) -> None:
                                f"({plan.rendering.note if plan.rendering else 'no rendering'}); give a pool with the "
                                "task's fields")
         cfg = build(TrainConfig, plan.train_config(arm), f"{where} (training config)")
+        if cfg.grpo.task:  # the prompts are the compare's task's, over the arm's pool records
+            raise TunelabError(f"{where}: grpo.task: {cfg.grpo.task} is not used in a compare, whose arms train on "
+                               "its own task's prompts over the pool (task: and train_data:); remove grpo.task")
         if not cfg.grpo.rewards:
             raise TunelabError(f"{where}: the compare's metric {plan.metric} cannot be a reward (one of "
                                f"{', '.join(REWARD_METRICS)} can); set the reward in the arm's train:, e.g. "
