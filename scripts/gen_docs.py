@@ -127,7 +127,7 @@ def _compare_arms() -> str:
 
     out = []
     for label, cls in (("zero_shot", config.PromptArmSpec), ("few_shot", config.FewShotArmSpec),
-                       ("lora / dora / full / qlora / dpo / orpo", config.FineTuneArmSpec), ("endpoint", config.EndpointArmSpec)):
+                       ("lora / dora / full / qlora / dpo / orpo / grpo", config.FineTuneArmSpec), ("endpoint", config.EndpointArmSpec)):
         out.append(f"`{label}`: {cls.__doc__.strip()}\n\n{keys_table(cls)}")
     return "\n".join(out)
 

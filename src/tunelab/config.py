@@ -82,7 +82,8 @@ class EarlyStopping(_Strict):
 class TrainLoopConfig(_Strict):
     epochs: Union[float, Literal["auto"]] = Field(
         "auto", description="passes over the training set, may be fractional; auto: from the data size, at least "
-        "3 and enough for about 64 optimizer steps, capped by a token budget (docs/training.md)")
+        "3 and enough for about 64 optimizer steps, capped by a token budget; grpo: 3 visits of each prompt, at most "
+        "about 256 visits (docs/training.md)")
     max_steps: Optional[int] = Field(None, ge=1, description="optimizer steps; when set it wins over epochs")
     batch_tokens: Optional[int] = Field(
         None, ge=16, description="token budget of one micro-batch (packed); unset: about n/32 examples "
@@ -389,7 +390,7 @@ class CompareConfig(_Strict):
         return slice_form(v, "train_split")
     arms: list[Union[str, dict[str, Any]]] = Field(
         ..., min_length=1,
-        description="zero_shot | {few_shot: {k: [1, 3], sampler: [random]}} | {lora|dora|full|qlora|dpo|orpo: {n: [32, 128]}} "
+        description="zero_shot | {few_shot: {k: [1, 3], sampler: [random]}} | {lora|dora|full|qlora|dpo|orpo|grpo: {n: [32, 128]}} "
                     "| {endpoint: {model: openai:URL#NAME, k: [0]}}; any arm may set model:")
     metric: Optional[str] = Field(None, description="the metric that ranks arms; default: the task's first metric")
     limit: Optional[int] = Field(None, ge=1, description="score only the first N test items (the same N for every arm)")

@@ -60,11 +60,14 @@ def test_dpo_arms_need_a_preference_task(setup, tmp_path):
         compare(setup, out=tmp_path / "out2", say=lambda m: None)
 
 
-def test_grpo_arms_are_refused_before_any_arm_runs(setup, tmp_path):
+def test_grpo_arms_need_a_task_that_generates(setup, tmp_path):
+    """A GRPO arm samples answers to reward them: on pairs (no answer is generated) it is refused before
+    any arm runs (GRPO arms on a generate task: test_compare_grpo.py)."""
     from tunelab.compare.plan import make_plan
 
     setup["arms"] = ["zero_shot", {"grpo": {"n": [8]}}]
-    with pytest.raises(TunelabError, match=r"arms grpo-n8 use method: grpo, which a compare cannot run yet"):
+    with pytest.raises(TunelabError, match=r"arms\[1\]\.grpo: a grpo arm samples answers and rewards them, and task "
+                                           r"'pairs' is a preference task, which generates none"):
         make_plan(setup)
 
 

@@ -52,6 +52,25 @@ def _usual(method: str, weights: str = "lora") -> float:
     return resolve(SimpleNamespace(method=method, preference=SimpleNamespace(weights=weights))).usual_lr
 
 
+@pytest.mark.parametrize("n, per_step, epochs, steps", [
+    (1, 1, 3, 3), (8, 2, 3, 12), (16, 2, 3, 24), (64, 4, 3, 48), (128, 8, 2, 32), (256, 8, 1, 32),
+    (1024, 8, 0.25, 32)])
+def test_grpo_prompt_rule(n, per_step, epochs, steps):
+    """GRPO's rows are prompts sampled G times a visit: about 3 visits each, at most about 256 visits
+    (a run stays in minutes on a CPU), 2-8 prompts a step; the step counts are what the docs table says."""
+    g, p, c = 8, 40, 16
+    s = schedule.resolve(loop(), 5e-5, [g * (p + c)] * n, prompts=True)
+    assert s.examples_per_step == per_step and s.epochs == epochs and s.lr == 5e-5
+    assert s.batch_tokens == per_step * g * (p + c) and set(s.auto) == {"lr", "batch_tokens", "epochs"}
+    assert round(n * epochs / per_step) == steps
+
+
+def test_grpo_rule_keeps_what_the_user_set():
+    s = schedule.resolve(loop(epochs=2, batch_tokens=4096), 5e-5, [512] * 64, prompts=True)
+    assert s.epochs == 2 and s.batch_tokens == 4096 and s.auto == ["lr"]
+    assert schedule.resolve(loop(max_steps=5), 5e-5, [512] * 64, prompts=True).epochs is None
+
+
 def test_usual_learning_rate_per_method():
     """Declared beside each objective (train/objectives/); lr: auto takes the run's."""
     assert schedule.resolve(loop(), _usual("full"), [10] * 40).lr == 2e-5

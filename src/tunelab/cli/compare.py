@@ -213,7 +213,8 @@ def print_plan(plan, estimates) -> None:
         approx = "" if e.exact_tokens else "~"
         row = [escape(arm.id)] + ([escape(arm.model)] if len(models) > 1 else [])
         row += [f"{approx}{e.prompt_tokens:,}", f"{approx}{e.generated_tokens:,}",
-                f"{approx}{e.train_tokens:,}" if arm.fine_tuned else "-"]
+                f"{approx}{e.train_tokens:,}" + (f" (+{approx}{e.rollout_tokens:,} sampled)" if e.rollout_tokens else "")
+                if arm.fine_tuned else "-"]
         if retention:
             row.append(f"~{_clock(e.retention_s)}" if e.retention_s else "-")
         if judged:

@@ -4,7 +4,9 @@ Token counts are exact where the model's tokenizer is on disk: every test prompt
 the evaluation will render it (demonstrations included, with the random sampler standing in for
 the others: same k, same lengths on average) and tokenized; generated tokens are the gold answers'
 length plus one stop token, at most max_new_tokens. Fine-tuning tokens are the rendered training
-records times the epochs. Without a local tokenizer (endpoints) a token is taken as 4 characters.
+records times the epochs. A GRPO arm's are its rollouts: prompt visits (its schedule) x G completions of
+max_completion_length tokens generated, and those completions with their prompts trained on (compare/rl.py).
+Without a local tokenizer (endpoints) a token is taken as 4 characters.
 
 Times divide those counts by throughputs measured on a 2-core x86 CPU with the default model
 (SmolLM2-135M, fp32), scaled by 135M / the model's parameter count (from its config.json), plus
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from tunelab.compare import rl
 from tunelab.compare.plan import Arm, Plan
 from tunelab.infer.endpoint import is_endpoint
 from tunelab.evaluate.task_types import task_type
@@ -30,7 +33,11 @@ DECODE_TOKENS_PER_S = 50.0  # generated tokens during evaluation (batch of 8 wit
 # LoRA/full ratio (215 vs 147 tokens/s dense); dora and qlora assumed as lora (not measured here)
 # dpo / orpo: per token of their records, about the adapter rate (the prompt runs once per pair, the
 # reference pass adds a forward); rough, like the others
-TRAIN_TOKENS_PER_S = {"lora": 215.0, "dora": 215.0, "qlora": 215.0, "full": 147.0, "dpo": 180.0, "orpo": 215.0}
+# grpo: its training pass is SFT's over the completions (the adapter rate, not measured apart); its
+# sampling is counted separately at the evaluation's prefill and decode rates (batch 8: rollouts run
+# 16 at a time, so the decode part errs long)
+TRAIN_TOKENS_PER_S = {"lora": 215.0, "dora": 215.0, "qlora": 215.0, "full": 147.0, "dpo": 180.0, "orpo": 215.0,
+                      "grpo": 215.0}
 LOAD_S = 5.0  # loading a model (and an adapter) once per arm
 CHARS_PER_TOKEN = 4.0
 
@@ -46,6 +53,7 @@ class ArmEstimate:
     finished: bool = False
     retention_s: float = 0.0  # retention tasks and drift (prompted arms: the base model's, once per model)
     judge: Optional[object] = None  # a judge metric: the judging of its answers (compare/judge_estimate.py)
+    rollout_tokens: int = 0  # GRPO: tokens generated while training (every sampled completion at its longest)
 
 
 def _local_folder(model: str) -> Optional[Path]:
@@ -135,6 +143,8 @@ def _train_tokens(plan: Plan, arm: Arm, count: _Counter, setting: Optional[dict]
     from tunelab.train.objectives import resolve
     from tunelab.train.replay import replay_count
 
+    if rl.is_rl(arm):  # its rollouts: the prompts and completions it trains on
+        return _rollouts(plan, arm, count, setting).train_tokens
     cfg = TrainConfig.model_validate(plan.train_config(arm, setting))
     lengths = _record_tokens(count, subset_records(plan.task, plan.source, plan.subset(arm.n), plan.rendering))
     if cfg.replay is not None:
@@ -147,6 +157,48 @@ def _train_tokens(plan: Plan, arm: Arm, count: _Counter, setting: Optional[dict]
     if cfg.train.max_steps:
         return min(int(cfg.train.max_steps * s.batch_tokens * s.grad_accum), int(sum(lengths) * 1000))
     return int(sum(lengths) * s.epochs)
+
+
+@dataclass
+class Rollouts:
+    """A GRPO arm's sampling while it trains: completions, their prompt and generated tokens, and its training tokens."""
+
+    completions: int
+    prompt_tokens: int
+    generated_tokens: int
+    train_tokens: int
+
+    def seconds(self) -> float:
+        return (self.prompt_tokens / PREFILL_TOKENS_PER_S + self.generated_tokens / DECODE_TOKENS_PER_S
+                + self.train_tokens / TRAIN_TOKENS_PER_S["grpo"])
+
+
+def _rollouts(plan: Plan, arm: Arm, count: _Counter, setting: Optional[dict] = None) -> Rollouts:
+    """A GRPO arm's counts: prompt visits from its schedule (train/schedule.py's prompt rule, or max_steps)
+    times G completions of max_completion_length tokens each (an upper bound: most stop earlier), each
+    trained on with its prompt (num_iterations times)."""
+    import math
+
+    from tunelab.config import TrainConfig
+    from tunelab.train import schedule
+    from tunelab.train.objectives import resolve
+    from tunelab.train.packing import plan_batches
+
+    cfg = TrainConfig.model_validate(plan.train_config(arm, setting))
+    g, rows = cfg.grpo, plan.subset(arm.n)
+    templates = task_type(plan.task).templates(plan.task, plan.source)
+    prompts = [_task_tokens(plan.task, count, [row], templates)[0] for row in rows]
+    lengths = [g.num_generations * (p + g.max_completion_length) for p in prompts]
+    s = schedule.resolve(cfg.train, resolve(cfg).usual_lr, lengths, prompts=True)
+    batches = math.ceil(len(plan_batches(lengths, s.batch_tokens, seed=cfg.train.seed)) / s.grad_accum)
+    if cfg.train.max_steps:  # one generation batch per num_iterations steps, of about n / batches prompts
+        visits = math.ceil(cfg.train.max_steps / g.num_iterations) * len(rows) / batches
+    else:
+        visits = len(rows) * s.epochs
+    completions = round(visits * g.num_generations)
+    mean_prompt = sum(prompts) / max(len(prompts), 1)
+    return Rollouts(completions, round(completions * mean_prompt), completions * g.max_completion_length,
+                    round(completions * (mean_prompt + g.max_completion_length) * g.num_iterations))
 
 
 def _tune_cost(plan: Plan, arm: Arm, count: _Counter, templates) -> tuple[int, float, float]:
@@ -214,12 +266,19 @@ def estimate(plan: Plan) -> list[ArmEstimate]:
         if arm.fine_tuned and arm.tune is not None:
             t, load_s, tune_s = _tune_cost(plan, arm, count, templates)
             seconds += load_s + scale * tune_s
-        if arm.fine_tuned:
+        sampled = 0
+        if arm.fine_tuned and rl.is_rl(arm):  # sampling and training, each setting of a sweep
+            from tunelab.compare.checks import settings
+
+            runs = [_rollouts(plan, arm, count, st) for st in (settings(arm.tune) if arm.tune else [None])]
+            sampled = sum(r.generated_tokens for r in runs)
+            seconds += scale * sum(r.seconds() for r in runs)
+        elif arm.fine_tuned:
             seconds += scale * t / TRAIN_TOKENS_PER_S[arm.method]
         if is_endpoint(arm.model):
             seconds = p / PREFILL_TOKENS_PER_S + g / DECODE_TOKENS_PER_S  # unknown server: the local rates
         scale_r = scale if not is_endpoint(arm.model) else 1.0
         ret = scale_r * _retention_seconds(plan, arm, count, shared)
         out.append(ArmEstimate(arm.id, p, g, t, round(seconds, 1), count.tokenizer is not None,
-                               finished=is_finished(plan, arm), retention_s=round(ret, 1)))
+                               finished=is_finished(plan, arm), retention_s=round(ret, 1), rollout_tokens=sampled))
     return out

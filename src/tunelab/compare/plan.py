@@ -8,7 +8,7 @@
 Everything a user can get wrong is checked here, so a typo in the fifth arm fails in a second
 instead of after four arms have run: unknown keys, an n larger than the pool, a metric that cannot
 rank arms, qlora without CUDA, fine-tuning an endpoint, training overrides (validated as a
-TrainConfig).
+TrainConfig), a GRPO arm without a reward (compare/rl.py).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from tunelab.compare import judge
+from tunelab.compare import judge, rl
 from tunelab.compare.checks import check_metric, read_json, resolve_path, settings, slug
 from tunelab.config import (CompareConfig, EndpointArmSpec, FewShotArmSpec, FineTuneArmSpec, PromptArmSpec,
                             TrainConfig, build, deep_merge, load_config)
@@ -141,7 +141,7 @@ class Plan:
             cfg["replay"] = {**cfg["replay"], "data": resolve_path(cfg["replay"]["data"], self.base_dir)}
         cfg.update(name=arm.id, model=arm.model, method=arm.method, data=data,
                    out=str((out or self.arm_dir(arm) / "train").resolve()))
-        return cfg
+        return rl.complete(self, arm, cfg) if rl.is_rl(arm) else cfg  # a GRPO arm: prompts and rewards of the task
 
     def arm_signature(self, arm: Arm) -> str:
         return _sha(self.signature + json.dumps(arm.describe(), sort_keys=True))
@@ -315,6 +315,7 @@ def make_plan(config, overrides: Optional[list[str]] = None, *, out: Optional[Un
     plan.retention = retention.plan_tasks(cfg, source, base_dir, task)
     plan.drift = retention.plan_drift(cfg, source, base_dir) if any(a.fine_tuned for a in arms) else None
     _check_training(plan)
+    rl.check(plan)  # GRPO arms: a generate task, a pool its prompt renders, a reward (compare/rl.py)
     plan.signature = _plan_signature(plan)
     return plan
 
@@ -349,10 +350,6 @@ def _check_arms(cfg: CompareConfig, source: str, task, arms: list[Arm]) -> None:
     if preference and not tt.pairs:
         raise TunelabError(f"{source}: arms {', '.join(preference)} train on preference pairs: give a task of type: "
                            "preference and a train_data file of pairs (docs/compare.md)")
-    rl = [a.id for a in arms if a.fine_tuned and fine_tune_methods()[a.method].family == "rl"]
-    if rl:  # a GRPO arm needs its rollout and rewards from the compare, which does not pass them yet
-        raise TunelabError(f"{source}: arms {', '.join(rl)} use method: grpo, which a compare cannot run yet; train "
-                           "it with tunelab train and compare its adapter (docs/training.md, GRPO)")
     if tt.why_no_demonstrations and prompted_with_demos:
         raise TunelabError(f"{source}: task '{task.name}' is a {task.type} task: {tt.why_no_demonstrations}; "
                            "drop the few_shot arms")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from tunelab import logs, paths
+from tunelab.compare import rl
 from tunelab.compare.lock import ARM_LOCK, ArmBusy, arm_lock, folder_lock
 from tunelab.compare.plan import (ARM_JSON, COMPARE_JSON, COMPARE_YAML, FIRST_EXAMPLE, LOCK_FILE, PLAN_JSON, Arm,
                                   Plan, make_plan, read_json, trains_adapter)
@@ -108,6 +109,7 @@ def _write_subsets(plan: Plan) -> None:
         path = plan.subset_path(n)
         if not path.is_file():
             atomic_write_jsonl(path, subset_records(plan.task, plan.source, plan.subset(n), plan.rendering))
+    rl.write_pools(plan)  # data/pool-nN.jsonl: a GRPO arm's records, whose prompts it samples from
 
 
 def _write_first_example(plan: Plan, arm: Arm) -> None:
@@ -121,6 +123,9 @@ def _write_first_example(plan: Plan, arm: Arm) -> None:
         return
     tokenizer = load_tokenizer(resolve(arm.model)[1])
     test_row = load_task_rows(plan.task)[0]
+    if rl.is_rl(arm):  # it trains on no example: its first prompt instead
+        atomic_write_text(path, rl.first_example(plan, arm, tokenizer, test_row))
+        return
     atomic_write_text(path, first_example(tokenizer, plan.task, plan.source, plan.subset_path(arm.n),
                                           plan.rendering.format, test_row))
 
@@ -147,7 +152,8 @@ def _train(plan: Plan, arm: Arm, say: Callable[[str], None]) -> Path:
         return tune.run(plan, arm, say)
     resume = ckpt.latest(run_dir) is not None
     say(f"  {arm.id}: {'resuming' if resume else 'training'} {arm.method} on {arm.n} examples -> {run_dir}")
-    result = train(plan.train_config(arm), resume=resume, overwrite=not resume)
+    # a GRPO arm's prompts, rollout and rewards come from here (train/ imports neither infer/ nor evaluate/)
+    result = train(plan.train_config(arm), resume=resume, overwrite=not resume, providers=rl.providers(plan, arm))
     return result.weights_dir
 
 

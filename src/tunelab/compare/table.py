@@ -38,6 +38,13 @@ def _training(run_dir: Path) -> Optional[dict]:
     if won:
         last = won[len(won) - max(1, len(won) // 4):]
         out["train_reward_acc_q4"] = round(sum(last) / len(last), 4)
+    # GRPO: the mean reward of its samples over the first and the last quarter of steps says how it
+    # learned; its loss (a policy gradient around 0) says nothing of undertraining, so no loss warning
+    rewards = [r["reward"] for r in rows if isinstance(r.get("reward"), (int, float))]
+    if rewards:
+        q = max(1, len(rewards) // 4)
+        out.update(reward_q1=round(sum(rewards[:q]) / q, 4), reward_q4=round(sum(rewards[-q:]) / q, 4),
+                   still_falling=None)
     return out
 
 

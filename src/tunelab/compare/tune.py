@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from tunelab import paths
+from tunelab.compare import rl
 from tunelab.compare.checks import settings
 from tunelab.compare.plan import Arm, Plan, read_json, train_cost, trains_adapter
 from tunelab.io import atomic_write_json, atomic_write_jsonl
@@ -107,7 +108,7 @@ def run(plan: Plan, arm: Arm, say: Callable[[str], None]) -> Path:
         cfg = plan.train_config(arm, setting, out=run_dir)
         if on == VAL_LOSS:  # the validation records are in the pool's own training format
             cfg["data"] = {**cfg["data"], "eval": str(val_path.resolve())}
-        train(cfg, resume=resume, overwrite=not resume)
+        train(cfg, resume=resume, overwrite=not resume, providers=rl.providers(plan, arm))
         value = _score(plan, arm, run_dir, val_path, on)
         candidates.append({"label": name, "setting": setting, "value": value,
                            "train_dir": str(run_dir.relative_to(arm_dir))})

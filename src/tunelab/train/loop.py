@@ -175,7 +175,8 @@ class Recipe:
         lengths = inputs.lengths(train_ex)
         # epochs, lr and the batch left at auto follow from the data (schedule.py states the rule)
         sched = schedule.resolve(cfg.train, self.run.how.usual_lr, lengths, world=procs.world,
-                                 memory_budget=self._memory_budget(lm, lengths))
+                                 memory_budget=self._memory_budget(lm, lengths),
+                                 prompts=self.objective.rows_are_prompts)
         check_budget(lengths, sched.batch_tokens)
         check_budget(inputs.lengths(eval_ex), sched.batch_tokens)
         # fixed shapes (packing.py) where shapes cost: compiled layers and flex_attention's BlockMask

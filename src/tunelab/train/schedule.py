@@ -18,6 +18,18 @@ at the old defaults (one epoch of 8192-token batches) 128 rows made 2 optimizer 
 then called few-shot the winner because the fine-tune had barely started (issue 21). The token cap
 keeps a CPU run of the default model under a few hours.
 
+GRPO (an objective whose rows are prompts, `Objective.rows_are_prompts`) has its own rule, because
+a visit of a prompt costs G sampled completions before any gradient:
+
+    prompts per optimizer step   P = clamp(n // 16, 2, 8)        (all n when n < 2)
+    epochs                         = min(3, 256 / n, 3M / the set's tokens), fractional below 1
+
+So every prompt is sampled about 3 times (TRL's GRPOConfig inherits num_train_epochs = 3; a prompt
+seen more often than that is mostly memorised by a small model, seen once it gives one reward
+comparison), and a large set stops after about 256 prompt visits (2,048 completions at G = 8), which
+keeps a run of the default model on a 2-core CPU within tens of minutes whatever n is: n = 64 gets
+48 steps of 4 prompts, n = 256 one epoch of 32 steps of 8, n = 1,024 a quarter epoch (32 steps).
+
 Values the user set win; only the keys left at auto come from the rule, and the summary says which.
 On a GPU the step's tokens are split into micro-batches that fit free memory (grad_accum of them).
 """
@@ -31,6 +43,10 @@ MIN_EXAMPLES_PER_STEP, MAX_EXAMPLES_PER_STEP = 4, 32
 TARGET_STEPS = 64  # optimizer steps a small set reaches through more epochs
 MIN_EPOCHS, MAX_EPOCHS = 3, 20
 TOKEN_BUDGET = 3_000_000  # tokens seen at most by an auto-length run (one epoch always runs)
+# GRPO's rule (rows are prompts, each visit sampled G times): see the module docstring
+RL_MIN_PROMPTS_PER_STEP, RL_MAX_PROMPTS_PER_STEP, RL_PROMPTS_PER_ONE_MORE = 2, 8, 16
+RL_EPOCHS = 3  # TRL's default num_train_epochs; also the SFT rule's floor
+RL_PROMPT_VISITS = 256  # prompt visits at most (x G completions): bounds a big n to minutes on a CPU
 # The usual learning rate of each method is declared beside its objective (objectives/: sft.py,
 # dpo.py, orpo.py); `resolve` takes the run's (objectives.RunMethod.usual_lr).
 
@@ -67,6 +83,20 @@ def examples_per_step(n: int) -> int:
     return min(MAX_EXAMPLES_PER_STEP, max(MIN_EXAMPLES_PER_STEP, n // 32))
 
 
+def prompts_per_step(n: int) -> int:
+    """P: GRPO prompts per optimizer step, 2 to 8, about n / 16 (each sampled G times)."""
+    if n < RL_MIN_PROMPTS_PER_STEP:
+        return max(n, 1)
+    return min(RL_MAX_PROMPTS_PER_STEP, max(RL_MIN_PROMPTS_PER_STEP, n // RL_PROMPTS_PER_ONE_MORE))
+
+
+def prompt_epochs(n: int, total_tokens: int) -> float:
+    """GRPO's epochs: RL_EPOCHS visits of every prompt, fewer (a fraction of one) past RL_PROMPT_VISITS
+    visits or TOKEN_BUDGET tokens; at least 0.001 (the run's total_steps keeps one step)."""
+    epochs = min(float(RL_EPOCHS), RL_PROMPT_VISITS / max(n, 1), TOKEN_BUDGET / max(total_tokens, 1))
+    return max(0.001, math.floor(epochs * 1000) / 1000)
+
+
 def auto_epochs(n: int, per_step: int, total_tokens: int) -> float:
     """Enough epochs for about TARGET_STEPS steps (3 to 20), capped by TOKEN_BUDGET tokens (≥ 1 epoch)."""
     epochs = min(MAX_EPOCHS, max(MIN_EPOCHS, math.ceil(TARGET_STEPS * per_step / max(n, 1))))
@@ -76,13 +106,15 @@ def auto_epochs(n: int, per_step: int, total_tokens: int) -> float:
 
 
 def resolve(loop, usual_lr: float, lengths: list[int], *, world: int = 1,
-            memory_budget: Optional[int] = None) -> Schedule:
+            memory_budget: Optional[int] = None, prompts: bool = False) -> Schedule:
     """The Schedule of a run from its loop config (TrainLoopConfig) and its training rows' token lengths.
 
     `usual_lr`: the rate `lr: auto` takes (the method's, objectives.RunMethod.usual_lr).
 
     `memory_budget`: the micro-batch token budget that fits free GPU memory (None on CPU: one
     micro-batch per process holds the whole step).
+
+    `prompts`: the rows are GRPO prompts (Objective.rows_are_prompts): the prompt rule above.
     """
     n, total = len(lengths), int(sum(lengths))
     longest = max(lengths, default=1)
@@ -95,7 +127,7 @@ def resolve(loop, usual_lr: float, lengths: list[int], *, world: int = 1,
     if loop.batch_tokens is not None:
         batch_tokens = loop.batch_tokens
     else:
-        per_step = examples_per_step(n)
+        per_step = prompts_per_step(n) if prompts else examples_per_step(n)
         mean = total / max(n, 1)
         # the step's tokens are shared by the processes; each takes its micro-batches of them
         step_tokens = max(longest, math.ceil(per_step * mean / world))
@@ -109,6 +141,9 @@ def resolve(loop, usual_lr: float, lengths: list[int], *, world: int = 1,
     epochs: Optional[float]
     if loop.max_steps:
         epochs = None
+    elif loop.epochs == "auto" and prompts:
+        epochs = prompt_epochs(n, total)
+        auto.append("epochs")
     elif loop.epochs == "auto":
         # B for the step count: the rule's own, or what a set batch_tokens holds
         b = per_step or max(1, round(batch_tokens * grad_accum * world / max(total / max(n, 1), 1)))
@@ -137,7 +172,8 @@ def optimizer(module, loop, lr: float, total: int, *, fused: bool):
     return adamw, get_scheduler(SCHEDULES[loop.schedule], adamw, num_warmup_steps=warmup, num_training_steps=total)
 
 
-__all__ = ["Schedule", "resolve", "optimizer", "examples_per_step", "auto_epochs", "TOKEN_BUDGET"]
+__all__ = ["Schedule", "resolve", "optimizer", "examples_per_step", "auto_epochs", "prompts_per_step", "prompt_epochs",
+           "TOKEN_BUDGET"]
 
 
 def total_steps(epochs: float, steps_in_epoch, max_steps: Optional[int] = None) -> int:

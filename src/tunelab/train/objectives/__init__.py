@@ -104,6 +104,8 @@ class Objective:
     packed: ClassVar[bool] = False  # True: rows are always packed, whatever data.packing says
     pairs: ClassVar[bool] = False  # trains on preference pairs (a compare arm needs a pool of pairs)
     needs: ClassVar[tuple[str, ...]] = ()  # providers the caller must pass (a rollout function, rewards)
+    # a row is a prompt whose every visit samples completions (GRPO): the automatic schedule's prompt rule
+    rows_are_prompts: ClassVar[bool] = False
     weights_key: ClassVar[str] = "preference"  # the config section whose `weights` a method without its own names
     step: int = 0  # the optimizer step being taken (1-based), set by step.optimizer_step before before_step
     adapter_meta: ClassVar[dict] = {}  # extra keys of the saved adapter's tunelab_adapter.json

@@ -74,6 +74,7 @@ class GRPO(Objective):
     name, family = "grpo", "rl"
     methods = (Method("grpo", lr=5e-5, lr_full=1e-6),)
     needs = ("prompts", "rollout", "rewards")
+    rows_are_prompts = True  # schedule.py's GRPO rule: about 3 visits of each prompt, bounded
     weights_key = "grpo"
     adapter_meta = {"objective": "grpo"}
 
