@@ -189,7 +189,10 @@ def loss_curves(runs: dict[str, Sequence[dict]]) -> str:
             ax.plot(*zip(*evals), "o--", color=color, lw=1.2, ms=4,
                     label=f"{name} eval" if len(runs) > 1 else "eval loss")
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (nats / supervised token)")
+    # GRPO's loss is the clipped policy-gradient objective, near 0 whether or not the run learns
+    rl = [has_grpo_stats(rows) for rows in runs.values()]
+    ax.set_ylabel("policy-gradient loss" if rl and all(rl) else
+                  "loss (nats / supervised token)" if not any(rl) else "loss (SFT: nats / token; GRPO: policy gradient)")
     ax.grid(alpha=0.3)
     if any(ax.get_legend_handles_labels()[1]):
         ax.legend(fontsize=8)

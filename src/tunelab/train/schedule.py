@@ -61,6 +61,7 @@ class Schedule:
     lr: float
     examples_per_step: Optional[int] = None  # the rule's B (None when batch_tokens was set)
     auto: list[str] = field(default_factory=list)  # keys the rule filled: epochs, lr, batch_tokens, grad_accum
+    unit: str = "examples"  # what a step's rows are: examples, or GRPO's prompts (each sampled G times)
 
     def describe(self) -> str:
         """One line for the run's log: the values, and which came from the rule."""
@@ -68,12 +69,14 @@ class Schedule:
         if self.epochs is not None:
             what = f"{self.epochs:g} epoch(s), " + what
         if self.examples_per_step:
-            what += f" (about {self.examples_per_step} examples per optimizer step)"
+            what += f" (about {self.examples_per_step} {self.unit} per optimizer step)"
         rule = f"; from the data size: {', '.join(self.auto)} (docs/training.md)" if self.auto else ""
         return what + rule
 
     def to_json(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        del out["unit"]  # a word for the log line; the saved schedule's keys stay as they were
+        return out
 
 
 def examples_per_step(n: int) -> int:
@@ -151,7 +154,8 @@ def resolve(loop, usual_lr: float, lengths: list[int], *, world: int = 1,
         auto.append("epochs")
     else:
         epochs = float(loop.epochs)
-    return Schedule(epochs, int(batch_tokens), int(grad_accum), float(lr), per_step, auto)
+    return Schedule(epochs, int(batch_tokens), int(grad_accum), float(lr), per_step, auto,
+                    "prompts" if prompts else "examples")
 
 
 SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}  # transformers' names
