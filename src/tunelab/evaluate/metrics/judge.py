@@ -47,6 +47,7 @@ class _JudgeMetric(Metric):
         self.where = "the task"
         self.check_pairs: Optional[list] = None  # judge.check's labelled pairs
         self.deferred = False  # judge_win_rate in a compare's arm: judged after every arm ran (compare/judge.py)
+        self.conversation = False  # items are turns of conversations (their `history`, a reference where one exists)
 
     def for_task(self, task) -> None:
         self.where = task.source or f"task '{task.name}'"
@@ -58,7 +59,13 @@ class _JudgeMetric(Metric):
         if task.judge is None or not task.judge.model:
             raise TunelabError(f"metric '{self.name}' in {self.where}: {NO_JUDGE}")
         self.cfg = task.judge
-        self.template = JudgeTemplate.load(self.kind, self.cfg.template, task.base_dir)
+        self.conversation = task_type(task).conversation
+        if self.conversation and self.kind == "pairwise":
+            raise TunelabError(f"metric '{self.name}' in {self.where}: in a type: {task.type} task each model answers "
+                               "later turns in a conversation of its own earlier answers, so two models' answers to "
+                               "one turn answer different conversations; rate them one at a time with judge_score")
+        kind = "score_multi" if self.conversation else self.kind  # the judge sees the conversation so far
+        self.template = JudgeTemplate.load(kind, self.cfg.template, task.base_dir)
         self.template.check(needs_reference=self.kind == "score" and self.cfg.reference)
         self._check(task)
         if self.cfg.check:  # a missing or unknown-shape check file fails now, not after the answers are made
@@ -152,10 +159,17 @@ class JudgeScore(_JudgeMetric):
         refs, its = references or [[] for _ in range(n)], items or [{} for _ in range(n)]
         requests = []
         for answer, r, it in zip(predictions, refs, its):
-            reference = _first(r, "judge.reference: true", it, self.where) if c.reference else None
+            # a conversation's turn without a reference is graded without one; elsewhere every item needs one
+            guided = c.reference and not (self.conversation and not r)
+            reference = _first(r, "judge.reference: true", it, self.where) if guided else None
             key = {"template": self.template.sha256, "kind": "score", "question": _question(it), "answers": [answer],
                    "reference": reference, "rubric": c.rubric}
-            messages = self.template.messages(question=_question(it), answer=answer, reference=reference, rubric=c.rubric)
+            history = None
+            if self.conversation:  # the earlier turns, their references shown only to a reference-guided judge
+                history = [{**h, "reference": h.get("reference") if c.reference else None} for h in it.get("history", [])]
+                key["history"] = history
+            messages = self.template.messages(question=_question(it), answer=answer, reference=reference,
+                                              rubric=c.rubric, history=history)
             requests.append(JudgeRequest(messages, key))
         texts = judge.run(requests)
         ratings = [parse_rating(t) for t in texts]
