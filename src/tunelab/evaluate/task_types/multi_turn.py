@@ -66,7 +66,8 @@ def joined_references(task) -> Optional[dict[str, tuple[list, str]]]:
     if ref is None or ref.path is None:
         return None
     paths = [task.resolve(ref.path), task.resolve(task.data)]
-    stamp = (*(str(p) for p in paths), *(p.stat().st_mtime_ns if p.is_file() else 0 for p in paths), ref.key, ref.field)
+    stamp = (*(str(p) for p in paths), *((p.stat().st_mtime_ns, p.stat().st_size) if p.is_file() else 0 for p in paths),
+             ref.key, ref.field)  # a file changed since is read again
     if stamp in _JOINED:
         return _JOINED[stamp]
     out: dict[str, tuple[list, str]] = {}
