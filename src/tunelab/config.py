@@ -309,8 +309,8 @@ class ReferencesConfig(_Strict):
     path: Optional[str] = Field(None, description="a file of reference records (relative to the task file), joined "
                                                   "to the data by `key`; leave out to read `field` from each record itself")
     key: Optional[str] = Field(None, description="the field both files share, e.g. question_id (with path)")
-    field: str = Field(..., description="dotted path to the list of per-turn answers in a reference record, "
-                                        "e.g. choices.0.turns (numbers index lists)")
+    field: str = Field(..., description="dotted path to the list of per-turn answers, in a reference record (with "
+                                        "path) or in the data record (without), e.g. choices.0.turns (numbers index lists)")
 
 
 class TaskConfig(_Strict):

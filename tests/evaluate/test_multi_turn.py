@@ -202,3 +202,28 @@ def test_mt_bench_example_on_the_shared_files(shared_data):
     assert Counter(r.data["category"] for r in referenced) == {"math": 10, "reasoning": 10, "coding": 10}
     assert not any(any(templates.references(r)) for r in rows if r not in referenced)
     assert task.judge.reference and "judge_score" in task.metrics and task.judge.model
+
+
+def test_compare_dry_run_counts_every_turn_and_refuses_demonstrations(capsys, tiny_dir, tmp_path):
+    from tunelab.cli import main
+
+    pool = [{"id": f"p{i}", "turns": [f"ask {i}", f"and then {i}"], "reference": [f"r{i}", f"s{i}"]} for i in range(12)]
+    task = _files(tmp_path, records=pool, references={"field": "reference"}, metrics=["rougeL"])
+    spec = {"name": "mt", "model": str(tiny_dir), "task": task.name, "train_data": "q.jsonl", "limit": 4,
+            "arms": ["zero_shot", {"lora": {"n": [8]}}], "train": {"train": {"max_steps": 2}}}
+    path = tmp_path / "cmp.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SystemExit) as e:
+        main(["compare", str(path), "--dry-run"])
+    out = capsys.readouterr()
+    assert e.value.code == 0, out.err
+    assert "lora-n8" in out.out and "estimated total" in out.out
+    from tunelab.compare.plan import make_plan
+    from tunelab.compare.run import check_items
+
+    check_items(make_plan(str(path)))  # what a real run reads before its first arm: every turn renders
+    path.write_text(yaml.safe_dump({**spec, "arms": ["zero_shot", {"few_shot": {"k": [2]}}]}))
+    with pytest.raises(SystemExit) as e:
+        main(["compare", str(path), "--dry-run"])
+    err = " ".join(capsys.readouterr().err.split())
+    assert e.value.code == 2 and "is a multi_turn task: its items are conversations" in err
