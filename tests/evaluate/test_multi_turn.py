@@ -73,7 +73,7 @@ def test_each_turn_is_answered_in_the_conversation_of_its_own_answers(tmp_path):
                                         "reference": "5"}]
 
 
-def test_tiny_chat_model_writes_a_line_per_turn_and_results_per_turn(tiny_dir, tmp_path):
+def test_tiny_chat_model_writes_a_line_per_turn_and_results_per_turn(tiny_dir, tmp_path, capsys):
     from tunelab.templates import render_prompt
     from transformers import AutoTokenizer
 
@@ -93,6 +93,12 @@ def test_tiny_chat_model_writes_a_line_per_turn_and_results_per_turn(tiny_dir, t
     assert m["by_turn"]["2"]["value"] == pytest.approx(sum(per_turn["2"]) / 2)
     assert m["value"] == pytest.approx(sum(per_turn["1"] + per_turn["2"]) / 5)
     assert res.n == 5 and "length_chars" in lines[0]  # the per-response metrics score every turn too
+    from tunelab.cli.tables import print_results
+
+    capsys.readouterr()
+    print_results(res)  # what `tunelab eval` prints: a row per turn under the metric
+    out = capsys.readouterr().out
+    assert "refusal turn 1" in out and "refusal turn 2" in out
 
 
 def _rating(prompt: str) -> str:  # the judge gives 8 to a first turn, 4 to a later one (it sees the history)
