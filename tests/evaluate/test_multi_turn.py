@@ -233,3 +233,22 @@ def test_compare_dry_run_counts_every_turn_and_refuses_demonstrations(capsys, ti
         main(["compare", str(path), "--dry-run"])
     err = " ".join(capsys.readouterr().err.split())
     assert e.value.code == 2 and "is a multi_turn task: its items are conversations" in err
+
+
+def test_an_endpoint_gets_each_conversation_as_messages(tiny_dir, tmp_path):
+    """Through a real server (tunelab serve): its chat template renders the conversation; the second turn's
+    messages hold the first answer the server gave."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("openai")
+    from tunelab.serve.engine import load_served
+    from tunelab.serve.server import BackgroundServer, create_app
+
+    served = load_served(str(tiny_dir), {}, device="cpu")
+    with BackgroundServer(create_app(served, batch_size=4, queue_size=64)) as srv:
+        evaluate(f"openai:{srv.url}#{served.name}", _files(tmp_path), out=tmp_path / "out")
+    lines = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert [x["id"] for x in lines] == ["7:1", "7:2", "8:1", "8:2", "9:1"]
+    # the prompt written for an endpoint is the messages as a transcript: the first answer is in the second's
+    assert lines[1]["prompt"] == (f"<user>\nWhat is 2 + 3?\n<assistant>\n{lines[0]['output']}\n"
+                                  "<user>\nNow double it.\n<assistant>\n")
