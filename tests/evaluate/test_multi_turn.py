@@ -167,6 +167,11 @@ def test_references_that_match_no_record_are_refused(tiny_dir, tmp_path):
         evaluate(str(tiny_dir), path)
 
 
+def test_shots_on_the_command_line_are_refused(tiny_dir, tmp_path):
+    with pytest.raises(TunelabError, match=r"2-shot asked, and a multi_turn task takes no demonstrations"):
+        evaluate(str(tiny_dir), _files(tmp_path), shots=2)
+
+
 @pytest.mark.parametrize("extra, message", [
     ({"turns": None}, "a multi_turn task needs `turns:`"),
     ({"prompt": "{{ q }}"}, "takes its prompts from `turns:` .*; remove 'prompt'"),

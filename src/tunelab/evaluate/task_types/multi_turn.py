@@ -155,6 +155,9 @@ class TurnTemplates(TaskTemplates):
         first = self.references(row)[0]
         return Rendered(self.prompt(row), None, [] if first is None else [first])
 
+    def answer_text(self, row) -> str:
+        return self.references(row)[0] or ""
+
 
 @register_task_type("multi_turn")
 class MultiTurn(TaskType):
