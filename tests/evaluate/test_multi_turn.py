@@ -257,3 +257,10 @@ def test_an_endpoint_gets_each_conversation_as_messages(tiny_dir, tmp_path):
     # the prompt written for an endpoint is the messages as a transcript: the first answer is in the second's
     assert lines[1]["prompt"] == (f"<user>\nWhat is 2 + 3?\n<assistant>\n{lines[0]['output']}\n"
                                   "<user>\nNow double it.\n<assistant>\n")
+
+
+def test_grpo_on_conversations_is_refused_in_one_line(tmp_path):
+    from tunelab.evaluate.rewards import task_prompts
+
+    with pytest.raises(TunelabError, match="method: grpo samples answers, and this task is type: multi_turn"):
+        task_prompts(resolve_task(_files(tmp_path)), None)
