@@ -220,7 +220,7 @@ class MultiTurn(TaskType):
             seeds = [turn_seed(g.seed, job.rows[i].line, t) if g.temperature > 0 else None for i in live]
             by_text = {c.text: c for c in contexts}  # the cache keys on the text; an endpoint wants the messages
 
-            def compute(todo):
+            def compute(todo, by_text=by_text):  # called at once, inside this turn
                 return job.backend.generate([by_text[x[0]] for x in todo], [x[2] for x in todo],
                                             batch_size=job.batch_size, on_batch=job.progress, **settings)
 
