@@ -264,3 +264,16 @@ def test_grpo_on_conversations_is_refused_in_one_line(tmp_path):
 
     with pytest.raises(TunelabError, match="method: grpo samples answers, and this task is type: multi_turn"):
         task_prompts(resolve_task(_files(tmp_path)), None)
+
+
+def test_a_cached_rerun_generates_nothing_and_gives_the_same_turns(tiny_dir, tmp_path, monkeypatch):
+    from tunelab.infer.backend import LocalBackend
+
+    sent, real = [], LocalBackend.generate
+    monkeypatch.setattr(LocalBackend, "generate", lambda self, contexts, *a, **k: sent.append(len(contexts))
+                        or real(self, contexts, *a, **k))
+    path, cache = _files(tmp_path), tmp_path / "cache.sqlite"
+    first = evaluate(str(tiny_dir), path, cache=cache)
+    assert sent == [3, 2]  # turn 1 of three records, then turn 2 of two
+    again = evaluate(str(tiny_dir), path, cache=cache)
+    assert sent == [3, 2] and [x["output"] for x in again.predictions] == [x["output"] for x in first.predictions]
