@@ -116,6 +116,7 @@ def test_judge_score_per_turn_reference_guided_only_where_a_reference_exists(tin
     js = res.metrics["judge_score"]
     assert js["value"] == pytest.approx((8 * 3 + 4 * 2) / 5) and fake.calls == 5
     assert js["by_turn"]["1"]["value"] == 8 and js["by_turn"]["2"]["value"] == 4 and js["by_turn"]["2"]["n"] == 2
+    assert js["reference_guided"] == 2  # both turns of the one record with references
     lines = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
     by_q = {re.search(r"\[The user's (?:request|latest message)\]\n(.*)\n", p).group(1): p for p in seen}
     assert "[A correct answer]\n5" in by_q["What is 2 + 3?"] and "[A correct answer]\n10" in by_q["Now double it."]
@@ -126,12 +127,16 @@ def test_judge_score_per_turn_reference_guided_only_where_a_reference_exists(tin
     assert [x["judge_score"]["rating"] for x in lines] == [8, 4, 8, 4, 8]
 
 
-def test_judge_win_rate_is_refused_on_conversations(tmp_path):
+def test_judge_win_rate_and_a_reference_guided_judge_without_references_are_refused(tmp_path):
     from tunelab.evaluate.metrics import get_metric
 
     task = resolve_task(_files(tmp_path, judge={"model": "j", "baseline": "reference"}))
     with pytest.raises(TunelabError, match="answer different conversations; rate them one at a time with judge_score"):
         get_metric("judge_win_rate").for_task(task)
+    task = resolve_task(_files(tmp_path, references=None, judge={"model": "j", "reference": True}))
+    with pytest.raises(TunelabError, match="judge.reference: true shows the judge each turn's reference answer, and "
+                                           "this task names none; add references:"):
+        get_metric("judge_score").for_task(task)
 
 
 @pytest.mark.parametrize("turns, got", [(None, "no such field"), ("just one string", "str 'just one string'"),

@@ -64,6 +64,10 @@ class _JudgeMetric(Metric):
             raise TunelabError(f"metric '{self.name}' in {self.where}: in a type: {task.type} task each model answers "
                                "later turns in a conversation of its own earlier answers, so two models' answers to "
                                "one turn answer different conversations; rate them one at a time with judge_score")
+        if self.conversation and self.cfg.reference and task.references is None:
+            raise TunelabError(f"metric '{self.name}' in {self.where}: judge.reference: true shows the judge each "
+                               "turn's reference answer, and this task names none; add references: (docs/tasks.md) "
+                               "or set judge.reference: false")
         kind = "score_multi" if self.conversation else self.kind  # the judge sees the conversation so far
         self.template = JudgeTemplate.load(kind, self.cfg.template, task.base_dir)
         self.template.check(needs_reference=self.kind == "score" and self.cfg.reference)
@@ -157,11 +161,12 @@ class JudgeScore(_JudgeMetric):
         judge, c = self._judge(), self.cfg
         n = len(predictions)
         refs, its = references or [[] for _ in range(n)], items or [{} for _ in range(n)]
-        requests = []
+        requests, guided_n = [], 0
         for answer, r, it in zip(predictions, refs, its):
             # a conversation's turn without a reference is graded without one; elsewhere every item needs one
             guided = c.reference and not (self.conversation and not r)
             reference = _first(r, "judge.reference: true", it, self.where) if guided else None
+            guided_n += reference is not None
             key = {"template": self.template.sha256, "kind": "score", "question": _question(it), "answers": [answer],
                    "reference": reference, "rubric": c.rubric}
             history = None
@@ -175,7 +180,9 @@ class JudgeScore(_JudgeMetric):
         ratings = [parse_rating(t) for t in texts]
         details = [{"judge_text": t, "rating": r} for t, r in zip(texts, ratings)]
         values = [None if r is None else float(r) for r in ratings]
-        return self._result(values, details, {}, n_resamples=n_resamples, seed=seed)
+        # a conversation's turns are reference-guided only where they have a reference: how many were, in view
+        extra = {"reference_guided": guided_n} if self.conversation and c.reference else {}
+        return self._result(values, details, extra, n_resamples=n_resamples, seed=seed)
 
 
 @register("judge_win_rate")
