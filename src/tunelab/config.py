@@ -317,6 +317,16 @@ RewardJudgeConfig = create_model("RewardJudgeConfig", __base__=_Strict, **{
                                                            JudgeConfig.model_fields[k]) for k in _REWARD_JUDGE})
 
 
+class ReferencesConfig(_Strict):
+    """multi_turn: where each turn's reference answer comes from (docs/tasks.md, "Conversations")."""
+
+    path: Optional[str] = Field(None, description="a file of reference records (relative to the task file), joined "
+                                                  "to the data by `key`; leave out to read `field` from each record itself")
+    key: Optional[str] = Field(None, description="the field both files share, e.g. question_id (with path)")
+    field: str = Field(..., description="dotted path to the list of per-turn answers, in a reference record (with "
+                                        "path) or in the data record (without), e.g. choices.0.turns (numbers index lists)")
+
+
 class TaskConfig(_Strict):
     name: str = Field(..., description="the task's name, written to results.json")
     data: Optional[str] = Field(None, description="the items: a file (relative to the task YAML) or "
@@ -340,6 +350,10 @@ class TaskConfig(_Strict):
     metrics: list[Union[str, dict[str, Any]]] = Field(
         default_factory=lambda: ["exact_match"], description="metric names, or {name: {option: value}}; "
                                                              "the first is the headline")
+    # multi_turn
+    turns: Optional[str] = Field(None, description="multi_turn: the record field holding the list of user turns")
+    references: Optional[ReferencesConfig] = Field(None, description="multi_turn: each turn's reference answer "
+                                                                     "(judge_score with judge.reference: true)")
     # retrieval
     corpus: Optional[str] = Field(None, description="retrieval: the documents")
     queries: Optional[str] = Field(None, description="retrieval: the queries")

@@ -130,14 +130,14 @@ def test_an_unknown_task_type_is_one_line_naming_the_file_and_the_types(tmp_path
         resolve_task(str(path))
     msg = str(e.value)
     assert "\n" not in msg and str(path) in msg and "'multiple_choise' is not a task type" in msg
-    assert "generate, multiple_choice, perplexity, preference, retrieval" in msg
+    assert "generate, multi_turn, multiple_choice, perplexity, preference, retrieval" in msg
 
 
 def test_every_task_type_declares_what_the_runner_and_compare_ask():
     from tunelab.evaluate.task_types import TaskType, known_task_types
 
     types = known_task_types()
-    assert sorted(types) == ["generate", "multiple_choice", "perplexity", "preference", "retrieval"]
+    assert sorted(types) == ["generate", "multi_turn", "multiple_choice", "perplexity", "preference", "retrieval"]
     for name, tt in types.items():
         assert isinstance(tt, TaskType) and tt.name == name and tt.description and tt.prediction_keys
         if tt.runs_model:  # a model-side type runs items and has a batch size; the other evaluates by itself

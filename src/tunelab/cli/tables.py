@@ -37,9 +37,13 @@ def print_results(res, note: str = "") -> None:
     for col in ("value", "± stderr", "95% CI") + (("n",) if with_n else ()):
         table.add_column(col, justify="right", no_wrap=True)
     for name, r in res.metrics.items():
-        ci = "-" if not r.get("ci95") else f"[{num(r['ci95'][0])}, {num(r['ci95'][1])}]"
-        row = [escape(name), num(r["value"]), num(r.get("stderr")), ci]
-        table.add_row(*row, *((str(r.get("n", "")),) if with_n else ()))
+        # a metric given per part of the items too (multi_turn's by_turn: {"1": {...}}): a row per part below it
+        parts = [(f"  {name} {key[3:]} {part}", p) for key, v in r.items() if key.startswith("by_") and isinstance(v, dict)
+                 for part, p in v.items() if isinstance(p, dict)]
+        for label, e in [(name, r), *parts]:
+            ci = "-" if not e.get("ci95") else f"[{num(e['ci95'][0])}, {num(e['ci95'][1])}]"
+            row = [escape(label), num(e["value"]), num(e.get("stderr")), ci]
+            table.add_row(*row, *((str(e.get("n", "")),) if with_n else ()))
     console.print(table)
     c = res.cost
     tps = f"  {c['tokens_per_s']:.0f} tokens/s" if c.get("tokens_per_s") else ""

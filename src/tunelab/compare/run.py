@@ -64,7 +64,6 @@ def check_items(plan: Plan) -> None:
     """Read what `--dry-run` reads (compare/estimate.py) before any arm starts: the test items and
     each retention task's items, rendered through their templates. make_plan checked everything
     else; without this a missing retention data file failed only once the first arm was scored."""
-    from tunelab.evaluate.prompts import TaskTemplates
     from tunelab.evaluate.runner import load_task_rows
     from tunelab.evaluate.task_types import task_type
 
@@ -75,7 +74,7 @@ def check_items(plan: Plan) -> None:
             continue
         try:
             rows = load_task_rows(task)
-            templates = TaskTemplates(task, task.source or where or plan.source)
+            templates = tt.templates(task, task.source or where or plan.source)  # as the evaluation renders
             if not tt.pairs:  # a pair is read as it is, nothing rendered
                 for row in rows[:limit] if limit else rows:
                     templates.render(row)

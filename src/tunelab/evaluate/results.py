@@ -203,6 +203,9 @@ def task_sha256(task) -> str:
     pool = getattr(getattr(task, "fewshot", None), "pool", None)
     if pool:
         h.update(_file_hash(task, pool).encode())
+    refs = getattr(getattr(task, "references", None), "path", None)  # multi_turn's reference answers
+    if refs:
+        h.update(_file_hash(task, refs).encode())
     return h.hexdigest()
 
 

@@ -102,7 +102,8 @@ def task_prompts(task: TaskConfig, tokenizer) -> list[TaskPrompt]:
     where = task.source or f"task '{task.name}'"
     from tunelab.evaluate.task_types import task_type
 
-    if "generation" not in task_type(task).needs(task):  # completions are sampled from the model
+    tt = task_type(task)
+    if "generation" not in tt.needs(task) or tt.conversation:  # one completion sampled per rendered prompt
         raise TunelabError(f"{where}: method: grpo samples answers, and this task is type: {task.type}; "
                            "use a type: generate task")
     templates = TaskTemplates(task, where)

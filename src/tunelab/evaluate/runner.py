@@ -239,7 +239,7 @@ def _evaluate(model, run: _Run, sh) -> Optional[Results]:
     my_rows = [rows[i] for i in mine]
     builder = _builder(task, templates, run.backend, o.sampler)
     rcache = RequestCache(*run.backend.cache_scope, None if o.cache is True else o.cache) if o.cache else None
-    tick = counter(o.progress, len(my_rows) * (2 if with_ref else 1))  # the reference pass scores every pair again
+    tick = counter(o.progress, tt.units(task, my_rows) * (2 if with_ref else 1))  # the reference pass scores every pair again
     bs = _batch(o.batch_size, tt.default_batch, run.backend.device)
     ran = tt.run(Job(run.backend, task, my_rows, templates, builder, bs, rcache, tick, reference=with_ref,
                      skipped=run.skipped))
@@ -249,7 +249,7 @@ def _evaluate(model, run: _Run, sh) -> Optional[Results]:
     kept = ran.kept if ran.kept is not None else range(len(my_rows))  # a type may leave rows out (skip_bad)
     demos = ran.demos or [[] for _ in ran.items]
     for i, j, it, d in zip([mine[j] for j in kept], kept, ran.items, demos):
-        it["index"], it["id"] = i, str(my_rows[j].data.get("id", my_rows[j].line))
+        it["index"], it["id"] = i, tt.item_id(str(my_rows[j].data.get("id", my_rows[j].line)), it)
         if task.fewshot.k > 0:
             it["demos"] = d
 
@@ -282,6 +282,11 @@ def _finish(run: _Run, items: list[dict], tokens: tuple[int, int]) -> Results:
             scored[m.name] = m.not_computed(len(items), f"not computed: {run.no_reference}")
             continue
         scored[m.name] = m.compute(preds, refs, items, n_resamples=1000, seed=task.fewshot.seed)
+    parts = tt.breakdown(items)
+    if parts is not None:  # e.g. each metric per turn of a conversation, beside its value over every turn
+        for m in run.metrics:
+            if scored[m.name].value is not None:
+                scored[m.name].extra[parts[0]] = by_part(m, scored[m.name], parts[1], preds, refs, items, task.fewshot.seed)
     resp = None
     if tt.response_metrics and o.response_metrics:
         resp = assistant.response_metrics(preds, [it["question"] for it in items],
@@ -311,6 +316,27 @@ def _finish(run: _Run, items: list[dict], tokens: tuple[int, int]) -> Results:
     )
     results.skipped = run.skipped.to_json() if run.skipped is not None else None
     return results_mod.finish_run(results, o.out, "eval")
+
+
+def by_part(metric, result, parts: dict[str, list[int]], preds, refs, items, seed: int) -> dict:
+    """{part: {value, stderr, ci95, n}} of one metric over each part of the items: a mean metric from its
+    item values (the judge is not asked twice), a corpus metric (BLEU) from the part's own statistics."""
+    import numpy as np
+
+    from tunelab.evaluate import stats
+
+    out = {}
+    for name, idx in parts.items():
+        if metric.corpus:
+            r = metric.compute([preds[i] for i in idx], [refs[i] for i in idx], [items[i] for i in idx],
+                               n_resamples=1000, seed=seed)
+            out[name] = {"value": r.value, "stderr": r.stderr, "ci95": list(r.ci95) if r.ci95 else None, "n": r.n}
+            continue
+        values = [result.item_values[i] for i in idx if result.item_values[i] is not None]
+        ci = list(stats.bootstrap_ci(values, n_resamples=1000, seed=seed)) if values else None
+        out[name] = {"value": float(np.mean(values)) if values else None,
+                     "stderr": stats.stderr(values) if values else None, "ci95": ci, "n": len(values)}
+    return out
 
 
 def peak_mem_mib(dev) -> Optional[float]:

@@ -55,7 +55,14 @@ class LocalBackend:
         return f"sha256:{template_sha256(self.tokenizer)[:16]}"
 
     def check_task(self, task, needs: frozenset = frozenset()) -> None:
-        pass  # a local model offers everything a task type needs (generation, loglik, rolling_loglik, chat_template)
+        # a local model offers everything a task type needs (generation, loglik, rolling_loglik, chat_template),
+        # but a conversation rendered in the plain fallback format is not one the model was taught to continue
+        if "conversation" in needs and not self.tokenizer.chat_template:
+            from tunelab.errors import TunelabError
+
+            raise TunelabError(f"{self.spec}: task '{task.name}' (type: {task.type}) holds conversations, rendered "
+                               "with the model's chat template, and this model has none; use an instruct (chat) "
+                               "model, or a model folder whose tokenizer carries a chat template")
 
     def max_length(self) -> int:
         from tunelab.models.loading import max_length

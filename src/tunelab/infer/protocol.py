@@ -34,7 +34,7 @@ class Backend(Protocol):
 
     def check_task(self, task, needs: frozenset = frozenset()) -> None:
         """Refuse in one line a task whose type needs what this backend lacks (`needs`: generation, loglik,
-        rolling_loglik, chat_template; the task type says, evaluate/task_types/)."""
+        rolling_loglik, chat_template, conversation; the task type says, evaluate/task_types/)."""
 
     def max_length(self) -> int: ...
 

@@ -20,7 +20,8 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from tunelab.errors import TunelabError
 
-NEEDS = {"score": ("question", "answer"), "pairwise": ("question", "answer_a", "answer_b")}
+NEEDS = {"score": ("question", "answer"), "pairwise": ("question", "answer_a", "answer_b"),
+         "score_multi": ("question", "answer", "history")}  # score_multi: a turn of a conversation (multi_turn)
 _ENV = SandboxedEnvironment(keep_trailing_newline=True)  # a user's template renders text, never runs code
 
 
@@ -36,7 +37,7 @@ class JudgeTemplate:
 
     @classmethod
     def load(cls, kind: str, path: Optional[str], base_dir: Optional[str] = None) -> "JudgeTemplate":
-        """tunelab's template for `kind` (score | pairwise), or the file `path` (relative to base_dir)."""
+        """tunelab's template for `kind` (score | pairwise | score_multi), or the file `path` (relative to base_dir)."""
         if path is None:
             text = resources.files("tunelab.evaluate.judge").joinpath("templates", f"{kind}.j2").read_text("utf-8")
             return cls(kind, text, f"{kind}.j2 (tunelab's)")

@@ -47,6 +47,7 @@ class _JudgeMetric(Metric):
         self.where = "the task"
         self.check_pairs: Optional[list] = None  # judge.check's labelled pairs
         self.deferred = False  # judge_win_rate in a compare's arm: judged after every arm ran (compare/judge.py)
+        self.conversation = False  # items are turns of conversations (their `history`, a reference where one exists)
 
     def for_task(self, task) -> None:
         self.where = task.source or f"task '{task.name}'"
@@ -58,7 +59,17 @@ class _JudgeMetric(Metric):
         if task.judge is None or not task.judge.model:
             raise TunelabError(f"metric '{self.name}' in {self.where}: {NO_JUDGE}")
         self.cfg = task.judge
-        self.template = JudgeTemplate.load(self.kind, self.cfg.template, task.base_dir)
+        self.conversation = task_type(task).conversation
+        if self.conversation and self.kind == "pairwise":
+            raise TunelabError(f"metric '{self.name}' in {self.where}: in a type: {task.type} task each model answers "
+                               "later turns in a conversation of its own earlier answers, so two models' answers to "
+                               "one turn answer different conversations; rate them one at a time with judge_score")
+        if self.conversation and self.cfg.reference and task.references is None:
+            raise TunelabError(f"metric '{self.name}' in {self.where}: judge.reference: true shows the judge each "
+                               "turn's reference answer, and this task names none; add references: (docs/tasks.md) "
+                               "or set judge.reference: false")
+        kind = "score_multi" if self.conversation else self.kind  # the judge sees the conversation so far
+        self.template = JudgeTemplate.load(kind, self.cfg.template, task.base_dir)
         self.template.check(needs_reference=self.kind == "score" and self.cfg.reference)
         self._check(task)
         if self.cfg.check:  # a missing or unknown-shape check file fails now, not after the answers are made
@@ -149,12 +160,20 @@ class JudgeScore(_JudgeMetric):
         """One judge request per answer (GRPO's judge_score reward sends the same: evaluate/rewards.py)."""
         c, n = self.cfg, len(predictions)
         refs, its = references or [[] for _ in range(n)], items or [{} for _ in range(n)]
-        requests = []
+        requests, guided_n = [], 0
         for answer, r, it in zip(predictions, refs, its):
-            reference = _first(r, "judge.reference: true", it, self.where) if c.reference else None
+            # a conversation's turn without a reference is graded without one; elsewhere every item needs one
+            guided = c.reference and not (self.conversation and not r)
+            reference = _first(r, "judge.reference: true", it, self.where) if guided else None
+            guided_n += reference is not None
             key = {"template": self.template.sha256, "kind": "score", "question": _question(it), "answers": [answer],
                    "reference": reference, "rubric": c.rubric}
-            messages = self.template.messages(question=_question(it), answer=answer, reference=reference, rubric=c.rubric)
+            history = None
+            if self.conversation:  # the earlier turns, their references shown only to a reference-guided judge
+                history = [{**h, "reference": h.get("reference") if c.reference else None} for h in it.get("history", [])]
+                key["history"] = history
+            messages = self.template.messages(question=_question(it), answer=answer, reference=reference,
+                                              rubric=c.rubric, history=history)
             requests.append(JudgeRequest(messages, key))
         return requests
 
@@ -164,7 +183,9 @@ class JudgeScore(_JudgeMetric):
         ratings = [parse_rating(t) for t in texts]
         details = [{"judge_text": t, "rating": r} for t, r in zip(texts, ratings)]
         values = [None if r is None else float(r) for r in ratings]
-        return self._result(values, details, {}, n_resamples=n_resamples, seed=seed)
+        # a conversation's turns are reference-guided only where they have a reference: how many were, in view
+        extra = {"reference_guided": guided_n} if self.conversation and c.reference else {}
+        return self._result(values, details, extra, n_resamples=n_resamples, seed=seed)
 
 
 @register("judge_win_rate")

@@ -1,4 +1,5 @@
-"""Task types: one module each (generate, multiple_choice, perplexity, preference, retrieval).
+"""Task types: one module each (generate, multi_turn, multiple_choice, perplexity, preference,
+retrieval).
 
     from tunelab.evaluate.task_types import task_type
     task_type(task).run(job)        # the task's type decides; nobody else compares its name

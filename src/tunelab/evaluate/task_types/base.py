@@ -59,13 +59,18 @@ class TaskType:
     dry_run_counts: ClassVar[bool] = True  # False: `compare --dry-run` counts no evaluation tokens for it
     pool_format: ClassVar[Optional[str]] = None  # the compare's pool is read in this data format, not rendered
     prediction_keys: ClassVar[dict[str, str]] = {}  # key -> meaning, of what its prediction lines add
+    # its items are turns of conversations: each carries `history`, the earlier turns, which a judge sees,
+    # and a turn may have no reference where others do (a reference-guided judge grades it without)
+    conversation: ClassVar[bool] = False
 
     # ---------------------------------------------------------------- the task file
     def check(self, task, source: str) -> None:
         """Refuse, in one line naming `source`, a task file this type cannot run (its own keys)."""
 
     def needs(self, task) -> frozenset[str]:
-        """What the backend must offer to run this task: generation, loglik, rolling_loglik, chat_template."""
+        """What the backend must offer to run this task: generation, loglik, rolling_loglik, chat_template
+        (the model's own template, which an endpoint does not expose), conversation (a chat template or a
+        chat endpoint: several turns are rendered as a conversation)."""
         return frozenset()
 
     def templates(self, task, source: str):
@@ -81,6 +86,19 @@ class TaskType:
     def evaluate(self, task, *, limit: Optional[int] = None, out=None, t0: Optional[float] = None):
         """The whole evaluation of a type that runs no model (runs_model False): results, written to `out`."""
         raise NotImplementedError(f"task type {self.name} runs a model: the runner calls run()")
+
+    def units(self, task, rows: list) -> int:
+        """Items of progress `run` reports for these rows (one per row; a conversation: one per turn)."""
+        return len(rows)
+
+    def item_id(self, record_id: str, item: dict) -> str:
+        """An item's id in predictions.jsonl, from its record's (the `id` field, else its line); unique."""
+        return record_id
+
+    def breakdown(self, items: list[dict]) -> Optional[tuple[str, dict[str, list[int]]]]:
+        """(key, {part: item positions}): every metric is also given per part under `key` in results.json
+        (multi_turn: by_turn); None: no parts."""
+        return None
 
     def references(self, items: list[dict]) -> list:
         """The references each metric's compute() receives, one per item ([] where there are none)."""
