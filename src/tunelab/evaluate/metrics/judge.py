@@ -175,6 +175,7 @@ class JudgeScore(_JudgeMetric):
             messages = self.template.messages(question=_question(it), answer=answer, reference=reference,
                                               rubric=c.rubric, history=history)
             requests.append(JudgeRequest(messages, key))
+        self.reference_guided = guided_n  # compute's results say how many were
         return requests
 
     def compute(self, predictions: Sequence[str], references=None, items=None, *, n_resamples: int = 1000,
@@ -184,7 +185,7 @@ class JudgeScore(_JudgeMetric):
         details = [{"judge_text": t, "rating": r} for t, r in zip(texts, ratings)]
         values = [None if r is None else float(r) for r in ratings]
         # a conversation's turns are reference-guided only where they have a reference: how many were, in view
-        extra = {"reference_guided": guided_n} if self.conversation and c.reference else {}
+        extra = {"reference_guided": self.reference_guided} if self.conversation and self.cfg.reference else {}
         return self._result(values, details, extra, n_resamples=n_resamples, seed=seed)
 
 
