@@ -282,3 +282,23 @@ def test_a_cached_rerun_generates_nothing_and_gives_the_same_turns(tiny_dir, tmp
     assert sent == [3, 2]  # turn 1 of three records, then turn 2 of two
     again = evaluate(str(tiny_dir), path, cache=cache)
     assert sent == [3, 2] and [x["output"] for x in again.predictions] == [x["output"] for x in first.predictions]
+
+
+def test_a_judged_zero_shot_compare_counts_a_judgment_per_turn_and_needs_no_pool_references(capsys, tiny_dir,
+                                                                                          tmp_path):
+    """Only zero-shot: the pool's records lack references and nothing trains on them, so the plan takes
+    them; the dry run's judge column counts one judge_score call per turn (5 turns in 3 records)."""
+    from tunelab.cli import main
+
+    task = _files(tmp_path, metrics=["judge_score"], judge={"model": str(tiny_dir), "reference": True})
+    spec = {"name": "mt", "model": str(tiny_dir), "task": task.name, "train_data": "q.jsonl",
+            "arms": ["zero_shot"]}
+    path = tmp_path / "cmp.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SystemExit) as e:
+        main(["compare", str(path), "--dry-run"])
+    out = capsys.readouterr()
+    assert e.value.code == 0, out.err
+    row = next(line for line in out.out.splitlines() if "zero_shot" in line)
+    cells = [c.strip() for c in row.strip("│ ").split("│")]
+    assert cells[-3] == "5"  # judge calls: 2 + 2 + 1 turns

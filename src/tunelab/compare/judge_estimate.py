@@ -90,6 +90,30 @@ def _item_tokens(plan, rows, templates, count: est.Counter) -> dict[str, int]:
     return out
 
 
+def _turn_tokens(plan, rows, templates, count: est.Counter) -> tuple[int, int]:
+    """(judgments, their prompt tokens) of a conversation task (type: multi_turn): one judge_score
+    judgment per turn, each showing the turns before it with the earlier answers at their estimated
+    length (a judge_win_rate is refused for conversations)."""
+    from tunelab.evaluate.judge.prompts import JudgeTemplate
+
+    task, cfg = plan.task, plan.task.judge
+    score = JudgeTemplate.load("score_multi", cfg.template, task.base_dir)
+    calls = tokens = 0
+    for row in rows:
+        turns, refs = templates.turns(row), templates.references(row)
+        # an answer as long as its reference plus a stop token, else max_new_tokens (as the arms' estimate)
+        lengths = [min(task.generation.max_new_tokens, count(r) + 1) if r else task.generation.max_new_tokens
+                   for r in refs]
+        for t, question in enumerate(turns):
+            reference = refs[t] if cfg.reference else None
+            history = [{"user": u, "assistant": "", "reference": r if cfg.reference else None}
+                       for u, r in zip(turns[:t], refs[:t])]
+            shown = score.messages(question=question, answer="", reference=reference, rubric=cfg.rubric,
+                                   history=history)[0]["content"]
+            calls, tokens = calls + 1, tokens + count(shown) + sum(lengths[:t + 1])
+    return calls, tokens
+
+
 def _win_rate_done(plan, arm) -> bool:
     """The compare judged this arm against its baseline arm already (its results.json says by which judge)."""
     from tunelab import paths
@@ -112,13 +136,19 @@ def add_judge(plan, estimates: list) -> None:
     rows = load_task_rows(plan.task)
     rows = rows[:plan.config.limit] if plan.config.limit is not None else rows
     count = _counter(plan)
-    per_item = _item_tokens(plan, rows, task_type(plan.task).templates(plan.task, plan.source), count)
+    tt = task_type(plan.task)
+    templates = tt.templates(plan.task, plan.source)
+    if tt.conversation:  # every turn is judged, with the conversation before it
+        turns = _turn_tokens(plan, rows, templates, count)
+        per_item = {SCORE: turns[1], WIN_RATE: 0}
+    else:
+        per_item = _item_tokens(plan, rows, templates, count)
     base, n = baseline_arm(plan.task), len(rows)
     for arm, e in zip(plan.arms, estimates):
         calls = prompt = 0
         done = e.finished
         if SCORE in names:
-            calls, prompt = n, per_item[SCORE]
+            calls, prompt = (turns[0] if tt.conversation else n), per_item[SCORE]
         if WIN_RATE in names and arm.id != base:
             calls, prompt = calls + 2 * n, prompt + 2 * per_item[WIN_RATE]
             done = done and (base is None or _win_rate_done(plan, arm))

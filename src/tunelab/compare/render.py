@@ -69,6 +69,8 @@ def choose(task, pool: list, source: str, pool_name: str, *, few_shot: bool, fin
             _render_all(task, pool, source)
         return Rendering(OWN, forced_format, f"fine-tuned arms train on {pool_name} as {forced_format} records "
                                              "(train.data.format is set), not through the task's templates")
+    if not few_shot and not fine_tune:  # zero-shot and endpoint arms only: nothing renders the pool
+        return Rendering(TASK, task_format(task), f"no arm draws on {pool_name}")
     try:
         _render_all(task, pool, source)
         return Rendering(TASK, task_format(task), f"fine-tuned arms train on the pool rendered by the task's "
