@@ -37,6 +37,16 @@ def _files(tmp_path, records=RECORDS, ref_records=REFERENCES, **spec) -> Path:
     return path
 
 
+def _dry_run(path: Path, spec: dict, capsys):
+    """`tunelab compare PATH --dry-run` on SPEC written there: its exit code and captured output."""
+    from tunelab.cli import main
+
+    path.write_text(yaml.safe_dump(spec))
+    with pytest.raises(SystemExit) as e:
+        main(["compare", str(path), "--dry-run"])
+    return e.value.code, capsys.readouterr()
+
+
 class Spy:
     """An endpoint-like Backend (messages, no tokenizer) whose answer names the turn it was asked; it keeps
     every conversation it was sent."""
@@ -221,28 +231,21 @@ def test_mt_bench_example_on_the_shared_files(shared_data):
 
 
 def test_compare_dry_run_counts_every_turn_and_refuses_demonstrations(capsys, tiny_dir, tmp_path):
-    from tunelab.cli import main
-
     pool = [{"id": f"p{i}", "turns": [f"ask {i}", f"and then {i}"], "reference": [f"r{i}", f"s{i}"]} for i in range(12)]
     task = _files(tmp_path, records=pool, references={"field": "reference"}, metrics=["rougeL"])
     spec = {"name": "mt", "model": str(tiny_dir), "task": task.name, "train_data": "q.jsonl", "limit": 4,
             "arms": ["zero_shot", {"lora": {"n": [8]}}], "train": {"train": {"max_steps": 2}}}
     path = tmp_path / "cmp.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    with pytest.raises(SystemExit) as e:
-        main(["compare", str(path), "--dry-run"])
-    out = capsys.readouterr()
-    assert e.value.code == 0, out.err
+    code, out = _dry_run(path, spec, capsys)
+    assert code == 0, out.err
     assert "lora-n8" in out.out and "estimated total" in out.out
     from tunelab.compare.plan import make_plan
     from tunelab.compare.run import check_items
 
     check_items(make_plan(str(path)))  # what a real run reads before its first arm: every turn renders
-    path.write_text(yaml.safe_dump({**spec, "arms": ["zero_shot", {"few_shot": {"k": [2]}}]}))
-    with pytest.raises(SystemExit) as e:
-        main(["compare", str(path), "--dry-run"])
-    err = " ".join(capsys.readouterr().err.split())
-    assert e.value.code == 2 and "is a multi_turn task: its items are conversations" in err
+    code, out = _dry_run(path, {**spec, "arms": ["zero_shot", {"few_shot": {"k": [2]}}]}, capsys)
+    err = " ".join(out.err.split())
+    assert code == 2 and "is a multi_turn task: its items are conversations" in err
 
 
 def test_an_endpoint_gets_each_conversation_as_messages(tiny_dir, tmp_path):
@@ -288,17 +291,11 @@ def test_a_judged_zero_shot_compare_counts_a_judgment_per_turn_and_needs_no_pool
                                                                                           tmp_path):
     """Only zero-shot: the pool's records lack references and nothing trains on them, so the plan takes
     them; the dry run's judge column counts one judge_score call per turn (5 turns in 3 records)."""
-    from tunelab.cli import main
-
     task = _files(tmp_path, metrics=["judge_score"], judge={"model": str(tiny_dir), "reference": True})
     spec = {"name": "mt", "model": str(tiny_dir), "task": task.name, "train_data": "q.jsonl",
             "arms": ["zero_shot"]}
-    path = tmp_path / "cmp.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    with pytest.raises(SystemExit) as e:
-        main(["compare", str(path), "--dry-run"])
-    out = capsys.readouterr()
-    assert e.value.code == 0, out.err
+    code, out = _dry_run(tmp_path / "cmp.yaml", spec, capsys)
+    assert code == 0, out.err
     row = next(line for line in out.out.splitlines() if "zero_shot" in line)
     cells = [c.strip() for c in row.strip("│ ").split("│")]
     assert cells[-3] == "5"  # judge calls: 2 + 2 + 1 turns
