@@ -114,7 +114,7 @@ def test_compare_arms_table_has_a_column_per_turn_from_the_arms_results(tmp_path
     assert rows["lora-n32"][3:9] == ["8", "[7.5, 8.5]", "8.25", "[7.25, 9.25]", "7.75", "[6.75, 8.75]"]
     assert rows["lora-n16"][3:9] == ["7", "[6.5, 7.5]", "–", "–", "–", "–"]
     assert rows["zero_shot"][9:11] == ["-2", "[-2, 0]"]  # Δ and p still over all the items, after the turns
-    assert "turn 1, turn 2: judge_score over that part's items alone" in _section(page, "table")
+    assert "show it. Columns turn 1, turn 2: judge_score over each part's items alone" in _section(page, "table")
 
 
 def test_compare_arms_table_without_parts_is_as_before(tmp_path):
@@ -132,3 +132,23 @@ def test_metric_parts_reads_only_breakdown_keys():
     assert [label for label, _ in metric_parts(entry)] == ["turn 1", "turn 2", "length short"]
     assert metric_parts(entry)[1][1]["value"] == 5.6
     assert metric_parts(0.5) == [] and metric_parts({"value": 0.5, "ci95": [0.1, 0.9]}) == []
+
+
+def test_report_of_a_tiny_multi_turn_eval_shows_its_turns(tiny_dir, tmp_path):
+    """End to end: what the runner writes for a multi_turn task is what the page reads."""
+    import yaml
+
+    from tunelab.evaluate.runner import evaluate
+    from tunelab.report.pages import ci, num
+
+    records = [{"turns": ["What is 2 + 3?", "Now double it."]}, {"turns": ["Say hi.", "Louder."]}, {"turns": ["Bye."]}]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (tmp_path / "mt.yaml").write_text(yaml.safe_dump({
+        "name": "mt", "type": "multi_turn", "data": "q.jsonl", "turns": "turns", "metrics": ["refusal"],
+        "generation": {"max_new_tokens": 4, "stop": [], "temperature": 0.0}}))
+    res = evaluate(str(tiny_dir), tmp_path / "mt.yaml", out=tmp_path / "out")
+    rows = dict((cells[0], (cls, cells[1:])) for cls, cells in _metric_rows(build(tmp_path / "out").read_text()))
+    for turn, n in (("1", 3), ("2", 2)):
+        e = res.metrics["refusal"]["by_turn"][turn]
+        assert rows[f"refusal turn {turn}"] == ("part", [num(e["value"]), num(e["stderr"]), ci(e["ci95"]), str(n)])
+    assert rows["refusal"][0] == "" and rows["refusal"][1][-1] == "5"
