@@ -15,6 +15,7 @@ from typing import Any, Optional
 from tunelab import paths
 from tunelab.compare.plan import ARMS_DIR, COMPARE_JSON, COMPARE_YAML  # the compare folder's layout (docs/compare.md)
 from tunelab.errors import TunelabError
+from tunelab.evaluate.task_types.base import BREAKDOWN_PREFIX  # how a metric's parts are keyed in results.json
 from tunelab.report import plots
 from tunelab.train.files import read_metrics_rows
 
@@ -111,6 +112,16 @@ def pval(p) -> str:
     return "–" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
 
+def metric_parts(entry) -> list[tuple[str, dict]]:
+    """A results.json metric entry's parts (TaskType.breakdown, e.g. `by_turn: {"1": {value, ci95, ...}}`)
+    as [("turn 1", part entry)] in the file's order; [] for a metric given only over all items."""
+    if not isinstance(entry, dict):
+        return []
+    return [(f"{key[len(BREAKDOWN_PREFIX):].replace('_', ' ')} {part}", e) for key, parts in entry.items()
+            if key.startswith(BREAKDOWN_PREFIX) and isinstance(parts, dict)
+            for part, e in parts.items() if isinstance(e, dict)]
+
+
 # ---------------------------------------------------------------- train folder
 def train_context(folder: Path) -> dict:
     missing: list[str] = []
@@ -174,7 +185,9 @@ def eval_context(folder: Path) -> dict:
         names, values, cis = [], [], []
         for name, r in res.metrics.items():
             r = r if isinstance(r, dict) else {"value": r}
-            ctx["metric_rows"].append((name, num(r.get("value")), num(r.get("stderr")), ci(r.get("ci95"))))
+            ctx["metric_rows"].append(_metric_row(name, r, False))
+            # a metric given per part too (multi_turn: per turn): a row per part below its row over all items
+            ctx["metric_rows"] += [_metric_row(f"{name} {label}", e, True) for label, e in metric_parts(r)]
             if isinstance(r.get("value"), (int, float)):
                 names.append(name)
                 values.append(float(r["value"]))
@@ -187,7 +200,13 @@ def eval_context(folder: Path) -> dict:
         ctx["predictions"].append({"id": line.get("id"), "prompt": _tail(str(line.get("prompt", ""))),
                                    "output": output_of(line), "gold": _gold(line.get("gold"), line),
                                    "metrics": ", ".join(f"{k} {num(v)}" for k, v in (line.get("metrics") or {}).items())})
+    ctx["metric_n"] = any(r["part"] for r in ctx["metric_rows"])  # items per part: turn 2 may have fewer
     return ctx
+
+
+def _metric_row(name: str, r: dict, part: bool) -> dict:
+    return {"name": name, "value": num(r.get("value")), "stderr": num(r.get("stderr")), "ci": ci(r.get("ci95")),
+            "n": num(r.get("n")), "part": part}
 
 
 def cost_rows(cost: dict) -> list[tuple[str, str]]:
@@ -263,13 +282,14 @@ def compare_context(folder: Path) -> dict:
     figs = _compare_plots(arms, data, main, files.loss_runs, missing)
     retention = _retention(data)
     tox = _with_toxicity(arms)
+    table = _one_format([_table_row(a, data.get("best")) for a in arms], "toxicity")
     return {
         "kind": "compare", "title": f"Compare: {data.get('name') or folder.name}",
         "subtitle": f"task {data.get('task') or '?'} · main metric {main or '?'}"
                     + ("" if data.get("higher_is_better", True) else " (lower is better)"),
         "main_metric": main or "metric", "best": data.get("best"), "sentences": [str(s) for s in data.get("sentences") or []],
         "break_even": break_even_rows(data.get("break_even")),
-        "table": _one_format([_table_row(a, data.get("best")) for a in arms], "toxicity"),
+        "table": table, "part_labels": part_columns(table, files.evals, main),
         "many_models": len({str(a.get("model")) for a in arms}) > 1,  # one model: named once, not per row
         "judged": any(a.get("judge_cost_per_1k") for a in arms),  # judge columns only in a judged compare
         "plots": figs, "toxicity": list(zip([str(a["id"]) for a in tox], *(
@@ -482,6 +502,21 @@ def _table_row(arm: dict, best) -> dict:
             "infer_s": num(ic.get("wall_s"), 3), "prompt_tokens": num(ic.get("prompt_tokens")),
             "generated_tokens": num(ic.get("generated_tokens")), "toxicity_value": tox.get("mean"),
             **_judge_cells(arm)}
+
+
+def part_columns(table: list[dict], evals: dict, metric: Optional[str]) -> list[str]:
+    """The main metric per part (each arm's results.json, e.g. multi_turn's by_turn: "turn 1", "turn 2"),
+    a column per part in the arms' table; each row gets its cells as `parts`, [(value, ci)]; [] when no
+    arm's results give the metric per part (compare.json keeps only the value over all items)."""
+    cells = {}
+    for r in table:
+        res = evals.get(r["id"], (None, None))[0]
+        cells[r["id"]] = dict(metric_parts(res.metrics.get(metric) if res is not None and metric else None))
+    labels = list(dict.fromkeys(label for got in cells.values() for label in got))
+    for r in table:
+        got = cells[r["id"]]
+        r["parts"] = [(num(got[x].get("value")), ci(got[x].get("ci95"))) if x in got else ("–", "–") for x in labels]
+    return labels
 
 
 def _judge_cells(arm: dict) -> dict:

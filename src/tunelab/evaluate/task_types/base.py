@@ -12,6 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Optional
 
+# How every breakdown key begins (TaskType.breakdown): readers of results.json (the eval table, the
+# report) find a metric's parts by it, never by the task type's name.
+BREAKDOWN_PREFIX = "by_"
+
 
 def task_source(task) -> str:
     """The task file the user edits (or `task 'name'` for one built in code), named in errors."""
@@ -97,7 +101,8 @@ class TaskType:
 
     def breakdown(self, items: list[dict]) -> Optional[tuple[str, dict[str, list[int]]]]:
         """(key, {part: item positions}): every metric is also given per part under `key` in results.json
-        (multi_turn: by_turn); None: no parts."""
+        (multi_turn: by_turn), {part: {value, stderr, ci95, n}}; the key begins with BREAKDOWN_PREFIX and
+        the part (turn "1") names the part in tables; None: no parts."""
         return None
 
     def references(self, items: list[dict]) -> list:
