@@ -27,6 +27,7 @@ def print_results(res, note: str = "") -> None:
     from rich.table import Table
 
     from tunelab.cli import console
+    from tunelab.evaluate.task_types.base import BREAKDOWN_PREFIX
 
     # a metric this run could not compute (no reference model for reward_acc) says why under the table
     notes = [f"{name}: {r['note']}" for name, r in res.metrics.items() if isinstance(r, dict) and r.get("note")]
@@ -38,7 +39,8 @@ def print_results(res, note: str = "") -> None:
         table.add_column(col, justify="right", no_wrap=True)
     for name, r in res.metrics.items():
         # a metric given per part of the items too (multi_turn's by_turn: {"1": {...}}): a row per part below it
-        parts = [(f"  {name} {key[3:]} {part}", p) for key, v in r.items() if key.startswith("by_") and isinstance(v, dict)
+        parts = [(f"  {name} {key[len(BREAKDOWN_PREFIX):]} {part}", p) for key, v in r.items()
+                 if key.startswith(BREAKDOWN_PREFIX) and isinstance(v, dict)
                  for part, p in v.items() if isinstance(p, dict)]
         for label, e in [(name, r), *parts]:
             ci = "-" if not e.get("ci95") else f"[{num(e['ci95'][0])}, {num(e['ci95'][1])}]"

@@ -19,7 +19,7 @@ from typing import Any, Optional
 from tunelab.errors import TunelabError
 from tunelab.evaluate.cache import cached_call
 from tunelab.evaluate.prompts import Rendered, TaskTemplates
-from tunelab.evaluate.task_types.base import Job, Ran, TaskType, task_source
+from tunelab.evaluate.task_types.base import BREAKDOWN_PREFIX, Job, Ran, TaskType, task_source
 from tunelab.evaluate.task_types.generate import Generate
 from tunelab.evaluate.task_types.registry import register_task_type
 
@@ -250,7 +250,7 @@ class MultiTurn(TaskType):
         parts: dict[str, list[int]] = {}
         for j, it in enumerate(items):
             parts.setdefault(str(it["turn"]), []).append(j)
-        return "by_turn", dict(sorted(parts.items(), key=lambda kv: int(kv[0])))
+        return BREAKDOWN_PREFIX + "turn", dict(sorted(parts.items(), key=lambda kv: int(kv[0])))
 
     def references(self, items: list[dict]) -> list:
         return [it.get("gold", []) for it in items]
