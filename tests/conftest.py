@@ -2,9 +2,16 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
+
+# The tests that press Ctrl-C (tests/errors, tests/serve) send SIGINT to a child tunelab. A suite
+# started in the background (`nohup ... &`) inherits SIGINT ignored, exec passes that on, and every
+# child would ignore the Ctrl-C and finish (exit 0). With Python's own handler installed here, exec
+# resets SIGINT to the default in each child, as it is for a suite run from a terminal or CI.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # one thread count for the whole suite (results can depend on it); without it tunelab picks
 # one from the free cores (models/threads.py), which would differ from run to run

@@ -25,6 +25,7 @@ MINIMAL = {
     C.RetentionSpec: {"task": "t.yaml"}, C.RetentionPromptsSpec: {}, C.PromptArmSpec: {}, C.FewShotArmSpec: {},
     C.FineTuneArmSpec: {"n": 8}, C.TuneSpec: {"lr": [1e-4]}, C.EndpointArmSpec: {"model": "openai:http://x#m"},
     C.JudgeConfig: {"model": "default"}, C.GRPOConfig: {}, C.RewardSpec: {"metric": "exact_match"},
+    C.RewardJudgeConfig: {}, C.ReferencesConfig: {"field": "reference"},
 }
 BOGUS = "bogus_key"
 # words of a shape the user did not mean: pydantic's per-type messages and its member names
