@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -105,3 +106,15 @@ def test_cost_block_is_complete():
     assert set(cost) == set(COST_KEYS) and cost["tokens"] == 0 and cost["tokens_per_s"] is None
     with pytest.raises(ValueError, match="make_cost"):
         build_results(task="t", model=MODEL, n=0, shots=0, metrics={}, cost={"wall_s": 1}, signature="s")
+
+
+def test_the_task_hash_of_a_task_without_the_newer_keys_is_what_it_was():
+    """A compare folder resumes only while its task hash matches; keys added to task files later
+    (multi_turn's turns and references), left unset, must not change it. The value is the hash of
+    examples/tasks/builtin_dates.yaml as stop 37 (10dde82) computed it."""
+    from tunelab.evaluate.results import task_sha256
+    from tunelab.evaluate.tasks import load_task
+
+    root = Path(__file__).resolve().parents[2]
+    task = load_task(str(root / "examples" / "tasks" / "builtin_dates.yaml"))
+    assert task_sha256(task) == "f918d25cd9122f88cc51450f6f4ceb8bed7d12331bc2b9d6aad7d11e37388ea9"

@@ -184,6 +184,9 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+LATER_KEYS = ("turns", "references")  # task keys newer than the hash (multi_turn's)
+
+
 def task_sha256(task) -> str:
     """THE task hash: the task's settings plus the bytes of every file it names.
 
@@ -195,6 +198,9 @@ def task_sha256(task) -> str:
     fewshot.pop("k", None)
     fewshot.pop("sampler", None)
     cfg["fewshot"] = fewshot
+    for key in LATER_KEYS:  # unset, a key added since leaves the hash as it was: older compare folders resume
+        if cfg.get(key) is None:
+            cfg.pop(key, None)
     h = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode("utf-8"))
     for key in ("data", "corpus", "queries", "qrels"):
         spec = getattr(task, key, None)
