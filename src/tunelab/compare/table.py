@@ -128,12 +128,13 @@ def _rank(plan: Plan, arms: list[Arm], results: dict[str, Results]) -> tuple[dic
     missing = [aid for aid, v in values.items() if v is None]
     if missing:
         # why (e.g. a judge whose every verdict was unreadable says so in its entry's note), and what else could
-        # rank: the arms' answers and results are kept, so a re-run with metric=OTHER only builds the table
+        # rank; each arm's results stay in its eval folder, where `tunelab diff` compares any two on every metric
         entry = results[missing[0]].metrics.get(metric) or {}
         why = f" ({entry['note']})" if isinstance(entry, dict) and entry.get("note") else ""
         others = [m for m in results[missing[0]].metrics if m != metric and results[missing[0]].value(m) is not None]
-        instead = (f"rank by another metric: `tunelab compare CONFIG metric={others[0]}` (the arms are kept, "
-                   "nothing runs again)" if others else "pick another metric: in the compare config")
+        instead = (f"pick another metric: in the compare config (e.g. {others[0]}); the arms' results are kept in "
+                   f"{ARMS_DIR}/<id>/eval, and `tunelab diff A B` compares two of them on every metric now"
+                   if others else "pick another metric: in the compare config")
         raise TunelabError(f"{plan.arm_dir(arms[0]).parent / missing[0]}: results have no number for metric "
                            f"'{metric}'{why}; it cannot rank arms: {instead}")
     pick = max if plan.higher_is_better else min
