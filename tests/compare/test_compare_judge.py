@@ -258,9 +258,9 @@ def test_judge_score_ranks_the_arms_with_the_check_its_evaluations_measured(fake
 
 
 def test_the_same_model_is_recognised_by_alias_folder_or_path(tiny_dir):
+    from tunelab.evaluate.rewards import same_weights as same
     from tunelab.models import registry
 
-    same = compare_judge._same_model
     assert same("default", registry.DEFAULT) and same("default", str(registry.cached_dir(registry.DEFAULT)))
     assert same(str(tiny_dir), str(tiny_dir) + "/") and same(str(tiny_dir), str(tiny_dir / ".." / tiny_dir.name))
     assert not same("default", str(tiny_dir)) and not same("openai:http://h/v1#a", "openai:http://h/v1#b")

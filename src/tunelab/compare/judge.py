@@ -22,12 +22,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from pathlib import Path
 from typing import Callable, Optional
 
 from tunelab.compare.checks import N_RESAMPLES, read_json
 from tunelab.errors import TunelabError
-from tunelab.infer.endpoint import is_endpoint
 from tunelab.io import atomic_write_json
 
 log = logging.getLogger("tunelab.compare")
@@ -54,22 +52,13 @@ def baseline_arm(task) -> Optional[str]:
     return b[len(ARM_BASELINE):]
 
 
-def _same_model(a: str, b: str) -> bool:
-    """Two model strings name the same weights: a registry name or alias ("default"), its folder, or a path."""
-    from tunelab.models import registry
-
-    def norm(x: str) -> str:
-        key = None if is_endpoint(x) else registry.canonical(x)
-        p = registry.cached_dir(key) if key is not None else Path(x).expanduser()
-        return str(p.resolve()) if key is not None or p.exists() else x.rstrip("/")
-    return norm(a) == norm(b)
-
-
 def self_preference(task, arms) -> list[str]:
     """The arms whose base model is the judge itself."""
+    from tunelab.evaluate.rewards import same_weights
+
     if task.judge is None or not task.judge.model:
         return []
-    return [a.id for a in arms if _same_model(a.model, task.judge.model)]
+    return [a.id for a in arms if same_weights(a.model, task.judge.model)]
 
 
 def check_plan(plan) -> None:

@@ -259,7 +259,7 @@ def judge_reward(spec: dict, task: TaskConfig, key: str, cfg: TrainConfig, base_
         metric.for_task(task.model_copy(update={"judge": JudgeConfig(**merged)}))  # checks template, opens an endpoint
     except TunelabError as e:
         raise TunelabError(f"{key}: {e}") from None
-    if _same_weights(cfg.model, merged["model"]):
+    if same_weights(cfg.model, merged["model"]):
         log.warning(f"{key}: the judge {merged['model']} is the base model being trained (loaded apart from the "
                     "policy, with the weights it started from): models tend to rate answers like their own higher "
                     "(self-preference), so the policy may learn the judge's taste; a different judge is safer "
@@ -267,9 +267,9 @@ def judge_reward(spec: dict, task: TaskConfig, key: str, cfg: TrainConfig, base_
     return JudgeReward(JUDGE_REWARD, spec.get("weight", 1.0), metric)
 
 
-def _same_weights(a: str, b: str) -> bool:
-    """Two model strings name the same weights: a registry name or alias, its folder, or a path (as the
-    compare's self-preference check reads them: compare/judge.py)."""
+def same_weights(a: str, b: str) -> bool:
+    """Two model strings name the same weights: a registry name or alias, its folder, or a path (the
+    judge's self-preference check here and in a compare: compare/judge.py)."""
     from tunelab.infer.endpoint import is_endpoint
     from tunelab.models import registry
 
