@@ -12,14 +12,9 @@ import pytest
 
 from tunelab.report import build
 from tunelab.report.pages import num
+from .html_parts import section as _section
 
 PROMPT = "Question {i}: say <b>something</b> & stop"  # markup in a prompt must reach the page as text
-
-
-def _section(page: str, sid: str) -> str:
-    m = re.search(rf'<section id="{sid}">(.*?)</section>', page, flags=re.S)
-    assert m, f"section {sid} not in the page"
-    return m.group(1)
 
 
 def vowels(completion: str, item) -> float:

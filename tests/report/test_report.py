@@ -11,15 +11,10 @@ import pytest
 from tunelab.errors import TunelabError
 from tunelab.report import build
 from tunelab.report.pages import num
+from .html_parts import section as _section, arms_table
 
 COMPARE_SECTIONS = ("summary", "table", "plot-learning-curve", "plot-quality-cost", "plot-loss", "plot-toxicity",
                     "disagreements", "safety", "signatures", "configs", "missing")
-
-
-def _section(page: str, sid: str) -> str:
-    m = re.search(rf'<section id="{sid}">(.*?)</section>', page, flags=re.S)
-    assert m, f"section {sid} not in the page"
-    return m.group(1)
 
 
 def _self_contained(page: str) -> None:
@@ -152,12 +147,7 @@ def test_toxicity_columns_use_one_number_format(compare_copy):
 
 
 def _cost_table(page: str) -> tuple[list[str], dict[str, list[str]]]:
-    """The arms' cost table: its header cells, and each arm's cells by arm id."""
-    table = re.search(r'<table id="arms-cost">.*?</table>', _section(page, "table"), flags=re.S).group(0)
-    head = re.findall(r"<th>(.*?)</th>", table)
-    rows = {m.group(1): re.findall(r"<td>(.*?)</td>", m.group(2))
-            for m in re.finditer(r'<tr class="[^"]*" data-arm="([^"]+)">(.*?)</tr>', table, flags=re.S)}
-    return head, rows
+    return arms_table(page, "arms-cost")
 
 
 def test_judge_cost_columns_apart_from_the_arms_own_only_when_judged(compare_copy):

@@ -12,14 +12,9 @@ from pathlib import Path
 
 from tunelab.report import build
 from tunelab.report.pages import metric_parts
+from .html_parts import section as _section, arms_table
 
 QUALITY_HEAD = ["arm", "method", "examples", "judge_score", "95% CI", "Δ vs best", "Δ 95% CI", "p", "toxicity"]
-
-
-def _section(page: str, sid: str) -> str:
-    m = re.search(rf'<section id="{sid}">(.*?)</section>', page, flags=re.S)
-    assert m, f"section {sid} not in the page"
-    return m.group(1)
 
 
 def _entry(value: float, lo: float, hi: float, n: int, turns=None) -> dict:
@@ -95,12 +90,7 @@ def _compare_folder(root: Path, turns: dict) -> Path:
 
 
 def _quality_table(page: str) -> tuple[list[str], dict[str, list[str]]]:
-    """The arms' quality table: its header cells, and each arm's cells by arm id."""
-    table = re.search(r'<table id="arms-quality">.*?</table>', _section(page, "table"), flags=re.S).group(0)
-    head = re.findall(r"<th(?: [^>]*)?>(.*?)</th>", table)
-    rows = {m.group(1): re.findall(r"<td(?: [^>]*)?>(.*?)</td>", m.group(2))
-            for m in re.finditer(r'<tr class="[^"]*" data-arm="([^"]+)">(.*?)</tr>', table, flags=re.S)}
-    return head, rows
+    return arms_table(page, "arms-quality")
 
 
 def test_compare_arms_table_has_a_column_per_turn_from_the_arms_results(tmp_path):
