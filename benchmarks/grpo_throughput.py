@@ -20,9 +20,12 @@ Tokens are counted the same way on both sides, from each side's own records: the
 tokens generated (an end token included, as both sides keep it) plus the prompt + completion
 tokens trained (num_iterations 1: each rollout trains once); TRL's from what its `_generate`
 returns (the ids its num_input_tokens_seen counts), tunelab's from what its rollout function
-returns. Whole run: TRL's `trainer.train()`, tunelab's training loop (summary.json train_s:
-sampling, rewards and training); the model loads before both clocks; no warm-up on either side
-(step 1 is in both). Peak memory: each arm's own process's peak RSS.
+returns. The same rows are trained on both sides (the same loss and gradient: tests/train/
+test_grpo_trl.py); tunelab's forward feeds each group's prompt once rather than G times
+(grpo_math.CompletionBatch), recorded as `fed_tokens` (its `tokens_seen`) beside the count.
+Whole run: TRL's `trainer.train()`, tunelab's training loop (summary.json train_s: sampling,
+rewards and training); the model loads before both clocks; no warm-up on either side (step 1 is
+in both). Peak memory: each arm's own process's peak RSS.
 
 Fallback measures (issue 36, where TRL hangs or fails; always measured, in a third process):
 tunelab's rollout throughput (generated tokens / the loop's sampling seconds) against the
@@ -100,9 +103,10 @@ def rendered(args, data: str):
 
 def choose_prompts(args, work: Path) -> dict:
     """Write the N prompts nearest the median rendered length to work/prompts.jsonl, and size the token
-    budget so that one micro-batch holds exactly P prompts' groups: P x G x (longest + C) tokens, which
-    P + 1 of the shortest exceed."""
+    budget so that one micro-batch holds exactly P prompts' groups: P x (longest + G x C) tokens (a group
+    feeds its prompt once: objectives/grpo.py's group_tokens), which P + 1 of the shortest exceed."""
     from tunelab.data.load import load_rows
+    from tunelab.train.objectives.grpo import group_tokens
 
     n, P, G, C = args.steps * args.prompts_per_step, args.prompts_per_step, args.G, args.max_completion_length
     rows = [r.data for r in load_rows(f"builtin:dates?n={max(4 * n, 64)}")]
@@ -113,8 +117,8 @@ def choose_prompts(args, work: Path) -> dict:
     mid = statistics.median(lengths)
     keep = sorted(range(len(rows)), key=lambda i: (abs(lengths[i] - mid), i))[:n]
     lo, hi = min(lengths[i] for i in keep), max(lengths[i] for i in keep)
-    budget = P * G * (hi + C)
-    if (P + 1) * G * (lo + C) <= budget:
+    budget = P * group_tokens(hi, G, C)
+    if (P + 1) * group_tokens(lo, G, C) <= budget:
         sys.exit(f"prompt lengths {lo}..{hi} are too spread for exactly {P} prompts per token budget; "
                  "use fewer --steps or --prompts-per-step")
     data = work / "prompts.jsonl"
@@ -201,7 +205,7 @@ def arm_tunelab(args) -> dict:
 
     given, _, _ = rendered(args, args.data)
     sample = given["rollout"]
-    record = {"generated": 0, "prompt": 0, "completions": 0, "per_step": [], "rollouts": [], "s": 0.0}
+    record = {"generated": 0, "prompt": 0, "completions": 0, "fed": 0, "per_step": [], "rollouts": [], "s": 0.0}
 
     def rollout(model, tokenizer, texts, seeds, sampling):  # tunelab's rollout function, counted and timed
         t0 = time.perf_counter()
@@ -211,6 +215,8 @@ def arm_tunelab(args) -> dict:
         record["completions"] += len(outs)
         record["prompt"] += sum(len(o.prompt_ids) for o in outs)
         record["generated"] += sum(len(o.completion_ids) for o in outs)
+        # what the training forward feeds: each group's prompt once, each completion but its last token
+        record["fed"] += sum(len(o.prompt_ids) for o in outs[::args.G]) + sum(len(o.completion_ids) - 1 for o in outs)
         record["rollouts"] += [{"text": t, "seed": s, "completion": o.text} for t, s, o in zip(texts, seeds, outs)]
         return outs
 
@@ -224,7 +230,7 @@ def arm_tunelab(args) -> dict:
             "generated_tokens": record["generated"], "trained_tokens": record["prompt"] + record["generated"],
             "prompt_tokens": record["prompt"], "run_s": s["train_s"], "generate_s": record["s"],
             "step_generate_s": sum(r["generate_s"] for r in rows),
-            "tokens_seen": s["tokens_seen"], "peak_mem_mib": peak_mib(), "rewards": [r["reward"] for r in rows],
+            "tokens_seen": s["tokens_seen"], "fed_tokens": record["fed"], "peak_mem_mib": peak_mib(), "rewards": [r["reward"] for r in rows],
             "prompts_per_step": record["per_step"],
             "threads": torch.get_num_threads()}
 
@@ -366,6 +372,10 @@ def report(res: dict) -> str:
                      f"{rw[0]:8.3f}/{rw[-1]:.3f}")
     lines.append("tokens = completion tokens generated + prompt and completion tokens trained, from each side's "
                  f"own records; TRL gradient_checkpointing={res['trl'].get('gradient_checkpointing')}")
+    if res["tunelab"]["ok"]:
+        o = res["tunelab"]
+        lines.append(f"tunelab's training forward fed {o['fed_tokens']} tokens for the {o['trained_tokens']} trained "
+                     "(each group's prompt once)")
     if "tokens_per_s" in r:
         lines.append(f"ratios: tokens/s x{r['tokens_per_s']:.2f} (goal >= {SPEED_GOAL:g}), peak memory "
                      f"x{r['peak_memory']:.2f} (goal <= {MEMORY_GOAL:g}); same prompt tokens on both sides: "

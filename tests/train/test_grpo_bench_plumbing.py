@@ -37,7 +37,9 @@ def test_grpo_throughput_runs_on_a_tiny_model(tmp_path):
         assert side["trained_tokens"] == side["prompt_tokens"] + side["generated_tokens"]  # num_iterations 1
         assert side["run_s"] > 0 and side["peak_mem_mib"] > 0 and len(side["rewards"]) == 2
     assert trl["gradient_checkpointing"] is True  # TRL's default, kept and recorded
-    assert ours["tokens_seen"] == ours["trained_tokens"]  # tunelab's loop counted what its rollouts returned
+    # tunelab's loop fed each group's prompt once and each completion but its last token
+    assert ours["tokens_seen"] == ours["fed_tokens"] == (ours["prompt_tokens"] // 4 + ours["generated_tokens"]
+                                                         - ours["completions"]) < ours["trained_tokens"]
     assert 0 < ours["generate_s"] < ours["run_s"]
     assert parts["ok"] and parts["plain_generated_tokens"] > 0 and parts["sft_tokens"] > 0
     r = res["ratios"]

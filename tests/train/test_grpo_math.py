@@ -100,12 +100,40 @@ def test_chunked_logps_equal_one_pass(tiny_dir, monkeypatch):
     torch.testing.assert_close(chunked, whole)
     torch.testing.assert_close(ent2, ent)
     torch.testing.assert_close(model.lm_head.weight.grad, ref_grad)
-    # the values themselves: log-softmax of the full forward's logits at the positions before each token
+    # the values themselves: log-softmax of each [prompt | completion] run alone, at the position before each token
     with torch.no_grad():
-        logits = model(input_ids=batch.input_ids).logits.log_softmax(-1)
-    assert whole[0, 1].item() == pytest.approx(float(logits[0, 3, 11]), abs=1e-5)
-    assert whole[1, 0].item() == pytest.approx(float(logits[1, 1, 14]), abs=1e-5)
+        first = model(input_ids=torch.tensor([[5, 6, 7, 10, 11, 12, 13]])).logits.log_softmax(-1)
+        second = model(input_ids=torch.tensor([[8, 9, 14]])).logits.log_softmax(-1)
+    assert whole[0, 0].item() == pytest.approx(float(first[0, 2, 10]), abs=1e-5)
+    assert whole[0, 3].item() == pytest.approx(float(first[0, 5, 13]), abs=1e-5)
+    assert whole[1, 0].item() == pytest.approx(float(second[0, 1, 14]), abs=1e-5)
     assert whole[1, 1].item() == 0.0 and not batch.mask[1, 1]
+
+
+def test_a_group_feeds_its_prompt_once_and_scores_as_separate_rows(tiny_dir):
+    """Three completions of one prompt and one of another: the prompt is fed once per group, a
+    completion never sees its siblings, and each one's log-probs equal [prompt | completion] run alone."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
+    prompts = [[5, 6, 7, 8]] * 3 + [[9, 10]]
+    completions = [[11, 12, 13], [14, 15], [16], [17, 18]]
+    batch = collate_completions(prompts, completions)
+    assert len(batch.spans) == 2
+    assert batch.n_tokens == 4 + 2 + 1 + 0 + 2 + 1  # each prompt once; a completion's last token is never fed
+    assert batch.position_ids[0].tolist() == [0, 1, 2, 3, 4, 5, 4, 0, 1, 2]
+    logps, _ = completion_logps(model, batch)
+    with torch.no_grad():
+        for k, (p, c) in enumerate(zip(prompts, completions)):
+            alone = model(input_ids=torch.tensor([p + c])).logits.log_softmax(-1)[0]  # (T, V)
+            want = torch.stack([alone[len(p) - 1 + j, t] for j, t in enumerate(c)])
+            torch.testing.assert_close(logps[k, :len(c)], want, atol=1e-5, rtol=0)
+    # the same under the CPU's per-document kernel (spans instead of a 4D mask)
+    from tunelab.train.attention import register
+
+    model.set_attn_implementation(register())
+    spans, _ = completion_logps(model, batch)
+    torch.testing.assert_close(spans, logps, atol=1e-5, rtol=0)
 
 
 def test_a_batch_with_nothing_scored_gives_zero_and_a_gradient(tiny_dir):

@@ -31,7 +31,8 @@ def grpo_config(make_config, name="grpo", steps=12, lr=1e-2, **grpo):
     settings = {"num_generations": 8, "max_completion_length": 8, "temperature": 1.0, **grpo}
     return make_config(name, method="grpo", grpo=settings, lora={"r": 8, "alpha": 16, "dropout": 0.0},
                        data={"eval": None, "max_length": 64},
-                       train={"max_steps": steps, "batch_tokens": 4 * 8 * 40, "lr": lr, "warmup": 0,
+                       # 6 prompts of 15 tokens per step, each fed once with its 8 completions of <= 8 tokens
+                       train={"max_steps": steps, "batch_tokens": 6 * (15 + 8 * 8), "lr": lr, "warmup": 0,
                               "save_every": 4, "eval_every": 100, "schedule": "constant"})
 
 

@@ -75,7 +75,8 @@ def _run(make_config, name, spy, **train):
     cfg = make_config(name, method="grpo", lora={"r": 8, "alpha": 16, "dropout": 0.0},
                       grpo={"num_generations": G, "max_completion_length": 8, "num_iterations": 2},
                       data={"eval": None, "max_length": 64},
-                      train={"max_steps": 8, "batch_tokens": 3 * G * 40, "lr": 5e-3, "warmup": 0, "save_every": 4,
+                      # 5 of the 7 prompts (15 tokens, G completions of <= 8) per micro-batch: steps of 5 and 2
+                      train={"max_steps": 8, "batch_tokens": 5 * (15 + G * 8), "lr": 5e-3, "warmup": 0, "save_every": 4,
                              "eval_every": 100, "schedule": "constant", **train})
     items = [Prompt(f"Question {i}: say something", None, f"prompt {i}") for i in range(7)]
     return run(cfg, providers={"prompts": lambda source: items, "rollout": spy,

@@ -236,6 +236,28 @@ def attention_mask(doc_ids: torch.Tensor, impl: str, branch: torch.Tensor | None
     return mask
 
 
+def branch_mask(branch: Sequence[int]) -> torch.Tensor:
+    """(n, n) boolean for one document whose tokens are a shared stem (-1) and branches (0, 1, ...):
+    causal, and a branch token sees the stem and its own branch, never another branch. A preference
+    pair's [prompt | chosen | rejected] (preference.py), a GRPO group's [prompt | completion 0 | ...]
+    (grpo_math.py)."""
+    own = torch.tensor(list(branch))
+    visible = (own[None, :] == -1) | (own[None, :] == own[:, None])  # (n, n)
+    return torch.ones((len(own), len(own)), dtype=torch.bool).tril() & visible
+
+
+def branch_inputs(batch, impl: str) -> dict:
+    """Keyword arguments for the decoder over a packed row of branched documents (`batch` has
+    input_ids, position_ids, doc_ids, branch and spans): the per-document spans for the CPU kernel,
+    else the 4D (or BlockMask) form of the same mask."""
+    from tunelab.train.attention import DOC_ATTN
+
+    inputs = {"input_ids": batch.input_ids, "position_ids": batch.position_ids}
+    if impl == DOC_ATTN:
+        return {**inputs, "attention_mask": None, "doc_spans": batch.spans}
+    return {**inputs, "attention_mask": attention_mask(batch.doc_ids, impl, branch=batch.branch)}
+
+
 def doc_lengths(doc_ids: torch.Tensor) -> tuple[int, ...] | None:
     """Lengths of the real documents of one packed row (B == 1; padding only at its end), else None.
 

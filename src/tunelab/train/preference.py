@@ -44,6 +44,7 @@ from tunelab.errors import TunelabError
 from tunelab.io import atomic_write_json
 from tunelab.models.attention import Span
 from tunelab.train.loss import CHUNK_TOKENS, KEEP_LOGITS_BYTES, base_causal_lm
+from tunelab.train.packing import branch_inputs, branch_mask
 
 PROMPT, CHOSEN, REJECTED = -1, 0, 1  # branch of a token inside its pair
 
@@ -82,13 +83,6 @@ def pair_length(ex) -> int:
     return len(ex.prompt) + len(ex.chosen) - 1 + len(ex.rejected) - 1
 
 
-def pair_mask(branch: Sequence[int]) -> torch.Tensor:
-    """(n, n) boolean for one pair: causal, and an answer sees the prompt and itself only."""
-    own = torch.tensor(list(branch))
-    visible = (own[None, :] == PROMPT) | (own[None, :] == own[:, None])  # (n, n)
-    return torch.ones((len(own), len(own)), dtype=torch.bool).tril() & visible
-
-
 def collate_pairs(examples: Sequence, *, pad_id: int = 0, width: Optional[int] = None) -> PairBatch:
     """EncodedPairs (templates/preference.py) -> one packed PairBatch (padded to `width` if given)."""
     ids, pos, doc, branch, spans = [], [], [], [], []
@@ -112,7 +106,7 @@ def collate_pairs(examples: Sequence, *, pad_id: int = 0, width: Optional[int] =
             standard += P + len(answer)
         branch += mine
         doc += [d] * len(mine)
-        spans.append((start, len(mine), pair_mask(mine)))
+        spans.append((start, len(mine), branch_mask(mine)))
         # prompt causal once, each answer over prompt + itself
         c, r = len(ex.chosen) - 1, len(ex.rejected) - 1
         pairs_attn += P * (P + 1) // 2 + c * P + c * (c + 1) // 2 + r * P + r * (r + 1) // 2
@@ -132,17 +126,6 @@ def collate_pairs(examples: Sequence, *, pad_id: int = 0, width: Optional[int] =
         score_index=t(s_index), score_target=t(s_target), score_seq=t(s_seq), seq_tokens=seq, spans=spans,
         n_pairs=len(examples), n_tokens=n_real, n_supervised=len(s_target), n_chosen=int(seq[0::2].sum()),
         attn_pairs=pairs_attn, standard_tokens=standard)
-
-
-def pair_inputs(batch: PairBatch, impl: str) -> dict:
-    """Keyword arguments for the decoder: the per-pair spans (CPU kernel) or a mask for the others."""
-    from tunelab.train.attention import DOC_ATTN
-    from tunelab.train.packing import attention_mask
-
-    inputs = {"input_ids": batch.input_ids, "position_ids": batch.position_ids}
-    if impl == DOC_ATTN:
-        return {**inputs, "attention_mask": None, "doc_spans": batch.spans}
-    return {**inputs, "attention_mask": attention_mask(batch.doc_ids, impl, branch=batch.branch)}
 
 
 def _token_logps(hidden: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor, bias, softcap) -> torch.Tensor:
@@ -185,7 +168,7 @@ class PreferenceLM(nn.Module):
 
 def batch_forward(module, batch: PairBatch, impl: str) -> torch.Tensor:
     """Summed log-probabilities (2n,) of a PairBatch through a PreferenceLM (or its DDP wrapper)."""
-    return module(**pair_inputs(batch, impl), score_index=batch.score_index, score_target=batch.score_target,
+    return module(**branch_inputs(batch, impl), score_index=batch.score_index, score_target=batch.score_target,
                   score_seq=batch.score_seq, n_seqs=2 * batch.n_pairs)
 
 

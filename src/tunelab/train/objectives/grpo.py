@@ -37,29 +37,41 @@ SAMPLE_PROMPTS = 2  # prompts of a step whose completions go to completions.json
 FLAT_SHARE, FLAT_STEPS = 0.8, 8  # warn when this share of groups is flat for this many batches in a row
 
 
+def group_tokens(prompt_tokens: int, num_generations: int, max_completion_length: int) -> int:
+    """Tokens a prompt's group feeds in training at most: the prompt once and G completions
+    (grpo_math.CompletionBatch); the batch planner's size of a prompt row."""
+    return prompt_tokens + num_generations * max_completion_length
+
+
 @dataclass(frozen=True)
 class PromptRow:
     prompt: Prompt
     tokens: int  # prompt tokens
-    length: int  # tokens its G completions cost in training at most: the batch planner's size
+    length: int  # group_tokens: the batch planner's size
 
 
 @dataclass
 class GRPOBatch:
     """One micro-batch: the completions of some prompts, their advantages and kept log-probs."""
 
-    rows: Any  # grpo_math.CompletionBatch
+    rows: Any  # grpo_math.CompletionBatch: the groups packed, each prompt once
     advantages: Any  # (B,)
     old: Any = None  # (B, C) log-probs when sampled (num_iterations > 1), else None
     ref: Any = None  # (B, C) reference log-probs (beta > 0), else None
     n_supervised: int = 0
-    n_tokens: int = 0
-    attn_pairs: int = 0
+
+    @property
+    def n_tokens(self) -> int:  # tokens fed (the accounting's count)
+        return self.rows.n_tokens
+
+    @property
+    def attn_pairs(self) -> int:
+        return self.rows.attn_pairs
 
     def to(self, device) -> "GRPOBatch":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return GRPOBatch(self.rows.to(device), move(self.advantages), move(self.old), move(self.ref),
-                         self.n_supervised, self.n_tokens, self.attn_pairs)
+                         self.n_supervised)
 
 
 def seed_of(seed: int, generation: int, row: int, j: int) -> int:
@@ -109,7 +121,7 @@ class GRPO(Objective):
             if n > room or n == 0:
                 bad.append((p, n))
                 continue
-            rows.append(PromptRow(p, n, g.num_generations * (n + g.max_completion_length)))
+            rows.append(PromptRow(p, n, group_tokens(n, g.num_generations, g.max_completion_length)))
         if bad and not self.cfg.data.skip_bad:
             p, n = bad[0]
             raise TunelabError(f"{p.name or 'a prompt'}: {n} prompt tokens, but data.max_length {limit} leaves "
@@ -135,13 +147,10 @@ class GRPO(Objective):
         buf, g = self.buffer, self.cfg.grpo
         outs = [Rollout(**r) for i in idx for r in buf.rollouts[i]]
         trunc = [r.truncated for r in outs] if g.mask_truncated_completions else None
-        rows_ = collate_completions([r.prompt_ids for r in outs], [r.completion_ids for r in outs],
-                                    truncated=trunc, pad_id=pad_id)
+        rows_ = collate_completions([r.prompt_ids for r in outs], [r.completion_ids for r in outs], truncated=trunc)
         adv = torch.tensor([a for i in idx for a in buf.advantages[i]], dtype=torch.float32)
-        lengths = [len(r.prompt_ids) + len(r.completion_ids) for r in outs]
         kept = lambda d: _padded([x for i in idx for x in d[i]], rows_.mask.shape) if d else None  # noqa: E731
-        return GRPOBatch(rows_, adv, kept(buf.old_logps), kept(buf.ref_logps), int(rows_.mask.sum()),
-                         sum(lengths), sum(n * (n + 1) // 2 for n in lengths))
+        return GRPOBatch(rows_, adv, kept(buf.old_logps), kept(buf.ref_logps), int(rows_.mask.sum()))
 
     # ------------------------------------------------------------ the step
     def start(self, live, data) -> None:
@@ -181,10 +190,10 @@ class GRPO(Objective):
         self.stats, self.t_train = StepStats(), time.perf_counter()
 
     def step_loss(self, model, batch, idx, counts, weight):
-        from tunelab.train.grpo_math import grpo_loss
+        from tunelab.train.grpo_math import batch_forward, grpo_loss
 
         r = batch.rows
-        logps, ents = model(r.input_ids, r.prompt_lengths, r.completion_ids, r.mask)
+        logps, ents = batch_forward(model, r, self.live.attn)
         loss, stats = grpo_loss(logps, r.mask, batch.advantages, self.settings, old_logps=batch.old,
                                 ref_logps=batch.ref, entropies=ents, norms=self.norms)
         if weight:
@@ -253,6 +262,8 @@ class GRPO(Objective):
         computed now, before any update, micro-batch by micro-batch."""
         import torch
 
+        from tunelab.train.grpo_math import batch_forward
+
         g, live = self.cfg.grpo, self.live
         if g.num_iterations == 1 and not g.beta:
             return
@@ -263,11 +274,11 @@ class GRPO(Objective):
                 mb = self.batch(self.rows, b, pad_id=live.pad_id, width=None).to(live.device)
                 r = mb.rows
                 if g.num_iterations > 1:
-                    old, _ = live.unwrapped(r.input_ids, r.prompt_lengths, r.completion_ids, r.mask)
+                    old, _ = batch_forward(live.unwrapped, r, live.attn)
                     _store(buf.old_logps, b, g.num_generations, old)
                 if g.beta:
                     with inner.disable_adapter() if live.adapter else contextlib.nullcontext():
-                        ref, _ = live.unwrapped(r.input_ids, r.prompt_lengths, r.completion_ids, r.mask)
+                        ref, _ = batch_forward(live.unwrapped, r, live.attn)
                     _store(buf.ref_logps, b, g.num_generations, ref)
 
     def _watch_flat(self, share: float) -> None:
