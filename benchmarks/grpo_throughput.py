@@ -238,18 +238,16 @@ def arm_tunelab(args) -> dict:
 def plain_generation(model, tokenizer, done: list, args) -> tuple[int, float]:
     """(tokens generated, seconds): the engine's batched generation of the rollouts' prompt texts, with their
     seeds, one call per step as the rollout function gets them, the rollout function's batch size."""
-    import inspect
-
     from tunelab.infer.generate import generate
-    from tunelab.infer.rollout import sample
+    from tunelab.infer.rollout import batch_size
 
-    batch = inspect.signature(sample).parameters["batch_size"].default  # what the rollouts ran with
     step, generated, t0 = args.prompts_per_step * args.G, 0, time.perf_counter()
     for k in range(0, len(done), step):
         chunk = done[k:k + step]
-        gens = generate(model, tokenizer, [r["text"] for r in chunk], seeds=[r["seed"] for r in chunk],
+        texts = [r["text"] for r in chunk]
+        gens = generate(model, tokenizer, texts, seeds=[r["seed"] for r in chunk],
                         max_new_tokens=args.max_completion_length, temperature=args.temperature, top_p=1.0,
-                        batch_size=batch)
+                        batch_size=batch_size(tokenizer, texts, args.max_completion_length))  # as the rollouts
         generated += sum(len(g.ids) for g in gens)
     return generated, time.perf_counter() - t0
 

@@ -221,3 +221,21 @@ def test_waiting_prompts_join_in_groups_and_keep_their_tokens(lively, monkeypatc
     assert join_group(8) == 2 and join_group(3) == 1
     assert len(joins) > 1 and all(n >= 2 for n in joins[:-1])  # only the last group may be smaller (what was left)
     assert [g.text for g in together] == [g.text for g in alone]
+
+
+def test_identical_prompts_are_prefilled_once_and_sample_as_if_alone(lively, monkeypatch):
+    """GRPO's G samples of one prompt: each distinct prompt runs once in the prefill, its keys/values are
+    copied under its rows, and every row samples with its own seed what it samples alone."""
+    model, tok = lively
+    prompts = [PROMPTS[0]] * 4 + [PROMPTS[5]] * 3 + [PROMPTS[0]]
+    seeds = [11, 12, 13, 14, 15, 16, 17, 18]
+    alone = [generate(model, tok, [p], max_new_tokens=10, temperature=1.0, seeds=[s], batch_size=1)[0]
+             for p, s in zip(prompts, seeds)]
+    fed = []
+    real = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: (fed.append(tuple(k["input_ids"].shape)), real(*a, **k))[1])
+    together = generate(model, tok, prompts, max_new_tokens=10, temperature=1.0, seeds=seeds, batch_size=8)
+    assert fed[0][0] == 2  # the prefill: two distinct prompts, not eight rows
+    assert fed[1] == (8, 1)  # then every row decodes
+    assert [g.text for g in together] == [g.text for g in alone]
+    assert len({g.text for g in together[:4]}) > 1  # the copies sampled different completions

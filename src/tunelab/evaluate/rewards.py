@@ -93,19 +93,26 @@ def _beside(spec: str, base_dir) -> str:
     return spec
 
 
+def check_sampled(task: TaskConfig) -> str:
+    """The task's name for messages; a one-line error when GRPO cannot sample its answers (checked
+    again where the prompts are rendered, and first by `providers`, before any model loads)."""
+    from tunelab.evaluate.task_types import task_type
+
+    where = task.source or f"task '{task.name}'"
+    tt = task_type(task)
+    if "generation" not in tt.needs(task) or tt.conversation:  # one completion sampled per rendered prompt
+        raise TunelabError(f"{where}: method: grpo samples answers, and this task is type: {task.type}; "
+                           "use a type: generate task")
+    return where
+
+
 def task_prompts(task: TaskConfig, tokenizer) -> list[TaskPrompt]:
     """Every item of the task, rendered as an evaluation renders it (zero-shot)."""
     from tunelab.evaluate.prompts import TaskTemplates
     from tunelab.evaluate.runner import load_task_rows
     from tunelab.fewshot import ContextBuilder
 
-    where = task.source or f"task '{task.name}'"
-    from tunelab.evaluate.task_types import task_type
-
-    tt = task_type(task)
-    if "generation" not in tt.needs(task) or tt.conversation:  # one completion sampled per rendered prompt
-        raise TunelabError(f"{where}: method: grpo samples answers, and this task is type: {task.type}; "
-                           "use a type: generate task")
+    where = check_sampled(task)
     templates = TaskTemplates(task, where)
     builder = ContextBuilder(task, templates, [], k=0, sampler="first_n", seed=0, pool_is_eval=True,
                              tokenizer=tokenizer)
@@ -285,5 +292,6 @@ def providers(cfg: TrainConfig, base_dir: Optional[str | Path]) -> dict:
     from tunelab.infer.rollout import sample
 
     task = grpo_task(cfg, base_dir)
+    check_sampled(task)  # before the model loads
     return {"prompts": lambda source: task_prompts(task, source.tokenizer), "rollout": sample,
             "rewards": reward_functions(cfg, task, base_dir)}

@@ -141,11 +141,18 @@ class DecodeBatch:
                 prefix: Optional[SharedPrefix] = None) -> "DecodeBatch":
         """Run the prompts `seqs` (token ids) left padded into a fresh cache. With `prefix` (every
         seq starts with its ids and is longer), only each seq's remainder is run, on top of a copy
-        of the prefix's keys/values."""
+        of the prefix's keys/values. Identical prompts (GRPO's G samples of one prompt, n samples for
+        pass@k) are run once and their keys/values copied under each of their rows."""
         from transformers import DynamicCache
 
         device = next(model.parameters()).device
         cache_kw = cache_kw or cache_kwarg(model)
+        distinct: dict[tuple, int] = {}
+        which = [distinct.setdefault(tuple(s), len(distinct)) for s in seqs]  # row -> its distinct prompt
+        if len(distinct) < len(seqs):
+            batch = cls.prefill(model, [list(s) for s in distinct], pad, cache_kw, prefix)
+            batch.keep(which)  # the cache's rows selected by index (any cache layer allows it): copies
+            return batch
         p = len(prefix) if prefix is not None else 0
         rest = [list(s)[p:] for s in seqs]
         b, width = len(rest), max(len(s) for s in rest)
@@ -163,7 +170,8 @@ class DecodeBatch:
         return cls(model, cache_kw, cache, mask, pos[:, -1:] + 1, logits)
 
     def keep(self, rows: list[int]) -> None:
-        """Keep only `rows` (batch indices, in order): finished rows cost no more compute."""
+        """Keep only `rows` (batch indices, in order; one may repeat, as a copy): finished rows cost no
+        more compute."""
         sel = torch.tensor(rows, device=self.mask.device)
         self.cache.reorder_cache(sel)
         self.mask, self.next_pos, self.logits = self.mask[sel], self.next_pos[sel], self.logits[sel]
