@@ -155,8 +155,10 @@ def test_dry_run_counts_the_rollouts(tiny_dir, tmp_path, capsys):
     visits = 3 * 8  # 3 epochs of the 8 prompts (the prompt rule)
     grpo = est["grpo-n8"]
     assert grpo.rollout_tokens == visits * G * 16  # G completions of max_completion_length (16) each visit
-    # trained: every completion with its prompt; sampled prompts cost more than the completions alone
-    assert grpo.train_tokens > visits * G * 16
+    # trained: each visit's prompt once, then its G completions: twice the completions add only theirs
+    doubled = {**GRPO_TRAIN, "grpo": {"num_generations": 2 * G}}
+    twice = make_plan(config(tiny_dir, arms=[{"grpo": {"n": [8]}}], train=doubled), out=tmp_path / "o2")
+    assert estimate(twice)[0].train_tokens - grpo.train_tokens == visits * G * 16 < grpo.train_tokens
     assert est["lora-n8"].rollout_tokens == 0 and est["zero_shot"].rollout_tokens == 0
     path = tmp_path / "rl.yaml"
     path.write_text(yaml.safe_dump(config(tiny_dir, out=str(tmp_path / "o"))))

@@ -5,7 +5,8 @@ the evaluation will render it (demonstrations included, with the random sampler 
 the others: same k, same lengths on average) and tokenized; generated tokens are the gold answers'
 length plus one stop token, at most max_new_tokens. Fine-tuning tokens are the rendered training
 records times the epochs. A GRPO arm's are its rollouts: prompt visits (its schedule) x G completions of
-max_completion_length tokens generated, and those completions with their prompts trained on (compare/rl.py).
+max_completion_length tokens generated, and the tokens its training feeds: each visit's prompt once and its
+G completions (compare/rl.py, train/grpo_math.py).
 Without a local tokenizer (endpoints) a token is taken as 4 characters.
 
 Times divide those counts by throughputs measured on a 2-core x86 CPU with the default model
@@ -33,11 +34,12 @@ DECODE_TOKENS_PER_S = 50.0  # generated tokens during evaluation (batch of 8 wit
 # LoRA/full ratio (215 vs 147 tokens/s dense); dora and qlora assumed as lora (not measured here)
 # dpo / orpo: per token of their records, about the adapter rate (the prompt runs once per pair, the
 # reference pass adds a forward); rough, like the others
-# grpo: its training pass is SFT's over the completions (the adapter rate, not measured apart); its
-# sampling is counted separately at the evaluation's prefill and decode rates (batch 8: rollouts run
-# 16 at a time, so the decode part errs long)
+# grpo: tokens fed per second of its training passes (prompt once per group), and completion tokens
+# sampled per second of sampling (a step's completions in one batch, each prompt prefilled once):
+# examples/compare_rl.yaml's grpo-n64 arm, 2026-12-08 (26,986 tokens in 136 s; 18,109 in 169 s)
 TRAIN_TOKENS_PER_S = {"lora": 215.0, "dora": 215.0, "qlora": 215.0, "full": 147.0, "dpo": 180.0, "orpo": 215.0,
-                      "grpo": 215.0}
+                      "grpo": 198.0}
+ROLLOUT_TOKENS_PER_S = 107.0
 LOAD_S = 5.0  # loading a model (and an adapter) once per arm
 CHARS_PER_TOKEN = 4.0
 
@@ -161,34 +163,33 @@ def _train_tokens(plan: Plan, arm: Arm, count: _Counter, setting: Optional[dict]
 
 @dataclass
 class Rollouts:
-    """A GRPO arm's sampling while it trains: completions, their prompt and generated tokens, and its training tokens."""
+    """A GRPO arm's sampling while it trains: completions, their generated tokens, and its training tokens."""
 
     completions: int
-    prompt_tokens: int
     generated_tokens: int
     train_tokens: int
 
     def seconds(self) -> float:
-        return (self.prompt_tokens / PREFILL_TOKENS_PER_S + self.generated_tokens / DECODE_TOKENS_PER_S
-                + self.train_tokens / TRAIN_TOKENS_PER_S["grpo"])
+        return self.generated_tokens / ROLLOUT_TOKENS_PER_S + self.train_tokens / TRAIN_TOKENS_PER_S["grpo"]
 
 
 def _rollouts(plan: Plan, arm: Arm, count: _Counter, setting: Optional[dict] = None) -> Rollouts:
     """A GRPO arm's counts: prompt visits from its schedule (train/schedule.py's prompt rule, or max_steps)
-    times G completions of max_completion_length tokens each (an upper bound: most stop earlier), each
-    trained on with its prompt (num_iterations times)."""
+    times G completions of max_completion_length tokens each (an upper bound: most stop earlier), trained
+    on num_iterations times as one packed group: the prompt once, the G completions after it."""
     import math
 
     from tunelab.config import TrainConfig
     from tunelab.train import schedule
     from tunelab.train.objectives import resolve
+    from tunelab.train.objectives.grpo import group_tokens
     from tunelab.train.packing import plan_batches
 
     cfg = TrainConfig.model_validate(plan.train_config(arm, setting))
     g, rows = cfg.grpo, plan.subset(arm.n)
     templates = task_type(plan.task).templates(plan.task, plan.source)
     prompts = [_task_tokens(plan.task, count, [row], templates)[0] for row in rows]
-    lengths = [g.num_generations * (p + g.max_completion_length) for p in prompts]
+    lengths = [group_tokens(p, g.num_generations, g.max_completion_length) for p in prompts]
     s = schedule.resolve(cfg.train, resolve(cfg).usual_lr, lengths, prompts=True)
     batches = math.ceil(len(plan_batches(lengths, s.batch_tokens, seed=cfg.train.seed)) / s.grad_accum)
     if cfg.train.max_steps:  # one generation batch per num_iterations steps, of about n / batches prompts
@@ -196,9 +197,8 @@ def _rollouts(plan: Plan, arm: Arm, count: _Counter, setting: Optional[dict] = N
     else:
         visits = len(rows) * s.epochs
     completions = round(visits * g.num_generations)
-    mean_prompt = sum(prompts) / max(len(prompts), 1)
-    return Rollouts(completions, round(completions * mean_prompt), completions * g.max_completion_length,
-                    round(completions * (mean_prompt + g.max_completion_length) * g.num_iterations))
+    mean_group = sum(lengths) / max(len(lengths), 1)
+    return Rollouts(completions, completions * g.max_completion_length, round(visits * mean_group * g.num_iterations))
 
 
 def _tune_cost(plan: Plan, arm: Arm, count: _Counter, templates) -> tuple[int, float, float]:
