@@ -64,3 +64,14 @@ def test_a_hung_side_is_recorded_with_its_stacks(load_benchmark, tmp_path):
                            "tunelab": {**got, "arm": "tunelab"}, "parts": {"ok": False},
                            "ratios": bench.ratios({**got}, {**got}, {"ok": False})})
     assert "TRL" in report and "FAILED: no result after the 8 s limit" in report and "ratios:" not in report
+
+
+def test_grpo_attention_benchmark_runs_on_a_tiny_model(tmp_path):
+    """benchmarks/grpo_attention.py --tiny: both layouts time and agree, and it says which group_spans picks."""
+    script = SCRIPT.parent / "grpo_attention.py"
+    proc = subprocess.run([sys.executable, str(script), "--tiny"], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=300, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("prompt ")]
+    assert len(lines) == 2 and all("group_spans picks" in x for x in lines)
+    assert all(float(x.rsplit(" ", 1)[1]) < 1e-4 for x in lines)  # the two layouts give the same log-probs

@@ -110,16 +110,20 @@ def test_chunked_logps_equal_one_pass(tiny_dir, monkeypatch):
     assert whole[1, 1].item() == 0.0 and not batch.mask[1, 1]
 
 
-def test_a_group_feeds_its_prompt_once_and_scores_as_separate_rows(tiny_dir):
+@pytest.mark.parametrize("call_pairs, spans", [(10**9, 2), (0, 2 + 2 + 1)])  # one mask per group; apart
+def test_a_group_feeds_its_prompt_once_and_scores_as_separate_rows(tiny_dir, monkeypatch, call_pairs, spans):
     """Three completions of one prompt and one of another: the prompt is fed once per group, a
-    completion never sees its siblings, and each one's log-probs equal [prompt | completion] run alone."""
+    completion never sees its siblings, and each one's log-probs equal [prompt | completion] run alone,
+    with the group under one mask or each completion apart over its prompt's keys (group_spans)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32)
     prompts = [[5, 6, 7, 8]] * 3 + [[9, 10]]
     completions = [[11, 12, 13], [14, 15], [16], [17, 18]]
+    monkeypatch.setattr("tunelab.train.grpo_math.CALL_PAIRS", call_pairs)
     batch = collate_completions(prompts, completions)
-    assert len(batch.spans) == 2
+    assert len(batch.spans) == spans  # apart: each prompt, and each completion that feeds a token
+    assert int(batch.doc_ids.max()) + 1 == 2  # two groups
     assert batch.n_tokens == 4 + 2 + 1 + 0 + 2 + 1  # each prompt once; a completion's last token is never fed
     assert batch.position_ids[0].tolist() == [0, 1, 2, 3, 4, 5, 4, 0, 1, 2]
     logps, _ = completion_logps(model, batch)
@@ -128,12 +132,20 @@ def test_a_group_feeds_its_prompt_once_and_scores_as_separate_rows(tiny_dir):
             alone = model(input_ids=torch.tensor([p + c])).logits.log_softmax(-1)[0]  # (T, V)
             want = torch.stack([alone[len(p) - 1 + j, t] for j, t in enumerate(c)])
             torch.testing.assert_close(logps[k, :len(c)], want, atol=1e-5, rtol=0)
-    # the same under the CPU's per-document kernel (spans instead of a 4D mask)
+    # the same values and gradients under the CPU's per-span kernel (each completion over its prompt's
+    # keys and its own) as under sdpa with the 4D mask
     from tunelab.train.attention import register
 
+    weights = torch.arange(logps.numel(), dtype=torch.float32).reshape(logps.shape)
+    (logps * weights).sum().backward()
+    masked = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
     model.set_attn_implementation(register())
     spans, _ = completion_logps(model, batch)
+    (spans * weights).sum().backward()
     torch.testing.assert_close(spans, logps, atol=1e-5, rtol=0)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, masked[n], atol=1e-5, rtol=1e-4, msg=n)
 
 
 def test_a_batch_with_nothing_scored_gives_zero_and_a_gradient(tiny_dir):

@@ -188,7 +188,7 @@ def test_grpo_step_equals_trl(tiny_dir, tmp_path, loss_type, setup):
     trainer, model, inputs, (prompts, completions, truncated, rewards) = _trl_step(tiny_dir, tmp_path, loss_type, cfg)
     masked = truncated if cfg.get("mask_truncated_completions") else None
     batch = collate_completions(prompts, completions, truncated=masked)
-    assert len(batch.spans) == len(prompts) // G, "each prompt's group shares one copy of its prompt"
+    assert int(batch.doc_ids.max()) + 1 == len(prompts) // G, "each prompt's group shares one copy of its prompt"
     torch.testing.assert_close(batch.mask.long(), inputs["completion_mask"], atol=0, rtol=0)
     logps, entropy, ref = _check_logps(trainer, model, inputs, batch, cfg)
     adv = _check_advantages(trainer, inputs, rewards, cfg)

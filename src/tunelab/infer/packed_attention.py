@@ -29,7 +29,6 @@ from contextlib import contextmanager
 from typing import Iterator, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from tunelab.models.attention import spans_attention_forward
 
@@ -63,26 +62,10 @@ def items_attention_forward(
         out = _flex(query.is_cuda)(query, key, value, block_mask=item_block_mask, scale=scaling,
                                    enable_gqa=query.shape[1] != key.shape[1])  # (1, H, T, D)
         return out.transpose(1, 2).contiguous(), None  # (1, T, H, D)
-    if attention_mask is not None or item_spans is None:  # an ordinary batch: plain sdpa
-        return spans_attention_forward(module, query, key, value, attention_mask, None,
-                                       dropout=dropout, scaling=scaling, **kwargs)
-    pk, pv = item_prefix[module.layer_idx] if item_prefix is not None else (None, None)  # (1, Hkv, P, D)
-    gqa = query.shape[1] != key.shape[1]  # grouped-query attention inside the kernel, no copies
-    outs, covered = [], 0
-    for start, n, mask, above in item_spans:
-        k, v = key[:, :, start : start + n], value[:, :, start : start + n]  # (1, Hkv, n, D)
-        if above or pk is not None:  # [prefix | ancestors | own] keys, in the mask's column order
-            ks = ([pk] if pk is not None else []) + [key[:, :, a : a + m] for a, m in above] + [k]
-            vs = ([pv] if pv is not None else []) + [value[:, :, a : a + m] for a, m in above] + [v]
-            k, v = torch.cat(ks, dim=2), torch.cat(vs, dim=2)  # (1, Hkv, P + A + n, D)
-        o = F.scaled_dot_product_attention(
-            query[:, :, start : start + n], k, v, attn_mask=mask, dropout_p=dropout,
-            is_causal=mask is None, scale=scaling, enable_gqa=gqa)  # (1, H, n, D)
-        outs.append(o.transpose(1, 2))  # (1, n, H, D)
-        covered += n
-    if covered < query.shape[2]:  # nothing is left uncovered in scoring rows; kept for the shape
-        outs.append(query.new_zeros(1, query.shape[2] - covered, query.shape[1], query.shape[3]))
-    return torch.cat(outs, dim=1), None  # (1, T, H, D)
+    # the CPU: one sdpa call per segment (an ordinary batch, with a mask or no spans: plain sdpa)
+    prefix = item_prefix[module.layer_idx] if item_prefix is not None else None  # (1, Hkv, P, D) each
+    return spans_attention_forward(module, query, key, value, attention_mask, item_spans, dropout=dropout,
+                                   scaling=scaling, prefix=prefix, **kwargs)
 
 
 def _flex(compiled: bool):

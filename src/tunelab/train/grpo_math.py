@@ -28,7 +28,7 @@ micro-batches hold equally many sequences (TRL's are always equal).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -85,15 +85,27 @@ def token_logps(hidden: torch.Tensor, targets: torch.Tensor, head: nn.Module, *,
     return torch.cat(logps), (torch.cat(entropies) if entropy else None)
 
 
+class Scoring(NamedTuple):
+    """Where a packed row's scored completion tokens are, and the (B, C) grid they go back to."""
+
+    index: torch.Tensor  # (S,) row position whose hidden state predicts each scored token
+    target: torch.Tensor  # (S,) the scored token
+    row: torch.Tensor  # (S,) its completion (the batch row)
+    col: torch.Tensor  # (S,) its index inside the completion
+    mask: torch.Tensor  # (B, C) bool: the tokens that are scored and trained
+
+    def to(self, device) -> "Scoring":
+        return Scoring(*(t.to(device, non_blocking=True) for t in self))
+
+
 @dataclass
 class CompletionBatch:
     """Rollouts packed in one row, one document per prompt group, its prompt once:
 
         [prompt | completion 0 without its last token | completion 1 without its last token | ...]
 
-    A completion attends to its prompt and to itself, never to a sibling (the group's own (n, n)
-    mask, as a preference pair has: packing.branch_mask), and its positions continue from the
-    prompt's end, so its log-probabilities are those of [prompt | completion] run alone; the prompt
+    A completion attends to its prompt and to itself, never to a sibling, and its positions continue
+    from the prompt's end, so its log-probabilities are those of [prompt | completion] run alone; the prompt
     runs once per group instead of G times (the shared-prefix forward of Prefix Grouper, Liu et al.
     2025, arXiv 2506.05433). On builtin:dates a prompt is ~4x a completion, so a group of 8 feeds
     ~3x fewer tokens and keeps ~3x fewer activations than G padded rows. Completion token j is
@@ -105,21 +117,20 @@ class CompletionBatch:
     position_ids: torch.Tensor  # (1, T)
     doc_ids: torch.Tensor  # (1, T) group index per token
     branch: torch.Tensor  # (1, T) -1 on a group's prompt, k on completion k of its group
-    score_index: torch.Tensor  # (S,) row position whose hidden state predicts each scored token
-    score_target: torch.Tensor  # (S,) the scored token
-    score_row: torch.Tensor  # (S,) its completion (the batch row)
-    score_col: torch.Tensor  # (S,) its index inside the completion
-    mask: torch.Tensor  # (B, C) bool: the tokens that are scored and trained
-    spans: list = field(default_factory=list)  # one Span per group, for the per-document kernel
+    scoring: Scoring
+    spans: list = field(default_factory=list)  # the per-span kernel's, each group's (group_spans)
     n_tokens: int = 0  # tokens fed to the model
     attn_pairs: int = 0  # (query, key) pairs attention computes: the cost model's count
 
     def to(self, device) -> "CompletionBatch":
         move = lambda t: t.to(device, non_blocking=True)  # noqa: E731
-        spans = [(s, n, None if m is None else move(m)) for s, n, m in self.spans]
+        spans = [(s[0], s[1], None if s[2] is None else move(s[2]), *s[3:]) for s in self.spans]
         return CompletionBatch(move(self.input_ids), move(self.position_ids), move(self.doc_ids), move(self.branch),
-                               move(self.score_index), move(self.score_target), move(self.score_row),
-                               move(self.score_col), move(self.mask), spans, self.n_tokens, self.attn_pairs)
+                               self.scoring.to(device), spans, self.n_tokens, self.attn_pairs)
+
+    @property
+    def mask(self) -> torch.Tensor:  # (B, C) bool: the tokens that are scored and trained
+        return self.scoring.mask
 
 
 def collate_completions(prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], *,
@@ -137,8 +148,7 @@ def collate_completions(prompts: Sequence[Sequence[int]], completions: Sequence[
     mask = torch.zeros((B, C), dtype=torch.bool)
     ids, pos, doc, branch, spans = [], [], [], [], []
     s_index, s_target, s_row, s_col = [], [], [], []
-    attn = 0
-    i = 0
+    attn = groups = i = 0
     while i < B:
         prompt = list(prompts[i])
         if not prompt:
@@ -151,6 +161,7 @@ def collate_completions(prompts: Sequence[Sequence[int]], completions: Sequence[
         pos += range(P)
         mine = [-1] * P
         attn += P * (P + 1) // 2
+        fed_lengths = []
         for k in range(i, j):
             c = list(completions[k])
             if not c or (truncated is not None and truncated[k]):
@@ -161,38 +172,65 @@ def collate_completions(prompts: Sequence[Sequence[int]], completions: Sequence[
             s_row += [k] * len(c)
             s_col += range(len(c))
             mask[k, :len(c)] = True
+            fed_lengths.append(len(fed))
             ids += fed
             pos += range(P, P + len(fed))
             mine += [k - i] * len(fed)
             attn += len(fed) * P + len(fed) * (len(fed) + 1) // 2
-        doc += [len(spans)] * len(mine)
+        spans += group_spans(start, P, fed_lengths, mine)
+        doc += [groups] * len(mine)
         branch += mine
-        spans.append((start, len(mine), branch_mask(mine)))
+        groups += 1
         i = j
     t = lambda x: torch.tensor(x, dtype=torch.long)  # noqa: E731
-    return CompletionBatch(t([ids]), t([pos]), t([doc]), t([branch]), t(s_index), t(s_target), t(s_row), t(s_col),
-                           mask, spans, len(ids), attn)
+    return CompletionBatch(t([ids]), t([pos]), t([doc]), t([branch]),
+                           Scoring(t(s_index), t(s_target), t(s_row), t(s_col), mask), spans, len(ids), attn)
 
 
-def scored_logps(model: nn.Module, inputs: dict, score_index, score_target, score_row, score_col, mask, *,
-                 temperature: float = 1.0, entropy: bool = False, chunk: int = CHUNK_TOKENS):
+# On the CPU one attention call costs about as much as this many (query, key) pairs: fitted to
+# benchmarks/grpo_attention.py on the default model, 2 cores, LoRA forward + backward (~190 µs a
+# call, ~26 ns a pair; docs/training.md, "How a step is sampled and trained")
+CALL_PAIRS = 7_000
+
+
+def group_spans(start: int, P: int, fed: Sequence[int], branch: Sequence[int]) -> list:
+    """The per-span kernel's spans (models/attention.py) of one group at `start`: its prompt (P tokens)
+    then completions feeding `fed` tokens each; `branch` is the group's -1 / k per token.
+
+    Two layouts give the same attention. The whole group under one (n, n) mask is one call that
+    computes n² pairs; the prompt causal, then each completion over [the prompt's keys | its own]
+    with an (f, P + f) mask, is one call more per completion but only Σ f (P + f) pairs. Short
+    answers after a longer prompt (builtin:dates: 54 + 8 × 15 tokens) run faster as one call, long
+    ones apart (8 × 512 after 100: ~2x faster); the pairs saved against CALL_PAIRS per call decide.
+    """
+    n = P + sum(fed)
+    calls = sum(1 for f in fed if f)
+    apart = P * P + sum(f * (P + f) for f in fed)
+    if n * n - apart <= CALL_PAIRS * calls:
+        return [(start, n, branch_mask(branch))]
+    spans, at = [(start, P, None)], start + P
+    for f in fed:
+        if f:  # its queries see all of the prompt, then itself causally
+            spans.append((at, f, torch.ones(f, P + f, dtype=torch.bool).tril(P), ((start, P),)))
+        at += f
+    return spans
+
+
+def scored_logps(model: nn.Module, inputs: dict, scoring: Scoring, *, temperature: float = 1.0,
+                 entropy: bool = False, chunk: int = CHUNK_TOKENS):
     """Per-token log-probabilities (B, C) of the scored completion tokens (0 elsewhere), and their
     entropies (B, C) or None: the decoder once over the packed row, the LM head only at the scored
     positions, chunk by chunk."""
     lm = base_causal_lm(model)
     hidden = lm.get_decoder()(**inputs, use_cache=False).last_hidden_state[0]  # (T, H)
-    h = hidden.index_select(0, score_index)  # (S, H)
+    h = hidden.index_select(0, scoring.index)  # (S, H)
     softcap = getattr(lm.config, "final_logit_softcapping", None)
-    lp, ent = token_logps(h, score_target, lm.get_output_embeddings(), temperature=temperature, softcap=softcap,
+    lp, ent = token_logps(h, scoring.target, lm.get_output_embeddings(), temperature=temperature, softcap=softcap,
                           chunk=chunk, entropy=entropy)
-    logps = lp.new_zeros(mask.shape).index_put((score_row, score_col), lp)  # (B, C)
-    ents = None if ent is None else ent.new_zeros(mask.shape).index_put((score_row, score_col), ent)
+    at = (scoring.row, scoring.col)
+    logps = lp.new_zeros(scoring.mask.shape).index_put(at, lp)  # (B, C)
+    ents = None if ent is None else ent.new_zeros(scoring.mask.shape).index_put(at, ent)
     return logps, ents
-
-
-def _scoring(batch: CompletionBatch) -> dict:
-    return {"score_index": batch.score_index, "score_target": batch.score_target, "score_row": batch.score_row,
-            "score_col": batch.score_col, "mask": batch.mask}
 
 
 def completion_logps(model: nn.Module, batch: CompletionBatch, *, temperature: float = 1.0,
@@ -202,7 +240,7 @@ def completion_logps(model: nn.Module, batch: CompletionBatch, *, temperature: f
     the fused head of trl.trainer.utils.add_fused_lm_head (which TRL runs on G padded rows per
     prompt; the values are the same)."""
     inputs = branch_inputs(batch, base_causal_lm(model).config._attn_implementation)
-    return scored_logps(model, inputs, **_scoring(batch), temperature=temperature, entropy=entropy, chunk=chunk)
+    return scored_logps(model, inputs, batch.scoring, temperature=temperature, entropy=entropy, chunk=chunk)
 
 
 class CompletionLM(nn.Module):
@@ -215,19 +253,17 @@ class CompletionLM(nn.Module):
         self.temperature = temperature
         self._no_split_modules = list(getattr(base_causal_lm(model), "_no_split_modules", None) or [])
 
-    def forward(self, input_ids, position_ids, attention_mask, score_index, score_target, score_row, score_col, mask,
-                doc_spans=None):
+    def forward(self, input_ids, position_ids, attention_mask, scoring: Scoring, doc_spans=None):
         inputs = {"input_ids": input_ids, "position_ids": position_ids, "attention_mask": attention_mask}
         if doc_spans is not None:
             inputs["doc_spans"] = doc_spans
-        return scored_logps(self.model, inputs, score_index, score_target, score_row, score_col, mask,
-                            temperature=self.temperature, entropy=torch.is_grad_enabled())
+        return scored_logps(self.model, inputs, scoring, temperature=self.temperature, entropy=torch.is_grad_enabled())
 
 
 def batch_forward(module, batch: CompletionBatch, impl: str):
     """(log-probs, entropies or None), each (B, C), of a CompletionBatch through a CompletionLM (or its
     DDP wrapper); `impl` is the attention implementation the model runs under."""
-    return module(**branch_inputs(batch, impl), **_scoring(batch))
+    return module(**branch_inputs(batch, impl), scoring=batch.scoring)
 
 
 # ---------------------------------------------------------------- advantages

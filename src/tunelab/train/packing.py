@@ -237,19 +237,18 @@ def attention_mask(doc_ids: torch.Tensor, impl: str, branch: torch.Tensor | None
 
 
 def branch_mask(branch: Sequence[int]) -> torch.Tensor:
-    """(n, n) boolean for one document whose tokens are a shared stem (-1) and branches (0, 1, ...):
-    causal, and a branch token sees the stem and its own branch, never another branch. A preference
-    pair's [prompt | chosen | rejected] (preference.py), a GRPO group's [prompt | completion 0 | ...]
-    (grpo_math.py)."""
+    """(n, n) boolean for one document of a shared stem (branch -1) and branches (0, 1, ...): causal,
+    and a branch token sees the stem and its own branch, never another branch."""
     own = torch.tensor(list(branch))
     visible = (own[None, :] == -1) | (own[None, :] == own[:, None])  # (n, n)
     return torch.ones((len(own), len(own)), dtype=torch.bool).tril() & visible
 
 
 def branch_inputs(batch, impl: str) -> dict:
-    """Keyword arguments for the decoder over a packed row of branched documents (`batch` has
-    input_ids, position_ids, doc_ids, branch and spans): the per-document spans for the CPU kernel,
-    else the 4D (or BlockMask) form of the same mask."""
+    """Keyword arguments for the decoder over a packed row of branched documents, a shared stem (branch
+    -1) and branches that see the stem and themselves (a preference pair: preference.py; a GRPO group:
+    grpo_math.py). `batch` has input_ids, position_ids, doc_ids, branch and spans: the spans for the
+    CPU's per-span kernel, else the 4D (or BlockMask) form of the same visibility."""
     from tunelab.train.attention import DOC_ATTN
 
     inputs = {"input_ids": batch.input_ids, "position_ids": batch.position_ids}
