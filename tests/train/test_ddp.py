@@ -81,10 +81,10 @@ def test_grpo_on_two_processes_matches_one(make_config, tmp_path):
                                                       + "\n" for i in range(12)))
     (tmp_path / "sums.yaml").write_text(yaml.safe_dump({"name": "sums", "data": "questions.jsonl", "prompt": "{{ q }}",
                                                         "answer": "{{ a }}", "chat": True, "metrics": ["exact_match"]}))
-    (tmp_path / "my_rewards.py").write_text(  # graded, so the random tiny model's groups carry a signal
+    (tmp_path / "ddp_rewards.py").write_text(  # graded, so the random tiny model's groups carry a signal
         "def vowels(completion, item):\n    return sum(c in 'aeiou' for c in completion) / max(len(completion), 1)\n")
     grpo = {"num_generations": 4, "max_completion_length": 6, "task": str(tmp_path / "sums.yaml"),
-            "rewards": [{"function": "my_rewards:vowels", "weight": 1.0}]}
+            "rewards": [{"function": "ddp_rewards:vowels", "weight": 1.0}]}
     common = dict(method="grpo", grpo=grpo, lora={"r": 4, "alpha": 8, "dropout": 0.0},
                   data={"eval": None, "max_length": 96})
     loop = {"max_steps": 2, "batch_tokens": 200, "eval_every": 100, "save_every": 100, "lr": 5e-3}

@@ -123,3 +123,19 @@ def test_a_python_reward_and_a_raising_one(make_config, task_file, tmp_path):
     with pytest.raises(TunelabError, match=r"^grpo reward my_rewards:broken raised KeyError: 'score' on the completion "
                                            r"'.*' of .*questions.jsonl"):
         train(cli_config(make_config, task_file, "broken", rewards=[{"function": "my_rewards:broken"}]), providers=bad)
+
+
+def test_a_reward_module_is_the_file_beside_its_config(make_config, task_file, tmp_path):
+    """Two configs in two folders, each with its own my_rewards.py, in one process: each gets its own
+    file's function, not the module of that name imported first."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, value in ((first, 1.0), (second, 2.0)):
+        folder.mkdir()
+        (folder / "my_rewards.py").write_text(f"def score(completion, item):\n    return {value}\n")
+    spec = [{"function": "my_rewards:score"}]
+    assert _providers(make_config, task_file, first, rewards=spec)["rewards"][0].fn("x", {}) == 1.0
+    assert _providers(make_config, task_file, second, rewards=spec)["rewards"][0].fn("x", {}) == 2.0
+    (second / "my_rewards.py").write_text("def score(completion, item)\n")  # a syntax error: one line
+    with pytest.raises(TunelabError, match=r"^grpo.rewards\[0\]: cannot import my_rewards \(.*\); put my_rewards.py "
+                                           "beside the config$"):
+        _providers(make_config, task_file, second, rewards=spec)

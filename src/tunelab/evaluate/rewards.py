@@ -17,6 +17,7 @@ whose `completion` or `answer` field (when present) is the reference.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import sys
 from dataclasses import dataclass
@@ -179,10 +180,20 @@ def _function(spec: str, key: str, base_dir) -> Callable:
     module, _, attr = spec.partition(":")
     added = base_dir is not None and str(base_dir) not in sys.path
     if added:
-        sys.path.insert(0, str(base_dir))  # a module beside the config
+        sys.path.insert(0, str(base_dir))  # a module beside the config (and what it imports from there)
+    beside = Path(base_dir) / f"{module.replace('.', '/')}.py" if base_dir is not None else None
     try:
-        fn = getattr(importlib.import_module(module), attr, None)
-    except ImportError as e:
+        if beside is not None and beside.is_file():
+            # that file, even when a module of the same name was imported before (another config's
+            # rewards in the same process): import_module would hand back the cached one
+            found = importlib.util.spec_from_file_location(module, beside)
+            loaded = importlib.util.module_from_spec(found)
+            sys.modules[module] = loaded
+            found.loader.exec_module(loaded)
+        else:
+            loaded = importlib.import_module(module)
+        fn = getattr(loaded, attr, None)
+    except (ImportError, SyntaxError) as e:
         raise TunelabError(f"{key}: cannot import {module} ({e}); put {module}.py beside the config") from None
     finally:
         if added:
