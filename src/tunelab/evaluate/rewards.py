@@ -189,7 +189,11 @@ def _function(spec: str, key: str, base_dir) -> Callable:
             found = importlib.util.spec_from_file_location(module, beside)
             loaded = importlib.util.module_from_spec(found)
             sys.modules[module] = loaded
-            found.loader.exec_module(loaded)
+            try:
+                found.loader.exec_module(loaded)
+            except BaseException:
+                sys.modules.pop(module, None)  # no half-run module left for a later import to find
+                raise
         else:
             loaded = importlib.import_module(module)
         fn = getattr(loaded, attr, None)

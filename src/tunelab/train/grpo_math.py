@@ -206,8 +206,8 @@ def group_spans(start: int, P: int, fed: Sequence[int], branch: Sequence[int]) -
     n = P + sum(fed)
     calls = sum(1 for f in fed if f)
     apart = P * P + sum(f * (P + f) for f in fed)
-    if n * n - apart <= CALL_PAIRS * calls:
-        return [(start, n, branch_mask(branch))]
+    if n * n - apart <= CALL_PAIRS * calls:  # (no completion feeds a token: the prompt alone, causal)
+        return [(start, n, branch_mask(branch) if calls else None)]
     spans, at = [(start, P, None)], start + P
     for f in fed:
         if f:  # its queries see all of the prompt, then itself causally

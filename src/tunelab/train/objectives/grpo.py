@@ -58,7 +58,10 @@ class GRPOBatch:
     advantages: Any  # (B,)
     old: Any = None  # (B, C) log-probs when sampled (num_iterations > 1), else None
     ref: Any = None  # (B, C) reference log-probs (beta > 0), else None
-    n_supervised: int = 0
+
+    @property
+    def n_supervised(self) -> int:  # completion tokens scored and trained
+        return int(self.rows.scoring.index.numel())
 
     @property
     def n_tokens(self) -> int:  # tokens fed (the accounting's count)
@@ -70,8 +73,7 @@ class GRPOBatch:
 
     def to(self, device) -> "GRPOBatch":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return GRPOBatch(self.rows.to(device), move(self.advantages), move(self.old), move(self.ref),
-                         self.n_supervised)
+        return GRPOBatch(self.rows.to(device), move(self.advantages), move(self.old), move(self.ref))
 
 
 def seed_of(seed: int, generation: int, row: int, j: int) -> int:
@@ -150,7 +152,7 @@ class GRPO(Objective):
         rows_ = collate_completions([r.prompt_ids for r in outs], [r.completion_ids for r in outs], truncated=trunc)
         adv = torch.tensor([a for i in idx for a in buf.advantages[i]], dtype=torch.float32)
         kept = lambda d: _padded([x for i in idx for x in d[i]], rows_.mask.shape) if d else None  # noqa: E731
-        return GRPOBatch(rows_, adv, kept(buf.old_logps), kept(buf.ref_logps), int(rows_.mask.sum()))
+        return GRPOBatch(rows_, adv, kept(buf.old_logps), kept(buf.ref_logps))
 
     # ------------------------------------------------------------ the step
     def start(self, live, data) -> None:
